@@ -1,0 +1,111 @@
+"""Local features and the global retrieval descriptor.
+
+The foundation encoder is RootSIFT (OpenCV SIFT, descriptors L1-normalised and
+square-rooted so that Euclidean distance becomes a Hellinger kernel). The global
+descriptor is VLAD over those local descriptors with a codebook fitted on the
+map itself, so retrieval needs no training data.
+
+Every encoder exposes `id` (recorded in map packs; a pack built by another
+encoder is refused) and `extract(gray, mask) -> LocalFeatures`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """`keypoints`: [N, 2] float32 pixel (x, y); `descriptors`: [N, D] float32; `scores`: [N]."""
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+
+class Encoder(Protocol):
+    id: str
+    dim: int
+
+    @property
+    def sha256(self) -> str: ...
+
+    def extract(self, gray: np.ndarray, mask: np.ndarray | None = None) -> LocalFeatures: ...
+
+
+@dataclass(frozen=True)
+class RootSiftEncoder:
+    """OpenCV SIFT keypoints with RootSIFT descriptors, strongest `max_features` kept."""
+
+    max_features: int = 2000
+    contrast_threshold: float = 0.02
+    id: str = "opencv-rootsift-v1"
+    dim: int = 128
+
+    @property
+    def sha256(self) -> str:
+        """Fingerprint of the parameters (SIFT has no weight file)."""
+        text = f"{self.id}:{self.max_features}:{self.contrast_threshold}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def extract(self, gray: np.ndarray, mask: np.ndarray | None = None) -> LocalFeatures:
+        sift = cv2.SIFT_create(nfeatures=self.max_features,
+                               contrastThreshold=self.contrast_threshold)
+        m = None if mask is None else mask.astype(np.uint8) * 255
+        kps, desc = sift.detectAndCompute(gray, m)
+        if desc is None or not kps:
+            return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, self.dim), np.float32),
+                                 np.zeros(0, np.float32))
+        desc = desc / (np.abs(desc).sum(1, keepdims=True) + 1e-7)
+        return LocalFeatures(
+            np.array([k.pt for k in kps], np.float32),
+            np.sqrt(desc).astype(np.float32),
+            np.array([k.response for k in kps], np.float32),
+        )
+
+
+def match_mutual(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float = 0.85) -> np.ndarray:
+    """[M, 2] int index pairs (a, b): mutual nearest neighbours passing Lowe's ratio test."""
+    if len(desc_a) < 2 or len(desc_b) < 2:
+        return np.zeros((0, 2), np.int64)
+    bf = cv2.BFMatcher(cv2.NORM_L2)
+    ab = bf.knnMatch(desc_a, desc_b, k=2)
+    ba = bf.match(desc_b, desc_a)
+    back = np.full(len(desc_b), -1)
+    back[[m.queryIdx for m in ba]] = [m.trainIdx for m in ba]
+    pairs = [(m.queryIdx, m.trainIdx) for m, n in ab
+             if m.distance < ratio * n.distance and back[m.trainIdx] == m.queryIdx]
+    return np.array(pairs, np.int64).reshape(-1, 2)
+
+
+def fit_codebook(descriptors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """[k, D] float32 k-means centres of [N, D] descriptors (k-means++, deterministic seed)."""
+    if len(descriptors) < k:
+        raise ValueError(f"need at least {k} descriptors to fit a codebook, got {len(descriptors)}")
+    cv2.setRNGSeed(seed)
+    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_MAX_ITER, 50, 1e-4)
+    _, _, centres = cv2.kmeans(descriptors.astype(np.float32), k, None, crit, 2,
+                               cv2.KMEANS_PP_CENTERS)
+    return centres.astype(np.float32)
+
+
+def vlad(descriptors: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """[K * D] float32 VLAD: residuals summed per centre, intra-normalised, signed root, L2."""
+    k, d = codebook.shape
+    out = np.zeros((k, d), np.float32)
+    if len(descriptors):
+        dist = (descriptors**2).sum(1)[:, None] - 2 * descriptors @ codebook.T
+        assign = dist.argmin(1)
+        np.add.at(out, assign, descriptors - codebook[assign])
+        out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-12
+    out = np.sign(out) * np.sqrt(np.abs(out))
+    flat = out.ravel()
+    return flat / (np.linalg.norm(flat) + 1e-12)

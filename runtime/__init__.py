@@ -1,0 +1,1 @@
+"""skyfix.runtime: the in-flight pipeline, replay and the `skyfix` command line."""

@@ -1,0 +1,1 @@
+"""skyfix.runtime.backends."""

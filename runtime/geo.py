@@ -1,0 +1,112 @@
+"""Coordinate frames: map CRS <-> local NED <-> WGS84, and attitude rotations.
+
+The map pack's CRS is projected and metric (easting, northing). The filter works
+in a local north-east tangent frame about a reference point; over the few
+kilometres of one map the map grid and that frame differ by a fixed rotation
+(grid convergence) and scale (projection scale factor), which `LocalFrame`
+captures as one 2x2 matrix measured at the reference point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.warp import transform as crs_transform
+
+WGS84 = CRS.from_epsg(4326)
+_A = 6378137.0  # WGS84 semi-major axis, m
+_E2 = 6.69437999014e-3  # WGS84 first eccentricity squared
+
+
+def R_ned_body(roll_rad: float, pitch_rad: float, yaw_rad: float) -> np.ndarray:
+    """[3, 3] rotation of body axes into NED, aerospace Z-Y-X (yaw, pitch, roll) order."""
+    cr, sr = np.cos(roll_rad), np.sin(roll_rad)
+    cp, sp = np.cos(pitch_rad), np.sin(pitch_rad)
+    cy, sy = np.cos(yaw_rad), np.sin(yaw_rad)
+    Rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    Ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    Rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    return Rz @ Ry @ Rx
+
+
+# A downward camera whose image top points to the nose: camera x (right) = body y,
+# camera y (down in the image) = -body x, camera z (optical axis) = body z (down).
+R_BODY_CAM_NADIR = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def euler_from_R_ned_body(R: np.ndarray) -> tuple[float, float, float]:
+    """(roll, pitch, yaw) in radians of a body-to-NED rotation."""
+    pitch = -np.arcsin(np.clip(R[2, 0], -1.0, 1.0))
+    roll = np.arctan2(R[2, 1], R[2, 2])
+    yaw = np.arctan2(R[1, 0], R[0, 0])
+    return float(roll), float(pitch), float(yaw)
+
+
+@dataclass(frozen=True)
+class LocalFrame:
+    """Local NED tangent frame at `origin_en` (map CRS metres).
+
+    `J_ned_map`: [2, 2] maps map-grid offsets (dE, dN) to local (north, east) metres.
+    """
+
+    crs: CRS
+    origin_en: tuple[float, float]
+    origin_lat_deg: float
+    origin_lon_deg: float
+    J_ned_map: np.ndarray
+
+    @classmethod
+    def at(cls, crs: CRS, east_m: float, north_m: float) -> LocalFrame:
+        d = 50.0
+        xs = [east_m, east_m + d, east_m]
+        ys = [north_m, north_m, north_m + d]
+        lon, lat = crs_transform(crs, WGS84, xs, ys)
+        lat0 = np.radians(lat[0])
+        s = np.sqrt(1 - _E2 * np.sin(lat0) ** 2)
+        m_per_rad_lat = _A * (1 - _E2) / s**3
+        m_per_rad_lon = _A / s * np.cos(lat0)
+        cols = []
+        for k in (1, 2):  # d(north, east) for a step in easting, then in northing
+            dn = np.radians(lat[k] - lat[0]) * m_per_rad_lat
+            de = np.radians(lon[k] - lon[0]) * m_per_rad_lon
+            cols.append([dn / d, de / d])
+        return cls(crs, (east_m, north_m), float(lat[0]), float(lon[0]), np.array(cols).T)
+
+    def map_to_ned(self, east_m: np.ndarray | float, north_m: np.ndarray | float) -> np.ndarray:
+        """[..., 2] (north, east) local metres of map points."""
+        d = np.stack([np.asarray(east_m) - self.origin_en[0],
+                      np.asarray(north_m) - self.origin_en[1]], -1)
+        return d @ self.J_ned_map.T
+
+    def ned_to_map(self, north_m: np.ndarray | float, east_m: np.ndarray | float) -> np.ndarray:
+        """[..., 2] (easting, northing) map metres of local points."""
+        ne = np.stack([np.asarray(north_m), np.asarray(east_m)], -1)
+        return ne @ np.linalg.inv(self.J_ned_map).T + np.asarray(self.origin_en)
+
+    def cov_map_to_ned(self, cov_en: np.ndarray) -> np.ndarray:
+        return self.J_ned_map @ cov_en @ self.J_ned_map.T
+
+    def ned_to_lla(self, north_m, east_m) -> tuple[np.ndarray, np.ndarray]:
+        """(lat_deg, lon_deg) arrays of local points."""
+        en = np.atleast_2d(self.ned_to_map(north_m, east_m))
+        lon, lat = crs_transform(self.crs, WGS84, en[:, 0].tolist(), en[:, 1].tolist())
+        return np.asarray(lat), np.asarray(lon)
+
+    def lla_to_ned(self, lat_deg, lon_deg) -> np.ndarray:
+        """[N, 2] (north, east) local metres of geodetic points."""
+        x, y = crs_transform(WGS84, self.crs, np.atleast_1d(lon_deg).tolist(),
+                             np.atleast_1d(lat_deg).tolist())
+        return self.map_to_ned(np.asarray(x), np.asarray(y))
+
+    def map_to_lla(self, east_m, north_m) -> tuple[np.ndarray, np.ndarray]:
+        lon, lat = crs_transform(self.crs, WGS84, np.atleast_1d(east_m).tolist(),
+                                 np.atleast_1d(north_m).tolist())
+        return np.asarray(lat), np.asarray(lon)
+
+    def lla_to_map(self, lat_deg, lon_deg) -> np.ndarray:
+        """[N, 2] (easting, northing) of geodetic points."""
+        x, y = crs_transform(WGS84, self.crs, np.atleast_1d(lon_deg).tolist(),
+                             np.atleast_1d(lat_deg).tolist())
+        return np.stack([np.asarray(x), np.asarray(y)], -1)

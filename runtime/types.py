@@ -1,0 +1,143 @@
+"""Frozen dataclasses passed between the pipeline stages.
+
+Frames: `map` is the map pack's projected CRS (easting, northing in metres);
+`ned` is a local north-east-down tangent frame about the pack's reference point;
+`body` is x forward, y right, z down; `camera` is OpenCV's x right, y down, z forward.
+Transforms are named `T_a_b` (maps points in b to a); angles carry their unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+RejectReason = Literal[
+    "no_view",  # rectification failed (attitude too steep, AGL unknown, footprint off the map)
+    "no_tiles",  # no map tile inside the search window
+    "few_features",  # the view has too little texture
+    "few_inliers",  # robust estimation found too few consistent matches
+    "scale",  # match scale disagrees with the reported height above ground
+    "heading",  # match rotation disagrees with the reported attitude
+    "ambiguous",  # a second, distant tile matches nearly as well
+    "gated",  # the filter's NIS gate refused the fix
+]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera image. `image`: [H, W, 3] uint8 BGR (or [H, W] uint8 gray)."""
+
+    index: int
+    t_ns: int
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class GnssSample:
+    """The aircraft's own GNSS (GPS_RAW_INT), used as a prior or for scoring only."""
+
+    t_ns: int
+    lat_deg: float
+    lon_deg: float
+    alt_m: float
+    fix_type: int
+    satellites: int
+    eph_m: float
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """Autopilot state at one instant: attitude of the body in NED, heights."""
+
+    t_ns: int
+    roll_rad: float
+    pitch_rad: float
+    yaw_rad: float
+    agl_m: float  # height above ground under the aircraft
+    alt_amsl_m: float
+    vel_ned_mps: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class View:
+    """A frame warped to a north-up orthographic view at the map's metres/pixel.
+
+    View pixel (u, v) lies at ground offset east = (u - origin_px[0]) * gsd_m,
+    north = -(v - origin_px[1]) * gsd_m from the point straight below the camera.
+    `image`: [H, W] uint8 gray; `mask`: [H, W] bool valid pixels;
+    `footprint_m`: [4, 2] float64 (east, north) offsets of the frame corners.
+    """
+
+    t_ns: int
+    image: np.ndarray
+    mask: np.ndarray
+    gsd_m: float
+    origin_px: tuple[float, float]
+    footprint_m: np.ndarray
+    agl_m: float
+    yaw_rad: float
+
+
+@dataclass(frozen=True)
+class TileHit:
+    """A map tile proposed by retrieval; higher score is better."""
+
+    tile_id: int
+    level: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Fix:
+    """An absolute position from one frame, in the map CRS, with its 1-sigma covariance.
+
+    `cov_en_m2`: [2, 2] covariance of (easting, northing) in m^2.
+    """
+
+    t_ns: int
+    east_m: float
+    north_m: float
+    cov_en_m2: np.ndarray
+    agl_m: float  # height above ground implied by the match scale
+    heading_err_deg: float  # rotation left between view and map after rectification
+    inliers: int
+    tile_id: int
+    level: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A frame that gave no fix, and why."""
+
+    t_ns: int
+    reason: RejectReason
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Filter output at one instant: local NED position/velocity and geodetic position.
+
+    `cov_ne_m2`: [2, 2] horizontal position covariance; `vel_cov_ne_m2s2`: [2, 2].
+    """
+
+    t_ns: int
+    north_m: float
+    east_m: float
+    vn_mps: float
+    ve_mps: float
+    cov_ne_m2: np.ndarray
+    vel_cov_ne_m2s2: np.ndarray
+    lat_deg: float = float("nan")
+    lon_deg: float = float("nan")
+    alt_amsl_m: float = float("nan")
+    vd_mps: float = 0.0
+    valid: bool = True
+    last_fix_age_s: float = float("inf")
+
+    @property
+    def horiz_sigma_m(self) -> float:
+        """Root of the larger eigenvalue of the position covariance."""
+        return float(np.sqrt(np.linalg.eigvalsh(self.cov_ne_m2).max()))
