@@ -111,7 +111,8 @@ class CameraModel:
             )
         d = np.zeros(5) if d is None else np.ravel(d)
         if d.size not in (4, 5, 8) or not np.isfinite(d).all():
-            raise SkyfixError(f"camera file {path}: distortion_coefficients must have 4, 5 or 8 values")
+            raise SkyfixError(
+                f"camera file {path}: distortion_coefficients must have 4, 5 or 8 values")
         d5 = tuple(float(x) for x in np.pad(d[:5], (0, max(0, 5 - d.size))))
         return cls(int(w), int(h), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]),
                    float(K[1, 2]), d5)  # type: ignore[arg-type]

@@ -52,6 +52,8 @@ class FilterConfig:
     nis_gate: float = 13.8  # chi-square, 2 dof, 99.9 %
     rate_hz: float = 10.0  # estimate output rate
     init_vel_sigma_mps: float = 10.0
+    max_speed_mps: float = 40.0  # two fixes further apart than this allows cannot start the filter
+    divergence_after_gated: int = 3  # this many gated fixes in a row -> filter reset, global search
 
 
 @dataclass(frozen=True)

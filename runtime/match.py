@@ -1,0 +1,142 @@
+"""Metric fix: the view's local features against cached tile features -> Fix + covariance.
+
+For each candidate tile:
+1. mutual nearest-neighbour matches with a ratio test;
+2. MAGSAC++ homography (OpenCV USAC) between view offsets and map coordinates picks
+   the inliers;
+3. a least-squares similarity on the inliers, map = s R(theta) view + t. Because view
+   offsets are metres from the point below the camera, t is that point in the map,
+   i.e. the aircraft's position; s says how far the reported height above ground is
+   off (AGL_match = s * AGL_reported) and theta how far the reported heading is off.
+
+Covariance of t (1 sigma, m^2): the least-squares covariance sigma_r^2 (J^T J)^-1 from
+the inlier residuals, inflated for correlated feature errors, plus the position error
+that a roll/pitch error of `attitude_sigma_deg` causes at this height (AGL * tan),
+plus a floor. The fix is rejected (and the reason counted) when inliers are too few,
+the scale or heading disagrees with telemetry, or a distant tile matches nearly as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from skyfix.models.features import LocalFeatures, match_mutual
+from skyfix.runtime.config import MatchConfig
+from skyfix.runtime.rectify import view_px_to_offset_m
+from skyfix.runtime.types import Fix, Rejection, RejectReason, View
+
+_MIN_POINTS = 8
+_CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independent
+
+
+@dataclass(frozen=True)
+class TileMatch:
+    """One tile's match. `cov_en_m2`: [2, 2]; `residual_rms_m`: inlier residual RMS."""
+
+    tile_id: int
+    level: int
+    inliers: int
+    east_m: float
+    north_m: float
+    cov_en_m2: np.ndarray
+    scale: float
+    rotation_deg: float
+    residual_rms_m: float
+
+
+def fit_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares dst = [[a, -b], [b, a]] src + t for [N, 2] float64 point sets.
+
+    Returns (params [a, b, tx, ty], residuals [N, 2], cov [4, 4] of params) where the
+    covariance is sigma^2 (J^T J)^-1 with sigma^2 = sum(r^2) / (2N - 4).
+    """
+    n = len(src)
+    J = np.zeros((2 * n, 4))
+    J[0::2] = np.column_stack([src[:, 0], -src[:, 1], np.ones(n), np.zeros(n)])
+    J[1::2] = np.column_stack([src[:, 1], src[:, 0], np.zeros(n), np.ones(n)])
+    params, *_ = np.linalg.lstsq(J, dst.reshape(-1), rcond=None)
+    residuals = (dst.reshape(-1) - J @ params).reshape(n, 2)
+    sigma2 = float((residuals**2).sum() / max(2 * n - 4, 1))
+    cov = sigma2 * np.linalg.inv(J.T @ J)
+    return params, residuals, cov
+
+
+def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile_en: np.ndarray,
+               tile_desc: np.ndarray, tile_id: int, level: int, view: View,
+               cfg: MatchConfig) -> TileMatch | None:
+    """Match one tile; None when robust estimation finds fewer than 8 consistent points.
+
+    `view_xy_m`: [N, 2] (east, north) metres from nadir; `tile_en`: [M, 2] map metres.
+    """
+    pairs = match_mutual(view_desc, tile_desc, cfg.ratio)
+    if len(pairs) < _MIN_POINTS:
+        return None
+    src = view_xy_m[pairs[:, 0]]
+    origin = tile_en.mean(0)  # condition the numbers: absolute northings are ~1e6 m
+    dst = tile_en[pairs[:, 1]] - origin
+    thresh_m = cfg.ransac_px * view.gsd_m
+    _, inl = cv2.findHomography(src.astype(np.float32), dst.astype(np.float32),
+                                cv2.USAC_MAGSAC, thresh_m, maxIters=2000, confidence=0.999)
+    if inl is None or inl.sum() < _MIN_POINTS:
+        return None
+    keep = inl.ravel().astype(bool)
+    params, res, cov = fit_similarity(src[keep], dst[keep])
+    # One more pass: drop points the similarity does not explain.
+    ok = np.linalg.norm(res, axis=1) <= 2 * thresh_m
+    if ok.sum() < _MIN_POINTS:
+        return None
+    params, res, cov = fit_similarity(src[keep][ok], dst[keep][ok])
+    a, b, tx, ty = params
+    n = int(ok.sum())
+    att = view.agl_m * np.tan(np.radians(cfg.attitude_sigma_deg))
+    cov_t = _CORRELATION_INFLATION * cov[2:, 2:] + (att**2 + cfg.sigma_floor_m**2) * np.eye(2)
+    return TileMatch(
+        tile_id=tile_id, level=level, inliers=n,
+        east_m=float(tx + origin[0]), north_m=float(ty + origin[1]), cov_en_m2=cov_t,
+        scale=float(np.hypot(a, b)), rotation_deg=float(np.degrees(np.arctan2(b, a))),
+        residual_rms_m=float(np.sqrt((res**2).sum(1).mean())),
+    )
+
+
+def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejection:
+    """The best tile match as a Fix, or the reason it cannot be trusted."""
+    if not matches:
+        return Rejection(view.t_ns, "few_inliers", "no tile gave a consistent match")
+    ranked = sorted(matches, key=lambda m: m.inliers, reverse=True)
+    best = ranked[0]
+    reason: RejectReason | None = None
+    detail = ""
+    if best.inliers < cfg.min_inliers:
+        reason, detail = "few_inliers", f"{best.inliers} < {cfg.min_inliers}"
+    elif abs(best.scale - 1) > cfg.max_scale_err:
+        reason, detail = "scale", f"match scale {best.scale:.3f} vs telemetry height"
+    elif abs(best.rotation_deg) > cfg.max_rotation_deg:
+        reason, detail = "heading", f"view rotated {best.rotation_deg:.1f} deg against the map"
+    else:
+        rivals = [m for m in ranked[1:]
+                  if np.hypot(m.east_m - best.east_m, m.north_m - best.north_m)
+                  > cfg.ambiguity_radius_m]
+        if rivals and rivals[0].inliers >= cfg.ambiguity_ratio * best.inliers:
+            reason = "ambiguous"
+            detail = f"tile {rivals[0].tile_id}: {rivals[0].inliers} vs {best.inliers} inliers"
+    if reason is not None:
+        return Rejection(view.t_ns, reason, detail)
+    return Fix(
+        t_ns=view.t_ns, east_m=best.east_m, north_m=best.north_m, cov_en_m2=best.cov_en_m2,
+        agl_m=view.agl_m * best.scale, heading_err_deg=best.rotation_deg,
+        inliers=best.inliers, tile_id=best.tile_id, level=best.level,
+    )
+
+
+def locate(view: View, feats: LocalFeatures, candidates: list[tuple[int, int, np.ndarray,
+           np.ndarray]], cfg: MatchConfig) -> Fix | Rejection:
+    """Match the view against each candidate (tile_id, level, [M, 2] map E/N, [M, D] desc)."""
+    if len(feats) < cfg.min_inliers:
+        return Rejection(view.t_ns, "few_features", f"{len(feats)} features in the view")
+    xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
+    matches = [m for tile_id, level, en, desc in candidates
+               if (m := match_tile(xy, feats.descriptors, en, desc, tile_id, level, view, cfg))]
+    return judge(view, matches, cfg)

@@ -1,0 +1,211 @@
+"""What the autopilot sees: ArduPilot GPS_INPUT, HEARTBEAT, STATUSTEXT, NAMED_VALUE_FLOAT.
+
+ArduPilot takes GPS_INPUT with GPSn_TYPE=14 and drops it unless `gps_id` equals the GPS
+instance index; it wants a message at least every ~200 ms, and EKF3 uses
+`horiz_accuracy` as the position noise. We only ever claim a 3D fix that we have:
+`fix_type_for` drops to 0 (no fix) when the estimate is invalid, too old, or too
+uncertain. The dialect is pinned here (ardupilotmega, MAVLink 2), never chosen through
+environment variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pymavlink.dialects.v20 import ardupilotmega as mavlink2
+
+from skyfix.runtime.config import OutputConfig
+from skyfix.runtime.tlog import TlogWriter
+from skyfix.runtime.types import Estimate
+
+GPS_EPOCH_UNIX_S = 315964800  # 1980-01-06T00:00:00Z, the start of GPS week 0
+GPS_LEAP_S = 18  # GPS - UTC since 2017-01-01
+_WEEK_MS = 7 * 86400 * 1000
+
+# Nominal user-equivalent range error of a single-frequency GNSS receiver. DOPs relate
+# the position error to it (horizontal DRMS = HDOP * UERE), so HDOP = DRMS / UERE makes
+# the reported HDOP say what an equally accurate GNSS fix would have shown.
+UERE_M = 5.0
+MAX_DOP = 99.99
+
+FIX_NONE = 0  # GPS_FIX_TYPE_NO_FIX
+FIX_3D = 3  # GPS_FIX_TYPE_3D_FIX
+
+# GPS_INPUT ignore_flags: a set bit tells ArduPilot to ignore that field.
+IGNORE_ALT = mavlink2.GPS_INPUT_IGNORE_FLAG_ALT  # 1: alt
+IGNORE_HDOP = mavlink2.GPS_INPUT_IGNORE_FLAG_HDOP  # 2: hdop
+IGNORE_VDOP = mavlink2.GPS_INPUT_IGNORE_FLAG_VDOP  # 4: vdop
+IGNORE_VEL_HORIZ = mavlink2.GPS_INPUT_IGNORE_FLAG_VEL_HORIZ  # 8: vn, ve
+IGNORE_VEL_VERT = mavlink2.GPS_INPUT_IGNORE_FLAG_VEL_VERT  # 16: vd
+IGNORE_SPEED_ACC = mavlink2.GPS_INPUT_IGNORE_FLAG_SPEED_ACCURACY  # 32: speed_accuracy
+IGNORE_HORIZ_ACC = mavlink2.GPS_INPUT_IGNORE_FLAG_HORIZONTAL_ACCURACY  # 64: horiz_accuracy
+IGNORE_VERT_ACC = mavlink2.GPS_INPUT_IGNORE_FLAG_VERTICAL_ACCURACY  # 128: vert_accuracy
+
+# Always ignored, because the horizontal filter does not estimate them: a vertical
+# velocity, a vertical accuracy and hence a VDOP. (`alt` is the autopilot's own altitude
+# passed through; it is ignored too when unknown.)
+IGNORE_ALWAYS = IGNORE_VDOP | IGNORE_VEL_VERT | IGNORE_VERT_ACC
+
+
+def gps_week_ms(t_unix_ns: int) -> tuple[int, int]:
+    """(GPS week, milliseconds into the week) of a Unix time.
+
+    GPS time = Unix time - GPS_EPOCH_UNIX_S + GPS_LEAP_S (no leap seconds after 2017).
+    """
+    gps_ms = (int(t_unix_ns) // 1_000_000) - (GPS_EPOCH_UNIX_S - GPS_LEAP_S) * 1000
+    return gps_ms // _WEEK_MS, gps_ms % _WEEK_MS
+
+
+def _sigma_max(cov: np.ndarray) -> float:
+    """Root of the larger eigenvalue of a [2, 2] covariance; inf when not finite."""
+    cov = np.asarray(cov, dtype=np.float64)
+    if cov.shape != (2, 2) or not np.all(np.isfinite(cov)):
+        return float("inf")
+    return float(np.sqrt(max(np.linalg.eigvalsh(0.5 * (cov + cov.T)).max(), 0.0)))
+
+
+def fix_type_for(est: Estimate, cfg: OutputConfig) -> int:
+    """3 (3D fix) only while the estimate is valid, its last fix is at most
+    cfg.lock_budget_s old and its horizontal 1-sigma is at most cfg.max_sigma_m; else 0."""
+    if not est.valid or not (np.isfinite(est.lat_deg) and np.isfinite(est.lon_deg)):
+        return FIX_NONE
+    if not est.last_fix_age_s <= cfg.lock_budget_s:
+        return FIX_NONE
+    if not _sigma_max(est.cov_ne_m2) <= cfg.max_sigma_m:
+        return FIX_NONE
+    return FIX_3D
+
+
+def _finite(v: float) -> float:
+    return float(v) if np.isfinite(v) else 0.0
+
+
+def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int
+              ) -> mavlink2.MAVLink_gps_input_message:
+    """The GPS_INPUT message for `est`, stamped `t_unix_ns` (Unix time, ns).
+
+    Accuracies are 1-sigma: horiz_accuracy is the root of the larger eigenvalue of the
+    position covariance (the worst direction: conservative), speed_accuracy the same of
+    the velocity covariance. hdop = sqrt(trace P_ne) / UERE_M, capped at MAX_DOP.
+    With no fix the message still carries the estimate, with 0 satellites.
+    """
+    fix = fix_type_for(est, cfg)
+    week, week_ms = gps_week_ms(t_unix_ns)
+    flags = IGNORE_ALWAYS
+    alt = est.alt_amsl_m
+    if not np.isfinite(alt):
+        flags |= IGNORE_ALT
+        alt = 0.0
+    vel = np.array([est.vn_mps, est.ve_mps], dtype=np.float64)
+    if not np.all(np.isfinite(vel)):
+        flags |= IGNORE_VEL_HORIZ
+        vel = np.zeros(2)
+    speed_acc = _sigma_max(est.vel_cov_ne_m2s2)
+    if not np.isfinite(speed_acc):
+        flags |= IGNORE_SPEED_ACC
+        speed_acc = 0.0
+    horiz_acc = _sigma_max(est.cov_ne_m2)
+    if np.isfinite(horiz_acc):
+        hdop = min(float(np.sqrt(max(np.trace(est.cov_ne_m2), 0.0))) / UERE_M, MAX_DOP)
+    else:
+        flags |= IGNORE_HORIZ_ACC | IGNORE_HDOP
+        horiz_acc = hdop = 0.0
+    return mavlink2.MAVLink_gps_input_message(
+        time_usec=int(t_unix_ns) // 1000,
+        gps_id=cfg.gps_id,
+        ignore_flags=flags,
+        time_week_ms=week_ms,
+        time_week=week,
+        fix_type=fix,
+        lat=int(round(_finite(est.lat_deg) * 1e7)),
+        lon=int(round(_finite(est.lon_deg) * 1e7)),
+        alt=float(alt),
+        hdop=float(hdop),
+        vdop=0.0,  # ignored (IGNORE_VDOP)
+        vn=float(vel[0]),
+        ve=float(vel[1]),
+        vd=_finite(est.vd_mps),  # ignored (IGNORE_VEL_VERT)
+        speed_accuracy=float(speed_acc),
+        horiz_accuracy=float(horiz_acc),
+        vert_accuracy=0.0,  # ignored (IGNORE_VERT_ACC)
+        satellites_visible=cfg.satellites if fix >= FIX_3D else 0,
+        yaw=0,  # 0 = yaw not provided
+    )
+
+
+def heartbeat() -> mavlink2.MAVLink_heartbeat_message:
+    """HEARTBEAT of an onboard controller (not an autopilot), active."""
+    return mavlink2.MAVLink_heartbeat_message(
+        type=mavlink2.MAV_TYPE_ONBOARD_CONTROLLER,
+        autopilot=mavlink2.MAV_AUTOPILOT_INVALID,
+        base_mode=0,
+        custom_mode=0,
+        system_status=mavlink2.MAV_STATE_ACTIVE,
+        mavlink_version=3,
+    )
+
+
+def statustext(text: str, severity: int) -> mavlink2.MAVLink_statustext_message:
+    """STATUSTEXT of `text` (ASCII, cut to the 50 characters the message holds);
+    `severity` is a MAV_SEVERITY value (0 emergency .. 7 debug)."""
+    if not 0 <= severity <= 7:
+        raise ValueError(f"MAVLink severity must be 0..7, got {severity}")
+    data = text.encode("ascii", "replace")[:50]
+    return mavlink2.MAVLink_statustext_message(severity=severity, text=data)
+
+
+def named_value(name: str, value: float, time_boot_ms: int
+                ) -> mavlink2.MAVLink_named_value_float_message:
+    """NAMED_VALUE_FLOAT `name` (ASCII, cut to 10 characters) = `value`."""
+    data = name.encode("ascii", "replace")[:10]
+    return mavlink2.MAVLink_named_value_float_message(
+        time_boot_ms=int(time_boot_ms) & 0xFFFFFFFF, name=data, value=float(value))
+
+
+class GpsInputRecorder:
+    """Writes what we send to a tlog: GPS_INPUT at every `send`, HEARTBEAT at the first
+    send and then once a second, STATUSTEXT at the first send and whenever fix_type changes."""
+
+    HEARTBEAT_PERIOD_NS = 1_000_000_000
+
+    def __init__(self, path: Path, cfg: OutputConfig) -> None:
+        self.cfg = cfg
+        self.writer = TlogWriter(Path(path), cfg.system_id, cfg.component_id)
+        self._last_heartbeat_ns: int | None = None
+        self._last_fix_type: int | None = None
+
+    def send(self, est: Estimate, t_unix_ns: int) -> mavlink2.MAVLink_gps_input_message:
+        t_unix_ns = int(t_unix_ns)
+        if (self._last_heartbeat_ns is None
+                or t_unix_ns - self._last_heartbeat_ns >= self.HEARTBEAT_PERIOD_NS):
+            self.writer.write(heartbeat(), t_unix_ns)
+            self._last_heartbeat_ns = t_unix_ns
+        msg = gps_input(est, self.cfg, t_unix_ns)
+        if msg.fix_type != self._last_fix_type:
+            self.writer.write(self._fix_change_text(est, msg), t_unix_ns)
+            self._last_fix_type = msg.fix_type
+        self.writer.write(msg, t_unix_ns)
+        return msg
+
+    def _fix_change_text(self, est: Estimate, msg: mavlink2.MAVLink_gps_input_message
+                         ) -> mavlink2.MAVLink_statustext_message:
+        if msg.fix_type >= FIX_3D:
+            return statustext(f"skyfix: 3D fix, sigma {msg.horiz_accuracy:.1f} m",
+                              mavlink2.MAV_SEVERITY_INFO)
+        if not est.valid:
+            why = "estimate invalid"
+        elif not est.last_fix_age_s <= self.cfg.lock_budget_s:
+            why = f"no fix for {est.last_fix_age_s:.1f} s"
+        else:
+            why = f"sigma {_sigma_max(est.cov_ne_m2):.0f} m"
+        return statustext(f"skyfix: no fix ({why})", mavlink2.MAV_SEVERITY_WARNING)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def __enter__(self) -> GpsInputRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

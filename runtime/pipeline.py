@@ -1,0 +1,159 @@
+"""The in-flight pipeline, stage by stage, as in the data-flow diagram:
+
+    frame + telemetry -> rectify -> View -> features -> retrieve -> list[TileHit]
+                      -> match -> Fix | Rejection -> filter -> Estimate
+
+`Localizer` turns one frame into a fix (or a counted rejection) given an optional
+prior; `Navigator` owns the filter and decides the prior: the filter's own estimate
+while it is tracking, the aircraft's GNSS while that may be used, else a search of
+the whole pack. A filter is started only by two fixes that agree with each other,
+and reset (back to a global search) when it keeps refusing fixes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from skyfix.calibration.camera import CameraModel
+from skyfix.maps.index import search
+from skyfix.maps.pack import MapPack
+from skyfix.models.features import Encoder
+from skyfix.runtime.config import Config
+from skyfix.runtime.filter import Innovation, PositionFilter, estimate_at
+from skyfix.runtime.geo import LocalFrame
+from skyfix.runtime.match import locate
+from skyfix.runtime.rectify import rectify
+from skyfix.runtime.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Where to search: centre (E, N) map metres and a [2, 2] window covariance (m^2)
+    such that points with d^T cov^-1 d <= 1 are inside."""
+
+    centre_en: np.ndarray
+    window_cov: np.ndarray
+    source: str  # "filter", "gnss" or "none"
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What one frame gave: the fix or why not, how it fared in the filter, timings."""
+
+    t_ns: int
+    result: Fix | Rejection
+    innovation: Innovation | None
+    prior_source: str
+    latency_ms: float
+
+
+class Localizer:
+    """rectify -> features -> retrieve -> match, for one frame at a time."""
+
+    def __init__(self, pack: MapPack, camera: CameraModel, encoder: Encoder, cfg: Config):
+        self.pack, self.camera, self.encoder, self.cfg = pack, camera, encoder, cfg
+        self._tile_features = lru_cache(maxsize=128)(pack.tile_features)
+
+    def locate(self, frame: Frame, tel: Telemetry, prior: Prior | None) -> Fix | Rejection:
+        level = self.pack.level_for_gsd(tel.agl_m / self.camera.fx)
+        view = rectify(frame, tel, self.camera, self.pack.levels[level], self.cfg.rectify)
+        if view is None:
+            return Rejection(frame.t_ns, "no_view", "attitude or height above ground unusable")
+        feats = self.encoder.extract(view.image, view.mask)
+        if len(feats) < self.cfg.match.min_inliers:
+            return Rejection(frame.t_ns, "few_features", f"{len(feats)} features in the view")
+        query = self.pack.global_descriptor(feats.descriptors)
+        window = None if prior is None else (prior.centre_en, prior.window_cov)
+        hits = search(self.pack, query, level, self.cfg.retrieve.top_k, window)
+        if not hits:
+            return Rejection(frame.t_ns, "no_tiles", f"no tile of level {level} in the window")
+        candidates = [(h.tile_id, h.level, *self._tile_features(h.tile_id)) for h in hits]
+        return locate(view, feats, candidates, self.cfg.match)
+
+
+class Navigator:
+    """Fuses fixes into estimates and chooses each frame's search prior."""
+
+    def __init__(self, localizer: Localizer, frame: LocalFrame, cfg: Config):
+        self.localizer, self.frame, self.cfg = localizer, frame, cfg
+        self.filter = PositionFilter(cfg.filter)
+        self.rejections: Counter[str] = Counter()
+        self.last_fix_t_ns: int | None = None
+        self._candidate: Fix | None = None  # a first fix waiting for a second to agree
+        self._gated_streak = 0
+
+    def prior(self, t_ns: int, gnss: GnssSample | None) -> Prior:
+        rc = self.cfg.retrieve
+        lost_for_s = np.inf if self.last_fix_t_ns is None else (t_ns - self.last_fix_t_ns) * 1e-9
+        margin2 = rc.window_margin_m**2 * np.eye(2)
+        if self.filter.initialized and lost_for_s <= rc.global_after_s:
+            x, P = self.filter.state_at(t_ns)
+            J_inv = np.linalg.inv(self.frame.J_ned_map)
+            cov_en = J_inv @ P[:2, :2] @ J_inv.T
+            centre = self.frame.ned_to_map(x[0], x[1])
+            return Prior(centre, rc.window_sigma**2 * cov_en + margin2, "filter")
+        if gnss is not None:
+            centre = self.frame.lla_to_map(gnss.lat_deg, gnss.lon_deg)[0]
+            sigma = gnss.eph_m if np.isfinite(gnss.eph_m) else 5.0
+            return Prior(centre, (rc.window_sigma * sigma) ** 2 * np.eye(2) + margin2, "gnss")
+        return Prior(np.zeros(2), np.zeros((2, 2)), "none")
+
+    def on_frame(self, frame: Frame, tel: Telemetry, gnss: GnssSample | None) -> FrameResult:
+        start = time.perf_counter()
+        prior = self.prior(frame.t_ns, gnss)
+        result = self.localizer.locate(frame, tel, None if prior.source == "none" else prior)
+        innovation = None
+        if isinstance(result, Fix):
+            result, innovation = self._fuse(result)
+        if isinstance(result, Rejection):
+            self.rejections[result.reason] += 1
+        latency = (time.perf_counter() - start) * 1e3
+        return FrameResult(frame.t_ns, result, innovation, prior.source, latency)
+
+    def _fuse(self, fix: Fix) -> tuple[Fix | Rejection, Innovation | None]:
+        z = self.frame.map_to_ned(fix.east_m, fix.north_m)
+        R = self.frame.cov_map_to_ned(fix.cov_en_m2)
+        if not self.filter.initialized:
+            return self._start(fix, z, R), None
+        innovation = self.filter.update_position(fix.t_ns, z, R)
+        if not innovation.accepted:
+            self._gated_streak += 1
+            if self._gated_streak >= self.cfg.filter.divergence_after_gated:
+                self.filter.reset()  # the filter disagrees with every fix: it is the one lost
+                self._gated_streak = 0
+                self._candidate = None
+            return Rejection(fix.t_ns, "gated", f"NIS {innovation.nis:.1f}"), innovation
+        self._gated_streak = 0
+        self.last_fix_t_ns = fix.t_ns
+        return fix, innovation
+
+    def _start(self, fix: Fix, z: np.ndarray, R: np.ndarray) -> Fix | Rejection:
+        """Start the filter from two fixes that agree; a lone fix waits as a candidate."""
+        first = self._candidate
+        self._candidate = fix
+        if first is None:
+            return Rejection(fix.t_ns, "gated", "first fix, waiting for a second to agree")
+        dt = (fix.t_ns - first.t_ns) * 1e-9
+        z0 = self.frame.map_to_ned(first.east_m, first.north_m)
+        R0 = self.frame.cov_map_to_ned(first.cov_en_m2)
+        gap = float(np.linalg.norm(z - z0))
+        allowed = self.cfg.filter.max_speed_mps * dt + 3 * np.sqrt(np.trace(R + R0))
+        if dt <= 0 or gap > allowed:
+            return Rejection(fix.t_ns, "gated", f"disagrees with the previous fix by {gap:.0f} m")
+        vel = (z - z0) / dt
+        vel_cov = (R + R0) / dt**2 + np.eye(2) * self.cfg.filter.accel_sigma_mps2**2 * dt
+        self.filter.initialize(fix.t_ns, z, R, vel, vel_cov)
+        self.last_fix_t_ns = fix.t_ns
+        self._candidate = None
+        return fix
+
+    def estimate(self, t_ns: int, alt_amsl_m: float) -> Estimate | None:
+        """The filter's estimate predicted to `t_ns`, or None before the filter has started."""
+        if not self.filter.initialized:
+            return None
+        return estimate_at(self.filter, t_ns, self.frame, alt_amsl_m, self.last_fix_t_ns)

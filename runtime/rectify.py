@@ -1,0 +1,116 @@
+"""Rectification: frame + attitude + height above ground -> north-up orthographic view.
+
+The ground is taken as a plane `agl_m` below the camera. A view pixel (u, v) is the
+ground point at (east, north) = (x0 + u * gsd, y1 - v * gsd) metres from the point
+straight below the camera, i.e. the NED ray (north, east, down) = A @ [u, v, 1] with
+
+    A = [[0, -gsd, y1],
+         [gsd,  0, x0],
+         [0,    0, agl]]
+
+and its ideal (undistorted) image point is K @ R_cam_ned @ A @ [u, v, 1], so the whole
+warp is one homography applied to the undistorted frame. Matching the view against
+the map then only has to cope with appearance change and the attitude's small errors.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from skyfix.calibration.camera import CameraModel
+from skyfix.runtime.config import RectifyConfig
+from skyfix.runtime.geo import R_BODY_CAM_NADIR, R_ned_body
+from skyfix.runtime.types import Frame, Telemetry, View
+
+_MAX_RAY_ANGLE_DEG = 75.0  # rays flatter than this from the vertical are left out of the footprint
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """[H, W] uint8 gray of a BGR, BGRA or gray uint8 image."""
+    if image.ndim == 2:
+        return image
+    code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+    return cv2.cvtColor(image, code)
+
+
+def R_ned_cam(tel: Telemetry, R_body_cam: np.ndarray = R_BODY_CAM_NADIR) -> np.ndarray:
+    """[3, 3] rotation of camera axes into NED for the reported attitude."""
+    return R_ned_body(tel.roll_rad, tel.pitch_rad, tel.yaw_rad) @ R_body_cam
+
+
+def ground_footprint(camera: CameraModel, R_nc: np.ndarray, agl_m: float) -> np.ndarray:
+    """[4, 2] (east, north) metres from nadir of the image corners on the ground plane.
+
+    Corner rays flatter than 75 degrees from vertical are pulled in to that angle, so a
+    footprint that reaches the horizon stays finite.
+    """
+    w, h = camera.width - 1, camera.height - 1
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64)
+    rays = (R_nc @ np.linalg.inv(camera.K) @ corners.T).T  # [4, 3] NED
+    min_down = np.cos(np.radians(_MAX_RAY_ANGLE_DEG)) * np.linalg.norm(rays, axis=1)
+    rays[:, 2] = np.maximum(rays[:, 2], min_down)
+    ground = rays[:, :2] / rays[:, 2:3] * agl_m  # (north, east)
+    return ground[:, ::-1].copy()
+
+
+def rectify(frame: Frame, tel: Telemetry, camera: CameraModel, gsd_m: float,
+            cfg: RectifyConfig, R_body_cam: np.ndarray = R_BODY_CAM_NADIR) -> View | None:
+    """The north-up view of `frame` at `gsd_m` metres/pixel, or None when it cannot be made.
+
+    None when the height above ground is unknown or not positive, or the camera looks
+    more than `cfg.max_off_nadir_deg` away from straight down.
+    """
+    agl = tel.agl_m
+    if not np.isfinite(agl) or agl <= 0:
+        return None
+    R_nc = R_ned_cam(tel, R_body_cam)
+    off_nadir = np.degrees(np.arccos(np.clip(R_nc[2, 2], -1.0, 1.0)))
+    if off_nadir > cfg.max_off_nadir_deg:
+        return None
+
+    footprint = ground_footprint(camera, R_nc, agl)
+    # Crop the view to max_view_px around the ground point of the optical axis.
+    axis = R_nc[:, 2]
+    centre_en = np.array([axis[1], axis[0]]) / axis[2] * agl
+    half = cfg.max_view_px * gsd_m / 2
+    lo = np.maximum(footprint.min(0), centre_en - half)
+    hi = np.minimum(footprint.max(0), centre_en + half)
+    size = np.ceil((hi - lo) / gsd_m).astype(int)
+    if (size < 32).any():
+        return None
+    x0, y1 = lo[0], hi[1]
+
+    gray = to_gray(frame.image)
+    cam = camera
+    if gray.shape[:2] != (cam.height, cam.width):
+        return None
+    gray = cam.undistort_image(gray)
+    # Shrink the frame first when its ground resolution is much finer than the view's,
+    # so the warp does not alias.
+    frame_gsd = agl / cam.fx
+    while frame_gsd * 2 <= gsd_m:
+        gray = cv2.pyrDown(gray)
+        cam = cam.scaled(gray.shape[1] / cam.width)
+        frame_gsd = agl / cam.fx
+
+    A = np.array([[0, -gsd_m, y1], [gsd_m, 0, x0], [0, 0, agl]], np.float64)
+    H_img_view = cam.K @ R_nc.T @ A
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    view = cv2.warpPerspective(gray, H_img_view, (int(size[0]), int(size[1])), flags=flags)
+    valid = np.full(gray.shape, 255, np.uint8)
+    mask = cv2.warpPerspective(valid, H_img_view, (int(size[0]), int(size[1])),
+                               flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+    mask = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
+    return View(
+        t_ns=frame.t_ns, image=view, mask=mask, gsd_m=gsd_m,
+        origin_px=(float(-x0 / gsd_m), float(y1 / gsd_m)),
+        footprint_m=footprint, agl_m=agl, yaw_rad=tel.yaw_rad,
+    )
+
+
+def view_px_to_offset_m(view: View, px: np.ndarray) -> np.ndarray:
+    """[N, 2] (east, north) metres from nadir of [N, 2] view pixels (x, y)."""
+    east = (px[:, 0] - view.origin_px[0]) * view.gsd_m
+    north = (view.origin_px[1] - px[:, 1]) * view.gsd_m
+    return np.stack([east, north], -1)

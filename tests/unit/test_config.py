@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from skyfix.runtime.config import Config, load_config
+from skyfix.runtime.errors import SkyfixError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_no_file_and_empty_file_give_defaults(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(None) == Config()
+    assert load_config(empty) == Config()
+
+
+def test_shipped_default_config_is_the_code_default():
+    assert load_config(REPO / "configs" / "default.yaml") == Config()
+
+
+def test_values_override_and_ints_widen_to_float(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("match:\n  min_inliers: 40\n  ratio: 1\nfilter:\n  rate_hz: 5\n")
+    cfg = load_config(p)
+    assert cfg.match.min_inliers == 40 and cfg.match.ratio == 1.0
+    assert cfg.filter.rate_hz == 5.0 and isinstance(cfg.filter.rate_hz, float)
+    assert cfg.retrieve == Config().retrieve
+
+
+@pytest.mark.parametrize("text, message", [
+    ("match:\n  min_inlier: 3\n", "unknown config key 'match.min_inlier'"),
+    ("matcher:\n  x: 1\n", "unknown config key 'matcher'"),
+    ("match:\n  min_inliers: many\n", "config key 'match.min_inliers' must be int"),
+    ("match:\n  min_inliers: true\n", "config key 'match.min_inliers' must be int"),
+    ("filter: 3\n", "config section 'filter' must be a mapping"),
+    ("match: [1, 2\n", "is not valid YAML"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(SkyfixError, match=message.replace("[", r"\[")) as exc:
+        load_config(p)
+    assert "\n" not in str(exc.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(SkyfixError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")

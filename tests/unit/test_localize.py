@@ -1,0 +1,144 @@
+"""Rectification and metric fix on frames made from the real Vienna orthophoto.
+
+A nadir-ish frame is produced by the exact plane-to-image homography of a pinhole
+camera at a known pose, so the answer is known without the simulator.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from skyfix.calibration.camera import CameraModel
+from skyfix.models.features import RootSiftEncoder
+from skyfix.runtime.config import MatchConfig, RectifyConfig
+from skyfix.runtime.match import fit_similarity, judge, locate
+from skyfix.runtime.rectify import R_ned_cam, rectify
+from skyfix.runtime.types import Fix, Frame, Rejection, Telemetry
+
+CAM = CameraModel.from_fov(640, 480, 70.0)
+ENC = RootSiftEncoder()
+
+
+def render(ortho, pos_en, agl, roll, pitch, yaw, camera=CAM):
+    """Frame seen by `camera` at map position `pos_en`, `agl` metres over flat ground."""
+    img, T = ortho
+    tel = Telemetry(0, roll, pitch, yaw, agl, agl)
+    # map pixel (c, r) -> ground offset from the camera -> NED ray -> image
+    A = np.array([[0, T.e, T.f - pos_en[1]], [T.a, 0, T.c - pos_en[0]], [0, 0, agl]])
+    H = camera.K @ R_ned_cam(tel).T @ A
+    frame = cv2.warpPerspective(img, H, (camera.width, camera.height), flags=cv2.INTER_AREA)
+    return Frame(0, 0, frame), tel
+
+
+def tile_candidates(ortho, centre_en, half_m=120.0):
+    """Features of a map window around `centre_en` as one candidate tile (map E/N)."""
+    img, T = ortho
+    c0 = int((centre_en[0] - half_m - T.c) / T.a)
+    r0 = int((centre_en[1] + half_m - T.f) / T.e)
+    n = int(2 * half_m / T.a)
+    gray = cv2.cvtColor(img[r0:r0 + n, c0:c0 + n], cv2.COLOR_BGR2GRAY)
+    f = ENC.extract(gray)
+    en = np.column_stack([T.c + (f.keypoints[:, 0] + c0 + 0.5) * T.a,
+                          T.f + (f.keypoints[:, 1] + r0 + 0.5) * T.e])
+    return [(0, 0, en, f.descriptors)]
+
+
+@pytest.fixture(scope="module")
+def scene(ortho):
+    _, T = ortho
+    pos = np.array([T.c + 800 * T.a, T.f + 800 * T.e])  # middle of the map
+    return pos
+
+
+def fix_for(ortho, pos, agl, att_err_deg=0.0, roll=0.04, pitch=-0.03, yaw=0.7):
+    frame, tel = render(ortho, pos, agl, roll, pitch, yaw)
+    err = np.radians(att_err_deg)
+    reported = Telemetry(0, roll + err, pitch, yaw, agl, agl)
+    view = rectify(frame, reported, CAM, 0.3, RectifyConfig())
+    assert view is not None
+    feats = ENC.extract(view.image, view.mask)
+    return locate(view, feats, tile_candidates(ortho, pos), MatchConfig())
+
+
+def test_fix_recovers_position_with_exact_attitude(ortho, scene):
+    fix = fix_for(ortho, scene, 120.0)
+    assert isinstance(fix, Fix), fix
+    err = np.hypot(fix.east_m - scene[0], fix.north_m - scene[1])
+    assert err < 0.6
+    assert abs(fix.agl_m - 120.0) < 3.0
+    assert abs(fix.heading_err_deg) < 0.5
+    sigma = np.sqrt(np.linalg.eigvalsh(fix.cov_en_m2).max())
+    assert err < 3 * sigma
+
+
+def test_attitude_error_shifts_position_by_agl_tan_and_sigma_covers_it(ortho, scene):
+    # 0.5 deg roll error at 120 m AGL moves the ground point ~1.05 m sideways.
+    fix = fix_for(ortho, scene, 120.0, att_err_deg=0.5)
+    assert isinstance(fix, Fix), fix
+    err = np.hypot(fix.east_m - scene[0], fix.north_m - scene[1])
+    assert 0.6 < err < 1.6
+    sigma = np.sqrt(np.linalg.eigvalsh(fix.cov_en_m2).max())
+    assert err < 3 * sigma
+
+
+def test_rectify_refuses_steep_attitude_and_unknown_height(ortho, scene):
+    frame, tel = render(ortho, scene, 120.0, 0.0, 0.0, 0.0)
+    steep = Telemetry(0, np.radians(50), 0.0, 0.0, 120.0, 120.0)
+    assert rectify(frame, steep, CAM, 0.3, RectifyConfig()) is None
+    no_height = Telemetry(0, 0.0, 0.0, 0.0, float("nan"), 120.0)
+    assert rectify(frame, no_height, CAM, 0.3, RectifyConfig()) is None
+
+
+def test_rectified_view_is_north_up_at_map_scale(ortho, scene):
+    frame, tel = render(ortho, scene, 150.0, 0.1, -0.05, 2.0)
+    view = rectify(frame, tel, CAM, 0.3, RectifyConfig())
+    img, T = ortho
+    # The view pixel at the nadir origin shows the ortho pixel under the aircraft.
+    c = (scene[0] - T.c) / T.a
+    r = (scene[1] - T.f) / T.e
+    u, v = view.origin_px
+    a = view.image[int(v) - 20:int(v) + 20, int(u) - 20:int(u) + 20].astype(float)
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    b = gray[int(r) - 20:int(r) + 20, int(c) - 20:int(c) + 20].astype(float)
+    corr = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    assert corr > 0.8
+
+
+def test_similarity_covariance_matches_known_noise():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(-50, 50, (400, 2))
+    dst = src + np.array([3.0, -2.0]) + rng.normal(0, 0.5, src.shape)
+    params, res, cov = fit_similarity(src, dst)
+    assert np.allclose(params, [1, 0, 3, -2], atol=0.1)
+    # LSQ translation sigma for centred points ~ sigma / sqrt(N)
+    assert np.sqrt(cov[2, 2]) == pytest.approx(0.5 / np.sqrt(400), rel=0.2)
+
+
+def _tm(inliers, e, n, scale=1.0, rot=0.0, tid=0):
+    from skyfix.runtime.match import TileMatch
+
+    return TileMatch(tid, 0, inliers, e, n, np.eye(2), scale, rot, 0.3)
+
+
+class _View:
+    t_ns = 5
+    agl_m = 100.0
+
+
+@pytest.mark.parametrize("matches, reason", [
+    ([], "few_inliers"),
+    ([_tm(10, 0, 0)], "few_inliers"),
+    ([_tm(100, 0, 0, scale=1.3)], "scale"),
+    ([_tm(100, 0, 0, rot=20.0)], "heading"),
+    ([_tm(100, 0, 0), _tm(90, 500, 0, tid=1)], "ambiguous"),
+])
+def test_rejection_rules(matches, reason):
+    out = judge(_View(), matches, MatchConfig())
+    assert isinstance(out, Rejection) and out.reason == reason
+
+
+def test_nearby_second_tile_is_agreement_not_ambiguity():
+    out = judge(_View(), [_tm(100, 0, 0), _tm(95, 5, 0, tid=1)], MatchConfig())
+    assert isinstance(out, Fix) and out.tile_id == 0
