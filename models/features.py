@@ -73,17 +73,24 @@ class RootSiftEncoder:
 
 
 def match_mutual(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float = 0.85) -> np.ndarray:
-    """[M, 2] int index pairs (a, b): mutual nearest neighbours passing Lowe's ratio test."""
+    """[M, 2] int index pairs (a, b): mutual nearest neighbours passing Lowe's ratio test.
+
+    Descriptors are unit-length rows, so one matrix product gives every squared distance:
+    |a - b|^2 = 2 - 2 a.b.
+    """
     if len(desc_a) < 2 or len(desc_b) < 2:
         return np.zeros((0, 2), np.int64)
-    bf = cv2.BFMatcher(cv2.NORM_L2)
-    ab = bf.knnMatch(desc_a, desc_b, k=2)
-    ba = bf.match(desc_b, desc_a)
-    back = np.full(len(desc_b), -1)
-    back[[m.queryIdx for m in ba]] = [m.trainIdx for m in ba]
-    pairs = [(m.queryIdx, m.trainIdx) for m, n in ab
-             if m.distance < ratio * n.distance and back[m.trainIdx] == m.queryIdx]
-    return np.array(pairs, np.int64).reshape(-1, 2)
+    sim = desc_a.astype(np.float32) @ desc_b.astype(np.float32).T  # [Na, Nb]
+    a_idx = np.arange(len(desc_a))
+    best = sim.argmax(axis=1)
+    s_best = sim[a_idx, best]
+    back = sim.argmax(axis=0)  # best a for every b
+    sim[a_idx, best] = -np.inf
+    s_second = sim.max(axis=1)
+    d_best = np.sqrt(np.maximum(2 - 2 * s_best, 0))
+    d_second = np.sqrt(np.maximum(2 - 2 * s_second, 0))
+    keep = (d_best < ratio * d_second) & (back[best] == a_idx)
+    return np.stack([a_idx[keep], best[keep]], -1).astype(np.int64)
 
 
 def fit_codebook(descriptors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:

@@ -13,7 +13,6 @@ from skyfix.runtime.replay import ReplayResult, replay
 from skyfix.sim.flight import FlightSpec, simulate_flight
 from skyfix.sim.sample import sample_ortho
 
-
 DEMO_FLIGHT = FlightSpec(agl_m=120.0, duration_s=60.0, seed=1)
 
 

@@ -1,0 +1,311 @@
+"""Reading a map pack: manifest, integrity check, tile table, features and descriptors.
+
+A map pack is a folder written by `skyfix.maps.build.build_pack`:
+
+    manifest.json          format "skyfix-pack/1", CRS, levels, encoder, sha256 of every other file
+    tiles.npy              [T] structured array, dtype TILE_DTYPE (one row per tile)
+    keypoints.npy          [F, 2] float32 (east, north) metres RELATIVE to the tile centre
+    local_descriptors.npy  [F, D] float16 local descriptors; rows tiles[i].feat_offset ...
+                           + feat_count belong to tile i, strongest keypoint first
+    descriptors.npy        [T, K * D] float32 global descriptors (L2-normalised VLAD)
+    codebook.npy           [K, D] float32 VLAD codebook fitted on the map's own descriptors
+    ortho.tif              the mosaic in the pack CRS (tiled JPEG GeoTIFF with overviews)
+
+Map coordinates are float64 (east, north) metres in the pack CRS; only offsets from a
+tile centre are ever stored as float32. All arrays are opened memory-mapped.
+The manifest carries `manifest_sha256`, a digest of its own canonical JSON, so that an
+edit to the manifest is caught as surely as one to the files it lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from rasterio.warp import transform_bounds
+
+from skyfix.models.features import vlad
+from skyfix.runtime.errors import SkyfixError
+
+FORMAT = "skyfix-pack/1"
+MANIFEST = "manifest.json"
+PACK_FILES = ("tiles.npy", "keypoints.npy", "local_descriptors.npy", "descriptors.npy",
+              "codebook.npy", "ortho.tif")
+TILE_DTYPE = np.dtype([
+    ("id", "<i4"),
+    ("level", "<i2"),
+    ("gsd_m", "<f8"),
+    ("center_en", "<f8", (2,)),  # (east, north) map metres
+    ("bounds_en", "<f8", (4,)),  # (min east, min north, max east, max north)
+    ("feat_offset", "<i8"),
+    ("feat_count", "<i4"),
+    ("valid_fraction", "<f4"),  # share of the tile's pixels that hold imagery
+])
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The typed content of manifest.json (`files`: {file name: sha256 hex})."""
+
+    format: str
+    crs_wkt: str
+    crs_epsg: int | None
+    bounds_en: tuple[float, float, float, float]
+    gsds_m: tuple[float, ...]
+    tile_px: int
+    overlap: float
+    tile_count: tuple[int, ...]
+    encoder_id: str
+    encoder_sha256: str
+    local_dim: int
+    codebook_k: int
+    n_features: int
+    sources: tuple[str, ...]
+    build: dict[str, Any]
+    files: dict[str, str]
+    created_utc: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        """Parse and type-check; raises ValueError naming the first bad or missing key."""
+        missing = [f.name for f in fields(cls) if f.name not in d]
+        if missing:
+            raise ValueError(f"missing key {missing[0]!r}")
+        try:
+            m = cls(
+                format=str(d["format"]), crs_wkt=str(d["crs_wkt"]),
+                crs_epsg=None if d["crs_epsg"] is None else int(d["crs_epsg"]),
+                bounds_en=tuple(float(v) for v in d["bounds_en"]),  # type: ignore[arg-type]
+                gsds_m=tuple(float(v) for v in d["gsds_m"]), tile_px=int(d["tile_px"]),
+                overlap=float(d["overlap"]), tile_count=tuple(int(v) for v in d["tile_count"]),
+                encoder_id=str(d["encoder_id"]), encoder_sha256=str(d["encoder_sha256"]),
+                local_dim=int(d["local_dim"]), codebook_k=int(d["codebook_k"]),
+                n_features=int(d["n_features"]), sources=tuple(str(s) for s in d["sources"]),
+                build=dict(d["build"]), files={str(k): str(v) for k, v in d["files"].items()},
+                created_utc=str(d["created_utc"]),
+            )
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"a value has the wrong type ({e})") from None
+        if len(m.bounds_en) != 4 or len(m.tile_count) != len(m.gsds_m) or not m.gsds_m:
+            raise ValueError("bounds_en, gsds_m and tile_count are inconsistent")
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict including its own `manifest_sha256`."""
+        d = asdict(self)
+        d["manifest_sha256"] = manifest_digest(d)
+        return d
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    """Summary for `skyfix maps info`. Bounds: map (min E, min N, max E, max N) metres and
+    (west, south, east, north) degrees; `area_km2` is the area of the map bounds."""
+
+    path: str
+    format: str
+    encoder_id: str
+    crs: str
+    bounds_en: tuple[float, float, float, float]
+    bounds_lonlat: tuple[float, float, float, float]
+    area_km2: float
+    gsds_m: tuple[float, ...]
+    tiles_per_level: tuple[int, ...]
+    n_features: int
+    size_bytes: int
+
+
+def manifest_digest(d: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a manifest dict, `manifest_sha256` left out."""
+    body = {k: v for k, v in d.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_manifest(path: Path) -> tuple[Manifest | None, list[str]]:
+    """The manifest of the pack at `path`, or None and the reason."""
+    if not path.is_dir():
+        return None, ["not a map pack (no such folder)"]
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        return None, [f"not a map pack (no {MANIFEST})"]
+    try:
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return None, [f"{MANIFEST} is unparsable ({str(e).splitlines()[0]})"]
+    if raw.get("format") != FORMAT:
+        return None, [f"{MANIFEST} has format {raw.get('format')!r}; this skyfix reads {FORMAT!r}"]
+    if raw.get("manifest_sha256") != manifest_digest(raw):
+        return None, [f"{MANIFEST} does not match its own checksum (edited or corrupt)"]
+    try:
+        return Manifest.from_dict(raw), []
+    except ValueError as e:
+        return None, [f"{MANIFEST} is unparsable ({e})"]
+
+
+def _check_files(path: Path, m: Manifest, rehash: bool) -> list[str]:
+    problems = [f"{MANIFEST} does not list {n}" for n in PACK_FILES if n not in m.files]
+    for name, digest in m.files.items():
+        if Path(name).name != name or name.startswith("."):
+            problems.append(f"{MANIFEST} lists an invalid file name {name!r}")
+        elif not (path / name).is_file():
+            problems.append(f"{name} is missing")
+        elif rehash and file_sha256(path / name) != digest:
+            problems.append(f"{name} does not match its manifest (sha256 mismatch)")
+    return problems
+
+
+def _load(path: Path, name: str) -> np.ndarray:
+    try:
+        return np.load(path / name, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SkyfixError(f"map pack {path}: {name} is not a readable .npy file ({e})") from None
+
+
+def _check_arrays(m: Manifest, tiles, kps, local, desc, codebook) -> list[str]:
+    """Shape/dtype consistency between the arrays and the manifest."""
+    t, f, k, d = sum(m.tile_count), m.n_features, m.codebook_k, m.local_dim
+    want = [("tiles.npy", tiles, (t,), TILE_DTYPE), ("keypoints.npy", kps, (f, 2), np.float32),
+            ("local_descriptors.npy", local, (f, d), np.float16),
+            ("descriptors.npy", desc, (t, k * d), np.float32),
+            ("codebook.npy", codebook, (k, d), np.float32)]
+    problems = [f"{n} has shape {a.shape} {a.dtype}, the manifest says {s} {np.dtype(dt)}"
+                for n, a, s, dt in want if a.shape != s or a.dtype != dt]
+    if problems:
+        return problems
+    end = tiles["feat_offset"].astype(np.int64) + tiles["feat_count"]
+    if t and (tiles["feat_offset"].min() < 0 or end.max() > f):
+        problems.append("tiles.npy has feature ranges outside keypoints.npy")
+    counts = np.bincount(tiles["level"].astype(np.int64), minlength=len(m.gsds_m))
+    if t and (tiles["level"].min() < 0 or tuple(counts) != m.tile_count):
+        problems.append("tiles.npy does not match the manifest's tile_count per level")
+    return problems
+
+
+class MapPack:
+    """An opened map pack. Use `MapPack.open(path)`.
+
+    `tile_level`: [T] int; `tile_gsd_m`: [T] float64; `tile_center_en`: [T, 2] float64;
+    `tile_bounds_en`: [T, 4] float64 (min E, min N, max E, max N); `descriptors`: [T, K * D]
+    float32 memory-mapped; `codebook`: [K, D] float32.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, tiles: np.ndarray, keypoints: np.ndarray,
+                 local_descriptors: np.ndarray, descriptors: np.ndarray, codebook: np.ndarray):
+        self.path, self.manifest = path, manifest
+        self.crs = CRS.from_wkt(manifest.crs_wkt)
+        self.n_tiles = len(tiles)
+        self.levels: tuple[float, ...] = manifest.gsds_m
+        self.tile_level = np.asarray(tiles["level"], np.int64)
+        self.tile_gsd_m = np.asarray(tiles["gsd_m"], np.float64)
+        self.tile_center_en = np.asarray(tiles["center_en"], np.float64)
+        self.tile_bounds_en = np.asarray(tiles["bounds_en"], np.float64)
+        self._feat_offset = np.asarray(tiles["feat_offset"], np.int64)
+        self._feat_count = np.asarray(tiles["feat_count"], np.int64)
+        self._keypoints, self._local = keypoints, local_descriptors
+        self.descriptors, self.codebook = descriptors, np.asarray(codebook, np.float32)
+
+    @classmethod
+    def open(cls, path: Path, encoder_id: str | None = None, verify: bool = True) -> MapPack:
+        """Open the pack at `path`; `verify` re-hashes every file against the manifest.
+
+        Raises SkyfixError naming the pack and the offending file, or both encoder ids when
+        the pack was built with another encoder than `encoder_id`.
+        """
+        path = Path(path)
+        manifest, problems = _read_manifest(path)
+        if manifest is None:
+            raise SkyfixError(f"map pack {path}: {problems[0]}")
+        problems = _encoder_problems(manifest, encoder_id) + _check_files(path, manifest, verify)
+        if problems:
+            raise SkyfixError(f"map pack {path}: {problems[0]}")
+        arrays = [_load(path, n) for n in PACK_FILES[:5]]
+        problems = _check_arrays(manifest, *arrays)
+        if problems:
+            raise SkyfixError(f"map pack {path}: {problems[0]}")
+        try:
+            return cls(path, manifest, *arrays)
+        except CRSError as e:
+            raise SkyfixError(f"map pack {path}: {MANIFEST} has an unusable CRS ({e})") from None
+
+    def tile_features(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """([n, 2] float64 absolute map (E, N), [n, D] float32 descriptors) of one tile,
+        strongest keypoint first."""
+        if not 0 <= tile_id < self.n_tiles:
+            raise IndexError(f"tile id {tile_id} outside 0..{self.n_tiles - 1}")
+        a = self._feat_offset[tile_id]
+        b = a + self._feat_count[tile_id]
+        en = self.tile_center_en[tile_id] + np.asarray(self._keypoints[a:b], np.float64)
+        return en, np.asarray(self._local[a:b], np.float32)
+
+    def level_for_gsd(self, gsd_m: float) -> int:
+        """The level to rectify a frame of ground resolution `gsd_m` to.
+
+        The finest level whose GSD is at least 0.9 * gsd_m: the view is then never
+        upsampled by more than ~10 % (upsampling adds pixels but no detail). When every
+        level is finer than that, the coarsest level. A non-finite or non-positive gsd_m
+        selects the finest level (the frame is rejected downstream anyway).
+        """
+        gsds = np.asarray(self.levels)
+        if not math.isfinite(gsd_m) or gsd_m <= 0:
+            return int(gsds.argmin())
+        ok = np.flatnonzero(gsds >= 0.9 * gsd_m)
+        return int(ok[gsds[ok].argmin()]) if len(ok) else int(gsds.argmax())
+
+    def global_descriptor(self, descriptors: np.ndarray) -> np.ndarray:
+        """[K * D] float32 VLAD of [N, D] local descriptors with the pack's codebook."""
+        return vlad(np.asarray(descriptors, np.float32), self.codebook)
+
+
+def _encoder_problems(m: Manifest, encoder_id: str | None) -> list[str]:
+    if encoder_id is None or encoder_id == m.encoder_id:
+        return []
+    return [f"built with encoder {m.encoder_id!r}, but the runtime uses {encoder_id!r}"
+            " (rebuild the pack with that encoder)"]
+
+
+def verify_pack(path: Path, encoder_id: str | None = None) -> list[str]:
+    """Every problem found in the pack at `path` (empty list = OK): manifest, encoder,
+    missing files, sha256 mismatches, array shapes."""
+    path = Path(path)
+    manifest, problems = _read_manifest(path)
+    if manifest is None:
+        return problems
+    problems = _encoder_problems(manifest, encoder_id) + _check_files(path, manifest, True)
+    if any(n in p for p in problems for n in PACK_FILES[:5]):
+        return problems
+    try:
+        problems += _check_arrays(manifest, *(_load(path, n) for n in PACK_FILES[:5]))
+    except SkyfixError as e:
+        problems.append(str(e).split(": ", 1)[1])
+    return problems
+
+
+def pack_info(path: Path) -> PackInfo:
+    """Summary of the pack at `path` (opened without re-hashing)."""
+    pack = MapPack.open(Path(path), verify=False)
+    m = pack.manifest
+    size = sum(p.stat().st_size for p in pack.path.iterdir() if p.is_file())
+    w, s, e, n = transform_bounds(pack.crs, "EPSG:4326", *m.bounds_en, densify_pts=21)
+    area = (m.bounds_en[2] - m.bounds_en[0]) * (m.bounds_en[3] - m.bounds_en[1]) * 1e-6
+    crs = f"EPSG:{m.crs_epsg}" if m.crs_epsg else pack.crs.to_string()
+    return PackInfo(str(pack.path), m.format, m.encoder_id, crs, m.bounds_en,
+                    (float(w), float(s), float(e), float(n)), float(area), m.gsds_m,
+                    m.tile_count, m.n_features, int(size))

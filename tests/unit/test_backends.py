@@ -1,0 +1,161 @@
+"""Inference runners: input checks in the base class, registry, provider reporting."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from skyfix.models.xfeat import DEFAULT_MODEL
+from skyfix.runtime.backends import Runner, TensorSpec, available_backends, get_runner
+from skyfix.runtime.backends.tensorrt import engine_cache_key
+from skyfix.runtime.errors import SkyfixError
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+
+class EchoRunner(Runner):
+    backend = "echo"
+    provider = "python"
+    inputs = (TensorSpec("image", (1, 1, None, None), np.dtype(np.float32)),
+              TensorSpec("k", (3,), np.dtype(np.int64)))
+
+    def _infer(self, feeds):
+        return {"out": feeds["image"] * 2}
+
+
+GOOD = {"image": np.zeros((1, 1, 8, 16), np.float32), "k": np.zeros(3, np.int64)}
+
+
+def _error(runner: Runner, **changes) -> str:
+    feeds = {**GOOD, **changes}
+    feeds = {k: v for k, v in feeds.items() if v is not None}
+    with pytest.raises(SkyfixError) as info:
+        runner.infer(feeds)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_good_feeds_reach_the_backend():
+    out = EchoRunner().infer(GOOD)
+    assert out["out"].shape == (1, 1, 8, 16)
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"k": None}, "missing input(s) k"),
+    ({"extra": np.zeros(1)}, "unexpected input(s) extra"),
+    ({"image": np.zeros((1, 8, 16), np.float32)}, "rank 3"),
+    ({"image": np.zeros((1, 3, 8, 16), np.float32)}, "dim 1 is 3"),
+    ({"image": np.zeros((1, 1, 8, 16), np.float64)}, "dtype float64"),
+    ({"k": np.zeros(4, np.int64)}, "dim 0 is 4"),
+    ({"k": [0, 0, 0]}, "must be a numpy array"),
+])
+def test_input_checks_are_one_line_errors(changes, expected):
+    message = _error(EchoRunner(), **changes)
+    assert expected in message
+    assert message.startswith("echo:")
+
+
+def test_registry_names_and_unknown_backend():
+    assert set(available_backends()) >= {"onnxruntime", "tensorrt"}
+    with pytest.raises(SkyfixError, match="unknown inference backend 'openvino'"):
+        get_runner("openvino", DEFAULT_MODEL)
+
+
+def test_importing_backends_is_lazy():
+    code = ("import sys, skyfix.runtime.backends\n"
+            "print(any(m in sys.modules for m in ('onnxruntime', 'tensorrt', 'torch')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_onnxruntime_cpu_runner_declares_inputs_and_runs():
+    runner = get_runner("onnxruntime", DEFAULT_MODEL, intra_op_threads=1)
+    assert runner.provider == "CPUExecutionProvider"
+    assert runner.intra_op_threads == 1
+    assert runner.inputs == (TensorSpec("image", (1, 1, None, None), np.dtype(np.float32)),)
+    out = runner.infer({"image": np.random.default_rng(0).random((1, 1, 64, 96), np.float32)})
+    assert out["descriptors"].shape == (1, 64, 8, 12)
+    assert out["keypoint_logits"].shape == (1, 65, 8, 12)
+    assert out["reliability"].shape == (1, 1, 8, 12)
+    assert "dtype float64" in _error(runner, image=np.zeros((1, 1, 64, 64)), k=None)
+
+
+def test_onnxruntime_missing_model_and_bad_provider(tmp_path):
+    with pytest.raises(SkyfixError, match="model file not found"):
+        get_runner("onnxruntime", tmp_path / "none.onnx")
+    with pytest.raises(SkyfixError, match="unknown onnxruntime provider"):
+        get_runner("onnxruntime", DEFAULT_MODEL, provider="rocm")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(SkyfixError, match="cannot load broken.onnx") as info:
+        get_runner("onnxruntime", broken)
+    assert "\n" not in str(info.value)
+
+
+def test_cuda_requested_without_cuda_provider():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    with pytest.raises(SkyfixError, match="has no CUDAExecutionProvider"):
+        get_runner("onnxruntime", DEFAULT_MODEL, provider="cuda")
+    assert get_runner("onnxruntime", DEFAULT_MODEL, provider="auto").provider == (
+        "CPUExecutionProvider")
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_cuda_listed_but_not_loading_is_detected(monkeypatch, caplog):
+    """onnxruntime-gpu lists CUDA even when its libraries cannot load, then runs on CPU."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a real CUDA provider is present; covered by the parity tests")
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(SkyfixError, match="CUDA was requested but is not active") as info:
+        get_runner("onnxruntime", DEFAULT_MODEL, provider="cuda")
+    assert "\n" not in str(info.value)
+    with caplog.at_level(logging.WARNING):
+        runner = get_runner("onnxruntime", DEFAULT_MODEL, provider="auto")
+    assert runner.provider == "CPUExecutionProvider"
+    assert "did not load" in caplog.text
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+def test_tensorrt_absent_is_one_clear_error():
+    with pytest.raises(SkyfixError, match="TensorRT is not installed") as info:
+        get_runner("tensorrt", DEFAULT_MODEL)
+    assert "\n" not in str(info.value)
+
+
+def test_engine_cache_key_changes_with_every_component():
+    shapes = {"image": ((1, 1, 224, 224), (1, 1, 480, 640), (1, 1, 1088, 1440))}
+    base = ("a" * 64, "10.3.0", "Orin", "fp16", shapes)
+    key = engine_cache_key(*base)
+    assert key == engine_cache_key(*base) and len(key) == 64
+    for i, other in enumerate(("b" * 64, "10.7.0", "NVIDIA H100", "int8",
+                               {"image": ((1, 1, 224, 224),) * 3})):
+        changed = list(base)
+        changed[i] = other
+        assert engine_cache_key(*changed) != key
+
+
+@pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed (JetPack / GPU only)")
+def test_tensorrt_runner_runs_xfeat(tmp_path):
+    shapes = {"image": ((1, 1, 64, 64), (1, 1, 480, 640), (1, 1, 768, 1024))}
+    try:
+        runner = get_runner("tensorrt", DEFAULT_MODEL, shapes=shapes, cache_dir=tmp_path)
+    except SkyfixError as exc:
+        pytest.skip(f"TensorRT present but unusable here: {exc}")
+    out = runner.infer({"image": np.zeros((1, 1, 96, 128), np.float32)})
+    assert out["descriptors"].shape == (1, 64, 12, 16)
+    assert runner.provider.startswith("TensorRT")
+    assert list(tmp_path.glob("*.engine"))
+    runner.close()

@@ -1,0 +1,118 @@
+"""Tile retrieval on a pack built from a crop of the bundled real Vienna orthophoto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+from rasterio.windows import from_bounds as window_from_bounds
+
+from skyfix.maps.build import build_pack
+from skyfix.maps.index import in_window, search
+from skyfix.maps.pack import MapPack
+from skyfix.models.features import RootSiftEncoder
+from skyfix.runtime.errors import SkyfixError
+
+ENC = RootSiftEncoder()
+
+
+@pytest.fixture(scope="module")
+def crop(ortho_path, tmp_path_factory) -> Path:
+    """A 700 x 700 px (210 m) georeferenced window of the bundled orthophoto."""
+    dst = tmp_path_factory.mktemp("crop") / "crop.tif"
+    with rasterio.open(ortho_path) as src:
+        win = Window(900, 300, 700, 700)
+        data = src.read(window=win)
+        profile = dict(driver="GTiff", width=700, height=700, count=3, dtype="uint8",
+                       crs=src.crs, transform=src.window_transform(win))
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def pack(crop, tmp_path_factory) -> MapPack:
+    path = tmp_path_factory.mktemp("pack") / "pack"
+    return MapPack.open(build_pack([crop], path, tile_px=256, progress=False))
+
+
+def query_at(pack: MapPack, crop: Path, bounds, shift_m=(0.0, 0.0), size: int = 256):
+    """Global descriptor of the crop over map `bounds` moved by `shift_m` (E, N)."""
+    b = np.asarray(bounds, np.float64) + np.array([*shift_m, *shift_m])
+    with rasterio.open(crop) as src:
+        win = window_from_bounds(*b, transform=src.transform)
+        rgb = src.read(window=win, out_shape=(3, size, size), resampling=Resampling.average,
+                       boundless=True)
+    gray = cv2.cvtColor(np.ascontiguousarray(rgb.transpose(1, 2, 0)), cv2.COLOR_RGB2GRAY)
+    return pack.global_descriptor(ENC.extract(gray).descriptors)
+
+
+def test_global_search_finds_the_tile_of_the_spot(pack, crop):
+    level0 = np.flatnonzero(pack.tile_level == 0)
+    for tile in level0[::3]:
+        hits = search(pack, query_at(pack, crop, pack.tile_bounds_en[tile]), 0, 5)
+        assert hits[0].tile_id == tile and hits[0].level == 0
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert all(pack.tile_level[h.tile_id] == 0 for h in hits) and len(hits) == 5
+    tile = int(np.flatnonzero(pack.tile_level == 1)[1])
+    hits = search(pack, query_at(pack, crop, pack.tile_bounds_en[tile]), 1, 10)
+    assert hits[0].tile_id == tile and len(hits) == 4  # level 1 has 2 x 2 tiles
+
+
+def test_shifted_view_still_finds_its_tile(pack, crop):
+    tile = 12  # centre tile of level 0
+    hits = search(pack, query_at(pack, crop, pack.tile_bounds_en[tile], (8.0, -6.0)), 0, 3)
+    assert hits[0].tile_id == tile and -1.0 <= hits[-1].score <= hits[0].score <= 1.0
+
+
+def test_windowed_search(pack, crop):
+    tile = 6
+    q = query_at(pack, crop, pack.tile_bounds_en[tile])
+    centre = pack.tile_center_en[tile] + np.array([5.0, -5.0])
+    cov = np.diag([45.0**2, 30.0**2])
+    hits = search(pack, q, 0, 50, (centre, cov))
+    assert hits[0].tile_id == tile
+    ids = np.array([h.tile_id for h in hits])
+    d = pack.tile_center_en[ids] - centre
+    b = pack.tile_bounds_en[ids]
+    in_ellipse = np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d) <= 1
+    covers = (b[:, 0] <= centre[0]) & (centre[0] <= b[:, 2]) \
+        & (b[:, 1] <= centre[1]) & (centre[1] <= b[:, 3])
+    assert np.all(in_ellipse | covers)
+    # every level-0 tile that satisfies the rule is returned, the far ones are not
+    everything = search(pack, q, 0, 1000)
+    assert len(hits) < len(everything) == 25
+    far = np.linalg.norm(pack.tile_center_en - centre, axis=1) > 80
+    assert not far[ids].any() and far[pack.tile_level == 0].any()
+
+
+def test_window_edge_cases(pack, crop):
+    q = query_at(pack, crop, pack.tile_bounds_en[0])
+    # a window far outside the map: nothing
+    outside = pack.tile_center_en.mean(0) + np.array([5000.0, 0.0])
+    assert search(pack, q, 0, 5, (outside, np.eye(2) * 100.0)) == []
+    # a point window (zero covariance): only the tiles that contain the point
+    point = pack.tile_bounds_en[0, :2] + 1.0  # near the south-west corner of tile 0
+    inside = in_window(pack, point, np.zeros((2, 2)))
+    b = pack.tile_bounds_en
+    expect = (b[:, 0] <= point[0]) & (point[0] <= b[:, 2]) & (b[:, 1] <= point[1]) \
+        & (point[1] <= b[:, 3])
+    assert np.array_equal(inside, expect) and inside[0]
+    hits = search(pack, q, 0, 5, (point, np.zeros((2, 2))))
+    assert {h.tile_id for h in hits} == set(np.flatnonzero(expect & (pack.tile_level == 0)))
+    assert search(pack, q, 0, 0) == []
+
+
+def test_bad_arguments(pack):
+    q = np.zeros(pack.descriptors.shape[1], np.float32)
+    with pytest.raises(SkyfixError, match="levels 0..1"):
+        search(pack, q, 2, 5)
+    with pytest.raises(SkyfixError, match="query descriptor has 10 values"):
+        search(pack, q[:10], 0, 5)
+    hits = search(pack, q, 0, 3)  # a zero query scores every tile 0, ties by id
+    assert [h.tile_id for h in hits] == [0, 1, 2] and all(h.score == 0 for h in hits)

@@ -1,0 +1,274 @@
+"""Map pack build and open, on crops of the bundled real Vienna orthophoto (EPSG:31256)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import from_origin
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+from rasterio.windows import Window
+from rasterio.windows import from_bounds as window_from_bounds
+
+from skyfix.maps.build import build_pack
+from skyfix.maps.pack import PACK_FILES, MapPack, pack_info, verify_pack
+from skyfix.models.features import RootSiftEncoder, match_mutual
+from skyfix.runtime.errors import SkyfixError
+
+ENC = RootSiftEncoder()
+NAIP = "naip_nd_timeseries_5m/m_4709963_se_14_1_20090818.tif"
+
+
+def write_crop(src_path: Path, dst: Path, col: int, row: int, size: int, **overrides) -> Path:
+    """A size x size pixel window of `src_path`, georeferenced, as a GeoTIFF at `dst`."""
+    with rasterio.open(src_path) as src:
+        win = Window(col, row, size, size)
+        data = src.read(window=win)
+        profile = dict(driver="GTiff", width=size, height=size, count=src.count,
+                       dtype=src.dtypes[0], crs=src.crs, transform=src.window_transform(win))
+    profile.update(overrides)
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def crop(ortho_path, tmp_path_factory) -> Path:
+    return write_crop(ortho_path, tmp_path_factory.mktemp("crop") / "crop.tif", 400, 500, 700)
+
+
+@pytest.fixture(scope="module")
+def pack_path(crop, tmp_path_factory) -> Path:
+    return build_pack([crop], tmp_path_factory.mktemp("pack") / "pack", tile_px=256,
+                      progress=False)
+
+
+def gray_at(path: Path, bounds, size: int) -> np.ndarray:
+    """[size, size] uint8 luminance of `path` over map `bounds`, resampled like the build."""
+    with rasterio.open(path) as src:
+        win = window_from_bounds(*bounds, transform=src.transform)
+        rgb = src.read(window=win, out_shape=(3, size, size), resampling=Resampling.average)
+    return cv2.cvtColor(np.ascontiguousarray(rgb.transpose(1, 2, 0)), cv2.COLOR_RGB2GRAY)
+
+
+def test_manifest_and_tiles(pack_path, crop):
+    m = json.loads((pack_path / "manifest.json").read_text())
+    assert m["format"] == "skyfix-pack/1" and m["crs_epsg"] == 31256
+    assert m["gsds_m"] == pytest.approx([0.3, 0.6], rel=1e-3)
+    # 700 px at stride 128 -> 5 x 5 tiles; 350 px at level 1 -> 2 x 2
+    assert m["tile_count"] == [25, 4] and m["tile_px"] == 256 and m["overlap"] == 0.5
+    assert m["encoder_id"] == ENC.id and m["encoder_sha256"] == ENC.sha256
+    assert m["sources"] == ["crop.tif"] and sorted(m["files"]) == sorted(PACK_FILES)
+    with rasterio.open(crop) as src:
+        assert m["bounds_en"] == pytest.approx(list(src.bounds), abs=1e-6)
+    pack = MapPack.open(pack_path, encoder_id=ENC.id)
+    assert pack.n_tiles == 29 and pack.levels == tuple(m["gsds_m"])
+    assert pack.tile_center_en.dtype == np.float64 and pack.tile_bounds_en.shape == (29, 4)
+    assert isinstance(pack.descriptors, np.memmap)
+    assert pack.descriptors.shape == (29, 32 * 128) and pack.codebook.shape == (32, 128)
+    assert np.allclose(np.linalg.norm(pack.descriptors, axis=1), 1, atol=1e-4)
+    assert np.load(pack_path / "keypoints.npy", mmap_mode="r").dtype == np.float32
+    assert np.load(pack_path / "local_descriptors.npy", mmap_mode="r").dtype == np.float16
+    with rasterio.open(pack_path / "ortho.tif") as o:
+        assert o.crs.to_epsg() == 31256 and o.count == 3
+        assert o.block_shapes[0] == (256, 256) and o.overviews(1)
+    assert pack.level_for_gsd(0.3) == 0 and pack.level_for_gsd(0.32) == 0
+    assert pack.level_for_gsd(0.5) == 1 and pack.level_for_gsd(5.0) == 1
+    assert pack.level_for_gsd(0.01) == 0 and pack.level_for_gsd(float("nan")) == 0
+
+
+def test_tile_features_are_absolute_and_reproducible(pack_path, crop):
+    pack = MapPack.open(pack_path)
+    for tile in (12, 27):  # the level-0 centre tile and a level-1 tile
+        en, desc = pack.tile_features(tile)
+        assert en.dtype == np.float64 and desc.dtype == np.float32 and len(en) > 200
+        b, g = pack.tile_bounds_en[tile], pack.tile_gsd_m[tile]
+        assert np.all((en[:, 0] > b[0]) & (en[:, 0] < b[2]) & (en[:, 1] > b[1]) & (en[:, 1] < b[3]))
+        # re-extract at that spot from the source crop: same features at the same places
+        feats = ENC.extract(gray_at(crop, b, 256))
+        xy = feats.keypoints.astype(np.float64)
+        again = np.stack([b[0] + (xy[:, 0] + 0.5) * g, b[3] - (xy[:, 1] + 0.5) * g], 1)
+        pairs = match_mutual(desc, feats.descriptors)
+        assert len(pairs) > 0.5 * min(len(desc), len(feats))
+        err = np.linalg.norm(en[pairs[:, 0]] - again[pairs[:, 1]], axis=1)
+        assert np.median(err) < 0.5 * g
+
+
+@pytest.mark.parametrize("name", [*PACK_FILES, "manifest.json"])
+def test_one_flipped_byte_is_caught(pack_path, tmp_path, name):
+    bad = tmp_path / "pack"
+    shutil.copytree(pack_path, bad)
+    data = bytearray((bad / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bad / name).write_bytes(bytes(data))
+    with pytest.raises(SkyfixError, match=name.replace(".", r"\.")):
+        MapPack.open(bad)
+    problems = verify_pack(bad)
+    assert problems and name in problems[0]
+    if name != "manifest.json":
+        assert "sha256 mismatch" in problems[0]
+        try:  # without re-hashing, only a structural problem can show, still named
+            MapPack.open(bad, verify=False)
+        except SkyfixError as e:
+            assert name in str(e)
+
+
+def test_missing_file_and_not_a_pack(pack_path, tmp_path):
+    bad = tmp_path / "pack"
+    shutil.copytree(pack_path, bad)
+    (bad / "codebook.npy").unlink()
+    with pytest.raises(SkyfixError, match="codebook.npy is missing"):
+        MapPack.open(bad, verify=False)
+    assert verify_pack(tmp_path) == ["not a map pack (no manifest.json)"]
+    with pytest.raises(SkyfixError, match=str(tmp_path)):
+        pack_info(tmp_path)
+
+
+def test_encoder_mismatch_is_refused(pack_path):
+    with pytest.raises(SkyfixError, match="opencv-rootsift-v1.*xfeat-v1"):
+        MapPack.open(pack_path, encoder_id="xfeat-v1")
+    assert "xfeat-v1" in verify_pack(pack_path, encoder_id="xfeat-v1")[0]
+    assert verify_pack(pack_path, encoder_id=ENC.id) == []
+
+
+def test_pack_info(pack_path):
+    info = pack_info(pack_path)
+    assert info.area_km2 == pytest.approx(0.21**2, rel=1e-3)
+    assert info.tiles_per_level == (25, 4) and info.crs == "EPSG:31256"
+    w, s, e, n = info.bounds_lonlat
+    assert 16.30 < w < e < 16.32 and 48.18 < s < n < 48.19
+    assert info.size_bytes > 1e6
+
+
+def test_bad_inputs_are_one_line_errors(crop, tmp_path):
+    plain = tmp_path / "plain.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(plain, "w", driver="GTiff", width=64, height=64, count=1,
+                           dtype="uint8") as dst:
+            dst.write(np.full((1, 64, 64), 7, np.uint8))
+    with pytest.raises(SkyfixError, match="plain.tif: no georeferencing"):
+        build_pack([plain], tmp_path / "p1", progress=False)
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    with pytest.raises(SkyfixError, match="junk.tif: not a readable raster"):
+        build_pack([junk], tmp_path / "p2", progress=False)
+    with pytest.raises(SkyfixError, match="nope.tif: no such file"):
+        build_pack([tmp_path / "nope.tif"], tmp_path / "p3", progress=False)
+    empty = write_crop(crop, tmp_path / "empty.tif", 0, 0, 200, nodata=0)
+    with rasterio.open(empty, "r+") as dst:
+        dst.write(np.zeros((3, 200, 200), np.uint8))
+    with pytest.raises(SkyfixError, match="empty.tif: no valid pixels"):
+        build_pack([empty], tmp_path / "p4", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.tif", "junk.tif", "plain.tif"]
+
+
+def test_existing_output_needs_force(crop, pack_path, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SkyfixError, match="exists and is not empty"):
+        build_pack([crop], out, tile_px=256, progress=False)
+    with pytest.raises(SkyfixError, match="holds no map pack"):
+        build_pack([crop], out, tile_px=256, progress=False, force=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    shutil.rmtree(out)
+    shutil.copytree(pack_path, out)
+    small = write_crop(crop, tmp_path / "small.tif", 0, 0, 300)
+    build_pack([small], out, gsds_m=[0.3], tile_px=128, codebook_k=8, force=True,
+               progress=False)
+    assert MapPack.open(out).manifest.sources == ("small.tif",)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_geographic_input_is_reprojected_to_utm(crop, tmp_path):
+    geo = tmp_path / "geo.tif"
+    with rasterio.open(write_crop(crop, tmp_path / "small.tif", 100, 100, 400)) as src:
+        t, w, h = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height,
+                                              *src.bounds)
+        dst = np.zeros((3, h, w), np.uint8)
+        reproject(src.read(), dst, src_transform=src.transform, src_crs=src.crs,
+                  dst_transform=t, dst_crs="EPSG:4326", resampling=Resampling.bilinear)
+    with rasterio.open(geo, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
+                       crs="EPSG:4326", transform=t) as out:
+        out.write(dst)
+    pack = MapPack.open(build_pack([geo], tmp_path / "p", tile_px=256, codebook_k=16,
+                                   progress=False))
+    assert pack.manifest.crs_epsg == 32633  # Vienna, 16.3 deg E
+    assert 0.2 < pack.levels[0] < 0.4 and pack.n_tiles >= 4
+    e, n = pack.tile_center_en.mean(0)
+    assert 590_000 < e < 610_000 and 5_330_000 < n < 5_350_000
+
+
+def test_two_inputs_in_two_crs_are_mosaicked(crop, tmp_path):
+    west = write_crop(crop, tmp_path / "west.tif", 0, 0, 400)  # 0..400 of 700 px
+    east_31256 = write_crop(crop, tmp_path / "e.tif", 300, 300, 400)
+    east = tmp_path / "east_utm.tif"
+    with rasterio.open(east_31256) as src:
+        t, w, h = calculate_default_transform(src.crs, "EPSG:32633", src.width, src.height,
+                                              *src.bounds)
+        data = np.zeros((3, h, w), np.uint8)
+        reproject(src.read(), data, src_transform=src.transform, src_crs=src.crs,
+                  dst_transform=t, dst_crs="EPSG:32633", resampling=Resampling.bilinear)
+    with rasterio.open(east, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=t, nodata=0) as out:
+        out.write(data)
+    pack = MapPack.open(build_pack([west, east], tmp_path / "p", gsds_m=[0.6], tile_px=128,
+                                   codebook_k=16, progress=False))
+    with rasterio.open(crop) as c, rasterio.open(west) as wsrc:
+        assert pack.manifest.crs_epsg == 31256
+        b = pack.manifest.bounds_en
+        assert b[0] == pytest.approx(wsrc.bounds.left) and b[3] == pytest.approx(wsrc.bounds.top)
+        # the reprojected half's bounding box grows by a few metres (grid rotation)
+        assert b[2] == pytest.approx(c.bounds.left + 700 * 0.3, abs=6.0)
+        assert b[1] == pytest.approx(c.bounds.top - 700 * 0.3, abs=6.0)
+    with rasterio.open(pack.path / "ortho.tif") as o:
+        assert o.res[0] == pytest.approx(0.3, rel=0.02)
+        mask = o.dataset_mask()
+        # north-east corner is in neither input; the south-east block is all from `east`
+        assert mask[:100, -100:].max() == 0 and mask[-150:-50, -150:-50].min() == 255
+        assert mask[50:150, 50:150].min() == 255
+
+
+def test_naip_4_band_with_nodata(tmp_path):
+    from conftest import shared_file
+
+    naip = shared_file(NAIP)
+    enc = RootSiftEncoder(max_features=500)  # fewer features: a faster test
+    pack = MapPack.open(build_pack([naip], tmp_path / "naip", enc, tile_px=256, codebook_k=8,
+                                   progress=False))
+    assert pack.manifest.crs_epsg == 26914 and pack.levels == (5.0, 10.0)
+    assert pack.manifest.tile_count[0] == 7 * 5
+    with rasterio.open(pack.path / "ortho.tif") as o:
+        assert o.count == 3 and o.bounds == pytest.approx((485900, 5205627, 490570, 5209247))
+    en, desc = pack.tile_features(0)
+    b = pack.tile_bounds_en[0]
+    assert len(en) > 100 and np.all((en[:, 0] > b[0]) & (en[:, 1] < b[3]))
+    assert verify_pack(pack.path) == []
+
+
+def test_north_is_up_in_keypoint_offsets(tmp_path):
+    """Texture only in the image's top-right quadrant lands north-east of the tile centre."""
+    img = np.full((3, 256, 256), 40, np.uint8)
+    rng = np.random.default_rng(0)
+    img[:, 20:108, 148:236] = rng.integers(0, 255, (88, 88), dtype=np.uint8)[None]
+    path = tmp_path / "synthetic.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=3,
+                       dtype="uint8", crs="EPSG:32633", transform=from_origin(5e5, 5.3e6, 1, 1)
+                       ) as dst:
+        dst.write(img)
+    pack = MapPack.open(build_pack([path], tmp_path / "p", gsds_m=[1.0], tile_px=256,
+                                   codebook_k=4, progress=False))
+    en, _ = pack.tile_features(0)
+    assert pack.tile_center_en[0] == pytest.approx((5e5 + 128, 5.3e6 - 128))
+    # textured square: columns 148..236 (east of centre), rows 20..108 (north of centre)
+    assert len(en) > 10
+    assert en[:, 0].min() > 5e5 + 143 and en[:, 0].max() < 5e5 + 241
+    assert en[:, 1].max() < 5.3e6 - 15 and en[:, 1].min() > 5.3e6 - 113
