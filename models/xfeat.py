@@ -7,7 +7,8 @@ numpy/OpenCV, following the published method:
 
     heatmap      softmax over the 65 cell logits, drop the "no keypoint" bin,
                  unfold each 8x8 cell back to pixels            [Hp, Wp]
-    keypoints    5x5 non-maximum suppression, heatmap > threshold
+    keypoints    5x5 non-maximum suppression, heatmap > threshold (not on the last
+                 row/column, which XFeat's nearest-neighbour read-back scores 0)
     scores       heatmap at the pixel x reliability map (bilinear, 1/8 res)
     top-k        strongest `max_features` by score
     descriptors  64-d feature map L2-normalised per cell, sampled bicubically at
@@ -103,6 +104,10 @@ class XFeatEncoder:
             heat = np.where(valid, heat, np.float32(0))
         ys, xs = nms(heat, self.detection_threshold, self.nms_size)
         hp, wp = heat.shape
+        # XFeat reads the heatmap back with nearest grid sampling, which rounds the last
+        # row/column (x / (W - 1) * W - 0.5 = W - 0.5) off the map: they score 0 there.
+        inner = (ys < hp - 1) & (xs < wp - 1)
+        ys, xs = ys[inner], xs[inner]
         scores = heat[ys, xs] * sample_bilinear(reliability[None], xs, ys, hp, wp)[:, 0]
         order = np.argsort(-scores, kind="stable")[: self.max_features]
         order = order[scores[order] > 0]

@@ -238,8 +238,8 @@ def _ground_hits(xy: np.ndarray, R_ned_cam: np.ndarray, en_m: np.ndarray, alt_am
     inv_down = np.divide(1.0, ray_d, out=np.zeros_like(ray_d), where=hit)
     h0 = terrain.height(np.array([en_m[0]]), np.array([en_m[1]]))[0]
     t = np.float32(alt_amsl_m - h0) * inv_down
-    for _ in range(0 if terrain.grid is None else 4):
-        h = terrain.height(ray_e * t, ray_n * t, origin_en=en_m)
+    for k in range(0 if terrain.grid is None else 4):  # the last step exact, others fast
+        h = terrain.height(ray_e * t, ray_n * t, origin_en=en_m, exact=k == 3)
         t = (np.float32(alt_amsl_m) - h) * inv_down
     hit &= t > 0
     return ray_e * t, ray_n * t, hit
@@ -275,23 +275,28 @@ class _Terrain:
         return cls(np.ascontiguousarray(z.filled(float(z.mean()))), tf)
 
     def height(self, east_m: np.ndarray, north_m: np.ndarray,
-               origin_en: np.ndarray = (0.0, 0.0)) -> np.ndarray:
+               origin_en: np.ndarray = (0.0, 0.0), exact: bool = True) -> np.ndarray:
         """Heights m AMSL (float32, shape of `east_m`) at map points `origin_en` + (east_m,
-        north_m); bilinear, edge values beyond the grid. Offsets keep float32 exact."""
+        north_m); bilinear, edge values beyond the grid. Pass float32 offsets from a nearby
+        origin for speed. `exact=False` uses cv2.remap (positions quantised to 1/32 cell)."""
         if self.grid is None:
             return np.zeros(np.shape(east_m), np.float32)
-        inv = ~self.transform
-        c0 = inv.a * origin_en[0] + inv.b * origin_en[1] + inv.c - 0.5
+        inv, g = ~self.transform, self.grid
+        c0 = inv.a * origin_en[0] + inv.b * origin_en[1] + inv.c - 0.5  # cell-centre coords
         r0 = inv.d * origin_en[0] + inv.e * origin_en[1] + inv.f - 0.5
-        c = np.clip(inv.a * east_m + inv.b * north_m + c0, 0, self.grid.shape[1] - 1.001)
-        r = np.clip(inv.d * east_m + inv.e * north_m + r0, 0, self.grid.shape[0] - 1.001)
-        # bilinear by hand: cv2.remap quantises sub-pixel positions to 1/32 pixel
+        c = inv.a * east_m + inv.b * north_m + c0
+        r = inv.d * east_m + inv.e * north_m + r0
+        if not exact and np.ndim(c) == 2 and max(np.shape(c)) < 32767:
+            return cv2.remap(g, c.astype(np.float32), r.astype(np.float32), cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)
+        c = np.clip(c, 0, g.shape[1] - 1.001)
+        r = np.clip(r, 0, g.shape[0] - 1.001)
         c_i, r_i = c.astype(np.int32), r.astype(np.int32)
         fc, fr = (c - c_i).astype(np.float32), (r - r_i).astype(np.float32)
-        g = self.grid
-        top = g[r_i, c_i] * (1 - fc) + g[r_i, c_i + 1] * fc
-        bottom = g[r_i + 1, c_i] * (1 - fc) + g[r_i + 1, c_i + 1] * fc
-        return top * (1 - fr) + bottom * fr
+        flat, i = g.ravel(), r_i * g.shape[1] + c_i
+        top = flat[i] + (flat[i + 1] - flat[i]) * fc
+        bottom = flat[i + g.shape[1]] + (flat[i + g.shape[1] + 1] - flat[i + g.shape[1]]) * fc
+        return top + (bottom - top) * fr
 
 
 class _Source:

@@ -73,7 +73,7 @@ class Runner:
             if value.ndim != len(spec.shape):
                 raise SkyfixError(f"{self.backend}: input {name} has rank {value.ndim} "
                                   f"{list(value.shape)}, expected {spec.describe()}")
-            for axis, (got, want) in enumerate(zip(value.shape, spec.shape)):
+            for axis, (got, want) in enumerate(zip(value.shape, spec.shape, strict=True)):
                 if want is not None and got != want:
                     raise SkyfixError(f"{self.backend}: input {name} dim {axis} is {got}, "
                                       f"expected {spec.describe()}")

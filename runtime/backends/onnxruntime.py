@@ -102,7 +102,7 @@ class OnnxRuntimeRunner(Runner):
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self._output_names, feeds)
-        return dict(zip(self._output_names, values))
+        return dict(zip(self._output_names, values, strict=True))
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

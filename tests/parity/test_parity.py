@@ -81,29 +81,41 @@ def test_network_outputs_torch_vs_onnxruntime(gray, size):
     with torch.inference_mode():
         ref = [t.numpy() for t in net(torch.from_numpy(x))]
     out = get_runner("onnxruntime", DEFAULT_MODEL).infer({"image": x})
-    for name, r in zip(("descriptors", "keypoint_logits", "reliability"), ref):
+    for name, r in zip(("descriptors", "keypoint_logits", "reliability"), ref, strict=True):
         np.testing.assert_allclose(out[name], r, atol=1e-3 * max(1.0, np.abs(r).max()),
                                    err_msg=name)
 
 
 @needs_torch
 @pytest.mark.parametrize("size", SIZES)
-def test_sparse_features_torch_vs_onnxruntime(gray, upstream_xfeat, size):
+@pytest.mark.parametrize("top_k", [2048, 100_000])
+def test_sparse_features_torch_vs_onnxruntime(gray, upstream_xfeat, size, top_k):
+    """Same keypoints (within 1 px), descriptors (cosine >= 0.999) and scores.
+
+    With a top-k cut, keypoints whose scores tie at the cut (to ~1e-5) may swap
+    in or out, so a few of the weakest are allowed to differ; without a cut
+    (top_k above the candidate count) every keypoint must agree."""
     import torch
 
     h, w = size
     image = gray[500:500 + h, 400:400 + w]
-    reference = upstream_xfeat(top_k=2048).detectAndCompute(
-        torch.from_numpy(image)[None, None].float() / 255, top_k=2048)[0]
-    ref_kp = reference["keypoints"].numpy()
+    reference = upstream_xfeat(top_k=top_k).detectAndCompute(
+        torch.from_numpy(image)[None, None].float() / 255, top_k=top_k)[0]
+    ref_kp = reference["keypoints"].numpy().astype(np.float32)
     ref_desc = reference["descriptors"].numpy()
-    ours = XFeatEncoder(max_features=2048).extract(image)
+    ours = XFeatEncoder(max_features=top_k).extract(image)
     assert abs(len(ours) - len(ref_kp)) <= 2
     j, dist = _match_keypoints(ref_kp, ours.keypoints)
-    assert np.all(dist <= 1.0), f"{np.sum(dist > 1.0)} keypoints moved more than 1 px"
-    cosine = np.sum(ref_desc * ours.descriptors[j], axis=1)
+    same = dist <= 1.0
+    allowed = 0 if top_k > len(ref_kp) else max(2, len(ref_kp) // 200)
+    assert np.sum(~same) <= allowed, f"{np.sum(~same)} keypoints moved more than 1 px"
+    if allowed:
+        cut = np.sort(reference["scores"].numpy())[min(allowed, len(ref_kp) - 1)]
+        assert np.all(reference["scores"].numpy()[~same] <= cut + 1e-4)
+    cosine = np.sum(ref_desc[same] * ours.descriptors[j[same]], axis=1)
     assert cosine.min() >= 0.999
-    np.testing.assert_allclose(ours.scores[j], reference["scores"].numpy(), atol=1e-3)
+    np.testing.assert_allclose(ours.scores[j[same]], reference["scores"].numpy()[same],
+                               atol=1e-3)
 
 
 @needs_tensorrt

@@ -166,7 +166,7 @@ def test_bicubic_sampling_matches_a_direct_sum():
     fmap = rng.standard_normal((3, h, w)).astype(np.float32)
     xs, ys = np.array([0, 9, 27, 55]), np.array([0, 17, 22, 39])
     out = sample_bicubic(fmap, xs, ys, h * 8, w * 8)
-    for n, (x, y) in enumerate(zip(xs, ys)):
+    for n, (x, y) in enumerate(zip(xs, ys, strict=True)):
         u, v = x / (w * 8 - 1) * w - 0.5, y / (h * 8 - 1) * h - 0.5
         ref = sum(_keys(u - j) * _keys(v - i) * fmap[:, i, j] for i in range(h) for j in range(w))
         np.testing.assert_allclose(out[n], ref, atol=1e-5)
