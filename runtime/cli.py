@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from skyfix.models.registry import ENCODER_NAMES
 from skyfix.runtime.errors import SkyfixError
 
 
@@ -31,9 +32,10 @@ def cmd_sim_flight(a: argparse.Namespace) -> None:
 
 def cmd_maps_build(a: argparse.Namespace) -> None:
     from skyfix.maps.build import build_pack
+    from skyfix.models.registry import make_encoder
 
-    path = build_pack(a.orthos, a.out, gsds_m=a.gsd, tile_px=a.tile, overlap=a.overlap,
-                      force=a.force)
+    path = build_pack(a.orthos, a.out, encoder=make_encoder(a.encoder), gsds_m=a.gsd,
+                      tile_px=a.tile, overlap=a.overlap, force=a.force)
     print(f"map pack written to {path}")
 
 
@@ -118,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     b.add_argument("--overlap", type=float, default=0.5, help="tile overlap 0..0.9 (default 0.5)")
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
+    b.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
+                   help="local-feature encoder the runtime will match with (default rootsift)")
     b.set_defaults(func=cmd_maps_build)
     v = msub.add_parser("verify", help="re-hash every file of a pack against its manifest")
     v.add_argument("pack", type=Path)

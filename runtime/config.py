@@ -20,6 +20,15 @@ from skyfix.runtime.errors import SkyfixError
 
 
 @dataclass(frozen=True)
+class EncoderConfig:
+    # The encoder itself is the one the map pack was built with (its manifest names it).
+    backend: str = "onnxruntime"  # network runner: onnxruntime | tensorrt
+    provider: str = "cpu"  # onnxruntime: cpu | cuda | auto (cuda when it really loads)
+    threads: int = 0  # onnxruntime intra-op threads (0: onnxruntime decides)
+    max_features: int = 2048  # keypoints per frame for learned encoders
+
+
+@dataclass(frozen=True)
 class RectifyConfig:
     max_view_px: int = 1024  # longest side of the north-up view; larger footprints are cropped
     max_off_nadir_deg: float = 45.0  # frames looking further from straight down are skipped
@@ -68,6 +77,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class Config:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     rectify: RectifyConfig = field(default_factory=RectifyConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     match: MatchConfig = field(default_factory=MatchConfig)

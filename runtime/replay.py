@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from skyfix.maps.pack import MapPack
-from skyfix.models.features import RootSiftEncoder
+from skyfix.models.registry import encoder_for_id
 from skyfix.runtime.config import Config
 from skyfix.runtime.errors import SkyfixError
 from skyfix.runtime.geo import LocalFrame
@@ -38,8 +38,8 @@ def replay(flight_dir: Path, pack_path: Path, out: Path, cfg: Config,
            gnss_off_at_s: float = 0.0, progress: bool = True) -> ReplayResult:
     flight = RecordedFlight.open(flight_dir)
     telemetry = TelemetryLog.from_tlog(flight.telemetry_path)
-    encoder = RootSiftEncoder()
-    pack = MapPack.open(pack_path, encoder_id=encoder.id)
+    pack = MapPack.open(pack_path)
+    encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
     cx, cy = np.asarray(pack.tile_center_en).mean(0)
     frame = LocalFrame.at(pack.crs, float(cx), float(cy))
     nav = Navigator(Localizer(pack, flight.camera, encoder, cfg), frame, cfg)

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
 from skyfix.runtime.config import Config, load_config
 from skyfix.runtime.errors import SkyfixError
@@ -18,7 +21,12 @@ def test_no_file_and_empty_file_give_defaults(tmp_path):
 
 
 def test_shipped_default_config_is_the_code_default():
-    assert load_config(REPO / "configs" / "default.yaml") == Config()
+    path = REPO / "configs" / "default.yaml"
+    assert load_config(path) == Config()
+    written = yaml.safe_load(path.read_text())
+    expected = {name: {g.name for g in dataclasses.fields(tp)}
+                for name, tp in typing.get_type_hints(Config).items()}
+    assert {k: set(v) for k, v in written.items()} == expected, "every key is documented"
 
 
 def test_values_override_and_ints_widen_to_float(tmp_path):

@@ -1,0 +1,45 @@
+"""Encoders by name, and the encoder a map pack was built with.
+
+A pack records its encoder's id; the runtime builds the same encoder from that id
+(so a flight can never match frames with one encoder against tiles of another),
+with the backend and threads of the run's configuration.
+"""
+
+from __future__ import annotations
+
+from skyfix.models.features import Encoder, RootSiftEncoder
+from skyfix.runtime.config import EncoderConfig
+from skyfix.runtime.errors import SkyfixError
+
+ENCODER_NAMES = ("rootsift", "xfeat")
+DEFAULTS = EncoderConfig()
+
+
+def make_encoder(name: str, cfg: EncoderConfig = DEFAULTS) -> Encoder:
+    """The encoder called `name` ("rootsift" or "xfeat") set up as `cfg` says."""
+    if name == "rootsift":
+        return RootSiftEncoder()
+    if name == "xfeat":
+        from skyfix.models.xfeat import XFeatEncoder
+
+        opts: dict = {"provider": cfg.provider} if cfg.backend == "onnxruntime" else {}
+        if cfg.threads and cfg.backend == "onnxruntime":
+            opts["intra_op_threads"] = cfg.threads
+        return XFeatEncoder(max_features=cfg.max_features, backend=cfg.backend,
+                            backend_opts=opts)
+    raise SkyfixError(f"unknown encoder {name!r} (choose from {', '.join(ENCODER_NAMES)})")
+
+
+def encoder_for_id(encoder_id: str, cfg: EncoderConfig = DEFAULTS) -> Encoder:
+    """The encoder whose `id` is `encoder_id` (as recorded in a map pack's manifest)."""
+    for name in ENCODER_NAMES:
+        if _ids()[name] == encoder_id:
+            return make_encoder(name, cfg)
+    raise SkyfixError(f"map pack encoder {encoder_id!r} is not one this skyfix provides "
+                      f"({', '.join(_ids().values())})")
+
+
+def _ids() -> dict[str, str]:
+    from skyfix.models.xfeat import XFEAT_ID
+
+    return {"rootsift": RootSiftEncoder.id, "xfeat": XFEAT_ID}
