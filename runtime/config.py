@@ -51,7 +51,8 @@ class MatchConfig:
     max_rotation_deg: float = 8.0  # view-to-map rotation above this -> rejected ("heading")
     ambiguity_ratio: float = 0.8  # a distant second tile with this share of inliers -> "ambiguous"
     ambiguity_radius_m: float = 20.0  # second-best fixes closer than this agree, not compete
-    attitude_sigma_deg: float = 0.5  # 1-sigma error of the autopilot's roll/pitch
+    attitude_sigma_deg: float = 0.5  # 1-sigma error of the autopilot's roll/pitch (pose prior)
+    yaw_sigma_deg: float = 3.0  # 1-sigma error of the autopilot's heading (pose prior)
     sigma_floor_m: float = 0.5  # smallest 1-sigma a fix may claim
 
 
@@ -73,6 +74,56 @@ class OutputConfig:
     satellites: int = 10  # reported satellites_visible while we claim a fix
     lock_budget_s: float = 5.0  # after this long without a fix, fix_type drops to 0
     max_sigma_m: float = 50.0  # never claim a 3D fix with a larger 1-sigma
+    signing_key: str = ""  # MAVLink 2 signing key file (32 bytes, mode 0600); "" = unsigned
+    refuse_unsigned: bool = False  # with a key: drop unsigned input (badly signed is always dropped)
+    signing_link_id: int = 0  # link id stamped into our signatures
+
+
+_GNSS_MODES = ("always", "on-loss", "ekf-source")
+
+
+@dataclass(frozen=True)
+class GnssConfig:
+    # always: we are a second GPS, the autopilot chooses; on-loss: send only while the real
+    # GNSS is lost or spoofed; ekf-source: also switch EKF source sets (MAV_CMD_SET_EKF_SOURCE_SET)
+    mode: str = "always"
+    min_fix_type: int = 3  # real GNSS below this fix type counts as no fix
+    min_satellites: int = 6  # fewer -> degraded
+    max_hdop: float = 2.5  # GPS_RAW_INT eph / 100 above this -> degraded
+    max_h_acc_m: float = 10.0  # reported horizontal accuracy above this -> degraded
+    lost_after_s: float = 2.0  # no usable GNSS fix for this long -> lost
+    recover_after_s: float = 10.0  # GNSS must stay better this long before we step back
+    spoof_gate: float = 30.0  # one GNSS-vs-visual NIS above this -> spoofed at once
+    spoof_cusum_drift: float = 4.0  # CUSUM of (NIS - drift) over GNSS samples ...
+    spoof_cusum_limit: float = 40.0  # ... above this -> spoofed (slow drift)
+    ekf_source_gnss: int = 1  # EKF source set that uses the real GNSS
+    ekf_source_visual: int = 2  # EKF source set to use while GNSS is lost or spoofed
+
+    def __post_init__(self) -> None:
+        if self.mode not in _GNSS_MODES:
+            raise SkyfixError(f"config key 'gnss.mode' must be one of {', '.join(_GNSS_MODES)}, "
+                              f"got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    # V4L2 index ("0"), GStreamer pipeline (contains "!"), rtsp:// URL or a video file.
+    source: str = "0"
+    calibration: str = ""  # camera.yaml (intrinsics + distortion); required by `skyfix run`
+    width: int = 0  # requested capture size (0: the device's default)
+    height: int = 0
+    fps: float = 0.0  # requested capture rate (0: the device's default)
+    queue: int = 2  # latest-frame queue length; older frames are dropped, never queued up
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    map: str = ""  # map pack folder; required by `skyfix run`
+    link: str = "udpin:0.0.0.0:14550"  # pymavlink connection: /dev/ttyTHS1,921600 | tcp:host:port
+    link_timeout_s: float = 3.0  # no MAVLink message for this long -> reconnect
+    heartbeat_hz: float = 1.0  # HEARTBEAT rate, as an onboard computer
+    diagnostics_hz: float = 1.0  # NAMED_VALUE_FLOAT diagnostics rate (0: off)
+    health_period_s: float = 10.0  # health summary in the log every this many seconds
 
 
 @dataclass(frozen=True)
@@ -83,6 +134,9 @@ class Config:
     match: MatchConfig = field(default_factory=MatchConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    gnss: GnssConfig = field(default_factory=GnssConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

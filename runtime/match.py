@@ -3,17 +3,17 @@
 For each candidate tile:
 1. mutual nearest-neighbour matches with a ratio test;
 2. MAGSAC++ homography (OpenCV USAC) between view offsets and map coordinates picks
-   the inliers;
-3. a least-squares similarity on the inliers, map = s R(theta) view + t. Because view
-   offsets are metres from the point below the camera, t is that point in the map,
-   i.e. the aircraft's position; s says how far the reported height above ground is
-   off (AGL_match = s * AGL_reported) and theta how far the reported heading is off.
+   the inliers, and a least-squares similarity on them drops the rest
+   (map = s R(theta) view + t, t being the point below the camera);
+3. the camera pose from the inliers (runtime/pose.py), so that the position does not
+   inherit the reported roll/pitch error: its centre is the fix, its height the
+   height above ground, its rotation against the reported attitude the heading and
+   tilt errors.
 
-Covariance of t (1 sigma, m^2): the least-squares covariance sigma_r^2 (J^T J)^-1 from
-the inlier residuals, inflated for correlated feature errors, plus the position error
-that a roll/pitch error of `attitude_sigma_deg` causes at this height (AGL * tan),
-plus a floor. The fix is rejected (and the reason counted) when inliers are too few,
-the scale or heading disagrees with telemetry, or a distant tile matches nearly as well.
+Covariance of the fix (1 sigma, m^2): the pose's covariance (image residuals and the
+attitude prior propagated), inflated for correlated feature errors, plus a floor.
+The fix is rejected (and the reason counted) when inliers are too few, the height
+or heading disagrees with telemetry, or a distant tile matches nearly as well.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 from skyfix.models.features import LocalFeatures, match_mutual
 from skyfix.runtime.config import MatchConfig
+from skyfix.runtime.pose import solve_pose
 from skyfix.runtime.rectify import view_px_to_offset_m
 from skyfix.runtime.types import Fix, Rejection, RejectReason, View
 
@@ -34,7 +35,8 @@ _CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independen
 
 @dataclass(frozen=True)
 class TileMatch:
-    """One tile's match. `cov_en_m2`: [2, 2]; `residual_rms_m`: inlier residual RMS."""
+    """One tile's match. `cov_en_m2`: [2, 2]; `residual_rms_m`: inlier residual RMS of
+    the similarity, in map metres."""
 
     tile_id: int
     level: int
@@ -42,8 +44,9 @@ class TileMatch:
     east_m: float
     north_m: float
     cov_en_m2: np.ndarray
-    scale: float
-    rotation_deg: float
+    scale: float  # height above ground from the pose / reported height above ground
+    rotation_deg: float  # estimated minus reported heading
+    tilt_deg: float  # estimated against reported camera axis
     residual_rms_m: float
 
 
@@ -88,15 +91,22 @@ def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile_en: np.ndarray
     ok = np.linalg.norm(res, axis=1) <= 2 * thresh_m
     if ok.sum() < _MIN_POINTS:
         return None
-    params, res, cov = fit_similarity(src[keep][ok], dst[keep][ok])
-    a, b, tx, ty = params
-    n = int(ok.sum())
-    att = view.agl_m * np.tan(np.radians(cfg.attitude_sigma_deg))
-    cov_t = _CORRELATION_INFLATION * cov[2:, 2:] + (att**2 + cfg.sigma_floor_m**2) * np.eye(2)
+    src, dst = src[keep][ok], dst[keep][ok]
+    (a, b, tx, ty), res, _ = fit_similarity(src, dst)
+    points = np.column_stack([dst[:, 1], dst[:, 0], np.zeros(len(dst))])  # flat ground
+    pose = solve_pose(src, points, view.R_ned_cam, view.agl_m,
+                      np.array([ty, tx, -view.agl_m * np.hypot(a, b)]),
+                      np.radians(cfg.attitude_sigma_deg), np.radians(cfg.yaw_sigma_deg),
+                      view.gsd_m / view.agl_m)
+    if pose is None:
+        return None
+    cov = _CORRELATION_INFLATION * pose.cov_en_m2 + cfg.sigma_floor_m**2 * np.eye(2)
     return TileMatch(
-        tile_id=tile_id, level=level, inliers=n,
-        east_m=float(tx + origin[0]), north_m=float(ty + origin[1]), cov_en_m2=cov_t,
-        scale=float(np.hypot(a, b)), rotation_deg=float(np.degrees(np.arctan2(b, a))),
+        tile_id=tile_id, level=level, inliers=len(src),
+        east_m=float(pose.C_ned_m[1] + origin[0]), north_m=float(pose.C_ned_m[0] + origin[1]),
+        cov_en_m2=cov, scale=float(-pose.C_ned_m[2] / view.agl_m),
+        rotation_deg=float(np.degrees(pose.w_rad[2])),
+        tilt_deg=float(np.degrees(np.hypot(pose.w_rad[0], pose.w_rad[1]))),
         residual_rms_m=float(np.sqrt((res**2).sum(1).mean())),
     )
 
@@ -127,6 +137,7 @@ def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejec
     return Fix(
         t_ns=view.t_ns, east_m=best.east_m, north_m=best.north_m, cov_en_m2=best.cov_en_m2,
         agl_m=view.agl_m * best.scale, heading_err_deg=best.rotation_deg,
+        tilt_err_deg=best.tilt_deg,
         inliers=best.inliers, tile_id=best.tile_id, level=best.level,
     )
 

@@ -105,7 +105,7 @@ def rectify(frame: Frame, tel: Telemetry, camera: CameraModel, gsd_m: float,
     return View(
         t_ns=frame.t_ns, image=view, mask=mask, gsd_m=gsd_m,
         origin_px=(float(-x0 / gsd_m), float(y1 / gsd_m)),
-        footprint_m=footprint, agl_m=agl, yaw_rad=tel.yaw_rad,
+        footprint_m=footprint, agl_m=agl, yaw_rad=tel.yaw_rad, R_ned_cam=R_nc,
     )
 
 

@@ -67,7 +67,8 @@ class View:
     View pixel (u, v) lies at ground offset east = (u - origin_px[0]) * gsd_m,
     north = -(v - origin_px[1]) * gsd_m from the point straight below the camera.
     `image`: [H, W] uint8 gray; `mask`: [H, W] bool valid pixels;
-    `footprint_m`: [4, 2] float64 (east, north) offsets of the frame corners.
+    `footprint_m`: [4, 2] float64 (east, north) offsets of the frame corners;
+    `R_ned_cam`: [3, 3] the reported camera attitude the view was made with.
     """
 
     t_ns: int
@@ -78,6 +79,7 @@ class View:
     footprint_m: np.ndarray
     agl_m: float
     yaw_rad: float
+    R_ned_cam: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,9 @@ class Fix:
     east_m: float
     north_m: float
     cov_en_m2: np.ndarray
-    agl_m: float  # height above ground implied by the match scale
-    heading_err_deg: float  # rotation left between view and map after rectification
+    agl_m: float  # camera height above the matched ground, from the pose
+    heading_err_deg: float  # estimated minus reported heading
+    tilt_err_deg: float  # angle between the estimated and the reported camera axis
     inliers: int
     tile_id: int
     level: int

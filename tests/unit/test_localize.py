@@ -73,12 +73,18 @@ def test_fix_recovers_position_with_exact_attitude(ortho, scene):
     assert err < 3 * sigma
 
 
-def test_attitude_error_shifts_position_by_agl_tan_and_sigma_covers_it(ortho, scene):
-    # 0.5 deg roll error at 120 m AGL moves the ground point ~1.05 m sideways.
-    fix = fix_for(ortho, scene, 120.0, att_err_deg=0.5)
+@pytest.mark.parametrize("agl, att_err_deg", [(120.0, 0.5), (120.0, 2.0), (200.0, 3.0)])
+def test_pose_from_the_match_removes_the_reported_attitude_error(ortho, scene, agl, att_err_deg):
+    # Trusting the reported roll would move the fix by AGL * tan(error): 1.0 m, 4.2 m
+    # and 10.5 m here. The pose solved from the matches must not inherit that error,
+    # must report the roll error it found, and its sigma must still cover what remains.
+    fix = fix_for(ortho, scene, agl, att_err_deg=att_err_deg)
     assert isinstance(fix, Fix), fix
     err = np.hypot(fix.east_m - scene[0], fix.north_m - scene[1])
-    assert 0.6 < err < 1.6
+    naive = agl * np.tan(np.radians(att_err_deg))
+    assert err < 0.6 < 0.6 * naive
+    assert abs(fix.tilt_err_deg - att_err_deg) < 0.1
+    assert abs(fix.agl_m - agl) < 0.02 * agl
     sigma = np.sqrt(np.linalg.eigvalsh(fix.cov_en_m2).max())
     assert err < 3 * sigma
 
@@ -119,7 +125,7 @@ def test_similarity_covariance_matches_known_noise():
 def _tm(inliers, e, n, scale=1.0, rot=0.0, tid=0):
     from skyfix.runtime.match import TileMatch
 
-    return TileMatch(tid, 0, inliers, e, n, np.eye(2), scale, rot, 0.3)
+    return TileMatch(tid, 0, inliers, e, n, np.eye(2), scale, rot, 0.0, 0.3)
 
 
 class _View:

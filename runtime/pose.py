@@ -1,0 +1,113 @@
+"""Camera pose from ground matches, so that a fix does not inherit the attitude's error.
+
+The view was rectified with the reported attitude R_rep (camera -> NED) and height
+above ground h: a view point at ground offset (e, n) stands for the camera ray
+
+    b = R_rep^T [n, e, h]                                    (camera frame)
+
+and its match gives where that ray really meets the ground: the map point P
+(north, east, down) relative to a local origin, down = 0 on flat ground or minus the
+terrain height above the reference. The true pose (R, C) satisfies, for each point,
+
+    x = R^T (P - C),   (x0/x2, x1/x2) = (b0/b2, b1/b2)           (pinhole projection)
+
+with R = Exp(w) R_rep. Gauss-Newton solves for w (3) and C (3), with the reported
+attitude as a prior on w (roll/pitch `tilt_sigma`, yaw `yaw_sigma`): where the image
+geometry pins the pose down the position no longer depends on the reported
+attitude; where it does not (narrow field of view, few points) the prior takes over
+and the covariance says so. With J the whitened Jacobian of all residuals,
+
+    cov(w, C) = (J^T J)^-1,   sigma_px^2 = sum(r^2) / (2N - 6)    (re-estimated)
+
+and the covariance of C's horizontal part is what the fix reports (before the
+caller's inflation for correlated feature errors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+_ITERATIONS = 8
+_STEP = 1e-6  # numerical derivative step (radians / metres, relative to scale)
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Camera pose from the match. `C_ned_m`: [3] camera centre (north, east, down)
+    relative to the points' origin; `w_rad`: [3] rotation taking the reported attitude
+    to the estimated one (about north, east, down); `cov`: [6, 6] of (w, C);
+    `sigma_norm`: residual 1-sigma in normalised image units."""
+
+    C_ned_m: np.ndarray
+    w_rad: np.ndarray
+    cov: np.ndarray
+    sigma_norm: float
+
+    @property
+    def cov_en_m2(self) -> np.ndarray:
+        """[2, 2] covariance of the camera's (east, north)."""
+        return self.cov[3:5, 3:5][::-1, ::-1].copy()
+
+
+def _residuals(params: np.ndarray, R_rep: np.ndarray, P: np.ndarray,
+               obs: np.ndarray) -> np.ndarray:
+    """[2N] projection errors in normalised image units of the points P [N, 3]."""
+    R = cv2.Rodrigues(params[:3])[0] @ R_rep
+    x = (P - params[3:]) @ R  # rows: R^T (P - C)
+    z = np.where(np.abs(x[:, 2]) > 1e-9, x[:, 2], 1e-9)
+    return (x[:, :2] / z[:, None] - obs).ravel()
+
+
+def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.ndarray,
+               agl_m: float, C0_ned_m: np.ndarray, tilt_sigma_rad: float,
+               yaw_sigma_rad: float, sigma_norm0: float) -> Pose | None:
+    """The camera pose explaining N >= 6 ground matches, or None if it does not converge.
+
+    `offsets_en_m`: [N, 2] view offsets from nadir (east, north) under the reported
+    attitude; `points_ned_m`: [N, 3] the matched ground points; `R_rep`: [3, 3] reported
+    camera -> NED; `C0_ned_m`: [3] starting camera centre; `sigma_norm0`: a first guess
+    of the image noise (normalised units), re-estimated from the residuals.
+    """
+    n = len(offsets_en_m)
+    if n < 6:
+        return None
+    rays = np.column_stack([offsets_en_m[:, 1], offsets_en_m[:, 0], np.full(n, agl_m)])
+    b = rays @ R_rep  # rows: R_rep^T ray
+    obs = b[:, :2] / b[:, 2:3]
+    prior_sigma = np.array([tilt_sigma_rad, tilt_sigma_rad, yaw_sigma_rad])
+    params = np.concatenate([np.zeros(3), C0_ned_m])
+    sigma = sigma_norm0
+    for it in range(_ITERATIONS):
+        r = _residuals(params, R_rep, points_ned_m, obs)
+        J = np.empty((2 * n, 6))
+        for k in range(6):
+            h = _STEP * (1.0 if k < 3 else max(1.0, abs(C0_ned_m[2])))
+            d = np.zeros(6)
+            d[k] = h
+            J[:, k] = (_residuals(params + d, R_rep, points_ned_m, obs) - r) / h
+        if it >= 2:  # re-estimate the image noise once the pose has settled
+            sigma = max(float(np.sqrt(r @ r / max(2 * n - 6, 1))), 1e-6)
+        A = J.T @ J / sigma**2
+        A[:3, :3] += np.diag(1.0 / prior_sigma**2)
+        g = J.T @ r / sigma**2
+        g[:3] += params[:3] / prior_sigma**2
+        try:
+            step = np.linalg.solve(A, -g)
+        except np.linalg.LinAlgError:
+            return None
+        params = params + step
+        if np.abs(step[3:]).max() < 1e-4 and np.abs(step[:3]).max() < 1e-7:
+            break
+    r = _residuals(params, R_rep, points_ned_m, obs)
+    if not np.all(np.isfinite(params)) or params[5] >= 0:  # the camera must be above ground
+        return None
+    try:
+        cov = np.linalg.inv(A)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(np.isfinite(cov)):
+        return None
+    return Pose(params[3:].copy(), params[:3].copy(), cov, sigma)
