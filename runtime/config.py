@@ -36,7 +36,8 @@ class RectifyConfig:
 
 @dataclass(frozen=True)
 class RetrieveConfig:
-    top_k: int = 5  # tiles re-ranked by local matching
+    top_k: int = 5  # tiles re-ranked by local matching (window and global search)
+    tracking_k: int = 2  # tiles matched when the prior window fits inside one tile
     window_sigma: float = 3.0  # prior window radius in filter standard deviations ...
     window_margin_m: float = 40.0  # ... plus this margin
     global_after_s: float = 10.0  # search the whole pack after this long without a fix

@@ -20,7 +20,6 @@ from functools import lru_cache
 import numpy as np
 
 from skyfix.calibration.camera import CameraModel
-from skyfix.maps.index import search
 from skyfix.maps.pack import MapPack
 from skyfix.models.features import Encoder
 from skyfix.runtime.config import Config
@@ -28,17 +27,8 @@ from skyfix.runtime.filter import Innovation, PositionFilter, estimate_at
 from skyfix.runtime.geo import LocalFrame
 from skyfix.runtime.match import locate
 from skyfix.runtime.rectify import rectify
+from skyfix.runtime.retrieve import NO_PRIOR, Prior, retrieve, window_prior
 from skyfix.runtime.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry
-
-
-@dataclass(frozen=True)
-class Prior:
-    """Where to search: centre (E, N) map metres and a [2, 2] window covariance (m^2)
-    such that points with d^T cov^-1 d <= 1 are inside."""
-
-    centre_en: np.ndarray
-    window_cov: np.ndarray
-    source: str  # "filter", "gnss" or "none"
 
 
 @dataclass(frozen=True)
@@ -59,7 +49,7 @@ class Localizer:
         self.pack, self.camera, self.encoder, self.cfg = pack, camera, encoder, cfg
         self._tile_features = lru_cache(maxsize=128)(pack.tile_features)
 
-    def locate(self, frame: Frame, tel: Telemetry, prior: Prior | None) -> Fix | Rejection:
+    def locate(self, frame: Frame, tel: Telemetry, prior: Prior) -> Fix | Rejection:
         level = self.pack.level_for_gsd(tel.agl_m / self.camera.fx)
         view = rectify(frame, tel, self.camera, self.pack.levels[level], self.cfg.rectify)
         if view is None:
@@ -68,8 +58,7 @@ class Localizer:
         if len(feats) < self.cfg.match.min_inliers:
             return Rejection(frame.t_ns, "few_features", f"{len(feats)} features in the view")
         query = self.pack.global_descriptor(feats.descriptors)
-        window = None if prior is None else (prior.centre_en, prior.window_cov)
-        hits = search(self.pack, query, level, self.cfg.retrieve.top_k, window)
+        hits = retrieve(self.pack, query, level, prior, self.cfg.retrieve)
         if not hits:
             return Rejection(frame.t_ns, "no_tiles", f"no tile of level {level} in the window")
         candidates = [(h.tile_id, h.level, *self._tile_features(h.tile_id)) for h in hits]
@@ -90,23 +79,21 @@ class Navigator:
     def prior(self, t_ns: int, gnss: GnssSample | None) -> Prior:
         rc = self.cfg.retrieve
         lost_for_s = np.inf if self.last_fix_t_ns is None else (t_ns - self.last_fix_t_ns) * 1e-9
-        margin2 = rc.window_margin_m**2 * np.eye(2)
         if self.filter.initialized and lost_for_s <= rc.global_after_s:
             x, P = self.filter.state_at(t_ns)
             J_inv = np.linalg.inv(self.frame.J_ned_map)
             cov_en = J_inv @ P[:2, :2] @ J_inv.T
-            centre = self.frame.ned_to_map(x[0], x[1])
-            return Prior(centre, rc.window_sigma**2 * cov_en + margin2, "filter")
+            return window_prior(self.frame.ned_to_map(x[0], x[1]), cov_en, "filter", rc)
         if gnss is not None:
             centre = self.frame.lla_to_map(gnss.lat_deg, gnss.lon_deg)[0]
             sigma = gnss.eph_m if np.isfinite(gnss.eph_m) else 5.0
-            return Prior(centre, (rc.window_sigma * sigma) ** 2 * np.eye(2) + margin2, "gnss")
-        return Prior(np.zeros(2), np.zeros((2, 2)), "none")
+            return window_prior(centre, sigma**2 * np.eye(2), "gnss", rc)
+        return NO_PRIOR
 
     def on_frame(self, frame: Frame, tel: Telemetry, gnss: GnssSample | None) -> FrameResult:
         start = time.perf_counter()
         prior = self.prior(frame.t_ns, gnss)
-        result = self.localizer.locate(frame, tel, None if prior.source == "none" else prior)
+        result = self.localizer.locate(frame, tel, prior)
         innovation = None
         if isinstance(result, Fix):
             result, innovation = self._fuse(result)
