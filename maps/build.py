@@ -1,7 +1,9 @@
 """Build a map pack from one or more orthophoto GeoTIFFs (layout: see skyfix.maps.pack).
 
     inputs --check georeferencing--> pack CRS + grid --mosaic--> ortho.tif
-    ortho.tif --tiles per level--> local features --sample--> codebook --VLAD--> descriptors
+    [DEM --resample to the grid--> dem.npy]
+    ortho.tif --tiles per level, in chunks (skyfix.maps.tiles)--> local features
+    --sample--> codebook --VLAD--> descriptors [--levels with many tiles--> FAISS index]
 
 Pack CRS: the first input's CRS when projected in metres, else the UTM zone (WGS 84, EPSG
 326xx/327xx) of the area's centre. Every input is warped (WarpedVRT) onto one north-up grid
@@ -10,12 +12,15 @@ rasterio.merge); an input already on that grid is copied exactly. Imagery that i
 8-bit is stretched to 0..255 (0.5/99.5 percentiles of its valid pixels).
 
 Tiles are read from the written ortho.tif, so a crop of it at match time shows the pixels
-the features came from. Keypoint pixel (u, v) of a tile (OpenCV: pixel centres at
-integers) lies at (east, north) = centre + ((u + 0.5 - tile_px/2) * gsd,
-(tile_px/2 - v - 0.5) * gsd): image y points down, northing up.
+the features came from. A geographic input must fit one UTM zone (within UTM_MAX_DEG of its
+central meridian, |lat| <= 84): a wider area would be distorted.
 
-The pack is written into a hidden temporary folder next to `out` and renamed into place at
-the end, so an interrupted build never leaves a pack that looks complete.
+The pack is written into the hidden folder `.NAME.partial` next to `out` and renamed into
+place at the end, so an interrupted build never leaves a pack that looks complete. That
+folder keeps the finished mosaic and tile chunks of an interrupted build: a rerun with the
+same inputs (path, size, mtime) and parameters resumes there, any other starts over (with
+a note); bad input (SkyfixError) removes it. Memory is bounded: streamed mosaic blocks, one
+chunk of tiles at a time, GDAL's block cache capped at GDAL_CACHE_MB.
 """
 
 from __future__ import annotations
@@ -26,13 +31,12 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
 import numpy as np
 import rasterio
 from affine import Affine
@@ -44,17 +48,34 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from skyfix.maps.pack import FORMAT, MANIFEST, TILE_DTYPE, Manifest, file_sha256
-from skyfix.models.features import Encoder, RootSiftEncoder, fit_codebook, vlad
+from skyfix.maps.dem import DEM_FILE, write_dem
+from skyfix.maps.index import write_index
+from skyfix.maps.pack import FORMAT, MANIFEST, Manifest, file_sha256, index_file
+from skyfix.maps.tiles import (
+    CHUNK_TILES,
+    MASK_ERODE_PX,
+    MIN_VALID_FRACTION,
+    PARAMS,
+    BuildProgress,
+    extract_chunks,
+    input_stamp,
+    merge_chunks,
+    prepare_work,
+    tile_specs,
+    write_descriptors,
+)
+from skyfix.models.features import Encoder, RootSiftEncoder, fit_codebook
 from skyfix.runtime.errors import SkyfixError
 
 DEFAULT_ENCODER = RootSiftEncoder()
 SEED = 0  # codebook sample and k-means
 CODEBOOK_SAMPLES = 50_000  # at most this many local descriptors go into k-means
-MIN_VALID_FRACTION = 0.5  # tiles with less imagery than this are skipped
 JPEG_QUALITY = 90
 BLOCK_PX = 1024  # mosaic is written in blocks of this size
-MASK_ERODE_PX = 5  # no keypoints this close to nodata (descriptors would see it)
+INDEX_MIN_TILES = 5000  # levels with at least this many tiles get a FAISS index
+GDAL_CACHE_MB = 256  # GDAL's default is 5 % of RAM: unbounded for our purpose
+UTM_MAX_DEG = 4.0  # a geographic input may reach this far from its UTM central meridian
+ORTHO_DONE = "ortho.done"  # in the partial folder: ortho.tif is complete
 
 
 @dataclass(frozen=True)
@@ -86,64 +107,105 @@ class _Source:
 
 def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENCODER,
                gsds_m: Sequence[float] | None = None, tile_px: int = 512, overlap: float = 0.5,
-               codebook_k: int = 32, force: bool = False, progress: bool = True) -> Path:
+               codebook_k: int = 32, force: bool = False, progress: bool = True,
+               dem: Path | None = None, index_min_tiles: int = INDEX_MIN_TILES,
+               on_progress: Callable[[BuildProgress], None] | None = None) -> Path:
     """Write the map pack of `orthos` to the folder `out` and return `out`.
 
     `gsds_m`: ground resolution of each level, metres/pixel (default: native, 2 x native);
     `overlap`: share of a tile shared with its neighbour (stride = tile_px * (1 - overlap)).
-    `force` replaces an existing pack at `out` (never a non-empty folder that is no pack).
-    Raises SkyfixError (one line) for unusable input.
+    `dem`: terrain model to resample into the pack. `index_min_tiles`: levels with at least
+    this many tiles get a FAISS index (0 = every level). `force` replaces an existing pack
+    at `out` (never a non-empty folder that is no pack). `on_progress` is called after each
+    chunk of tiles. Raises SkyfixError (one line) for unusable input.
     """
     out, paths = Path(out), [Path(p) for p in orthos]
-    _check_args(paths, gsds_m, tile_px, overlap, codebook_k)
+    dem = None if dem is None else Path(dem)
+    _check_args(paths, gsds_m, tile_px, overlap, codebook_k, dem, index_min_tiles)
     _check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    work = out.parent / f".{out.name}.partial"
+    params = {"format": FORMAT, "inputs": [input_stamp(p) for p in paths],
+              "dem": None if dem is None else input_stamp(dem),
+              "encoder": [encoder.id, encoder.sha256],
+              "gsds_m": None if gsds_m is None else [float(g) for g in gsds_m],
+              "tile_px": int(tile_px), "overlap": float(overlap), "codebook_k": int(codebook_k),
+              "index_min_tiles": int(index_min_tiles), "chunk_tiles": CHUNK_TILES, "seed": SEED}
+    prepare_work(work, params)
     try:
-        grid = _write_ortho(paths, tmp / "ortho.tif", progress)
-        gsds = tuple(float(g) for g in gsds_m) if gsds_m else (grid.gsd_m, 2 * grid.gsd_m)
-        tiles, keypoints, local = _extract_tiles(tmp / "ortho.tif", grid, gsds, tile_px,
-                                                 overlap, encoder, progress)
-        codebook = _fit_codebook(local, codebook_k, paths)
-        local32, ends = local.astype(np.float32), tiles["feat_offset"] + tiles["feat_count"]
-        descriptors = np.stack([vlad(local32[a:b], codebook)
-                                for a, b in zip(tiles["feat_offset"], ends, strict=True)])
-        _build_overviews(tmp / "ortho.tif")
-        arrays = {"tiles.npy": tiles, "keypoints.npy": keypoints,
-                  "local_descriptors.npy": local, "descriptors.npy": descriptors,
-                  "codebook.npy": codebook}
-        for name, array in arrays.items():
-            np.save(tmp / name, array, allow_pickle=False)
-        files = {n: file_sha256(tmp / n) for n in [*arrays, "ortho.tif"]}
-        manifest = Manifest(
-            format=FORMAT, crs_wkt=grid.crs.to_wkt(), crs_epsg=grid.crs.to_epsg(),
-            bounds_en=grid.bounds_en, gsds_m=gsds, tile_px=int(tile_px), overlap=float(overlap),
-            tile_count=tuple(int((tiles["level"] == i).sum()) for i in range(len(gsds))),
-            encoder_id=encoder.id, encoder_sha256=encoder.sha256, local_dim=int(local.shape[1]),
-            codebook_k=int(codebook_k), n_features=len(keypoints),
-            sources=tuple(p.name for p in paths),
-            build={"seed": SEED, "codebook_samples": min(CODEBOOK_SAMPLES, len(local)),
-                   "min_valid_fraction": MIN_VALID_FRACTION, "mask_erode_px": MASK_ERODE_PX,
-                   "ortho_gsd_m": grid.gsd_m, "ortho_size_px": [grid.width, grid.height],
-                   "ortho_compression": f"JPEG q{JPEG_QUALITY}",
-                   "level_resampling": "average (coarser), nearest (native), bilinear (finer)"},
-            files=files, created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-        _commit(tmp, out, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            manifest = _build(work, paths, dem, encoder, gsds_m, tile_px, overlap, codebook_k,
+                              index_min_tiles, progress, on_progress)
+        (work / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        _commit(work, out, force)
+    except SkyfixError:
+        shutil.rmtree(work, ignore_errors=True)
         raise
     return out
 
 
+def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
+           gsds_m: Sequence[float] | None, tile_px: int, overlap: float, codebook_k: int,
+           index_min_tiles: int, progress: bool,
+           on_progress: Callable[[BuildProgress], None] | None) -> Manifest:
+    """Fill `work` with every pack file (resuming what is there) and return the manifest."""
+    ortho = work / "ortho.tif"
+    if (work / ORTHO_DONE).is_file():
+        with rasterio.open(ortho) as o:
+            grid = Grid(o.crs, o.transform, o.width, o.height)
+    else:
+        grid = _write_ortho(paths, ortho, progress)
+        (work / ORTHO_DONE).write_text("")
+    dem_gsd = None if dem is None else write_dem(dem, grid, work / DEM_FILE)
+    gsds = tuple(float(g) for g in gsds_m) if gsds_m else (grid.gsd_m, 2 * grid.gsd_m)
+    specs = tile_specs(grid, gsds, tile_px, overlap)
+    chunks = extract_chunks(ortho, grid, specs, tile_px, encoder, work, progress, on_progress)
+    try:
+        tiles, sample = merge_chunks(chunks, work, CODEBOOK_SAMPLES, SEED)
+    except SkyfixError as e:
+        raise SkyfixError(f"{', '.join(str(p) for p in paths)}: {e}") from None
+    n_features = int(tiles["feat_count"].sum())
+    codebook = _fit_codebook(sample, n_features, codebook_k, paths)
+    np.save(work / "codebook.npy", codebook, allow_pickle=False)
+    write_descriptors(chunks, codebook, work / "descriptors.npy", progress)
+    index_levels, nprobe = [], 0
+    for level in range(len(gsds)):
+        ids = np.flatnonzero(tiles["level"] == level)
+        if len(ids) and len(ids) >= index_min_tiles:
+            nprobe = write_index(work / "descriptors.npy", ids, work / index_file(level), SEED)
+            index_levels.append(level)
+    _build_overviews(ortho)
+    for p in [*chunks, work / ORTHO_DONE, work / PARAMS]:
+        p.unlink()
+    files = {p.name: file_sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
+    return Manifest(
+        format=FORMAT, crs_wkt=grid.crs.to_wkt(), crs_epsg=grid.crs.to_epsg(),
+        bounds_en=grid.bounds_en, gsds_m=gsds, tile_px=int(tile_px), overlap=float(overlap),
+        tile_count=tuple(int((tiles["level"] == i).sum()) for i in range(len(gsds))),
+        encoder_id=encoder.id, encoder_sha256=encoder.sha256, local_dim=int(sample.shape[1]),
+        codebook_k=int(codebook_k), n_features=n_features,
+        sources=tuple(p.name for p in paths),
+        build={"seed": SEED, "codebook_samples": len(sample),
+               "min_valid_fraction": MIN_VALID_FRACTION, "mask_erode_px": MASK_ERODE_PX,
+               "ortho_gsd_m": grid.gsd_m, "ortho_size_px": [grid.width, grid.height],
+               "ortho_compression": f"JPEG q{JPEG_QUALITY}",
+               "level_resampling": "average (coarser), nearest (native), bilinear (finer)",
+               "dem_source": None if dem is None else dem.name,
+               "index_min_tiles": int(index_min_tiles), "index": "faiss IVF-flat, inner product"},
+        files=files, created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        dem_gsd_m=dem_gsd, index_levels=tuple(index_levels), index_nprobe=nprobe,
+    )
+
+
 def _check_args(paths: list[Path], gsds_m: Sequence[float] | None, tile_px: int,
-                overlap: float, codebook_k: int) -> None:
+                overlap: float, codebook_k: int, dem: Path | None, index_min_tiles: int) -> None:
     if not paths:
         raise SkyfixError("no orthophoto given")
-    for p in paths:
-        if not p.exists():
+    for p in [*paths, *([dem] if dem is not None else [])]:
+        if not p.is_file():
             raise SkyfixError(f"{p}: no such file")
+    if index_min_tiles < 0:
+        raise SkyfixError(f"index tile threshold must be >= 0, got {index_min_tiles}")
     if gsds_m is not None and (not len(gsds_m) or len(set(gsds_m)) != len(gsds_m)
                                or not all(math.isfinite(g) and g > 0 for g in gsds_m)):
         raise SkyfixError(f"ground resolutions must be distinct positive numbers, got {gsds_m}")
@@ -221,9 +283,16 @@ def _pack_crs(sources: list[_Source]) -> CRS:
     except CRSError:
         pass
     boxes = [transform_bounds(s.ds.crs, "EPSG:4326", *s.ds.bounds) for s in sources]
-    lon = (min(b[0] for b in boxes) + max(b[2] for b in boxes)) / 2
-    lat = (min(b[1] for b in boxes) + max(b[3] for b in boxes)) / 2
+    w, s_, e, n = (min(b[0] for b in boxes), min(b[1] for b in boxes),
+                   max(b[2] for b in boxes), max(b[3] for b in boxes))
+    lon, lat = (w + e) / 2, (s_ + n) / 2
     zone = min(60, max(1, int((lon + 180.0) // 6) + 1))
+    meridian = zone * 6 - 183
+    if max(meridian - w, e - meridian) > UTM_MAX_DEG or max(abs(s_), abs(n)) > 84:
+        names = ", ".join(str(s.path) for s in sources)
+        raise SkyfixError(
+            f"{names}: geographic CRS covering lon {w:.2f}..{e:.2f}, lat {s_:.2f}..{n:.2f} deg;"
+            f" too large for one UTM zone (reproject it to a suitable projected CRS first)")
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
@@ -321,79 +390,14 @@ def _build_overviews(path: Path) -> None:
             ds.update_tags(ns="rio_overview", resampling="average")
 
 
-def _starts(extent_px: float, tile_px: int, stride: float) -> list[float]:
-    """Tile origins along one axis: every `stride`, the last one flush with the edge."""
-    if extent_px <= tile_px:
-        return [0.0]
-    n = math.ceil((extent_px - tile_px) / stride - 1e-9) + 1
-    return [min(i * stride, extent_px - tile_px) for i in range(n)]
-
-
-def _read_tile(ds: rasterio.DatasetReader, x0: float, y0: float, scale: float,
-               tile_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """([tile_px, tile_px] uint8 gray, [tile_px, tile_px] bool valid) of the tile whose
-    top-left corner is level pixel (x0, y0); one level pixel = `scale` ortho pixels."""
-    cols = min(tile_px, math.floor(ds.width / scale - x0 + 1e-6))
-    rows = min(tile_px, math.floor(ds.height / scale - y0 + 1e-6))
-    win = Window(x0 * scale, y0 * scale, cols * scale, rows * scale)
-    resampling = (Resampling.nearest if abs(scale - 1) < 1e-9
-                  else Resampling.average if scale > 1 else Resampling.bilinear)
-    px = ds.read(window=win, out_shape=(ds.count, rows, cols), resampling=resampling)
-    mask = ds.dataset_mask(window=win, out_shape=(rows, cols), resampling=Resampling.nearest)
-    gray = np.zeros((tile_px, tile_px), np.uint8)
-    valid = np.zeros((tile_px, tile_px), bool)
-    gray[:rows, :cols] = (cv2.cvtColor(np.ascontiguousarray(px.transpose(1, 2, 0)),
-                                       cv2.COLOR_RGB2GRAY) if ds.count == 3 else px[0])
-    valid[:rows, :cols] = mask > 0
-    return gray, valid
-
-
-def _extract_tiles(ortho: Path, grid: Grid, gsds: tuple[float, ...], tile_px: int,
-                   overlap: float, encoder: Encoder, progress: bool
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """([T] TILE_DTYPE, [F, 2] float32 offsets from tile centres, [F, D] float16)."""
-    stride = max(1.0, tile_px * (1.0 - overlap))
-    specs = []
-    for level, g in enumerate(gsds):
-        scale = g / grid.gsd_m
-        for y0 in _starts(grid.height / scale, tile_px, stride):
-            specs.extend((level, g, x0, y0) for x0 in _starts(grid.width / scale, tile_px, stride))
-    left, top, half = grid.transform.c, grid.transform.f, tile_px / 2
-    rows, kps, descs, offset = [], [], [], 0
-    kernel = np.ones((MASK_ERODE_PX, MASK_ERODE_PX), np.uint8)
-    with rasterio.open(ortho) as ds:
-        for level, g, x0, y0 in tqdm(specs, desc="map tiles", unit="tile", disable=not progress):
-            gray, valid = _read_tile(ds, x0, y0, g / grid.gsd_m, tile_px)
-            frac = float(valid.mean())
-            if frac < MIN_VALID_FRACTION:
-                continue
-            mask = None if frac == 1.0 else cv2.erode(valid.astype(np.uint8), kernel) > 0
-            f = encoder.extract(gray, mask)
-            order = np.argsort(-f.scores, kind="stable")
-            uv = f.keypoints[order].astype(np.float64)
-            kps.append(np.stack([(uv[:, 0] + 0.5 - half) * g, (half - uv[:, 1] - 0.5) * g],
-                                1).astype(np.float32))
-            descs.append(f.descriptors[order].astype(np.float16))
-            min_e, max_n = left + x0 * g, top - y0 * g
-            max_e, min_n = min_e + tile_px * g, max_n - tile_px * g
-            rows.append((len(rows), level, g, ((min_e + max_e) / 2, (min_n + max_n) / 2),
-                         (min_e, min_n, max_e, max_n), offset, len(order), frac))
-            offset += len(order)
-    if not rows:
-        raise SkyfixError(f"{ortho.name}: no tile has {MIN_VALID_FRACTION:.0%} valid pixels")
-    return np.array(rows, TILE_DTYPE), np.concatenate(kps), np.concatenate(descs)
-
-
-def _fit_codebook(local: np.ndarray, k: int, paths: list[Path]) -> np.ndarray:
-    """[k, D] float32 k-means codebook of a seeded sample of [F, D] local descriptors."""
-    if len(local) < k:
+def _fit_codebook(sample: np.ndarray, n_features: int, k: int, paths: list[Path]
+                  ) -> np.ndarray:
+    """[k, D] float32 k-means codebook of a seeded [n, D] sample of the local descriptors."""
+    if n_features < k:
         names = ", ".join(str(p) for p in paths)
-        raise SkyfixError(f"{names}: only {len(local)} local features found, the codebook needs"
+        raise SkyfixError(f"{names}: only {n_features} local features found, the codebook needs"
                           f" at least {k} (image too small or without texture)")
-    rng = np.random.default_rng(SEED)
-    pick = np.sort(rng.choice(len(local), CODEBOOK_SAMPLES, replace=False)) \
-        if len(local) > CODEBOOK_SAMPLES else np.arange(len(local))
-    return fit_codebook(np.asarray(local[pick], np.float32), k, seed=SEED)
+    return fit_codebook(np.asarray(sample, np.float32), k, seed=SEED)
 
 
 def _line(e: Exception) -> str:

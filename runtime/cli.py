@@ -31,11 +31,13 @@ def cmd_sim_flight(a: argparse.Namespace) -> None:
 
 
 def cmd_maps_build(a: argparse.Namespace) -> None:
-    from skyfix.maps.build import build_pack
+    from skyfix.maps.build import INDEX_MIN_TILES, build_pack
     from skyfix.models.registry import make_encoder
 
     path = build_pack(a.orthos, a.out, encoder=make_encoder(a.encoder), gsds_m=a.gsd,
-                      tile_px=a.tile, overlap=a.overlap, force=a.force)
+                      tile_px=a.tile, overlap=a.overlap, force=a.force, dem=a.dem,
+                      index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
+                      else a.index_min_tiles)
     print(f"map pack written to {path}")
 
 
@@ -54,14 +56,19 @@ def cmd_maps_info(a: argparse.Namespace) -> None:
 
     info = pack_info(a.pack)
     for key, value in vars(info).items():
-        print(f"{key:>16}: {value}")
+        print(f"{key:>18}: {value}")
 
 
 def cmd_replay(a: argparse.Namespace) -> None:
     from skyfix.runtime.config import load_config
     from skyfix.runtime.replay import replay
+    from skyfix.runtime.sources import open_inputs
 
-    result = replay(a.flight, a.map, a.out, load_config(a.config), a.gnss_off_at)
+    cfg = load_config(a.config)
+    inputs = open_inputs(a.flight, frames=a.frames, frame_times=a.frame_times, video=a.video,
+                         video_start=a.video_start, video_fps=a.video_fps,
+                         telemetry=a.telemetry, camera=a.camera, time_offset_s=a.time_offset)
+    result = replay(inputs, a.map, a.out, cfg, a.gnss_off_at)
     _print_summary(result.report, result.files)
 
 
@@ -72,10 +79,171 @@ def cmd_demo(a: argparse.Namespace) -> None:
     _print_summary(result.report, result.files)
 
 
+def _log_to_stderr(verbose: bool = False) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    from skyfix.runtime.daemon import run_daemon
+
+    _log_to_stderr(a.verbose)
+    run_daemon(a.config, a.duration)
+
+
+def cmd_sim_autopilot(a: argparse.Namespace) -> None:
+    import threading
+
+    from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
+    from skyfix.sim.flight import FlightSpec
+
+    spec = AutopilotSpec(a.duration, a.gnss_off_at, FlightSpec(agl_m=a.agl, seed=a.seed))
+    emulator = AutopilotEmulator(a.ortho, spec, a.link)
+    print(f"flying {a.duration:g} s over {a.ortho.name}, GNSS off at {a.gnss_off_at:g} s, "
+          f"MAVLink on {a.link}")
+    emulator.run(threading.Event())
+    a.out.mkdir(parents=True, exist_ok=True)
+    path = emulator.write_received(a.out / "received.tlog")
+    print(f"sent {emulator.sent} messages, received {len(emulator.gps_inputs())} GPS_INPUT; "
+          f"wrote {path}")
+
+
+def cmd_sim_closed_loop(a: argparse.Namespace) -> None:
+    import json
+
+    from skyfix.runtime.config import load_config
+    from skyfix.sim.closed_loop import ClosedLoopSpec, run_closed_loop
+
+    _log_to_stderr()
+    spec = ClosedLoopSpec(a.duration, a.gnss_off_at, a.blank_at, a.fps, a.agl, a.seed)
+    result = run_closed_loop(a.ortho, a.out, spec, load_config(a.config), a.map)
+    print(json.dumps({k: v for k, v in result.items() if k != "daemon"}, indent=2))
+    print(f"wrote {a.out / 'closed_loop.json'}")
+
+
+def cmd_sim_sitl(a: argparse.Namespace) -> None:
+    import json
+
+    from skyfix.runtime.config import load_config
+    from skyfix.sim.sitl import run_sitl
+
+    _log_to_stderr()
+    result = run_sitl(a.ortho, a.out, a.binary, a.connect, a.duration, a.gnss_off_at, a.agl,
+                      cfg=load_config(a.config), pack=a.map)
+    print(json.dumps(result, indent=2))
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        msg = f"expected WIDTHxHEIGHT, e.g. 640x480, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def cmd_models_export(a: argparse.Namespace) -> None:
+    from skyfix.models.export import export_xfeat
+
+    path = export_xfeat(a.out, a.opset)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.name}.json")
+
+
+def cmd_models_info(a: argparse.Namespace) -> None:
+    from skyfix.models.manifest import load_manifest
+
+    manifest = load_manifest(a.model, verify=True)
+    rows = manifest.summary_rows()
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:>{width}}: {value}")
+    print(f"{'':>{width}}  sha256 of {a.model.name} verified")
+
+
+def cmd_models_engine(a: argparse.Namespace) -> None:
+    from skyfix.models.manifest import load_manifest
+    from skyfix.runtime.backends import tensorrt as trt_backend
+
+    manifest = load_manifest(a.model, verify=True)
+    name = manifest.inputs[0].name
+    multiple = manifest.input_multiple
+    for w, h in (a.min_size, a.size, a.max_size):
+        if w % multiple or h % multiple:
+            raise SkyfixError(f"engine size {w}x{h} is not a multiple of {multiple} "
+                              f"({manifest.model_id} needs it)")
+    shapes = trt_backend.image_profile(name, a.min_size, a.size, a.max_size)
+    feeds = (trt_backend.calibration_images(a.calib, name, a.size) if a.calib else None)
+    if a.precision == "int8" and feeds is None:
+        raise SkyfixError("--precision int8 needs --calib FOLDER of map-tile images")
+    trt_backend.import_tensorrt()  # one clear line when TensorRT is absent
+    path = trt_backend.build_cached_engine(a.model, a.precision, shapes, feeds, a.cache_dir)
+    print(f"engine: {path}")
+
+
+def cmd_models_bench(a: argparse.Namespace) -> None:
+    import subprocess
+
+    import skyfix.models
+
+    script = Path(skyfix.models.__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
+    if not script.is_file():
+        raise SkyfixError(f"{script} not found: the model benchmark runs from a source checkout")
+    cmd = [sys.executable, str(script), "--out", str(a.out), "--runs", str(a.runs),
+           "--tiles", str(a.tiles)]
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise SkyfixError(f"model benchmark failed (exit status {code})")
+
+
+def cmd_calibrate_camera(a: argparse.Namespace) -> None:
+    from skyfix.calibration.intrinsics import (
+        calibrate_intrinsics,
+        parse_pattern,
+        write_camera_info,
+    )
+
+    res = calibrate_intrinsics(a.images, parse_pattern(a.pattern), a.min_views)
+    res.camera.save(a.out)
+    c = res.camera
+    print(f"board found in {len(res.views_used)} of {res.views_total} images")
+    print(f"fx {c.fx:.2f}  fy {c.fy:.2f}  cx {c.cx:.2f}  cy {c.cy:.2f}  "
+          f"dist {' '.join(f'{d:.5f}' for d in c.dist)}")
+    print(f"RMS reprojection error {res.rms_px:.3f} px (worst image "
+          f"{float(res.view_rms_px.max()):.3f} px)")
+    print(f"wrote {a.out}")
+    if a.ros:
+        write_camera_info(a.ros, c, a.camera_name)
+        print(f"wrote {a.ros}")
+
+
+def cmd_calibrate_mount(a: argparse.Namespace) -> None:
+    from skyfix.calibration.mount import calibrate_mount
+    from skyfix.runtime.config import load_config
+
+    cal = calibrate_mount(a.flight, a.map, load_config(a.config), a.min_frames)
+    r, p_, y = cal.mount_error_deg
+    print(f"frames used {cal.frames_used} of {cal.frames_total}")
+    print(f"mount vs nadir: roll {r:+.3f}  pitch {p_:+.3f}  yaw {y:+.3f} deg "
+          f"(per-frame spread {cal.rotation_rms_deg:.2f} deg RMS)")
+    print(f"time offset {cal.time_offset_s * 1e3:+.1f} ms (1-sigma "
+          f"{cal.time_offset_sigma_s * 1e3:.1f} ms): frames are stamped this late")
+    print(f"map vs GNSS bias E {cal.bias_en_m[0]:+.2f} N {cal.bias_en_m[1]:+.2f} m, "
+          f"track residual {cal.position_rms_m:.2f} m RMS")
+    cal.save(a.out)
+    print(f"wrote {a.out}")
+
+
 def _print_summary(report, files) -> None:
     rows = [
         ("frames", report.frames), ("accepted fixes", report.fixes),
         ("availability", f"{report.availability:.1%}"),
+        ("scored against", report.reference if report.scored else "not scored: no reference"),
         ("fix CEP50 / CEP95 (m)", f"{report.fix_cep50_m} / {report.fix_cep95_m}"),
         ("estimate CEP50 / CEP95 (m)", f"{report.est_cep50_m} / {report.est_cep95_m}"),
         ("max fix error (m)", report.max_err_m),
@@ -103,7 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("replay", help="run a recorded flight through the runtime and score it")
-    r.add_argument("flight", type=Path, help="recorded-flight folder")
+    r.add_argument("flight", type=Path, nargs="?",
+                   help="recorded-flight folder (or use --frames / --video)")
+    r.add_argument("--frames", type=Path, metavar="DIR",
+                   help="image folder; times from EXIF, YYYYmmddHHMMSScc names or --frame-times")
+    r.add_argument("--frame-times", type=Path, metavar="CSV",
+                   help="capture times: columns file and t_ns|unix_s|utc_unix_s")
+    r.add_argument("--video", type=Path, metavar="FILE", help="video file (with --video-start)")
+    r.add_argument("--video-start", metavar="ISO8601", help="UTC time of the video's first frame")
+    r.add_argument("--video-fps", type=float, default=2.0,
+                   help="frames per second taken from the video (default 2)")
+    r.add_argument("--telemetry", type=Path, metavar="LOG",
+                   help=".tlog, .bin, .ulg or GPS track .csv (default: the images' EXIF/XMP)")
+    r.add_argument("--camera", type=Path, metavar="FILE",
+                   help="intrinsics: OpenCV YAML or cuav JSON (default: guess from EXIF)")
+    r.add_argument("--time-offset", type=float, default=0.0, metavar="SECONDS",
+                   help="added to frame times to put them on the log's clock (default 0)")
     r.add_argument("--map", required=True, type=Path, help="map pack folder")
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--config", type=Path, help="YAML configuration (defaults otherwise)")
@@ -122,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
     b.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
                    help="local-feature encoder the runtime will match with (default rootsift)")
+    b.add_argument("--dem", type=Path, help="terrain model (GeoTIFF) to resample into the pack")
+    b.add_argument("--index-min-tiles", type=int, metavar="N",
+                   help="build a FAISS index for levels with at least N tiles (default 5000)")
     b.set_defaults(func=cmd_maps_build)
     v = msub.add_parser("verify", help="re-hash every file of a pack against its manifest")
     v.add_argument("pack", type=Path)
@@ -142,6 +328,107 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=1)
     f.add_argument("--out", required=True, type=Path)
     f.set_defaults(func=cmd_sim_flight)
+    ap = ssub.add_parser("autopilot", help="MAVLink autopilot emulator over UDP (flies a "
+                                           "mission, cuts GNSS, records GPS_INPUT)")
+    ap.add_argument("--ortho", required=True, type=Path, help="map orthophoto (GeoTIFF)")
+    ap.add_argument("--link", default="udpout:127.0.0.1:14550",
+                    help="pymavlink connection (default udpout:127.0.0.1:14550)")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds")
+    ap.add_argument("--gnss-off-at", type=float, default=20.0, metavar="SECONDS",
+                    help="GNSS loses its fix at this time (negative: never)")
+    ap.add_argument("--agl", type=float, default=120.0, help="height above ground, m")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.set_defaults(func=cmd_sim_autopilot)
+    cl = ssub.add_parser("closed-loop", help="daemon + autopilot emulator + rendered camera, "
+                                             "in real time; writes OUT/closed_loop.json")
+    cl.add_argument("--ortho", required=True, type=Path, help="map orthophoto (GeoTIFF)")
+    cl.add_argument("--map", type=Path, help="map pack of the ortho (built into OUT/pack if "
+                                            "not given)")
+    cl.add_argument("--config", type=Path, help="YAML configuration (defaults otherwise)")
+    cl.add_argument("--duration", type=float, default=90.0, help="seconds")
+    cl.add_argument("--gnss-off-at", type=float, default=20.0, metavar="SECONDS")
+    cl.add_argument("--blank-at", type=float, default=-1.0, metavar="SECONDS",
+                    help="camera goes black here (default: 10 s before the end)")
+    cl.add_argument("--fps", type=float, default=2.0, help="camera frames per second")
+    cl.add_argument("--agl", type=float, default=120.0, help="height above ground, m")
+    cl.add_argument("--seed", type=int, default=1)
+    cl.add_argument("--out", required=True, type=Path)
+    cl.set_defaults(func=cmd_sim_closed_loop)
+    st = ssub.add_parser("sitl", help="daemon against a real ArduPilot SITL (arducopter)")
+    st.add_argument("--ortho", required=True, type=Path, help="map orthophoto (GeoTIFF)")
+    st.add_argument("--binary", type=Path, help="arducopter SITL binary to start")
+    st.add_argument("--connect", help="or: pymavlink connection to a running SITL")
+    st.add_argument("--map", type=Path, help="map pack of the ortho (built if not given)")
+    st.add_argument("--config", type=Path, help="YAML configuration (defaults otherwise)")
+    st.add_argument("--duration", type=float, default=180.0, help="seconds")
+    st.add_argument("--gnss-off-at", type=float, default=90.0, metavar="SECONDS")
+    st.add_argument("--agl", type=float, default=120.0, help="height above ground, m")
+    st.add_argument("--out", required=True, type=Path)
+    st.set_defaults(func=cmd_sim_sitl)
+
+    rn = sub.add_parser("run", help="the flight daemon: camera + map pack -> MAVLink GPS_INPUT")
+    rn.add_argument("--config", required=True, type=Path, help="YAML configuration")
+    rn.add_argument("--duration", type=float, help="stop after this many seconds")
+    rn.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    rn.set_defaults(func=cmd_run)
+
+    models = sub.add_parser("models", help="export, inspect, build engines for and benchmark "
+                                           "the encoder models")
+    mo = models.add_subparsers(dest="models_command", required=True)
+    from skyfix.models.xfeat import DEFAULT_MODEL
+
+    e = mo.add_parser("export", help="export XFeat to ONNX + manifest (needs make train-deps)")
+    e.add_argument("--out", type=Path, default=DEFAULT_MODEL.parent,
+                   help=f"output folder (default: the bundled {DEFAULT_MODEL.parent})")
+    e.add_argument("--opset", type=int, default=17)
+    e.set_defaults(func=cmd_models_export)
+    n = mo.add_parser("info", help="a model's manifest, with its sha256 verified")
+    n.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
+                   help="ONNX model (default: the bundled XFeat)")
+    n.set_defaults(func=cmd_models_info)
+    g = mo.add_parser("engine", help="build (or find cached) the TensorRT engine of a model")
+    g.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
+                   help="ONNX model (default: the bundled XFeat)")
+    g.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    g.add_argument("--size", type=_size, default=(640, 480),
+                   help="optimal input WIDTHxHEIGHT (default 640x480)")
+    g.add_argument("--min-size", type=_size, default=(256, 256), help="(default 256x256)")
+    g.add_argument("--max-size", type=_size, default=(1280, 1024), help="(default 1280x1024)")
+    g.add_argument("--calib", type=Path, help="folder of map-tile images for INT8 calibration")
+    g.add_argument("--cache-dir", type=Path, help="engine cache (default ~/.cache/skyfix)")
+    g.set_defaults(func=cmd_models_engine)
+    k = mo.add_parser("bench", help="encoder latency/throughput/memory benchmark to JSON")
+    k.add_argument("--out", type=Path, default=Path("out/bench/models.json"))
+    k.add_argument("--runs", type=int, default=20, help="timed runs per size (default 20)")
+    k.add_argument("--tiles", type=int, default=24, help="512 px tiles for map-build speed")
+    k.add_argument("--threads", type=int, help="CPU threads (default: skyfix's choice)")
+    k.set_defaults(func=cmd_models_bench)
+
+    cal = sub.add_parser("calibrate", help="camera intrinsics, camera mount and time offset")
+    csub = cal.add_subparsers(dest="calibrate_command", required=True)
+    cc = csub.add_parser("camera", help="intrinsics + distortion from calibration-board images")
+    cc.add_argument("images", nargs="+", type=Path, help="images of the board")
+    cc.add_argument("--pattern", required=True,
+                    help="chessboard:COLSxROWS:SQUARE_M (inner corners) or "
+                         "charuco:COLSxROWS:SQUARE_M:MARKER_M[:DICT]")
+    cc.add_argument("--out", type=Path, default=Path("camera.yaml"),
+                    help="OpenCV FileStorage YAML (default camera.yaml)")
+    cc.add_argument("--ros", type=Path, help="also write a ROS camera_info YAML here")
+    cc.add_argument("--camera-name", default="camera", help="camera_name in the ROS file")
+    cc.add_argument("--min-views", type=int, default=8,
+                    help="refuse with fewer usable images (default 8)")
+    cc.set_defaults(func=cmd_calibrate_camera)
+    cm = csub.add_parser("mount", help="camera-to-body rotation and camera time offset from "
+                                       "a recorded flight with good GNSS")
+    cm.add_argument("flight", type=Path, help="recorded-flight folder")
+    cm.add_argument("--map", required=True, type=Path, help="map pack under the flight")
+    cm.add_argument("--out", type=Path, default=Path("mount.yaml"),
+                    help="OpenCV FileStorage YAML (default mount.yaml)")
+    cm.add_argument("--config", type=Path, help="YAML configuration (defaults otherwise)")
+    cm.add_argument("--min-frames", type=int, default=10,
+                    help="refuse with fewer frames matched (default 10)")
+    cm.set_defaults(func=cmd_calibrate_mount)
     return p
 
 

@@ -58,6 +58,20 @@ class MatchConfig:
 
 
 @dataclass(frozen=True)
+class OdometryConfig:
+    # Frame-to-frame motion of consecutive rectified views -> velocity for the filter.
+    ratio: float = 0.85  # Lowe ratio for mutual nearest-neighbour matches
+    ransac_px: float = 3.0  # MAGSAC threshold in view pixels
+    min_inliers: int = 20  # fewer consistent matches -> no velocity from this pair
+    max_gap_s: float = 2.0  # frames further apart are not compared
+    max_scale_err: float = 0.1  # |scale - 1| between the two views above this -> refused
+    max_rotation_deg: float = 5.0  # rotation between the two views above this -> refused
+    attitude_step_sigma_deg: float = 0.1  # 1-sigma change of the roll/pitch error frame to frame
+    yaw_sigma_deg: float = 1.0  # 1-sigma heading error (turns the measured displacement)
+    sigma_floor_mps: float = 0.05  # smallest 1-sigma a velocity may claim, per axis
+
+
+@dataclass(frozen=True)
 class FilterConfig:
     accel_sigma_mps2: float = 1.5  # white-acceleration process noise (constant-velocity model)
     nis_gate: float = 13.8  # chi-square, 2 dof, 99.9 %
@@ -76,7 +90,7 @@ class OutputConfig:
     lock_budget_s: float = 5.0  # after this long without a fix, fix_type drops to 0
     max_sigma_m: float = 50.0  # never claim a 3D fix with a larger 1-sigma
     signing_key: str = ""  # MAVLink 2 signing key file (32 bytes, mode 0600); "" = unsigned
-    refuse_unsigned: bool = False  # with a key: drop unsigned input (badly signed is always dropped)
+    refuse_unsigned: bool = False  # with a key: drop unsigned input (bad signatures always are)
     signing_link_id: int = 0  # link id stamped into our signatures
 
 
@@ -95,8 +109,8 @@ class GnssConfig:
     lost_after_s: float = 2.0  # no usable GNSS fix for this long -> lost
     recover_after_s: float = 10.0  # GNSS must stay better this long before we step back
     spoof_gate: float = 30.0  # one GNSS-vs-visual NIS above this -> spoofed at once
-    spoof_cusum_drift: float = 4.0  # CUSUM of (NIS - drift) over GNSS samples ...
-    spoof_cusum_limit: float = 40.0  # ... above this -> spoofed (slow drift)
+    spoof_cusum_drift: float = 6.0  # CUSUM of (NIS - drift) x seconds (GNSS vs visual) ...
+    spoof_cusum_limit: float = 60.0  # ... above this (NIS s) -> spoofed (slow drift)
     ekf_source_gnss: int = 1  # EKF source set that uses the real GNSS
     ekf_source_visual: int = 2  # EKF source set to use while GNSS is lost or spoofed
 
@@ -121,6 +135,7 @@ class CameraConfig:
 class DaemonConfig:
     map: str = ""  # map pack folder; required by `skyfix run`
     link: str = "udpin:0.0.0.0:14550"  # pymavlink connection: /dev/ttyTHS1,921600 | tcp:host:port
+    autopilot: str = "ardupilot"  # ardupilot: GPS_INPUT | px4: GLOBAL_POSITION_SENSOR
     link_timeout_s: float = 3.0  # no MAVLink message for this long -> reconnect
     heartbeat_hz: float = 1.0  # HEARTBEAT rate, as an onboard computer
     diagnostics_hz: float = 1.0  # NAMED_VALUE_FLOAT diagnostics rate (0: off)
@@ -134,6 +149,7 @@ class Config:
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     match: MatchConfig = field(default_factory=MatchConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    odometry: OdometryConfig = field(default_factory=OdometryConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     gnss: GnssConfig = field(default_factory=GnssConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)

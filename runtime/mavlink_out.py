@@ -6,16 +6,24 @@ instance index; it wants a message at least every ~200 ms, and EKF3 uses
 `fix_type_for` drops to 0 (no fix) when the estimate is invalid, too old, or too
 uncertain. The dialect is pinned here (ardupilotmega, MAVLink 2), never chosen through
 environment variables.
+
+PX4 does not take GPS_INPUT: `global_position_sensor` builds GLOBAL_POSITION_SENSOR (EKF2
+auxiliary global position; see the README for the parameters and the uXRCE-DDS route).
+MAVLink 2 signing: `load_signing_key` + `setup_signing` on a connection pinned to MAVLink 2
+with `pin_mavlink2`; then everything sent is signed, and what arrives is checked.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
 from skyfix.runtime.config import OutputConfig
+from skyfix.runtime.errors import SkyfixError
 from skyfix.runtime.tlog import TlogWriter
 from skyfix.runtime.types import Estimate
 
@@ -132,6 +140,168 @@ def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int
         satellites_visible=cfg.satellites if fix >= FIX_3D else 0,
         yaw=0,  # 0 = yaw not provided
     )
+
+
+def global_position_sensor(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
+                           processing_time_ns: int = 0
+                           ) -> mavlink2.MAVLink_global_position_sensor_message:
+    """GLOBAL_POSITION_SENSOR (PX4 EKF2 auxiliary global position) for `est`.
+
+    source VISION, id = cfg.gps_id, time_usec = `t_unix_ns` (Unix time); processing_time is
+    the age of the measurement the position stands for (0 when `est` is predicted to the
+    send time). eph is the same conservative 1-sigma as GPS_INPUT's horiz_accuracy; epv and
+    alt_ellipsoid are NaN (not estimated); alt is the autopilot's altitude AMSL passed
+    through (NaN when unknown). Whenever `fix_type_for` would not claim a fix the message
+    carries GLOBAL_POSITION_UNHEALTHY, and invalid coordinates are INT32_MAX (the field's
+    "invalid" value), so PX4 never fuses a position we do not have.
+    """
+    healthy = fix_type_for(est, cfg) >= FIX_3D
+    coords_ok = bool(est.valid and np.isfinite(est.lat_deg) and np.isfinite(est.lon_deg))
+    int32_max = 2**31 - 1
+    return mavlink2.MAVLink_global_position_sensor_message(
+        target_system=0,  # broadcast
+        target_component=0,
+        id=cfg.gps_id,
+        time_usec=int(t_unix_ns) // 1000,
+        processing_time=max(0, int(processing_time_ns) // 1000) & 0xFFFFFFFF,
+        source=mavlink2.GLOBAL_POSITION_SRC_VISION,
+        flags=0 if healthy else mavlink2.GLOBAL_POSITION_UNHEALTHY,
+        lat=int(round(est.lat_deg * 1e7)) if coords_ok else int32_max,
+        lon=int(round(est.lon_deg * 1e7)) if coords_ok else int32_max,
+        alt_ellipsoid=float("nan"),
+        alt=float(est.alt_amsl_m),
+        eph=_sigma_max(est.cov_ne_m2) if coords_ok else float("nan"),
+        epv=float("nan"),
+    )
+
+
+def set_ekf_source_set(source_set: int, target_system: int, target_component: int = 1
+                       ) -> mavlink2.MAVLink_command_long_message:
+    """COMMAND_LONG MAV_CMD_SET_EKF_SOURCE_SET (ArduPilot): switch EKF3 to source set
+    `source_set` (1..3, the EK3_SRCn_* parameter groups)."""
+    if source_set not in (1, 2, 3):
+        raise ValueError(f"EKF source set must be 1, 2 or 3, got {source_set}")
+    return mavlink2.MAVLink_command_long_message(
+        target_system=target_system, target_component=target_component,
+        command=mavlink2.MAV_CMD_SET_EKF_SOURCE_SET, confirmation=0,
+        param1=float(source_set), param2=0.0, param3=0.0, param4=0.0, param5=0.0,
+        param6=0.0, param7=0.0)
+
+
+# -- MAVLink 2 signing --------------------------------------------------------------------
+
+SIGNING_EPOCH_UNIX_S = 1420070400  # 2015-01-01T00:00:00Z; signing timestamps count 10 us
+SIGNING_KEY_BYTES = 32
+
+
+def load_signing_key(path: Path) -> bytes:
+    """The 32-byte signing secret in `path`: 32 raw bytes, or 64 hex digits on one line.
+
+    Refused (SkyfixError) when the file is missing, has the wrong size, or group or
+    others have any access to it: a key others can read signs nothing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SkyfixError(f"signing key file not found: {path}")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SkyfixError(f"signing key {path} is open to group/others (mode {mode:03o}); "
+                          f"run: chmod 600 {path}")
+    data = path.read_bytes()
+    if len(data) == SIGNING_KEY_BYTES:
+        return data
+    text = data.strip()
+    if len(text) == 2 * SIGNING_KEY_BYTES:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    raise SkyfixError(f"signing key {path} must hold {SIGNING_KEY_BYTES} bytes "
+                      f"(raw, or as {2 * SIGNING_KEY_BYTES} hex digits), got {len(data)} bytes")
+
+
+def signing_timestamp(t_unix_ns: int) -> int:
+    """MAVLink 2 signing timestamp of a Unix time: 10 us units since 2015-01-01."""
+    return max(0, int(t_unix_ns) - SIGNING_EPOCH_UNIX_S * 1_000_000_000) // 10_000
+
+
+def pin_mavlink2(conn: Any) -> Any:
+    """Make a pymavlink `mavutil` connection speak MAVLink 2 with the pinned dialect.
+
+    mavutil picks MAVLink 1 or 2 from the MAVLINK20 environment variable and swaps its
+    parser (dropping any signing set up on it) when the first MAVLink 2 byte arrives;
+    this installs the ardupilotmega v2 parser at once, keeping the ids, callbacks and
+    robust_parsing, so signing set up afterwards stays. Returns `conn`.
+    """
+    old = conn.mav
+    mav = mavlink2.MAVLink(conn, srcSystem=old.srcSystem, srcComponent=old.srcComponent)
+    mav.robust_parsing = old.robust_parsing
+    for name in ("callback", "callback_args", "callback_kwargs", "send_callback",
+                 "send_callback_args", "send_callback_kwargs"):
+        setattr(mav, name, getattr(old, name))
+    conn.mav = mav
+    conn.WIRE_PROTOCOL_VERSION = "2.0"
+    conn.first_byte = False
+    return conn
+
+
+class _UnsignedPolicy:
+    """pymavlink's allow_unsigned_callback. pymavlink also asks it about messages whose
+    signature failed; those always stay refused. A failed signature raises badsig_count
+    just before the call, so a changed count tells the two cases apart."""
+
+    def __init__(self, allow_unsigned: bool, badsig_count: int) -> None:
+        self.allow_unsigned = allow_unsigned
+        self._badsig_seen = badsig_count
+
+    def __call__(self, mav: mavlink2.MAVLink, msg_id: int) -> bool:
+        if mav.signing.badsig_count != self._badsig_seen:
+            self._badsig_seen = mav.signing.badsig_count
+            return False
+        return self.allow_unsigned
+
+
+def _mavlink2_of(link: Any) -> mavlink2.MAVLink:
+    mav = getattr(link, "mav", link)
+    if not isinstance(mav, mavlink2.MAVLink):
+        raise SkyfixError("MAVLink signing needs a MAVLink 2 connection in the pinned dialect "
+                          "(call pin_mavlink2 on the connection first)")
+    return mav
+
+
+def setup_signing(link: Any, key: bytes, refuse_unsigned: bool, link_id: int = 0,
+                  t_unix_ns: int | None = None) -> None:
+    """Sign everything `link` sends with `key`, and check what it receives.
+
+    `link`: a pymavlink MAVLink object or a mavutil connection pinned with `pin_mavlink2`.
+    Incoming messages with a bad signature (wrong key, replayed or old timestamp) are
+    refused; unsigned ones too when `refuse_unsigned`. Refused messages raise in
+    pymavlink's parser, or come back as BAD_DATA with robust_parsing. The signing clock
+    starts at `t_unix_ns` (default: now) and never goes backwards: see
+    `advance_signing_clock`.
+    """
+    if len(key) != SIGNING_KEY_BYTES:
+        raise SkyfixError(f"signing key must be {SIGNING_KEY_BYTES} bytes, got {len(key)}")
+    if not 0 <= link_id <= 255:
+        raise SkyfixError(f"signing link id must be 0..255, got {link_id}")
+    mav = _mavlink2_of(link)
+    signing = mav.signing
+    signing.secret_key = bytes(key)
+    signing.link_id = int(link_id)
+    signing.sign_outgoing = True
+    signing.allow_unsigned_callback = _UnsignedPolicy(not refuse_unsigned, signing.badsig_count)
+    advance_signing_clock(mav, time.time_ns() if t_unix_ns is None else t_unix_ns)
+
+
+def advance_signing_clock(link: Any, t_unix_ns: int) -> None:
+    """Move the signing timestamp up to the wall clock `t_unix_ns` (never back).
+
+    pymavlink adds 1 (10 us) per signed message; call this before sending so the stamps
+    also follow real time and stay ahead of anything sent before a restart (receivers
+    refuse timestamps that go backwards and new streams more than a minute old).
+    """
+    signing = _mavlink2_of(link).signing
+    signing.timestamp = max(signing.timestamp, signing_timestamp(t_unix_ns))
 
 
 def heartbeat() -> mavlink2.MAVLink_heartbeat_message:

@@ -2,11 +2,13 @@
 
     frame + telemetry -> rectify -> View -> features -> retrieve -> list[TileHit]
                       -> match -> Fix | Rejection -> filter -> Estimate
+                                  features -> odometry -> velocity -> filter
 
-`Localizer` turns one frame into a fix (or a counted rejection) given an optional
-prior; `Navigator` owns the filter and decides the prior: the filter's own estimate
-while it is tracking, the aircraft's GNSS while that may be used, else a search of
-the whole pack. A filter is started only by two fixes that agree with each other,
+`Localizer` turns one frame into a view and its features (`look`), then a fix or a
+counted rejection given a prior (`locate`); `Navigator` feeds frame-to-frame motion of
+the views to the filter as velocity, and decides the prior: the filter's own
+estimate while it is tracking, the aircraft's GNSS while that may be used, else a
+search of the whole pack. A filter is started only by two fixes that agree with each other,
 and reset (back to a global search) when it keeps refusing fixes.
 """
 
@@ -21,14 +23,15 @@ import numpy as np
 
 from skyfix.calibration.camera import CameraModel
 from skyfix.maps.pack import MapPack
-from skyfix.models.features import Encoder
+from skyfix.models.features import Encoder, LocalFeatures
 from skyfix.runtime.config import Config
 from skyfix.runtime.filter import Innovation, PositionFilter, estimate_at
 from skyfix.runtime.geo import LocalFrame
 from skyfix.runtime.match import locate
+from skyfix.runtime.odometry import VelocityObservation, VisualOdometry
 from skyfix.runtime.rectify import rectify
 from skyfix.runtime.retrieve import NO_PRIOR, Prior, retrieve, window_prior
-from skyfix.runtime.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry
+from skyfix.runtime.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,15 @@ class FrameResult:
     latency_ms: float
 
 
+@dataclass(frozen=True)
+class Look:
+    """A frame made ready for matching: its north-up view and that view's features."""
+
+    level: int
+    view: View
+    feats: LocalFeatures
+
+
 class Localizer:
     """rectify -> features -> retrieve -> match, for one frame at a time."""
 
@@ -49,20 +61,24 @@ class Localizer:
         self.pack, self.camera, self.encoder, self.cfg = pack, camera, encoder, cfg
         self._tile_features = lru_cache(maxsize=128)(pack.tile_features)
 
-    def locate(self, frame: Frame, tel: Telemetry, prior: Prior) -> Fix | Rejection:
+    def look(self, frame: Frame, tel: Telemetry) -> Look | Rejection:
+        """Rectify the frame at the pack level nearest its ground resolution; extract features."""
         level = self.pack.level_for_gsd(tel.agl_m / self.camera.fx)
         view = rectify(frame, tel, self.camera, self.pack.levels[level], self.cfg.rectify)
         if view is None:
             return Rejection(frame.t_ns, "no_view", "attitude or height above ground unusable")
-        feats = self.encoder.extract(view.image, view.mask)
+        return Look(level, view, self.encoder.extract(view.image, view.mask))
+
+    def locate(self, look: Look, prior: Prior) -> Fix | Rejection:
+        t_ns, feats = look.view.t_ns, look.feats
         if len(feats) < self.cfg.match.min_inliers:
-            return Rejection(frame.t_ns, "few_features", f"{len(feats)} features in the view")
+            return Rejection(t_ns, "few_features", f"{len(feats)} features in the view")
         query = self.pack.global_descriptor(feats.descriptors)
-        hits = retrieve(self.pack, query, level, prior, self.cfg.retrieve)
+        hits = retrieve(self.pack, query, look.level, prior, self.cfg.retrieve)
         if not hits:
-            return Rejection(frame.t_ns, "no_tiles", f"no tile of level {level} in the window")
+            return Rejection(t_ns, "no_tiles", f"no tile of level {look.level} in the window")
         candidates = [(h.tile_id, h.level, *self._tile_features(h.tile_id)) for h in hits]
-        return locate(view, feats, candidates, self.cfg.match)
+        return locate(look.view, feats, candidates, self.cfg.match)
 
 
 class Navigator:
@@ -71,7 +87,9 @@ class Navigator:
     def __init__(self, localizer: Localizer, frame: LocalFrame, cfg: Config):
         self.localizer, self.frame, self.cfg = localizer, frame, cfg
         self.filter = PositionFilter(cfg.filter)
+        self.odometry = VisualOdometry(cfg.odometry)
         self.rejections: Counter[str] = Counter()
+        self.velocity_gated = 0  # odometry velocities the filter refused
         self.last_fix_t_ns: int | None = None
         self._candidate: Fix | None = None  # a first fix waiting for a second to agree
         self._gated_streak = 0
@@ -93,14 +111,34 @@ class Navigator:
     def on_frame(self, frame: Frame, tel: Telemetry, gnss: GnssSample | None) -> FrameResult:
         start = time.perf_counter()
         prior = self.prior(frame.t_ns, gnss)
-        result = self.localizer.locate(frame, tel, prior)
-        innovation = None
+        look = self.localizer.look(frame, tel)
+        result, innovation, velocity = look, None, None
+        if isinstance(look, Look):
+            velocity = self.odometry.update(look.view, look.feats)
+            result = self.localizer.locate(look, prior)
         if isinstance(result, Fix):
             result, innovation = self._fuse(result)
+        if not isinstance(result, Fix):
+            self._fuse_velocity(velocity)  # only where no fix: its errors are time-correlated
         if isinstance(result, Rejection):
             self.rejections[result.reason] += 1
         latency = (time.perf_counter() - start) * 1e3
         return FrameResult(frame.t_ns, result, innovation, prior.source, latency)
+
+    def _fuse_velocity(self, obs: VelocityObservation | None) -> None:
+        """Frame-to-frame motion as a velocity measurement, to bridge frames without fixes.
+
+        Not fused beside a fix: its error follows the attitude error, which is correlated
+        from frame to frame, so fusing it every frame makes the filter overconfident
+        (measured: estimate CEP50 0.10 -> 0.46 m on the 120 m Vienna sim flight)."""
+        if obs is None or not self.filter.initialized:
+            return
+        J = self.frame.J_ned_map
+        v_en = obs.v_ne_mps[::-1]
+        cov_en = obs.cov_ne_m2s2[::-1, ::-1]
+        innovation = self.filter.update_velocity(obs.t_ns, J @ v_en, J @ cov_en @ J.T)
+        if not innovation.accepted:
+            self.velocity_gated += 1
 
     def _fuse(self, fix: Fix) -> tuple[Fix | Rejection, Innovation | None]:
         z = self.frame.map_to_ned(fix.east_m, fix.north_m)
@@ -112,6 +150,7 @@ class Navigator:
             self._gated_streak += 1
             if self._gated_streak >= self.cfg.filter.divergence_after_gated:
                 self.filter.reset()  # the filter disagrees with every fix: it is the one lost
+                self.odometry.reset()
                 self._gated_streak = 0
                 self._candidate = None
             return Rejection(fix.t_ns, "gated", f"NIS {innovation.nis:.1f}"), innovation

@@ -1,5 +1,7 @@
 """Replay a recorded flight through the runtime as if live.
 
+The flight comes as `ReplayInputs` (sources.open_inputs: a sim flight folder, an image
+folder or a video, with a tlog/.bin/.ulg/track CSV or the photos' own EXIF/XMP).
 Frames and telemetry are fed in time order. The recorded GNSS is used as a search
 prior only before `gnss_off_at_s` (seconds after the first frame; 0 = never), and
 otherwise only to score. Between frames the filter's estimate is sent at the
@@ -23,8 +25,7 @@ from skyfix.runtime.geo import LocalFrame
 from skyfix.runtime.mavlink_out import GpsInputRecorder, fix_type_for
 from skyfix.runtime.pipeline import FrameResult, Localizer, Navigator
 from skyfix.runtime.report import Report, SentEstimate, write_outputs
-from skyfix.runtime.sources import RecordedFlight
-from skyfix.runtime.telemetry import TelemetryLog
+from skyfix.runtime.sources import ReplayInputs, open_inputs
 from skyfix.runtime.types import Rejection
 
 
@@ -34,27 +35,28 @@ class ReplayResult:
     files: tuple[Path, ...]
 
 
-def replay(flight_dir: Path, pack_path: Path, out: Path, cfg: Config,
+def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
            gnss_off_at_s: float = 0.0, progress: bool = True) -> ReplayResult:
-    flight = RecordedFlight.open(flight_dir)
-    telemetry = TelemetryLog.from_tlog(flight.telemetry_path)
+    """Replay `flight` (a recorded-flight folder, or inputs from `open_inputs`)."""
+    inputs = flight if isinstance(flight, ReplayInputs) else open_inputs(Path(flight))
+    telemetry = inputs.telemetry
     pack = MapPack.open(pack_path)
     encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
     cx, cy = np.asarray(pack.tile_center_en).mean(0)
     frame = LocalFrame.at(pack.crs, float(cx), float(cy))
-    nav = Navigator(Localizer(pack, flight.camera, encoder, cfg), frame, cfg)
+    nav = Navigator(Localizer(pack, inputs.camera, encoder, cfg), frame, cfg)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = int(flight.frame_times_ns[0])
+    t0 = int(inputs.frames.frame_times_ns[0])
     step_ns = int(1e9 / cfg.filter.rate_hz)
     next_send = t0
     results: list[FrameResult] = []
     sent: list[SentEstimate] = []
     alt = float("nan")
     with GpsInputRecorder(out / "gps_input.tlog", cfg.output) as recorder:
-        for item in tqdm(flight.frames(), total=len(flight.frame_files), desc="replay",
-                         unit="frame", disable=not progress):
+        for item in tqdm(inputs.frames.frames(), total=len(inputs.frames.frame_times_ns),
+                         desc="replay", unit="frame", disable=not progress):
             t = item.t_ns if not isinstance(item, tuple) else item[1]
             # Send what the autopilot would have received up to this frame's capture.
             while next_send < t:
@@ -74,11 +76,9 @@ def replay(flight_dir: Path, pack_path: Path, out: Path, cfg: Config,
         _send(nav, recorder, next_send, alt, sent, cfg)
 
     if not results:
-        raise SkyfixError(f"{flight_dir}: no frames to replay")
-    truth = flight.truth
-    if truth is None:
-        raise SkyfixError(f"{flight_dir}: no reference track to score against (truth.csv)")
-    report, files = write_outputs(out, pack, frame, truth, results, sent, dict(nav.rejections))
+        raise SkyfixError(f"{inputs.name}: no frames to replay")
+    report, files = write_outputs(out, pack, frame, inputs.truth, results, sent,
+                                  dict(nav.rejections), inputs.reference)
     return ReplayResult(report, files)
 
 

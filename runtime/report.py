@@ -1,9 +1,15 @@
-"""Scoring and outputs of a replay: report.json, trajectory.csv/.geojson, plot.png.
+"""Scoring and outputs of a replay: report.json, trajectory.csv/.geojson, estimate.kml,
+estimate.gpx, plot.png (track over the map + error over time).
 
-Fix errors are measured at each frame's capture time; estimate errors over the
-stream actually sent to the autopilot (only messages that claimed a 3D fix count).
-A fix is an integrity violation when its error exceeds 3 times its reported
-horizontal 1-sigma (root of the larger covariance eigenvalue).
+The reference is a simulated flight's truth or the recorded log's own GNSS (which the
+runtime did not use after `--gnss-off-at`); without one the estimate outputs are still
+written and the report says the flight was not scored. Fix errors are measured at each
+frame's capture time; estimate errors over the stream actually sent to the autopilot
+(only messages that claimed a 3D fix count), both only where the reference covers the
+time. Errors are also split along and across the reference track's direction of travel
+(cross-track positive to the right). A fix is an integrity violation when its error
+exceeds 3 times its reported horizontal 1-sigma (root of the larger covariance
+eigenvalue).
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import matplotlib
 
@@ -28,6 +36,7 @@ from skyfix.runtime.sources import Truth  # noqa: E402
 from skyfix.runtime.types import Estimate, Fix  # noqa: E402
 
 GROSS_ERROR_M = 30.0
+_MIN_TRACK_SPEED_MPS = 0.5  # slower than this, along/cross-track is undefined
 
 
 @dataclass(frozen=True)
@@ -39,14 +48,22 @@ class SentEstimate:
 
 @dataclass(frozen=True)
 class Report:
+    """Scores are None when there is nothing to score (no reference, no fixes)."""
+
     frames: int
     fixes: int
     availability: float
+    reference: str  # "truth.csv", "log GNSS", "EXIF GPS" or "none"
+    scored: bool
     fix_cep50_m: float | None
     fix_cep95_m: float | None
     est_cep50_m: float | None
     est_cep95_m: float | None
     max_err_m: float | None
+    fix_along_track_rms_m: float | None
+    fix_cross_track_rms_m: float | None
+    est_along_track_rms_m: float | None
+    est_cross_track_rms_m: float | None
     gross_errors: int
     integrity_violations: int
     frame_latency_p50_ms: float
@@ -54,50 +71,103 @@ class Report:
     rejections: dict[str, int]
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """Errors against the reference. en/t: [K, 2]/[K]; err, along, cross: [K] metres
+    (NaN along/cross where the reference stands still)."""
+
+    t_ns: np.ndarray
+    en: np.ndarray
+    err: np.ndarray
+    along: np.ndarray
+    cross: np.ndarray
+
+
 def _pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if len(values) else None
+
+
+def _rms(values: np.ndarray) -> float | None:
+    v = values[np.isfinite(values)]
+    return round(float(np.sqrt(np.mean(v**2))), 3) if len(v) else None
 
 
 def _sigma(cov: np.ndarray) -> float:
     return float(np.sqrt(np.linalg.eigvalsh(cov).max()))
 
 
-def write_outputs(out: Path, pack: MapPack, frame: LocalFrame, truth: Truth,
+def _score(truth: Truth | None, t_ns: np.ndarray, en: np.ndarray) -> _Scored:
+    """Errors of positions `en` [K, 2] at `t_ns` [K], where the reference covers them."""
+    if truth is None or not len(t_ns):
+        z = np.zeros(0)
+        return _Scored(t_ns[:0], en[:0], z, z, z)
+    keep = truth.covers(t_ns)
+    t, en = t_ns[keep], en[keep]
+    d = en - truth.at(t)
+    half = 500_000_000
+    v = (truth.at(t + half) - truth.at(t - half))  # metres per second over 1 s
+    speed = np.linalg.norm(v, axis=1)
+    u = v / np.maximum(speed, 1e-9)[:, None]
+    moving = speed >= _MIN_TRACK_SPEED_MPS
+    along = np.where(moving, (d * u).sum(1), np.nan)
+    cross = np.where(moving, d[:, 0] * u[:, 1] - d[:, 1] * u[:, 0], np.nan)  # + = right
+    return _Scored(t, en, np.linalg.norm(d, axis=1), along, cross)
+
+
+def write_outputs(out: Path, pack: MapPack, frame: LocalFrame, truth: Truth | None,
                   results: list[FrameResult], sent: list[SentEstimate],
-                  rejections: dict[str, int]) -> tuple[Report, tuple[Path, ...]]:
-    truth = _truth_in(truth, pack)
+                  rejections: dict[str, int], reference: str = "truth.csv"
+                  ) -> tuple[Report, tuple[Path, ...]]:
+    truth = _truth_in(truth, pack) if truth is not None else None
+    if truth is None:
+        reference = "none"
     t = np.array([r.t_ns for r in results], np.int64)
-    ref = truth.at(t)
     fixes = [(i, r.result) for i, r in enumerate(results) if isinstance(r.result, Fix)]
     fix_en = np.array([[f.east_m, f.north_m] for _, f in fixes]).reshape(-1, 2)
-    fix_err = np.linalg.norm(fix_en - ref[[i for i, _ in fixes]], axis=1)
-    fix_sig = np.array([_sigma(f.cov_en_m2) for _, f in fixes])
+    fix_t = np.array([f.t_ns for _, f in fixes], np.int64)
+    fix_sig_all = np.array([_sigma(f.cov_en_m2) for _, f in fixes])
+    fs = _score(truth, fix_t, fix_en)
+    fix_sig = fix_sig_all[truth.covers(fix_t)] if truth is not None else np.zeros(0)
 
     claimed = [s for s in sent if s.fix_type >= 3]
     est_t = np.array([s.t_ns for s in claimed], np.int64)
     est_en = np.array([frame.ned_to_map(s.estimate.north_m, s.estimate.east_m)
                        for s in claimed]).reshape(-1, 2)
-    est_err = np.linalg.norm(est_en - truth.at(est_t), axis=1) if len(claimed) else np.zeros(0)
+    es = _score(truth, est_t, est_en)
     lat = np.array([r.latency_ms for r in results if r.latency_ms > 0])
 
     report = Report(
         frames=len(results), fixes=len(fixes),
         availability=round(len(fixes) / len(results), 4),
-        fix_cep50_m=_pct(fix_err, 50), fix_cep95_m=_pct(fix_err, 95),
-        est_cep50_m=_pct(est_err, 50), est_cep95_m=_pct(est_err, 95),
-        max_err_m=round(float(fix_err.max()), 3) if len(fix_err) else None,
-        gross_errors=int((fix_err > GROSS_ERROR_M).sum()),
-        integrity_violations=int((fix_err > 3 * fix_sig).sum()),
+        reference=reference, scored=truth is not None and bool(len(fs.err) or len(es.err)),
+        fix_cep50_m=_pct(fs.err, 50), fix_cep95_m=_pct(fs.err, 95),
+        est_cep50_m=_pct(es.err, 50), est_cep95_m=_pct(es.err, 95),
+        max_err_m=round(float(fs.err.max()), 3) if len(fs.err) else None,
+        fix_along_track_rms_m=_rms(fs.along), fix_cross_track_rms_m=_rms(fs.cross),
+        est_along_track_rms_m=_rms(es.along), est_cross_track_rms_m=_rms(es.cross),
+        gross_errors=int((fs.err > GROSS_ERROR_M).sum()),
+        integrity_violations=int((fs.err > 3 * fix_sig).sum()),
         frame_latency_p50_ms=_pct(lat, 50) or 0.0, frame_latency_p95_ms=_pct(lat, 95) or 0.0,
         rejections=dict(sorted(rejections.items())),
     )
+    ref = truth.at(t) if truth is not None else np.full((len(t), 2), np.nan)
+    if truth is not None:
+        ref[~truth.covers(t)] = np.nan
     paths = (out / "report.json", out / "trajectory.csv", out / "trajectory.geojson",
-             out / "gps_input.tlog", out / "plot.png")
+             out / "estimate.kml", out / "estimate.gpx", out / "gps_input.tlog",
+             out / "plot.png")
     paths[0].write_text(json.dumps(asdict(report), indent=2) + "\n")
     _write_csv(paths[1], results, ref, sent, frame)
-    _write_geojson(paths[2], pack, ref, fix_en, fix_err, fix_sig, est_en)
-    _plot(paths[4], pack, t, ref, fixes, fix_err, fix_sig, est_t, est_en, est_err)
+    _write_geojson(paths[2], pack, ref, fix_en, fix_sig_all, est_en, fs)
+    alt = np.array([s.estimate.alt_amsl_m for s in claimed])
+    _write_kml(paths[3], _lonlat(pack, est_en), alt, _lonlat(pack, _finite_rows(ref)))
+    _write_gpx(paths[4], _lonlat(pack, est_en), alt, est_t)
+    _plot(paths[6], pack, t, ref, fix_t, fix_en, fs, est_en, es, reference)
     return report, paths
+
+
+def _finite_rows(a: np.ndarray) -> np.ndarray:
+    return a[np.isfinite(a).all(1)]
 
 
 def _truth_in(truth: Truth, pack: MapPack) -> Truth:
@@ -106,6 +176,10 @@ def _truth_in(truth: Truth, pack: MapPack) -> Truth:
         return truth
     x, y = crs_transform(truth.crs, pack.crs, truth.en[:, 0].tolist(), truth.en[:, 1].tolist())
     return Truth(truth.t_ns, np.stack([x, y], -1), pack.crs)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3f}" if np.isfinite(v) else ""
 
 
 def _write_csv(path: Path, results: list[FrameResult], ref: np.ndarray,
@@ -117,12 +191,12 @@ def _write_csv(path: Path, results: list[FrameResult], ref: np.ndarray,
                     "fix_err_m", "est_e", "est_n", "est_sigma_m", "est_err_m", "prior",
                     "latency_ms", "detail"])
         for r, (te, tn) in zip(results, ref, strict=True):
-            row: list[object] = [r.t_ns, f"{te:.3f}", f"{tn:.3f}"]
+            row: list[object] = [r.t_ns, _fmt(te), _fmt(tn)]
             if isinstance(r.result, Fix):
                 fx = r.result
-                err = np.hypot(fx.east_m - te, fx.north_m - tn)
                 row += ["fix", f"{fx.east_m:.3f}", f"{fx.north_m:.3f}",
-                        f"{_sigma(fx.cov_en_m2):.3f}", f"{err:.3f}"]
+                        f"{_sigma(fx.cov_en_m2):.3f}", _fmt(np.hypot(fx.east_m - te,
+                                                                     fx.north_m - tn))]
             else:
                 row += [r.result.reason, "", "", "", ""]
             k = int(np.searchsorted(sent_t, r.t_ns, side="right")) - 1
@@ -130,7 +204,7 @@ def _write_csv(path: Path, results: list[FrameResult], ref: np.ndarray,
                 est = sent[k].estimate
                 e, n = frame.ned_to_map(est.north_m, est.east_m)
                 row += [f"{e:.3f}", f"{n:.3f}", f"{est.horiz_sigma_m:.3f}",
-                        f"{np.hypot(e - te, n - tn):.3f}"]
+                        _fmt(np.hypot(e - te, n - tn))]
             else:
                 row += ["", "", "", ""]
             detail = "" if isinstance(r.result, Fix) else r.result.detail
@@ -146,24 +220,60 @@ def _lonlat(pack: MapPack, en: np.ndarray) -> list[list[float]]:
 
 
 def _write_geojson(path: Path, pack: MapPack, ref: np.ndarray, fix_en: np.ndarray,
-                   fix_err: np.ndarray, fix_sig: np.ndarray, est_en: np.ndarray) -> None:
+                   fix_sig: np.ndarray, est_en: np.ndarray, fs: _Scored) -> None:
     feats = [
         {"type": "Feature", "properties": {"name": "reference"},
-         "geometry": {"type": "LineString", "coordinates": _lonlat(pack, ref)}},
+         "geometry": {"type": "LineString", "coordinates": _lonlat(pack, _finite_rows(ref))}},
         {"type": "Feature", "properties": {"name": "estimate"},
          "geometry": {"type": "LineString", "coordinates": _lonlat(pack, est_en)}},
     ]
-    for xy, err, sig in zip(_lonlat(pack, fix_en), fix_err, fix_sig, strict=True):
+    err_of = {tuple(e): float(x) for e, x in zip(fs.en, fs.err, strict=True)}
+    for en, xy, sig in zip(fix_en, _lonlat(pack, fix_en), fix_sig, strict=True):
+        err = err_of.get(tuple(en))
         feats.append({"type": "Feature",
-                      "properties": {"name": "fix", "error_m": round(float(err), 3),
-                                     "sigma_m": round(float(sig), 3)},
+                      "properties": {"name": "fix", "sigma_m": round(float(sig), 3),
+                                     "error_m": None if err is None else round(err, 3)},
                       "geometry": {"type": "Point", "coordinates": xy}})
     path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}) + "\n")
 
 
-def _plot(path: Path, pack: MapPack, t: np.ndarray, ref: np.ndarray, fixes: list,
-          fix_err: np.ndarray, fix_sig: np.ndarray, est_t: np.ndarray, est_en: np.ndarray,
-          est_err: np.ndarray) -> None:
+def _write_kml(path: Path, est: list[list[float]], alt: np.ndarray,
+               ref: list[list[float]]) -> None:
+    """KML 2.2: the estimate sent to the autopilot (absolute altitude) and the reference."""
+    def line(name: str, colour: str, pts: list[str], mode: str) -> str:
+        return (f"<Placemark><name>{escape(name)}</name><Style><LineStyle><color>{colour}"
+                f"</color><width>2</width></LineStyle></Style><LineString><altitudeMode>{mode}"
+                f"</altitudeMode><coordinates>{' '.join(pts)}</coordinates></LineString>"
+                "</Placemark>")
+
+    est_pts = [f"{lo},{la},{a:.2f}" if np.isfinite(a) else f"{lo},{la}"
+               for (lo, la), a in zip(est, alt, strict=True)]
+    marks = [line("skyfix estimate", "ffffff00", est_pts, "absolute")]
+    if ref:
+        marks.append(line("reference", "ff0000ff", [f"{lo},{la}" for lo, la in ref],
+                          "clampToGround"))
+    path.write_text('<?xml version="1.0" encoding="UTF-8"?>\n'
+                    '<kml xmlns="http://www.opengis.net/kml/2.2"><Document>'
+                    f"<name>skyfix replay</name>{''.join(marks)}</Document></kml>\n")
+
+
+def _write_gpx(path: Path, est: list[list[float]], alt: np.ndarray, t_ns: np.ndarray) -> None:
+    """GPX 1.1: one track of the estimate sent to the autopilot, with UTC times."""
+    pts = []
+    for (lo, la), a, t in zip(est, alt, t_ns, strict=True):
+        when = datetime.fromtimestamp(int(t) / 1e9, timezone.utc)
+        ele = f"<ele>{a:.2f}</ele>" if np.isfinite(a) else ""
+        pts.append(f'<trkpt lat="{la}" lon="{lo}">{ele}<time>'
+                   f'{when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]}Z</time></trkpt>')
+    path.write_text('<?xml version="1.0" encoding="UTF-8"?>\n'
+                    '<gpx version="1.1" creator="skyfix" '
+                    'xmlns="http://www.topografix.com/GPX/1/1"><trk><name>skyfix estimate'
+                    f"</name><trkseg>{''.join(pts)}</trkseg></trk></gpx>\n")
+
+
+def _plot(path: Path, pack: MapPack, t: np.ndarray, ref: np.ndarray, fix_t: np.ndarray,
+          fix_en: np.ndarray, fs: _Scored, est_en: np.ndarray, es: _Scored,
+          reference: str) -> None:
     fig, (ax_map, ax_err) = plt.subplots(1, 2, figsize=(14, 6.5),
                                          gridspec_kw={"width_ratios": [1, 1.2]})
     with rasterio.open(pack.path / "ortho.tif") as src:
@@ -172,30 +282,37 @@ def _plot(path: Path, pack: MapPack, t: np.ndarray, ref: np.ndarray, fixes: list
                        out_shape=(3, src.height // scale, src.width // scale))
         b = src.bounds
     ax_map.imshow(np.moveaxis(img, 0, -1), extent=(b.left, b.right, b.bottom, b.top))
-    ax_map.plot(ref[:, 0], ref[:, 1], "w-", lw=2, label="reference")
+    if np.isfinite(ref).any():
+        ax_map.plot(ref[:, 0], ref[:, 1], "w-", lw=2, label=f"reference ({reference})")
     if len(est_en):
         ax_map.plot(est_en[:, 0], est_en[:, 1], "c-", lw=1, label="estimate (sent)")
-    if fixes:
-        fe = np.array([[f.east_m, f.north_m] for _, f in fixes])
-        ax_map.scatter(fe[:, 0], fe[:, 1], s=10, c="lime", label="fixes", zorder=3)
+    if len(fix_en):
+        ax_map.scatter(fix_en[:, 0], fix_en[:, 1], s=10, c="lime", label="fixes", zorder=3)
+    ax_map.set_xlim(b.left, b.right)
+    ax_map.set_ylim(b.bottom, b.top)
     ax_map.set_title("track over the map")
     ax_map.set_xlabel("easting (m)")
     ax_map.set_ylabel("northing (m)")
     ax_map.legend(loc="lower right", fontsize=8)
 
     t0 = t[0]
-    if len(est_t):
-        ax_err.plot((est_t - t0) * 1e-9, est_err, "c-", lw=1, label="estimate error")
-    if fixes:
-        ft = (np.array([t[i] for i, _ in fixes]) - t0) * 1e-9
-        ax_err.plot(ft, fix_err, "g.", label="fix error")
-        ax_err.plot(ft, 3 * fix_sig, "k_", ms=6, label="fix 3-sigma")
-    ax_err.axhline(GROSS_ERROR_M, color="r", ls="--", lw=0.8, label=f"{GROSS_ERROR_M:.0f} m")
+    if len(es.err):
+        ax_err.plot((es.t_ns - t0) * 1e-9, es.err, "c-", lw=1, label="estimate error")
+    if len(fs.err):
+        ax_err.plot((fs.t_ns - t0) * 1e-9, fs.err, "g.", label="fix error")
+        ax_err.plot((fs.t_ns - t0) * 1e-9, np.abs(fs.cross), "m+", ms=4,
+                    label="fix |cross-track|")
+    if len(fs.err) or len(es.err):
+        ax_err.axhline(GROSS_ERROR_M, color="r", ls="--", lw=0.8,
+                       label=f"{GROSS_ERROR_M:.0f} m")
+        ax_err.set_yscale("symlog", linthresh=1.0)
+        ax_err.legend(fontsize=8)
+    else:
+        ax_err.text(0.5, 0.5, "not scored: no reference position for these frames",
+                    ha="center", va="center", transform=ax_err.transAxes)
     ax_err.set_xlabel("time since first frame (s)")
-    ax_err.set_ylabel("horizontal error (m)")
-    ax_err.set_yscale("symlog", linthresh=1.0)
+    ax_err.set_ylabel(f"horizontal error vs {reference} (m)")
     ax_err.set_title("error over time")
-    ax_err.legend(fontsize=8)
     ax_err.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

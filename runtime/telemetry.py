@@ -1,8 +1,12 @@
 """MAVLink telemetry input: attitude, heights, velocity and the aircraft's own GNSS.
 
 `TelemetryLog` holds a whole recorded log (a .tlog) as arrays and answers "what was
-the state at time t" by interpolation; the live daemon feeds the same arrays
-message by message. Height above ground comes from GLOBAL_POSITION_INT's
+the state at time t" by interpolation; `TelemetryBuffer` is its live twin for the
+daemon, fed pymavlink messages as they arrive and keeping the last few seconds. Both
+turn messages into rows with `parse_message` and answer with the same functions.
+`open_link` opens the live MAVLink connection (serial, UDP or TCP) pinned to MAVLink 2.
+
+Height above ground comes from GLOBAL_POSITION_INT's
 relative_alt (height above home) plus the home ground height minus the ground height
 under the aircraft when a terrain model is given, so on flat terrain it is
 relative_alt itself.
@@ -10,6 +14,8 @@ relative_alt itself.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +23,7 @@ import numpy as np
 from pymavlink import mavutil
 
 from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.mavlink_out import pin_mavlink2, setup_signing
 from skyfix.runtime.types import GnssSample, Telemetry
 
 _MAX_GAP_NS = 2_000_000_000  # no attitude within 2 s of a frame -> no telemetry for it
@@ -53,17 +60,9 @@ class TelemetryLog:
             if msg is None:
                 break
             n += 1
-            t = int(round(msg._timestamp * 1e9))
-            kind = msg.get_type()
-            if kind == "ATTITUDE":
-                att.append((t, msg.roll, msg.pitch, msg.yaw))
-            elif kind == "GLOBAL_POSITION_INT":
-                pos.append((t, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3,
-                            msg.relative_alt * 1e-3, msg.vx * 1e-2, msg.vy * 1e-2, msg.vz * 1e-2))
-            elif kind == "GPS_RAW_INT" and msg.fix_type >= 2:
-                eph = msg.eph * 1e-2 if msg.eph != 65535 else np.nan
-                gnss.append((t, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3, msg.fix_type,
-                             msg.satellites_visible, eph))
+            parsed = parse_message(msg, int(round(msg._timestamp * 1e9)))
+            if parsed is not None:
+                {"att": att, "pos": pos, "gnss": gnss}[parsed[0]].append(parsed[1])
         if not att:
             raise SkyfixError(f"{path}: no ATTITUDE messages, cannot rectify frames")
         if not pos:
@@ -79,31 +78,121 @@ class TelemetryLog:
 
     def at(self, t_ns: int) -> Telemetry | None:
         """Interpolated state at `t_ns`, or None when the log does not cover that time."""
-        t = self.att[:, 0]
-        if t_ns < t[0] - _MAX_GAP_NS or t_ns > t[-1] + _MAX_GAP_NS:
-            return None
-        i = int(np.searchsorted(t, t_ns))
-        near = min(abs(t[min(i, len(t) - 1)] - t_ns), abs(t[max(i - 1, 0)] - t_ns))
-        if near > _MAX_GAP_NS:
-            return None
-        roll = np.interp(t_ns, t, self.att[:, 1])
-        pitch = np.interp(t_ns, t, self.att[:, 2])
-        yaw = np.interp(t_ns, t, np.unwrap(self.att[:, 3]))
-        p = self.pos
-        alt, rel, vn, ve, vd = (float(np.interp(t_ns, p[:, 0], p[:, k])) for k in range(3, 8))
-        return Telemetry(
-            t_ns=t_ns, roll_rad=float(roll), pitch_rad=float(pitch),
-            yaw_rad=float((yaw + np.pi) % (2 * np.pi) - np.pi),
-            agl_m=rel, alt_amsl_m=alt, vel_ned_mps=(vn, ve, vd),
-        )
+        return state_at(self.att, self.pos, t_ns)
 
     def gnss_at(self, t_ns: int, max_age_ns: int = 1_000_000_000) -> GnssSample | None:
         """The latest GNSS sample at or before `t_ns`, if not older than `max_age_ns`."""
-        if not len(self.gnss):
-            return None
-        i = int(np.searchsorted(self.gnss[:, 0], t_ns, side="right")) - 1
-        if i < 0 or t_ns - self.gnss[i, 0] > max_age_ns:
-            return None
-        g = self.gnss[i]
-        return GnssSample(int(g[0]), float(g[1]), float(g[2]), float(g[3]), int(g[4]), int(g[5]),
-                          float(g[6]))
+        return gnss_at(self.gnss, t_ns, max_age_ns)
+
+
+def parse_message(msg, t_ns: int) -> tuple[str, tuple] | None:
+    """("att" | "pos" | "gnss", row) of one pymavlink message received at `t_ns`, in the
+    column layout of `TelemetryLog`; None for other messages and GNSS without a fix."""
+    kind = msg.get_type()
+    if kind == "ATTITUDE":
+        return "att", (t_ns, msg.roll, msg.pitch, msg.yaw)
+    if kind == "GLOBAL_POSITION_INT":
+        return "pos", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3,
+                       msg.relative_alt * 1e-3, msg.vx * 1e-2, msg.vy * 1e-2, msg.vz * 1e-2)
+    if kind == "GPS_RAW_INT" and msg.fix_type >= 2:
+        eph = msg.eph * 1e-2 if msg.eph != 65535 else np.nan
+        return "gnss", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3, msg.fix_type,
+                        msg.satellites_visible, eph)
+    return None
+
+
+def state_at(att: np.ndarray, pos: np.ndarray, t_ns: int) -> Telemetry | None:
+    """Telemetry at `t_ns` interpolated from `att` [N, 4] and `pos` [M, 8] (TelemetryLog
+    layout), or None when they do not cover that time."""
+    if not len(att) or not len(pos):
+        return None
+    t = att[:, 0]
+    if t_ns < t[0] - _MAX_GAP_NS or t_ns > t[-1] + _MAX_GAP_NS:
+        return None
+    i = int(np.searchsorted(t, t_ns))
+    near = min(abs(t[min(i, len(t) - 1)] - t_ns), abs(t[max(i - 1, 0)] - t_ns))
+    if near > _MAX_GAP_NS:
+        return None
+    roll = np.interp(t_ns, t, att[:, 1])
+    pitch = np.interp(t_ns, t, att[:, 2])
+    yaw = np.interp(t_ns, t, np.unwrap(att[:, 3]))
+    alt, rel, vn, ve, vd = (float(np.interp(t_ns, pos[:, 0], pos[:, k])) for k in range(3, 8))
+    return Telemetry(
+        t_ns=t_ns, roll_rad=float(roll), pitch_rad=float(pitch),
+        yaw_rad=float((yaw + np.pi) % (2 * np.pi) - np.pi),
+        agl_m=rel, alt_amsl_m=alt, vel_ned_mps=(vn, ve, vd),
+    )
+
+
+def gnss_at(gnss: np.ndarray, t_ns: int, max_age_ns: int) -> GnssSample | None:
+    """The latest row of `gnss` [G, 7] at or before `t_ns`, if not older than `max_age_ns`."""
+    if not len(gnss):
+        return None
+    i = int(np.searchsorted(gnss[:, 0], t_ns, side="right")) - 1
+    if i < 0 or t_ns - gnss[i, 0] > max_age_ns:
+        return None
+    g = gnss[i]
+    return GnssSample(int(g[0]), float(g[1]), float(g[2]), float(g[3]), int(g[4]), int(g[5]),
+                      float(g[6]))
+
+
+class TelemetryBuffer:
+    """Live telemetry: `add` each received pymavlink message with its arrival time (Unix
+    ns); `at` / `gnss_at` answer like `TelemetryLog` from the last `window_s` seconds.
+    Thread-safe: the MAVLink receiver adds while the vision thread asks."""
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_ns = int(window_s * 1e9)
+        self._rows: dict[str, deque] = {k: deque() for k in ("att", "pos", "gnss")}
+        self._lock = threading.Lock()
+        self.messages = 0
+
+    def add(self, msg, t_ns: int) -> None:
+        parsed = parse_message(msg, int(t_ns))
+        with self._lock:
+            self.messages += 1
+            if parsed is None:
+                return
+            rows = self._rows[parsed[0]]
+            if rows and parsed[1][0] < rows[-1][0]:
+                return  # out of order (clock step): keep the arrays sorted
+            rows.append(parsed[1])
+            while rows and rows[0][0] < t_ns - self.window_ns:
+                rows.popleft()
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with self._lock:
+            return tuple(np.array(self._rows[k], np.float64).reshape(-1, w)
+                         for k, w in (("att", 4), ("pos", 8), ("gnss", 7)))
+
+    def at(self, t_ns: int) -> Telemetry | None:
+        att, pos, _ = self._arrays()
+        return state_at(att, pos, t_ns)
+
+    def gnss_at(self, t_ns: int, max_age_ns: int = 1_000_000_000) -> GnssSample | None:
+        return gnss_at(self._arrays()[2], t_ns, max_age_ns)
+
+
+def open_link(spec: str, system_id: int, component_id: int, signing_key: bytes | None = None,
+              refuse_unsigned: bool = False, link_id: int = 0):
+    """A pymavlink connection for `spec` (`/dev/ttyTHS1,921600`, `udpin:0.0.0.0:14550`,
+    `tcp:host:port`, ...) speaking MAVLink 2 (ardupilotmega) as system/component, signing
+    what it sends when given a key."""
+    device, baud = device_and_baud(spec)
+    conn = mavutil.mavlink_connection(device, baud=baud, source_system=system_id,
+                                      source_component=component_id, autoreconnect=True,
+                                      dialect="ardupilotmega", robust_parsing=True)
+    pin_mavlink2(conn)  # not the MAVLink 1 module mavutil picks without an env variable
+    if signing_key is not None:
+        setup_signing(conn, signing_key, refuse_unsigned, link_id)
+    return conn
+
+
+def device_and_baud(spec: str) -> tuple[str, int]:
+    """(device, baud) of a link string; `/dev/ttyTHS1,921600` names a serial baud rate."""
+    if "," in spec and ":" not in spec.split(",")[0]:
+        device, _, rate = spec.partition(",")
+        if not rate.strip().isdigit():
+            raise SkyfixError(f"serial link {spec!r}: baud rate must be a number")
+        return device, int(rate)
+    return spec, 115200

@@ -32,8 +32,9 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from skyfix.calibration.camera import CameraModel
+from skyfix.calibration.mount import mount_rotation
 from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import R_BODY_CAM_NADIR, WGS84, R_ned_body
+from skyfix.runtime.geo import WGS84, R_ned_body
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower, write_tlog
 
 FLIGHT_FORMAT = "skyfix-flight/1"
@@ -60,6 +61,10 @@ class FlightSpec:
     noise_sigma: float = 2.0  # additive pixel noise, uint8 levels
     gnss_sigma_m: float = 1.5  # horizontal 1-sigma error of GPS_RAW_INT vs truth
     start_unix_s: float = 1767225600.0  # 2026-01-01T00:00:00Z
+    # The true camera mount differs from the nominal nadir mount by this rotation (roll,
+    # pitch, yaw about body axes, see skyfix.calibration.mount.mount_rotation).
+    mount_error_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    camera_time_offset_s: float = 0.0  # frame time stamps minus true capture times
 
 
 @dataclass(frozen=True)
@@ -123,9 +128,10 @@ def simulate_flight(ortho: Path, out: Path, spec: FlightSpec, render_from: Path 
         cam.save(out / "camera.yaml")
         xy = cam.pixel_rays().astype(np.float32)  # [H, W, 2] ideal normalised (x/z, y/z)
         looks = _Photometric(spec)
+        R_body_cam = mount_rotation(*spec.mount_error_deg)
         files = []
         for i in tqdm(range(n_frames), desc="sim flight", unit="frame", disable=not progress):
-            R_ned_cam = R_ned_body(*truth.rpy_rad[i]) @ R_BODY_CAM_NADIR
+            R_ned_cam = R_ned_body(*truth.rpy_rad[i]) @ R_body_cam
             de, dn, hit = _ground_hits(xy, R_ned_cam, truth.en_m[i], truth.alt_amsl_m[i],
                                        terrain)
             image, valid = source.render(truth.en_m[i], de, dn, hit)
@@ -137,7 +143,8 @@ def simulate_flight(ortho: Path, out: Path, spec: FlightSpec, render_from: Path 
     with open(out / "frames.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "t_ns", "file"])
-        w.writerows([i, int(t), name] for i, (t, name) in enumerate(zip(frame_ns, files,
+        stamp_ns = frame_ns + int(round(spec.camera_time_offset_s * 1e9))
+        w.writerows([i, int(t), name] for i, (t, name) in enumerate(zip(stamp_ns, files,
                                                                           strict=True)))
     lat, lon = _to_lla(crs, truth.en_m)
     with open(out / "truth.csv", "w", newline="") as f:
@@ -172,6 +179,44 @@ def simulate_flight(ortho: Path, out: Path, spec: FlightSpec, render_from: Path 
     return FlightSummary(out, n_frames, n_frames / spec.fps, bounds, track)
 
 
+class PoseRenderer:
+    """Renders one camera frame at a time from `ortho` over flat ground at 0 m AMSL, for
+    a live simulator: `render(en_m, alt_amsl_m, rpy_rad, index)` -> [H, W, 3] uint8 BGR,
+    with the flight's photometric model of `spec` (camera, noise, appearance change).
+    Use as a context manager (it keeps the raster open)."""
+
+    def __init__(self, ortho: Path, spec: FlightSpec = FlightSpec()) -> None:
+        self.spec = spec
+        self._stack = ExitStack()
+        ds = self._stack.enter_context(_open_raster(Path(ortho), "ortho"))
+        if not ds.crs.is_projected:
+            self._stack.close()
+            raise SkyfixError(f"ortho {ortho} is not in a projected metric CRS (e.g. UTM)")
+        self.crs = ds.crs
+        self.bounds_en = tuple(float(v) for v in ds.bounds)
+        self._source = _Source(ds, ds.crs, self._stack)
+        self._xy = spec.camera.pixel_rays().astype(np.float32)
+        self._looks = _Photometric(spec)
+        self._R_body_cam = mount_rotation(*spec.mount_error_deg)
+
+    def render(self, en_m: np.ndarray, alt_amsl_m: float, rpy_rad: np.ndarray,
+               index: int = 0) -> np.ndarray:
+        R_ned_cam = R_ned_body(*rpy_rad) @ self._R_body_cam
+        en = np.asarray(en_m, np.float64)
+        de, dn, hit = _ground_hits(self._xy, R_ned_cam, en, float(alt_amsl_m), _Terrain.flat())
+        image, valid = self._source.render(en, de, dn, hit)
+        return self._looks.apply(image, valid, index)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> PoseRenderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _check_spec(spec: FlightSpec) -> None:
     lo, hi = AGL_RANGE_M
     if not lo <= spec.agl_m <= hi:
@@ -183,6 +228,10 @@ def _check_spec(spec: FlightSpec) -> None:
     if min(spec.blur_px, spec.noise_sigma, spec.gnss_sigma_m, spec.attitude_noise_deg,
            spec.yaw_noise_deg, spec.wobble_deg) < 0:
         raise SkyfixError("flight noise, blur and wobble settings must not be negative")
+    if len(spec.mount_error_deg) != 3 or max(abs(a) for a in spec.mount_error_deg) > 30:
+        raise SkyfixError("mount error must be 3 angles (roll, pitch, yaw) within 30 degrees")
+    if abs(spec.camera_time_offset_s) > 5:
+        raise SkyfixError("camera time offset must be within 5 s")
 
 
 def _open_raster(path: Path, what: str) -> rasterio.DatasetReader:

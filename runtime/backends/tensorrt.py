@@ -251,6 +251,49 @@ def build_engine(trt: Any, onnx_path: Path, precision: Precision, shapes: ShapeP
     return bytes(serialized)
 
 
+def image_profile(input_name: str, min_wh: tuple[int, int], opt_wh: tuple[int, int],
+                  max_wh: tuple[int, int]) -> ShapeProfile:
+    """Profile for a [1, 1, H, W] image input from (width, height) sizes."""
+    sizes = (min_wh, opt_wh, max_wh)
+    if any(w0 > w1 or h0 > h1 for (w0, h0), (w1, h1) in zip(sizes[:-1], sizes[1:], strict=True)):
+        raise SkyfixError(f"engine sizes must grow min <= opt <= max, got "
+                          f"{' / '.join(f'{w}x{h}' for w, h in sizes)}")
+    return {input_name: tuple((1, 1, h, w) for w, h in sizes)}
+
+
+def calibration_images(folder: Path, input_name: str, size_wh: tuple[int, int],
+                       limit: int = 64) -> list[dict[str, np.ndarray]]:
+    """INT8 calibration feeds from map-tile images in `folder`: gray, resized to
+    `size_wh`, scaled to [0, 1] float32, shaped [1, 1, H, W]; at most `limit`."""
+    import cv2
+
+    files = sorted(p for p in Path(folder).glob("*")
+                   if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"))[:limit]
+    feeds = []
+    for path in files:
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if gray is None:
+            raise SkyfixError(f"calibration image {path} cannot be read")
+        gray = cv2.resize(gray, size_wh, interpolation=cv2.INTER_AREA)
+        feeds.append({input_name: (gray.astype(np.float32) / 255.0)[None, None]})
+    if not feeds:
+        raise SkyfixError(f"no calibration images (png/jpg/tif) in {folder}")
+    return feeds
+
+
+def build_cached_engine(onnx_path: Path, precision: Precision = "fp16",
+                        shapes: ShapeProfile | None = None,
+                        calibration_feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
+                        cache_dir: Path | None = None) -> Path:
+    """Build (or find in the cache) the engine of `onnx_path`; returns its path."""
+    runner = TensorRTRunner(onnx_path, precision=precision, shapes=shapes,
+                            calibration_feeds=calibration_feeds, cache_dir=cache_dir)
+    try:
+        return runner.engine_path
+    finally:
+        runner.close()
+
+
 # ---------------------------------------------------------------- runner
 
 

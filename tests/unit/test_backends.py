@@ -12,7 +12,11 @@ import pytest
 
 from skyfix.models.xfeat import DEFAULT_MODEL
 from skyfix.runtime.backends import Runner, TensorSpec, available_backends, get_runner
-from skyfix.runtime.backends.tensorrt import engine_cache_key
+from skyfix.runtime.backends.tensorrt import (
+    calibration_images,
+    engine_cache_key,
+    image_profile,
+)
 from skyfix.runtime.errors import SkyfixError
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -145,6 +149,33 @@ def test_engine_cache_key_changes_with_every_component():
         changed = list(base)
         changed[i] = other
         assert engine_cache_key(*changed) != key
+
+
+def test_image_profile_is_min_opt_max_in_nchw():
+    profile = image_profile("image", (256, 224), (640, 480), (1280, 1024))
+    assert profile == {"image": ((1, 1, 224, 256), (1, 1, 480, 640), (1, 1, 1024, 1280))}
+    with pytest.raises(SkyfixError, match="min <= opt <= max"):
+        image_profile("image", (256, 256), (640, 480), (1280, 320))
+
+
+def test_calibration_feeds_from_tile_images(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"tile_{i}.png"), rng.integers(0, 255, (300, 200, 3),
+                                                                  np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    feeds = calibration_images(tmp_path, "image", (64, 32), limit=2)
+    assert len(feeds) == 2
+    x = feeds[0]["image"]
+    assert x.shape == (1, 1, 32, 64) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0
+    (tmp_path / "tile_9.png").write_bytes(b"broken")
+    with pytest.raises(SkyfixError, match="cannot be read"):
+        calibration_images(tmp_path, "image", (64, 32))
+    with pytest.raises(SkyfixError, match="no calibration images"):
+        calibration_images(tmp_path / "notes.txt", "image", (64, 32))
 
 
 @pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed (JetPack / GPU only)")

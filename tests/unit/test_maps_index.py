@@ -13,8 +13,8 @@ from rasterio.windows import Window
 from rasterio.windows import from_bounds as window_from_bounds
 
 from skyfix.maps.build import build_pack
-from skyfix.maps.index import in_window, search
-from skyfix.maps.pack import MapPack
+from skyfix.maps.index import in_window, ivf_lists, search, window_ids
+from skyfix.maps.pack import MapPack, verify_pack
 from skyfix.models.features import RootSiftEncoder
 from skyfix.runtime.errors import SkyfixError
 
@@ -116,3 +116,54 @@ def test_bad_arguments(pack):
         search(pack, q[:10], 0, 5)
     hits = search(pack, q, 0, 3)  # a zero query scores every tile 0, ties by id
     assert [h.tile_id for h in hits] == [0, 1, 2] and all(h.score == 0 for h in hits)
+
+
+@pytest.fixture(scope="module")
+def indexed(crop, tmp_path_factory) -> MapPack:
+    """The same pack as `pack`, with a FAISS index forced onto every level."""
+    path = tmp_path_factory.mktemp("indexed") / "pack"
+    return MapPack.open(build_pack([crop], path, tile_px=256, index_min_tiles=0,
+                                   progress=False))
+
+
+def test_faiss_index_returns_the_exact_top1(pack, indexed, crop):
+    m = indexed.manifest
+    assert m.index_levels == (0, 1) and set(indexed.indexes) == {0, 1} and not pack.indexes
+    assert {"index_l0.faiss", "index_l1.faiss"} <= set(m.files)
+    assert m.index_nprobe == ivf_lists(25)[1]
+    assert np.array_equal(indexed.descriptors, pack.descriptors)  # deterministic build
+    for level in (0, 1):
+        for i, tile in enumerate(np.flatnonzero(pack.tile_level == level)[::2]):
+            q = query_at(pack, crop, pack.tile_bounds_en[tile], (9.0 * (i % 2), -7.0 * (i % 2)))
+            exact, approx = search(pack, q, level, 3), search(indexed, q, level, 3)
+            assert approx[0].tile_id == exact[0].tile_id
+            assert approx[0].score == pytest.approx(exact[0].score, abs=1e-5)
+    # a windowed search never uses the index: same hits with and without it
+    q = query_at(pack, crop, pack.tile_bounds_en[6])
+    window = (pack.tile_center_en[6], np.diag([60.0**2, 60.0**2]))
+    assert search(indexed, q, 0, 50, window) == search(pack, q, 0, 50, window)
+
+
+def test_flipped_byte_in_the_index_is_caught(indexed, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(indexed.path, bad)
+    data = bytearray((bad / "index_l0.faiss").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "index_l0.faiss").write_bytes(bytes(data))
+    assert verify_pack(bad) == ["index_l0.faiss does not match its manifest (sha256 mismatch)"]
+    with pytest.raises(SkyfixError, match="index_l0.faiss does not match"):
+        MapPack.open(bad)
+
+
+def test_window_ids_match_the_full_window_test(pack):
+    rng = np.random.default_rng(3)
+    lo, hi = pack.tile_bounds_en[:, :2].min(0) - 50, pack.tile_bounds_en[:, 2:].max(0) + 50
+    for _ in range(200):
+        centre = rng.uniform(lo, hi)
+        a = rng.normal(size=(2, 2)) * rng.uniform(0, 80)
+        cov = a @ a.T if rng.random() < 0.8 else np.zeros((2, 2))
+        assert np.array_equal(window_ids(pack, centre, cov),
+                              np.flatnonzero(in_window(pack, centre, cov)))
+    assert len(window_ids(pack, np.array([np.nan, 0.0]), np.eye(2))) == 0

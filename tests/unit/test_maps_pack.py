@@ -272,3 +272,130 @@ def test_north_is_up_in_keypoint_offsets(tmp_path):
     assert len(en) > 10
     assert en[:, 0].min() > 5e5 + 143 and en[:, 0].max() < 5e5 + 241
     assert en[:, 1].max() < 5.3e6 - 15 and en[:, 1].min() > 5.3e6 - 113
+
+
+VIENNA_DEM = "vienna_ortho_2023_30cm/44_2_dgm.tif"
+
+
+def _bilinear(path: Path, east: np.ndarray, north: np.ndarray) -> np.ndarray:
+    """Bilinear height of the DEM GeoTIFF at map points (an independent reference)."""
+    with rasterio.open(path) as src:
+        z = src.read(1).astype(np.float64)
+        col, row = ~src.transform * (east, north)
+    x, y = np.asarray(col) - 0.5, np.asarray(row) - 0.5
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    return ((z[y0, x0] * (1 - fx) + z[y0, x0 + 1] * fx) * (1 - fy)
+            + (z[y0 + 1, x0] * (1 - fx) + z[y0 + 1, x0 + 1] * fx) * fy)
+
+
+def test_real_vienna_dem_is_resampled_into_the_pack(crop, tmp_path):
+    from conftest import shared_file
+
+    dem = shared_file(VIENNA_DEM)
+    pack = MapPack.open(build_pack([crop], tmp_path / "p", gsds_m=[0.6], tile_px=256,
+                                   codebook_k=8, dem=dem, progress=False))
+    m = pack.manifest
+    assert m.dem_gsd_m == pytest.approx(0.9, rel=1e-3)  # 1 m DEM on a 0.3 m grid: 3 px
+    assert "dem.npy" in m.files and m.build["dem_source"] == "44_2_dgm.tif"
+    assert pack.dem.shape == (234, 234) and isinstance(pack.dem, np.memmap)
+    rng = np.random.default_rng(0)
+    w, s, e, n = m.bounds_en
+    east, north = rng.uniform(w + 2, e - 2, 500), rng.uniform(s + 2, n - 2, 500)
+    z = pack.terrain_m(east, north)
+    assert np.all(np.isfinite(z)) and 23 < z.min() and z.max() < 37
+    # resampled twice (0.9 m grid, then the lookup): within a few cm of the source DEM
+    assert np.abs(z - _bilinear(dem, east, north)).max() < 0.15
+    assert np.isnan(pack.terrain_m(w - 5, n)) and pack.terrain_m(east[:3], north[0]).shape == (3,)
+    assert verify_pack(pack.path) == []
+    (pack.path / "dem.npy").write_bytes((pack.path / "dem.npy").read_bytes()[:-4] + b"\0\0\0\0")
+    assert verify_pack(pack.path) == ["dem.npy does not match its manifest (sha256 mismatch)"]
+
+
+def test_synthetic_dem_plane_holes_and_coverage(crop, tmp_path):
+    with rasterio.open(crop) as c:
+        left, top = c.bounds.left, c.bounds.top
+    # a 2 m DEM over the west 100 m of the map only: z = 100 + 0.01 E' - 0.02 N' (E', N'
+    # metres from the map's north-west corner), with a nodata hole
+    cols, rows = 50, 110
+    e_c = (np.arange(cols) + 0.5) * 2.0
+    n_c = -(np.arange(rows) + 0.5) * 2.0
+    z = (100 + 0.01 * e_c[None, :] - 0.02 * n_c[:, None]).astype(np.float32)
+    z[40:45, 20:25] = -9999
+    dem = tmp_path / "dem.tif"
+    with rasterio.open(dem, "w", driver="GTiff", width=cols, height=rows, count=1,
+                       dtype="float32", crs="EPSG:31256", nodata=-9999,
+                       transform=from_origin(left, top, 2.0, 2.0)) as dst:
+        dst.write(z[None])
+    pack = MapPack.open(build_pack([crop], tmp_path / "p", gsds_m=[0.6], tile_px=256,
+                                   codebook_k=8, dem=dem, progress=False))
+    assert pack.manifest.dem_gsd_m == pytest.approx(2.1, rel=1e-3)  # 7 x 0.3 m
+    de, dn = np.meshgrid(np.linspace(3, 95, 20), np.linspace(-3, -75, 20))
+    got = pack.terrain_m(left + de, top + dn)
+    assert got == pytest.approx(100 + 0.01 * de - 0.02 * dn, abs=0.01)  # GDAL bilinear
+    assert np.isnan(pack.terrain_m(left + 45.0, top - 85.0))  # in the hole
+    assert np.isnan(pack.terrain_m(left + 150.0, top - 50.0))  # east of the DEM
+    far = tmp_path / "far.tif"
+    with rasterio.open(far, "w", driver="GTiff", width=cols, height=rows, count=1,
+                       dtype="float32", crs="EPSG:31256",
+                       transform=from_origin(left + 5000, top, 2.0, 2.0)) as dst:
+        dst.write(z[None])
+    with pytest.raises(SkyfixError, match="far.tif: DEM does not overlap the orthophoto"):
+        build_pack([crop], tmp_path / "p2", gsds_m=[0.6], tile_px=256, dem=far, progress=False)
+    assert not (tmp_path / "p2").exists() and not (tmp_path / ".p2.partial").exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_build_resumes(crop, tmp_path, caplog):
+    small = write_crop(crop, tmp_path / "small.tif", 200, 200, 300)
+    args = dict(gsds_m=[0.3], tile_px=64, codebook_k=8, progress=False)
+    ref = MapPack.open(build_pack([small], tmp_path / "ref", **args))
+    assert ref.n_tiles == 81  # 9 x 9 at stride 32: chunks of 64 + 17 tiles
+
+    def stop_after_first_chunk(p):
+        if p.done > p.resumed:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        build_pack([small], tmp_path / "out", **args, on_progress=stop_after_first_chunk)
+    partial = tmp_path / ".out.partial"
+    assert sorted(p.name for p in partial.glob("chunk_*")) == ["chunk_00000.npz"]
+    assert not (tmp_path / "out").exists()
+    seen = []
+    pack = MapPack.open(build_pack([small], tmp_path / "out", **args, on_progress=seen.append))
+    assert seen[0].resumed == 64 and seen[-1].done == seen[-1].total == 81
+    assert "resuming the interrupted build" in caplog.text
+    for name in ("tiles.npy", "keypoints.npy", "local_descriptors.npy", "descriptors.npy"):
+        assert np.array_equal(np.load(pack.path / name), np.load(ref.path / name)), name
+    assert not partial.exists() and verify_pack(pack.path) == []
+    # other parameters: the interrupted build is not reused
+    with pytest.raises(Interrupt):
+        build_pack([small], tmp_path / "o2", **{**args, "codebook_k": 4},
+                   on_progress=stop_after_first_chunk)
+    caplog.clear()
+    seen.clear()
+    build_pack([small], tmp_path / "o2", **args, on_progress=seen.append)
+    assert seen[0].resumed == 0 and "starting over" in caplog.text
+
+
+def test_more_bad_inputs(crop, tmp_path):
+    wide = tmp_path / "wide.tif"  # 64 x 64 px over 10 x 5 degrees
+    with rasterio.open(wide, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8",
+                       crs="EPSG:4326", transform=from_origin(10.0, 50.0, 10 / 64, 5 / 64)
+                       ) as dst:
+        dst.write(np.full((1, 64, 64), 9, np.uint8))
+    with pytest.raises(SkyfixError, match="wide.tif: geographic CRS covering lon 10.00..20.00"
+                                          ".*too large for one UTM zone"):
+        build_pack([wide], tmp_path / "p1", progress=False)
+    tiled = write_crop(crop, tmp_path / "tiled.tif", 0, 0, 512, tiled=True, blockxsize=128,
+                       blockysize=128, compress="deflate")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(tiled.read_bytes()[: tiled.stat().st_size // 2])
+    with pytest.raises(SkyfixError, match=r"cut.tif: (read failed|not a readable raster)"):
+        build_pack([cut], tmp_path / "p2", progress=False)
+    with pytest.raises(SkyfixError, match="nodem.tif: no such file"):
+        build_pack([crop], tmp_path / "p3", dem=tmp_path / "nodem.tif", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "tiled.tif", "wide.tif"]

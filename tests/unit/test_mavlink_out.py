@@ -12,15 +12,25 @@ import pytest
 from pymavlink import mavutil
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
-from skyfix.runtime.config import OutputConfig
+from skyfix.runtime.config import FilterConfig, OutputConfig
+from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.filter import PositionFilter, estimate_at
+from skyfix.runtime.geo import LocalFrame
 from skyfix.runtime.mavlink_out import (
+    SIGNING_EPOCH_UNIX_S,
     UERE_M,
     GpsInputRecorder,
+    advance_signing_clock,
     fix_type_for,
+    global_position_sensor,
     gps_input,
     gps_week_ms,
     heartbeat,
+    load_signing_key,
     named_value,
+    pin_mavlink2,
+    setup_signing,
+    signing_timestamp,
     statustext,
 )
 from skyfix.runtime.types import Estimate
@@ -117,7 +127,7 @@ def test_gps_input_fields(recorded) -> None:
             est.vel_cov_ne_m2s2).max()), rel=1e-6)
         assert m.hdop == pytest.approx(np.sqrt(ev.sum()) / UERE_M, rel=1e-6)
         assert m.ignore_flags == NOT_PROVIDED
-        assert m.yaw == 0
+        assert (m.vdop, m.vert_accuracy, m.yaw) == (0.0, 0.0, 0)  # flagged as not provided
         week, week_ms = independent_gps_time(est.t_ns)
         assert (m.time_week, m.time_week_ms) == (week, week_ms)
 
@@ -195,3 +205,179 @@ def test_small_messages_roundtrip() -> None:
     assert len(statustext("x" * 80, 6).text) == 50
     with pytest.raises(ValueError):
         statustext("bad", 9)
+
+
+# -- a filter's 10 Hz stream, as the autopilot decodes it ---------------------------------
+
+
+def test_filter_stream_at_10hz_decodes_to_the_filter_state(tmp_path: Path) -> None:
+    """2 Hz fixes arriving 150 ms late, estimates predicted to each 10 Hz send time:
+    every GPS_INPUT field parsed back equals what the filter says at that instant."""
+    from rasterio.crs import CRS
+
+    frame = LocalFrame.at(CRS.from_epsg(32633), 601_000.0, 5_340_000.0)
+    filt = PositionFilter(FilterConfig())
+    filt.initialize(T0, np.zeros(2), 9.0 * np.eye(2))
+    rng = np.random.default_rng(5)
+    fixes = [(T0 + k * 500_000_000, np.array([6.0, 2.5]) * k * 0.5) for k in range(1, 12)]
+    path = tmp_path / "stream.tlog"
+    expected, last_fix = [], None
+    with GpsInputRecorder(path, CFG) as rec:
+        for i in range(1, 80):
+            t_send = T0 + i * STEP_NS
+            for t_fix, z in fixes:  # a fix is applied when it arrives, 150 ms after capture
+                if t_send - STEP_NS < t_fix + 150_000_000 <= t_send:
+                    assert filt.update_position(t_fix, z + rng.normal(0, 1.5, 2),
+                                                2.25 * np.eye(2)).accepted
+                    last_fix = t_fix
+            est = estimate_at(filt, t_send, frame, 250.0, last_fix)
+            x, P = filt.state_at(t_send)
+            expected.append((t_send, x, P, est))
+            rec.send(est, t_send)
+    got = [m for m in read_tlog(path) if m.get_type() == "GPS_INPUT"]
+    assert len(got) == len(expected)
+    assert np.all(np.diff([m.time_usec for m in got]) == 100_000)  # 10 Hz, no jitter
+    for (t, x, P, est), m in zip(expected, got, strict=True):
+        lat, lon = frame.ned_to_lla(x[0], x[1])
+        assert (m.lat, m.lon) == (int(round(lat[0] * 1e7)), int(round(lon[0] * 1e7)))
+        assert (m.vn, m.ve, m.vd, m.alt) == pytest.approx((x[2], x[3], 0.0, 250.0), abs=1e-5)
+        assert m.horiz_accuracy == pytest.approx(np.sqrt(np.linalg.eigvalsh(P[:2, :2]).max()),
+                                                 rel=1e-6)
+        assert m.speed_accuracy == pytest.approx(np.sqrt(np.linalg.eigvalsh(P[2:, 2:]).max()),
+                                                 rel=1e-6)
+        assert m.hdop == pytest.approx(min(np.sqrt(np.trace(P[:2, :2])) / UERE_M, 99.99),
+                                       rel=1e-6)
+        claim = est.last_fix_age_s <= CFG.lock_budget_s and m.horiz_accuracy <= CFG.max_sigma_m
+        assert m.fix_type == (3 if claim else 0)
+        assert m.satellites_visible == (CFG.satellites if claim else 0)
+        assert (m.time_week, m.time_week_ms) == independent_gps_time(t)
+        assert (m.gps_id, m.ignore_flags, m.vdop) == (CFG.gps_id, NOT_PROVIDED, 0.0)
+    fixes_claimed = [m.fix_type for m in got]
+    assert fixes_claimed[:4] == [0] * 4 and 3 in fixes_claimed  # no fix claimed before one
+    assert fixes_claimed[-1] == 0  # the last fix is from 5.5 s; the 1 s budget ran out
+
+
+# -- PX4: GLOBAL_POSITION_SENSOR -----------------------------------------------------------
+
+
+def decode(msg, dialect=mavlink2):
+    tx = dialect.MAVLink(None, srcSystem=CFG.system_id, srcComponent=CFG.component_id)
+    (back,) = dialect.MAVLink(None).parse_buffer(msg.pack(tx))
+    return back
+
+
+def test_global_position_sensor_fields() -> None:
+    est = make_estimate(3, 0.2)
+    m = decode(global_position_sensor(est, CFG, T0 + 123_456_789, processing_time_ns=40_000_000))
+    assert m.get_type() == "GLOBAL_POSITION_SENSOR" and m.get_msgId() == 296
+    assert (m.target_system, m.target_component, m.id) == (0, 0, CFG.gps_id)
+    assert m.time_usec == (T0 + 123_456_789) // 1000
+    assert m.processing_time == 40_000
+    assert m.source == mavlink2.GLOBAL_POSITION_SRC_VISION == 2
+    assert m.flags == 0  # healthy, not claiming to be the primary estimator
+    assert (m.lat, m.lon) == (int(round(est.lat_deg * 1e7)), int(round(est.lon_deg * 1e7)))
+    assert m.alt == pytest.approx(412.25)
+    assert np.isnan(m.alt_ellipsoid) and np.isnan(m.epv)
+    assert m.eph == pytest.approx(np.sqrt(np.linalg.eigvalsh(est.cov_ne_m2).max()), rel=1e-6)
+
+    stale = decode(global_position_sensor(make_estimate(3, 1.5), CFG, T0))
+    assert stale.flags == mavlink2.GLOBAL_POSITION_UNHEALTHY and stale.lat == m.lat
+    invalid = decode(global_position_sensor(make_estimate(3, 0.2, valid=False), CFG, T0))
+    assert invalid.flags == mavlink2.GLOBAL_POSITION_UNHEALTHY
+    assert (invalid.lat, invalid.lon) == (2**31 - 1, 2**31 - 1) and np.isnan(invalid.eph)
+
+
+# -- MAVLink 2 signing ---------------------------------------------------------------------
+
+KEY = bytes(range(1, 33))
+
+
+def write_key(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def test_signing_key_file(tmp_path: Path) -> None:
+    assert load_signing_key(write_key(tmp_path / "raw.key", KEY)) == KEY
+    assert load_signing_key(write_key(tmp_path / "hex.key", KEY.hex().encode() + b"\n")) == KEY
+    for mode in (0o640, 0o604, 0o660):
+        with pytest.raises(SkyfixError, match="chmod 600") as exc:
+            load_signing_key(write_key(tmp_path / f"open{mode:o}.key", KEY, mode))
+        assert "\n" not in str(exc.value)
+    with pytest.raises(SkyfixError, match="must hold 32 bytes"):
+        load_signing_key(write_key(tmp_path / "short.key", KEY[:16]))
+    with pytest.raises(SkyfixError, match="not found"):
+        load_signing_key(tmp_path / "missing.key")
+
+
+@pytest.fixture()
+def udp_pair():
+    """Two real pymavlink endpoints over UDP loopback: (autopilot side, our side)."""
+    saved = os.environ.get("MAVLINK20")
+    ap = pin_mavlink2(mavutil.mavlink_connection("udpin:127.0.0.1:0", source_system=1,
+                                                 source_component=1, robust_parsing=True))
+    port = ap.port.getsockname()[1]
+    us = pin_mavlink2(mavutil.mavlink_connection(
+        f"udpout:127.0.0.1:{port}", source_system=CFG.system_id,
+        source_component=CFG.component_id, robust_parsing=True))
+    yield ap, us
+    ap.close()
+    us.close()
+    assert os.environ.get("MAVLINK20") == saved  # nothing switched through the environment
+
+
+def receive(conn):
+    msg = conn.recv_match(blocking=True, timeout=2.0)
+    assert msg is not None, "nothing arrived over loopback"
+    return msg
+
+
+def test_signed_messages_verify_and_unsigned_are_refused(udp_pair) -> None:
+    ap, us = udp_pair
+    t = T0 + 5 * 10**9
+    setup_signing(ap, KEY, refuse_unsigned=True, t_unix_ns=t)
+    setup_signing(us, KEY, refuse_unsigned=True, link_id=3, t_unix_ns=t)
+    est = make_estimate(0, 0.1)
+    us.mav.send(gps_input(est, CFG, t))
+    m = receive(ap)
+    assert m.get_type() == "GPS_INPUT" and m.get_signed() and m.get_link_id() == 3
+    assert m.lat == int(round(est.lat_deg * 1e7))
+    replay = bytes(m.get_msgbuf())
+    assert ap.mav.signing.goodsig_count == 1
+    # what we sent was stamped with the clock we gave, 10 us units since 2015
+    assert signing_timestamp(t) == (t // 10**9 - SIGNING_EPOCH_UNIX_S) * 100_000
+    assert us.mav.signing.timestamp == signing_timestamp(t) + 1
+    advance_signing_clock(us, t - 10**9)  # never backwards
+    assert us.mav.signing.timestamp == signing_timestamp(t) + 1
+
+    us.write(replay)  # the same signed packet again: its timestamp is not newer
+    assert receive(ap).get_type() == "BAD_DATA"
+    us.mav.signing.sign_outgoing = False
+    us.mav.send(heartbeat())
+    bad = receive(ap)
+    assert bad.get_type() == "BAD_DATA" and "Invalid signature" in bad.reason
+    assert ap.mav.signing.badsig_count == 1  # the replay
+    assert ap.mav.signing.reject_count == 2  # the replay and the unsigned one
+
+
+def test_wrong_key_is_refused_even_when_unsigned_is_allowed(udp_pair) -> None:
+    ap, us = udp_pair
+    setup_signing(ap, KEY, refuse_unsigned=False)
+    setup_signing(us, bytes(32), refuse_unsigned=False)  # another key
+    us.mav.send(heartbeat())
+    assert receive(ap).get_type() == "BAD_DATA"
+    us.mav.signing.sign_outgoing = False  # plain unsigned: allowed by this configuration
+    us.mav.send(heartbeat())
+    m = receive(ap)
+    assert m.get_type() == "HEARTBEAT" and not m.get_signed()
+    assert ap.mav.signing.unsigned_count == 1
+
+
+def test_signing_needs_mavlink2_and_a_32_byte_key() -> None:
+    from pymavlink.dialects.v10 import ardupilotmega as mavlink1
+
+    with pytest.raises(SkyfixError, match="MAVLink 2"):
+        setup_signing(mavlink1.MAVLink(None), KEY, refuse_unsigned=True)
+    with pytest.raises(SkyfixError, match="32 bytes"):
+        setup_signing(mavlink2.MAVLink(None), KEY[:31], refuse_unsigned=True)

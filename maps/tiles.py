@@ -1,0 +1,250 @@
+"""Tile features of a map pack, computed in chunks on disk so a build can stop and resume.
+
+    ortho.tif --tile specs--> chunk_00000.npz, chunk_00001.npz, ... (CHUNK_TILES tiles each)
+    chunks --merge (streamed)--> tiles.npy, keypoints.npy, local_descriptors.npy (+ a sample
+    for the codebook) --VLAD per tile (streamed)--> descriptors.npy
+
+A chunk file appears (atomic rename) only once all its tiles are done; a resumed build keeps
+the chunk files it finds and computes only the missing ones. Nothing holds more than one
+chunk of features in memory: merged arrays are written with plain sequential writes after
+an .npy header (no memory map, whose touched pages would count as resident memory).
+
+Keypoint pixel (u, v) of a tile (OpenCV: pixel centres at integers) lies at (east, north) =
+centre + ((u + 0.5 - tile_px/2) * gsd, (tile_px/2 - v - 0.5) * gsd): image y points down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from skyfix.maps.pack import TILE_DTYPE
+from skyfix.models.features import Encoder, vlad
+from skyfix.runtime.errors import SkyfixError
+
+if TYPE_CHECKING:
+    from skyfix.maps.build import Grid
+
+CHUNK_TILES = 64  # tiles per chunk file (the unit of resumption)
+MIN_VALID_FRACTION = 0.5  # tiles with less imagery than this are skipped
+MASK_ERODE_PX = 5  # no keypoints this close to nodata (descriptors would see it)
+PARAMS = "params.json"  # in the partial folder: what the interrupted build was building
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """One tile to cut: top-left corner (x0, y0) in pixels of its level's grid."""
+
+    level: int
+    gsd_m: float
+    x0: float
+    y0: float
+
+
+@dataclass(frozen=True)
+class BuildProgress:
+    """Reported after each chunk: tiles done of `total`, `resumed` of them found on disk."""
+
+    done: int
+    total: int
+    resumed: int
+
+
+def _starts(extent_px: float, tile_px: int, stride: float) -> list[float]:
+    """Tile origins along one axis: every `stride`, the last one flush with the edge."""
+    if extent_px <= tile_px:
+        return [0.0]
+    n = math.ceil((extent_px - tile_px) / stride - 1e-9) + 1
+    return [min(i * stride, extent_px - tile_px) for i in range(n)]
+
+
+def tile_specs(grid: Grid, gsds: Sequence[float], tile_px: int, overlap: float
+               ) -> list[TileSpec]:
+    """All tiles of all levels, level by level, row by row."""
+    stride = max(1.0, tile_px * (1.0 - overlap))
+    specs = []
+    for level, g in enumerate(gsds):
+        scale = g / grid.gsd_m
+        for y0 in _starts(grid.height / scale, tile_px, stride):
+            specs.extend(TileSpec(level, g, x0, y0)
+                         for x0 in _starts(grid.width / scale, tile_px, stride))
+    return specs
+
+
+def _read_tile(ds: rasterio.DatasetReader, x0: float, y0: float, scale: float,
+               tile_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """([tile_px, tile_px] uint8 gray, [tile_px, tile_px] bool valid) of the tile whose
+    top-left corner is level pixel (x0, y0); one level pixel = `scale` ortho pixels."""
+    cols = min(tile_px, math.floor(ds.width / scale - x0 + 1e-6))
+    rows = min(tile_px, math.floor(ds.height / scale - y0 + 1e-6))
+    win = Window(x0 * scale, y0 * scale, cols * scale, rows * scale)
+    resampling = (Resampling.nearest if abs(scale - 1) < 1e-9
+                  else Resampling.average if scale > 1 else Resampling.bilinear)
+    px = ds.read(window=win, out_shape=(ds.count, rows, cols), resampling=resampling)
+    mask = ds.dataset_mask(window=win, out_shape=(rows, cols), resampling=Resampling.nearest)
+    gray = np.zeros((tile_px, tile_px), np.uint8)
+    valid = np.zeros((tile_px, tile_px), bool)
+    gray[:rows, :cols] = (cv2.cvtColor(np.ascontiguousarray(px.transpose(1, 2, 0)),
+                                       cv2.COLOR_RGB2GRAY) if ds.count == 3 else px[0])
+    valid[:rows, :cols] = mask > 0
+    return gray, valid
+
+
+def _encode_chunk(ds: rasterio.DatasetReader, grid: Grid, specs: Sequence[TileSpec],
+                  tile_px: int, encoder: Encoder) -> dict[str, np.ndarray]:
+    """{"tiles": [t] TILE_DTYPE (ids and offsets local to the chunk), "keypoints": [f, 2]
+    float32 offsets from tile centres, "local": [f, D] float16}, strongest keypoint first."""
+    left, top, half = grid.transform.c, grid.transform.f, tile_px / 2
+    rows, kps, descs, offset = [], [], [], 0
+    kernel = np.ones((MASK_ERODE_PX, MASK_ERODE_PX), np.uint8)
+    dim = 0
+    for s in specs:
+        gray, valid = _read_tile(ds, s.x0, s.y0, s.gsd_m / grid.gsd_m, tile_px)
+        frac = float(valid.mean())
+        if frac < MIN_VALID_FRACTION:
+            continue
+        mask = None if frac == 1.0 else cv2.erode(valid.astype(np.uint8), kernel) > 0
+        f = encoder.extract(gray, mask)
+        dim = f.descriptors.shape[1]
+        order = np.argsort(-f.scores, kind="stable")
+        uv, g = f.keypoints[order].astype(np.float64), s.gsd_m
+        kps.append(np.stack([(uv[:, 0] + 0.5 - half) * g, (half - uv[:, 1] - 0.5) * g],
+                            1).astype(np.float32))
+        descs.append(f.descriptors[order].astype(np.float16))
+        min_e, max_n = left + s.x0 * g, top - s.y0 * g
+        max_e, min_n = min_e + tile_px * g, max_n - tile_px * g
+        rows.append((len(rows), s.level, g, ((min_e + max_e) / 2, (min_n + max_n) / 2),
+                     (min_e, min_n, max_e, max_n), offset, len(order), frac))
+        offset += len(order)
+    return {"tiles": np.array(rows, TILE_DTYPE),
+            "keypoints": np.concatenate(kps) if kps else np.zeros((0, 2), np.float32),
+            "local": np.concatenate(descs) if descs else np.zeros((0, dim), np.float16)}
+
+
+def extract_chunks(ortho: Path, grid: Grid, specs: Sequence[TileSpec], tile_px: int,
+                   encoder: Encoder, work: Path, progress: bool,
+                   on_progress: Callable[[BuildProgress], None] | None = None) -> list[Path]:
+    """Compute every chunk of `specs` not yet in `work`; return all chunk paths in order."""
+    groups = [specs[i:i + CHUNK_TILES] for i in range(0, len(specs), CHUNK_TILES)]
+    paths = [work / f"chunk_{i:05d}.npz" for i in range(len(groups))]
+    resumed = sum(len(g) for g, p in zip(groups, paths, strict=True) if p.is_file())
+    done = resumed
+    with rasterio.open(ortho) as ds, tqdm(total=len(specs), initial=resumed, desc="map tiles",
+                                          unit="tile", disable=not progress) as bar:
+        if on_progress is not None:
+            on_progress(BuildProgress(done, len(specs), resumed))
+        for group, path in zip(groups, paths, strict=True):
+            if path.is_file():
+                continue
+            try:
+                arrays = _encode_chunk(ds, grid, group, tile_px, encoder)
+            except RasterioError as e:
+                raise SkyfixError(f"{ortho.name}: read failed ({e})") from None
+            part = path.with_name(path.stem + ".part.npz")
+            np.savez(part, **arrays)
+            os.replace(part, path)
+            done += len(group)
+            bar.update(len(group))
+            if on_progress is not None:
+                on_progress(BuildProgress(done, len(specs), resumed))
+    return paths
+
+
+def input_stamp(path: Path) -> list:
+    """[absolute path, size, mtime_ns] of an input: a changed file means a new build."""
+    st = path.stat()
+    return [str(path.resolve()), int(st.st_size), int(st.st_mtime_ns)]
+
+
+def prepare_work(work: Path, params: dict) -> None:
+    """Resume in `work` when it holds an interrupted build of `params`, else start afresh."""
+    if work.exists():
+        try:
+            old = json.loads((work / PARAMS).read_text())
+        except (OSError, ValueError):
+            old = None
+        if old == params:
+            done = len(list(work.glob("chunk_*[0-9].npz")))
+            log.warning("resuming the interrupted build in %s (%d tile chunks done)", work, done)
+            return
+        log.warning("starting over: %s holds an interrupted build of other inputs or"
+                    " parameters", work)
+        shutil.rmtree(work)
+    work.mkdir()
+    (work / PARAMS).write_text(json.dumps(params, indent=1) + "\n")
+
+
+def _write_npy(f, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                             "fortran_order": False, "shape": shape})
+
+
+def merge_chunks(chunks: Sequence[Path], dst: Path, sample_size: int, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Write tiles.npy, keypoints.npy and local_descriptors.npy into `dst` from `chunks`;
+    return ([T] TILE_DTYPE tiles, [min(F, sample_size), D] float32 seeded sample of the
+    local descriptors for the codebook). Raises SkyfixError when no tile has features."""
+    tables, dim = [], 0
+    for p in chunks:
+        with np.load(p, allow_pickle=False) as z:
+            tables.append(z["tiles"])
+            dim = dim or int(z["local"].shape[1])
+    n_feat = int(sum(int(t["feat_count"].sum()) for t in tables))
+    tiles = np.concatenate(tables) if tables else np.zeros(0, TILE_DTYPE)
+    if not len(tiles):
+        raise SkyfixError(f"no tile has {MIN_VALID_FRACTION:.0%} valid pixels")
+    tiles["id"] = np.arange(len(tiles))
+    tiles["feat_offset"] = np.concatenate([[0], np.cumsum(tiles["feat_count"])[:-1]])
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n_feat, sample_size, replace=False)) \
+        if n_feat > sample_size else np.arange(n_feat)
+    sample, start = [], 0
+    with open(dst / "keypoints.npy", "wb") as fk, open(dst / "local_descriptors.npy", "wb") as fl:
+        _write_npy(fk, np.dtype(np.float32), (n_feat, 2))
+        _write_npy(fl, np.dtype(np.float16), (n_feat, dim))
+        for p in chunks:
+            with np.load(p, allow_pickle=False) as z:
+                kps, local = z["keypoints"], z["local"]
+            fk.write(np.ascontiguousarray(kps, np.float32).tobytes())
+            fl.write(np.ascontiguousarray(local, np.float16).tobytes())
+            a, b = np.searchsorted(pick, [start, start + len(local)])
+            sample.append(np.asarray(local[pick[a:b] - start], np.float32))
+            start += len(local)
+    np.save(dst / "tiles.npy", tiles, allow_pickle=False)
+    return tiles, np.concatenate(sample) if sample else np.zeros((0, dim), np.float32)
+
+
+def write_descriptors(chunks: Sequence[Path], codebook: np.ndarray, dst: Path,
+                      progress: bool) -> None:
+    """Write [T, K * D] float32 VLAD descriptors, tile by tile in chunk order, to `dst`."""
+    n = 0
+    for p in chunks:
+        with np.load(p, allow_pickle=False) as z:
+            n += len(z["tiles"])
+    with open(dst, "wb") as f, tqdm(total=n, desc="descriptors", unit="tile", leave=False,
+                                    disable=not progress) as bar:
+        _write_npy(f, np.dtype(np.float32), (n, codebook.size))
+        for p in chunks:
+            with np.load(p, allow_pickle=False) as z:
+                tiles, local = z["tiles"], z["local"].astype(np.float32)
+            for t in tiles:
+                a = int(t["feat_offset"])
+                row = vlad(local[a:a + int(t["feat_count"])], codebook)
+                f.write(row.astype(np.float32).tobytes())
+            bar.update(len(tiles))

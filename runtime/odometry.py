@@ -1,0 +1,149 @@
+"""Frame-to-frame visual odometry: the aircraft's horizontal velocity from two
+consecutive rectified views, for `PositionFilter.update_velocity`.
+
+Both views are north-up and metric, with pixel offsets measured from the point below
+the camera (skyfix.runtime.rectify). A ground point G seen at offset o_k = G - p_k in
+view k and o_{k-1} = G - p_{k-1} in the view before gives
+
+    p_k - p_{k-1} = o_{k-1} - o_k
+
+so the displacement is the translation t of the similarity o_{k-1} = s R o_k + t fitted
+(least squares, skyfix.runtime.match.fit_similarity) on the MAGSAC inliers of mutual
+feature matches. s and R should be 1 and 0: a pair whose scale or rotation disagrees
+is refused. The velocity is t / dt, stamped at the middle of the interval (the filter
+accepts late measurements).
+
+Covariance (m^2/s^2), the sum of
+- the fit: the least-squares covariance of t, inflated for correlated feature errors;
+- the change of the roll/pitch error between the frames: AGL tan(sigma_step) per
+  frame, two frames;
+- the heading error: it turns the displacement, |v| sigma_yaw across the track;
+- a floor;
+all divided by dt^2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from skyfix.models.features import LocalFeatures, match_mutual
+from skyfix.runtime.config import OdometryConfig
+from skyfix.runtime.match import fit_similarity
+from skyfix.runtime.rectify import view_px_to_offset_m
+from skyfix.runtime.types import View
+
+_CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independent
+
+
+@dataclass(frozen=True)
+class VelocityObservation:
+    """Mean horizontal velocity between two frames.
+
+    `t_ns`: middle of the interval; `v_ne_mps`: [2] (north, east) m/s; `cov_ne_m2s2`:
+    [2, 2] its covariance; `scale`, `rotation_deg`: what the similarity between the
+    two views found (1 and 0 ideally).
+    """
+
+    t_ns: int
+    v_ne_mps: np.ndarray
+    cov_ne_m2s2: np.ndarray
+    dt_s: float
+    inliers: int
+    scale: float
+    rotation_deg: float
+
+
+@dataclass(frozen=True)
+class _Keyframe:
+    t_ns: int
+    offsets_m: np.ndarray  # [N, 2] (east, north) from nadir
+    descriptors: np.ndarray  # [N, D]
+    gsd_m: float
+
+
+def velocity_between(prev: View, prev_feats: LocalFeatures, view: View, feats: LocalFeatures,
+                     cfg: OdometryConfig) -> VelocityObservation | str:
+    """The velocity from `prev` to `view` (later), or the reason there is none."""
+    return _velocity(_keyframe(prev, prev_feats), _keyframe(view, feats), view.agl_m, cfg)
+
+
+def _keyframe(view: View, feats: LocalFeatures) -> _Keyframe:
+    offsets = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
+    return _Keyframe(view.t_ns, offsets, feats.descriptors, view.gsd_m)
+
+
+def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
+              cfg: OdometryConfig) -> VelocityObservation | str:
+    dt = (b.t_ns - a.t_ns) * 1e-9
+    if not 0 < dt <= cfg.max_gap_s:
+        return f"frames {dt:.2f} s apart"
+    pairs = match_mutual(b.descriptors, a.descriptors, cfg.ratio)
+    if len(pairs) < cfg.min_inliers:
+        return f"{len(pairs)} matches"
+    src, dst = b.offsets_m[pairs[:, 0]], a.offsets_m[pairs[:, 1]]
+    thresh_m = cfg.ransac_px * max(a.gsd_m, b.gsd_m)
+    _, inl = cv2.findHomography(src.astype(np.float32), dst.astype(np.float32),
+                                cv2.USAC_MAGSAC, thresh_m, maxIters=2000, confidence=0.999)
+    if inl is None or inl.sum() < cfg.min_inliers:
+        return "few inliers"
+    keep = inl.ravel().astype(bool)
+    params, res, _ = fit_similarity(src[keep], dst[keep])
+    ok = np.linalg.norm(res, axis=1) <= 2 * thresh_m
+    if ok.sum() < cfg.min_inliers:
+        return "few inliers"
+    # Centre the points so that t is the displacement of the centroid, decoupled from s, R.
+    c = src[keep][ok].mean(0)
+    params, _, cov = fit_similarity(src[keep][ok] - c, dst[keep][ok] - c)
+    a_, b_, tx, ty = params
+    scale = float(np.hypot(a_, b_))
+    rot = float(np.degrees(np.arctan2(b_, a_)))
+    if abs(scale - 1) > cfg.max_scale_err:
+        return f"scale {scale:.3f} between the views"
+    if abs(rot) > cfg.max_rotation_deg:
+        return f"rotation {rot:.1f} deg between the views"
+    # o_prev = sR (o - c) + t + c; the ground point below the camera now (o = 0) was at
+    # o_prev = t + (I - sR) c in the previous view: that is the displacement.
+    sr = np.array([[a_, -b_], [b_, a_]])
+    disp_en = np.array([tx, ty]) + (np.eye(2) - sr) @ c
+    cov_en = _CORRELATION_INFLATION * cov[2:, 2:]
+    step = agl_m * np.tan(np.radians(cfg.attitude_step_sigma_deg))
+    cov_en = cov_en + 2 * step**2 * np.eye(2)
+    across = np.array([-disp_en[1], disp_en[0]])  # |disp| long, perpendicular to it
+    cov_en = cov_en + np.radians(cfg.yaw_sigma_deg) ** 2 * np.outer(across, across)
+    v_ne = np.array([disp_en[1], disp_en[0]]) / dt
+    cov_ne = cov_en[::-1, ::-1] / dt**2 + cfg.sigma_floor_mps**2 * np.eye(2)
+    return VelocityObservation(
+        t_ns=(a.t_ns + b.t_ns) // 2, v_ne_mps=v_ne, cov_ne_m2s2=cov_ne, dt_s=dt,
+        inliers=int(ok.sum()), scale=scale, rotation_deg=rot,
+    )
+
+
+class VisualOdometry:
+    """Keeps the previous view's features; `update` gives the velocity since then."""
+
+    def __init__(self, cfg: OdometryConfig) -> None:
+        self.cfg = cfg
+        self._prev: _Keyframe | None = None
+        self.last_reason = ""  # why the last update gave no velocity ("" when it did)
+
+    def reset(self) -> None:
+        self._prev = None
+
+    def update(self, view: View, feats: LocalFeatures) -> VelocityObservation | None:
+        """Velocity from the previous view to `view` (None for the first view, after a
+        gap, or when the pair does not match; `last_reason` says why). `view` becomes
+        the previous view either way."""
+        cur = _keyframe(view, feats)
+        prev, self._prev = self._prev, cur
+        if prev is None:
+            self.last_reason = "first view"
+            return None
+        out = _velocity(prev, cur, view.agl_m, self.cfg)
+        if isinstance(out, str):
+            self.last_reason = out
+            return None
+        self.last_reason = ""
+        return out
