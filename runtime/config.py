@@ -73,7 +73,7 @@ class OdometryConfig:
 
 @dataclass(frozen=True)
 class FilterConfig:
-    accel_sigma_mps2: float = 1.5  # white-acceleration process noise (constant-velocity model)
+    accel_sigma_mps2: float = 5.0  # white-acceleration noise: must cover the largest turn v^2/r
     nis_gate: float = 13.8  # chi-square, 2 dof, 99.9 %
     rate_hz: float = 10.0  # estimate output rate
     init_vel_sigma_mps: float = 10.0

@@ -9,7 +9,8 @@ frame's capture time; estimate errors over the stream actually sent to the autop
 time. Errors are also split along and across the reference track's direction of travel
 (cross-track positive to the right). A fix is an integrity violation when its error
 exceeds 3 times its reported horizontal 1-sigma (root of the larger covariance
-eigenvalue).
+eigenvalue) combined (root-sum-square) with the reference's own 1-sigma: zero for a
+simulation's truth, the receiver's reported accuracy for a log's GNSS.
 """
 
 from __future__ import annotations
@@ -127,7 +128,10 @@ def write_outputs(out: Path, pack: MapPack, frame: LocalFrame, truth: Truth | No
     fix_t = np.array([f.t_ns for _, f in fixes], np.int64)
     fix_sig_all = np.array([_sigma(f.cov_en_m2) for _, f in fixes])
     fs = _score(truth, fix_t, fix_en)
-    fix_sig = fix_sig_all[truth.covers(fix_t)] if truth is not None else np.zeros(0)
+    # A GNSS reference errs too: a fix is only called wrong beyond 3 sigma of both.
+    covered = truth.covers(fix_t) if truth is not None else np.zeros(len(fix_t), bool)
+    fix_sig = (np.hypot(fix_sig_all[covered], truth.sigma_at(fix_t[covered]))
+               if truth is not None else np.zeros(0))
 
     claimed = [s for s in sent if s.fix_type >= 3]
     est_t = np.array([s.t_ns for s in claimed], np.int64)
@@ -175,7 +179,7 @@ def _truth_in(truth: Truth, pack: MapPack) -> Truth:
     if truth.crs == pack.crs:
         return truth
     x, y = crs_transform(truth.crs, pack.crs, truth.en[:, 0].tolist(), truth.en[:, 1].tolist())
-    return Truth(truth.t_ns, np.stack([x, y], -1), pack.crs)
+    return Truth(truth.t_ns, np.stack([x, y], -1), pack.crs, truth.sigma_m)
 
 
 def _fmt(v: float) -> str:

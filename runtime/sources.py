@@ -35,6 +35,7 @@ from skyfix.runtime.logs import (
 from skyfix.runtime.telemetry import TelemetryLog
 from skyfix.runtime.types import Frame
 
+UNKNOWN_GNSS_SIGMA_M = 5.0  # a reference GNSS fix that does not report its accuracy
 FLIGHT_FORMAT = "skyfix-flight/1"
 
 
@@ -46,6 +47,7 @@ class Truth:
     t_ns: np.ndarray
     en: np.ndarray
     crs: CRS
+    sigma_m: np.ndarray | None = None  # [N] 1-sigma horizontal error of a GNSS reference
 
     def at(self, t_ns: np.ndarray) -> np.ndarray:
         """[M, 2] reference (E, N) linearly interpolated at `t_ns`."""
@@ -62,7 +64,14 @@ class Truth:
         g = log.gnss
         if not len(g):
             return None
-        return cls(g[:, 0].astype(np.int64), g[:, [2, 1]].copy(), WGS84)
+        sigma = np.where(np.isfinite(g[:, 6]), g[:, 6], UNKNOWN_GNSS_SIGMA_M)
+        return cls(g[:, 0].astype(np.int64), g[:, [2, 1]].copy(), WGS84, sigma)
+
+    def sigma_at(self, t_ns: np.ndarray) -> np.ndarray:
+        """[M] 1-sigma error of the reference itself at `t_ns` (0 for a simulation's truth)."""
+        if self.sigma_m is None:
+            return np.zeros(np.shape(t_ns))
+        return np.interp(t_ns, self.t_ns, self.sigma_m)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 from pymavlink import mavutil
 
 from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.mavlink_out import pin_mavlink2, setup_signing
+from skyfix.runtime.mavlink_out import UERE_M, pin_mavlink2, setup_signing
 from skyfix.runtime.types import GnssSample, Telemetry
 
 _MAX_GAP_NS = 2_000_000_000  # no attitude within 2 s of a frame -> no telemetry for it
@@ -95,7 +95,9 @@ def parse_message(msg, t_ns: int) -> tuple[str, tuple] | None:
         return "pos", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3,
                        msg.relative_alt * 1e-3, msg.vx * 1e-2, msg.vy * 1e-2, msg.vz * 1e-2)
     if kind == "GPS_RAW_INT" and msg.fix_type >= 2:
-        eph = msg.eph * 1e-2 if msg.eph != 65535 else np.nan
+        # 1-sigma horizontal error: h_acc (mm) when the receiver reports it, else HDOP x UERE
+        h_acc = getattr(msg, "h_acc", 0)
+        eph = h_acc * 1e-3 if h_acc else (msg.eph * 1e-2 * UERE_M if msg.eph != 65535 else np.nan)
         return "gnss", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3, msg.fix_type,
                         msg.satellites_visible, eph)
     return None

@@ -176,8 +176,8 @@ def score(emulator: AutopilotEmulator, spec: ClosedLoopSpec, cfg: Config,
     x, y = crs_transform(WGS84, emulator.crs, lon.tolist(), lat.tolist())
     truth = emulator.trajectory.sample((stamp_ns - t0) * 1e-9).en_m
     err = np.hypot(np.asarray(x) - truth[:, 0], np.asarray(y) - truth[:, 1])
+    sigma = np.array([r.msg.horiz_accuracy for r in msgs])
     if csv_path is not None:
-        sigma = np.array([r.msg.horiz_accuracy for r in msgs])
         np.savetxt(csv_path, np.stack([arrive_s, fix, sigma, err], 1), fmt="%.3f",
                    delimiter=",", header="t_s,fix_type,horiz_accuracy_m,error_m", comments="")
 
@@ -209,6 +209,9 @@ def score(emulator: AutopilotEmulator, spec: ClosedLoopSpec, cfg: Config,
         "error_while_seeing_p50_m": r(np.median(seeing_err)) if len(seeing_err) else None,
         "error_max_any_claimed_fix_after_gnss_loss_m":
             r(err[after & (fix >= 3)].max()) if (after & (fix >= 3)).any() else None,
+        # claimed 3D fixes further off than 3 times the horiz_accuracy they were sent with
+        "integrity_violations_after_gnss_loss":
+            int(((err > 3 * sigma) & after & (fix >= 3)).sum()),
         "fix_drop_delay_s": None if drop_delay is None else r(drop_delay),
         "fix_drop_allowed_s": r(allowed),
     }
@@ -219,5 +222,6 @@ def score(emulator: AutopilotEmulator, spec: ClosedLoopSpec, cfg: Config,
         "error": len(seeing_err) > 0 and float(seeing_err.max()) <= MAX_ERROR_M
         and figures["claimed_fix_share_while_seeing"] >= 0.8,
         "fix_drop": drop_delay is not None and drop_delay <= allowed,
+        "integrity": figures["integrity_violations_after_gnss_loss"] == 0,
     }
     return figures

@@ -65,6 +65,13 @@ def test_blind_camera_drops_the_claimed_fix_within_the_budget(looped):
     assert r["fix_drop_delay_s"] <= r["fix_drop_allowed_s"]
 
 
+def test_no_claimed_fix_is_further_off_than_its_stated_accuracy_allows(looped):
+    """Whatever the machine's speed: every GPS_INPUT that claimed a 3D fix after GNSS
+    loss, the camera's blind stretch included, lies within 3 x its horiz_accuracy."""
+    _, r = looped
+    assert r["integrity_violations_after_gnss_loss"] == 0
+
+
 def test_estimate_stays_near_the_truth_after_gnss_loss(looped):
     _, r = looped
     assert r["claimed_fix_share_while_seeing"] >= 0.8

@@ -298,8 +298,9 @@ def test_sim_flight_estimates_at_send_time_are_not_overconfident(speed_mps, acce
 def test_sim_flight_turns_beyond_accel_sigma_are_flagged() -> None:
     """The same check catches a mis-set model: 4.1 m/s^2 turns with the default
     accel_sigma 1.5 make the estimate overconfident in the U-turns (why accel_sigma_mps2
-    must cover the vehicle's horizontal acceleration)."""
+    must cover the vehicle's horizontal acceleration, and why its default is 5)."""
     runs = 20
-    nees = np.array([sim_flight_nees(s, 12.0, CFG) for s in range(runs)])
+    low = replace(CFG, accel_sigma_mps2=1.5)
+    nees = np.array([sim_flight_nees(s, 12.0, low) for s in range(runs)])
     hi = chi2_quantile(2 * runs, 1.96) / runs
     assert nees.mean(0).max() > 2 * hi

@@ -8,6 +8,7 @@ from conftest import shared_file
 from pymavlink.dialects.v20 import ardupilotmega as mav
 
 from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.mavlink_out import UERE_M
 from skyfix.runtime.telemetry import TelemetryLog
 from skyfix.runtime.tlog import TlogWriter
 
@@ -42,7 +43,7 @@ def test_interpolates_attitude_and_height(tmp_path):
     assert tel.vel_ned_mps == pytest.approx((5.0, -2.0, 0.0))
     g = log.gnss_at(T0 + 1_025_000_000)
     assert g.lat_deg == pytest.approx(48.18587) and g.fix_type == 3
-    assert g.eph_m == pytest.approx(0.8)
+    assert g.eph_m == pytest.approx(0.8 * UERE_M)  # HDOP 0.8, no h_acc: HDOP x UERE
     assert log.at(T0 + 60 * 10**9) is None  # outside the log
 
 
