@@ -54,13 +54,6 @@ _MIN_VEL_SPREAD_MPS = 2.0  # RMS deviation of velocity from its mean needed to s
 _HUBER_M = 1.0
 
 
-def mount_rotation(roll_deg: float = 0.0, pitch_deg: float = 0.0,
-                   yaw_deg: float = 0.0) -> np.ndarray:
-    """[3, 3] R_body_cam of a camera turned by (roll, pitch, yaw) about body axes (Z-Y-X)
-    away from the nominal nadir mount R_BODY_CAM_NADIR."""
-    return R_ned_body(*np.radians([roll_deg, pitch_deg, yaw_deg])) @ R_BODY_CAM_NADIR
-
-
 @dataclass(frozen=True)
 class FramePose:
     """A frame's camera pose measured against the map. `centre_en_m`: [2] map (E, N);

@@ -8,6 +8,7 @@ that names the key (`match.min_inliers`), never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ class EncoderConfig:
 class RectifyConfig:
     max_view_px: int = 1024  # longest side of the north-up view; larger footprints are cropped
     max_off_nadir_deg: float = 45.0  # frames looking further from straight down are skipped
+    # Camera mount: rotation about body axes from looking straight down, image top forward
+    # (`skyfix calibrate mount` measures it; a gimbal's own angles come with the frames).
+    mount_roll_deg: float = 0.0
+    mount_pitch_deg: float = 0.0
+    mount_yaw_deg: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,9 @@ class DaemonConfig:
     heartbeat_hz: float = 1.0  # HEARTBEAT rate, as an onboard computer
     diagnostics_hz: float = 1.0  # NAMED_VALUE_FLOAT diagnostics rate (0: off)
     health_period_s: float = 10.0  # health summary in the log every this many seconds
+    # frames stamped further than this from the daemon's clock (either way), stamped no
+    # later than the previous frame, or identical to it (a frozen camera) are refused
+    max_frame_age_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -178,9 +187,11 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     if isinstance(tp, types.UnionType):
         tp = next(t for t in typing.get_args(tp) if t is not type(None))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
         raise SkyfixError(f"config key '{name}' must be {tp.__name__}, got {value!r}")
+    if tp is float and not math.isfinite(value):
+        raise SkyfixError(f"config key '{name}' must be a finite number, got {value!r}")
     return value
 
 
@@ -192,7 +203,12 @@ def load_config(path: Path | None = None) -> Config:
     if not path.is_file():
         raise SkyfixError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise SkyfixError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    except UnicodeDecodeError as exc:
+        raise SkyfixError(f"config file {path} is not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from None
+    except RecursionError:  # PyYAML recurses once per nesting level
+        raise SkyfixError(f"config file {path} is nested too deeply") from None
     return _build(Config, data, "")

@@ -36,6 +36,13 @@ def R_ned_body(roll_rad: float, pitch_rad: float, yaw_rad: float) -> np.ndarray:
 R_BODY_CAM_NADIR = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
+def mount_rotation(roll_deg: float = 0.0, pitch_deg: float = 0.0,
+                   yaw_deg: float = 0.0) -> np.ndarray:
+    """[3, 3] R_body_cam of a camera turned by (roll, pitch, yaw) about body axes (Z-Y-X)
+    away from the nominal nadir mount R_BODY_CAM_NADIR."""
+    return R_ned_body(*np.radians([roll_deg, pitch_deg, yaw_deg])) @ R_BODY_CAM_NADIR
+
+
 def euler_from_R_ned_body(R: np.ndarray) -> tuple[float, float, float]:
     """(roll, pitch, yaw) in radians of a body-to-NED rotation."""
     pitch = -np.arcsin(np.clip(R[2, 0], -1.0, 1.0))

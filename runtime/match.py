@@ -30,6 +30,10 @@ from skyfix.runtime.rectify import view_px_to_offset_m
 from skyfix.runtime.types import Fix, Rejection, RejectReason, View
 
 _MIN_POINTS = 8
+
+# A tile to match: (tile_id, level, [M, 2] keypoints in map E/N metres, [M, D] descriptors,
+# [M] terrain height of each keypoint in metres or None without a terrain model).
+Candidate = tuple[int, int, np.ndarray, np.ndarray, np.ndarray | None]
 _CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independent
 
 
@@ -67,13 +71,13 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.nda
     return params, residuals, cov
 
 
-def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile_en: np.ndarray,
-               tile_desc: np.ndarray, tile_id: int, level: int, view: View,
+def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, view: View,
                cfg: MatchConfig) -> TileMatch | None:
     """Match one tile; None when robust estimation finds fewer than 8 consistent points.
 
-    `view_xy_m`: [N, 2] (east, north) metres from nadir; `tile_en`: [M, 2] map metres.
+    `view_xy_m`: [N, 2] (east, north) metres from nadir.
     """
+    tile_id, level, tile_en, tile_desc, tile_h = tile
     pairs = match_mutual(view_desc, tile_desc, cfg.ratio)
     if len(pairs) < _MIN_POINTS:
         return None
@@ -93,7 +97,13 @@ def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile_en: np.ndarray
         return None
     src, dst = src[keep][ok], dst[keep][ok]
     (a, b, tx, ty), res, _ = fit_similarity(src, dst)
-    points = np.column_stack([dst[:, 1], dst[:, 0], np.zeros(len(dst))])  # flat ground
+    # Ground points: down = 0 on the plane the view was rectified on; with a terrain
+    # model, each point's height above the ground under the aircraft lifts it.
+    down = np.zeros(len(dst))
+    if tile_h is not None and np.isfinite(view.ground_m):
+        rise = tile_h[pairs[keep][ok][:, 1]] - view.ground_m
+        down = -np.where(np.isfinite(rise), rise, 0.0)
+    points = np.column_stack([dst[:, 1], dst[:, 0], down])
     pose = solve_pose(src, points, view.R_ned_cam, view.agl_m,
                       np.array([ty, tx, -view.agl_m * np.hypot(a, b)]),
                       np.radians(cfg.attitude_sigma_deg), np.radians(cfg.yaw_sigma_deg),
@@ -142,12 +152,12 @@ def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejec
     )
 
 
-def locate(view: View, feats: LocalFeatures, candidates: list[tuple[int, int, np.ndarray,
-           np.ndarray]], cfg: MatchConfig) -> Fix | Rejection:
-    """Match the view against each candidate (tile_id, level, [M, 2] map E/N, [M, D] desc)."""
+def locate(view: View, feats: LocalFeatures, candidates: list[Candidate],
+           cfg: MatchConfig) -> Fix | Rejection:
+    """Match the view against each candidate tile."""
     if len(feats) < cfg.min_inliers:
         return Rejection(view.t_ns, "few_features", f"{len(feats)} features in the view")
     xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
-    matches = [m for tile_id, level, en, desc in candidates
-               if (m := match_tile(xy, feats.descriptors, en, desc, tile_id, level, view, cfg))]
+    matches = [m for tile in candidates
+               if (m := match_tile(xy, feats.descriptors, tile, view, cfg)) is not None]
     return judge(view, matches, cfg)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -27,7 +27,7 @@ from skyfix.models.features import Encoder, LocalFeatures
 from skyfix.runtime.config import Config
 from skyfix.runtime.filter import Innovation, PositionFilter, estimate_at
 from skyfix.runtime.geo import LocalFrame
-from skyfix.runtime.match import locate
+from skyfix.runtime.match import Candidate, locate
 from skyfix.runtime.odometry import VelocityObservation, VisualOdometry
 from skyfix.runtime.rectify import rectify
 from skyfix.runtime.retrieve import NO_PRIOR, Prior, retrieve, window_prior
@@ -59,14 +59,28 @@ class Localizer:
 
     def __init__(self, pack: MapPack, camera: CameraModel, encoder: Encoder, cfg: Config):
         self.pack, self.camera, self.encoder, self.cfg = pack, camera, encoder, cfg
-        self._tile_features = lru_cache(maxsize=128)(pack.tile_features)
+        self._tile = lru_cache(maxsize=128)(self._load_tile)
 
-    def look(self, frame: Frame, tel: Telemetry) -> Look | Rejection:
-        """Rectify the frame at the pack level nearest its ground resolution; extract features."""
+    def _load_tile(self, tile_id: int) -> Candidate:
+        en, desc = self.pack.tile_features(tile_id)
+        heights = self.pack.terrain_m(en[:, 0], en[:, 1]) if self.pack.dem is not None else None
+        return int(tile_id), int(self.pack.tile_level[tile_id]), en, desc, heights
+
+    def look(self, frame: Frame, tel: Telemetry, prior: Prior = NO_PRIOR) -> Look | Rejection:
+        """Rectify the frame at the pack level nearest its ground resolution; extract features.
+
+        With a terrain model in the pack and a prior position, the height above ground is
+        the altitude above the terrain there; otherwise the telemetry's (above home)."""
+        ground = float("nan")
+        if self.pack.dem is not None and prior.source != "none":
+            ground = float(self.pack.terrain_m(*prior.centre_en))
+            if np.isfinite(ground) and np.isfinite(tel.alt_amsl_m):
+                tel = replace(tel, agl_m=tel.alt_amsl_m - ground)
         level = self.pack.level_for_gsd(tel.agl_m / self.camera.fx)
         view = rectify(frame, tel, self.camera, self.pack.levels[level], self.cfg.rectify)
         if view is None:
             return Rejection(frame.t_ns, "no_view", "attitude or height above ground unusable")
+        view = replace(view, ground_m=ground)
         return Look(level, view, self.encoder.extract(view.image, view.mask))
 
     def locate(self, look: Look, prior: Prior) -> Fix | Rejection:
@@ -77,8 +91,7 @@ class Localizer:
         hits = retrieve(self.pack, query, look.level, prior, self.cfg.retrieve)
         if not hits:
             return Rejection(t_ns, "no_tiles", f"no tile of level {look.level} in the window")
-        candidates = [(h.tile_id, h.level, *self._tile_features(h.tile_id)) for h in hits]
-        return locate(look.view, feats, candidates, self.cfg.match)
+        return locate(look.view, feats, [self._tile(h.tile_id) for h in hits], self.cfg.match)
 
 
 class Navigator:
@@ -111,7 +124,7 @@ class Navigator:
     def on_frame(self, frame: Frame, tel: Telemetry, gnss: GnssSample | None) -> FrameResult:
         start = time.perf_counter()
         prior = self.prior(frame.t_ns, gnss)
-        look = self.localizer.look(frame, tel)
+        look = self.localizer.look(frame, tel, prior)
         result, innovation, velocity = look, None, None
         if isinstance(look, Look):
             velocity = self.odometry.update(look.view, look.feats)

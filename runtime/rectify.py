@@ -20,17 +20,28 @@ import numpy as np
 
 from skyfix.calibration.camera import CameraModel
 from skyfix.runtime.config import RectifyConfig
-from skyfix.runtime.geo import R_BODY_CAM_NADIR, R_ned_body
+from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.geo import R_BODY_CAM_NADIR, R_ned_body, mount_rotation
 from skyfix.runtime.types import Frame, Telemetry, View
 
 _MAX_RAY_ANGLE_DEG = 75.0  # rays flatter than this from the vertical are left out of the footprint
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
-    """[H, W] uint8 gray of a BGR, BGRA or gray uint8 image."""
+    """[H, W] uint8 gray of a BGR, BGRA or gray uint8 image ([H, W, 3], [H, W, 4], [H, W]
+    or [H, W, 1]); anything else (other dtypes, channel counts, an empty image) is a
+    SkyfixError, never a float or NaN image passed on to the matcher."""
+    image = np.asarray(image)
+    shape = image.shape
+    if (image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0
+            or (image.ndim == 3 and shape[2] not in (1, 3, 4))):
+        raise SkyfixError(f"frame image must be [H, W] gray or [H, W, 3|4] BGR(A) uint8, "
+                          f"got {list(shape)} {image.dtype}")
     if image.ndim == 2:
         return image
-    code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+    if shape[2] == 1:
+        return image[:, :, 0]
+    code = cv2.COLOR_BGRA2GRAY if shape[2] == 4 else cv2.COLOR_BGR2GRAY
     return cv2.cvtColor(image, code)
 
 
@@ -55,16 +66,19 @@ def ground_footprint(camera: CameraModel, R_nc: np.ndarray, agl_m: float) -> np.
 
 
 def rectify(frame: Frame, tel: Telemetry, camera: CameraModel, gsd_m: float,
-            cfg: RectifyConfig, R_body_cam: np.ndarray = R_BODY_CAM_NADIR) -> View | None:
+            cfg: RectifyConfig) -> View | None:
     """The north-up view of `frame` at `gsd_m` metres/pixel, or None when it cannot be made.
 
-    None when the height above ground is unknown or not positive, or the camera looks
-    more than `cfg.max_off_nadir_deg` away from straight down.
+    None when the height above ground is unknown or not positive, the attitude is not
+    finite, or the camera looks more than `cfg.max_off_nadir_deg` away from straight down.
     """
     agl = tel.agl_m
     if not np.isfinite(agl) or agl <= 0:
         return None
-    R_nc = R_ned_cam(tel, R_body_cam)
+    if not np.isfinite([tel.roll_rad, tel.pitch_rad, tel.yaw_rad]).all():
+        return None
+    R_nc = R_ned_cam(tel, mount_rotation(cfg.mount_roll_deg, cfg.mount_pitch_deg,
+                                         cfg.mount_yaw_deg))
     off_nadir = np.degrees(np.arccos(np.clip(R_nc[2, 2], -1.0, 1.0)))
     if off_nadir > cfg.max_off_nadir_deg:
         return None

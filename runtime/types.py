@@ -80,6 +80,7 @@ class View:
     agl_m: float
     yaw_rad: float
     R_ned_cam: np.ndarray
+    ground_m: float = float("nan")  # terrain height under the aircraft that agl_m is over
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,8 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from skyfix.calibration.camera import CameraModel
-from skyfix.calibration.mount import mount_rotation
 from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import WGS84, R_ned_body
+from skyfix.runtime.geo import WGS84, R_ned_body, mount_rotation
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower, write_tlog
 
 FLIGHT_FORMAT = "skyfix-flight/1"
@@ -62,7 +61,7 @@ class FlightSpec:
     gnss_sigma_m: float = 1.5  # horizontal 1-sigma error of GPS_RAW_INT vs truth
     start_unix_s: float = 1767225600.0  # 2026-01-01T00:00:00Z
     # The true camera mount differs from the nominal nadir mount by this rotation (roll,
-    # pitch, yaw about body axes, see skyfix.calibration.mount.mount_rotation).
+    # pitch, yaw about body axes, see skyfix.runtime.geo.mount_rotation).
     mount_error_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     camera_time_offset_s: float = 0.0  # frame time stamps minus true capture times
 

@@ -20,13 +20,12 @@ from skyfix.calibration.mount import (
     Track,
     calibrate_mount,
     estimate_time_offset,
-    mount_rotation,
 )
 from skyfix.maps.build import build_pack
 from skyfix.runtime.cli import main
 from skyfix.runtime.config import Config
 from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import R_BODY_CAM_NADIR
+from skyfix.runtime.geo import R_BODY_CAM_NADIR, mount_rotation
 from skyfix.sim.flight import FlightSpec, simulate_flight
 
 CAM = CameraModel.from_fov(320, 240, 70.0, dist=(-0.08, 0.02, 0.0, 0.0, 0.0))
