@@ -54,6 +54,17 @@ class Look:
     feats: LocalFeatures
 
 
+def with_height_above_ground(tel: Telemetry, ground_m: float) -> Telemetry:
+    """`tel` with its best height above ground: a downward rangefinder's range times the
+    cosine of the body's tilt when there is one; else the altitude above `ground_m` (the
+    terrain height under the aircraft) when known; else the telemetry's (above home)."""
+    if tel.range_m is not None:
+        return replace(tel, agl_m=tel.range_m * np.cos(tel.roll_rad) * np.cos(tel.pitch_rad))
+    if np.isfinite(ground_m) and np.isfinite(tel.alt_amsl_m):
+        return replace(tel, agl_m=tel.alt_amsl_m - ground_m)
+    return tel
+
+
 class Localizer:
     """rectify -> features -> retrieve -> match, for one frame at a time."""
 
@@ -69,13 +80,12 @@ class Localizer:
     def look(self, frame: Frame, tel: Telemetry, prior: Prior = NO_PRIOR) -> Look | Rejection:
         """Rectify the frame at the pack level nearest its ground resolution; extract features.
 
-        With a terrain model in the pack and a prior position, the height above ground is
-        the altitude above the terrain there; otherwise the telemetry's (above home)."""
+        The height above ground: see `with_height_above_ground`, with the terrain height
+        of the pack's DEM at the prior position when there is both."""
         ground = float("nan")
         if self.pack.dem is not None and prior.source != "none":
             ground = float(self.pack.terrain_m(*prior.centre_en))
-            if np.isfinite(ground) and np.isfinite(tel.alt_amsl_m):
-                tel = replace(tel, agl_m=tel.alt_amsl_m - ground)
+        tel = with_height_above_ground(tel, ground)
         level = self.pack.level_for_gsd(tel.agl_m / self.camera.fx)
         view = rectify(frame, tel, self.camera, self.pack.levels[level], self.cfg.rectify)
         if view is None:

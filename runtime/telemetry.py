@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,9 @@ from skyfix.runtime.mavlink_out import UERE_M, pin_mavlink2, setup_signing
 from skyfix.runtime.types import GnssSample, Telemetry
 
 _MAX_GAP_NS = 2_000_000_000  # no attitude within 2 s of a frame -> no telemetry for it
+_MAX_RANGE_AGE_NS = 300_000_000  # a rangefinder reading older than this is not used
+_DOWNWARD = 25  # MAV_SENSOR_ROTATION_PITCH_270: a DISTANCE_SENSOR looking down
+WIDTHS = {"att": 4, "pos": 8, "gnss": 7, "rng": 2}  # row widths of the telemetry arrays
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class TelemetryLog:
     """Time-sorted telemetry arrays. Times are Unix ns.
 
     att: [N, 4] (t_ns, roll, pitch, yaw) rad; pos: [M, 8] (t_ns, lat, lon, alt_amsl_m,
-    rel_alt_m, vn, ve, vd); gnss: [G, 7] (t_ns, lat, lon, alt, fix, sats, eph_m).
+    rel_alt_m, vn, ve, vd); gnss: [G, 7] (t_ns, lat, lon, alt, fix, sats, eph_m);
+    rng: [R, 2] (t_ns, range_m) of a downward rangefinder, along the body's down axis.
     """
 
     att: np.ndarray
@@ -42,16 +46,22 @@ class TelemetryLog:
     gnss: np.ndarray
     messages: int
     bad_bytes: int
+    rng: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
     @classmethod
     def from_tlog(cls, path: Path) -> TelemetryLog:
         path = Path(path)
         if not path.is_file():
             raise SkyfixError(f"telemetry log not found: {path}")
-        conn = mavutil.mavlink_connection(str(path), dialect="ardupilotmega", robust_parsing=True)
-        att, pos, gnss = [], [], []
+        try:  # the memory-mapped reader indexes the whole file here
+            conn = mavutil.mavlink_connection(str(path), dialect="ardupilotmega",
+                                              robust_parsing=True)
+        except Exception as exc:  # pymavlink raises bare errors on broken records
+            raise SkyfixError(f"{path}: unreadable MAVLink log ({exc})") from None
+        rows: dict[str, list] = {k: [] for k in WIDTHS}
         n = 0
-        wanted = ["ATTITUDE", "GLOBAL_POSITION_INT", "GPS_RAW_INT"]
+        wanted = ["ATTITUDE", "GLOBAL_POSITION_INT", "GPS_RAW_INT", "DISTANCE_SENSOR",
+                  "RANGEFINDER"]
         while True:
             try:
                 msg = conn.recv_match(type=wanted)
@@ -62,23 +72,21 @@ class TelemetryLog:
             n += 1
             parsed = parse_message(msg, int(round(msg._timestamp * 1e9)))
             if parsed is not None:
-                {"att": att, "pos": pos, "gnss": gnss}[parsed[0]].append(parsed[1])
-        if not att:
+                rows[parsed[0]].append(parsed[1])
+        if not rows["att"]:
             raise SkyfixError(f"{path}: no ATTITUDE messages, cannot rectify frames")
-        if not pos:
+        if not rows["pos"]:
             raise SkyfixError(
                 f"{path}: no GLOBAL_POSITION_INT messages, height above ground unknown")
 
-        def arr(rows: list, width: int) -> np.ndarray:
-            a = np.array(rows, np.float64).reshape(-1, width)
-            return a[np.argsort(a[:, 0], kind="stable")]
-
+        a = {k: np.array(v, np.float64).reshape(-1, WIDTHS[k]) for k, v in rows.items()}
+        a = {k: v[np.argsort(v[:, 0], kind="stable")] for k, v in a.items()}
         bad = int(getattr(conn.mav, "total_receive_errors", 0))
-        return cls(arr(att, 4), arr(pos, 8), arr(gnss, 7), n, bad)
+        return cls(a["att"], a["pos"], a["gnss"], n, bad, a["rng"])
 
     def at(self, t_ns: int) -> Telemetry | None:
         """Interpolated state at `t_ns`, or None when the log does not cover that time."""
-        return state_at(self.att, self.pos, t_ns)
+        return state_at(self.att, self.pos, t_ns, self.rng)
 
     def gnss_at(self, t_ns: int, max_age_ns: int = 1_000_000_000) -> GnssSample | None:
         """The latest GNSS sample at or before `t_ns`, if not older than `max_age_ns`."""
@@ -86,11 +94,14 @@ class TelemetryLog:
 
 
 def parse_message(msg, t_ns: int) -> tuple[str, tuple] | None:
-    """("att" | "pos" | "gnss", row) of one pymavlink message received at `t_ns`, in the
-    column layout of `TelemetryLog`; None for other messages and GNSS without a fix."""
+    """("att" | "pos" | "gnss" | "rng", row) of one pymavlink message received at `t_ns`,
+    in the column layout of `TelemetryLog`; None for other messages, GNSS without a fix,
+    ranges out of the sensor's span or not looking down, and attitudes that are not
+    finite (a NaN would spread to every interpolated neighbour)."""
     kind = msg.get_type()
     if kind == "ATTITUDE":
-        return "att", (t_ns, msg.roll, msg.pitch, msg.yaw)
+        row = (t_ns, msg.roll, msg.pitch, msg.yaw)
+        return ("att", row) if np.isfinite(row[1:]).all() else None
     if kind == "GLOBAL_POSITION_INT":
         return "pos", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3,
                        msg.relative_alt * 1e-3, msg.vx * 1e-2, msg.vy * 1e-2, msg.vz * 1e-2)
@@ -100,12 +111,18 @@ def parse_message(msg, t_ns: int) -> tuple[str, tuple] | None:
         eph = h_acc * 1e-3 if h_acc else (msg.eph * 1e-2 * UERE_M if msg.eph != 65535 else np.nan)
         return "gnss", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3, msg.fix_type,
                         msg.satellites_visible, eph)
+    if kind == "DISTANCE_SENSOR" and msg.orientation == _DOWNWARD \
+            and msg.min_distance <= msg.current_distance <= msg.max_distance:
+        return "rng", (t_ns, msg.current_distance * 1e-2)
+    if kind == "RANGEFINDER" and np.isfinite(msg.distance) and msg.distance > 0:
+        return "rng", (t_ns, float(msg.distance))
     return None
 
 
-def state_at(att: np.ndarray, pos: np.ndarray, t_ns: int) -> Telemetry | None:
-    """Telemetry at `t_ns` interpolated from `att` [N, 4] and `pos` [M, 8] (TelemetryLog
-    layout), or None when they do not cover that time."""
+def state_at(att: np.ndarray, pos: np.ndarray, t_ns: int,
+             rng: np.ndarray | None = None) -> Telemetry | None:
+    """Telemetry at `t_ns` interpolated from `att` [N, 4], `pos` [M, 8] and `rng` [R, 2]
+    (TelemetryLog layout), or None when they do not cover that time."""
     if not len(att) or not len(pos):
         return None
     t = att[:, 0]
@@ -119,10 +136,16 @@ def state_at(att: np.ndarray, pos: np.ndarray, t_ns: int) -> Telemetry | None:
     pitch = np.interp(t_ns, t, att[:, 2])
     yaw = np.interp(t_ns, t, np.unwrap(att[:, 3]))
     alt, rel, vn, ve, vd = (float(np.interp(t_ns, pos[:, 0], pos[:, k])) for k in range(3, 8))
+    range_m = None
+    if rng is not None and len(rng):
+        j = int(np.searchsorted(rng[:, 0], t_ns))
+        near = [k for k in (j - 1, j) if 0 <= k < len(rng)]
+        if min(abs(rng[k, 0] - t_ns) for k in near) <= _MAX_RANGE_AGE_NS:
+            range_m = float(np.interp(t_ns, rng[:, 0], rng[:, 1]))
     return Telemetry(
         t_ns=t_ns, roll_rad=float(roll), pitch_rad=float(pitch),
         yaw_rad=float((yaw + np.pi) % (2 * np.pi) - np.pi),
-        agl_m=rel, alt_amsl_m=alt, vel_ned_mps=(vn, ve, vd),
+        agl_m=rel, alt_amsl_m=alt, vel_ned_mps=(vn, ve, vd), range_m=range_m,
     )
 
 
@@ -145,7 +168,7 @@ class TelemetryBuffer:
 
     def __init__(self, window_s: float = 10.0) -> None:
         self.window_ns = int(window_s * 1e9)
-        self._rows: dict[str, deque] = {k: deque() for k in ("att", "pos", "gnss")}
+        self._rows: dict[str, deque] = {k: deque() for k in WIDTHS}
         self._lock = threading.Lock()
         self.messages = 0
 
@@ -162,14 +185,15 @@ class TelemetryBuffer:
             while rows and rows[0][0] < t_ns - self.window_ns:
                 rows.popleft()
 
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        """att, pos, gnss, rng as arrays (TelemetryLog layout)."""
         with self._lock:
             return tuple(np.array(self._rows[k], np.float64).reshape(-1, w)
-                         for k, w in (("att", 4), ("pos", 8), ("gnss", 7)))
+                         for k, w in WIDTHS.items())
 
     def at(self, t_ns: int) -> Telemetry | None:
-        att, pos, _ = self._arrays()
-        return state_at(att, pos, t_ns)
+        att, pos, _, rng = self._arrays()
+        return state_at(att, pos, t_ns, rng)
 
     def gnss_at(self, t_ns: int, max_age_ns: int = 1_000_000_000) -> GnssSample | None:
         return gnss_at(self._arrays()[2], t_ns, max_age_ns)

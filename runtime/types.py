@@ -58,6 +58,7 @@ class Telemetry:
     agl_m: float  # height above ground under the aircraft
     alt_amsl_m: float
     vel_ned_mps: tuple[float, float, float] | None = None
+    range_m: float | None = None  # downward rangefinder distance along the body's down axis
 
 
 @dataclass(frozen=True)

@@ -161,3 +161,12 @@ def test_configured_mount_turns_the_camera_like_the_body_would(ortho, scene):
     c = rectify(frame, level, CAM, 0.3, RectifyConfig())
     assert a.origin_px == b.origin_px and np.array_equal(a.image, b.image)
     assert c.origin_px != a.origin_px  # ignoring the mount puts nadir elsewhere
+
+
+@pytest.mark.parametrize("roll_deg", [25.0, 40.0])
+def test_oblique_frames_up_to_45_deg_off_nadir_still_fix(ortho, scene, roll_deg):
+    fix = fix_for(ortho, scene, 100.0, att_err_deg=0.5, roll=np.radians(roll_deg), pitch=0.0)
+    assert isinstance(fix, Fix), fix
+    err = np.hypot(fix.east_m - scene[0], fix.north_m - scene[1])
+    assert err < 0.6
+    assert abs(fix.tilt_err_deg - 0.5) < 0.1

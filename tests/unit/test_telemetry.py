@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import shared_file
@@ -88,3 +90,30 @@ def test_real_arduplane_tlog():
     tel = log.at(int(log.att[len(log.att) // 2, 0]))
     assert 30 < tel.agl_m < 300  # the CMAC flight flew ~80 m above home
     assert 149.1 < log.gnss_at(int(log.gnss[10, 0])).lon_deg < 149.2  # Canberra model flying field
+
+
+def test_downward_rangefinder_gives_height_above_ground(tmp_path):
+    """DISTANCE_SENSOR looking down (and in its span) is read; the pipeline then takes
+    range x cos(tilt) over the above-home altitude, and the terrain over neither."""
+    from skyfix.runtime.pipeline import with_height_above_ground
+
+    p = tmp_path / "r.tlog"
+    with TlogWriter(p, 1, 1) as w:
+        mav = w.mav
+        for k in range(20):
+            s = k * 0.1
+            t = T0 + int(s * 1e9)
+            w.write(mav.attitude_encode(int(s * 1000), 0.1, 0.2, 0.0, 0, 0, 0), t)
+            w.write(mav.global_position_int_encode(int(s * 1000), 481858700, 163131600,
+                                                   250000, 100000, 0, 0, 0, 0), t)
+            w.write(mav.distance_sensor_encode(int(s * 1000), 20, 10000, 8300, 0, 0, 25, 0), t)
+            w.write(mav.distance_sensor_encode(int(s * 1000), 20, 10000, 555, 0, 1, 0, 0), t)
+    log = TelemetryLog.from_tlog(p)
+    tel = log.at(T0 + 1_000_000_000)
+    assert tel.range_m == pytest.approx(83.0)  # the forward-looking sensor is ignored
+    assert tel.agl_m == pytest.approx(100.0)  # above home, as the autopilot says
+    best = with_height_above_ground(tel, ground_m=120.0)
+    assert best.agl_m == pytest.approx(83.0 * np.cos(0.1) * np.cos(0.2))
+    no_rangefinder = with_height_above_ground(replace(tel, range_m=None), ground_m=120.0)
+    assert no_rangefinder.agl_m == pytest.approx(250.0 - 120.0)
+    assert log.at(T0 + 2_400_000_000).range_m is None  # 0.5 s old: stale, no range
