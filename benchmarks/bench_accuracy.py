@@ -123,11 +123,16 @@ def retrieval(flight_dir: Path, pack_path: Path) -> dict:
         queries.append(pack.global_descriptor(encoder.extract(view.image, view.mask).descriptors))
         positives.append([k for k, tile in enumerate(tiles) if _iou(foot, tile) > POSITIVE_IOU])
         locs.append(centre)
-    scores = np.asarray(queries, np.float32) @ np.asarray(pack.descriptors, np.float32).T
-    m = retrieval_metrics(scores, positives, np.asarray(locs), pack.tile_center_en,
-                          recall_ks=(1, 5), sdm_ks=(3,), dis_ks=(1,))
-    return {"queries": m.queries, "gallery": m.gallery,
-            "queries_with_positives": int(sum(1 for p in positives if p)),
+    # As in GTA-UAV, every query has a positive: frames whose footprint is too small for
+    # any tile to reach the IoU threshold (low flights, large tiles) are left out.
+    has = [i for i, p in enumerate(positives) if p]
+    if not has:
+        return {"queries": len(positives), "queries_with_positives": 0,
+                "summary": f"no tile reaches IoU {POSITIVE_IOU} with any frame's footprint"}
+    scores = np.asarray(queries, np.float32)[has] @ np.asarray(pack.descriptors, np.float32).T
+    m = retrieval_metrics(scores, [positives[i] for i in has], np.asarray(locs)[has],
+                          pack.tile_center_en, recall_ks=(1, 5), sdm_ks=(3,), dis_ks=(1,))
+    return {"queries": len(positives), "gallery": m.gallery, "queries_with_positives": len(has),
             "R@1": m.recall_at(1), "R@5": m.recall_at(5), "AP": m.ap,
             "SDM@3": m.sdm_at(3), "Dis@1_m": m.dis_at_m(1), "summary": m.summary()}
 

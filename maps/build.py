@@ -109,7 +109,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
                gsds_m: Sequence[float] | None = None, tile_px: int = 512, overlap: float = 0.5,
                codebook_k: int = 32, force: bool = False, progress: bool = True,
                dem: Path | None = None, index_min_tiles: int = INDEX_MIN_TILES,
-               on_progress: Callable[[BuildProgress], None] | None = None) -> Path:
+               on_progress: Callable[[BuildProgress], None] | None = None,
+               extract: Callable[..., list[Path]] = extract_chunks) -> Path:
     """Write the map pack of `orthos` to the folder `out` and return `out`.
 
     `gsds_m`: ground resolution of each level, metres/pixel (default: native, 2 x native);
@@ -117,7 +118,9 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     `dem`: terrain model to resample into the pack. `index_min_tiles`: levels with at least
     this many tiles get a FAISS index (0 = every level). `force` replaces an existing pack
     at `out` (never a non-empty folder that is no pack). `on_progress` is called after each
-    chunk of tiles. Raises SkyfixError (one line) for unusable input.
+    chunk of tiles. `extract` computes the tile chunks (signature of
+    skyfix.maps.tiles.extract_chunks; skyfix.maps.distributed passes a Ray-backed one).
+    Raises SkyfixError (one line) for unusable input.
     """
     out, paths = Path(out), [Path(p) for p in orthos]
     dem = None if dem is None else Path(dem)
@@ -135,7 +138,7 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             manifest = _build(work, paths, dem, encoder, gsds_m, tile_px, overlap, codebook_k,
-                              index_min_tiles, progress, on_progress)
+                              index_min_tiles, progress, on_progress, extract)
         (work / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         _commit(work, out, force)
     except SkyfixError:
@@ -147,7 +150,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
 def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
            gsds_m: Sequence[float] | None, tile_px: int, overlap: float, codebook_k: int,
            index_min_tiles: int, progress: bool,
-           on_progress: Callable[[BuildProgress], None] | None) -> Manifest:
+           on_progress: Callable[[BuildProgress], None] | None,
+           extract: Callable[..., list[Path]] = extract_chunks) -> Manifest:
     """Fill `work` with every pack file (resuming what is there) and return the manifest."""
     ortho = work / "ortho.tif"
     if (work / ORTHO_DONE).is_file():
@@ -159,7 +163,7 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
     dem_gsd = None if dem is None else write_dem(dem, grid, work / DEM_FILE)
     gsds = tuple(float(g) for g in gsds_m) if gsds_m else (grid.gsd_m, 2 * grid.gsd_m)
     specs = tile_specs(grid, gsds, tile_px, overlap)
-    chunks = extract_chunks(ortho, grid, specs, tile_px, encoder, work, progress, on_progress)
+    chunks = extract(ortho, grid, specs, tile_px, encoder, work, progress, on_progress)
     try:
         tiles, sample = merge_chunks(chunks, work, CODEBOOK_SAMPLES, SEED)
     except SkyfixError as e:

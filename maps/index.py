@@ -8,14 +8,17 @@
 
 IVF index: inner product on the unit-norm descriptors (= cosine), `nlist` ~ sqrt(n)
 lists (at most n / 39, faiss's training minimum), trained with faiss's seeded k-means
-on at most TRAIN_PER_LIST points per list; `nprobe` = max(NPROBE_MIN, 5 % of nlist) lists are
-searched, so a small index (nlist <= NPROBE_MIN) is searched exhaustively and returns
-what exact search returns.
+on at most TRAIN_PER_LIST points per list; `nprobe` = max(NPROBE_MIN, NPROBE_SHARE of nlist)
+lists are searched, so a small index (nlist <= NPROBE_MIN) is searched exhaustively and
+returns what exact search returns. One query at a time is searched on SEARCH_THREADS
+OpenMP threads (faiss's setting is per process): on a small busy CPU, more threads only
+add waiting (measured p95 0.7 ms on 1 thread vs 57 ms on 2, 1e5 tiles, 2 loaded cores).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,8 @@ from skyfix.runtime.errors import SkyfixError
 from skyfix.runtime.types import TileHit
 
 NPROBE_MIN = 16
+NPROBE_SHARE = 0.08
+SEARCH_THREADS = 1
 TRAIN_PER_LIST = 64
 ADD_BATCH = 8192  # descriptors read and added per step
 
@@ -105,14 +110,20 @@ def search(pack: MapPack, query: np.ndarray, level: int, top_k: int,
 
 
 def _scores(pack: MapPack, ids: np.ndarray, q: np.ndarray, norm: float) -> np.ndarray:
-    """[n] cosine similarity of tiles `ids` to query `q` (tile descriptors are unit norm)."""
+    """[n] cosine similarity of tiles `ids` (ascending) to query `q` (tile descriptors are
+    unit norm). A contiguous id range (a whole level) is read as a slice, without a copy."""
     if norm == 0 or not np.isfinite(norm):
         return np.zeros(len(ids), np.float32)
-    return (np.asarray(pack.descriptors[ids], np.float32) @ (q / norm)).astype(np.float32)
+    rows = (pack.descriptors[ids[0]:ids[-1] + 1] if ids[-1] - ids[0] + 1 == len(ids)
+            else pack.descriptors[ids])
+    return (np.asarray(rows, np.float32) @ (q / norm)).astype(np.float32)
 
 
 def _faiss_search(pack: MapPack, level: int, q: np.ndarray, top_k: int
                   ) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    faiss.omp_set_num_threads(SEARCH_THREADS)
     index = pack.indexes[level]
     index.nprobe = max(1, pack.manifest.index_nprobe)
     scores, ids = index.search(q[None].astype(np.float32), top_k)
@@ -123,7 +134,7 @@ def _faiss_search(pack: MapPack, level: int, q: np.ndarray, top_k: int
 def ivf_lists(n: int) -> tuple[int, int]:
     """(nlist, nprobe) for an IVF index over `n` descriptors."""
     nlist = max(1, min(round(math.sqrt(n)), n // 39))
-    return nlist, min(nlist, max(NPROBE_MIN, math.ceil(0.05 * nlist)))
+    return nlist, min(nlist, max(NPROBE_MIN, math.ceil(NPROBE_SHARE * nlist)))
 
 
 def write_index(descriptors: Path, ids: np.ndarray, dst: Path, seed: int = 0) -> int:
@@ -132,6 +143,7 @@ def write_index(descriptors: Path, ids: np.ndarray, dst: Path, seed: int = 0) ->
     Rows are read in batches, so only the index itself is held in memory. Returns nprobe."""
     import faiss
 
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
     mat = np.load(descriptors, mmap_mode="r")
     dim, n = int(mat.shape[1]), len(ids)
     nlist, nprobe = ivf_lists(n)

@@ -28,6 +28,7 @@ import json
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any
 
 import numpy as np
@@ -196,7 +197,8 @@ def index_file(level: int) -> str:
 def _load(path: Path, name: str) -> np.ndarray:
     try:
         return np.load(path / name, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError, TokenError) as e:
+        # numpy parses the header with tokenize + ast: a damaged one raises their errors
         raise SkyfixError(f"map pack {path}: {name} is not a readable .npy file ({e})") from None
 
 

@@ -34,11 +34,24 @@ def cmd_maps_build(a: argparse.Namespace) -> None:
     from skyfix.maps.build import INDEX_MIN_TILES, build_pack
     from skyfix.models.registry import make_encoder
 
-    path = build_pack(a.orthos, a.out, encoder=make_encoder(a.encoder), gsds_m=a.gsd,
-                      tile_px=a.tile, overlap=a.overlap, force=a.force, dem=a.dem,
-                      index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
-                      else a.index_min_tiles)
+    kwargs = dict(encoder=make_encoder(a.encoder), gsds_m=a.gsd, tile_px=a.tile,
+                  overlap=a.overlap, force=a.force, dem=a.dem,
+                  index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
+                  else a.index_min_tiles)
+    if a.ray is not None:
+        from skyfix.maps.distributed import build_pack_ray
+
+        path = build_pack_ray(a.orthos, a.out, None if a.ray == "local" else a.ray,
+                              a.workers, **kwargs)
+    else:
+        path = build_pack(a.orthos, a.out, **kwargs)
     print(f"map pack written to {path}")
+
+
+def cmd_maps_shard(a: argparse.Namespace) -> None:
+    from skyfix.maps.shards import shard_pack
+
+    print(f"sharded map pack written to {shard_pack(a.pack, a.out, a.cell_m)}")
 
 
 def cmd_maps_verify(a: argparse.Namespace) -> None:
@@ -65,6 +78,23 @@ def cmd_replay(a: argparse.Namespace) -> None:
     from skyfix.runtime.sources import open_inputs
 
     cfg = load_config(a.config)
+    if a.flights or a.ray is not None:
+        from skyfix.runtime.fleet import fleet_replay, read_terrain_labels
+
+        flights = [*([a.flight] if a.flight else []), *(a.flights or [])]
+        labels = read_terrain_labels(a.terrain_labels) if a.terrain_labels else None
+        summary = fleet_replay(flights, a.map, a.out, cfg, a.gnss_off_at,
+                               None if a.ray in (None, "local") else a.ray,
+                               use_ray=a.ray is not None, workers=a.workers,
+                               terrain_labels=labels)
+        failed = [r for r in summary.flights if r.report is None]
+        for r in failed:
+            print(f"  {r.name}: failed: {r.error}")
+        if len(failed) == len(summary.flights):
+            raise SkyfixError(f"no flight could be replayed ({failed[0].error})")
+        print(f"{len(summary.flights) - len(failed)} of {len(summary.flights)} flights"
+              f" replayed; summary: {', '.join(str(f) for f in summary.files)}")
+        return
     inputs = open_inputs(a.flight, frames=a.frames, frame_times=a.frame_times, video=a.video,
                          video_start=a.video_start, video_fps=a.video_fps,
                          telemetry=a.telemetry, camera=a.camera, time_offset_s=a.time_offset)
@@ -115,9 +145,12 @@ def cmd_sim_closed_loop(a: argparse.Namespace) -> None:
 
     from skyfix.runtime.config import load_config
     from skyfix.sim.closed_loop import ClosedLoopSpec, run_closed_loop
+    from skyfix.sim.faults import parse_fault
 
     _log_to_stderr()
-    spec = ClosedLoopSpec(a.duration, a.gnss_off_at, a.blank_at, a.fps, a.agl, a.seed)
+    faults = tuple(parse_fault(f, a.duration, a.gnss_off_at) for f in a.fault)
+    blank_at = a.duration if faults and a.blank_at < 0 else a.blank_at  # faults: no blanking
+    spec = ClosedLoopSpec(a.duration, a.gnss_off_at, blank_at, a.fps, a.agl, a.seed, faults)
     result = run_closed_loop(a.ortho, a.out, spec, load_config(a.config), a.map)
     print(json.dumps({k: v for k, v in result.items() if k != "daemon"}, indent=2))
     print(f"wrote {a.out / 'closed_loop.json'}")
@@ -292,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", type=Path, help="YAML configuration (defaults otherwise)")
     r.add_argument("--gnss-off-at", type=float, default=0.0, metavar="SECONDS",
                    help="the log's GNSS may serve as a search prior before this time (default 0)")
+    r.add_argument("--flights", type=Path, nargs="+", metavar="DIR",
+                   help="several recorded-flight folders: per-flight reports + fleet summary")
+    r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="replay the flights as Ray tasks (a local cluster, or ADDRESS)")
+    r.add_argument("--workers", type=int, help="CPUs of a local Ray cluster (default: all)")
+    r.add_argument("--terrain-labels", type=Path, metavar="CSV",
+                   help="fleet summary terrain types: CSV with columns flight,terrain")
     r.set_defaults(func=cmd_replay)
 
     maps = sub.add_parser("maps", help="build, verify and inspect map packs")
@@ -308,7 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dem", type=Path, help="terrain model (GeoTIFF) to resample into the pack")
     b.add_argument("--index-min-tiles", type=int, metavar="N",
                    help="build a FAISS index for levels with at least N tiles (default 5000)")
+    b.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="compute tile features on Ray (a local cluster, or ADDRESS)")
+    b.add_argument("--workers", type=int, help="CPUs of a local Ray cluster (default: all)")
     b.set_defaults(func=cmd_maps_build)
+    sh = msub.add_parser("shard", help="cut a map pack into geographic cells for lazy loading")
+    sh.add_argument("pack", type=Path, help="map pack folder")
+    sh.add_argument("--cell-m", type=float, required=True, help="cell size, metres")
+    sh.add_argument("--out", required=True, type=Path)
+    sh.set_defaults(func=cmd_maps_shard)
     v = msub.add_parser("verify", help="re-hash every file of a pack against its manifest")
     v.add_argument("pack", type=Path)
     v.set_defaults(func=cmd_maps_verify)
@@ -353,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--fps", type=float, default=2.0, help="camera frames per second")
     cl.add_argument("--agl", type=float, default=120.0, help="height above ground, m")
     cl.add_argument("--seed", type=int, default=1)
+    cl.add_argument("--fault", action="append", default=[], metavar="NAME[@START:END]",
+                    help="inject a fault (repeatable): freeze, black, saturated, blur, "
+                         "clock-back, clock-forward, telemetry-gap, link-loss, spoof-drift, "
+                         "corrupt-map, wrong-map, featureless, repetitive (sim/faults.py); "
+                         "with faults the camera is not blanked unless --blank-at says so")
     cl.add_argument("--out", required=True, type=Path)
     cl.set_defaults(func=cmd_sim_closed_loop)
     st = ssub.add_parser("sitl", help="daemon against a real ArduPilot SITL (arducopter)")

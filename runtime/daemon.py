@@ -4,7 +4,10 @@ Three threads share one Navigator's output and never wait on each other:
 
     receiver  MAVLink in -> TelemetryBuffer (+ listeners); counts garbage; reconnects
               after `daemon.link_timeout_s` of silence or a link error
-    vision    latest frame -> Navigator.on_frame -> publishes a copy of the filter
+    vision    latest frame -> Navigator.on_frame -> publishes a copy of the filter;
+              frames that are frozen (identical to the previous one) or mis-stamped (off
+              the daemon's clock by more than daemon.max_frame_age_s, or not after the
+              previous frame) are refused, counted and announced in a STATUSTEXT
     output    every 1 / filter.rate_hz: the published filter predicted to the send time
               -> GnssMonitor hand-over decision -> GPS_INPUT (and, in ekf-source mode,
               MAV_CMD_SET_EKF_SOURCE_SET); HEARTBEAT (onboard computer), NAMED_VALUE_FLOAT
@@ -57,7 +60,7 @@ from skyfix.runtime.mavlink_out import (
 )
 from skyfix.runtime.pipeline import Localizer, Navigator
 from skyfix.runtime.telemetry import TelemetryBuffer, device_and_baud, open_link
-from skyfix.runtime.types import Estimate, Fix
+from skyfix.runtime.types import Estimate, Fix, Frame
 
 log = logging.getLogger("skyfix.daemon")
 
@@ -73,6 +76,8 @@ class DaemonStats:
     link_losses: int = 0
     frames: int = 0  # frames taken from the queue
     bad_frames: int = 0  # not an image, or no telemetry for it
+    frozen_frames: int = 0  # identical to the previous frame (refused; blank ones too)
+    mis_stamped_frames: int = 0  # time stamp off the clock or not after the previous (refused)
     frame_errors: int = 0  # frames whose processing raised (logged, skipped)
     dropped_frames: int = 0  # frames the latest-frame queue dropped unprocessed
     fixes: int = 0
@@ -114,6 +119,9 @@ class Daemon:
         self._last_rx_ns = 0
         self._alt_amsl_m = float("nan")
         self._latencies_ms: deque[float] = deque(maxlen=100)
+        self._last_frame: Frame | None = None  # the previous frame taken from the queue
+        self._last_ok_t_ns: int | None = None  # stamp of the last frame not refused here
+        self._camera_problem = ""  # kind of the current streak of refused frames; "" if none
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -215,6 +223,8 @@ class Daemon:
                 continue
             self.stats.frames += 1
             self.stats.dropped_frames = self.queue.dropped
+            if not self._frame_usable(frame, time.time_ns()):
+                continue
             tel = self.telemetry.at(frame.t_ns) if valid_image(frame.image) else None
             if tel is None:
                 self.stats.bad_frames += 1
@@ -233,6 +243,42 @@ class Daemon:
                 float(v) for v in np.percentile(self._latencies_ms, [50, 95]))
             self.stats.fixes += isinstance(result.result, Fix)
             self.publish()
+
+    def _frame_usable(self, frame: Frame, now_ns: int) -> bool:
+        """False (counted, announced once per streak) for a frozen or mis-stamped frame.
+
+        A frozen camera repeats one image with fresh stamps: fixes from it would pin the
+        aircraft where it was. A stepped camera clock puts a frame at the wrong time:
+        its fix would be fused seconds away from where the aircraft was then."""
+        prev, self._last_frame = self._last_frame, frame
+        problem = text = ""
+        max_age_ns = int(self.cfg.daemon.max_frame_age_s * 1e9)
+        if abs(now_ns - frame.t_ns) > max_age_ns:
+            self.stats.mis_stamped_frames += 1
+            problem, text = "clock", f"camera clock off by {(frame.t_ns - now_ns) * 1e-9:+.1f} s"
+        elif self._last_ok_t_ns is not None and frame.t_ns <= self._last_ok_t_ns:
+            self.stats.mis_stamped_frames += 1
+            problem, text = "backwards", "camera time stamps go backwards"
+        elif (prev is not None and isinstance(frame.image, np.ndarray)
+              and isinstance(prev.image, np.ndarray) and frame.image.shape == prev.image.shape
+              and np.array_equal(frame.image, prev.image)):
+            self.stats.frozen_frames += 1
+            problem, text = "frozen", "camera frozen (identical frames)"
+            if frame.image.size and frame.image.min() == frame.image.max():
+                problem, text = "blank", "camera image blank (one value)"
+        if problem != self._camera_problem:
+            text = f"skyfix: {text}" if problem else "skyfix: camera frames usable again"
+            log.warning("%s", text)
+            self.send(statustext(text, mavlink2.MAV_SEVERITY_WARNING if problem
+                                 else mavlink2.MAV_SEVERITY_INFO))
+            self._camera_problem = problem
+        if not problem:
+            self._last_ok_t_ns = frame.t_ns
+        return not problem
+
+    def frame_latencies_ms(self) -> list[float]:
+        """Processing times of the last (up to 100) frames, oldest first."""
+        return list(self._latencies_ms)
 
     def publish(self) -> None:
         """Hand a copy of the navigator's filter to the output thread (after each frame)."""
@@ -270,17 +316,21 @@ class Daemon:
         return True
 
     def _output_loop(self, stop: threading.Event) -> None:
+        """Paced on the monotonic clock (a step of the wall clock, e.g. by NTP, must not
+        stall the output); messages and estimates are stamped with the wall clock."""
         d = self.cfg.daemon
         period_ns = int(1e9 / self.cfg.filter.rate_hz)
-        due = {"hb": 0, "diag": 0, "health": time.time_ns() + int(d.health_period_s * 1e9)}
-        next_ns = time.time_ns()
-        last_sent_ns: int | None = None
+        tick = time.monotonic_ns()
+        due = {"hb": 0, "diag": 0, "health": tick + int(d.health_period_s * 1e9)}
+        next_tick = tick
+        last_sent: int | None = None
         while not stop.is_set():
-            now = time.time_ns()
-            if now < next_ns:
-                stop.wait((next_ns - now) * 1e-9)
+            tick = time.monotonic_ns()
+            if tick < next_tick:
+                stop.wait((next_tick - tick) * 1e-9)
                 continue
-            next_ns = max(next_ns + period_ns, now + period_ns // 2)  # skip missed slots
+            next_tick = max(next_tick + period_ns, tick + period_ns // 2)  # skip missed slots
+            now = time.time_ns()
             est = self.estimate(now)
             fix_type = 0 if est is None else fix_type_for(est, self.cfg.output)
             self._hand_over(est, fix_type, now)
@@ -289,20 +339,20 @@ class Daemon:
             if (est is not None and self.handover is not None and self.handover.send_gps_input
                     and self.send(position(est, self.cfg.output, now))):
                 self.stats.sent += 1
-                if last_sent_ns is not None:
-                    gap = (now - last_sent_ns) * 1e-6
+                if last_sent is not None:
+                    gap = (tick - last_sent) * 1e-6
                     self.stats.max_send_gap_ms = max(self.stats.max_send_gap_ms, gap)
-                last_sent_ns = now
+                last_sent = tick
                 self._on_fix_type(est, fix_type)
-            if now >= due["hb"]:
+            if tick >= due["hb"]:
                 self.send(heartbeat())
-                due["hb"] = now + int(1e9 / d.heartbeat_hz)
-            if d.diagnostics_hz > 0 and now >= due["diag"]:
+                due["hb"] = tick + int(1e9 / d.heartbeat_hz)
+            if d.diagnostics_hz > 0 and tick >= due["diag"]:
                 self._send_diagnostics(est, now)
-                due["diag"] = now + int(1e9 / d.diagnostics_hz)
-            if now >= due["health"]:
+                due["diag"] = tick + int(1e9 / d.diagnostics_hz)
+            if tick >= due["health"]:
                 self._log_health()
-                due["health"] = now + int(d.health_period_s * 1e9)
+                due["health"] = tick + int(d.health_period_s * 1e9)
 
     def _hand_over(self, est: Estimate | None, fix_type: int, now: int) -> None:
         if not self._heard:

@@ -121,18 +121,11 @@ def from_dataflash(path: Path) -> TelemetryLog:
         if msg is None:
             break
         n += 1
-        t = int(round(msg._timestamp * 1e9))
-        kind = msg.get_type()
-        if kind == "ATT":
-            att.append((t, *np.radians([msg.Roll, msg.Pitch, msg.Yaw])))
-        elif kind == "POS":
-            rel = getattr(msg, "RelHomeAlt", np.nan)
-            pos.append((t, msg.Lat, msg.Lng, msg.Alt, rel))
-        elif kind == "GPS" and getattr(msg, "I", 0) == 0 and msg.Status >= 2:
-            rel = getattr(msg, "RelAlt", np.nan)
-            crs = np.radians(msg.GCrs)
-            gps.append((t, msg.Lat, msg.Lng, msg.Alt, msg.Status, msg.NSats, rel,
-                        msg.Spd * np.cos(crs), msg.Spd * np.sin(crs), msg.VZ))
+        try:
+            _dataflash_row(msg, att, pos, gps)
+        except (AttributeError, TypeError, ValueError) as exc:  # a damaged FMT record
+            raise SkyfixError(f"{path}: unusable {msg.get_type()} record ({type(exc).__name__}:"
+                              f" {exc})") from None
     if not att:
         raise SkyfixError(f"{path}: no ATT messages (not a DataFlash log, or truncated)")
     if not gps and not pos:
@@ -152,6 +145,22 @@ def from_dataflash(path: Path) -> TelemetryLog:
     att_arr = _sorted(att, 4)
     att_arr[:, [1, 3]] = (att_arr[:, [1, 3]] + np.pi) % (2 * np.pi) - np.pi  # ATT logs 0..360
     return TelemetryLog(att_arr, pos_arr, gnss, n, 0)
+
+
+def _dataflash_row(msg, att: list, pos: list, gps: list) -> None:
+    """Append one DataFlash ATT / POS / GPS record to its rows (from_dataflash layout)."""
+    t = int(round(msg._timestamp * 1e9))
+    kind = msg.get_type()
+    if kind == "ATT":
+        att.append((t, *np.radians([msg.Roll, msg.Pitch, msg.Yaw])))
+    elif kind == "POS":
+        rel = getattr(msg, "RelHomeAlt", np.nan)
+        pos.append((t, msg.Lat, msg.Lng, msg.Alt, rel))
+    elif kind == "GPS" and getattr(msg, "I", 0) == 0 and msg.Status >= 2:
+        rel = getattr(msg, "RelAlt", np.nan)
+        crs = np.radians(msg.GCrs)
+        gps.append((t, msg.Lat, msg.Lng, msg.Alt, msg.Status, msg.NSats, rel,
+                    msg.Spd * np.cos(crs), msg.Spd * np.sin(crs), msg.VZ))
 
 
 # --- PX4 ULog --------------------------------------------------------------------------
@@ -239,8 +248,22 @@ def _quat_to_R(q: np.ndarray) -> np.ndarray:
 def from_track_csv(path: Path) -> TelemetryLog:
     """Columns: `t_ns` or `utc_usec` or `unix_s`; `lat`; `lon`; `alt_msl` (or `alt`)."""
     path = Path(path)
+    try:
+        rows = _track_rows(path)
+    except UnicodeDecodeError as exc:
+        raise SkyfixError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise SkyfixError(f"{path}: not a CSV file ({exc})") from None
+    if not rows:
+        raise SkyfixError(f"{path}: no track samples")
+    a = _sorted(rows, 4)
+    return _track_log(a[:, 0], a[:, 1], a[:, 2], a[:, 3], None, None, len(a))
+
+
+def _track_rows(path: Path) -> list[tuple[float, float, float, float]]:
+    """(t_ns, lat, lon, alt) of each row of a GPS track CSV."""
     rows = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         cols = set(reader.fieldnames or ())
         tcol = next((c for c in ("t_ns", "utc_usec", "unix_s") if c in cols), None)
@@ -251,14 +274,13 @@ def from_track_csv(path: Path) -> TelemetryLog:
         scale = {"t_ns": 1.0, "utc_usec": 1e3, "unix_s": 1e9}[tcol]
         for row_no, r in enumerate(reader, start=2):
             try:
-                rows.append((float(r[tcol]) * scale, float(r["lat"]), float(r["lon"]),
-                             float(r[acol])))
+                row = (float(r[tcol]) * scale, float(r["lat"]), float(r["lon"]), float(r[acol]))
             except (TypeError, ValueError):
-                raise SkyfixError(f"{path}:{row_no}: not a number in {tcol}/lat/lon/alt") from None
-    if not rows:
-        raise SkyfixError(f"{path}: no track samples")
-    a = _sorted(rows, 4)
-    return _track_log(a[:, 0], a[:, 1], a[:, 2], a[:, 3], None, None, len(a))
+                row = (np.nan,)
+            if not np.isfinite(row).all():
+                raise SkyfixError(f"{path}:{row_no}: not a number in {tcol}/lat/lon/alt")
+            rows.append(row)
+    return rows
 
 
 # --- Image EXIF + DJI XMP --------------------------------------------------------------

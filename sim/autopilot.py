@@ -12,6 +12,10 @@ At `gnss_off_at_s` its GNSS loses the fix (fix_type 1, no satellites) for good. 
 GPS_INPUT it receives is recorded with its arrival time. GLOBAL_POSITION_INT keeps
 reporting the true position after the cut: the emulator has no EKF of its own; the
 companion only uses it for heights and velocity.
+
+`AutopilotSpec.faults` (sim/faults.py) spoils the link on a schedule: telemetry gaps,
+link loss (nothing sent, nothing heard), clock steps of the time fields and a GNSS
+position that a spoofer drags away while it still reports a healthy fix.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pymavlink.dialects.v20 import ardupilotmega as mav2
 
 from skyfix.runtime.errors import SkyfixError
 from skyfix.runtime.telemetry import open_link
+from skyfix.sim.faults import FaultSchedule
 from skyfix.sim.flight import FlightSpec, PoseRenderer, _ground_offsets, _to_lla
 from skyfix.sim.trajectory import (
     G_MPS2,
@@ -51,14 +56,22 @@ class AutopilotSpec:
     duration_s: float = 60.0
     gnss_off_at_s: float = 20.0  # GNSS loses its fix at this time (< 0: never)
     flight: FlightSpec = FlightSpec()  # height, speed, seed, camera, sensor errors
+    faults: FaultSchedule = FaultSchedule()  # link faults (sim/faults.py)
 
 
 @dataclass(frozen=True)
 class ReceivedMessage:
-    """A message the emulator received: arrival Unix time (ns) and the message."""
+    """A message the emulator received: arrival Unix time (ns), its type and its bytes as
+    received (~100 B, not the parsed object's ~2 kB: a long soak receives 16 a second)."""
 
     t_ns: int
-    msg: mav2.MAVLink_message
+    kind: str
+    buf: bytes
+
+    @property
+    def msg(self) -> mav2.MAVLink_message:
+        """The message, parsed again from its bytes."""
+        return mav2.MAVLink(None).decode(bytearray(self.buf))
 
 
 class AutopilotEmulator:
@@ -118,31 +131,39 @@ class AutopilotEmulator:
                 now = time.time_ns()
                 if now >= end_ns:
                     break
+                link_down = self.spec.faults.active("link-loss", (now - self.start_ns) * 1e-9)
                 for stream, rate in _RATES_HZ.items():
                     if now >= due[stream]:  # the state as it is now, even when late
-                        self._emit(stream, time.time_ns())
+                        if not link_down:
+                            self._emit(stream, time.time_ns())
                         due[stream] += int(1e9 / rate)
-                self._receive()
+                self._receive(keep=not link_down)
                 stop.wait(max(0.0, (min(due.values()) - time.time_ns()) * 1e-9))
         finally:
             self._conn.close()
 
-    def _receive(self) -> None:
+    def _receive(self, keep: bool = True) -> None:
         while (msg := self._conn.recv_msg()) is not None:
-            if msg.get_type() in ("GPS_INPUT", "STATUSTEXT", "HEARTBEAT", "NAMED_VALUE_FLOAT"):
-                self.received.append(ReceivedMessage(time.time_ns(), msg))
+            if keep and msg.get_type() in ("GPS_INPUT", "STATUSTEXT", "HEARTBEAT",
+                                           "NAMED_VALUE_FLOAT"):
+                self.received.append(ReceivedMessage(time.time_ns(), msg.get_type(),
+                                                     bytes(msg.get_msgbuf())))
 
     def _emit(self, stream: str, t_ns: int) -> None:
         mav = self._conn.mav
         t_s = (t_ns - self.start_ns) * 1e-9
-        boot_ms = int(t_s * 1e3)
+        skew_ns = self.spec.faults.clock_step_ns(t_s)  # the autopilot's clocks, not the truth
+        boot_ms = int(t_s * 1e3) + skew_ns // 1_000_000
         st = self.trajectory.sample(np.array([t_s]))
+        gap = self.spec.faults.active("telemetry-gap", t_s)
         msgs = []
         if stream == "heartbeat":
             msgs.append(mav.heartbeat_encode(mav2.MAV_TYPE_QUADROTOR,
                                              mav2.MAV_AUTOPILOT_ARDUPILOTMEGA, _ARMED_AUTO,
                                              _COPTER_AUTO, mav2.MAV_STATE_ACTIVE))
-            msgs.append(mav.system_time_encode(t_ns // 1000, boot_ms))
+            msgs.append(mav.system_time_encode((t_ns + skew_ns) // 1000, boot_ms))
+        elif stream == "attitude" and gap:
+            pass
         elif stream == "attitude":
             rpy = st.rpy_rad[0] + self._att_err[min(int(round(t_s * 25)),
                                                     len(self._att_err) - 1)]
@@ -159,15 +180,16 @@ class AutopilotEmulator:
             alt = float(st.alt_amsl_m[0])
             vel_cms = [int(round(v * 100)) for v in st.vel_ned_mps[0]]
             hdg = int(round(np.degrees(st.rpy_rad[0, 2]) % 360 * 100)) % 36000
-            msgs.append(mav.global_position_int_encode(
-                boot_ms, lat_e7, lon_e7, int(round(alt * 1000)),
-                int(round(alt * 1000)), *vel_cms, hdg))  # home on the ground at 0 m
+            if not gap:
+                msgs.append(mav.global_position_int_encode(
+                    boot_ms, lat_e7, lon_e7, int(round(alt * 1000)),
+                    int(round(alt * 1000)), *vel_cms, hdg))  # home on the ground at 0 m
             f_body = st.specific_force_body_mps2()[0]
             msgs.append(mav.simstate_encode(*map(float, st.rpy_rad[0]), *map(float, f_body),
                                             *map(float, st.body_rates_radps()[0]),
                                             lat_e7, lon_e7))
         else:
-            msgs.append(self._gnss(t_ns, t_s, st))
+            msgs.append(self._gnss(t_ns + skew_ns, t_s, st))
         for m in msgs:
             mav.send(m)
             self.sent += 1
@@ -178,6 +200,7 @@ class AutopilotEmulator:
             return mav.gps_raw_int_encode(t_ns // 1000, mav2.GPS_FIX_TYPE_NO_FIX, 0, 0, 0,
                                           65535, 65535, 65535, 65535, 0)
         err = self._gnss_err[min(int(round(t_s * 5)), len(self._gnss_err) - 1)]
+        err = err + self.spec.faults.spoof_offset_en_m(t_s)
         lat, lon = self.to_lla(st.en_m + err)
         speed = float(np.hypot(*st.vel_ned_mps[0, :2]))
         cog = int(round(np.degrees(np.arctan2(st.vel_ned_mps[0, 1], st.vel_ned_mps[0, 0]))
@@ -192,12 +215,12 @@ class AutopilotEmulator:
     # -- records --------------------------------------------------------------------------
 
     def gps_inputs(self) -> list[ReceivedMessage]:
-        return [r for r in self.received if r.msg.get_type() == "GPS_INPUT"]
+        return [r for r in self.received if r.kind == "GPS_INPUT"]
 
     def write_received(self, path: Path) -> Path:
         """Write what was received as a .tlog (arrival time + the message as sent)."""
         path = Path(path)
         with open(path, "wb") as f:
             for r in self.received:
-                f.write(struct.pack(">Q", r.t_ns // 1000) + bytes(r.msg.get_msgbuf()))
+                f.write(struct.pack(">Q", r.t_ns // 1000) + r.buf)
         return path

@@ -12,6 +12,9 @@ written to OUT/closed_loop.json:
     after GNSS loss, while the camera sees: GPS_INPUT rate and largest interval
     (ArduPilot: average < 215 ms), horizontal error of the claimed fixes vs truth;
     after blanking: the delay until fix_type drops.
+
+With `faults` (sim/faults.py) the camera, the emulator and the map misbehave on a
+schedule, and closed_loop.json also holds one outcome per fault.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -35,7 +39,16 @@ from skyfix.runtime.errors import SkyfixError
 from skyfix.runtime.geo import WGS84
 from skyfix.runtime.types import Frame
 from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
-from skyfix.sim.flight import FlightSpec, PoseRenderer
+from skyfix.sim.faults import (
+    CameraFaults,
+    Fault,
+    FaultSchedule,
+    confident_wrong,
+    corrupt_pack,
+    fault_ortho,
+    fault_outcomes,
+)
+from skyfix.sim.flight import FlightSpec, PoseRenderer, _ground_offsets
 
 log = logging.getLogger("skyfix.sim")
 
@@ -48,12 +61,18 @@ class SimStateCamera:
     """A simulated camera: `on_message` takes SIMSTATE (true attitude, lat/lon) and
     GLOBAL_POSITION_INT (altitude); a thread renders a frame at the latest true pose
     `fps` times a second into `queue`, stamped with that pose's arrival time, or a
-    black frame once `blank_after_ns` (Unix ns) has passed."""
+    black frame once `blank_after_ns` (Unix ns) has passed. The camera is not on the
+    MAVLink link: when SIMSTATE is more than `_STALE_POSE_NS` old (link loss), it renders
+    at `truth`'s pose now. `faults` (CameraFaults) spoil the frames on their schedule."""
+
+    _STALE_POSE_NS = 500_000_000
 
     def __init__(self, renderer: PoseRenderer, queue: LatestFrameQueue, fps: float,
-                 blank_after_ns: int | None = None) -> None:
+                 blank_after_ns: int | None = None, truth: AutopilotEmulator | None = None,
+                 faults: CameraFaults | None = None) -> None:
         self.renderer, self.queue, self.fps = renderer, queue, fps
         self.blank_after_ns = blank_after_ns
+        self.truth, self.faults = truth, faults
         self.rendered = 0
         self._pose: tuple[int, float, float, np.ndarray] | None = None
         self._alt_amsl_m: float | None = None
@@ -87,11 +106,19 @@ class SimStateCamera:
                 continue
             t_ns, lat, lon, rpy = pose
             cam = self.renderer.spec.camera
+            now = time.time_ns()
             if self.blank_after_ns is not None and t_ns >= self.blank_after_ns:
                 image = np.zeros((cam.height, cam.width, 3), np.uint8)
+            elif self.truth is not None and now - t_ns > self._STALE_POSE_NS:
+                st = self.truth.true_state(now)
+                t_ns = now
+                image = self.renderer.render(st.en_m[0], float(st.alt_amsl_m[0]),
+                                             st.rpy_rad[0], self.rendered)
             else:
                 x, y = crs_transform(WGS84, self.renderer.crs, [lon], [lat])
                 image = self.renderer.render(np.array([x[0], y[0]]), alt, rpy, self.rendered)
+            if self.faults is not None:
+                image, t_ns = self.faults.apply(image, t_ns)
             self.queue.put(Frame(self.rendered, t_ns, image))
             self.rendered += 1
 
@@ -100,10 +127,11 @@ class SimStateCamera:
 class ClosedLoopSpec:
     duration_s: float = 90.0
     gnss_off_at_s: float = 20.0
-    blank_at_s: float = -1.0  # camera goes black here (< 0: 10 s before the end)
+    blank_at_s: float = -1.0  # camera goes black (< 0: 10 s before the end; >= duration: never)
     fps: float = 2.0
     agl_m: float = 120.0
     seed: int = 1
+    faults: tuple[Fault, ...] = ()  # sim/faults.py
 
 
 def free_udp_port() -> int:
@@ -112,30 +140,56 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _fault_maps(ortho: Path, out: Path, spec: ClosedLoopSpec, emulator: AutopilotEmulator,
+                pack: Path | None, progress: bool) -> tuple[Path, Path]:
+    """(ortho the camera sees, map pack the daemon gets) under the map faults of `spec`."""
+    schedule = FaultSchedule(spec.faults)
+    terrain = schedule.has("featureless") or schedule.has("repetitive")
+    own_map = terrain or schedule.has("wrong-map")
+    if own_map and pack is not None:
+        raise SkyfixError("--map cannot be used with the wrong-map, featureless or repetitive "
+                          "faults: they build their own map")
+    world = ortho
+    if terrain:
+        fs = emulator.spec.flight  # footprint radius: the camera sees only the fault's ground
+        radius_m = float(np.hypot(*_ground_offsets(fs.camera, fs.agl_m).T).max()) + 10.0
+        world = fault_ortho(ortho, out, schedule,
+                            lambda t: emulator.trajectory.sample(t).en_m, radius_m, "world")
+    map_ortho = fault_ortho(world, out, schedule, None, 0.0, "wrong-map") \
+        if schedule.has("wrong-map") else world
+    if pack is None:
+        pack = build_pack([map_ortho], out / "pack", force=True, progress=progress)
+    if schedule.has("corrupt-map"):
+        pack = corrupt_pack(pack, out / "pack_corrupt")
+    return world, pack
+
+
 def run_closed_loop(ortho: Path, out: Path, spec: ClosedLoopSpec = ClosedLoopSpec(),
                     cfg: Config | None = None, pack: Path | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True,
+                    observer: Callable[[Daemon], None] | None = None) -> dict:
     """Fly `spec` with the daemon in the loop; write OUT/closed_loop.json (returned as a
-    dict) and OUT/received.tlog (everything the emulator received)."""
+    dict) and OUT/received.tlog (everything the emulator received). `observer` is
+    called with the daemon about once a second while it flies."""
     cfg = cfg or Config()
     blank_at = spec.blank_at_s if spec.blank_at_s >= 0 else spec.duration_s - 10.0
-    if not 0 <= spec.gnss_off_at_s < blank_at < spec.duration_s:
+    if not 0 <= spec.gnss_off_at_s < blank_at <= spec.duration_s:
         raise SkyfixError(f"need 0 <= gnss-off-at ({spec.gnss_off_at_s:g} s) < blank-at "
-                          f"({blank_at:g} s) < duration ({spec.duration_s:g} s)")
+                          f"({blank_at:g} s) <= duration ({spec.duration_s:g} s)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if pack is None:
-        pack = build_pack([ortho], out / "pack", force=True, progress=progress)
     flight = FlightSpec(agl_m=spec.agl_m, fps=spec.fps, seed=spec.seed)
-    emulator_spec = AutopilotSpec(spec.duration_s, spec.gnss_off_at_s, flight)
+    emulator_spec = AutopilotSpec(spec.duration_s, spec.gnss_off_at_s, flight,
+                                  FaultSchedule(spec.faults))
     port = free_udp_port()
     emulator = AutopilotEmulator(ortho, emulator_spec, link=f"udpout:127.0.0.1:{port}")
+    ortho, pack = _fault_maps(ortho, out, spec, emulator, pack, progress)
     nav = build_navigator(pack, flight.camera, cfg)
     queue = LatestFrameQueue(cfg.camera.queue)
     daemon = Daemon(cfg, nav, queue, link=f"udpin:127.0.0.1:{port}")
     stop = threading.Event()
     with PoseRenderer(ortho, flight) as renderer:
-        camera = SimStateCamera(renderer, queue, spec.fps)
+        camera = SimStateCamera(renderer, queue, spec.fps, truth=emulator)
         daemon.listeners.append(camera.on_message)
         runner = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
         runner.start()
@@ -145,8 +199,12 @@ def run_closed_loop(ortho: Path, out: Path, spec: ClosedLoopSpec = ClosedLoopSpe
         while emulator.start_ns is None and ap.is_alive():
             time.sleep(0.01)
         camera.blank_after_ns = emulator.start_ns + int(blank_at * 1e9)
+        camera.faults = CameraFaults(FaultSchedule(spec.faults), emulator.start_ns)
         camera.start(stop)
-        ap.join()
+        while ap.is_alive():
+            ap.join(1.0)
+            if observer is not None:
+                observer(daemon)
         stop.set()
         runner.join(timeout=10.0)
         camera.join()
@@ -155,8 +213,39 @@ def run_closed_loop(ortho: Path, out: Path, spec: ClosedLoopSpec = ClosedLoopSpe
     result["daemon"] = asdict(daemon.stats)
     result["rejections"] = dict(nav.rejections)
     result["frames_rendered"] = camera.rendered
+    result["emulator_records"] = len(emulator.received)
+    # the daemon still talking at the end (heartbeats go out even without a fix)
+    result["daemon_last_heard_s"] = round((emulator.received[-1].t_ns - emulator.start_ns)
+                                          * 1e-9, 3) if emulator.received else None
+    if spec.faults:
+        t0 = emulator.start_ns
+        texts = [((r.t_ns - t0) * 1e-9, r.msg.text) for r in emulator.received
+                 if r.kind == "STATUSTEXT"]
+        result["faults"] = [asdict(o) for o in
+                            fault_outcomes(spec.faults, *gps_input_table(emulator), texts)]
     (out / "closed_loop.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def gps_input_table(emulator: AutopilotEmulator
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every GPS_INPUT the emulator received: [N] arrival s since its start, fix_type,
+    horiz_accuracy m and true horizontal error m (at the message's time stamp)."""
+    received = emulator.gps_inputs()
+    if not received:
+        return tuple(np.zeros(0) for _ in range(4))
+    t0 = emulator.start_ns
+    arrive_s = np.array([(r.t_ns - t0) * 1e-9 for r in received])
+    msgs = [r.msg for r in received]
+    stamp_ns = np.array([m.time_usec * 1000 for m in msgs], np.int64)
+    fix = np.array([m.fix_type for m in msgs])
+    lat = np.array([m.lat * 1e-7 for m in msgs])
+    lon = np.array([m.lon * 1e-7 for m in msgs])
+    x, y = crs_transform(WGS84, emulator.crs, lon.tolist(), lat.tolist())
+    truth = emulator.trajectory.sample((stamp_ns - t0) * 1e-9).en_m
+    err = np.hypot(np.asarray(x) - truth[:, 0], np.asarray(y) - truth[:, 1])
+    sigma = np.array([m.horiz_accuracy for m in msgs])
+    return arrive_s, fix, sigma, err
 
 
 def score(emulator: AutopilotEmulator, spec: ClosedLoopSpec, cfg: Config,
@@ -164,19 +253,9 @@ def score(emulator: AutopilotEmulator, spec: ClosedLoopSpec, cfg: Config,
     """The closed-loop figures from what the emulator received (see the module doc);
     with `csv_path`, also each GPS_INPUT's arrival time, fix_type, claimed 1-sigma and
     true error there."""
-    msgs = emulator.gps_inputs()
-    if len(msgs) < 2:
+    arrive_s, fix, sigma, err = gps_input_table(emulator)
+    if len(arrive_s) < 2 and not spec.faults:  # with faults, silence can be the outcome
         raise SkyfixError("the autopilot received fewer than two GPS_INPUT messages")
-    t0 = emulator.start_ns
-    arrive_s = np.array([(r.t_ns - t0) * 1e-9 for r in msgs])
-    stamp_ns = np.array([r.msg.time_usec * 1000 for r in msgs], np.int64)
-    fix = np.array([r.msg.fix_type for r in msgs])
-    lat = np.array([r.msg.lat * 1e-7 for r in msgs])
-    lon = np.array([r.msg.lon * 1e-7 for r in msgs])
-    x, y = crs_transform(WGS84, emulator.crs, lon.tolist(), lat.tolist())
-    truth = emulator.trajectory.sample((stamp_ns - t0) * 1e-9).en_m
-    err = np.hypot(np.asarray(x) - truth[:, 0], np.asarray(y) - truth[:, 1])
-    sigma = np.array([r.msg.horiz_accuracy for r in msgs])
     if csv_path is not None:
         np.savetxt(csv_path, np.stack([arrive_s, fix, sigma, err], 1), fmt="%.3f",
                    delimiter=",", header="t_s,fix_type,horiz_accuracy_m,error_m", comments="")
@@ -198,7 +277,7 @@ def score(emulator: AutopilotEmulator, spec: ClosedLoopSpec, cfg: Config,
         "duration_s": spec.duration_s, "gnss_off_at_s": spec.gnss_off_at_s,
         "blank_at_s": spec.blank_at_s, "rate_hz_configured": cfg.filter.rate_hz,
         "lock_budget_s": cfg.output.lock_budget_s,
-        "gps_input_total": len(msgs),
+        "gps_input_total": len(arrive_s),
         "gps_input_rate_hz_after_gnss_loss": r(after.sum() / window_s),
         "gps_input_max_interval_ms_after_gnss_loss": r(gaps_ms.max()) if len(gaps_ms) else None,
         "gps_input_mean_interval_ms_after_gnss_loss": r(gaps_ms.mean()) if len(gaps_ms) else None,
@@ -212,6 +291,8 @@ def score(emulator: AutopilotEmulator, spec: ClosedLoopSpec, cfg: Config,
         # claimed 3D fixes further off than 3 times the horiz_accuracy they were sent with
         "integrity_violations_after_gnss_loss":
             int(((err > 3 * sigma) & after & (fix >= 3)).sum()),
+        # claimed 3D fixes (whole flight) more than 30 m off while claiming sigma < 10 m
+        "confident_wrong_fixes": int(confident_wrong(fix, sigma, err).sum()),
         "fix_drop_delay_s": None if drop_delay is None else r(drop_delay),
         "fix_drop_allowed_s": r(allowed),
     }

@@ -1,0 +1,94 @@
+"""Fuzzing config loading: random bytes and YAML text, random mappings over the real
+sections and keys with values of every type. The result is a Config holding exactly the
+values given, or a one-line SkyfixError that names the offending key."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+
+import yaml
+from fuzz_support import fuzz
+from hypothesis import given
+from hypothesis import strategies as st
+
+from skyfix.runtime.config import Config, load_config
+from skyfix.runtime.errors import SkyfixError
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+HINTS = {name: typing.get_type_hints(typing.get_type_hints(Config)[name])
+         for name in SECTIONS}
+ALLOWED = {("gnss", "mode"): ["always", "on-loss", "ekf-source"]}
+
+any_value = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
+    st.text(max_size=12), st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+
+
+def good_value(section: str, key: str):
+    allowed = ALLOWED.get((section, key))
+    if allowed:
+        return st.sampled_from(allowed)
+    tp = HINTS[section][key]
+    return {bool: st.booleans(), int: st.integers(-10**6, 10**6),
+            float: st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-1000, 1000),
+            str: st.text(max_size=20)}[tp]
+
+
+@st.composite
+def config_mapping(draw, bad: bool):
+    """{section: {key: value}} over real keys; with `bad`, any value or an unknown key."""
+    out: dict = {}
+    for section in draw(st.lists(st.sampled_from(sorted(SECTIONS)), max_size=4, unique=True)):
+        keys = sorted(HINTS[section])
+        chosen = draw(st.lists(st.sampled_from(keys), max_size=5, unique=True))
+        out[section] = {k: draw(any_value if bad else good_value(section, k)) for k in chosen}
+        if bad and draw(st.booleans()):
+            out[section][draw(st.text(min_size=1, max_size=8))] = 1
+    return out
+
+
+def load_text(tmp_path_factory, text: str | bytes):
+    path = tmp_path_factory.mktemp("cfg") / "skyfix.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    try:
+        return load_config(path)
+    except SkyfixError as exc:
+        assert "\n" not in str(exc)
+        return exc
+
+
+@fuzz(60)
+@given(text=st.binary(max_size=300) | st.text(max_size=300))
+def test_garbage_is_a_config_or_one_line(tmp_path_factory, text):
+    got = load_text(tmp_path_factory, text)
+    assert isinstance(got, Config | SkyfixError)
+
+
+@fuzz(60)
+@given(mapping=config_mapping(bad=False))
+def test_well_typed_values_come_back_exactly(tmp_path_factory, mapping):
+    cfg = load_text(tmp_path_factory, yaml.safe_dump(mapping))
+    assert isinstance(cfg, Config), cfg
+    for section, values in mapping.items():
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value
+
+
+@fuzz(100)
+@given(mapping=config_mapping(bad=True))
+def test_bad_values_name_their_key(tmp_path_factory, mapping):
+    got = load_text(tmp_path_factory, yaml.safe_dump(mapping))
+    if isinstance(got, Config):
+        for section, values in mapping.items():
+            for key, value in values.items():
+                assert key in HINTS[section]
+                held = getattr(getattr(got, section), key)
+                assert held == value and type(value) in (HINTS[section][key], int)
+                if isinstance(held, float):
+                    assert math.isfinite(held)
+        return
+    named = [f"'{s}.{k}'" for s, v in mapping.items() for k in v]
+    assert any(n in str(got) for n in named), str(got)

@@ -1,0 +1,141 @@
+"""Sharded map packs: cut from a real pack (searches agree with the plain pack) and a
+synthetic region (lazy loading within the memory budget, coarse-first global search)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from skyfix.maps.build import build_pack
+from skyfix.maps.index import search
+from skyfix.maps.pack import MapPack
+from skyfix.maps.shards import (
+    SHARDS_MANIFEST,
+    ShardedPack,
+    shard_pack,
+    synthetic_region,
+    write_shards,
+)
+from skyfix.runtime.errors import SkyfixError
+
+
+@pytest.fixture(scope="module")
+def packs(tmp_path_factory, ortho_path):
+    """(plain pack, sharded pack path) of a 900 x 900 px crop of the bundled orthophoto."""
+    root = tmp_path_factory.mktemp("shards")
+    with rasterio.open(ortho_path) as src:
+        win = Window(300, 300, 900, 900)
+        profile = {**src.profile, "width": 900, "height": 900,
+                   "transform": src.window_transform(win)}
+        with rasterio.open(root / "crop.tif", "w", **profile) as dst:
+            dst.write(src.read(window=win))
+    build_pack([root / "crop.tif"], root / "pack", tile_px=256, progress=False)
+    shard_pack(root / "pack", root / "sharded", 60.0, progress=False)
+    return MapPack.open(root / "pack"), root / "sharded"
+
+
+def _where(pack_or_sharded, hits):
+    out = []
+    for h in hits:
+        if isinstance(pack_or_sharded, ShardedPack):
+            shard, local = pack_or_sharded.locate(h.tile_id)
+            out.append((*shard.tile_center_en[local], h.level, h.score))
+        else:
+            out.append((*pack_or_sharded.tile_center_en[h.tile_id], h.level, h.score))
+    return np.array(out)
+
+
+def test_sharded_pack_keeps_every_tile_and_its_features(packs):
+    pack, path = packs
+    sharded = ShardedPack.open(path)
+    assert len(sharded.manifest.shards) > 4
+    assert sharded.n_tiles == pack.n_tiles
+    assert {p.split("/")[-1] for p in sharded.manifest.files} >= {
+        "tiles.npy", "descriptors.npy", "keypoints.npy", "local_descriptors.npy",
+        "codebook.npy", "coarse.npy", "ortho.tif"}
+    for sid in range(sharded.n_tiles):
+        shard, local = sharded.locate(sid)
+        i = int(np.flatnonzero((pack.tile_center_en == shard.tile_center_en[local]).all(1)
+                               & (pack.tile_level == shard.tile_level[local]))[0])
+        en_a, d_a = pack.tile_features(i)
+        en_b, d_b = sharded.tile_features(sid)
+        np.testing.assert_array_equal(en_a, en_b)
+        np.testing.assert_array_equal(d_a, d_b)
+
+
+def test_window_search_matches_the_plain_pack(packs):
+    pack, path = packs
+    sharded = ShardedPack.open(path, budget_bytes=1 << 20)
+    rng = np.random.default_rng(4)
+    for _ in range(30):
+        i = int(rng.integers(pack.n_tiles))
+        level = int(pack.tile_level[i])
+        q = np.asarray(pack.descriptors[int(rng.integers(pack.n_tiles))])
+        window = (pack.tile_center_en[i] + rng.normal(size=2) * 30, np.eye(2) * 70.0**2)
+        a = _where(pack, search(pack, q, level, 5, window))
+        b = _where(sharded, sharded.search(q, level, 5, window))
+        assert a.shape == b.shape and len(a)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_global_search_finds_the_tile_through_the_coarse_index(packs):
+    pack, path = packs
+    sharded = ShardedPack.open(path)
+    for i in range(0, pack.n_tiles, 3):
+        hit = sharded.search(np.asarray(pack.descriptors[i]), int(pack.tile_level[i]), 1,
+                             probe=3)[0]
+        shard, local = sharded.locate(hit.tile_id)
+        np.testing.assert_array_equal(shard.tile_center_en[local], pack.tile_center_en[i])
+
+
+def test_a_tampered_shard_is_refused_when_loaded(packs, tmp_path):
+    _, path = packs
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    name = json.loads((copy / SHARDS_MANIFEST).read_text())["shards"][2]["name"]
+    with open(copy / name / "descriptors.npy", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x00\x80\x7f")
+    sharded = ShardedPack.open(copy)
+    sharded.shard(0)
+    with pytest.raises(SkyfixError, match="sha256 mismatch"):
+        sharded.shard(2)
+    raw = json.loads((copy / SHARDS_MANIFEST).read_text())
+    raw["cell_m"] = 1.0
+    (copy / SHARDS_MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(SkyfixError, match="checksum"):
+        ShardedPack.open(copy)
+
+
+def test_region_pack_stays_within_its_memory_budget(tmp_path):
+    manifest, blocks = synthetic_region(300_000, dim=16, tile_m=10.0, seed=2)
+    write_shards(blocks, tmp_path / "region", manifest, np.zeros((1, 16), np.float32), 500.0,
+                 progress=False)
+    info = json.loads((tmp_path / "region" / SHARDS_MANIFEST).read_text())
+    assert len(info["shards"]) >= 100
+    biggest = max(s["resident_bytes"] for s in info["shards"])
+    budget = 4 * biggest
+    sharded = ShardedPack.open(tmp_path / "region", budget_bytes=budget, verify=False)
+    truth = np.concatenate([b.descriptors for b in blocks()])
+    centres = np.concatenate([b.tiles["center_en"] for b in blocks()])
+    rng = np.random.default_rng(0)
+    found = 0
+    for _ in range(40):
+        i = int(rng.integers(len(truth)))
+        hits = sharded.search(truth[i], 0, 1, window=(centres[i], np.eye(2) * 40.0**2))
+        shard, local = sharded.locate(hits[0].tile_id)
+        assert (shard.tile_center_en[local] == centres[i]).all()
+        hits = sharded.search(truth[i], 0, 1, probe=4)
+        shard, local = sharded.locate(hits[0].tile_id)
+        found += bool((shard.tile_center_en[local] == centres[i]).all())
+        assert sharded.resident_bytes <= budget
+    assert found >= 36  # coarse-first search misses only tiles near a shard border
+    assert sharded.loads > 4  # shards were evicted and reloaded, not all kept
+    with pytest.raises(SkyfixError, match="memory budget"):
+        ShardedPack.open(tmp_path / "region", budget_bytes=biggest - 1)
