@@ -60,6 +60,7 @@ class MatchConfig:
     ambiguity_radius_m: float = 20.0  # second-best fixes closer than this agree, not compete
     attitude_sigma_deg: float = 0.5  # 1-sigma error of the autopilot's roll/pitch (pose prior)
     yaw_sigma_deg: float = 3.0  # 1-sigma error of the autopilot's heading (pose prior)
+    lens_sigma: float = 0.05  # prior 1-sigma of radial lens error k (p -> p (1 + k |p|^2))
     sigma_floor_m: float = 0.5  # smallest 1-sigma a fix may claim
 
 

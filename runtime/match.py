@@ -11,7 +11,9 @@ For each candidate tile:
    tilt errors.
 
 Covariance of the fix (1 sigma, m^2): the pose's covariance (image residuals and the
-attitude prior propagated), inflated for correlated feature errors, plus a floor.
+attitude prior propagated), inflated for correlated feature errors, plus the shift a
+tilt beyond twice the attitude prior's sigma would cause (a sign of a wrong camera or
+mount model, which the residuals alone understate), plus a floor.
 The fix is rejected (and the reason counted) when inliers are too few, the height
 or heading disagrees with telemetry, or a distant tile matches nearly as well.
 """
@@ -107,16 +109,23 @@ def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, vi
     pose = solve_pose(src, points, view.R_ned_cam, view.agl_m,
                       np.array([ty, tx, -view.agl_m * np.hypot(a, b)]),
                       np.radians(cfg.attitude_sigma_deg), np.radians(cfg.yaw_sigma_deg),
-                      view.gsd_m / view.agl_m)
+                      view.gsd_m / view.agl_m, cfg.lens_sigma)
     if pose is None:
         return None
-    cov = _CORRELATION_INFLATION * pose.cov_en_m2 + cfg.sigma_floor_m**2 * np.eye(2)
+    # The pose turning the camera further from the reported attitude than the prior allows
+    # (2 sigma) means the autopilot, the mount or the camera model is wrong; a lens model
+    # error mimics such a tilt (no distortion model: 2-3 deg, 4 m at 120 m). Count what
+    # that much tilt would move the position as uncertainty.
+    tilt = float(np.hypot(pose.w_rad[0], pose.w_rad[1]))
+    excess = max(0.0, tilt - 2 * np.radians(cfg.attitude_sigma_deg))
+    cov = (_CORRELATION_INFLATION * pose.cov_en_m2
+           + ((view.agl_m * np.tan(excess)) ** 2 + cfg.sigma_floor_m**2) * np.eye(2))
     return TileMatch(
         tile_id=tile_id, level=level, inliers=len(src),
         east_m=float(pose.C_ned_m[1] + origin[0]), north_m=float(pose.C_ned_m[0] + origin[1]),
         cov_en_m2=cov, scale=float(-pose.C_ned_m[2] / view.agl_m),
         rotation_deg=float(np.degrees(pose.w_rad[2])),
-        tilt_deg=float(np.degrees(np.hypot(pose.w_rad[0], pose.w_rad[1]))),
+        tilt_deg=float(np.degrees(tilt)),
         residual_rms_m=float(np.sqrt((res**2).sum(1).mean())),
     )
 

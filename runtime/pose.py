@@ -12,12 +12,16 @@ terrain height above the reference. The true pose (R, C) satisfies, for each poi
     x = R^T (P - C),   (x0/x2, x1/x2) = (b0/b2, b1/b2)           (pinhole projection)
 
 with R = Exp(w) R_rep. Gauss-Newton solves for w (3) and C (3), with the reported
-attitude as a prior on w (roll/pitch `tilt_sigma`, yaw `yaw_sigma`): where the image
+attitude as a prior on w (roll/pitch `tilt_sigma`, yaw `yaw_sigma`), and for the radial
+lens error k the camera model leaves (prior `lens_sigma`; the projection p becomes
+p (1 + k |p|^2)): a lens model error, e.g. a camera guessed from EXIF without its
+distortion, would otherwise pass for a tilt and move the fix by metres. Where the image
 geometry pins the pose down the position no longer depends on the reported
 attitude; where it does not (narrow field of view, few points) the prior takes over
 and the covariance says so. With J the whitened Jacobian of all residuals,
 
-    cov(w, C) = (J^T J)^-1,   sigma_px^2 = sum(r^2) / (2N - 6)    (re-estimated)
+    cov(w, C, k) = (J^T J + prior information)^-1,
+    sigma_px^2 = sum(r^2) / (2N - unknowns)                         (re-estimated)
 
 and the covariance of C's horizontal part is what the fix reports (before the
 caller's inflation for correlated feature errors).
@@ -45,6 +49,7 @@ class Pose:
     w_rad: np.ndarray
     cov: np.ndarray
     sigma_norm: float
+    lens_k: float = 0.0
 
     @property
     def cov_en_m2(self) -> np.ndarray:
@@ -54,16 +59,20 @@ class Pose:
 
 def _residuals(params: np.ndarray, R_rep: np.ndarray, P: np.ndarray,
                obs: np.ndarray) -> np.ndarray:
-    """[2N] projection errors in normalised image units of the points P [N, 3]."""
+    """[2N] projection errors in normalised image units of the points P [N, 3].
+
+    params: w [3], C [3], k: radial lens error left by the camera model, which moves an
+    image point p to p (1 + k |p|^2)."""
     R = cv2.Rodrigues(params[:3])[0] @ R_rep
-    x = (P - params[3:]) @ R  # rows: R^T (P - C)
+    x = (P - params[3:6]) @ R  # rows: R^T (P - C)
     z = np.where(np.abs(x[:, 2]) > 1e-9, x[:, 2], 1e-9)
-    return (x[:, :2] / z[:, None] - obs).ravel()
+    p = x[:, :2] / z[:, None]
+    return (p * (1 + params[6] * (p**2).sum(1, keepdims=True)) - obs).ravel()
 
 
 def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.ndarray,
                agl_m: float, C0_ned_m: np.ndarray, tilt_sigma_rad: float,
-               yaw_sigma_rad: float, sigma_norm0: float) -> Pose | None:
+               yaw_sigma_rad: float, sigma_norm0: float, lens_sigma: float = 0.0) -> Pose | None:
     """The camera pose explaining N >= 6 ground matches, or None if it does not converge.
 
     `offsets_en_m`: [N, 2] view offsets from nadir (east, north) under the reported
@@ -77,29 +86,34 @@ def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.nda
     rays = np.column_stack([offsets_en_m[:, 1], offsets_en_m[:, 0], np.full(n, agl_m)])
     b = rays @ R_rep  # rows: R_rep^T ray
     obs = b[:, :2] / b[:, 2:3]
-    prior_sigma = np.array([tilt_sigma_rad, tilt_sigma_rad, yaw_sigma_rad])
-    params = np.concatenate([np.zeros(3), C0_ned_m])
+    # Unknowns: w, C, and the lens error k when `lens_sigma` > 0 (else k stays 0).
+    # Priors: w about the reported attitude, k about 0.
+    m = 7 if lens_sigma > 0 else 6
+    prior_sigma = np.array([tilt_sigma_rad, tilt_sigma_rad, yaw_sigma_rad, lens_sigma])
+    prior_idx = [0, 1, 2, 6][: m - 3]
+    prior_sigma = prior_sigma[: m - 3]
+    params = np.concatenate([np.zeros(3), C0_ned_m, [0.0]])
     sigma = sigma_norm0
     for it in range(_ITERATIONS):
         r = _residuals(params, R_rep, points_ned_m, obs)
-        J = np.empty((2 * n, 6))
-        for k in range(6):
-            h = _STEP * (1.0 if k < 3 else max(1.0, abs(C0_ned_m[2])))
-            d = np.zeros(6)
+        J = np.empty((2 * n, m))
+        for k in range(m):
+            h = _STEP * (max(1.0, abs(C0_ned_m[2])) if 3 <= k < 6 else 1.0)
+            d = np.zeros(7)
             d[k] = h
             J[:, k] = (_residuals(params + d, R_rep, points_ned_m, obs) - r) / h
         if it >= 2:  # re-estimate the image noise once the pose has settled
-            sigma = max(float(np.sqrt(r @ r / max(2 * n - 6, 1))), 1e-6)
+            sigma = max(float(np.sqrt(r @ r / max(2 * n - m, 1))), 1e-6)
         A = J.T @ J / sigma**2
-        A[:3, :3] += np.diag(1.0 / prior_sigma**2)
+        A[prior_idx, prior_idx] += 1.0 / prior_sigma**2
         g = J.T @ r / sigma**2
-        g[:3] += params[:3] / prior_sigma**2
+        g[prior_idx] += params[prior_idx] / prior_sigma**2
         try:
             step = np.linalg.solve(A, -g)
         except np.linalg.LinAlgError:
             return None
-        params = params + step
-        if np.abs(step[3:]).max() < 1e-4 and np.abs(step[:3]).max() < 1e-7:
+        params[:m] = params[:m] + step
+        if np.abs(step[3:6]).max() < 1e-4 and np.abs(step[prior_idx]).max() < 1e-7:
             break
     r = _residuals(params, R_rep, points_ned_m, obs)
     if not np.all(np.isfinite(params)) or params[5] >= 0:  # the camera must be above ground
@@ -110,4 +124,4 @@ def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.nda
         return None
     if not np.all(np.isfinite(cov)):
         return None
-    return Pose(params[3:].copy(), params[:3].copy(), cov, sigma)
+    return Pose(params[3:6].copy(), params[:3].copy(), cov[:6, :6], sigma, float(params[6]))
