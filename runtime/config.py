@@ -170,14 +170,14 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SkyfixError(f"config section '{where or 'top level'}' must be a mapping")
+        raise SkyfixError(f"config section {where or 'top level'!r} must be a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         name = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            raise SkyfixError(f"unknown config key '{name}'")
+            raise SkyfixError(f"unknown config key {name!r}")
         kwargs[key] = _coerce(hints[key], value, name)
     return cls(**kwargs)
 
@@ -190,9 +190,9 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
-        raise SkyfixError(f"config key '{name}' must be {tp.__name__}, got {value!r}")
+        raise SkyfixError(f"config key {name!r} must be {tp.__name__}, got {value!r}")
     if tp is float and not math.isfinite(value):
-        raise SkyfixError(f"config key '{name}' must be a finite number, got {value!r}")
+        raise SkyfixError(f"config key {name!r} must be a finite number, got {value!r}")
     return value
 
 

@@ -90,5 +90,5 @@ def test_bad_values_name_their_key(tmp_path_factory, mapping):
                 if isinstance(held, float):
                     assert math.isfinite(held)
         return
-    named = [f"'{s}.{k}'" for s, v in mapping.items() for k in v]
+    named = [repr(f"{s}.{k}") for s, v in mapping.items() for k in v]
     assert any(n in str(got) for n in named), str(got)
