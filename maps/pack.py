@@ -199,7 +199,9 @@ def _load(path: Path, name: str) -> np.ndarray:
         return np.load(path / name, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError, SyntaxError, TypeError, TokenError) as e:
         # numpy parses the header with tokenize + ast: a damaged one raises their errors
-        raise SkyfixError(f"map pack {path}: {name} is not a readable .npy file ({e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SkyfixError(f"map pack {path}: {name} is not a readable .npy file ({first})"
+                          ) from None
 
 
 def _check_arrays(m: Manifest, tiles, kps, local, desc, codebook) -> list[str]:

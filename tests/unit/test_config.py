@@ -57,3 +57,8 @@ def test_bad_config_is_one_clear_error(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(SkyfixError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_an_error_quoting_multi_line_text_stays_one_line():
+    err = SkyfixError("pack.npy is not readable (Header info length is large.\nTo allow\n it)")
+    assert str(err) == "pack.npy is not readable (Header info length is large. To allow it)"
