@@ -121,6 +121,7 @@ class Daemon:
         self._latencies_ms: deque[float] = deque(maxlen=100)
         self._last_frame: Frame | None = None  # the previous frame taken from the queue
         self._last_ok_t_ns: int | None = None  # stamp of the last frame not refused here
+        self._repeat_ok = True  # one frame may repeat the last usable stamp without alarm
         self._camera_problem = ""  # kind of the current streak of refused frames; "" if none
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -258,7 +259,10 @@ class Daemon:
             problem, text = "clock", f"camera clock off by {(frame.t_ns - now_ns) * 1e-9:+.1f} s"
         elif self._last_ok_t_ns is not None and frame.t_ns <= self._last_ok_t_ns:
             self.stats.mis_stamped_frames += 1
-            problem, text = "backwards", "camera time stamps go backwards"
+            if frame.t_ns == self._last_ok_t_ns and self._repeat_ok:
+                self._repeat_ok = False  # the same instant once more (a camera faster than
+                return False  # its time source): nothing new, no alarm
+            problem, text = "backwards", "camera time stamps go backwards or repeat"
         elif (prev is not None and isinstance(frame.image, np.ndarray)
               and isinstance(prev.image, np.ndarray) and frame.image.shape == prev.image.shape
               and np.array_equal(frame.image, prev.image)):
@@ -273,7 +277,7 @@ class Daemon:
                                  else mavlink2.MAV_SEVERITY_INFO))
             self._camera_problem = problem
         if not problem:
-            self._last_ok_t_ns = frame.t_ns
+            self._last_ok_t_ns, self._repeat_ok = frame.t_ns, True
         return not problem
 
     def frame_latencies_ms(self) -> list[float]:
@@ -334,6 +338,8 @@ class Daemon:
             est = self.estimate(now)
             fix_type = 0 if est is None else fix_type_for(est, self.cfg.output)
             self._hand_over(est, fix_type, now)
+            if est is None:  # no position yet, or lost after a filter reset:
+                est = Estimate.none(now)  # say "no fix" (fix_type 0) rather than nothing
             position = gps_input if self.cfg.daemon.autopilot == "ardupilot" else \
                 global_position_sensor
             if (est is not None and self.handover is not None and self.handover.send_gps_input

@@ -142,6 +142,13 @@ class Estimate:
     valid: bool = True
     last_fix_age_s: float = float("inf")
 
+    @classmethod
+    def none(cls, t_ns: int) -> Estimate:
+        """No position at all (e.g. after a filter reset): sent as fix_type 0."""
+        nan2 = np.full((2, 2), np.nan)
+        nan = float("nan")
+        return cls(t_ns, nan, nan, nan, nan, nan2, nan2, valid=False)
+
     @property
     def horiz_sigma_m(self) -> float:
         """Root of the larger eigenvalue of the position covariance."""
