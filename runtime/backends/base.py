@@ -11,6 +11,7 @@ missing backend is reported, never installed.
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class TensorSpec:
         return f"{self.name} [{dims}] {np.dtype(self.dtype).name}"
 
 
-class Runner:
+class Runner(ABC):
     """Base class: subclasses set `inputs`/`outputs` and implement `_infer`.
 
     `provider` says what actually executes the model (e.g. "CPUExecutionProvider",
@@ -49,8 +50,9 @@ class Runner:
         self.check_feeds(feeds)
         return self._infer(feeds)
 
+    @abstractmethod
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The backend's own inference on checked feeds."""
 
     def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
         """Raise SkyfixError (one line) unless `feeds` matches the declared inputs."""
@@ -81,7 +83,7 @@ class Runner:
                 raise SkyfixError(f"{self.backend}: input {name} has dtype {value.dtype}, "
                                   f"expected {spec.describe()}")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - backends without resources keep this no-op
         """Release backend resources (device memory, sessions)."""
 
     def __enter__(self) -> Runner:
