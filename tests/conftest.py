@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.windows import Window
 
+from skyfix.maps.build import build_pack
+from skyfix.models.features import RootSiftEncoder
 from skyfix.sim.sample import sample_ortho
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -32,3 +35,17 @@ def ortho(ortho_path: Path) -> tuple[np.ndarray, rasterio.Affine]:
     with rasterio.open(ortho_path) as src:
         rgb = src.read()
         return np.ascontiguousarray(np.moveaxis(rgb, 0, -1)[:, :, ::-1]), src.transform
+
+
+def small_pack(root: Path, size_px: int) -> Path:
+    """A RootSIFT pack (256 px tiles) of a `size_px` square of the bundled orthophoto,
+    built in `root`: quick enough for tests that spoil a real pack."""
+    with rasterio.open(sample_ortho()) as src:
+        win = Window(400, 500, size_px, size_px)
+        profile = dict(driver="GTiff", width=size_px, height=size_px, count=src.count,
+                       dtype=src.dtypes[0], crs=src.crs, transform=src.window_transform(win))
+        data = src.read(window=win)
+    with rasterio.open(root / "crop.tif", "w", **profile) as out:
+        out.write(data)
+    return build_pack([root / "crop.tif"], root / "pack", RootSiftEncoder(), tile_px=256,
+                      progress=False)

@@ -13,18 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
+from conftest import small_pack
 from fuzz_support import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from rasterio.windows import Window
 
-from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MANIFEST, PACK_FILES, MapPack, manifest_digest, verify_pack
-from skyfix.models.features import RootSiftEncoder
 from skyfix.runtime.errors import SkyfixError
-from skyfix.sim.sample import sample_ortho
 
 NPY_FILES = [n for n in PACK_FILES if n.endswith(".npy")]
 json_values = st.recursive(
@@ -36,16 +32,7 @@ json_values = st.recursive(
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fuzz_pack")
-    with rasterio.open(sample_ortho()) as src:
-        win = Window(400, 500, 400, 400)
-        profile = dict(driver="GTiff", width=400, height=400, count=src.count,
-                       dtype=src.dtypes[0], crs=src.crs, transform=src.window_transform(win))
-        data = src.read(window=win)
-    with rasterio.open(root / "crop.tif", "w", **profile) as out:
-        out.write(data)
-    return build_pack([root / "crop.tif"], root / "pack", RootSiftEncoder(), tile_px=256,
-                      progress=False)
+    return small_pack(tmp_path_factory.mktemp("fuzz_pack"), 400)
 
 
 def copy(pack: Path, tmp_path_factory) -> Path:

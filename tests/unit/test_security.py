@@ -13,12 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.windows import Window
+from conftest import small_pack
 
 from skyfix.calibration.camera import CameraModel
-from skyfix.maps.build import build_pack
-from skyfix.models.features import RootSiftEncoder
 from skyfix.models.xfeat import XFeatEncoder
 from skyfix.runtime.camera_source import LatestFrameQueue
 from skyfix.runtime.config import Config
@@ -33,7 +30,6 @@ from skyfix.runtime.mavlink_out import (
 from skyfix.runtime.pipeline import Navigator
 from skyfix.runtime.telemetry import open_link
 from skyfix.sim.closed_loop import free_udp_port
-from skyfix.sim.sample import sample_ortho
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = bytes(range(100, 132))
@@ -111,16 +107,7 @@ def test_daemon_refuses_a_key_others_can_read(tmp_path, mode):
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("security_pack")
-    with rasterio.open(sample_ortho()) as src:
-        win = Window(400, 500, 300, 300)
-        profile = dict(driver="GTiff", width=300, height=300, count=src.count,
-                       dtype=src.dtypes[0], crs=src.crs, transform=src.window_transform(win))
-        data = src.read(window=win)
-    with rasterio.open(root / "crop.tif", "w", **profile) as out:
-        out.write(data)
-    return build_pack([root / "crop.tif"], root / "pack", RootSiftEncoder(), tile_px=256,
-                      progress=False)
+    return small_pack(tmp_path_factory.mktemp("security_pack"), 300)
 
 
 @pytest.mark.parametrize("name", ["descriptors.npy", "ortho.tif", "manifest.json"])
