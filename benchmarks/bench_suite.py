@@ -45,7 +45,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -65,7 +64,7 @@ from skyfix.runtime.sources import RecordedFlight
 from skyfix.runtime.telemetry import TelemetryLog
 from skyfix.runtime.types import Fix, Frame
 from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
-from skyfix.sim.closed_loop import ClosedLoopSpec, SimStateCamera, free_udp_port, score
+from skyfix.sim.closed_loop import ClosedLoopSpec, fly, free_udp_port, score
 from skyfix.sim.flight import FlightSpec, PoseRenderer, simulate_flight
 from skyfix.sim.sample import sample_ortho
 
@@ -252,23 +251,8 @@ def run_loop(localizer, pack: MapPack, ortho: Path, seconds: float, cfg: Config)
     queue = _StampedQueue(cfg.camera.queue)
     daemon = _StampedDaemon(cfg, _nav(pack, localizer, cfg), queue,
                             link=f"udpin:127.0.0.1:{port}")
-    stop = threading.Event()
     with PoseRenderer(ortho, flight) as renderer:
-        camera = SimStateCamera(renderer, queue, spec.fps)
-        daemon.listeners.append(camera.on_message)
-        runner = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
-        runner.start()
-        time.sleep(0.2)  # the daemon's socket is bound before the emulator sends
-        ap = threading.Thread(target=emulator.run, args=(stop,), daemon=True)
-        ap.start()
-        while emulator.start_ns is None and ap.is_alive():
-            time.sleep(0.01)
-        camera.blank_after_ns = emulator.start_ns + int(spec.blank_at_s * 1e9)
-        camera.start(stop)
-        ap.join()
-        stop.set()
-        runner.join(timeout=10.0)
-        camera.join()
+        fly(daemon, emulator, renderer, queue, spec)
     figures = score(emulator, spec, cfg)
     msgs = emulator.gps_inputs()
     off_ns = emulator.start_ns + int(spec.gnss_off_at_s * 1e9)

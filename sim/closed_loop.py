@@ -164,6 +164,36 @@ def _fault_maps(ortho: Path, out: Path, spec: ClosedLoopSpec, emulator: Autopilo
     return world, pack
 
 
+def fly(daemon: Daemon, emulator: AutopilotEmulator, renderer: PoseRenderer,
+        queue: LatestFrameQueue, spec: ClosedLoopSpec,
+        observer: Callable[[Daemon], None] | None = None) -> SimStateCamera:
+    """Run `daemon` against `emulator` until the emulator's flight ends, with camera frames
+    rendered at the pose it publishes (blanked from `spec.blank_at_s`, spoilt by
+    `spec.faults`); `observer` is called with the daemon about once a second. Returns the
+    camera (its `rendered` count)."""
+    stop = threading.Event()
+    camera = SimStateCamera(renderer, queue, spec.fps, truth=emulator)
+    daemon.listeners.append(camera.on_message)
+    runner = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
+    runner.start()
+    time.sleep(0.2)  # the daemon's socket is bound before the emulator sends
+    ap = threading.Thread(target=emulator.run, args=(stop,), daemon=True)
+    ap.start()
+    while emulator.start_ns is None and ap.is_alive():
+        time.sleep(0.01)
+    camera.blank_after_ns = emulator.start_ns + int(spec.blank_at_s * 1e9)
+    camera.faults = CameraFaults(FaultSchedule(spec.faults), emulator.start_ns)
+    camera.start(stop)
+    while ap.is_alive():
+        ap.join(1.0)
+        if observer is not None:
+            observer(daemon)
+    stop.set()
+    runner.join(timeout=10.0)
+    camera.join()
+    return camera
+
+
 def run_closed_loop(ortho: Path, out: Path, spec: ClosedLoopSpec = ClosedLoopSpec(),
                     cfg: Config | None = None, pack: Path | None = None,
                     progress: bool = True,
@@ -187,27 +217,9 @@ def run_closed_loop(ortho: Path, out: Path, spec: ClosedLoopSpec = ClosedLoopSpe
     nav = build_navigator(pack, flight.camera, cfg)
     queue = LatestFrameQueue(cfg.camera.queue)
     daemon = Daemon(cfg, nav, queue, link=f"udpin:127.0.0.1:{port}")
-    stop = threading.Event()
     with PoseRenderer(ortho, flight) as renderer:
-        camera = SimStateCamera(renderer, queue, spec.fps, truth=emulator)
-        daemon.listeners.append(camera.on_message)
-        runner = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
-        runner.start()
-        time.sleep(0.2)  # the daemon's socket is bound before the emulator sends
-        ap = threading.Thread(target=emulator.run, args=(stop,), daemon=True)
-        ap.start()
-        while emulator.start_ns is None and ap.is_alive():
-            time.sleep(0.01)
-        camera.blank_after_ns = emulator.start_ns + int(blank_at * 1e9)
-        camera.faults = CameraFaults(FaultSchedule(spec.faults), emulator.start_ns)
-        camera.start(stop)
-        while ap.is_alive():
-            ap.join(1.0)
-            if observer is not None:
-                observer(daemon)
-        stop.set()
-        runner.join(timeout=10.0)
-        camera.join()
+        camera = fly(daemon, emulator, renderer, queue, replace(spec, blank_at_s=blank_at),
+                     observer)
     emulator.write_received(out / "received.tlog")
     result = score(emulator, replace(spec, blank_at_s=blank_at), cfg, out / "gps_input.csv")
     result["daemon"] = asdict(daemon.stats)
