@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from skyfix.maps.index import in_window, search
+from skyfix.maps.index import search, window_ids
 from skyfix.maps.pack import MapPack
 from skyfix.runtime.config import RetrieveConfig
 from skyfix.runtime.types import TileHit
@@ -54,9 +54,7 @@ def retrieve(pack: MapPack, query: np.ndarray, level: int, prior: Prior,
     """Candidate tiles of `level` for a view with global descriptor `query`, best first."""
     if prior.source == "none":
         return search(pack, query, level, cfg.top_k)
-    tile_half = 0.5 * float(np.min(pack.tile_bounds_en[pack.tile_level == level, 2:]
-                                   - pack.tile_bounds_en[pack.tile_level == level, :2],
-                                   initial=np.inf))
+    tile_half = 0.5 * pack.manifest.tile_px * pack.levels[level]
     radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
     if radius <= tile_half:
         return _nearest_tiles(pack, level, prior, cfg.tracking_k)
@@ -64,8 +62,8 @@ def retrieve(pack: MapPack, query: np.ndarray, level: int, prior: Prior,
 
 
 def _nearest_tiles(pack: MapPack, level: int, prior: Prior, k: int) -> list[TileHit]:
-    ids = np.flatnonzero((pack.tile_level == level)
-                         & in_window(pack, prior.centre_en, prior.window_cov))
+    ids = window_ids(pack, prior.centre_en, prior.window_cov)
+    ids = ids[pack.tile_level[ids] == level]
     dist = np.linalg.norm(pack.tile_center_en[ids] - prior.centre_en, axis=1)
     order = np.argsort(dist, kind="stable")[:k]
     return [TileHit(int(ids[i]), level, float(-dist[i])) for i in order]
