@@ -28,15 +28,15 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from skyfix.calibration.camera import CameraModel
 from skyfix.maps.index import window_ids
 from skyfix.maps.pack import MapPack
 from skyfix.models.features import LocalFeatures
-from skyfix.runtime.config import Config
-from skyfix.runtime.pipeline import Look
-from skyfix.runtime.rectify import rectify
-from skyfix.runtime.retrieve import NO_PRIOR, Prior
-from skyfix.runtime.types import Fix, Frame, Rejection, Telemetry, View
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.types import Fix, Frame, Rejection, Telemetry, View
+from skyfix.runtime.nav.navigator import Look
+from skyfix.runtime.nav.rectify import rectify
+from skyfix.runtime.nav.retrieve import NO_PRIOR, Prior
 
 RATIO = 0.75  # Lowe's ratio, as in his paper
 RANSAC_PX = 3.0  # RANSAC reprojection threshold, tile pixels
@@ -112,7 +112,7 @@ def tile_image(ortho: rasterio.DatasetReader, bounds_en: np.ndarray,
 
 class BaselineLocalizer:
     """SIFT + brute force over the prior window (see the module doc); `look`/`locate` as
-    skyfix.runtime.pipeline.Localizer."""
+    skyfix.runtime.nav.navigator.Localizer."""
 
     def __init__(self, pack: MapPack, camera: CameraModel, cfg: Config,
                  ratio: float = RATIO, max_features: int = MAX_FEATURES,

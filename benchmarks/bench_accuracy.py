@@ -42,12 +42,12 @@ from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
 from skyfix.models.metrics import retrieval_metrics
 from skyfix.models.registry import encoder_for_id, make_encoder
-from skyfix.runtime.config import Config
-from skyfix.runtime.geo import R_BODY_CAM_NADIR, R_ned_body
-from skyfix.runtime.rectify import ground_footprint, rectify
-from skyfix.runtime.replay import replay
-from skyfix.runtime.sources import RecordedFlight
-from skyfix.runtime.telemetry import TelemetryLog
+from skyfix.runtime.apps.replay import replay
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body
+from skyfix.runtime.io.sources import RecordedFlight
+from skyfix.runtime.io.telemetry import TelemetryLog
+from skyfix.runtime.nav.rectify import ground_footprint, rectify
 from skyfix.sim.flight import FlightSpec, simulate_flight
 from skyfix.sim.sample import sample_ortho
 

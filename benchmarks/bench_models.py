@@ -64,7 +64,7 @@ def unusable_reason(name: str) -> str | None:
             return "onnxruntime has no CUDAExecutionProvider here"
     if name == "xfeat-tensorrt":
         from skyfix.runtime.backends.tensorrt import import_tensorrt
-        from skyfix.runtime.errors import SkyfixError
+        from skyfix.runtime.core.errors import SkyfixError
 
         try:
             import_tensorrt()

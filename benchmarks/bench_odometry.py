@@ -7,7 +7,7 @@ stretch with no map fixes.
 For each sim flight over the bundled Vienna orthophoto (seeds 1..N, 640x480 camera,
 the simulator's default sensor errors): the filter starts at the true position and
 velocity of the first frame (1-sigma 0.1 m, 0.1 m/s), then receives only the
-velocities of runtime/odometry.py from consecutive rectified frames (RootSIFT at
+velocities of runtime/nav/odometry.py from consecutive rectified frames (RootSIFT at
 0.3 m/px) for `--duration` seconds. Reported per flight and over all: horizontal
 error at the end and its maximum (metres), the filter's own 1-sigma at the end, the
 share of frame pairs that gave a velocity, and velocity error RMS (m/s).
@@ -25,12 +25,12 @@ import numpy as np
 from tqdm import tqdm
 
 from skyfix.models.features import RootSiftEncoder
-from skyfix.runtime.config import Config
-from skyfix.runtime.filter import PositionFilter
-from skyfix.runtime.odometry import VisualOdometry
-from skyfix.runtime.rectify import rectify
-from skyfix.runtime.sources import RecordedFlight
-from skyfix.runtime.telemetry import TelemetryLog
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.io.sources import RecordedFlight
+from skyfix.runtime.io.telemetry import TelemetryLog
+from skyfix.runtime.nav.filter import PositionFilter
+from skyfix.runtime.nav.odometry import VisualOdometry
+from skyfix.runtime.nav.rectify import rectify
 from skyfix.sim.flight import FlightSpec, simulate_flight
 from skyfix.sim.sample import sample_ortho
 

@@ -54,15 +54,15 @@ import numpy as np
 
 from skyfix.maps.pack import MapPack
 from skyfix.models.registry import encoder_for_id
-from skyfix.runtime.camera_source import LatestFrameQueue
-from skyfix.runtime.config import Config
-from skyfix.runtime.daemon import Daemon
-from skyfix.runtime.geo import LocalFrame
-from skyfix.runtime.pipeline import Localizer, Navigator
-from skyfix.runtime.retrieve import retrieve
-from skyfix.runtime.sources import RecordedFlight
-from skyfix.runtime.telemetry import TelemetryLog
-from skyfix.runtime.types import Fix, Frame
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.core.types import Fix, Frame
+from skyfix.runtime.flight.daemon import Daemon
+from skyfix.runtime.io.camera_source import LatestFrameQueue
+from skyfix.runtime.io.sources import RecordedFlight
+from skyfix.runtime.io.telemetry import TelemetryLog
+from skyfix.runtime.nav.navigator import Localizer, Navigator
+from skyfix.runtime.nav.retrieve import retrieve
 from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
 from skyfix.sim.closed_loop import ClosedLoopSpec, fly, free_udp_port, score
 from skyfix.sim.flight import FlightSpec, PoseRenderer, simulate_flight

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from skyfix.maps.build import build_pack
-from skyfix.runtime.config import Config
-from skyfix.runtime.daemon import Daemon
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.flight.daemon import Daemon
 from skyfix.sim.closed_loop import ClosedLoopSpec, run_closed_loop
 from skyfix.sim.sample import sample_ortho
 

@@ -9,7 +9,7 @@ Patterns (the `--pattern` text):
 Corners are found (chessboard: findChessboardCorners + cornerSubPix; ChArUco:
 cv2.aruco.CharucoDetector) in every image; calibrateCamera fits the pinhole + k1, k2,
 p1, p2, k3 model on the images where the board was found. The result is written as
-OpenCV FileStorage YAML (skyfix.calibration.camera.CameraModel) and, optionally, as a
+OpenCV FileStorage YAML (skyfix.runtime.core.camera.CameraModel) and, optionally, as a
 ROS camera_info YAML (plumb_bob).
 """
 
@@ -26,8 +26,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from skyfix.calibration.camera import CameraModel
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.errors import SkyfixError
 
 _SUBPIX_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
 _MIN_CHARUCO_CORNERS = 8

@@ -20,7 +20,7 @@ rotation R_ned_cam, measured from the pixels alone. Then:
    mean (SVD projection of the sum) after dropping outliers is the estimate.
 
 The mount is reported as R_body_cam and as the (roll, pitch, yaw) about body axes that
-takes the nominal nadir mount (skyfix.runtime.geo.R_BODY_CAM_NADIR) to it. The mount's
+takes the nominal nadir mount (skyfix.runtime.core.geo.R_BODY_CAM_NADIR) to it. The mount's
 yaw is only as good as the autopilot's heading: a heading bias and a mount yaw are the
 same thing to any camera.
 
@@ -38,15 +38,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from skyfix.calibration.camera import CameraModel
 from skyfix.maps.index import in_window
 from skyfix.maps.pack import MapPack
 from skyfix.models.features import Encoder, match_mutual
-from skyfix.runtime.config import Config
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import R_BODY_CAM_NADIR, LocalFrame, R_ned_body, euler_from_R_ned_body
-from skyfix.runtime.rectify import rectify, view_px_to_offset_m
-from skyfix.runtime.types import Frame, Telemetry
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, LocalFrame, R_ned_body, euler_from_R_ned_body
+from skyfix.runtime.core.types import Frame, Telemetry
+from skyfix.runtime.nav.rectify import rectify, view_px_to_offset_m
 
 _MIN_INLIERS = 30
 _TILES_PER_FRAME = 3
@@ -250,8 +250,8 @@ def calibrate_mount(flight_dir: Path, pack_path: Path, cfg: Config, min_frames: 
     """Estimate the mount and time offset of the recorded flight in `flight_dir`, whose
     log has good GNSS, against the map pack at `pack_path`."""
     from skyfix.models.registry import encoder_for_id
-    from skyfix.runtime.sources import RecordedFlight
-    from skyfix.runtime.telemetry import TelemetryLog
+    from skyfix.runtime.io.sources import RecordedFlight
+    from skyfix.runtime.io.telemetry import TelemetryLog
 
     flight = RecordedFlight.open(flight_dir)
     log = TelemetryLog.from_tlog(flight.telemetry_path)

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from skyfix.maps.dem import DEM_FILE, write_dem
 from skyfix.maps.index import write_index
-from skyfix.maps.pack import FORMAT, MANIFEST, Manifest, file_sha256, index_file
+from skyfix.maps.pack import FORMAT, MANIFEST, Manifest, index_file
 from skyfix.maps.tiles import (
     CHUNK_TILES,
     MASK_ERODE_PX,
@@ -65,7 +65,8 @@ from skyfix.maps.tiles import (
     write_descriptors,
 )
 from skyfix.models.features import Encoder, RootSiftEncoder, fit_codebook
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import file_sha256
 
 DEFAULT_ENCODER = RootSiftEncoder()
 SEED = 0  # codebook sample and k-means

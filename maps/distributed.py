@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from skyfix.maps.tiles import CHUNK_TILES, BuildProgress, TileSpec, _encode_chunk
 from skyfix.models.features import Encoder
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 if TYPE_CHECKING:
     from skyfix.maps.build import Grid

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from skyfix.maps.pack import MapPack
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.types import TileHit
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.types import TileHit
 
 NPROBE_MIN = 16
 NPROBE_SHARE = 0.08

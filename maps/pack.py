@@ -38,7 +38,8 @@ from rasterio.warp import transform_bounds
 
 from skyfix.maps.dem import DEM_FILE, dem_shape, terrain_lookup
 from skyfix.models.features import vlad
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import file_sha256
 
 FORMAT = "skyfix-pack/1"
 MANIFEST = "manifest.json"
@@ -143,13 +144,6 @@ def manifest_digest(d: dict[str, Any]) -> str:
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_manifest(path: Path) -> tuple[Manifest | None, list[str]]:

@@ -40,10 +40,11 @@ from rasterio.crs import CRS
 from tqdm import tqdm
 
 from skyfix.maps.index import search as pack_search
-from skyfix.maps.pack import FORMAT, TILE_DTYPE, Manifest, MapPack, file_sha256, manifest_digest
+from skyfix.maps.pack import FORMAT, TILE_DTYPE, Manifest, MapPack, manifest_digest
 from skyfix.maps.tiles import _write_npy
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.types import TileHit
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import file_sha256
+from skyfix.runtime.core.types import TileHit
 
 SHARDS_FORMAT = "skyfix-shards/1"
 SHARDS_MANIFEST = "shards.json"

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from skyfix.maps.pack import TILE_DTYPE
 from skyfix.models.features import Encoder, vlad
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 if TYPE_CHECKING:
     from skyfix.maps.build import Grid

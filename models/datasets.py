@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 VISLOC_COLUMNS = ("num", "filename", "date", "lat", "lon", "height", "Omega", "Kappa", "Phi1",
                   "Phi2")

@@ -25,9 +25,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from skyfix.models.manifest import ModelManifest, TensorInfo, file_sha256, write_manifest
+from skyfix.models.manifest import ModelManifest, TensorInfo, write_manifest
 from skyfix.models.xfeat import DEFAULT_MODEL, XFEAT_DIM, XFEAT_ID, XFEAT_MULTIPLE
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import file_sha256
 
 WEIGHTS_DIR = DEFAULT_MODEL.parent
 DEFAULT_OPSET = 17

@@ -9,12 +9,12 @@ weights). `load_manifest` refuses a model file whose sha256 does not match.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import file_sha256
 
 MANIFEST_VERSION = 1
 
@@ -77,14 +77,6 @@ class ModelManifest:
 def _tensor(raw: dict) -> TensorInfo:
     return TensorInfo(raw["name"], tuple(raw["shape"]), raw["dtype"])
 
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest_path(model_path: Path) -> Path:

@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 SDM_SCALE_PER_M = 0.001  # Game4Loc's s in exp(-s * d)
 RECALL_KS = (1, 5, 10)

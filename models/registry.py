@@ -8,8 +8,8 @@ with the backend and threads of the run's configuration.
 from __future__ import annotations
 
 from skyfix.models.features import Encoder, RootSiftEncoder
-from skyfix.runtime.config import EncoderConfig
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.config import EncoderConfig
+from skyfix.runtime.core.errors import SkyfixError
 
 ENCODER_NAMES = ("rootsift", "xfeat")
 DEFAULTS = EncoderConfig()

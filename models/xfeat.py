@@ -29,7 +29,7 @@ import numpy as np
 from skyfix.models.features import LocalFeatures
 from skyfix.models.manifest import ModelManifest, load_manifest
 from skyfix.runtime.backends import Runner, get_runner
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 XFEAT_ID = "xfeat-onnx-v1"
 XFEAT_DIM = 64

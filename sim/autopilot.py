@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from pymavlink.dialects.v20 import ardupilotmega as mav2
 
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.telemetry import open_link
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.io.telemetry import open_link
 from skyfix.sim.faults import FaultSchedule
 from skyfix.sim.flight import FlightSpec, PoseRenderer, _ground_offsets, _to_lla
 from skyfix.sim.trajectory import (

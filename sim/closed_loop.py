@@ -32,12 +32,12 @@ import numpy as np
 from rasterio.warp import transform as crs_transform
 
 from skyfix.maps.build import build_pack
-from skyfix.runtime.camera_source import LatestFrameQueue
-from skyfix.runtime.config import Config
-from skyfix.runtime.daemon import Daemon, build_navigator
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import WGS84
-from skyfix.runtime.types import Frame
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import WGS84
+from skyfix.runtime.core.types import Frame
+from skyfix.runtime.flight.daemon import Daemon, build_navigator
+from skyfix.runtime.io.camera_source import LatestFrameQueue
 from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
 from skyfix.sim.faults import (
     CameraFaults,

@@ -35,7 +35,7 @@ import numpy as np
 import rasterio
 from rasterio.transform import rowcol
 
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 CAMERA_FAULTS = ("freeze", "black", "saturated", "blur", "clock-back", "clock-forward")
 LINK_FAULTS = ("telemetry-gap", "link-loss", "spoof-drift")

@@ -1,7 +1,7 @@
 """Synthetic flights: camera frames rendered from an orthophoto along a lawn-mower path,
 with the MAVLink telemetry an ArduPilot copter would log and the true pose per frame.
 
-Output (the recorded-flight layout that skyfix.runtime.sources.RecordedFlight reads):
+Output (the recorded-flight layout that skyfix.runtime.io.sources.RecordedFlight reads):
 flight.json, camera.yaml, frames/NNNNNN.jpg + frames.csv, telemetry.tlog, truth.csv.
 
 Approximation, stated once: rendering and truth treat the map grid (easting, northing)
@@ -31,9 +31,9 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from skyfix.calibration.camera import CameraModel
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import WGS84, R_ned_body, mount_rotation
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import WGS84, R_ned_body, mount_rotation
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower, write_tlog
 
 FLIGHT_FORMAT = "skyfix-flight/1"
@@ -61,7 +61,7 @@ class FlightSpec:
     gnss_sigma_m: float = 1.5  # horizontal 1-sigma error of GPS_RAW_INT vs truth
     start_unix_s: float = 1767225600.0  # 2026-01-01T00:00:00Z
     # The true camera mount differs from the nominal nadir mount by this rotation (roll,
-    # pitch, yaw about body axes, see skyfix.runtime.geo.mount_rotation).
+    # pitch, yaw about body axes, see skyfix.runtime.core.geo.mount_rotation).
     mount_error_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     camera_time_offset_s: float = 0.0  # frame time stamps minus true capture times
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from pymavlink.dialects.v20 import ardupilotmega as mav2
 
-from skyfix.runtime.tlog import TlogWriter
+from skyfix.runtime.io.tlog import TlogWriter
 
 G_MPS2 = 9.80665
 MAX_YAW_RATE_RADPS = np.radians(20.0)
@@ -157,7 +157,7 @@ class TrajectoryState:
     rpy_rate_radps: np.ndarray
 
     def R_ned_body(self) -> np.ndarray:
-        """[N, 3, 3] body-to-NED rotations (Z-Y-X, as skyfix.runtime.geo.R_ned_body)."""
+        """[N, 3, 3] body-to-NED rotations (Z-Y-X, as skyfix.runtime.core.geo.R_ned_body)."""
         r, p, y = self.rpy_rad.T
         cr, sr, cp, sp, cy, sy = np.cos(r), np.sin(r), np.cos(p), np.sin(p), np.cos(y), np.sin(y)
         return np.stack([

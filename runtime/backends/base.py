@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 
 @dataclass(frozen=True)

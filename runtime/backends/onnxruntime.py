@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from skyfix.runtime.backends.base import Runner, TensorSpec, onnx_type_to_dtype, static_dim
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from skyfix.runtime.backends.base import Runner, TensorSpec, static_dim
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class TensorRTRunner(Runner):
     def _cached_engine(self, runtime: Any, onnx_path: Path, precision: Precision,
                        shapes: ShapeProfile | None, calibration_feeds: Any,
                        cache_dir: Path | None, workspace_bytes: int) -> Any:
-        from skyfix.models.manifest import file_sha256
+        from skyfix.runtime.core.files import file_sha256
 
         onnx_sha = file_sha256(onnx_path)
         key = engine_cache_key(onnx_sha, self.trt.__version__, self.device.gpu_name,

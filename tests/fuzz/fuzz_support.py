@@ -17,11 +17,11 @@ from pymavlink import mavutil
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 from rasterio.crs import CRS
 
-from skyfix.runtime.camera_source import LatestFrameQueue
-from skyfix.runtime.config import Config
-from skyfix.runtime.daemon import Daemon
-from skyfix.runtime.geo import LocalFrame
-from skyfix.runtime.pipeline import Navigator
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.flight.daemon import Daemon
+from skyfix.runtime.io.camera_source import LatestFrameQueue
+from skyfix.runtime.nav.navigator import Navigator
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower, write_tlog
 
 FUZZ_LONG_FACTOR = 50

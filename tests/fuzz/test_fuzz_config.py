@@ -13,8 +13,8 @@ from fuzz_support import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skyfix.runtime.config import Config, load_config
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.config import Config, load_config
+from skyfix.runtime.core.errors import SkyfixError
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 HINTS = {name: typing.get_type_hints(typing.get_type_hints(Config)[name])

@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from rasterio.windows import Window
 
-from skyfix.calibration.camera import CameraModel
-from skyfix.runtime.camera_source import valid_image
-from skyfix.runtime.config import RectifyConfig
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.rectify import rectify, to_gray
-from skyfix.runtime.sources import ImageFolder
-from skyfix.runtime.types import Frame, Telemetry
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.config import RectifyConfig
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.types import Frame, Telemetry
+from skyfix.runtime.io.camera_source import valid_image
+from skyfix.runtime.io.sources import ImageFolder
+from skyfix.runtime.nav.rectify import rectify, to_gray
 from skyfix.sim.sample import sample_ortho
 
 CAMERA = CameraModel(160, 120, 150.0, 150.0, 79.5, 59.5)

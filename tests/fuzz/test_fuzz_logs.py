@@ -14,9 +14,9 @@ from fuzz_support import fuzz, sim_tlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.logs import read_telemetry
-from skyfix.runtime.telemetry import TelemetryLog
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.io.logs import read_telemetry
+from skyfix.runtime.io.telemetry import TelemetryLog
 
 HEAD_BYTES = 256 * 1024  # fuzz the first part of each log: keeps every example fast
 REAL = {

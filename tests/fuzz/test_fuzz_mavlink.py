@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.telemetry import TelemetryLog
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.io.telemetry import TelemetryLog
 
 RESYNC_BYTES = 1024  # after the last damaged byte, every packet must come through again
 

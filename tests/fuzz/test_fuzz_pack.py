@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from skyfix.maps.pack import MANIFEST, PACK_FILES, MapPack, manifest_digest, verify_pack
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 NPY_FILES = [n for n in PACK_FILES if n.endswith(".npy")]
 json_values = st.recursive(

@@ -11,7 +11,7 @@ import rasterio
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "skyfix.runtime.cli", *args],
+    return subprocess.run([sys.executable, "-m", "skyfix.runtime.apps.cli", *args],
                           capture_output=True, text=True, cwd=cwd, timeout=120)
 
 

@@ -23,8 +23,8 @@ import pytest
 from pymavlink import mavutil
 
 from skyfix.maps.build import build_pack
-from skyfix.runtime.config import Config
-from skyfix.runtime.telemetry import open_link
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.io.telemetry import open_link
 from skyfix.sim.closed_loop import ClosedLoopSpec, free_udp_port, run_closed_loop
 from skyfix.sim.flight import FlightSpec
 
@@ -105,7 +105,7 @@ def test_skyfix_run_talks_mavlink_and_stops_cleanly_on_sigterm(looped, tmp_path)
     (tmp_path / "run.yaml").write_text(
         f"camera:\n  source: {video}\n  calibration: {tmp_path / 'camera.yaml'}\n"
         f"daemon:\n  map: {out / 'pack'}\n  link: udpin:127.0.0.1:{port}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "skyfix.runtime.cli", "run", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "skyfix.runtime.apps.cli", "run", "--config",
                              str(tmp_path / "run.yaml")], stderr=subprocess.PIPE, text=True)
     autopilot = open_link(f"udpout:127.0.0.1:{port}", 1, 1)
     heard = []

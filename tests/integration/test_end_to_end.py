@@ -11,8 +11,8 @@ import pytest
 from pymavlink import mavutil
 
 from skyfix.maps.build import build_pack
-from skyfix.runtime.config import Config
-from skyfix.runtime.replay import replay
+from skyfix.runtime.apps.replay import replay
+from skyfix.runtime.core.config import Config
 from skyfix.sim.flight import FlightSpec, simulate_flight
 
 REPORT_KEYS = {"frames", "fixes", "availability", "fix_cep50_m", "fix_cep95_m", "est_cep50_m",

@@ -19,8 +19,8 @@ import pytest
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
-from skyfix.runtime.config import Config
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.errors import SkyfixError
 from skyfix.sim.closed_loop import ClosedLoopSpec, run_closed_loop
 from skyfix.sim.faults import FAULT_NAMES, CameraFaults, Fault, FaultSchedule, parse_fault
 
@@ -183,7 +183,7 @@ def test_map_of_the_wrong_area_gives_no_fix_after_gnss_loss(flights):
 
 def test_corrupted_map_pack_is_refused_with_one_line(base_pack, ortho_path, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "skyfix.runtime.cli", "sim", "closed-loop", "--ortho",
+        [sys.executable, "-m", "skyfix.runtime.apps.cli", "sim", "closed-loop", "--ortho",
          str(ortho_path), "--map", str(base_pack), "--duration", "10", "--gnss-off-at", "2",
          "--fault", "corrupt-map", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120)

@@ -44,7 +44,7 @@ def test_info_without_manifest(tmp_path):
 
 def test_export_without_torch_says_make_train_deps(tmp_path):
     code = ("import sys; sys.modules['torch'] = None\n"  # torch made unimportable
-            "from skyfix.runtime.cli import main\n"
+            "from skyfix.runtime.apps.cli import main\n"
             f"sys.exit(main(['models', 'export', '--out', {str(tmp_path)!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)

@@ -24,11 +24,11 @@ from PIL import Image
 from rasterio.windows import Window
 
 from skyfix.maps.build import build_pack
-from skyfix.runtime.config import Config
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.replay import replay
-from skyfix.runtime.sources import open_inputs
-from skyfix.runtime.telemetry import TelemetryLog
+from skyfix.runtime.apps.replay import replay
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.io.sources import open_inputs
+from skyfix.runtime.io.telemetry import TelemetryLog
 from skyfix.sim.flight import FlightSpec, simulate_flight
 
 
@@ -102,7 +102,7 @@ def dji(tmp_path_factory, ortho_path):
 
 
 def test_dji_photo_folder_localises_from_the_pixels_alone(dji):
-    proc = subprocess.run([sys.executable, "-m", "skyfix.runtime.cli", "replay", "--frames",
+    proc = subprocess.run([sys.executable, "-m", "skyfix.runtime.apps.cli", "replay", "--frames",
                            str(dji / "photos"), "--map", str(dji / "pack"), "--out",
                            str(dji / "out")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

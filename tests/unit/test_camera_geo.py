@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from rasterio.crs import CRS
 
-from skyfix.calibration.camera import CameraModel
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import (
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import (
     R_BODY_CAM_NADIR,
     LocalFrame,
     R_ned_body,

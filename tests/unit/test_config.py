@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from skyfix.runtime.config import Config, load_config
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.config import Config, load_config
+from skyfix.runtime.core.errors import SkyfixError
 
 REPO = Path(__file__).resolve().parents[2]
 

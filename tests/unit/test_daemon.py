@@ -14,14 +14,14 @@ import pytest
 from pymavlink.dialects.v20 import ardupilotmega as mav2
 from rasterio.crs import CRS
 
-from skyfix.runtime.camera_source import CameraSource, LatestFrameQueue, source_kind
-from skyfix.runtime.config import CameraConfig, Config, load_config
-from skyfix.runtime.daemon import Daemon
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import LocalFrame
-from skyfix.runtime.pipeline import Navigator
-from skyfix.runtime.telemetry import TelemetryBuffer, TelemetryLog, open_link
-from skyfix.runtime.types import Frame
+from skyfix.runtime.core.config import CameraConfig, Config, load_config
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.core.types import Frame
+from skyfix.runtime.flight.daemon import Daemon
+from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue, source_kind
+from skyfix.runtime.io.telemetry import TelemetryBuffer, TelemetryLog, open_link
+from skyfix.runtime.nav.navigator import Navigator
 from skyfix.sim.closed_loop import free_udp_port
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower, write_tlog
 

@@ -21,7 +21,7 @@ from skyfix.models.datasets import (
     parse_gta_tile,
 )
 from skyfix.models.metrics import retrieval_metrics
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 # site 01: a 400 x 300 px satellite image spanning these corners
 LT_LAT, LT_LON, RB_LAT, RB_LON = 29.80, 115.50, 29.79, 115.52

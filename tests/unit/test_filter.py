@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from rasterio.crs import CRS
 
-from skyfix.runtime.config import FilterConfig
-from skyfix.runtime.filter import PositionFilter, estimate_at, transition
-from skyfix.runtime.geo import LocalFrame
+from skyfix.runtime.core.config import FilterConfig
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.nav.filter import PositionFilter, estimate_at, transition
 
 CFG = FilterConfig()
 RUNS = 50

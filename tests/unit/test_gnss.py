@@ -10,10 +10,10 @@ import pytest
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 from pymavlink.dialects.v20 import development
 
-from skyfix.runtime.config import GnssConfig, OutputConfig
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.gnss import EARTH_RADIUS_M, GnssMonitor
-from skyfix.runtime.mavlink_out import set_ekf_source_set
+from skyfix.runtime.core.config import GnssConfig, OutputConfig
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.flight.gnss import EARTH_RADIUS_M, GnssMonitor
+from skyfix.runtime.io.mavlink import set_ekf_source_set
 from skyfix.sim.trajectory import gauss_markov
 
 CFG = GnssConfig()
@@ -58,7 +58,7 @@ def integrity(jamming: int, spoofing: int, instance: int = 0):
 
 
 def estimate_at(north_m: float, east_m: float, vn: float, ve: float, sigma_m: float = 3.0):
-    from skyfix.runtime.types import Estimate
+    from skyfix.runtime.core.types import Estimate
     lat = LAT0 + np.degrees(north_m / EARTH_RADIUS_M)
     lon = LON0 + np.degrees(east_m / (EARTH_RADIUS_M * np.cos(np.radians(LAT0))))
     return Estimate(t_ns=0, north_m=north_m, east_m=east_m, vn_mps=vn, ve_mps=ve,

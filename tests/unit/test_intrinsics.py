@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import yaml
 
-from skyfix.calibration.camera import CameraModel
 from skyfix.calibration.intrinsics import (
     calibrate_intrinsics,
     parse_pattern,
     read_camera_info,
     write_camera_info,
 )
-from skyfix.runtime.cli import main
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.apps.cli import main
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.errors import SkyfixError
 
 TRUE_CAM = CameraModel(640, 480, 520.0, 518.0, 322.5, 236.0, (-0.21, 0.06, 0.001, -0.0015, 0.0))
 TEX_PX = 40  # texture pixels per board square

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from skyfix.calibration.camera import CameraModel
 from skyfix.models.features import RootSiftEncoder
-from skyfix.runtime.config import MatchConfig, RectifyConfig
-from skyfix.runtime.match import fit_similarity, judge, locate
-from skyfix.runtime.rectify import R_ned_cam, rectify
-from skyfix.runtime.types import Fix, Frame, Rejection, Telemetry
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.config import MatchConfig, RectifyConfig
+from skyfix.runtime.core.types import Fix, Frame, Rejection, Telemetry
+from skyfix.runtime.nav.match import fit_similarity, judge, locate
+from skyfix.runtime.nav.rectify import R_ned_cam, rectify
 
 CAM = CameraModel.from_fov(640, 480, 70.0)
 ENC = RootSiftEncoder()
@@ -123,7 +123,7 @@ def test_similarity_covariance_matches_known_noise():
 
 
 def _tm(inliers, e, n, scale=1.0, rot=0.0, tid=0):
-    from skyfix.runtime.match import TileMatch
+    from skyfix.runtime.nav.match import TileMatch
 
     return TileMatch(tid, 0, inliers, e, n, np.eye(2), scale, rot, 0.0, 0.3)
 

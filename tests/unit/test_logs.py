@@ -11,9 +11,9 @@ import pytest
 from conftest import shared_file
 from PIL import Image
 
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import R_BODY_CAM_NADIR, R_ned_body
-from skyfix.runtime.logs import (
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body
+from skyfix.runtime.io.logs import (
     _gimbal_as_body,
     read_image_meta,
     read_telemetry,

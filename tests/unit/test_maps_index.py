@@ -16,7 +16,7 @@ from skyfix.maps.build import build_pack
 from skyfix.maps.index import in_window, ivf_lists, search, window_ids
 from skyfix.maps.pack import MapPack, verify_pack
 from skyfix.models.features import RootSiftEncoder
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 ENC = RootSiftEncoder()
 

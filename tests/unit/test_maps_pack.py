@@ -20,7 +20,7 @@ from rasterio.windows import from_bounds as window_from_bounds
 from skyfix.maps.build import build_pack
 from skyfix.maps.pack import PACK_FILES, MapPack, pack_info, verify_pack
 from skyfix.models.features import RootSiftEncoder, match_mutual
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 ENC = RootSiftEncoder()
 NAIP = "naip_nd_timeseries_5m/m_4709963_se_14_1_20090818.tif"

@@ -12,11 +12,11 @@ import pytest
 from pymavlink import mavutil
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
-from skyfix.runtime.config import FilterConfig, OutputConfig
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.filter import PositionFilter, estimate_at
-from skyfix.runtime.geo import LocalFrame
-from skyfix.runtime.mavlink_out import (
+from skyfix.runtime.core.config import FilterConfig, OutputConfig
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.core.types import Estimate
+from skyfix.runtime.io.mavlink import (
     SIGNING_EPOCH_UNIX_S,
     UERE_M,
     GpsInputRecorder,
@@ -33,7 +33,7 @@ from skyfix.runtime.mavlink_out import (
     signing_timestamp,
     statustext,
 )
-from skyfix.runtime.types import Estimate
+from skyfix.runtime.nav.filter import PositionFilter, estimate_at
 
 CFG = OutputConfig(system_id=7, component_id=191, gps_id=1, satellites=12,
                    lock_budget_s=1.0, max_sigma_m=20.0)

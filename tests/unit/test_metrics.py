@@ -28,7 +28,7 @@ from skyfix.models.metrics import (
     rank_gallery,
     retrieval_metrics,
 )
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 GALLERY = np.array([[0, 0], [100, 0], [0, 200], [300, 400]], float)
 QUERIES = np.array([[0, 0], [300, 0], [0, 0]], float)

@@ -15,17 +15,17 @@ import cv2
 import numpy as np
 import pytest
 
-from skyfix.calibration.camera import CameraModel
 from skyfix.calibration.mount import (
     Track,
     calibrate_mount,
     estimate_time_offset,
 )
 from skyfix.maps.build import build_pack
-from skyfix.runtime.cli import main
-from skyfix.runtime.config import Config
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import R_BODY_CAM_NADIR, mount_rotation
+from skyfix.runtime.apps.cli import main
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, mount_rotation
 from skyfix.sim.flight import FlightSpec, simulate_flight
 
 CAM = CameraModel.from_fov(320, 240, 70.0, dist=(-0.08, 0.02, 0.0, 0.0, 0.0))

@@ -1,4 +1,4 @@
-"""Frame-to-frame visual odometry (runtime/odometry.py): exact displacement between two
+"""Frame-to-frame visual odometry (runtime/nav/odometry.py): exact displacement between two
 crops of the real orthophoto, and velocity against the truth on a sim flight."""
 
 from __future__ import annotations
@@ -7,16 +7,16 @@ import cv2
 import numpy as np
 import pytest
 
-from skyfix.calibration.camera import CameraModel
 from skyfix.models.features import RootSiftEncoder
-from skyfix.runtime.config import Config, OdometryConfig
-from skyfix.runtime.filter import PositionFilter
-from skyfix.runtime.geo import R_BODY_CAM_NADIR
-from skyfix.runtime.odometry import VisualOdometry, velocity_between
-from skyfix.runtime.rectify import rectify
-from skyfix.runtime.sources import RecordedFlight
-from skyfix.runtime.telemetry import TelemetryLog
-from skyfix.runtime.types import View
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.config import Config, OdometryConfig
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR
+from skyfix.runtime.core.types import View
+from skyfix.runtime.io.sources import RecordedFlight
+from skyfix.runtime.io.telemetry import TelemetryLog
+from skyfix.runtime.nav.filter import PositionFilter
+from skyfix.runtime.nav.odometry import VisualOdometry, velocity_between
+from skyfix.runtime.nav.rectify import rectify
 from skyfix.sim.flight import FlightSpec, simulate_flight
 
 ENC = RootSiftEncoder()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skyfix.runtime.geo import R_BODY_CAM_NADIR, R_ned_body
-from skyfix.runtime.pose import solve_pose
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body
+from skyfix.runtime.nav.pose import solve_pose
 
 
 def _case(rng, agl, half_fov_deg, att_err_deg, noise_norm, n=300):

@@ -7,8 +7,8 @@ import pytest
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
-from skyfix.runtime.config import RetrieveConfig
-from skyfix.runtime.retrieve import NO_PRIOR, retrieve, window_prior
+from skyfix.runtime.core.config import RetrieveConfig
+from skyfix.runtime.nav.retrieve import NO_PRIOR, retrieve, window_prior
 
 CFG = RetrieveConfig(top_k=4, tracking_k=2, window_sigma=3.0, window_margin_m=10.0)
 

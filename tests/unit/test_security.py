@@ -15,20 +15,20 @@ import numpy as np
 import pytest
 from conftest import small_pack
 
-from skyfix.calibration.camera import CameraModel
 from skyfix.models.xfeat import XFeatEncoder
-from skyfix.runtime.camera_source import LatestFrameQueue
-from skyfix.runtime.config import Config
-from skyfix.runtime.daemon import Daemon, build_navigator
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.mavlink_out import (
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.flight.daemon import Daemon, build_navigator
+from skyfix.runtime.io.camera_source import LatestFrameQueue
+from skyfix.runtime.io.mavlink import (
     SIGNING_EPOCH_UNIX_S,
     advance_signing_clock,
     heartbeat,
     load_signing_key,
 )
-from skyfix.runtime.pipeline import Navigator
-from skyfix.runtime.telemetry import open_link
+from skyfix.runtime.io.telemetry import open_link
+from skyfix.runtime.nav.navigator import Navigator
 from skyfix.sim.closed_loop import free_udp_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from skyfix.maps.shards import (
     synthetic_region,
     write_shards,
 )
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 
 @pytest.fixture(scope="module")

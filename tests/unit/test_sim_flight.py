@@ -16,10 +16,10 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from skyfix.calibration.camera import CameraModel
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import R_BODY_CAM_NADIR, R_ned_body
-from skyfix.runtime.sources import RecordedFlight
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body
+from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.sim.flight import FlightSpec, _ground_hits, _Terrain, simulate_flight
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skyfix.calibration.camera import CameraModel
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.logs import read_image_meta
-from skyfix.runtime.sources import (
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.io.logs import read_image_meta
+from skyfix.runtime.io.sources import (
     ImageFolder,
     VideoFrames,
     camera_from_exif,

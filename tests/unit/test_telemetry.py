@@ -9,10 +9,10 @@ import pytest
 from conftest import shared_file
 from pymavlink.dialects.v20 import ardupilotmega as mav
 
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.mavlink_out import UERE_M
-from skyfix.runtime.telemetry import TelemetryLog
-from skyfix.runtime.tlog import TlogWriter
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.io.mavlink import UERE_M
+from skyfix.runtime.io.telemetry import TelemetryLog
+from skyfix.runtime.io.tlog import TlogWriter
 
 T0 = 1_767_225_600_000_000_000
 
@@ -95,7 +95,7 @@ def test_real_arduplane_tlog():
 def test_downward_rangefinder_gives_height_above_ground(tmp_path):
     """DISTANCE_SENSOR looking down (and in its span) is read; the pipeline then takes
     range x cos(tilt) over the above-home altitude, and the terrain over neither."""
-    from skyfix.runtime.pipeline import with_height_above_ground
+    from skyfix.runtime.nav.navigator import with_height_above_ground
 
     p = tmp_path / "r.tlog"
     with TlogWriter(p, 1, 1) as w:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from skyfix.models.features import match_mutual
-from skyfix.models.manifest import file_sha256, load_manifest, manifest_path
+from skyfix.models.manifest import load_manifest, manifest_path
 from skyfix.models.xfeat import (
     DEFAULT_MODEL,
     XFEAT_DIM,
@@ -19,7 +19,8 @@ from skyfix.models.xfeat import (
     keypoint_heatmap,
     sample_bicubic,
 )
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import file_sha256
 
 
 @pytest.fixture(scope="module")

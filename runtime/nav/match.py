@@ -5,7 +5,7 @@ For each candidate tile:
 2. MAGSAC++ homography (OpenCV USAC) between view offsets and map coordinates picks
    the inliers, and a least-squares similarity on them drops the rest
    (map = s R(theta) view + t, t being the point below the camera);
-3. the camera pose from the inliers (runtime/pose.py), so that the position does not
+3. the camera pose from the inliers (runtime/nav/pose.py), so that the position does not
    inherit the reported roll/pitch error: its centre is the fix, its height the
    height above ground, its rotation against the reported attitude the heading and
    tilt errors.
@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 
 from skyfix.models.features import LocalFeatures, match_mutual
-from skyfix.runtime.config import MatchConfig
-from skyfix.runtime.pose import solve_pose
-from skyfix.runtime.rectify import view_px_to_offset_m
-from skyfix.runtime.types import Fix, Rejection, RejectReason, View
+from skyfix.runtime.core.config import MatchConfig
+from skyfix.runtime.core.types import Fix, Rejection, RejectReason, View
+from skyfix.runtime.nav.pose import solve_pose
+from skyfix.runtime.nav.rectify import view_px_to_offset_m
 
 _MIN_POINTS = 8
 

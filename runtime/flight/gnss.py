@@ -49,9 +49,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from skyfix.runtime.config import GnssConfig
-from skyfix.runtime.mavlink_out import UERE_M
-from skyfix.runtime.types import Estimate
+from skyfix.runtime.core.config import GnssConfig
+from skyfix.runtime.core.types import Estimate
+from skyfix.runtime.io.mavlink import UERE_M
 
 GnssState = Literal["healthy", "degraded", "lost", "spoofed"]
 _RANK: dict[str, int] = {"healthy": 0, "degraded": 1, "lost": 2, "spoofed": 3}

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from pymavlink import mavutil
 
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.mavlink_out import UERE_M, pin_mavlink2, setup_signing
-from skyfix.runtime.types import GnssSample, Telemetry
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.types import GnssSample, Telemetry
+from skyfix.runtime.io.mavlink import UERE_M, pin_mavlink2, setup_signing
 
 _MAX_GAP_NS = 2_000_000_000  # no attitude within 2 s of a frame -> no telemetry for it
 _MAX_RANGE_AGE_NS = 300_000_000  # a rangefinder reading older than this is not used

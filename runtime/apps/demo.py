@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 from skyfix.maps.build import build_pack
-from skyfix.runtime.config import Config
-from skyfix.runtime.replay import ReplayResult, replay
+from skyfix.runtime.apps.replay import ReplayResult, replay
+from skyfix.runtime.core.config import Config
 from skyfix.sim.flight import FlightSpec, simulate_flight
 from skyfix.sim.sample import sample_ortho
 

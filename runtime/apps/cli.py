@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from skyfix.models.registry import ENCODER_NAMES
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -73,13 +73,13 @@ def cmd_maps_info(a: argparse.Namespace) -> None:
 
 
 def cmd_replay(a: argparse.Namespace) -> None:
-    from skyfix.runtime.config import load_config
-    from skyfix.runtime.replay import replay
-    from skyfix.runtime.sources import open_inputs
+    from skyfix.runtime.apps.replay import replay
+    from skyfix.runtime.core.config import load_config
+    from skyfix.runtime.io.sources import open_inputs
 
     cfg = load_config(a.config)
     if a.flights or a.ray is not None:
-        from skyfix.runtime.fleet import fleet_replay, read_terrain_labels
+        from skyfix.runtime.apps.fleet import fleet_replay, read_terrain_labels
 
         flights = [*([a.flight] if a.flight else []), *(a.flights or [])]
         labels = read_terrain_labels(a.terrain_labels) if a.terrain_labels else None
@@ -103,7 +103,7 @@ def cmd_replay(a: argparse.Namespace) -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    from skyfix.runtime.demo import run_demo
+    from skyfix.runtime.apps.demo import run_demo
 
     result = run_demo(Path(a.out))
     _print_summary(result.report, result.files)
@@ -117,7 +117,7 @@ def _log_to_stderr(verbose: bool = False) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from skyfix.runtime.daemon import run_daemon
+    from skyfix.runtime.flight.daemon import run_daemon
 
     _log_to_stderr(a.verbose)
     run_daemon(a.config, a.duration)
@@ -143,7 +143,7 @@ def cmd_sim_autopilot(a: argparse.Namespace) -> None:
 def cmd_sim_closed_loop(a: argparse.Namespace) -> None:
     import json
 
-    from skyfix.runtime.config import load_config
+    from skyfix.runtime.core.config import load_config
     from skyfix.sim.closed_loop import ClosedLoopSpec, run_closed_loop
     from skyfix.sim.faults import parse_fault
 
@@ -159,7 +159,7 @@ def cmd_sim_closed_loop(a: argparse.Namespace) -> None:
 def cmd_sim_sitl(a: argparse.Namespace) -> None:
     import json
 
-    from skyfix.runtime.config import load_config
+    from skyfix.runtime.core.config import load_config
     from skyfix.sim.sitl import run_sitl
 
     _log_to_stderr()
@@ -257,7 +257,7 @@ def cmd_calibrate_camera(a: argparse.Namespace) -> None:
 
 def cmd_calibrate_mount(a: argparse.Namespace) -> None:
     from skyfix.calibration.mount import calibrate_mount
-    from skyfix.runtime.config import load_config
+    from skyfix.runtime.core.config import load_config
 
     cal = calibrate_mount(a.flight, a.map, load_config(a.config), a.min_frames)
     r, p_, y = cal.mount_error_deg

@@ -10,7 +10,7 @@ Three modes, chosen from the prior (where the navigator believes the aircraft is
     global    no prior (start-up, lost for `global_after_s`, filter reset after
               divergence): the `top_k` tiles of the whole level by similarity
 
-The caller re-ranks the candidates by local matching (runtime/match.py).
+The caller re-ranks the candidates by local matching (runtime/nav/match.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 
 from skyfix.maps.index import search, window_ids
 from skyfix.maps.pack import MapPack
-from skyfix.runtime.config import RetrieveConfig
-from skyfix.runtime.types import TileHit
+from skyfix.runtime.core.config import RetrieveConfig
+from skyfix.runtime.core.types import TileHit
 
 PriorSource = Literal["filter", "gnss", "none"]
 

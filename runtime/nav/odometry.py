@@ -2,13 +2,13 @@
 consecutive rectified views, for `PositionFilter.update_velocity`.
 
 Both views are north-up and metric, with pixel offsets measured from the point below
-the camera (skyfix.runtime.rectify). A ground point G seen at offset o_k = G - p_k in
+the camera (skyfix.runtime.nav.rectify). A ground point G seen at offset o_k = G - p_k in
 view k and o_{k-1} = G - p_{k-1} in the view before gives
 
     p_k - p_{k-1} = o_{k-1} - o_k
 
 so the displacement is the translation t of the similarity o_{k-1} = s R o_k + t fitted
-(least squares, skyfix.runtime.match.fit_similarity) on the MAGSAC inliers of mutual
+(least squares, skyfix.runtime.nav.match.fit_similarity) on the MAGSAC inliers of mutual
 feature matches. s and R should be 1 and 0: a pair whose scale or rotation disagrees
 is refused. The velocity is t / dt, stamped at the middle of the interval (the filter
 accepts late measurements).
@@ -30,10 +30,10 @@ import cv2
 import numpy as np
 
 from skyfix.models.features import LocalFeatures, match_mutual
-from skyfix.runtime.config import OdometryConfig
-from skyfix.runtime.match import fit_similarity
-from skyfix.runtime.rectify import view_px_to_offset_m
-from skyfix.runtime.types import View
+from skyfix.runtime.core.config import OdometryConfig
+from skyfix.runtime.core.types import View
+from skyfix.runtime.nav.match import fit_similarity
+from skyfix.runtime.nav.rectify import view_px_to_offset_m
 
 _CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independent
 

@@ -31,10 +31,10 @@ import rasterio  # noqa: E402
 from rasterio.warp import transform as crs_transform  # noqa: E402
 
 from skyfix.maps.pack import MapPack  # noqa: E402
-from skyfix.runtime.geo import LocalFrame  # noqa: E402
-from skyfix.runtime.pipeline import FrameResult  # noqa: E402
-from skyfix.runtime.sources import Truth  # noqa: E402
-from skyfix.runtime.types import Estimate, Fix  # noqa: E402
+from skyfix.runtime.core.geo import LocalFrame  # noqa: E402
+from skyfix.runtime.core.types import Estimate, Fix  # noqa: E402
+from skyfix.runtime.io.sources import Truth  # noqa: E402
+from skyfix.runtime.nav.navigator import FrameResult  # noqa: E402
 
 GROSS_ERROR_M = 30.0
 _MIN_TRACK_SPEED_MPS = 0.5  # slower than this, along/cross-track is undefined

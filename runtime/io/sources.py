@@ -23,17 +23,17 @@ import cv2
 import numpy as np
 from rasterio.crs import CRS
 
-from skyfix.calibration.camera import CameraModel
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import WGS84
-from skyfix.runtime.logs import (
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import WGS84
+from skyfix.runtime.core.types import Frame
+from skyfix.runtime.io.logs import (
     ImageMeta,
     read_image_meta,
     read_telemetry,
     telemetry_from_images,
 )
-from skyfix.runtime.telemetry import TelemetryLog
-from skyfix.runtime.types import Frame
+from skyfix.runtime.io.telemetry import TelemetryLog
 
 UNKNOWN_GNSS_SIGMA_M = 5.0  # a reference GNSS fix that does not report its accuracy
 FLIGHT_FORMAT = "skyfix-flight/1"

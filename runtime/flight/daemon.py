@@ -37,16 +37,16 @@ from pathlib import Path
 import numpy as np
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
-from skyfix.calibration.camera import CameraModel
 from skyfix.maps.pack import MapPack
 from skyfix.models.registry import encoder_for_id
-from skyfix.runtime.camera_source import CameraSource, LatestFrameQueue, valid_image
-from skyfix.runtime.config import Config, load_config
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.filter import PositionFilter, estimate_at
-from skyfix.runtime.geo import LocalFrame
-from skyfix.runtime.gnss import GnssMonitor, Handover
-from skyfix.runtime.mavlink_out import (
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.config import Config, load_config
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.core.types import Estimate, Fix, Frame
+from skyfix.runtime.flight.gnss import GnssMonitor, Handover
+from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue, valid_image
+from skyfix.runtime.io.mavlink import (
     FIX_3D,
     advance_signing_clock,
     fix_type_for,
@@ -58,9 +58,9 @@ from skyfix.runtime.mavlink_out import (
     set_ekf_source_set,
     statustext,
 )
-from skyfix.runtime.pipeline import Localizer, Navigator
-from skyfix.runtime.telemetry import TelemetryBuffer, device_and_baud, open_link
-from skyfix.runtime.types import Estimate, Fix, Frame
+from skyfix.runtime.io.telemetry import TelemetryBuffer, device_and_baud, open_link
+from skyfix.runtime.nav.filter import PositionFilter, estimate_at
+from skyfix.runtime.nav.navigator import Localizer, Navigator
 
 log = logging.getLogger("skyfix.daemon")
 

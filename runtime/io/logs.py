@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import R_ned_body, euler_from_R_ned_body
-from skyfix.runtime.telemetry import TelemetryLog
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import R_ned_body, euler_from_R_ned_body
+from skyfix.runtime.io.telemetry import TelemetryLog
 
 LOG_SUFFIXES = (".tlog", ".bin", ".log", ".ulg", ".csv")
 _M_PER_DEG = 111_320.0  # metres per degree of latitude, for the course over ground only

@@ -40,9 +40,9 @@ from typing import Literal
 
 import numpy as np
 
-from skyfix.runtime.config import FilterConfig
-from skyfix.runtime.geo import LocalFrame
-from skyfix.runtime.types import Estimate
+from skyfix.runtime.core.config import FilterConfig
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.core.types import Estimate
 
 _H_POS = np.hstack([np.eye(2), np.zeros((2, 2))])  # [2, 4] picks (north, east)
 _H_VEL = np.hstack([np.zeros((2, 2)), np.eye(2)])  # [2, 4] picks (vn, ve)

@@ -1,6 +1,6 @@
 """Replay many recorded flights (a fleet) against one map pack, on Ray or in this process.
 
-    flights --one task per flight: skyfix.runtime.replay.replay (its own report + outputs
+    flights --one task per flight: skyfix.runtime.apps.replay.replay (its own report + outputs
     in OUT/<flight name>/)--> FlightRun --pool the per-frame errors--> fleet summary:
     CEP per flight, per altitude band (median AGL), per terrain type
     --> OUT/fleet_summary.json, OUT/fleet_summary.csv
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from skyfix.runtime.config import Config
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.report import Report
+from skyfix.runtime.apps.report import Report
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.errors import SkyfixError
 
 ALTITUDE_BANDS_M = (0.0, 100.0, 200.0, 400.0, 800.0)  # lower edges of the AGL bands
 FLAT_RELIEF_M = 10.0
@@ -120,8 +120,8 @@ def _column(path: Path, name: str) -> tuple[float, ...]:
 def replay_one(flight: Path, pack: Path, out: Path, cfg: Config, gnss_off_at_s: float,
                terrain: str | None) -> FlightRun:
     """Replay one flight into `out` and describe it for the fleet summary."""
-    from skyfix.runtime.replay import replay
-    from skyfix.runtime.sources import open_inputs
+    from skyfix.runtime.apps.replay import replay
+    from skyfix.runtime.io.sources import open_inputs
 
     name = out.name
     try:

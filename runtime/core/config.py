@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 
 @dataclass(frozen=True)

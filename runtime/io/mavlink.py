@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
-from skyfix.runtime.config import OutputConfig
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.tlog import TlogWriter
-from skyfix.runtime.types import Estimate
+from skyfix.runtime.core.config import OutputConfig
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.types import Estimate
+from skyfix.runtime.io.tlog import TlogWriter
 
 GPS_EPOCH_UNIX_S = 315964800  # 1980-01-06T00:00:00Z, the start of GPS week 0
 GPS_LEAP_S = 18  # GPS - UTC since 2017-01-01

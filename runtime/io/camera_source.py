@@ -24,9 +24,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from skyfix.runtime.config import CameraConfig
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.types import Frame
+from skyfix.runtime.core.config import CameraConfig
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.types import Frame
 
 log = logging.getLogger("skyfix.camera")
 

@@ -21,17 +21,17 @@ from functools import lru_cache
 
 import numpy as np
 
-from skyfix.calibration.camera import CameraModel
 from skyfix.maps.pack import MapPack
 from skyfix.models.features import Encoder, LocalFeatures
-from skyfix.runtime.config import Config
-from skyfix.runtime.filter import Innovation, PositionFilter, estimate_at
-from skyfix.runtime.geo import LocalFrame
-from skyfix.runtime.match import Candidate, locate
-from skyfix.runtime.odometry import VelocityObservation, VisualOdometry
-from skyfix.runtime.rectify import rectify
-from skyfix.runtime.retrieve import NO_PRIOR, Prior, retrieve, window_prior
-from skyfix.runtime.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
+from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
+from skyfix.runtime.nav.match import Candidate, locate
+from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
+from skyfix.runtime.nav.rectify import rectify
+from skyfix.runtime.nav.retrieve import NO_PRIOR, Prior, retrieve, window_prior
 
 
 @dataclass(frozen=True)

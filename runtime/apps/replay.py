@@ -19,14 +19,14 @@ from tqdm import tqdm
 
 from skyfix.maps.pack import MapPack
 from skyfix.models.registry import encoder_for_id
-from skyfix.runtime.config import Config
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import LocalFrame
-from skyfix.runtime.mavlink_out import GpsInputRecorder, fix_type_for
-from skyfix.runtime.pipeline import FrameResult, Localizer, Navigator
-from skyfix.runtime.report import Report, SentEstimate, write_outputs
-from skyfix.runtime.sources import ReplayInputs, open_inputs
-from skyfix.runtime.types import Rejection
+from skyfix.runtime.apps.report import Report, SentEstimate, write_outputs
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.core.types import Rejection
+from skyfix.runtime.io.mavlink import GpsInputRecorder, fix_type_for
+from skyfix.runtime.io.sources import ReplayInputs, open_inputs
+from skyfix.runtime.nav.navigator import FrameResult, Localizer, Navigator
 
 
 @dataclass(frozen=True)

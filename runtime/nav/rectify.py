@@ -18,11 +18,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from skyfix.calibration.camera import CameraModel
-from skyfix.runtime.config import RectifyConfig
-from skyfix.runtime.errors import SkyfixError
-from skyfix.runtime.geo import R_BODY_CAM_NADIR, R_ned_body, mount_rotation
-from skyfix.runtime.types import Frame, Telemetry, View
+from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.config import RectifyConfig
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body, mount_rotation
+from skyfix.runtime.core.types import Frame, Telemetry, View
 
 _MAX_RAY_ANGLE_DEG = 75.0  # rays flatter than this from the vertical are left out of the footprint
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from skyfix.runtime.errors import SkyfixError
+from skyfix.runtime.core.errors import SkyfixError
 
 
 @dataclass(frozen=True)
