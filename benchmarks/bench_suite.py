@@ -55,13 +55,13 @@ import numpy as np
 from skyfix.maps.pack import MapPack
 from skyfix.models.registry import encoder_for_id
 from skyfix.runtime.core.config import Config
-from skyfix.runtime.core.geo import LocalFrame
 from skyfix.runtime.core.types import Fix, Frame
+from skyfix.runtime.flight.assembly import Chain, assemble, open_pack
 from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
 from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.runtime.io.telemetry import TelemetryLog
-from skyfix.runtime.nav.navigator import Localizer, Navigator
+from skyfix.runtime.nav.navigator import Localizer
 from skyfix.runtime.nav.retrieve import retrieve
 from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
 from skyfix.sim.closed_loop import ClosedLoopSpec, fly, free_udp_port, score
@@ -86,9 +86,8 @@ def _ratio(baseline: float | None, ours: float | None) -> float | None:
     return round(baseline / ours, 2)
 
 
-def _nav(pack: MapPack, localizer, cfg: Config) -> Navigator:
-    cx, cy = np.asarray(pack.tile_center_en).mean(0)
-    return Navigator(localizer, LocalFrame.at(pack.crs, float(cx), float(cy)), cfg)
+def _chain(pack: MapPack, localizer, cfg: Config) -> Chain:
+    return assemble(cfg, pack, open_pack(pack)[1], localizer)
 
 
 # -- stage timing through the real Navigator.on_frame --------------------------------------
@@ -164,7 +163,7 @@ def run_stages(system: str, pack: MapPack, flight_dir: Path, cfg: Config) -> tup
     truth_en = {int(t["t_ns"]): (t["east_m"], t["north_m"]) for t in np.atleast_1d(truth)}
     inner, enc, again, build_s = make_localizer(system, pack, flight.camera, cfg)
     timed = _TimedLocalizer(inner, again)
-    nav = _nav(pack, timed, cfg)
+    nav = _chain(pack, timed, cfg).navigator
     times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     errors, frames, fixes, tiles, match_s = [], 0, 0, 0, 0.0
     for item in flight.frames():
@@ -249,7 +248,7 @@ def run_loop(localizer, pack: MapPack, ortho: Path, seconds: float, cfg: Config)
     emulator = AutopilotEmulator(ortho, AutopilotSpec(spec.duration_s, spec.gnss_off_at_s, flight),
                                  link=f"udpout:127.0.0.1:{port}")
     queue = _StampedQueue(cfg.camera.queue)
-    daemon = _StampedDaemon(cfg, _nav(pack, localizer, cfg), queue,
+    daemon = _StampedDaemon(_chain(pack, localizer, cfg), queue,
                             link=f"udpin:127.0.0.1:{port}")
     with PoseRenderer(ortho, flight) as renderer:
         fly(daemon, emulator, renderer, queue, spec)

@@ -36,7 +36,8 @@ from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import WGS84
 from skyfix.runtime.core.types import Frame
-from skyfix.runtime.flight.daemon import Daemon, build_navigator
+from skyfix.runtime.flight.assembly import build_chain
+from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
 from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
 from skyfix.sim.faults import (
@@ -214,16 +215,16 @@ def run_closed_loop(ortho: Path, out: Path, spec: ClosedLoopSpec = ClosedLoopSpe
     port = free_udp_port()
     emulator = AutopilotEmulator(ortho, emulator_spec, link=f"udpout:127.0.0.1:{port}")
     ortho, pack = _fault_maps(ortho, out, spec, emulator, pack, progress)
-    nav = build_navigator(pack, flight.camera, cfg)
+    chain = build_chain(cfg, pack, flight.camera)
     queue = LatestFrameQueue(cfg.camera.queue)
-    daemon = Daemon(cfg, nav, queue, link=f"udpin:127.0.0.1:{port}")
+    daemon = Daemon(chain, queue, link=f"udpin:127.0.0.1:{port}")
     with PoseRenderer(ortho, flight) as renderer:
         camera = fly(daemon, emulator, renderer, queue, replace(spec, blank_at_s=blank_at),
                      observer)
     emulator.write_received(out / "received.tlog")
     result = score(emulator, replace(spec, blank_at_s=blank_at), cfg, out / "gps_input.csv")
     result["daemon"] = asdict(daemon.stats)
-    result["rejections"] = dict(nav.rejections)
+    result["rejections"] = dict(chain.rejections)
     result["frames_rendered"] = camera.rendered
     result["emulator_records"] = len(emulator.received)
     # the daemon still talking at the end (heartbeats go out even without a fix)

@@ -30,7 +30,8 @@ from skyfix.maps.build import build_pack
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import WGS84
-from skyfix.runtime.flight.daemon import Daemon, build_navigator
+from skyfix.runtime.flight.assembly import build_chain
+from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
 from skyfix.sim.closed_loop import SimStateCamera
 from skyfix.sim.flight import FlightSpec, PoseRenderer
@@ -106,9 +107,9 @@ def run_sitl(ortho: Path, out: Path, binary: Path | None = None, connect: str | 
                 cwd=out, stdout=open(out / "sitl.log", "w"), stderr=subprocess.STDOUT)
             time.sleep(3.0)
         link = connect or "tcp:127.0.0.1:5760"
-        nav = build_navigator(pack, flight.camera, cfg)
+        chain = build_chain(cfg, pack, flight.camera)
         queue = LatestFrameQueue(cfg.camera.queue)
-        daemon = Daemon(cfg, nav, queue, link=link)
+        daemon = Daemon(chain, queue, link=link)
         camera = SimStateCamera(renderer, queue, fps)
         errors: list[tuple[float, float]] = []
         ekf: list[tuple[float, bool]] = []
@@ -119,7 +120,7 @@ def run_sitl(ortho: Path, out: Path, binary: Path | None = None, connect: str | 
             if kind == "SIMSTATE" and (not errors or time.monotonic() - t0 - errors[-1][0] >= 1):
                 est = daemon.estimate(t_ns)
                 if est is not None:
-                    truth = nav.frame.lla_to_ned(msg.lat * 1e-7, msg.lng * 1e-7)[0]
+                    truth = chain.frame.lla_to_ned(msg.lat * 1e-7, msg.lng * 1e-7)[0]
                     errors.append((time.monotonic() - t0,
                                    float(np.hypot(est.north_m - truth[0], est.east_m - truth[1]))))
             elif kind == "EKF_STATUS_REPORT":

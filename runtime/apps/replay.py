@@ -1,12 +1,14 @@
-"""Replay a recorded flight through the runtime as if live.
+"""Replay a recorded flight through the in-flight chain, as the daemon would fly it.
 
 The flight comes as `ReplayInputs` (sources.open_inputs: a sim flight folder, an image
-folder or a video, with a tlog/.bin/.ulg/track CSV or the photos' own EXIF/XMP).
-Frames and telemetry are fed in time order. The recorded GNSS is used as a search
-prior only before `gnss_off_at_s` (seconds after the first frame; 0 = never), and
-otherwise only to score. Between frames the filter's estimate is sent at the
-configured rate, predicted to each send time, exactly as the daemon would send it,
-and recorded as GPS_INPUT messages in OUT/gps_input.tlog.
+folder or a video, with a tlog/.bin/.ulg/track CSV or the photos' own EXIF/XMP). The chain
+is the daemon's (flight/assembly.py): the same frame gate, navigator, GNSS monitor and send
+policy. Frames and telemetry are fed in time order, each frame arriving at its capture
+time. The recorded GNSS reaches the GNSS monitor and serves as a search prior only before
+`gnss_off_at_s` (seconds after the first frame; 0 = never), and otherwise only scores.
+Every 1 / filter.rate_hz the send policy runs on the estimate predicted to that time, and
+every message it gives (GPS_INPUT or GLOBAL_POSITION_SENSOR, STATUSTEXT, HEARTBEAT, EKF
+source commands) goes to OUT/gps_input.tlog: what the autopilot would have received.
 """
 
 from __future__ import annotations
@@ -14,19 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from skyfix.maps.pack import MapPack
-from skyfix.models.registry import encoder_for_id
 from skyfix.runtime.apps.report import Report, SentEstimate, write_outputs
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.geo import LocalFrame
-from skyfix.runtime.core.types import Rejection
-from skyfix.runtime.io.mavlink import GpsInputRecorder, fix_type_for
+from skyfix.runtime.core.types import Frame, Rejection
+from skyfix.runtime.flight.assembly import Chain, build_chain
 from skyfix.runtime.io.sources import ReplayInputs, open_inputs
-from skyfix.runtime.nav.navigator import FrameResult, Localizer, Navigator
+from skyfix.runtime.io.telemetry import gnss_sample
+from skyfix.runtime.io.tlog import TlogWriter
+from skyfix.runtime.nav.navigator import FrameResult
 
 
 @dataclass(frozen=True)
@@ -39,53 +39,78 @@ def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
            gnss_off_at_s: float = 0.0, progress: bool = True) -> ReplayResult:
     """Replay `flight` (a recorded-flight folder, or inputs from `open_inputs`)."""
     inputs = flight if isinstance(flight, ReplayInputs) else open_inputs(Path(flight))
-    telemetry = inputs.telemetry
-    pack = MapPack.open(pack_path)
-    encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
-    cx, cy = np.asarray(pack.tile_center_en).mean(0)
-    frame = LocalFrame.at(pack.crs, float(cx), float(cy))
-    nav = Navigator(Localizer(pack, inputs.camera, encoder, cfg), frame, cfg)
-
+    chain = build_chain(cfg, pack_path, inputs.camera)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = int(inputs.frames.frame_times_ns[0])
-    step_ns = int(1e9 / cfg.filter.rate_hz)
-    next_send = t0
-    results: list[FrameResult] = []
-    sent: list[SentEstimate] = []
-    alt = float("nan")
-    with GpsInputRecorder(out / "gps_input.tlog", cfg.output) as recorder:
-        for item in tqdm(inputs.frames.frames(), total=len(inputs.frames.frame_times_ns),
-                         desc="replay", unit="frame", disable=not progress):
-            t = item.t_ns if not isinstance(item, tuple) else item[1]
-            # Send what the autopilot would have received up to this frame's capture.
-            while next_send < t:
-                _send(nav, recorder, next_send, alt, sent, cfg)
-                next_send += step_ns
-            if isinstance(item, tuple):
-                results.append(FrameResult(t, Rejection(t, "no_view", item[2]), None, "none", 0.0))
-                continue
-            tel = telemetry.at(t)
-            if tel is None:
-                results.append(FrameResult(t, Rejection(t, "no_view", "no telemetry"), None,
-                                           "none", 0.0))
-                continue
-            alt = tel.alt_amsl_m
-            gnss = telemetry.gnss_at(t) if (t - t0) * 1e-9 < gnss_off_at_s else None
-            results.append(nav.on_frame(item, tel, gnss))
-        _send(nav, recorder, next_send, alt, sent, cfg)
-
-    if not results:
+    times = inputs.frames.frame_times_ns
+    if not len(times):
         raise SkyfixError(f"{inputs.name}: no frames to replay")
-    report, files = write_outputs(out, pack, frame, inputs.truth, results, sent,
-                                  dict(nav.rejections), inputs.reference)
+    flight_ = _Flight(chain, inputs, int(times[0]), gnss_off_at_s,
+                      TlogWriter(out / "gps_input.tlog", cfg.output.system_id,
+                                 cfg.output.component_id))
+    try:
+        for item in tqdm(inputs.frames.frames(), total=len(times), desc="replay",
+                         unit="frame", disable=not progress):
+            flight_.frame(item)
+        flight_.send_until(flight_.next_send + 1)  # the slot after the last frame
+    finally:
+        flight_.writer.close()
+    report, files = write_outputs(out, chain.pack, chain.frame, inputs.truth, flight_.results,
+                                  flight_.sent, dict(chain.rejections), inputs.reference)
     return ReplayResult(report, files)
 
 
-def _send(nav: Navigator, recorder: GpsInputRecorder, t_ns: int, alt: float,
-          sent: list[SentEstimate], cfg: Config) -> None:
-    est = nav.estimate(t_ns, alt)
-    if est is None:
-        return
-    recorder.send(est, t_ns)
-    sent.append(SentEstimate(t_ns, est, fix_type_for(est, cfg.output)))
+class _Flight:
+    """The replay clock: send slots every 1 / rate_hz from the first frame, frames at their
+    capture times, the log's GNSS fed to the monitor as it was received."""
+
+    def __init__(self, chain: Chain, inputs: ReplayInputs, t0_ns: int, gnss_off_at_s: float,
+                 writer: TlogWriter) -> None:
+        self.chain, self.inputs, self.writer = chain, inputs, writer
+        self.t_off_ns = t0_ns + int(gnss_off_at_s * 1e9)
+        self.step_ns = int(1e9 / chain.cfg.filter.rate_hz)
+        self.next_send = t0_ns
+        self.alt_amsl_m = float("nan")
+        self.results: list[FrameResult] = []
+        self.sent: list[SentEstimate] = []
+        gnss = inputs.telemetry.gnss
+        self._gnss = gnss[gnss[:, 0] < self.t_off_ns] if len(gnss) else gnss
+        self._gnss_next = 0
+
+    def frame(self, item: Frame | tuple[int, int, str]) -> None:
+        t = item.t_ns if isinstance(item, Frame) else int(item[1])
+        self.send_until(t)  # what the autopilot would have received up to this capture
+        self._feed_gnss(t)
+        if not isinstance(item, Frame):  # a file that could not be read
+            self.chain.rejections["bad_image"] += 1
+            self.results.append(FrameResult(t, Rejection(t, "bad_image", item[2]), None,
+                                            "none", 0.0))
+            return
+        tel = self.inputs.telemetry.at(t)
+        if tel is not None:
+            self.alt_amsl_m = tel.alt_amsl_m
+        gnss = self.inputs.telemetry.gnss_at(t) if t < self.t_off_ns else None
+        step = self.chain.on_frame(item, t, tel, gnss)
+        for msg in step.messages:
+            self.writer.write(msg, t)
+        self.results.append(step.result)
+
+    def send_until(self, t_ns: int) -> None:
+        """Run every send slot before `t_ns`."""
+        while self.next_send < t_ns:
+            now = self.next_send
+            self._feed_gnss(now)
+            slot = self.chain.tick(now, self.chain.navigator.estimate(now, self.alt_amsl_m))
+            for msg in slot.messages:
+                self.writer.write(msg, now)
+            if slot.position is not None:
+                self.sent.append(SentEstimate(now, slot.estimate, slot.fix_type))
+            self.next_send += self.step_ns
+
+    def _feed_gnss(self, t_ns: int) -> None:
+        """The log's GNSS reports received up to `t_ns` (before the GNSS-off time) to the
+        GNSS monitor, as the daemon's receiver thread would hand them over."""
+        g, monitor = self._gnss, self.chain.policy.gnss
+        while self._gnss_next < len(g) and g[self._gnss_next, 0] <= t_ns:
+            monitor.observe_sample(gnss_sample(g[self._gnss_next]))
+            self._gnss_next += 1

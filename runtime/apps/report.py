@@ -20,21 +20,19 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from xml.sax.saxutils import escape
 
-import matplotlib
+import gpxpy.gpx
+import numpy as np
+import rasterio
+import simplekml
+from matplotlib.figure import Figure
+from rasterio.warp import transform as crs_transform
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-from rasterio.warp import transform as crs_transform  # noqa: E402
-
-from skyfix.maps.pack import MapPack  # noqa: E402
-from skyfix.runtime.core.geo import LocalFrame  # noqa: E402
-from skyfix.runtime.core.types import Estimate, Fix  # noqa: E402
-from skyfix.runtime.io.sources import Truth  # noqa: E402
-from skyfix.runtime.nav.navigator import FrameResult  # noqa: E402
+from skyfix.maps.pack import MapPack
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.core.types import Estimate, Fix, sigma_max
+from skyfix.runtime.io.sources import Truth
+from skyfix.runtime.nav.navigator import FrameResult
 
 GROSS_ERROR_M = 30.0
 _MIN_TRACK_SPEED_MPS = 0.5  # slower than this, along/cross-track is undefined
@@ -93,10 +91,6 @@ def _rms(values: np.ndarray) -> float | None:
     return round(float(np.sqrt(np.mean(v**2))), 3) if len(v) else None
 
 
-def _sigma(cov: np.ndarray) -> float:
-    return float(np.sqrt(np.linalg.eigvalsh(cov).max()))
-
-
 def _score(truth: Truth | None, t_ns: np.ndarray, en: np.ndarray) -> _Scored:
     """Errors of positions `en` [K, 2] at `t_ns` [K], where the reference covers them."""
     if truth is None or not len(t_ns):
@@ -126,7 +120,7 @@ def write_outputs(out: Path, pack: MapPack, frame: LocalFrame, truth: Truth | No
     fixes = [(i, r.result) for i, r in enumerate(results) if isinstance(r.result, Fix)]
     fix_en = np.array([[f.east_m, f.north_m] for _, f in fixes]).reshape(-1, 2)
     fix_t = np.array([f.t_ns for _, f in fixes], np.int64)
-    fix_sig_all = np.array([_sigma(f.cov_en_m2) for _, f in fixes])
+    fix_sig_all = np.array([sigma_max(f.cov_en_m2) for _, f in fixes])
     fs = _score(truth, fix_t, fix_en)
     # A GNSS reference errs too: a fix is only called wrong beyond 3 sigma of both.
     covered = truth.covers(fix_t) if truth is not None else np.zeros(len(fix_t), bool)
@@ -199,12 +193,12 @@ def _write_csv(path: Path, results: list[FrameResult], ref: np.ndarray,
             if isinstance(r.result, Fix):
                 fx = r.result
                 row += ["fix", f"{fx.east_m:.3f}", f"{fx.north_m:.3f}",
-                        f"{_sigma(fx.cov_en_m2):.3f}", _fmt(np.hypot(fx.east_m - te,
+                        f"{sigma_max(fx.cov_en_m2):.3f}", _fmt(np.hypot(fx.east_m - te,
                                                                      fx.north_m - tn))]
             else:
                 row += [r.result.reason, "", "", "", ""]
             k = int(np.searchsorted(sent_t, r.t_ns, side="right")) - 1
-            if k >= 0:
+            if k >= 0 and sent[k].estimate.valid:
                 est = sent[k].estimate
                 e, n = frame.ned_to_map(est.north_m, est.east_m)
                 row += [f"{e:.3f}", f"{n:.3f}", f"{est.horiz_sigma_m:.3f}",
@@ -243,43 +237,40 @@ def _write_geojson(path: Path, pack: MapPack, ref: np.ndarray, fix_en: np.ndarra
 
 def _write_kml(path: Path, est: list[list[float]], alt: np.ndarray,
                ref: list[list[float]]) -> None:
-    """KML 2.2: the estimate sent to the autopilot (absolute altitude) and the reference."""
-    def line(name: str, colour: str, pts: list[str], mode: str) -> str:
-        return (f"<Placemark><name>{escape(name)}</name><Style><LineStyle><color>{colour}"
-                f"</color><width>2</width></LineStyle></Style><LineString><altitudeMode>{mode}"
-                f"</altitudeMode><coordinates>{' '.join(pts)}</coordinates></LineString>"
-                "</Placemark>")
-
-    est_pts = [f"{lo},{la},{a:.2f}" if np.isfinite(a) else f"{lo},{la}"
-               for (lo, la), a in zip(est, alt, strict=True)]
-    marks = [line("skyfix estimate", "ffffff00", est_pts, "absolute")]
+    """KML: the estimate sent to the autopilot (absolute altitude) and the reference."""
+    kml = simplekml.Kml(name="skyfix replay")
+    line = kml.newlinestring(name="skyfix estimate",
+                             coords=[(lo, la, float(a)) if np.isfinite(a) else (lo, la)
+                                     for (lo, la), a in zip(est, alt, strict=True)])
+    line.altitudemode = simplekml.AltitudeMode.absolute
+    line.style.linestyle.color, line.style.linestyle.width = "ffffff00", 2
     if ref:
-        marks.append(line("reference", "ff0000ff", [f"{lo},{la}" for lo, la in ref],
-                          "clampToGround"))
-    path.write_text('<?xml version="1.0" encoding="UTF-8"?>\n'
-                    '<kml xmlns="http://www.opengis.net/kml/2.2"><Document>'
-                    f"<name>skyfix replay</name>{''.join(marks)}</Document></kml>\n")
+        line = kml.newlinestring(name="reference", coords=[(lo, la) for lo, la in ref])
+        line.altitudemode = simplekml.AltitudeMode.clamptoground
+        line.style.linestyle.color, line.style.linestyle.width = "ff0000ff", 2
+    kml.save(str(path))
 
 
 def _write_gpx(path: Path, est: list[list[float]], alt: np.ndarray, t_ns: np.ndarray) -> None:
     """GPX 1.1: one track of the estimate sent to the autopilot, with UTC times."""
-    pts = []
+    gpx = gpxpy.gpx.GPX()
+    gpx.creator = "skyfix"
+    track = gpxpy.gpx.GPXTrack(name="skyfix estimate")
+    segment = gpxpy.gpx.GPXTrackSegment()
     for (lo, la), a, t in zip(est, alt, t_ns, strict=True):
-        when = datetime.fromtimestamp(int(t) / 1e9, timezone.utc)
-        ele = f"<ele>{a:.2f}</ele>" if np.isfinite(a) else ""
-        pts.append(f'<trkpt lat="{la}" lon="{lo}">{ele}<time>'
-                   f'{when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]}Z</time></trkpt>')
-    path.write_text('<?xml version="1.0" encoding="UTF-8"?>\n'
-                    '<gpx version="1.1" creator="skyfix" '
-                    'xmlns="http://www.topografix.com/GPX/1/1"><trk><name>skyfix estimate'
-                    f"</name><trkseg>{''.join(pts)}</trkseg></trk></gpx>\n")
+        segment.points.append(gpxpy.gpx.GPXTrackPoint(
+            la, lo, elevation=float(a) if np.isfinite(a) else None,
+            time=datetime.fromtimestamp(int(t) / 1e9, timezone.utc)))
+    track.segments.append(segment)
+    gpx.tracks.append(track)
+    path.write_text(gpx.to_xml(version="1.1"))
 
 
 def _plot(path: Path, pack: MapPack, t: np.ndarray, ref: np.ndarray, fix_t: np.ndarray,
           fix_en: np.ndarray, fs: _Scored, est_en: np.ndarray, es: _Scored,
           reference: str) -> None:
-    fig, (ax_map, ax_err) = plt.subplots(1, 2, figsize=(14, 6.5),
-                                         gridspec_kw={"width_ratios": [1, 1.2]})
+    fig = Figure(figsize=(14, 6.5))  # no pyplot: no global backend, nothing kept alive
+    ax_map, ax_err = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.2]})
     with rasterio.open(pack.path / "ortho.tif") as src:
         scale = max(1, int(np.ceil(max(src.width, src.height) / 1200)))
         img = src.read(indexes=[1, 2, 3] if src.count >= 3 else [1, 1, 1],
@@ -320,4 +311,3 @@ def _plot(path: Path, pack: MapPack, t: np.ndarray, ref: np.ndarray, fix_t: np.n
     ax_err.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

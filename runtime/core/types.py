@@ -25,6 +25,15 @@ RejectReason = Literal[
 ]
 
 
+def sigma_max(cov: np.ndarray) -> float:
+    """1-sigma in the worst direction: root of the larger eigenvalue of a [2, 2] covariance
+    (symmetrised); inf when it is not a finite [2, 2] matrix."""
+    cov = np.asarray(cov, dtype=np.float64)
+    if cov.shape != (2, 2) or not np.all(np.isfinite(cov)):
+        return float("inf")
+    return float(np.sqrt(max(np.linalg.eigvalsh(0.5 * (cov + cov.T)).max(), 0.0)))
+
+
 @dataclass(frozen=True)
 class Frame:
     """One camera image. `image`: [H, W, 3] uint8 BGR (or [H, W] uint8 gray)."""
@@ -151,5 +160,5 @@ class Estimate:
 
     @property
     def horiz_sigma_m(self) -> float:
-        """Root of the larger eigenvalue of the position covariance."""
-        return float(np.sqrt(np.linalg.eigvalsh(self.cov_ne_m2).max()))
+        """Root of the larger eigenvalue of the position covariance (inf when not finite)."""
+        return sigma_max(self.cov_ne_m2)

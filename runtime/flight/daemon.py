@@ -4,15 +4,14 @@ Three threads share one Navigator's output and never wait on each other:
 
     receiver  MAVLink in -> TelemetryBuffer (+ listeners); counts garbage; reconnects
               after `daemon.link_timeout_s` of silence or a link error
-    vision    latest frame -> Navigator.on_frame -> publishes a copy of the filter;
-              frames that are frozen (identical to the previous one) or mis-stamped (off
-              the daemon's clock by more than daemon.max_frame_age_s, or not after the
-              previous frame) are refused, counted and announced in a STATUSTEXT
+    vision    latest frame -> Chain.on_frame (frame gate, then the Navigator) ->
+              publishes a copy of the filter
     output    every 1 / filter.rate_hz: the published filter predicted to the send time
-              -> GnssMonitor hand-over decision -> GPS_INPUT (and, in ekf-source mode,
-              MAV_CMD_SET_EKF_SOURCE_SET); HEARTBEAT (onboard computer), NAMED_VALUE_FLOAT
-              diagnostics, STATUSTEXT when the claimed fix or the GNSS state changes; a
-              health summary in the log
+              -> Chain.tick (hand-over, position message, STATUSTEXT, HEARTBEAT: see
+              flight/output.py) -> the link; NAMED_VALUE_FLOAT diagnostics; a health
+              summary in the log
+
+The chain comes from flight/assembly.py, exactly as replay builds it.
 
 With output.signing_key everything sent is MAVLink 2 signed (and unsigned input is
 refused with output.refuse_unsigned); refused input counts as bad messages.
@@ -35,32 +34,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
-from skyfix.maps.pack import MapPack
-from skyfix.models.registry import encoder_for_id
 from skyfix.runtime.core.camera import CameraModel
-from skyfix.runtime.core.config import Config, load_config
+from skyfix.runtime.core.config import load_config
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.geo import LocalFrame
-from skyfix.runtime.core.types import Estimate, Fix, Frame
-from skyfix.runtime.flight.gnss import GnssMonitor, Handover
-from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue, valid_image
-from skyfix.runtime.io.mavlink import (
-    FIX_3D,
-    advance_signing_clock,
-    fix_type_for,
-    global_position_sensor,
-    gps_input,
-    heartbeat,
-    load_signing_key,
-    named_value,
-    set_ekf_source_set,
-    statustext,
-)
+from skyfix.runtime.core.types import Estimate, Fix, Frame, Rejection
+from skyfix.runtime.flight.assembly import Chain, build_chain
+from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue
+from skyfix.runtime.io.mavlink import advance_signing_clock, load_signing_key, named_value
 from skyfix.runtime.io.telemetry import TelemetryBuffer, device_and_baud, open_link
 from skyfix.runtime.nav.filter import PositionFilter, estimate_at
-from skyfix.runtime.nav.navigator import Localizer, Navigator
 
 log = logging.getLogger("skyfix.daemon")
 
@@ -88,6 +71,15 @@ class DaemonStats:
     frame_ms_p95: float = float("nan")
 
 
+_BAD_FRAME = {"bad_image", "no_telemetry"}  # rejections counted as bad frames
+
+
+def _text(msg) -> str:
+    """A STATUSTEXT's text as str (pymavlink keeps what it was given: bytes here)."""
+    text = msg.text
+    return text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
+
+
 @dataclass(frozen=True)
 class _Published:
     """What the vision thread hands to the output thread after each frame."""
@@ -97,16 +89,14 @@ class _Published:
 
 
 class Daemon:
-    """Runs `nav` on the frames of `queue` and talks MAVLink on `link` (see module doc)."""
+    """Runs `chain` on the frames of `queue` and talks MAVLink on `link` (see module doc)."""
 
-    def __init__(self, cfg: Config, nav: Navigator, queue: LatestFrameQueue,
-                 link: str | None = None) -> None:
-        self.cfg, self.nav, self.queue = cfg, nav, queue
+    def __init__(self, chain: Chain, queue: LatestFrameQueue, link: str | None = None) -> None:
+        self.chain, self.cfg, self.nav, self.queue = chain, chain.cfg, chain.navigator, queue
+        cfg = self.cfg
         self.link = link or cfg.daemon.link
         device_and_baud(self.link)  # a malformed link string fails here, not in a thread
         self.telemetry = TelemetryBuffer()
-        self.gnss = GnssMonitor(cfg.gnss, own_instance=cfg.output.gps_id)
-        self.handover: Handover | None = None
         out = cfg.output
         self._key = load_signing_key(Path(out.signing_key)) if out.signing_key else None
         self.stats = DaemonStats()
@@ -119,10 +109,7 @@ class Daemon:
         self._last_rx_ns = 0
         self._alt_amsl_m = float("nan")
         self._latencies_ms: deque[float] = deque(maxlen=100)
-        self._last_frame: Frame | None = None  # the previous frame taken from the queue
-        self._last_ok_t_ns: int | None = None  # stamp of the last frame not refused here
-        self._repeat_ok = True  # one frame may repeat the last usable stamp without alarm
-        self._camera_problem = ""  # kind of the current streak of refused frames; "" if none
+        self._last_sent_tick: int | None = None  # monotonic time of the last position sent
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -202,7 +189,7 @@ class Daemon:
         self._heard = True  # the vehicle is there: replies may go out
         self.telemetry.add(msg, t_ns)
         with self._lock:
-            self.gnss.observe(msg, t_ns)
+            self.chain.policy.gnss.observe(msg, t_ns)
         for listener in self.listeners:
             listener(msg, t_ns)
 
@@ -224,61 +211,36 @@ class Daemon:
                 continue
             self.stats.frames += 1
             self.stats.dropped_frames = self.queue.dropped
-            if not self._frame_usable(frame, time.time_ns()):
-                continue
-            tel = self.telemetry.at(frame.t_ns) if valid_image(frame.image) else None
-            if tel is None:
-                self.stats.bad_frames += 1
-                continue
-            self._alt_amsl_m = tel.alt_amsl_m
-            trusted = self.handover is None or self.handover.state in ("healthy", "degraded")
-            gnss = self.telemetry.gnss_at(frame.t_ns) if trusted else None  # search prior
             try:
-                result = self.nav.on_frame(frame, tel, gnss)
+                self.process_frame(frame, time.time_ns())
             except Exception:  # a frame must never take the daemon down
                 self.stats.frame_errors += 1
                 log.exception("frame %d failed; skipped", frame.index)
-                continue
+
+    def process_frame(self, frame: Frame, now_ns: int) -> None:
+        """The vision step: `frame` arriving when the wall clock reads `now_ns`, through the
+        chain with the telemetry received for its capture time; then publish."""
+        tel = self.telemetry.at(frame.t_ns)
+        if tel is not None:
+            self._alt_amsl_m = tel.alt_amsl_m
+        with self._lock:  # the hand-over state is the output thread's
+            trusted = self.chain.policy.gnss_trusted()
+        gnss = self.telemetry.gnss_at(frame.t_ns) if trusted else None
+        step = self.chain.on_frame(frame, now_ns, tel, gnss)
+        for msg in step.messages:
+            log.warning("%s", _text(msg))
+            self.send(msg)
+        gate = self.chain.gate
+        self.stats.frozen_frames, self.stats.mis_stamped_frames = gate.frozen, gate.mis_stamped
+        result = step.result
+        if isinstance(result.result, Rejection) and result.result.reason in _BAD_FRAME:
+            self.stats.bad_frames += 1
+        if result.latency_ms > 0:
             self._latencies_ms.append(result.latency_ms)
             self.stats.frame_ms_p50, self.stats.frame_ms_p95 = (
                 float(v) for v in np.percentile(self._latencies_ms, [50, 95]))
-            self.stats.fixes += isinstance(result.result, Fix)
-            self.publish()
-
-    def _frame_usable(self, frame: Frame, now_ns: int) -> bool:
-        """False (counted, announced once per streak) for a frozen or mis-stamped frame.
-
-        A frozen camera repeats one image with fresh stamps: fixes from it would pin the
-        aircraft where it was. A stepped camera clock puts a frame at the wrong time:
-        its fix would be fused seconds away from where the aircraft was then."""
-        prev, self._last_frame = self._last_frame, frame
-        problem = text = ""
-        max_age_ns = int(self.cfg.daemon.max_frame_age_s * 1e9)
-        if abs(now_ns - frame.t_ns) > max_age_ns:
-            self.stats.mis_stamped_frames += 1
-            problem, text = "clock", f"camera clock off by {(frame.t_ns - now_ns) * 1e-9:+.1f} s"
-        elif self._last_ok_t_ns is not None and frame.t_ns <= self._last_ok_t_ns:
-            self.stats.mis_stamped_frames += 1
-            if frame.t_ns == self._last_ok_t_ns and self._repeat_ok:
-                self._repeat_ok = False  # the same instant once more (a camera faster than
-                return False  # its time source): nothing new, no alarm
-            problem, text = "backwards", "camera time stamps go backwards or repeat"
-        elif (prev is not None and isinstance(frame.image, np.ndarray)
-              and isinstance(prev.image, np.ndarray) and frame.image.shape == prev.image.shape
-              and np.array_equal(frame.image, prev.image)):
-            self.stats.frozen_frames += 1
-            problem, text = "frozen", "camera frozen (identical frames)"
-            if frame.image.size and frame.image.min() == frame.image.max():
-                problem, text = "blank", "camera image blank (one value)"
-        if problem != self._camera_problem:
-            text = f"skyfix: {text}" if problem else "skyfix: camera frames usable again"
-            log.warning("%s", text)
-            self.send(statustext(text, mavlink2.MAV_SEVERITY_WARNING if problem
-                                 else mavlink2.MAV_SEVERITY_INFO))
-            self._camera_problem = problem
-        if not problem:
-            self._last_ok_t_ns, self._repeat_ok = frame.t_ns, True
-        return not problem
+        self.stats.fixes += isinstance(result.result, Fix)
+        self.publish()
 
     def frame_latencies_ms(self) -> list[float]:
         """Processing times of the last (up to 100) frames, oldest first."""
@@ -325,9 +287,8 @@ class Daemon:
         d = self.cfg.daemon
         period_ns = int(1e9 / self.cfg.filter.rate_hz)
         tick = time.monotonic_ns()
-        due = {"hb": 0, "diag": 0, "health": tick + int(d.health_period_s * 1e9)}
+        due = {"diag": 0, "health": tick + int(d.health_period_s * 1e9)}
         next_tick = tick
-        last_sent: int | None = None
         while not stop.is_set():
             tick = time.monotonic_ns()
             if tick < next_tick:
@@ -335,24 +296,7 @@ class Daemon:
                 continue
             next_tick = max(next_tick + period_ns, tick + period_ns // 2)  # skip missed slots
             now = time.time_ns()
-            est = self.estimate(now)
-            fix_type = 0 if est is None else fix_type_for(est, self.cfg.output)
-            self._hand_over(est, fix_type, now)
-            if est is None:  # no position yet, or lost after a filter reset:
-                est = Estimate.none(now)  # say "no fix" (fix_type 0) rather than nothing
-            position = gps_input if self.cfg.daemon.autopilot == "ardupilot" else \
-                global_position_sensor
-            if (est is not None and self.handover is not None and self.handover.send_gps_input
-                    and self.send(position(est, self.cfg.output, now))):
-                self.stats.sent += 1
-                if last_sent is not None:
-                    gap = (tick - last_sent) * 1e-6
-                    self.stats.max_send_gap_ms = max(self.stats.max_send_gap_ms, gap)
-                last_sent = tick
-                self._on_fix_type(est, fix_type)
-            if tick >= due["hb"]:
-                self.send(heartbeat())
-                due["hb"] = tick + int(1e9 / d.heartbeat_hz)
+            est = self.send_slot(now, tick)
             if d.diagnostics_hz > 0 and tick >= due["diag"]:
                 self._send_diagnostics(est, now)
                 due["diag"] = tick + int(1e9 / d.diagnostics_hz)
@@ -360,36 +304,24 @@ class Daemon:
                 self._log_health()
                 due["health"] = tick + int(d.health_period_s * 1e9)
 
-    def _hand_over(self, est: Estimate | None, fix_type: int, now: int) -> None:
-        if not self._heard:
-            return  # no verdict on the vehicle's GNSS before the vehicle has been heard
+    def send_slot(self, now_ns: int, tick_ns: int) -> Estimate:
+        """The send step: the published filter predicted to `now_ns` (wall clock) through
+        the send policy, every message it gives sent in its order; `tick_ns` (monotonic)
+        measures the gaps between position messages. Returns the estimate sent."""
+        est = self.estimate(now_ns)
         with self._lock:
-            if est is not None:
-                self.gnss.observe_estimate(est, now)
-            decision = self.gnss.decide(now, visual_ok=fix_type >= FIX_3D)
-        before, self.handover = self.handover, decision
-        if before is None or decision.state != before.state:
-            text = f"skyfix: GNSS {decision.state} ({decision.reason})"
-            log.info("%s", text)
-            bad = decision.state in ("lost", "spoofed")
-            self.send(statustext(text, mavlink2.MAV_SEVERITY_WARNING if bad
-                                 else mavlink2.MAV_SEVERITY_INFO))
-        if decision.ekf_source_set is not None:
-            log.info("EKF source set -> %d", decision.ekf_source_set)
-            self.send(set_ekf_source_set(decision.ekf_source_set, self.cfg.output.system_id))
-
-    def _on_fix_type(self, est: Estimate, fix_type: int) -> None:
-        if fix_type == self.stats.fix_type:
-            return
-        self.stats.fix_type = fix_type
-        if fix_type >= FIX_3D:
-            text = f"skyfix: 3D fix, sigma {est.horiz_sigma_m:.1f} m"
-            severity = mavlink2.MAV_SEVERITY_INFO
-        else:
-            text = f"skyfix: no fix (last fix {est.last_fix_age_s:.1f} s ago)"
-            severity = mavlink2.MAV_SEVERITY_WARNING
-        log.info("%s", text)
-        self.send(statustext(text, severity))
+            slot = self.chain.tick(now_ns, est, heard=self._heard)
+        for msg in slot.messages:  # in the policy's order, as replay records them
+            if msg.get_type() == "STATUSTEXT":
+                log.info("%s", _text(msg))
+            if self.send(msg) and msg is slot.position:
+                self.stats.sent += 1
+                self.stats.fix_type = slot.fix_type
+                if self._last_sent_tick is not None:
+                    gap = (tick_ns - self._last_sent_tick) * 1e-6
+                    self.stats.max_send_gap_ms = max(self.stats.max_send_gap_ms, gap)
+                self._last_sent_tick = tick_ns
+        return slot.estimate
 
     def _send_diagnostics(self, est: Estimate | None, now_ns: int) -> None:
         boot_ms = now_ns // 1_000_000
@@ -405,18 +337,9 @@ class Daemon:
     def _log_health(self) -> None:
         s = asdict(self.stats)
         s["rejections"] = dict(self.nav.rejections)
-        s["gnss"] = None if self.handover is None else self.handover.state
+        handover = self.chain.policy.handover
+        s["gnss"] = None if handover is None else handover.state
         log.info("health: %s", " ".join(f"{k}={v}" for k, v in s.items()))
-
-
-def build_navigator(pack_path: Path, camera: CameraModel, cfg: Config) -> Navigator:
-    """A Navigator over the map pack at `pack_path`, with the encoder the pack was built
-    with, in a local frame about the pack's centre."""
-    pack = MapPack.open(Path(pack_path))
-    encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
-    cx, cy = np.asarray(pack.tile_center_en).mean(0)
-    frame = LocalFrame.at(pack.crs, float(cx), float(cy))
-    return Navigator(Localizer(pack, camera, encoder, cfg), frame, cfg)
 
 
 def run_daemon(config_path: Path, duration_s: float | None = None) -> DaemonStats:
@@ -435,9 +358,9 @@ def run_daemon(config_path: Path, duration_s: float | None = None) -> DaemonStat
     calib = Path(cfg.camera.calibration)
     if not calib.is_file():
         raise SkyfixError(f"camera calibration not found: {calib}")
-    nav = build_navigator(Path(cfg.daemon.map), CameraModel.load(calib), cfg)
+    chain = build_chain(cfg, Path(cfg.daemon.map), CameraModel.load(calib))
     source = CameraSource(cfg.camera)
-    daemon = Daemon(cfg, nav, source.queue)
+    daemon = Daemon(chain, source.queue)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

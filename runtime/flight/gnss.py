@@ -50,7 +50,7 @@ from typing import Any, Literal
 import numpy as np
 
 from skyfix.runtime.core.config import GnssConfig
-from skyfix.runtime.core.types import Estimate
+from skyfix.runtime.core.types import Estimate, GnssSample
 from skyfix.runtime.io.mavlink import UERE_M
 
 GnssState = Literal["healthy", "degraded", "lost", "spoofed"]
@@ -75,17 +75,6 @@ class Handover:
     send_gps_input: bool
     ekf_source_set: int | None
     reason: str
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """One GNSS-vs-visual comparison: `d_ne_m` [2] GNSS minus estimate, north/east metres."""
-
-    t_ns: int
-    instance: int
-    d_ne_m: np.ndarray
-    nis: float
-    cusum: float
 
 
 @dataclass
@@ -120,7 +109,6 @@ class GnssMonitor:
         self._held_reason = ""
         self._better_since: int | None = None
         self._ekf_set = cfg.ekf_source_gnss  # assume the autopilot starts on GNSS
-        self.last_divergence: Divergence | None = None
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -144,17 +132,30 @@ class GnssMonitor:
         self._est = (est, int(t_ns))
 
     def _observe_raw(self, msg: Any, inst: int, t_ns: int) -> None:
+        hdop = msg.eph / 100.0 if msg.eph != _EPH_UNKNOWN else float("nan")
+        h_acc = getattr(msg, "h_acc", 0)
+        self._observe_fix(inst, t_ns, int(msg.fix_type), int(msg.satellites_visible), hdop,
+                          h_acc / 1000.0 if h_acc else float("nan"), msg.lat * 1e-7,
+                          msg.lon * 1e-7)
+
+    def observe_sample(self, sample: GnssSample, instance: int = 0) -> None:
+        """Take a receiver report read from a log (replay): its eph_m is the receiver's
+        1-sigma horizontal accuracy (h_acc, or HDOP x UERE), so HDOP = eph_m / UERE."""
+        t_ns = int(sample.t_ns)
+        self._t_start = t_ns if self._t_start is None else self._t_start
+        self._observe_fix(instance, t_ns, sample.fix_type, sample.satellites,
+                          sample.eph_m / UERE_M, sample.eph_m, sample.lat_deg, sample.lon_deg)
+
+    def _observe_fix(self, inst: int, t_ns: int, fix_type: int, satellites: int, hdop: float,
+                     h_acc_m: float, lat_deg: float, lon_deg: float) -> None:
         if inst == self.own_instance:
             return
         rx = self._rx.setdefault(inst, _Receiver())
         rx.last_t_ns = t_ns
-        rx.fix_type, rx.satellites = int(msg.fix_type), int(msg.satellites_visible)
-        rx.hdop = msg.eph / 100.0 if msg.eph != _EPH_UNKNOWN else float("nan")
-        h_acc = getattr(msg, "h_acc", 0)
-        rx.h_acc_m = h_acc / 1000.0 if h_acc else float("nan")
+        rx.fix_type, rx.satellites, rx.hdop, rx.h_acc_m = fix_type, satellites, hdop, h_acc_m
         if rx.fix_type >= self.cfg.min_fix_type:
             rx.good_t_ns = t_ns
-            self._compare(rx, inst, msg.lat * 1e-7, msg.lon * 1e-7, t_ns)
+            self._compare(rx, lat_deg, lon_deg, t_ns)
 
     def _gnss_sigma_m(self, rx: _Receiver) -> float:
         if np.isfinite(rx.h_acc_m):
@@ -163,8 +164,7 @@ class GnssMonitor:
             return rx.hdop * UERE_M
         return self.cfg.max_h_acc_m
 
-    def _compare(self, rx: _Receiver, inst: int, lat_deg: float, lon_deg: float,
-                 t_ns: int) -> None:
+    def _compare(self, rx: _Receiver, lat_deg: float, lon_deg: float, t_ns: int) -> None:
         if self._est is None:
             return
         est, t_est = self._est
@@ -186,7 +186,6 @@ class GnssMonitor:
         rx.cusum = min(max(0.0, rx.cusum + (nis - cfg.spoof_cusum_drift) * dt_k),
                        2 * cfg.spoof_cusum_limit)
         rx.last_nis, rx.compared_t_ns = nis, t_ns
-        self.last_divergence = Divergence(t_ns, inst, d, nis, rx.cusum)
 
     # -- decision -------------------------------------------------------------------------
 

@@ -24,8 +24,7 @@ from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
 from skyfix.runtime.core.config import OutputConfig
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.types import Estimate
-from skyfix.runtime.io.tlog import TlogWriter
+from skyfix.runtime.core.types import Estimate, sigma_max
 
 GPS_EPOCH_UNIX_S = 315964800  # 1980-01-06T00:00:00Z, the start of GPS week 0
 GPS_LEAP_S = 18  # GPS - UTC since 2017-01-01
@@ -65,14 +64,6 @@ def gps_week_ms(t_unix_ns: int) -> tuple[int, int]:
     return gps_ms // _WEEK_MS, gps_ms % _WEEK_MS
 
 
-def _sigma_max(cov: np.ndarray) -> float:
-    """Root of the larger eigenvalue of a [2, 2] covariance; inf when not finite."""
-    cov = np.asarray(cov, dtype=np.float64)
-    if cov.shape != (2, 2) or not np.all(np.isfinite(cov)):
-        return float("inf")
-    return float(np.sqrt(max(np.linalg.eigvalsh(0.5 * (cov + cov.T)).max(), 0.0)))
-
-
 def fix_type_for(est: Estimate, cfg: OutputConfig) -> int:
     """3 (3D fix) only while the estimate is valid, its last fix is at most
     cfg.lock_budget_s old and its horizontal 1-sigma is at most cfg.max_sigma_m; else 0."""
@@ -80,7 +71,7 @@ def fix_type_for(est: Estimate, cfg: OutputConfig) -> int:
         return FIX_NONE
     if not est.last_fix_age_s <= cfg.lock_budget_s:
         return FIX_NONE
-    if not _sigma_max(est.cov_ne_m2) <= cfg.max_sigma_m:
+    if not sigma_max(est.cov_ne_m2) <= cfg.max_sigma_m:
         return FIX_NONE
     return FIX_3D
 
@@ -109,11 +100,11 @@ def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int
     if not np.all(np.isfinite(vel)):
         flags |= IGNORE_VEL_HORIZ
         vel = np.zeros(2)
-    speed_acc = _sigma_max(est.vel_cov_ne_m2s2)
+    speed_acc = sigma_max(est.vel_cov_ne_m2s2)
     if not np.isfinite(speed_acc):
         flags |= IGNORE_SPEED_ACC
         speed_acc = 0.0
-    horiz_acc = _sigma_max(est.cov_ne_m2)
+    horiz_acc = sigma_max(est.cov_ne_m2)
     if np.isfinite(horiz_acc):
         hdop = min(float(np.sqrt(max(np.trace(est.cov_ne_m2), 0.0))) / UERE_M, MAX_DOP)
     else:
@@ -170,7 +161,7 @@ def global_position_sensor(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
         lon=int(round(est.lon_deg * 1e7)) if coords_ok else int32_max,
         alt_ellipsoid=float("nan"),
         alt=float(est.alt_amsl_m),
-        eph=_sigma_max(est.cov_ne_m2) if coords_ok else float("nan"),
+        eph=sigma_max(est.cov_ne_m2) if coords_ok else float("nan"),
         epv=float("nan"),
     )
 
@@ -331,51 +322,3 @@ def named_value(name: str, value: float, time_boot_ms: int
     data = name.encode("ascii", "replace")[:10]
     return mavlink2.MAVLink_named_value_float_message(
         time_boot_ms=int(time_boot_ms) & 0xFFFFFFFF, name=data, value=float(value))
-
-
-class GpsInputRecorder:
-    """Writes what we send to a tlog: GPS_INPUT at every `send`, HEARTBEAT at the first
-    send and then once a second, STATUSTEXT at the first send and whenever fix_type changes."""
-
-    HEARTBEAT_PERIOD_NS = 1_000_000_000
-
-    def __init__(self, path: Path, cfg: OutputConfig) -> None:
-        self.cfg = cfg
-        self.writer = TlogWriter(Path(path), cfg.system_id, cfg.component_id)
-        self._last_heartbeat_ns: int | None = None
-        self._last_fix_type: int | None = None
-
-    def send(self, est: Estimate, t_unix_ns: int) -> mavlink2.MAVLink_gps_input_message:
-        t_unix_ns = int(t_unix_ns)
-        if (self._last_heartbeat_ns is None
-                or t_unix_ns - self._last_heartbeat_ns >= self.HEARTBEAT_PERIOD_NS):
-            self.writer.write(heartbeat(), t_unix_ns)
-            self._last_heartbeat_ns = t_unix_ns
-        msg = gps_input(est, self.cfg, t_unix_ns)
-        if msg.fix_type != self._last_fix_type:
-            self.writer.write(self._fix_change_text(est, msg), t_unix_ns)
-            self._last_fix_type = msg.fix_type
-        self.writer.write(msg, t_unix_ns)
-        return msg
-
-    def _fix_change_text(self, est: Estimate, msg: mavlink2.MAVLink_gps_input_message
-                         ) -> mavlink2.MAVLink_statustext_message:
-        if msg.fix_type >= FIX_3D:
-            return statustext(f"skyfix: 3D fix, sigma {msg.horiz_accuracy:.1f} m",
-                              mavlink2.MAV_SEVERITY_INFO)
-        if not est.valid:
-            why = "estimate invalid"
-        elif not est.last_fix_age_s <= self.cfg.lock_budget_s:
-            why = f"no fix for {est.last_fix_age_s:.1f} s"
-        else:
-            why = f"sigma {_sigma_max(est.cov_ne_m2):.0f} m"
-        return statustext(f"skyfix: no fix ({why})", mavlink2.MAV_SEVERITY_WARNING)
-
-    def close(self) -> None:
-        self.writer.close()
-
-    def __enter__(self) -> GpsInputRecorder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -156,9 +156,13 @@ def gnss_at(gnss: np.ndarray, t_ns: int, max_age_ns: int) -> GnssSample | None:
     i = int(np.searchsorted(gnss[:, 0], t_ns, side="right")) - 1
     if i < 0 or t_ns - gnss[i, 0] > max_age_ns:
         return None
-    g = gnss[i]
-    return GnssSample(int(g[0]), float(g[1]), float(g[2]), float(g[3]), int(g[4]), int(g[5]),
-                      float(g[6]))
+    return gnss_sample(gnss[i])
+
+
+def gnss_sample(row: np.ndarray) -> GnssSample:
+    """The GnssSample of one [7] row of a telemetry GNSS array."""
+    return GnssSample(int(row[0]), float(row[1]), float(row[2]), float(row[3]), int(row[4]),
+                      int(row[5]), float(row[6]))
 
 
 class TelemetryBuffer:

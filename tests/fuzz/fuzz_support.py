@@ -19,9 +19,9 @@ from rasterio.crs import CRS
 
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.flight.assembly import assemble
 from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
-from skyfix.runtime.nav.navigator import Navigator
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower, write_tlog
 
 FUZZ_LONG_FACTOR = 50
@@ -75,4 +75,4 @@ def offline_daemon() -> Daemon:
     cfg = Config()
     cfg = replace(cfg, daemon=replace(cfg.daemon, link="udpin:127.0.0.1:0"))
     frame = LocalFrame.at(CRS.from_epsg(31256), 0.0, 340000.0)
-    return Daemon(cfg, Navigator(None, frame, cfg), LatestFrameQueue(2))
+    return Daemon(assemble(cfg, None, frame, None), LatestFrameQueue(2))

@@ -18,10 +18,10 @@ from skyfix.runtime.core.config import CameraConfig, Config, load_config
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import LocalFrame
 from skyfix.runtime.core.types import Frame
+from skyfix.runtime.flight.assembly import assemble
 from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue, source_kind
 from skyfix.runtime.io.telemetry import TelemetryBuffer, TelemetryLog, open_link
-from skyfix.runtime.nav.navigator import Navigator
 from skyfix.sim.closed_loop import free_udp_port
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower, write_tlog
 
@@ -125,13 +125,16 @@ class _Peer:
         return [(t, m) for t, m in self.got if m.get_type() == kind]
 
 
-def _daemon(port: int, **output) -> Daemon:
+def _daemon(port: int, autopilot: str = "ardupilot", gnss_mode: str = "always",
+            **output) -> Daemon:
     cfg = Config()
     cfg = replace(cfg, output=replace(cfg.output, **output),
-                  daemon=replace(cfg.daemon, link=f"udpin:127.0.0.1:{port}", link_timeout_s=0.5))
+                  gnss=replace(cfg.gnss, mode=gnss_mode, lost_after_s=0.4),
+                  daemon=replace(cfg.daemon, link=f"udpin:127.0.0.1:{port}", link_timeout_s=0.5,
+                                 autopilot=autopilot))
     frame = LocalFrame.at(CRS_31256, 0.0, 340000.0)
-    nav = Navigator(None, frame, cfg)  # no frames are fed: the localiser is never asked
-    return Daemon(cfg, nav, LatestFrameQueue(2))
+    # no frames are fed: the localiser is never asked
+    return Daemon(assemble(cfg, None, frame, None), LatestFrameQueue(2))
 
 
 def test_daemon_sends_gps_input_heartbeat_and_drops_the_fix(tmp_path):
@@ -223,10 +226,7 @@ def _gps_raw(fix_type: int, lat_deg: float, lon_deg: float) -> mav2.MAVLink_gps_
 
 def test_on_loss_mode_sends_only_after_the_real_gnss_is_lost():
     port = free_udp_port()
-    daemon = _daemon(port)
-    daemon.cfg = replace(daemon.cfg, gnss=replace(daemon.cfg.gnss, mode="on-loss",
-                                                  lost_after_s=0.4))
-    daemon.gnss.cfg = daemon.cfg.gnss
+    daemon = _daemon(port, gnss_mode="on-loss")
     peer = _Peer(port)
     marks = {}
     lat, lon = (float(v[0]) for v in daemon.nav.frame.ned_to_lla(0.0, 0.0))  # where we are
@@ -270,8 +270,7 @@ def test_signed_link_signs_output_and_refuses_unsigned_input(tmp_path):
 
 def test_px4_gets_global_position_sensor_instead_of_gps_input():
     port = free_udp_port()
-    daemon = _daemon(port)
-    daemon.cfg = replace(daemon.cfg, daemon=replace(daemon.cfg.daemon, autopilot="px4"))
+    daemon = _daemon(port, autopilot="px4")
     peer = _Peer(port)
     _run_with_filter(daemon, lambda: peer.pump(0.8))
     got = peer.of("GLOBAL_POSITION_SENSOR")

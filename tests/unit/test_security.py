@@ -19,7 +19,8 @@ from skyfix.models.xfeat import XFeatEncoder
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.flight.daemon import Daemon, build_navigator
+from skyfix.runtime.flight.assembly import assemble, build_chain
+from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
 from skyfix.runtime.io.mavlink import (
     SIGNING_EPOCH_UNIX_S,
@@ -28,7 +29,6 @@ from skyfix.runtime.io.mavlink import (
     load_signing_key,
 )
 from skyfix.runtime.io.telemetry import open_link
-from skyfix.runtime.nav.navigator import Navigator
 from skyfix.sim.closed_loop import free_udp_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def test_daemon_refuses_a_key_others_can_read(tmp_path, mode):
     cfg = replace(cfg, output=replace(cfg.output, signing_key=str(path)),
                   daemon=replace(cfg.daemon, link="udpin:127.0.0.1:0"))
     with pytest.raises(SkyfixError, match=f"chmod 600 {re.escape(str(path))}") as exc:
-        Daemon(cfg, Navigator(None, None, cfg), LatestFrameQueue(2))  # type: ignore[arg-type]
+        Daemon(assemble(cfg, None, None, None), LatestFrameQueue(2))  # type: ignore[arg-type]
     assert "\n" not in str(exc.value)
 
 
@@ -113,14 +113,14 @@ def pack(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", ["descriptors.npy", "ortho.tif", "manifest.json"])
 def test_daemon_refuses_a_map_pack_with_one_flipped_byte(pack, tmp_path, name):
     camera = CameraModel(640, 480, 500.0, 500.0, 319.5, 239.5)
-    build_navigator(pack, camera, Config())  # the intact pack loads
+    build_chain(Config(), pack, camera)  # the intact pack loads
     bad = tmp_path / "pack"
     shutil.copytree(pack, bad)
     data = bytearray((bad / name).read_bytes())
     data[len(data) // 3] ^= 0x10
     (bad / name).write_bytes(bytes(data))
     with pytest.raises(SkyfixError, match=re.escape(name)) as exc:
-        build_navigator(bad, camera, Config())
+        build_chain(Config(), bad, camera)
     assert "\n" not in str(exc.value)
 
 
