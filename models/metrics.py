@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import geodesic_distance_m
 
 SDM_SCALE_PER_M = 0.001  # Game4Loc's s in exp(-s * d)
 RECALL_KS = (1, 5, 10)
@@ -123,48 +124,6 @@ def _check_loc(loc: np.ndarray, n: int, what: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise SkyfixError(f"{what} contains non-finite coordinates")
     return arr
-
-
-def geodesic_distance_m(lat1_deg: np.ndarray, lon1_deg: np.ndarray, lat2_deg: np.ndarray,
-                        lon2_deg: np.ndarray) -> np.ndarray:
-    """Ellipsoidal (WGS84) distance in metres between broadcast arrays of points.
-
-    Vincenty's inverse formula (T. Vincenty, Survey Review 23(176), 1975),
-    iterated to 1e-12 rad; accurate to well under a millimetre except for
-    nearly antipodal points, which never occur between a drone and a map tile.
-    """
-    a, f = 6378137.0, 1 / 298.257223563
-    b = a * (1 - f)
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, np.float64))
-                              for v in (lat1_deg, lon1_deg, lat2_deg, lon2_deg))
-    lat1, lon1, lat2, lon2 = np.broadcast_arrays(lat1, lon1, lat2, lon2)
-    u1, u2 = np.arctan((1 - f) * np.tan(lat1)), np.arctan((1 - f) * np.tan(lat2))
-    su1, cu1, su2, cu2 = np.sin(u1), np.cos(u1), np.sin(u2), np.cos(u2)
-    big_l = lon2 - lon1
-    lam = big_l.copy()
-    for _ in range(200):
-        sl, cl = np.sin(lam), np.cos(lam)
-        sin_sigma = np.hypot(cu2 * sl, cu1 * su2 - su1 * cu2 * cl)
-        cos_sigma = su1 * su2 + cu1 * cu2 * cl
-        sigma = np.arctan2(sin_sigma, cos_sigma)
-        safe = np.where(sin_sigma == 0, 1.0, sin_sigma)
-        sin_alpha = cu1 * cu2 * sl / safe
-        cos2_alpha = 1 - sin_alpha**2
-        cos_2sm = np.where(cos2_alpha == 0, 0.0,
-                           cos_sigma - 2 * su1 * su2 / np.where(cos2_alpha == 0, 1, cos2_alpha))
-        c = f / 16 * cos2_alpha * (4 + f * (4 - 3 * cos2_alpha))
-        lam_prev = lam
-        lam = big_l + (1 - c) * f * sin_alpha * (
-            sigma + c * sin_sigma * (cos_2sm + c * cos_sigma * (-1 + 2 * cos_2sm**2)))
-        if np.all(np.abs(lam - lam_prev) < 1e-12):
-            break
-    u_sq = cos2_alpha * (a**2 - b**2) / b**2
-    big_a = 1 + u_sq / 16384 * (4096 + u_sq * (-768 + u_sq * (320 - 175 * u_sq)))
-    big_b = u_sq / 1024 * (256 + u_sq * (-128 + u_sq * (74 - 47 * u_sq)))
-    d_sigma = big_b * sin_sigma * (cos_2sm + big_b / 4 * (
-        cos_sigma * (-1 + 2 * cos_2sm**2)
-        - big_b / 6 * cos_2sm * (-3 + 4 * sin_sigma**2) * (-3 + 4 * cos_2sm**2)))
-    return np.where(sin_sigma == 0, 0.0, b * big_a * (sigma - d_sigma))
 
 
 def _ranked_distances_m(q_loc: np.ndarray, g_loc: np.ndarray, top: np.ndarray,

@@ -269,30 +269,3 @@ def fault_outcomes(faults: tuple[Fault, ...], arrive_s: np.ndarray, fix: np.ndar
             round(float(arrive_s[good[0]] - f.end_s), 2) if len(good) else None,
             tuple(t for a, t in said), tuple(round(a - f.start_s, 2) for a, _ in said)))
     return outcomes
-
-
-def _said(texts: tuple[str, ...] | list[str]) -> str:
-    """The distinct kinds of STATUSTEXT in `texts`, figures left out, in order."""
-    kinds: list[str] = []
-    for t in texts:
-        k = re.sub(r"\(.*?(\)|$)", "", t.removeprefix("skyfix: "))
-        k = re.sub(r"[-+]?\d+(\.\d+)?\s*(s|m)\b", "", k).strip(" ,")
-        if k and k not in kinds:
-            kinds.append(k)
-    return "; ".join(f"\"{k}\"" for k in kinds) or "-"
-
-
-def fault_table(results: list[dict]) -> str:
-    """A Markdown table of the fault outcomes in closed_loop.json results (dicts)."""
-    lines = ["| fault @ window (s) | 3D fix claimed in window | max error of those | "
-             "confident wrong fixes | largest GPS_INPUT gap in window | good fix again after "
-             "| STATUSTEXT from start to end + 5 s |",
-             "|---|---|---|---|---|---|---|"]
-    for r in results:
-        for o in r.get("faults", []):
-            err = "-" if o["error_max_claimed_m"] is None else f"{o['error_max_claimed_m']:.1f} m"
-            gap = "-" if o["max_interval_ms"] is None else f"{o['max_interval_ms']:.0f} ms"
-            rec = "-" if o["recovered_after_s"] is None else f"{o['recovered_after_s']:.1f} s"
-            lines.append(f"| {o['fault']} | {o['claimed_share']:.0%} | {err} | "
-                         f"{o['confident_wrong']} | {gap} | {rec} | {_said(o['statustext'])} |")
-    return "\n".join(lines)

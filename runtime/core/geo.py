@@ -12,12 +12,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.warp import transform as crs_transform
 
 WGS84 = CRS.from_epsg(4326)
-_A = 6378137.0  # WGS84 semi-major axis, m
-_E2 = 6.69437999014e-3  # WGS84 first eccentricity squared
+_GEOD = Geod(ellps="WGS84")  # every geodesic in skyfix: distances and local offsets
+
+
+def geodesic_distance_m(lat1_deg, lon1_deg, lat2_deg, lon2_deg) -> np.ndarray:
+    """WGS84 ellipsoidal distance in metres between broadcast arrays of points."""
+    a = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in
+                              (lon1_deg, lat1_deg, lon2_deg, lat2_deg)))
+    shape = a[0].shape
+    _, _, dist = _GEOD.inv(*(v.ravel() for v in a))
+    return np.asarray(dist, np.float64).reshape(shape)
+
+
+def geodesic_ne_m(lat0_deg, lon0_deg, lat_deg, lon_deg) -> np.ndarray:
+    """[..., 2] (north, east) metres of points from reference points along the geodesic
+    (distance times the cosine / sine of its azimuth at the reference point)."""
+    a = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in
+                              (lon0_deg, lat0_deg, lon_deg, lat_deg)))
+    shape = a[0].shape
+    az, _, dist = _GEOD.inv(*(v.ravel() for v in a))
+    az = np.radians(np.asarray(az, np.float64))
+    ne = np.stack([np.asarray(dist) * np.cos(az), np.asarray(dist) * np.sin(az)], -1)
+    return ne.reshape(*shape, 2)
 
 
 def R_ned_body(roll_rad: float, pitch_rad: float, yaw_rad: float) -> np.ndarray:
@@ -70,16 +91,9 @@ class LocalFrame:
         xs = [east_m, east_m + d, east_m]
         ys = [north_m, north_m, north_m + d]
         lon, lat = crs_transform(crs, WGS84, xs, ys)
-        lat0 = np.radians(lat[0])
-        s = np.sqrt(1 - _E2 * np.sin(lat0) ** 2)
-        m_per_rad_lat = _A * (1 - _E2) / s**3
-        m_per_rad_lon = _A / s * np.cos(lat0)
-        cols = []
-        for k in (1, 2):  # d(north, east) for a step in easting, then in northing
-            dn = np.radians(lat[k] - lat[0]) * m_per_rad_lat
-            de = np.radians(lon[k] - lon[0]) * m_per_rad_lon
-            cols.append([dn / d, de / d])
-        return cls(crs, (east_m, north_m), float(lat[0]), float(lon[0]), np.array(cols).T)
+        # columns: d(north, east) for a step in easting, then in northing
+        ne = geodesic_ne_m(lat[0], lon[0], np.asarray(lat[1:]), np.asarray(lon[1:]))
+        return cls(crs, (east_m, north_m), float(lat[0]), float(lon[0]), ne.T / d)
 
     def map_to_ned(self, east_m: np.ndarray | float, north_m: np.ndarray | float) -> np.ndarray:
         """[..., 2] (north, east) local metres of map points."""
@@ -106,11 +120,6 @@ class LocalFrame:
         x, y = crs_transform(WGS84, self.crs, np.atleast_1d(lon_deg).tolist(),
                              np.atleast_1d(lat_deg).tolist())
         return self.map_to_ned(np.asarray(x), np.asarray(y))
-
-    def map_to_lla(self, east_m, north_m) -> tuple[np.ndarray, np.ndarray]:
-        lon, lat = crs_transform(self.crs, WGS84, np.atleast_1d(east_m).tolist(),
-                                 np.atleast_1d(north_m).tolist())
-        return np.asarray(lat), np.asarray(lon)
 
     def lla_to_map(self, lat_deg, lon_deg) -> np.ndarray:
         """[N, 2] (easting, northing) of geodetic points."""

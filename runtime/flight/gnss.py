@@ -50,6 +50,7 @@ from typing import Any, Literal
 import numpy as np
 
 from skyfix.runtime.core.config import GnssConfig
+from skyfix.runtime.core.geo import geodesic_ne_m
 from skyfix.runtime.core.types import Estimate, GnssSample
 from skyfix.runtime.io.mavlink import UERE_M
 
@@ -60,7 +61,6 @@ _RANK: dict[str, int] = {"healthy": 0, "degraded": 1, "lost": 2, "spoofed": 3}
 INTEGRITY_MITIGATED = 2
 INTEGRITY_DETECTED = 3
 
-EARTH_RADIUS_M = 6371008.8  # mean radius: plenty for metre-level differences of nearby points
 _EPH_UNKNOWN = 65535
 _RAW_INSTANCE = {"GPS_RAW_INT": 0, "GPS2_RAW": 1}
 _MAX_PAIR_GAP_NS = 1_000_000_000  # an estimate further than this from a GNSS sample is not compared
@@ -174,9 +174,8 @@ class GnssMonitor:
             return
         dt_s = (t_ns - t_est) * 1e-9
         # local north/east offset of the GNSS fix from the estimate's geodetic position
-        g_ne = np.array([np.radians(lat_deg - est.lat_deg),
-                         np.radians(lon_deg - est.lon_deg) * np.cos(np.radians(est.lat_deg))])
-        d = g_ne * EARTH_RADIUS_M - dt_s * np.array([est.vn_mps, est.ve_mps])  # d = g - p
+        g_ne = geodesic_ne_m(est.lat_deg, est.lon_deg, lat_deg, lon_deg)
+        d = g_ne - dt_s * np.array([est.vn_mps, est.ve_mps])  # d = g - p
         S = est.cov_ne_m2 + self._gnss_sigma_m(rx) ** 2 * np.eye(2)  # S = P_est + sigma^2 I
         nis = float(d @ np.linalg.solve(S, d))  # NIS = d^T S^-1 d
         cfg = self.cfg

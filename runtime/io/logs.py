@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.geo import R_ned_body, euler_from_R_ned_body
+from skyfix.runtime.core.geo import R_ned_body, euler_from_R_ned_body, geodesic_ne_m
 from skyfix.runtime.io.telemetry import TelemetryLog
 
 LOG_SUFFIXES = (".tlog", ".bin", ".log", ".ulg", ".csv")
-_M_PER_DEG = 111_320.0  # metres per degree of latitude, for the course over ground only
 _MIN_COURSE_SPEED_MPS = 0.5  # slower than this, the course keeps its previous value
 
 
@@ -63,11 +62,20 @@ def _sorted(rows: list | np.ndarray, width: int) -> np.ndarray:
     return a[np.argsort(a[:, 0], kind="stable")]
 
 
+def _track_velocity(t_ns: np.ndarray, lat: np.ndarray, lon: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(north, east) velocity [N] m/s of a track by differences of its geodesic offsets
+    from the first point; zero for a single point."""
+    if len(t_ns) < 2:
+        return np.zeros(len(t_ns)), np.zeros(len(t_ns))
+    ne = geodesic_ne_m(lat[0], lon[0], lat, lon)
+    ts = t_ns * 1e-9
+    return np.gradient(ne[:, 0], ts), np.gradient(ne[:, 1], ts)
+
+
 def _course_attitude(t_ns: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """[N, 4] (t_ns, 0, 0, yaw) with yaw the course over ground of the track."""
-    dn = np.gradient(lat, t_ns * 1e-9) * _M_PER_DEG if len(t_ns) > 1 else np.zeros(1)
-    de = (np.gradient(lon, t_ns * 1e-9) * _M_PER_DEG * np.cos(np.radians(lat))
-          if len(t_ns) > 1 else np.zeros(1))
+    dn, de = _track_velocity(t_ns, lat, lon)
     yaw = np.arctan2(de, dn)
     moving = np.hypot(dn, de) >= _MIN_COURSE_SPEED_MPS
     if moving.any():  # hold the last course while hovering, the first one before it
@@ -90,8 +98,7 @@ def _track_log(t_ns: np.ndarray, lat: np.ndarray, lon: np.ndarray, alt: np.ndarr
     rel = alt - alt[0] if rel_alt is None else rel_alt[order]
     if len(t_ns) > 1:
         ts = t_ns * 1e-9
-        vn = np.gradient(lat, ts) * _M_PER_DEG
-        ve = np.gradient(lon, ts) * _M_PER_DEG * np.cos(np.radians(lat))
+        vn, ve = _track_velocity(t_ns, lat, lon)
         vd = -np.gradient(alt, ts)
     else:
         vn = ve = vd = np.zeros(1)

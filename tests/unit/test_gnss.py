@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 from pymavlink.dialects.v20 import development
+from pyproj import Geod
 
 from skyfix.runtime.core.config import GnssConfig, OutputConfig
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.flight.gnss import EARTH_RADIUS_M, GnssMonitor
+from skyfix.runtime.flight.gnss import GnssMonitor
 from skyfix.runtime.io.mavlink import set_ekf_source_set
 from skyfix.sim.trajectory import gauss_markov
 
@@ -32,11 +33,17 @@ def wire(msg, dialect=mavlink2):
     return back
 
 
+def offset_lla(north_m: float, east_m: float) -> tuple[float, float]:
+    """The point `north_m`, `east_m` from (LAT0, LON0) along the WGS84 geodesic."""
+    lon, lat, _ = Geod(ellps="WGS84").fwd(LON0, LAT0, np.degrees(np.arctan2(east_m, north_m)),
+                                          np.hypot(north_m, east_m))
+    return float(lat), float(lon)
+
+
 def raw(t_s: float, fix: int = 3, sats: int = 14, hdop: float = 0.8, h_acc_m: float = 1.5,
         north_m: float = 0.0, east_m: float = 0.0, second: bool = False):
     """GPS_RAW_INT (or GPS2_RAW) at a local offset from (LAT0, LON0), through the wire."""
-    lat = LAT0 + np.degrees(north_m / EARTH_RADIUS_M)
-    lon = LON0 + np.degrees(east_m / (EARTH_RADIUS_M * np.cos(np.radians(LAT0))))
+    lat, lon = offset_lla(north_m, east_m)
     common = dict(time_usec=int(t_s * 1e6), fix_type=fix, lat=int(round(lat * 1e7)),
                   lon=int(round(lon * 1e7)), alt=300_000, eph=int(round(hdop * 100)),
                   epv=120, vel=1200, cog=9000, satellites_visible=sats, alt_ellipsoid=0,
@@ -59,8 +66,7 @@ def integrity(jamming: int, spoofing: int, instance: int = 0):
 
 def estimate_at(north_m: float, east_m: float, vn: float, ve: float, sigma_m: float = 3.0):
     from skyfix.runtime.core.types import Estimate
-    lat = LAT0 + np.degrees(north_m / EARTH_RADIUS_M)
-    lon = LON0 + np.degrees(east_m / (EARTH_RADIUS_M * np.cos(np.radians(LAT0))))
+    lat, lon = offset_lla(north_m, east_m)
     return Estimate(t_ns=0, north_m=north_m, east_m=east_m, vn_mps=vn, ve_mps=ve,
                     cov_ne_m2=sigma_m**2 * np.eye(2), vel_cov_ne_m2s2=0.25 * np.eye(2),
                     lat_deg=lat, lon_deg=lon, alt_amsl_m=300.0, valid=True, last_fix_age_s=0.2)

@@ -24,11 +24,11 @@ from skyfix.models import metrics
 from skyfix.models.metrics import (
     fix_errors_m,
     fix_metrics,
-    geodesic_distance_m,
     rank_gallery,
     retrieval_metrics,
 )
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import geodesic_distance_m
 
 GALLERY = np.array([[0, 0], [100, 0], [0, 200], [300, 400]], float)
 QUERIES = np.array([[0, 0], [300, 0], [0, 0]], float)
