@@ -45,6 +45,7 @@ from skyfix.models.registry import encoder_for_id, make_encoder
 from skyfix.runtime.apps.replay import replay
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body
+from skyfix.runtime.core.types import Frame
 from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.runtime.io.telemetry import TelemetryLog
 from skyfix.runtime.nav.rectify import ground_footprint, rectify
@@ -109,7 +110,7 @@ def retrieval(flight_dir: Path, pack_path: Path) -> dict:
     tiles = [np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) for x0, y0, x1, y1 in b]
     queries, positives, locs = [], [], []
     for i, frame in enumerate(flight.frames()):
-        tel = None if isinstance(frame, tuple) else telemetry.at(frame.t_ns)
+        tel = telemetry.at(frame.t_ns) if isinstance(frame, Frame) else None
         if tel is None:
             continue
         level = pack.level_for_gsd(tel.agl_m / flight.camera.fx)

@@ -264,7 +264,7 @@ def calibrate_mount(flight_dir: Path, pack_path: Path, cfg: Config, min_frames: 
     poses: list[FramePose] = []
     for item in tqdm(flight.frames(), total=len(flight.frame_files), desc="mount",
                      unit="frame", disable=not progress):
-        if isinstance(item, tuple):
+        if not isinstance(item, Frame):
             continue
         tel = log.at(item.t_ns)
         if tel is None or not track.t_ns[0] <= item.t_ns <= track.t_ns[-1]:

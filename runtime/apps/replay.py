@@ -21,7 +21,7 @@ from tqdm import tqdm
 from skyfix.runtime.apps.report import Report, SentEstimate, write_outputs
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.types import Frame, Rejection
+from skyfix.runtime.core.types import Frame, FrameItem, Rejection
 from skyfix.runtime.flight.assembly import Chain, build_chain
 from skyfix.runtime.io.sources import ReplayInputs, open_inputs
 from skyfix.runtime.io.telemetry import gnss_sample
@@ -77,13 +77,13 @@ class _Flight:
         self._gnss = gnss[gnss[:, 0] < self.t_off_ns] if len(gnss) else gnss
         self._gnss_next = 0
 
-    def frame(self, item: Frame | tuple[int, int, str]) -> None:
-        t = item.t_ns if isinstance(item, Frame) else int(item[1])
+    def frame(self, item: FrameItem) -> None:
+        t = item.t_ns
         self.send_until(t)  # what the autopilot would have received up to this capture
         self._feed_gnss(t)
         if not isinstance(item, Frame):  # a file that could not be read
             self.chain.rejections["bad_image"] += 1
-            self.results.append(FrameResult(t, Rejection(t, "bad_image", item[2]), None,
+            self.results.append(FrameResult(t, Rejection(t, "bad_image", item.reason), None,
                                             "none", 0.0))
             return
         tel = self.inputs.telemetry.at(t)

@@ -22,6 +22,14 @@ RejectReason = Literal[
     "heading",  # match rotation disagrees with the reported attitude
     "ambiguous",  # a second, distant tile matches nearly as well
     "gated",  # the filter's NIS gate refused the fix
+    # refused before matching (flight/output.FrameGate, flight/assembly.Chain):
+    "frozen",  # identical to the previous frame
+    "blank",  # identical to the previous frame and of one value
+    "clock",  # stamped too far from the clock
+    "backwards",  # stamped no later than the previous usable frame
+    "repeated",  # the previous usable frame's stamp once more (no alarm)
+    "bad_image",  # not an image (unreadable file, wrong type or size)
+    "no_telemetry",  # no attitude / height for the frame's time
 ]
 
 
@@ -41,6 +49,18 @@ class Frame:
     index: int
     t_ns: int
     image: np.ndarray
+
+
+@dataclass(frozen=True)
+class UnreadableFrame:
+    """A frame a source could not read (a missing or corrupt file): where and why."""
+
+    index: int
+    t_ns: int
+    reason: str
+
+
+FrameItem = Frame | UnreadableFrame  # what a frame source yields
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from rasterio.crs import CRS
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import WGS84
-from skyfix.runtime.core.types import Frame
+from skyfix.runtime.core.types import Frame, FrameItem, UnreadableFrame
 from skyfix.runtime.io.logs import (
     ImageMeta,
     read_image_meta,
@@ -108,12 +108,12 @@ class RecordedFlight:
             raise SkyfixError(f"{meta_path}: missing key {exc}") from None
         return cls(root, camera, times, files, tlog, truth)
 
-    def frames(self) -> Iterator[Frame | tuple[int, int, str]]:
-        """Frames in time order; an unreadable image yields (index, t_ns, reason) instead."""
+    def frames(self) -> Iterator[FrameItem]:
+        """Frames in time order; an unreadable image yields an UnreadableFrame instead."""
         for i, (t, path) in enumerate(zip(self.frame_times_ns, self.frame_files, strict=True)):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
             if image is None:
-                yield (i, int(t), f"unreadable image {path.name}")
+                yield UnreadableFrame(i, int(t), f"unreadable image {path.name}")
             else:
                 yield Frame(i, int(t), image)
 
@@ -152,14 +152,13 @@ def _read_truth(path: Path, crs: CRS) -> Truth:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # A UTC time in a file name: YYYYmmddHHMMSS and optional fraction digits (cuav: ...SScc).
 _NAME_TIME = re.compile(r"(?<!\d)(\d{14})(\d{0,6})(?!\d)")
-FrameItem = Frame | tuple[int, int, str]
 
 
 def _read_images(files: tuple[Path, ...], times_ns: np.ndarray) -> Iterator[FrameItem]:
     for i, (t, path) in enumerate(zip(times_ns, files, strict=True)):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            yield (i, int(t), f"unreadable image {path.name}")
+            yield UnreadableFrame(i, int(t), f"unreadable image {path.name}")
         else:
             yield Frame(i, int(t), image)
 

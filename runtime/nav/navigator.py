@@ -139,7 +139,7 @@ class Navigator:
             velocity = self.odometry.update(look.view, look.feats)
             result = self.localizer.locate(look, prior)
         if isinstance(result, Fix):
-            result, innovation = self._fuse(result)
+            result, innovation = self.fuse(result)
         if not isinstance(result, Fix):
             self._fuse_velocity(velocity)  # only where no fix: its errors are time-correlated
         if isinstance(result, Rejection):
@@ -160,7 +160,10 @@ class Navigator:
         cov_en = obs.cov_ne_m2s2[::-1, ::-1]
         self.filter.update_velocity(obs.t_ns, J @ v_en, J @ cov_en @ J.T)
 
-    def _fuse(self, fix: Fix) -> tuple[Fix | Rejection, Innovation | None]:
+    def fuse(self, fix: Fix) -> tuple[Fix | Rejection, Innovation | None]:
+        """The filter's verdict on `fix`: the fix when it is fused (or starts the filter),
+        else a "gated" Rejection; a run of `divergence_after_gated` gated fixes resets the
+        filter (the filter is the one lost), which sends the next frames to a global search."""
         z = self.frame.map_to_ned(fix.east_m, fix.north_m)
         R = self.frame.cov_map_to_ned(fix.cov_en_m2)
         if not self.filter.initialized:

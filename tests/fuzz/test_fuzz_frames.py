@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import RectifyConfig
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.types import Frame, Telemetry
+from skyfix.runtime.core.types import Frame, Telemetry, UnreadableFrame
 from skyfix.runtime.io.camera_source import valid_image
 from skyfix.runtime.io.sources import ImageFolder
 from skyfix.runtime.nav.rectify import rectify, to_gray
@@ -53,9 +53,8 @@ def read_folder(folder: Path):
         if isinstance(item, Frame):
             frames.append(item)
         else:
-            index, t_ns, reason = item
-            assert isinstance(reason, str) and reason
-            drops.append(index)
+            assert isinstance(item, UnreadableFrame) and item.reason
+            drops.append(item.index)
     assert len(frames) + len(drops) == len(images.frame_files)
     return frames, drops
 
