@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import shtab
+
 from skyfix.models.registry import ENCODER_NAMES
 from skyfix.runtime.core.errors import SkyfixError
 
@@ -482,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--min-frames", type=int, default=10,
                     help="refuse with fewer frames matched (default 10)")
     cm.set_defaults(func=cmd_calibrate_mount)
+
+    co = sub.add_parser("completion", help="print a shell completion script "
+                                           "(e.g. skyfix completion bash > ~/.skyfix-complete)")
+    co.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    co.set_defaults(func=lambda a: print(shtab.complete(p, shell=a.shell)))
     return p
 
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import defusedxml.ElementTree as DefusedET
 import numpy as np
+from defusedxml import DefusedXmlException
 
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import R_ned_body, euler_from_R_ned_body, geodesic_ne_m
@@ -293,6 +295,7 @@ def _track_rows(path: Path) -> list[tuple[float, float, float, float]]:
 # --- Image EXIF + DJI XMP --------------------------------------------------------------
 
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+_DJI_NS = "{http://www.dji.com/drone-dji/1.0/}"
 _XMP_KEYS = ("RelativeAltitude", "AbsoluteAltitude", "GimbalRollDegree", "GimbalYawDegree",
              "GimbalPitchDegree", "FlightRollDegree", "FlightYawDegree", "FlightPitchDegree")
 
@@ -324,16 +327,36 @@ def read_image_meta(path: Path) -> ImageMeta:
         raise SkyfixError(f"{path}: not a readable image ({exc})") from None
     ex = exif.get_ifd(_EXIF_IFD)
     gps = exif.get_ifd(_GPS_IFD)
-    xmp_text = xmp_raw.decode("utf-8", "replace") if isinstance(xmp_raw, bytes) else xmp_raw
-    xmp = {}
-    for key in _XMP_KEYS:
-        m = re.search(rf"drone-dji:{key}(?:=\"|>)\s*([-+]?[0-9.]+)", xmp_text)
-        if m:
-            xmp[key] = float(m.group(1))
+    xmp = _dji_xmp(xmp_raw)
     lat, lon, alt = _exif_gps(gps)
     return ImageMeta(size[0], size[1], _exif_time(ex), lat, lon, alt,
                      float(ex.get(37386, np.nan) or np.nan),
                      float(ex.get(41989, np.nan) or np.nan), xmp)
+
+
+def _dji_xmp(packet: bytes | str) -> dict[str, float]:
+    """The DJI drone-dji values of an XMP packet (attributes or elements of the RDF), read
+    with a hardened XML parser; a packet that is not XML gives none."""
+    if not packet:
+        return {}
+    try:
+        root = DefusedET.fromstring(packet)
+    except (DefusedET.ParseError, DefusedXmlException, ValueError):
+        return {}
+    found: dict[str, str] = {}
+    for el in root.iter():
+        found.update({k[len(_DJI_NS):]: v for k, v in el.attrib.items() if k.startswith(_DJI_NS)})
+        if isinstance(el.tag, str) and el.tag.startswith(_DJI_NS) and el.text:
+            found[el.tag[len(_DJI_NS):]] = el.text
+    xmp = {}
+    for key in _XMP_KEYS:
+        try:
+            value = float(found.get(key, "").strip())
+        except ValueError:
+            continue
+        if np.isfinite(value):
+            xmp[key] = value
+    return xmp
 
 
 def _exif_time(ex: dict) -> datetime | None:

@@ -58,3 +58,11 @@ def test_replay_of_a_folder_that_is_not_a_flight(tmp_path):
 def test_pack_commands_on_a_folder_that_is_not_a_pack(tmp_path, args):
     proc = run_cli(*args, str(tmp_path))
     assert_one_line_error(proc, str(tmp_path))
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_shell_completion_knows_every_command(shell):
+    proc = run_cli("completion", shell)
+    assert proc.returncode == 0, proc.stderr
+    for word in ("replay", "maps", "build", "verify", "closed-loop", "calibrate", "--gnss-off-at"):
+        assert word in proc.stdout, word

@@ -156,3 +156,26 @@ def test_zero_exif_gps_means_no_receiver(tmp_path):
     meta = read_image_meta(tmp_path / "b.jpg")
     assert np.isnan(meta.lat_deg) and meta.time_utc.tzinfo == timezone.utc
     assert telemetry_from_images([meta], np.array([0])) is None
+
+
+def test_dji_xmp_is_read_as_xml_attributes_or_elements_and_bombs_are_refused():
+    from skyfix.runtime.io.logs import _dji_xmp
+
+    ns = 'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" ' \
+         'xmlns:drone-dji="http://www.dji.com/drone-dji/1.0/"'
+    attrs = (f'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+             f'<rdf:RDF {ns}><rdf:Description drone-dji:RelativeAltitude="+120.50" '
+             f'drone-dji:GimbalYawDegree="-12.3" drone-dji:FlightRollDegree="nan"/></rdf:RDF>'
+             f'</x:xmpmeta><?xpacket end="w"?>')
+    assert _dji_xmp(attrs.encode()) == {"RelativeAltitude": 120.5, "GimbalYawDegree": -12.3}
+    elements = (f'<rdf:RDF {ns}><rdf:Description><drone-dji:AbsoluteAltitude> 301.2 '
+                f'</drone-dji:AbsoluteAltitude><drone-dji:GimbalPitchDegree>-90</drone-dji:'
+                f'GimbalPitchDegree></rdf:Description></rdf:RDF>')
+    assert _dji_xmp(elements) == {"AbsoluteAltitude": 301.2, "GimbalPitchDegree": -90.0}
+    # text that merely looks like a value outside any XML is not read
+    assert _dji_xmp(b'garbage drone-dji:RelativeAltitude="+99"') == {}
+    bomb = ('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+            '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+            f'<rdf:RDF {ns}><rdf:Description drone-dji:RelativeAltitude="&b;"/></rdf:RDF>')
+    assert _dji_xmp(bomb) == {}
+    assert _dji_xmp(b"") == {}
