@@ -44,8 +44,11 @@ from skyfix.models.features import Encoder, match_mutual
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, LocalFrame, R_ned_body, euler_from_R_ned_body
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body, euler_from_R_ned_body
 from skyfix.runtime.core.types import Frame, Telemetry
+from skyfix.runtime.flight.assembly import build_localizer, open_pack
+from skyfix.runtime.io.sources import RecordedFlight
+from skyfix.runtime.io.telemetry import TelemetryLog
 from skyfix.runtime.nav.rectify import rectify, view_px_to_offset_m
 
 _MIN_INLIERS = 30
@@ -249,16 +252,10 @@ def calibrate_mount(flight_dir: Path, pack_path: Path, cfg: Config, min_frames: 
                     progress: bool = True) -> MountCalibration:
     """Estimate the mount and time offset of the recorded flight in `flight_dir`, whose
     log has good GNSS, against the map pack at `pack_path`."""
-    from skyfix.models.registry import encoder_for_id
-    from skyfix.runtime.io.sources import RecordedFlight
-    from skyfix.runtime.io.telemetry import TelemetryLog
-
     flight = RecordedFlight.open(flight_dir)
     log = TelemetryLog.from_tlog(flight.telemetry_path)
-    pack = MapPack.open(pack_path)
-    encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
-    centre = np.asarray(pack.tile_center_en).mean(0)
-    local = LocalFrame.at(pack.crs, float(centre[0]), float(centre[1]))
+    pack, local = open_pack(pack_path)  # as the flight opens it
+    encoder = build_localizer(pack, flight.camera, cfg).encoder
     track = Track(log.pos[:, 0].astype(np.int64), local.lla_to_map(log.pos[:, 1], log.pos[:, 2]))
 
     poses: list[FramePose] = []
