@@ -39,7 +39,7 @@ Modes: `always` sends GPS_INPUT all the time (we are a second GPS, the autopilot
 `on-loss` sends only while the held state is lost or spoofed; `ekf-source` sends all the
 time and asks for EKF source set `ekf_source_visual` when GNSS goes lost/spoofed while our
 visual lock is good, and for `ekf_source_gnss` when GNSS is back (see
-mavlink_out.set_ekf_source_set).
+io/mavlink.set_ekf_source_set).
 """
 
 from __future__ import annotations
