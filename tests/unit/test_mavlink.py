@@ -1,4 +1,5 @@
-"""runtime/io/mavlink.py: GPS_INPUT fields, fix_type policy; the send policy's tlog read back by pymavlink."""
+"""runtime/io/mavlink.py: GPS_INPUT fields, fix_type policy; the send policy's tlog read back
+by pymavlink."""
 
 from __future__ import annotations
 
