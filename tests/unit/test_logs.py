@@ -163,7 +163,8 @@ def test_dji_xmp_is_read_as_xml_attributes_or_elements_and_bombs_are_refused():
 
     ns = 'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" ' \
          'xmlns:drone-dji="http://www.dji.com/drone-dji/1.0/"'
-    attrs = (f'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+    attrs = (f'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+             f'<x:xmpmeta xmlns:x="adobe:ns:meta/">'
              f'<rdf:RDF {ns}><rdf:Description drone-dji:RelativeAltitude="+120.50" '
              f'drone-dji:GimbalYawDegree="-12.3" drone-dji:FlightRollDegree="nan"/></rdf:RDF>'
              f'</x:xmpmeta><?xpacket end="w"?>')
