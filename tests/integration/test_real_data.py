@@ -127,8 +127,9 @@ def test_kml_and_gpx_hold_the_estimate(dji):
     lat = np.array([float(p.get("lat")) for p in pts])
     lon = np.array([float(p.get("lon")) for p in pts])
     assert (abs(lat - 48.185) < 0.01).all() and (abs(lon - 16.31) < 0.02).all()  # Schoenbrunn
-    times = [p.find("g:time", ns).text for p in pts]
-    assert times == sorted(times)
+    times = [datetime.fromisoformat(p.find("g:time", ns).text.replace("Z", "+00:00"))
+             for p in pts]
+    assert times == sorted(times) and len(set(times)) == len(times)
     kml = ET.parse(out / "estimate.kml").getroot()
     coords = kml.findall(".//{http://www.opengis.net/kml/2.2}coordinates")
     assert len(coords) == 2 and len(coords[0].text.split()) == len(pts)
