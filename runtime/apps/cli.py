@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute tile features on Ray (a local cluster, or ADDRESS)")
     b.add_argument("--workers", type=int, help="CPUs of a local Ray cluster (default: all)")
     b.set_defaults(func=cmd_maps_build)
+    from skyfix.runtime.apps.maps_fetch import add_parser as add_fetch_parser
+
+    add_fetch_parser(msub)
     sh = msub.add_parser("shard", help="cut a map pack into geographic cells for lazy loading")
     sh.add_argument("pack", type=Path, help="map pack folder")
     sh.add_argument("--cell-m", type=float, required=True, help="cell size, metres")
