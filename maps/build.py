@@ -28,6 +28,7 @@ chunk of tiles at a time, GDAL's block cache capped at GDAL_CACHE_MB.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -67,6 +68,7 @@ from skyfix.maps.tiles import (
     merge_chunks,
     prepare_work,
     tile_specs,
+    tile_usage,
     write_descriptors,
 )
 from skyfix.models.features import Encoder, RootSiftEncoder, fit_codebook
@@ -83,6 +85,7 @@ GDAL_CACHE_MB = 256  # GDAL's default is 5 % of RAM: unbounded for our purpose
 SCALE_TOLERANCE = 0.002  # an input CRS whose scale differs more from 1 is reprojected
 UTM_MAX_DEG = 4.0  # a geographic input may reach this far from its UTM central meridian
 ORTHO_DONE = "ortho.done"  # in the partial folder: ortho.tif is complete
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
                codebook_k: int = 32, force: bool = False, progress: bool = True,
                dem: Path | None = None, index_min_tiles: int = INDEX_MIN_TILES,
                on_progress: Callable[[BuildProgress], None] | None = None,
-               extract: Callable[..., list[Path]] = extract_chunks) -> Path:
+               extract: Callable[..., list[Path]] = extract_chunks,
+               min_valid_fraction: float = MIN_VALID_FRACTION) -> Path:
     """Write the map pack of `orthos` to the folder `out` and return `out`.
 
     `gsds_m`: ground resolution of each level, metres/pixel (default: native, 2 x native);
@@ -127,11 +131,16 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     at `out` (never a non-empty folder that is no pack). `on_progress` is called after each
     chunk of tiles. `extract` computes the tile chunks (signature of
     skyfix.maps.tiles.extract_chunks; skyfix.maps.distributed passes a Ray-backed one).
+    `min_valid_fraction`: least share of imagery in a tile (of its part inside the map; a
+    tile short of it is first moved up to a quarter tile towards its imagery); what is left
+    out is logged and counted in the manifest (build.tile_usage).
     Raises SkyfixError (one line) for unusable input.
     """
     out, paths = Path(out), [Path(p) for p in orthos]
     dem = None if dem is None else Path(dem)
     _check_args(paths, gsds_m, tile_px, overlap, codebook_k, dem, index_min_tiles)
+    if not 0.0 < min_valid_fraction <= 1.0:
+        raise SkyfixError(f"valid-fraction threshold must be in (0, 1], got {min_valid_fraction}")
     _check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial"
@@ -140,12 +149,14 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
               "encoder": [encoder.id, encoder.sha256],
               "gsds_m": None if gsds_m is None else [float(g) for g in gsds_m],
               "tile_px": int(tile_px), "overlap": float(overlap), "codebook_k": int(codebook_k),
-              "index_min_tiles": int(index_min_tiles), "chunk_tiles": CHUNK_TILES, "seed": SEED}
+              "index_min_tiles": int(index_min_tiles), "chunk_tiles": CHUNK_TILES, "seed": SEED,
+              "min_valid_fraction": float(min_valid_fraction)}
     prepare_work(work, params)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             manifest = _build(work, paths, dem, encoder, gsds_m, tile_px, overlap, codebook_k,
-                              index_min_tiles, progress, on_progress, extract)
+                              index_min_tiles, progress, on_progress, extract,
+                              min_valid_fraction)
         (work / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         _commit(work, out, force)
     except SkyfixError:
@@ -158,7 +169,8 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
            gsds_m: Sequence[float] | None, tile_px: int, overlap: float, codebook_k: int,
            index_min_tiles: int, progress: bool,
            on_progress: Callable[[BuildProgress], None] | None,
-           extract: Callable[..., list[Path]] = extract_chunks) -> Manifest:
+           extract: Callable[..., list[Path]] = extract_chunks,
+           min_valid: float = MIN_VALID_FRACTION) -> Manifest:
     """Fill `work` with every pack file (resuming what is there) and return the manifest."""
     ortho = work / "ortho.tif"
     if (work / ORTHO_DONE).is_file():
@@ -169,13 +181,20 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
         (work / ORTHO_DONE).write_text("")
     dem_gsd = None if dem is None else write_dem(dem, grid, work / DEM_FILE)
     gsds = tuple(float(g) for g in gsds_m) if gsds_m else (grid.gsd_m, 2 * grid.gsd_m)
-    specs = tile_specs(grid, gsds, tile_px, overlap)
+    specs = tile_specs(grid, gsds, tile_px, overlap, min_valid)
     chunks = extract(ortho, grid, specs, tile_px, encoder, work, progress, on_progress)
     try:
         tiles, sample = merge_chunks(chunks, work, CODEBOOK_SAMPLES, SEED)
     except SkyfixError as e:
         raise SkyfixError(f"{', '.join(str(p) for p in paths)}: {e}") from None
     n_features = int(tiles["feat_count"].sum())
+    usage = tile_usage(chunks, len(gsds))
+    for level, (n, m2) in enumerate(zip(usage["tiles_skipped"], usage["skipped_imagery_m2"],
+                                        strict=True)):
+        if n:
+            log.warning("level %d (%.2f m/px): %d tiles left out with less than %.0f%% imagery"
+                        " (%.0f m2 of imagery only they held)", level, gsds[level], n,
+                        100 * min_valid, m2)
     codebook = _fit_codebook(sample, n_features, codebook_k, paths)
     np.save(work / "codebook.npy", codebook, allow_pickle=False)
     write_descriptors(chunks, codebook, work / "descriptors.npy", progress)
@@ -197,7 +216,8 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
         codebook_k=int(codebook_k), n_features=n_features,
         sources=tuple(p.name for p in paths),
         build={"seed": SEED, "codebook_samples": len(sample),
-               "min_valid_fraction": MIN_VALID_FRACTION, "mask_erode_px": MASK_ERODE_PX,
+               "min_valid_fraction": min_valid, "mask_erode_px": MASK_ERODE_PX,
+               "tile_usage": usage,
                "ortho_gsd_m": grid.gsd_m, "ortho_size_px": [grid.width, grid.height],
                "ortho_compression": f"JPEG q{JPEG_QUALITY}",
                "level_resampling": "average (coarser), nearest (native), bilinear (finer)",

@@ -35,7 +35,7 @@ def cmd_maps_build(a: argparse.Namespace) -> None:
     from skyfix.models.registry import make_encoder
 
     kwargs = dict(encoder=make_encoder(a.encoder), gsds_m=a.gsd, tile_px=a.tile,
-                  overlap=a.overlap, force=a.force, dem=a.dem,
+                  overlap=a.overlap, force=a.force, dem=a.dem, min_valid_fraction=a.min_valid,
                   index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
                   else a.index_min_tiles)
     if a.ray is not None:
@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
                    help="local-feature encoder the runtime will match with (default rootsift)")
     b.add_argument("--dem", type=Path, help="terrain model (GeoTIFF) to resample into the pack")
+    b.add_argument("--min-valid", type=float, default=0.5, metavar="FRACTION",
+                   help="least share of imagery in a tile (default 0.5); ragged drone orthos"
+                        " may want less")
     b.add_argument("--index-min-tiles", type=int, metavar="N",
                    help="build a FAISS index for levels with at least N tiles (default 5000)")
     b.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
