@@ -112,7 +112,10 @@ def _fetch(area: Area, source: TileSource, out: Path, gsd_m: float, cache_dir: P
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise SkyfixError(f"{out}: output must be a .tif")
     level = source.level_for(gsd_m, area)
-    box = transform_bounds(area.crs, level.crs, *area.bounds_en, densify_pts=21)
+    w, s, e, n = area.bounds_en
+    pad = 2 * gsd_m  # the output grid snaps outwards; bilinear needs a neighbour
+    box = transform_bounds(area.crs, level.crs, w - pad, s - pad, e + pad, n + pad,
+                           densify_pts=21)
     cols, rows = level.tile_range(box)
     n = len(cols) * len(rows)
     if n == 0:

@@ -24,6 +24,7 @@ from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.warp import transform as crs_transform
+from rasterio.warp import transform_bounds
 
 from skyfix.maps.area import Area
 from skyfix.runtime.core.errors import SkyfixError
@@ -234,13 +235,15 @@ def wms_source(url: str, area: Area, gsd_m: float, layer: str | None = None,
         raise SkyfixError(f"{url}: layer {name} offers none of the area's CRS, EPSG:3857 or"
                           " EPSG:4326")
     crs = CRS.from_user_input(pick)
-    xs, ys = crs_transform(area.crs, crs, [area.bounds_en[0], area.bounds_en[2]],
-                           [area.bounds_en[3], area.bounds_en[1]])
-    probe = TileLevel("0", crs, (min(xs), max(ys)), 1.0, WMS_TILE_PX, 1, 1)
+    w, s, e, n = area.bounds_en
+    pad = 4 * gsd_m  # the output grid snaps outwards, bilinear needs a neighbour
+    x0, y0, x1, y1 = transform_bounds(area.crs, crs, w - pad, s - pad, e + pad, n + pad,
+                                      densify_pts=21)
+    probe = TileLevel("0", crs, (x0, y1), 1.0, WMS_TILE_PX, 1, 1)
     res = gsd_m / probe.ground_res_m(*area.centre_deg)
-    cols = math.ceil((max(xs) - min(xs)) / (res * WMS_TILE_PX))
-    rows = math.ceil((max(ys) - min(ys)) / (res * WMS_TILE_PX))
-    level = TileLevel("0", crs, (min(xs), max(ys)), res, WMS_TILE_PX, cols, rows)
+    cols = math.ceil((x1 - x0) / (res * WMS_TILE_PX))
+    rows = math.ceil((y1 - y0) / (res * WMS_TILE_PX))
+    level = TileLevel("0", crs, (x0, y1), res, WMS_TILE_PX, cols, rows)
     formats = svc.getOperationByName("GetMap").formatOptions
     fmt = "image/jpeg" if "image/jpeg" in formats else "image/png"
     base = svc.getOperationByName("GetMap").methods[0]["url"]

@@ -8,13 +8,14 @@
 `wrap=True` repeats the image without end, so any area has imagery (throughput tests).
 Faults per tile path ("z/x/y"): `TileFault("404"|"429"|"truncate"|"slow"|"html", times,
 retry_after_s, delay_s)`, served `times` times, then the real tile. Every request is
-counted per path (`hits`). Listens on 127.0.0.1 only; `python -m skyfix.sim.tile_server`
-runs it in the foreground and prints its URL template.
+counted per path (`hits`; GET /stats: totals as JSON). Listens on 127.0.0.1 only;
+`python -m skyfix.sim.tile_server` runs it in the foreground and prints its URL template.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import threading
@@ -23,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
@@ -35,6 +37,45 @@ from rasterio.warp import reproject, transform_bounds
 HALF_M = 20037508.342789244
 TILE_PX = 256
 _PATH = re.compile(r"^/(terrarium/)?(\d+)/(\d+)/(\d+)\.(jpg|png)$")
+
+
+_WMTS_CAPS = """<?xml version="1.0" encoding="UTF-8"?>
+<Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1"
+ xmlns:xlink="http://www.w3.org/1999/xlink" version="1.0.0">
+<ows:ServiceIdentification><ows:Title>skyfix test WMTS</ows:Title>
+<ows:ServiceType>OGC WMTS</ows:ServiceType><ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion>
+<ows:AccessConstraints>CC BY 4.0</ows:AccessConstraints></ows:ServiceIdentification>
+<ows:OperationsMetadata><ows:Operation name="GetTile"><ows:DCP><ows:HTTP>
+<ows:Get xlink:href="{base}/wmts?"/></ows:HTTP></ows:DCP></ows:Operation></ows:OperationsMetadata>
+<Contents><Layer><ows:Title>ortho</ows:Title><ows:Identifier>ortho</ows:Identifier>
+<Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>
+<Format>image/jpeg</Format><TileMatrixSetLink><TileMatrixSet>GoogleMapsCompatible</TileMatrixSet>
+</TileMatrixSetLink><ResourceURL format="image/jpeg" resourceType="tile"
+ template="{base}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.{fmt}"/></Layer>
+<TileMatrixSet><ows:Identifier>GoogleMapsCompatible</ows:Identifier>
+<ows:SupportedCRS>urn:ogc:def:crs:EPSG::3857</ows:SupportedCRS>{matrices}</TileMatrixSet>
+</Contents></Capabilities>"""
+_WMTS_MATRIX = """<TileMatrix><ows:Identifier>{z}</ows:Identifier>
+<ScaleDenominator>{scale!r}</ScaleDenominator><TopLeftCorner>-{half!r} {half!r}</TopLeftCorner>
+<TileWidth>256</TileWidth><TileHeight>256</TileHeight><MatrixWidth>{n}</MatrixWidth>
+<MatrixHeight>{n}</MatrixHeight></TileMatrix>"""
+_WMS_CAPS = """<?xml version="1.0" encoding="UTF-8"?>
+<WMS_Capabilities version="1.3.0" xmlns="http://www.opengis.net/wms"
+ xmlns:xlink="http://www.w3.org/1999/xlink">
+<Service><Name>WMS</Name><Title>skyfix test WMS</Title><AccessConstraints>CC BY 4.0
+</AccessConstraints></Service>
+<Capability><Request>
+<GetCapabilities><Format>text/xml</Format><DCPType><HTTP><Get><OnlineResource
+ xlink:href="{base}/wms?"/></Get></HTTP></DCPType></GetCapabilities>
+<GetMap><Format>image/jpeg</Format><DCPType><HTTP><Get><OnlineResource
+ xlink:href="{base}/wms?"/></Get></HTTP></DCPType></GetMap></Request>
+<Exception><Format>XML</Format></Exception>
+<Layer><Title>root</Title><CRS>EPSG:3857</CRS>
+<Layer queryable="0"><Name>ortho</Name><Title>ortho</Title><CRS>EPSG:3857</CRS>
+<EX_GeographicBoundingBox><westBoundLongitude>-180</westBoundLongitude>
+<eastBoundLongitude>180</eastBoundLongitude><southBoundLatitude>-85</southBoundLatitude>
+<northBoundLatitude>85</northBoundLatitude></EX_GeographicBoundingBox></Layer></Layer>
+</Capability></WMS_Capabilities>"""
 
 
 @dataclass(frozen=True)
@@ -76,6 +117,13 @@ class TileServer:
                  faults: dict[str, TileFault] | None = None, port: int = 0) -> None:
         self.max_zoom, self.wrap, self.fmt, self.quality = max_zoom, wrap, fmt, quality
         img, self._valid, self._c0, self._r0 = _warp(Path(ortho), max_zoom, 3, "uint8")
+        if wrap:  # repeat only the part that is imagery throughout
+            rows = np.flatnonzero(self._valid.mean(1) > 0.5)
+            cols = np.flatnonzero(self._valid.mean(0) > 0.5)
+            r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            while not self._valid[r0:r1, c0:c1].all():
+                r0, r1, c0, c1 = r0 + 1, r1 - 1, c0 + 1, c1 - 1
+            img, self._valid = img[:, r0:r1, c0:c1], self._valid[r0:r1, c0:c1]
         self._img = np.ascontiguousarray(np.moveaxis(img, 0, -1)[:, :, ::-1])  # BGR
         self._dem = None if dem is None else _warp(Path(dem), max_zoom, 1, "float32")
         self._faults = dict(faults or {})
@@ -144,6 +192,40 @@ class TileServer:
             return cv2.imencode(".png", block)[1].tobytes()
         return cv2.imencode(".jpg", block, [cv2.IMWRITE_JPEG_QUALITY, self.quality])[1].tobytes()
 
+    def ogc(self, path: str) -> tuple[int, bytes, str]:
+        """(status, body, content type) of a WMTS or WMS request (capabilities, GetMap)."""
+        service = "wmts" if path.startswith("/wmts") else "wms"
+        q = {k.upper(): v[0] for k, v in parse_qs(urlsplit(path).query).items()}
+        base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        if q.get("REQUEST", "GetCapabilities").lower() == "getcapabilities":
+            if service == "wmts":
+                matrices = "".join(_WMTS_MATRIX.format(z=z, scale=559082264.0287178 / 2**z,
+                                                       n=2**z, half=HALF_M)
+                                   for z in range(self.max_zoom + 1))
+                xml = _WMTS_CAPS.format(base=base, matrices=matrices, fmt=self.fmt)
+            else:
+                xml = _WMS_CAPS.format(base=base)
+            return 200, xml.encode(), "application/xml"
+        if service == "wms" and q.get("REQUEST", "").lower() == "getmap":
+            try:
+                x0, y0, x1, y1 = (float(v) for v in q["BBOX"].split(","))
+                w, h = int(q["WIDTH"]), int(q["HEIGHT"])
+            except (KeyError, ValueError):
+                return 400, b"bad GetMap", "text/plain"
+            if q.get("CRS", "").upper() != "EPSG:3857":
+                return 400, b"CRS not offered", "text/plain"
+            res = 2 * HALF_M / (TILE_PX * 2**self.max_zoom)
+            ox, oy = -HALF_M + self._c0 * TILE_PX * res, HALF_M - self._r0 * TILE_PX * res
+            # map output pixel centres to array pixel centres (an affine warp)
+            a = np.array([[(x1 - x0) / w / res, 0, (x0 - ox) / res - 0.5 + (x1 - x0) / w / res
+                           / 2], [0, (y1 - y0) / h / res, (oy - y1) / res - 0.5
+                                  + (y1 - y0) / h / res / 2]], np.float64)
+            img = cv2.warpAffine(self._img, a, (w, h), flags=cv2.INTER_LINEAR
+                                 | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+            return 200, cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY,
+                                                   self.quality])[1].tobytes(), "image/jpeg"
+        return 400, b"unsupported request", "text/plain"
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -167,6 +249,16 @@ class TileServer:
                     pass  # the client gave up (a timeout under test)
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path == "/stats":
+                    with server._lock:
+                        body = json.dumps({"requests": sum(server.hits.values()),
+                                           "tiles": len(server.hits)}).encode()
+                    self._send(200, body, "application/json")
+                    return
+                if self.path.startswith(("/wmts", "/wms")):
+                    code, body, ctype = server.ogc(self.path)
+                    self._send(code, body, ctype)
+                    return
                 m = _PATH.match(self.path)
                 if not m:
                     self._send(404, b"not found", "text/plain")

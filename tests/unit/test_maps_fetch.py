@@ -203,3 +203,24 @@ def test_cli_fetch_and_build_records_attribution_in_the_pack(tmp_path, ortho_pat
     assert main(["maps", "fetch", "--bbox", "16.3,48.2,16.2,48.3", "--url", srv.url,
                  "--attribution", "x", "--out", str(tmp_path / "x.tif")]) == 2
     assert "W < E" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("service", ["wmts", "wms"])
+def test_ogc_services_give_the_same_map(tmp_path, ortho_path, inner_area, service):
+    from skyfix.maps.tilesource import wms_source, wmts_source
+
+    with TileServer(ortho_path, max_zoom=19) as srv:
+        base = srv.url.split("/{z}")[0]
+        src = (wmts_source(f"{base}/wmts") if service == "wmts"
+               else wms_source(f"{base}/wms", inner_area, 0.3))
+        assert "CC BY 4.0" in src.attribution
+        r = fetch_imagery(inner_area, src, tmp_path / "m.tif", 0.3, tmp_path / "cache", FAST,
+                          progress=False)
+    with rasterio.open(r.path) as ds:
+        assert ds.crs.to_epsg() == 32633
+        got, valid = ds.read(), ds.dataset_mask() > 0
+        ref = _reference(ortho_path, ds)
+    assert valid.mean() == 1.0
+    assert np.abs(got.astype(np.float64) - ref).mean() < 4.0
+    (dx, dy), _ = cv2.phaseCorrelate(_gray(got), _gray(ref))
+    assert np.hypot(dx, dy) < 0.5
