@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -109,6 +110,15 @@ def _warp(path: Path, zoom: int, band_count: int, dtype: str
     return img, valid > 0, c0, r0
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """Clients that vanish mid-request (killed fetches, timeouts) are not errors here."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class TileServer:
     """Context manager: serves tiles of `ortho` (and a Terrarium `dem`) on 127.0.0.1."""
 
@@ -130,8 +140,7 @@ class TileServer:
         self._left = {k: f.times for k, f in self._faults.items()}
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread: threading.Thread | None = None
 
     @property
