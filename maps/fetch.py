@@ -2,7 +2,8 @@
 
     Area + ground resolution --level of the source--> tiles touching the area
     --download (skyfix.maps.download: polite, cached, resumable)--> mosaic in the source CRS
-    --warp (bilinear) to the area's metric CRS, the requested GSD--> Cloud-Optimised GeoTIFF
+    --warp (skyfix.maps.warp) to the area's metric CRS at the requested GSD-->
+    Cloud-Optimised GeoTIFF
     + OUT.fetch.json (source, attribution, terms, level, tile counts, timings)
 
 The output's metadata carries the attribution (TIFFTAG_COPYRIGHT) and terms
@@ -32,20 +33,20 @@ import numpy as np
 import rasterio
 from affine import Affine
 from PIL import Image
-from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.shutil import copy as rio_copy
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from skyfix.maps.area import Area
 from skyfix.maps.download import DownloadOptions, DownloadStats, TileCache, download_tiles
 from skyfix.maps.tilesource import TileLevel, TileSource
+from skyfix.maps.warp import warp_block
 from skyfix.runtime.core.errors import SkyfixError
 
 MAX_TILES = 250_000  # one request; larger areas are split by the user (or sharded)
 JPEG_QUALITY = 90
+BLOCK_PX = 1024  # output written in blocks of this size
 DEFAULT_OPTIONS = DownloadOptions()
 TERRAIN_ENCODINGS = ("terrarium", "terrain-rgb")
 ATTRIBUTION_TAG = "TIFFTAG_COPYRIGHT"
@@ -235,23 +236,20 @@ def _warp_to_area(src: rasterio.DatasetReader, area: Area, out: Path, gsd_m: flo
                    nodata=float("nan") if terrain else None)
     profile = {k: v for k, v in profile.items() if v is not None}
     try:
-        with WarpedVRT(src, crs=area.crs, transform=transform, width=width, height=height,
-                       resampling=Resampling.bilinear, add_alpha=not terrain,
-                       src_nodata=src.nodata if terrain else None,
-                       nodata=float("nan") if terrain else None) as vrt, \
-                rasterio.open(tmp, "w", **profile) as dst:
+        with rasterio.open(tmp, "w", **profile) as dst:
             dst.update_tags(**meta)
-            for r in range(0, height, 2048):
-                for c in range(0, width, 2048):
-                    win = Window(c, r, min(2048, width - c), min(2048, height - r))
-                    data = vrt.read(list(range(1, count + 1)), window=win)
+            for r in range(0, height, BLOCK_PX):
+                for c in range(0, width, BLOCK_PX):
+                    win = Window(c, r, min(BLOCK_PX, width - c), min(BLOCK_PX, height - r))
+                    data, valid = warp_block(src, area.crs, transform, win,
+                                             list(range(1, count + 1)), terrain)
                     dst.write(data, window=win)
                     if not terrain:
-                        dst.write_mask(vrt.read(4, window=win), window=win)
+                        dst.write_mask(valid.astype(np.uint8) * 255, window=win)
         opts = (dict(COMPRESS="DEFLATE", PREDICTOR=3) if terrain
                 else dict(COMPRESS="JPEG", QUALITY=JPEG_QUALITY))
         rio_copy(tmp, part, driver="COG", BLOCKSIZE=512, OVERVIEWS="AUTO",
-                 RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER", **opts)
+                 RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS", **opts)
         os.replace(part, out)
     except RasterioError as e:
         raise SkyfixError(f"{out}: writing failed ({_line(e)})") from None
