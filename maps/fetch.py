@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -44,10 +45,12 @@ from skyfix.maps.tilesource import TileLevel, TileSource
 from skyfix.maps.warp import warp_block
 from skyfix.runtime.core.errors import SkyfixError
 
+MAX_LEVEL_FALLBACKS = 4  # coarser levels tried when the source lacks the chosen one
 MAX_TILES = 250_000  # one request; larger areas are split by the user (or sharded)
 JPEG_QUALITY = 90
 BLOCK_PX = 1024  # output written in blocks of this size
 DEFAULT_OPTIONS = DownloadOptions()
+log = logging.getLogger(__name__)
 TERRAIN_ENCODINGS = ("terrarium", "terrain-rgb")
 ATTRIBUTION_TAG = "TIFFTAG_COPYRIGHT"
 TERMS_TAG = "SKYFIX_TERMS"
@@ -112,20 +115,10 @@ def _fetch(area: Area, source: TileSource, out: Path, gsd_m: float, cache_dir: P
         raise SkyfixError(f"missing-tile share must be 0..1, got {max_missing}")
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise SkyfixError(f"{out}: output must be a .tif")
-    level = source.level_for(gsd_m, area)
-    w, s, e, n = area.bounds_en
-    pad = 2 * gsd_m  # the output grid snaps outwards; bilinear needs a neighbour
-    box = transform_bounds(area.crs, level.crs, w - pad, s - pad, e + pad, n + pad,
-                           densify_pts=21)
-    cols, rows = level.tile_range(box)
-    n = len(cols) * len(rows)
-    if n == 0:
-        raise SkyfixError("the area lies outside the source's tile grid")
-    if n > MAX_TILES:
-        raise SkyfixError(f"{n} tiles at level {level.name}: more than {MAX_TILES}; fetch a"
-                          " smaller area or a coarser resolution")
     key_root = hashlib.sha256(source.template.encode()).hexdigest()[:16]
     cache = TileCache(cache_dir / key_root)
+    level, cols, rows, fallbacks = _pick_level(source, area, gsd_m, cache, opts)
+    n = len(cols) * len(rows)
     keys = {(c, r): f"{level.name}/{c}/{r}" for r in rows for c in cols}
     stats = download_tiles([(k, source.url(level, c, r)) for (c, r), k in keys.items()],
                            cache, opts, progress, "dem tiles" if terrain else "map tiles")
@@ -138,6 +131,8 @@ def _fetch(area: Area, source: TileSource, out: Path, gsd_m: float, cache_dir: P
                           " (--max-missing)")
     out.parent.mkdir(parents=True, exist_ok=True)
     lon, lat = area.centre_deg
+    if fallbacks:  # the source is coarser than asked: no finer pixels than it has
+        gsd_m = max(gsd_m, round(level.ground_res_m(lon, lat), 3))
     meta = {ATTRIBUTION_TAG: source.attribution, TERMS_TAG: source.terms,
             SOURCE_TAG: f"{source.kind}: {source.name}"}
     with tempfile.TemporaryDirectory(prefix=".fetch.", dir=out.parent) as tmp:
@@ -154,7 +149,7 @@ def _fetch(area: Area, source: TileSource, out: Path, gsd_m: float, cache_dir: P
         "source_ground_res_m": level.ground_res_m(lon, lat), "gsd_m": gsd_m,
         "crs": area.crs.to_string(), "crs_wkt": area.crs.to_wkt(),
         "bounds_deg": list(area.bounds_deg), "bounds_en": list(area.bounds_en),
-        "area_km2": area.area_km2, "tiles": asdict(stats),
+        "area_km2": area.area_km2, "tiles": asdict(stats), "level_fallbacks": fallbacks,
     }
     rec = record_path(out)
     tmp_rec = rec.with_name(rec.name + ".tmp")
@@ -162,6 +157,44 @@ def _fetch(area: Area, source: TileSource, out: Path, gsd_m: float, cache_dir: P
     os.replace(tmp_rec, rec)
     return FetchResult(out, rec, level.name, record["source_ground_res_m"], gsd_m, stats,
                        source.attribution)
+
+
+def _tile_range(level: TileLevel, area: Area, gsd_m: float) -> tuple[range, range]:
+    w, s, e, n = area.bounds_en
+    pad = 2 * gsd_m  # the output grid snaps outwards; bilinear needs a neighbour
+    box = transform_bounds(area.crs, level.crs, w - pad, s - pad, e + pad, n + pad,
+                           densify_pts=21)
+    cols, rows = level.tile_range(box)
+    if not len(cols) or not len(rows):
+        raise SkyfixError("the area lies outside the source's tile grid")
+    if len(cols) * len(rows) > MAX_TILES:
+        raise SkyfixError(f"{len(cols) * len(rows)} tiles at level {level.name}: more than"
+                          f" {MAX_TILES}; fetch a smaller area or a coarser resolution")
+    return cols, rows
+
+
+def _pick_level(source: TileSource, area: Area, gsd_m: float, cache: TileCache,
+                opts: DownloadOptions) -> tuple[TileLevel, range, range, int]:
+    """The level for `gsd_m`, or a coarser one when the source has none of the area's
+    corner, edge and centre tiles there (services stop at different zooms); with its tile
+    columns and rows."""
+    lon, lat = area.centre_deg
+    first = source.level_for(gsd_m, area)
+    coarser = sorted((lv for lv in source.levels
+                      if lv.ground_res_m(lon, lat) >= first.ground_res_m(lon, lat)),
+                     key=lambda lv: lv.ground_res_m(lon, lat))
+    for tries, level in enumerate(coarser[:MAX_LEVEL_FALLBACKS + 1]):
+        cols, rows = _tile_range(level, area, gsd_m)
+        probes = {(c, r) for c in (cols[0], cols[len(cols) // 2], cols[-1])
+                  for r in (rows[0], rows[len(rows) // 2], rows[-1])}
+        jobs = [(f"{level.name}/{c}/{r}", source.url(level, c, r)) for c, r in sorted(probes)]
+        download_tiles(jobs, cache, opts, progress=False)
+        if any(cache.state(k) == "tile" for k, _ in jobs):
+            if tries:
+                log.warning("the source has no level %s here; using level %s (%.2f m/px)",
+                            first.name, level.name, level.ground_res_m(lon, lat))
+            return level, cols, rows, tries
+    return first, *_tile_range(first, area, gsd_m), 0
 
 
 def _decode(data: bytes, terrain: str | None) -> tuple[np.ndarray, np.ndarray]:

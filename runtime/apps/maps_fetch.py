@@ -63,6 +63,8 @@ def add_parser(msub) -> None:
     f.add_argument("--dem-url", metavar="TEMPLATE", help="terrain tiles {z}/{x}/{y}")
     f.add_argument("--dem-encoding", choices=("terrarium", "terrain-rgb"),
                    default="terrarium")
+    f.add_argument("--dem-max-zoom", type=int, default=15,
+                   help="highest zoom of --dem-url (15, as Terrarium)")
     f.add_argument("--dem-file", type=Path, help="local DEM to cut to the area instead")
     f.add_argument("--dem-gsd", type=float, default=5.0, help="DEM resolution, m (5)")
     f.add_argument("--workers", type=int, default=4, help="parallel requests (4)")
@@ -122,14 +124,14 @@ def cmd_maps_fetch(a: argparse.Namespace) -> None:
         if a.dem_file:
             dem_from_file(area, a.dem_file, dem, a.dem_gsd)
         else:
-            d = fetch_dem(area, ts.xyz_source(a.dem_url, a.attribution or a.dem_url, a.terms,
-                                              15), a.dem_encoding, dem, a.dem_gsd, a.cache,
-                          opts, a.max_missing)
+            src = ts.xyz_source(a.dem_url, a.attribution or a.dem_url, a.terms, a.dem_max_zoom)
+            d = fetch_dem(area, src, a.dem_encoding, dem, a.dem_gsd, a.cache, opts,
+                          a.max_missing)
             print(f"DEM: {d.tiles.total} tiles at level {d.level}")
         print(f"wrote {dem}")
     if a.build:
         from skyfix.maps.build import build_pack
 
-        gsds = areas.pack_gsds_m(gsd, max(agl), camera)
+        gsds = areas.pack_gsds_m(r.gsd_m, max(agl), camera)
         path = build_pack([a.out], a.build, gsds_m=gsds, dem=dem, force=a.force)
         print(f"map pack written to {path} (levels {', '.join(f'{g:g}' for g in gsds)} m/px)")
