@@ -5,9 +5,11 @@
     ortho.tif --tiles per level, in chunks (skyfix.maps.tiles)--> local features
     --sample--> codebook --VLAD--> descriptors [--levels with many tiles--> FAISS index]
 
-Pack CRS: the first input's CRS when projected in metres, else the UTM zone (WGS 84, EPSG
-326xx/327xx) of the area's centre. Every input is warped (WarpedVRT) onto one north-up grid
-at the finest input resolution, the first input winning where they overlap (like
+Pack CRS: the first input's CRS when projected in metres whose grid metres are ground
+metres over the area (scale within SCALE_TOLERANCE), else the UTM zone (WGS 84, EPSG
+326xx/327xx) of the area's centre: a Web Mercator input (scale 1/cos(latitude)) is
+reprojected, so that pack metres are ground metres. Every input is warped (WarpedVRT) onto
+one north-up grid at the finest input resolution, the first input winning where they overlap (like
 rasterio.merge); an input already on that grid is copied exactly. Imagery that is not
 8-bit is stretched to 0..255 (0.5/99.5 percentiles of its valid pixels).
 
@@ -26,6 +28,7 @@ chunk of tiles at a time, GDAL's block cache capped at GDAL_CACHE_MB.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -40,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from pyproj import CRS as PyprojCRS
+from pyproj import Proj
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
@@ -49,6 +54,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from skyfix.maps.dem import DEM_FILE, write_dem
+from skyfix.maps.fetch import ATTRIBUTION_TAG, SOURCE_TAG, TERMS_TAG
 from skyfix.maps.index import write_index
 from skyfix.maps.pack import FORMAT, MANIFEST, Manifest, index_file
 from skyfix.maps.tiles import (
@@ -62,6 +68,7 @@ from skyfix.maps.tiles import (
     merge_chunks,
     prepare_work,
     tile_specs,
+    tile_usage,
     write_descriptors,
 )
 from skyfix.models.features import Encoder, RootSiftEncoder, fit_codebook
@@ -75,8 +82,10 @@ JPEG_QUALITY = 90
 BLOCK_PX = 1024  # mosaic is written in blocks of this size
 INDEX_MIN_TILES = 5000  # levels with at least this many tiles get a FAISS index
 GDAL_CACHE_MB = 256  # GDAL's default is 5 % of RAM: unbounded for our purpose
+SCALE_TOLERANCE = 0.002  # an input CRS whose scale differs more from 1 is reprojected
 UTM_MAX_DEG = 4.0  # a geographic input may reach this far from its UTM central meridian
 ORTHO_DONE = "ortho.done"  # in the partial folder: ortho.tif is complete
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
                codebook_k: int = 32, force: bool = False, progress: bool = True,
                dem: Path | None = None, index_min_tiles: int = INDEX_MIN_TILES,
                on_progress: Callable[[BuildProgress], None] | None = None,
-               extract: Callable[..., list[Path]] = extract_chunks) -> Path:
+               extract: Callable[..., list[Path]] = extract_chunks,
+               min_valid_fraction: float = MIN_VALID_FRACTION) -> Path:
     """Write the map pack of `orthos` to the folder `out` and return `out`.
 
     `gsds_m`: ground resolution of each level, metres/pixel (default: native, 2 x native);
@@ -121,11 +131,16 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     at `out` (never a non-empty folder that is no pack). `on_progress` is called after each
     chunk of tiles. `extract` computes the tile chunks (signature of
     skyfix.maps.tiles.extract_chunks; skyfix.maps.distributed passes a Ray-backed one).
+    `min_valid_fraction`: least share of imagery in a tile (of its part inside the map; a
+    tile short of it is first moved up to a quarter tile towards its imagery); what is left
+    out is logged and counted in the manifest (build.tile_usage).
     Raises SkyfixError (one line) for unusable input.
     """
     out, paths = Path(out), [Path(p) for p in orthos]
     dem = None if dem is None else Path(dem)
     _check_args(paths, gsds_m, tile_px, overlap, codebook_k, dem, index_min_tiles)
+    if not 0.0 < min_valid_fraction <= 1.0:
+        raise SkyfixError(f"valid-fraction threshold must be in (0, 1], got {min_valid_fraction}")
     _check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial"
@@ -134,12 +149,14 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
               "encoder": [encoder.id, encoder.sha256],
               "gsds_m": None if gsds_m is None else [float(g) for g in gsds_m],
               "tile_px": int(tile_px), "overlap": float(overlap), "codebook_k": int(codebook_k),
-              "index_min_tiles": int(index_min_tiles), "chunk_tiles": CHUNK_TILES, "seed": SEED}
+              "index_min_tiles": int(index_min_tiles), "chunk_tiles": CHUNK_TILES, "seed": SEED,
+              "min_valid_fraction": float(min_valid_fraction)}
     prepare_work(work, params)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             manifest = _build(work, paths, dem, encoder, gsds_m, tile_px, overlap, codebook_k,
-                              index_min_tiles, progress, on_progress, extract)
+                              index_min_tiles, progress, on_progress, extract,
+                              min_valid_fraction)
         (work / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         _commit(work, out, force)
     except SkyfixError:
@@ -152,7 +169,8 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
            gsds_m: Sequence[float] | None, tile_px: int, overlap: float, codebook_k: int,
            index_min_tiles: int, progress: bool,
            on_progress: Callable[[BuildProgress], None] | None,
-           extract: Callable[..., list[Path]] = extract_chunks) -> Manifest:
+           extract: Callable[..., list[Path]] = extract_chunks,
+           min_valid: float = MIN_VALID_FRACTION) -> Manifest:
     """Fill `work` with every pack file (resuming what is there) and return the manifest."""
     ortho = work / "ortho.tif"
     if (work / ORTHO_DONE).is_file():
@@ -163,13 +181,20 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
         (work / ORTHO_DONE).write_text("")
     dem_gsd = None if dem is None else write_dem(dem, grid, work / DEM_FILE)
     gsds = tuple(float(g) for g in gsds_m) if gsds_m else (grid.gsd_m, 2 * grid.gsd_m)
-    specs = tile_specs(grid, gsds, tile_px, overlap)
+    specs = tile_specs(grid, gsds, tile_px, overlap, min_valid)
     chunks = extract(ortho, grid, specs, tile_px, encoder, work, progress, on_progress)
     try:
         tiles, sample = merge_chunks(chunks, work, CODEBOOK_SAMPLES, SEED)
     except SkyfixError as e:
         raise SkyfixError(f"{', '.join(str(p) for p in paths)}: {e}") from None
     n_features = int(tiles["feat_count"].sum())
+    usage = tile_usage(chunks, len(gsds))
+    for level, (n, m2) in enumerate(zip(usage["tiles_skipped"], usage["skipped_imagery_m2"],
+                                        strict=True)):
+        if n:
+            log.warning("level %d (%.2f m/px): %d tiles left out with less than %.0f%% imagery"
+                        " (%.0f m2 of imagery only they held)", level, gsds[level], n,
+                        100 * min_valid, m2)
     codebook = _fit_codebook(sample, n_features, codebook_k, paths)
     np.save(work / "codebook.npy", codebook, allow_pickle=False)
     write_descriptors(chunks, codebook, work / "descriptors.npy", progress)
@@ -191,15 +216,32 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
         codebook_k=int(codebook_k), n_features=n_features,
         sources=tuple(p.name for p in paths),
         build={"seed": SEED, "codebook_samples": len(sample),
-               "min_valid_fraction": MIN_VALID_FRACTION, "mask_erode_px": MASK_ERODE_PX,
+               "min_valid_fraction": min_valid, "mask_erode_px": MASK_ERODE_PX,
+               "tile_usage": usage,
                "ortho_gsd_m": grid.gsd_m, "ortho_size_px": [grid.width, grid.height],
                "ortho_compression": f"JPEG q{JPEG_QUALITY}",
                "level_resampling": "average (coarser), nearest (native), bilinear (finer)",
                "dem_source": None if dem is None else dem.name,
-               "index_min_tiles": int(index_min_tiles), "index": "faiss IVF-flat, inner product"},
+               "index_min_tiles": int(index_min_tiles), "index": "faiss IVF-flat, inner product",
+               "credits": _credits(paths)},
         files=files, created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         dem_gsd_m=dem_gsd, index_levels=tuple(index_levels), index_nprobe=nprobe,
     )
+
+
+def _credits(paths: list[Path]) -> list[dict[str, str]]:
+    """Per input: its CRS, and the attribution and terms its metadata carries (written by
+    `maps fetch`; TIFFTAG_COPYRIGHT of any GeoTIFF)."""
+    out = []
+    for p in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(p) as ds:
+                tags, crs = ds.tags(), ds.crs
+        out.append({"source": p.name, "crs": crs.to_string() if crs else "",
+                    "attribution": tags.get(ATTRIBUTION_TAG, ""),
+                    "terms": tags.get(TERMS_TAG, ""), "origin": tags.get(SOURCE_TAG, "")})
+    return out
 
 
 def _check_args(paths: list[Path], gsds_m: Sequence[float] | None, tile_px: int,
@@ -280,25 +322,41 @@ def _stretch(ds: rasterio.DatasetReader, bands: tuple[int, ...]) -> tuple[float,
 
 
 def _pack_crs(sources: list[_Source]) -> CRS:
-    """The first input's CRS if projected in metres, else the UTM zone of the centre."""
+    """The first input's CRS if its grid metres are ground metres over the area (projected,
+    metric, scale within SCALE_TOLERANCE at the centre and corners), else the UTM zone of
+    the centre (e.g. for geographic or Web Mercator inputs)."""
     first = sources[0].ds.crs
-    try:
-        if first.is_projected and abs(first.linear_units_factor[1] - 1.0) < 1e-9:
-            return first
-    except CRSError:
-        pass
     boxes = [transform_bounds(s.ds.crs, "EPSG:4326", *s.ds.bounds) for s in sources]
     w, s_, e, n = (min(b[0] for b in boxes), min(b[1] for b in boxes),
                    max(b[2] for b in boxes), max(b[3] for b in boxes))
     lon, lat = (w + e) / 2, (s_ + n) / 2
+    try:
+        metric = first.is_projected and abs(first.linear_units_factor[1] - 1.0) < 1e-9
+    except CRSError:
+        metric = False
+    if metric and ground_scale_error(first, [w, e, lon, w, e], [s_, s_, lat, n, n]) \
+            <= SCALE_TOLERANCE:
+        return first
     zone = min(60, max(1, int((lon + 180.0) // 6) + 1))
     meridian = zone * 6 - 183
     if max(meridian - w, e - meridian) > UTM_MAX_DEG or max(abs(s_), abs(n)) > 84:
         names = ", ".join(str(s.path) for s in sources)
+        kind = "geographic CRS" if first.is_geographic else first.to_string()
         raise SkyfixError(
-            f"{names}: geographic CRS covering lon {w:.2f}..{e:.2f}, lat {s_:.2f}..{n:.2f} deg;"
-            f" too large for one UTM zone (reproject it to a suitable projected CRS first)")
+            f"{names}: {kind} covering lon {w:.2f}..{e:.2f}, lat {s_:.2f}..{n:.2f}"
+            " deg; too large for one UTM zone (reproject it to a suitable projected CRS first)")
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+def ground_scale_error(crs: CRS, lons_deg: Sequence[float], lats_deg: Sequence[float]
+                       ) -> float:
+    """Largest |scale - 1| of `crs` (meridional or parallel: grid metres per ground metre)
+    at the given points; pyproj's projection factors."""
+    factors = Proj(PyprojCRS.from_wkt(crs.to_wkt())).get_factors(
+        list(lons_deg), list(lats_deg), errcheck=False)
+    scales = np.concatenate([np.atleast_1d(factors.meridional_scale),
+                             np.atleast_1d(factors.parallel_scale)]).astype(np.float64)
+    return float(np.max(np.abs(np.nan_to_num(scales, nan=np.inf) - 1.0)))
 
 
 def _grid(sources: list[_Source], crs: CRS) -> tuple[Grid, list[tuple[float, ...]]]:

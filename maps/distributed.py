@@ -23,6 +23,7 @@ functions here, never at import time.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -80,9 +81,40 @@ def ray_session(address: str | None, workers: int | None = None) -> Iterator[Any
         ray.shutdown()
 
 
+def encoder_recipe(encoder: Encoder, threads: int = 1) -> tuple:
+    """What a worker needs to make the same encoder itself: an inference session (ONNX
+    Runtime, TensorRT) cannot be sent to another process. XFeat travels as its settings;
+    an encoder of plain Python objects (RootSIFT) travels as it is."""
+    from skyfix.models.xfeat import XFeatEncoder
+
+    if isinstance(encoder, XFeatEncoder):
+        runner = encoder.runner
+        opts: tuple = ()
+        if runner.backend == "onnxruntime":
+            provider = "cuda" if "CUDA" in str(getattr(runner, "provider", "")) else "cpu"
+            opts = (("provider", provider), ("intra_op_threads", max(1, threads)))
+        return ("xfeat", encoder.max_features, encoder.detection_threshold,
+                str(encoder.model_path), runner.backend, opts, encoder.nms_size)
+    return ("object", encoder)
+
+
+@functools.lru_cache(maxsize=2)
+def _make_encoder(recipe: tuple) -> Encoder:
+    """The worker's own encoder of `recipe`, made once per worker process."""
+    from skyfix.models.xfeat import XFeatEncoder
+
+    _, max_features, threshold, model, backend, opts, nms = recipe
+    return XFeatEncoder(max_features, threshold, model, backend, dict(opts), nms)
+
+
+def _worker_encoder(recipe: tuple) -> Encoder:
+    return recipe[1] if recipe[0] == "object" else _make_encoder(recipe)
+
+
 def _encode_task(ortho: str, grid: Grid, specs: Sequence[TileSpec], tile_px: int,
-                 encoder: Encoder) -> dict[str, np.ndarray]:
-    """One chunk on a worker: the single-machine chunk encoder, unchanged."""
+                 recipe: tuple) -> dict[str, np.ndarray]:
+    """One chunk on a worker: the single-machine chunk encoder, unchanged, with the
+    worker's own encoder (`encoder_recipe`)."""
     import cv2
 
     cv2.setNumThreads(1)  # one task per CPU: OpenCV's own threads would oversubscribe
@@ -91,7 +123,7 @@ def _encode_task(ortho: str, grid: Grid, specs: Sequence[TileSpec], tile_px: int
                           " (the build folder must be on a file system every node mounts)")
     try:
         with rasterio.open(ortho) as ds:
-            return _encode_chunk(ds, grid, specs, tile_px, encoder)
+            return _encode_chunk(ds, grid, specs, tile_px, _worker_encoder(recipe))
     except RasterioError as e:
         raise SkyfixError(f"{Path(ortho).name}: read failed ({e})") from None
 
@@ -118,7 +150,8 @@ class RayChunkExtractor:
         resumed = len(specs) - sum(len(groups[i]) for i in todo)
         task = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
                           max_retries=2)(_encode_task)
-        grid_ref, enc_ref = ray.put(grid), ray.put(encoder)
+        grid_ref = ray.put(grid)
+        enc_ref = ray.put(encoder_recipe(encoder, int(self.cpus_per_task)))
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         limit = IN_FLIGHT_PER_CPU * cpus
         pending: dict[Any, int] = {}

@@ -55,6 +55,7 @@ class TileSpec:
     gsd_m: float
     x0: float
     y0: float
+    min_valid: float = 0.5  # least share of imagery in the tile's part inside the map
 
 
 @dataclass(frozen=True)
@@ -74,23 +75,25 @@ def _starts(extent_px: float, tile_px: int, stride: float) -> list[float]:
     return [min(i * stride, extent_px - tile_px) for i in range(n)]
 
 
-def tile_specs(grid: Grid, gsds: Sequence[float], tile_px: int, overlap: float
-               ) -> list[TileSpec]:
-    """All tiles of all levels, level by level, row by row."""
+def tile_specs(grid: Grid, gsds: Sequence[float], tile_px: int, overlap: float,
+               min_valid: float = MIN_VALID_FRACTION) -> list[TileSpec]:
+    """All tiles of all levels, level by level, row by row. A level smaller than a tile is
+    one tile (the whole map)."""
     stride = max(1.0, tile_px * (1.0 - overlap))
     specs = []
     for level, g in enumerate(gsds):
         scale = g / grid.gsd_m
         for y0 in _starts(grid.height / scale, tile_px, stride):
-            specs.extend(TileSpec(level, g, x0, y0)
+            specs.extend(TileSpec(level, g, x0, y0, min_valid)
                          for x0 in _starts(grid.width / scale, tile_px, stride))
     return specs
 
 
 def _read_tile(ds: rasterio.DatasetReader, x0: float, y0: float, scale: float,
-               tile_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """([tile_px, tile_px] uint8 gray, [tile_px, tile_px] bool valid) of the tile whose
-    top-left corner is level pixel (x0, y0); one level pixel = `scale` ortho pixels."""
+               tile_px: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """([tile_px, tile_px] uint8 gray, [tile_px, tile_px] bool valid, pixels of the tile
+    inside the map) of the tile whose top-left corner is level pixel (x0, y0); one level
+    pixel = `scale` ortho pixels."""
     cols = min(tile_px, math.floor(ds.width / scale - x0 + 1e-6))
     rows = min(tile_px, math.floor(ds.height / scale - y0 + 1e-6))
     win = Window(x0 * scale, y0 * scale, cols * scale, rows * scale)
@@ -103,7 +106,26 @@ def _read_tile(ds: rasterio.DatasetReader, x0: float, y0: float, scale: float,
     gray[:rows, :cols] = (cv2.cvtColor(np.ascontiguousarray(px.transpose(1, 2, 0)),
                                        cv2.COLOR_RGB2GRAY) if ds.count == 3 else px[0])
     valid[:rows, :cols] = mask > 0
-    return gray, valid
+    return gray, valid, rows * cols
+
+
+def _adapt(ds: rasterio.DatasetReader, s: TileSpec, scale: float, tile_px: int,
+           valid: np.ndarray) -> TileSpec | None:
+    """`s` moved (at most a quarter tile, staying inside the map) towards the centroid of
+    its imagery, when that gives it enough imagery; None otherwise."""
+    ys, xs = np.nonzero(valid)
+    if not len(xs):
+        return None
+    room_x = max(0.0, ds.width / scale - tile_px)
+    room_y = max(0.0, ds.height / scale - tile_px)
+    step = tile_px / 4
+    x0 = min(max(s.x0 + float(np.clip(xs.mean() + 0.5 - tile_px / 2, -step, step)), 0.0),
+             room_x)
+    y0 = min(max(s.y0 + float(np.clip(ys.mean() + 0.5 - tile_px / 2, -step, step)), 0.0),
+             room_y)
+    if (round(x0), round(y0)) == (round(s.x0), round(s.y0)):
+        return None
+    return TileSpec(s.level, s.gsd_m, float(round(x0)), float(round(y0)), s.min_valid)
 
 
 def _encode_chunk(ds: rasterio.DatasetReader, grid: Grid, specs: Sequence[TileSpec],
@@ -113,13 +135,23 @@ def _encode_chunk(ds: rasterio.DatasetReader, grid: Grid, specs: Sequence[TileSp
     left, top, half = grid.transform.c, grid.transform.f, tile_px / 2
     rows, kps, descs, offset = [], [], [], 0
     kernel = np.ones((MASK_ERODE_PX, MASK_ERODE_PX), np.uint8)
-    dim = 0
+    dim, skipped, shifted = 0, [], 0
     for s in specs:
-        gray, valid = _read_tile(ds, s.x0, s.y0, s.gsd_m / grid.gsd_m, tile_px)
-        frac = float(valid.mean())
-        if frac < MIN_VALID_FRACTION:
+        scale = s.gsd_m / grid.gsd_m
+        gray, valid, inside = _read_tile(ds, s.x0, s.y0, scale, tile_px)
+        frac = float(valid.sum()) / max(inside, 1)
+        if frac < s.min_valid:
+            moved = _adapt(ds, s, scale, tile_px, valid)
+            if moved is not None:
+                gray2, valid2, inside2 = _read_tile(ds, moved.x0, moved.y0, scale, tile_px)
+                if float(valid2.sum()) / max(inside2, 1) >= s.min_valid:
+                    s, gray, valid, inside = moved, gray2, valid2, inside2
+                    frac, shifted = float(valid.sum()) / max(inside, 1), shifted + 1
+        if frac < s.min_valid:
+            if valid.any():
+                skipped.append((s.level, float(valid.sum()) * s.gsd_m**2))
             continue
-        mask = None if frac == 1.0 else cv2.erode(valid.astype(np.uint8), kernel) > 0
+        mask = None if valid.all() else cv2.erode(valid.astype(np.uint8), kernel) > 0
         f = encoder.extract(gray, mask)
         dim = f.descriptors.shape[1]
         order = np.argsort(-f.scores, kind="stable")
@@ -134,7 +166,25 @@ def _encode_chunk(ds: rasterio.DatasetReader, grid: Grid, specs: Sequence[TileSp
         offset += len(order)
     return {"tiles": np.array(rows, TILE_DTYPE),
             "keypoints": np.concatenate(kps) if kps else np.zeros((0, 2), np.float32),
-            "local": np.concatenate(descs) if descs else np.zeros((0, dim), np.float16)}
+            "local": np.concatenate(descs) if descs else np.zeros((0, dim), np.float16),
+            "skipped": np.array(skipped, np.float64).reshape(-1, 2),
+            "shifted": np.array(shifted, np.int64)}
+
+
+def tile_usage(chunks: Sequence[Path], n_levels: int) -> dict[str, int | list]:
+    """Per level: tiles moved off a ragged edge, tiles left out for too little imagery and
+    the imagery (m2) only those held, from the chunk files."""
+    shifted, n_skip, area = 0, [0] * n_levels, [0.0] * n_levels
+    for p in chunks:
+        with np.load(p, allow_pickle=False) as z:
+            if "skipped" not in z:
+                continue
+            shifted += int(z["shifted"])
+            for level, m2 in z["skipped"]:
+                n_skip[int(level)] += 1
+                area[int(level)] += float(m2)
+    return {"tiles_shifted": shifted, "tiles_skipped": n_skip,
+            "skipped_imagery_m2": [round(a, 1) for a in area]}
 
 
 def extract_chunks(ortho: Path, grid: Grid, specs: Sequence[TileSpec], tile_px: int,
@@ -208,7 +258,8 @@ def merge_chunks(chunks: Sequence[Path], dst: Path, sample_size: int, seed: int
     n_feat = int(sum(int(t["feat_count"].sum()) for t in tables))
     tiles = np.concatenate(tables) if tables else np.zeros(0, TILE_DTYPE)
     if not len(tiles):
-        raise SkyfixError(f"no tile has {MIN_VALID_FRACTION:.0%} valid pixels")
+        raise SkyfixError("no tile has enough valid pixels (lower the valid-fraction"
+                          " threshold or the tile size)")
     tiles["id"] = np.arange(len(tiles))
     tiles["feat_offset"] = np.concatenate([[0], np.cumsum(tiles["feat_count"])[:-1]])
     rng = np.random.default_rng(seed)

@@ -37,7 +37,7 @@ def cmd_maps_build(a: argparse.Namespace) -> None:
     from skyfix.models.registry import make_encoder
 
     kwargs = dict(encoder=make_encoder(a.encoder), gsds_m=a.gsd, tile_px=a.tile,
-                  overlap=a.overlap, force=a.force, dem=a.dem,
+                  overlap=a.overlap, force=a.force, dem=a.dem, min_valid_fraction=a.min_valid,
                   index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
                   else a.index_min_tiles)
     if a.ray is not None:
@@ -348,12 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
                    help="local-feature encoder the runtime will match with (default rootsift)")
     b.add_argument("--dem", type=Path, help="terrain model (GeoTIFF) to resample into the pack")
+    b.add_argument("--min-valid", type=float, default=0.5, metavar="FRACTION",
+                   help="least share of imagery in a tile (default 0.5); ragged drone orthos"
+                        " may want less")
     b.add_argument("--index-min-tiles", type=int, metavar="N",
                    help="build a FAISS index for levels with at least N tiles (default 5000)")
     b.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="compute tile features on Ray (a local cluster, or ADDRESS)")
     b.add_argument("--workers", type=int, help="CPUs of a local Ray cluster (default: all)")
     b.set_defaults(func=cmd_maps_build)
+    from skyfix.runtime.apps.maps_fetch import add_parser as add_fetch_parser
+
+    add_fetch_parser(msub)
     sh = msub.add_parser("shard", help="cut a map pack into geographic cells for lazy loading")
     sh.add_argument("pack", type=Path, help="map pack folder")
     sh.add_argument("--cell-m", type=float, required=True, help="cell size, metres")

@@ -57,6 +57,20 @@ def test_ray_build_is_identical_file_for_file(cluster, crop, tmp_path):
     assert a["files"] == b["files"] and len(a["files"]) == len(local) - 1
 
 
+def test_ray_build_with_xfeat_equals_the_local_build(cluster, crop, tmp_path):
+    """The ONNX Runtime session does not travel: each worker makes its own XFeat."""
+    from skyfix.models.registry import make_encoder
+
+    kwargs = dict(tile_px=256, gsds_m=[0.3], progress=False)
+    build_pack([crop], tmp_path / "local", make_encoder("xfeat"), **kwargs)
+    build_pack_ray([crop], tmp_path / "ray", encoder=make_encoder("xfeat"), **kwargs)
+    a = json.loads((tmp_path / "local" / MANIFEST).read_text())
+    b = json.loads((tmp_path / "ray" / MANIFEST).read_text())
+    assert a["encoder_id"] == b["encoder_id"] and a["tile_count"] == b["tile_count"]
+    for name in ("tiles.npy", "keypoints.npy", "local_descriptors.npy"):
+        assert a["files"][name] == b["files"][name], name
+
+
 def test_fleet_replay_writes_reports_and_a_summary(cluster, ortho_path, tmp_path):
     flights = []
     for name, agl, seed in (("low", 90.0, 3), ("high", 150.0, 5)):

@@ -1,0 +1,46 @@
+"""The same flight localised on the bundled Vienna map and on a Web-Mercator copy of it
+(what a tile download gives): the same accuracy in ground metres."""
+
+from __future__ import annotations
+
+import math
+
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+
+from skyfix.maps.build import build_pack
+from skyfix.runtime.apps.replay import replay
+from skyfix.runtime.core.config import Config
+from skyfix.sim.flight import FlightSpec, simulate_flight
+
+
+def _web_mercator_copy(src_path, dst):
+    with rasterio.open(src_path) as src:
+        lat = 48.186  # the map's centre
+        res = src.res[0] / math.cos(math.radians(lat))  # same ground resolution
+        with WarpedVRT(src, crs="EPSG:3857", resampling=Resampling.bilinear,
+                       resolution=res) as vrt:
+            profile = dict(driver="GTiff", width=vrt.width, height=vrt.height, count=3,
+                           dtype="uint8", crs=vrt.crs, transform=vrt.transform, tiled=True,
+                           compress="JPEG", jpeg_quality=90, photometric="YCBCR")
+            with rasterio.open(dst, "w", **profile) as out:
+                out.write(vrt.read([1, 2, 3]))
+                out.write_mask(vrt.dataset_mask())
+    return dst
+
+
+def test_web_mercator_map_localises_as_well_as_the_native_one(tmp_path, ortho_path):
+    spec = FlightSpec(agl_m=120.0, duration_s=20.0, fps=2.0, seed=3)
+    simulate_flight(ortho_path, tmp_path / "flight", spec, progress=False)
+    merc = _web_mercator_copy(ortho_path, tmp_path / "merc.tif")
+    reports = {}
+    for name, src in (("native", ortho_path), ("merc", merc)):
+        build_pack([src], tmp_path / f"pack_{name}", progress=False)
+        reports[name] = replay(tmp_path / "flight", tmp_path / f"pack_{name}",
+                               tmp_path / f"out_{name}", Config(), 0.0, progress=False).report
+    native, merc_r = reports["native"], reports["merc"]
+    print(f"fix CEP95 native {native.fix_cep95_m} m, Web Mercator {merc_r.fix_cep95_m} m;"
+          f" availability {native.availability:.2f} / {merc_r.availability:.2f}")
+    assert merc_r.gross_errors == 0 and merc_r.availability >= 0.8 * native.availability
+    assert merc_r.fix_cep95_m <= 1.1 * native.fix_cep95_m
