@@ -1,0 +1,336 @@
+"""IMU-aided error-state Kalman filter in 3-D (local NED), reduced form.
+
+The autopilot already estimates attitude from its gyros, accelerometers and compass at a
+high rate, and skyfix rectifies every frame with that attitude; so this filter takes the
+autopilot's attitude R_ap (body -> NED, from ATTITUDE) as an input and estimates only its
+error, as a Gauss-Markov process with the autopilot's stated uncertainty, instead of
+integrating the gyros itself. Nominal state (12):
+
+    p [3] NED position (m; down = -altitude AMSL)      v [3] NED velocity (m/s)
+    e [3] correction of the autopilot's attitude (rad, NED axes): R = Exp(e) R_ap
+    b [3] accelerometer bias, body axes (m/s^2)
+
+and the error state dx = [dp, dv, de, db] with covariance P [12, 12].
+
+Propagation, IMU sample k -> k+1 (dt), specific force f_m [3] (body) at each:
+
+    a_k = R_k (f_m,k - b) + g,  R_k = (I + [e]x) R_ap,k,  g = (0, 0, 9.80665)
+    p+ = p + v dt + (2 a_k + a_k+1) dt^2 / 6      (exact for a linear in time)
+    v+ = v + (a_k + a_k+1) dt / 2
+    e+ = diag(exp(-dt / tau)) e                   (tau: tilt, tilt, yaw)
+
+    error dynamics:  dp' = dv,  dv' = -[f_n]x de - R db - R n_a,  de' = -de / tau + w_e,
+                     db' = w_b           (f_n = R (f_m - b), the specific force in NED)
+    Phi = I + A dt with Phi_pv = I dt, Phi_ve = -[f_n]x dt, Phi_vb = -R dt,
+          Phi_pe = -[f_n]x dt^2/2, Phi_pb = -R dt^2/2, Phi_ee = diag(exp(-dt / tau))
+    Q: accel white noise (density s_a): Q_pp = s_a^2 dt^3/3, Q_pv = s_a^2 dt^2/2,
+       Q_vv = s_a^2 dt; attitude error: Q_ee = sigma_e^2 (1 - exp(-2 dt / tau));
+       bias random walk: Q_bb = s_b^2 dt
+    P+ = Phi P Phi^T + Q
+
+An IMU gap longer than cfg.imu_gap_s is bridged as constant acceleration with the
+constant-velocity filter's white-acceleration noise (cfg.accel_sigma_mps2) added.
+
+Measurements at time t_m, between IMU samples t_k <= t_m < t_k+1 (tau_m = t_m - t_k):
+
+    position (north, east) fix:  h = p_ne + v_ne tau_m           H: dp_ne, tau_m dv_ne
+    visual-odometry velocity: views are rectified with R_ap, so a true velocity v is
+        seen as (I - [e_true]x) v:  h = (v - e x v)_ne           H: I on dv_ne, [v]x on de
+    altitude (barometer / autopilot, or rangefinder over known ground): h = p_d
+
+    y = z - h,  S = H P H^T + R,  NIS = y^T S^-1 y,  K = P H^T S^-1,
+    dx = K y (injected into the nominal state), P+ = (I - K H) P (I - K H)^T + K R K^T
+
+Gates (NIS, 99.9 % of chi-square): cfg.nis_gate for fixes and velocities (2 dof),
+cfg.alt_nis_gate for altitudes (1 dof). A measurement older than the state is fused at its
+own time: the filter keeps, for the last cfg.history_s seconds, each IMU sample with the
+state right after it and the measurements it applied; it rewinds to the last sample at or
+before the measurement, applies it there, and replays samples and measurements forward.
+Replayed measurements keep the decision they got on arrival (they are not gated again).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from skyfix.runtime.core.config import FilterConfig
+from skyfix.runtime.nav.filter import Innovation
+
+G_MPS2 = 9.80665
+_GRAVITY = np.array([0.0, 0.0, G_MPS2])
+_N = 12  # error-state size
+_P, _V, _E, _B = slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12)
+_I3 = np.eye(3)
+
+
+def skew(a: np.ndarray) -> np.ndarray:
+    """[3, 3] cross-product matrix: skew(a) @ b == a x b."""
+    return np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One IMU sample and the state right after propagating to it (before measurements)."""
+
+    t_ns: int
+    f_b: np.ndarray  # [3] specific force, body
+    R_ap: np.ndarray  # [3, 3] autopilot attitude, body -> NED
+    x: np.ndarray  # [12] nominal state
+    P: np.ndarray  # [12, 12]
+
+
+@dataclass(frozen=True)
+class _Meas:
+    t_ns: int
+    kind: str  # "pos" | "vel" | "alt"
+    z: np.ndarray
+    R: np.ndarray
+    seq: int  # arrival order, to keep it among equal capture times
+
+
+class ImuFilter:
+    """The reduced error-state filter of the module docstring; `horizontal_at`, the
+    `update_*` methods and `initialize` / `reset` are what the Navigator uses."""
+
+    def __init__(self, cfg: FilterConfig) -> None:
+        self.cfg = cfg
+        self.history_ns = int(cfg.history_s * 1e9)
+        self.gap_ns = int(cfg.imu_gap_s * 1e9)
+        self._tau_s = np.array([cfg.tilt_tau_s, cfg.tilt_tau_s, cfg.yaw_tau_s])
+        self._sig_e = np.radians([cfg.tilt_sigma_deg, cfg.tilt_sigma_deg, cfg.yaw_sigma_deg])
+        self._gates = {"pos": cfg.nis_gate, "vel": cfg.nis_gate, "alt": cfg.alt_nis_gate}
+        self._seq = 0
+        self._imu: deque[tuple[int, np.ndarray, np.ndarray]] = deque()  # samples, pre-start
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the state (the IMU samples stay); `initialize` must be called again."""
+        self.x: np.ndarray | None = None
+        self.P: np.ndarray | None = None
+        self.t_ns: int | None = None
+        self._steps: deque[_Step] = deque()
+        self._applied: list[_Meas] = []
+        self._f_b = np.array([0.0, 0.0, -G_MPS2])  # last sample: level and unaccelerated
+        self._R_ap = _I3.copy()
+
+    @property
+    def initialized(self) -> bool:
+        return self.x is not None
+
+    def initialize(self, t_ns: int, pos_ne: np.ndarray, cov_ne: np.ndarray,
+                   vel_ne: np.ndarray | None = None, vel_cov: np.ndarray | None = None,
+                   down_m: float = 0.0, down_var_m2: float = 1e4) -> None:
+        """Start at horizontal `pos_ne` [2] (`cov_ne` [2, 2]) and velocity `vel_ne` [2] at
+        `t_ns`, height `down_m`; the IMU samples received after `t_ns` are replayed."""
+        self.reset()
+        c = self.cfg
+        x = np.zeros(_N)
+        x[:2], x[2] = pos_ne, down_m
+        if vel_ne is not None:
+            x[3:5] = vel_ne
+        P = np.zeros((_N, _N))
+        P[:2, :2] = cov_ne
+        P[2, 2] = down_var_m2
+        P[3:5, 3:5] = c.init_vel_sigma_mps**2 * _I3[:2, :2] if vel_cov is None else vel_cov
+        P[5, 5] = c.init_vel_sigma_mps**2
+        P[_E, _E] = np.diag(self._sig_e**2)
+        P[_B, _B] = c.accel_bias_sigma_mps2**2 * _I3
+        before = [s for s in self._imu if s[0] <= t_ns]
+        t0 = int(t_ns)
+        if before:  # anchor on the last sample at or before t_ns (p moved back along v)
+            t0, self._f_b, self._R_ap = before[-1]
+            x[:2] -= x[3:5] * (t_ns - t0) * 1e-9
+        self.x, self.P, self.t_ns = x, P, t0
+        self._steps.append(_Step(t0, self._f_b, self._R_ap, x.copy(), P.copy()))
+        for t, f_b, R_ap in [s for s in self._imu if s[0] > t0]:
+            self._step(t, f_b, R_ap)
+
+    # -- propagation ----------------------------------------------------------------------
+
+    def on_imu(self, t_ns: int, accel_b_mps2: np.ndarray, R_ap: np.ndarray) -> None:
+        """One IMU sample: specific force `accel_b_mps2` [3] (body FRD, m/s^2) at `t_ns`,
+        with the autopilot's attitude `R_ap` [3, 3] (body -> NED) at that time. Samples not
+        newer than the last one, or not finite, are dropped."""
+        f_b = np.asarray(accel_b_mps2, np.float64)
+        R_ap = np.asarray(R_ap, np.float64)
+        if not (np.all(np.isfinite(f_b)) and np.all(np.isfinite(R_ap))):
+            return
+        if self._imu and t_ns <= self._imu[-1][0]:
+            return
+        self._imu.append((int(t_ns), f_b, R_ap))
+        while self._imu[0][0] < t_ns - self.history_ns:
+            self._imu.popleft()
+        if self.x is not None and t_ns > self.t_ns:
+            self._step(int(t_ns), f_b, R_ap)
+            if not (np.all(np.isfinite(self.x)) and np.all(np.isfinite(self.P))):
+                self.reset()  # diverged numerically: the Navigator restarts from fixes
+
+    def _accel(self, x: np.ndarray, f_b: np.ndarray, R_ap: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(a [3] NED acceleration, R [3, 3] corrected attitude) of one sample under x."""
+        R = (_I3 + skew(x[_E])) @ R_ap
+        return R @ (f_b - x[_B]) + _GRAVITY, R
+
+    def _step(self, t_ns: int, f_b: np.ndarray, R_ap: np.ndarray) -> None:
+        self.x, self.P = self._propagate(self.x, self.P, t_ns - self.t_ns,
+                                         (self._f_b, self._R_ap), (f_b, R_ap))
+        self.t_ns, self._f_b, self._R_ap = t_ns, f_b, R_ap
+        self._steps.append(_Step(t_ns, f_b, R_ap, self.x.copy(), self.P.copy()))
+        while len(self._steps) > 1 and self._steps[1].t_ns <= t_ns - self.history_ns:
+            self._steps.popleft()
+        oldest = self._steps[0].t_ns
+        if self._applied and self._applied[0].t_ns < oldest:
+            self._applied = [m for m in self._applied if m.t_ns >= oldest]
+
+    def _propagate(self, x: np.ndarray, P: np.ndarray, dt_ns: int, s0: tuple, s1: tuple
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        c, dt = self.cfg, dt_ns * 1e-9
+        a0, R = self._accel(x, *s0)
+        a1, _ = self._accel(x, *s1)
+        x = x.copy()
+        x[_P] += x[_V] * dt + (2 * a0 + a1) * dt * dt / 6
+        x[_V] += (a0 + a1) * dt / 2
+        decay = np.exp(-dt / self._tau_s)
+        x[_E] *= decay
+        f_n = a0 - _GRAVITY
+        Phi = np.eye(_N)
+        Phi[_P, _V] = dt * _I3
+        Phi[_V, _E] = -skew(f_n) * dt
+        Phi[_V, _B] = -R * dt
+        Phi[_P, _E] = Phi[_V, _E] * dt / 2
+        Phi[_P, _B] = Phi[_V, _B] * dt / 2
+        Phi[_E, _E] = np.diag(decay)
+        q = c.accel_noise_mps2_rthz**2
+        if dt_ns > self.gap_ns:
+            q += c.accel_sigma_mps2**2  # no IMU in between: constant-velocity noise
+        Q = np.zeros((_N, _N))
+        Q[_P, _P] = q * dt**3 / 3 * _I3
+        Q[_P, _V] = Q[_V, _P] = q * dt**2 / 2 * _I3
+        Q[_V, _V] = q * dt * _I3
+        Q[_E, _E] = np.diag(self._sig_e**2 * (1 - decay**2))
+        Q[_B, _B] = c.accel_bias_rw_mps2_rths**2 * dt * _I3
+        P = Phi @ P @ Phi.T + Q
+        return x, 0.5 * (P + P.T)
+
+    # -- measurements ---------------------------------------------------------------------
+
+    def update_position(self, t_ns: int, z_ne: np.ndarray, R: np.ndarray) -> Innovation:
+        """Fuse a (north, east) fix `z_ne` [2] m with covariance `R` [2, 2] m^2 at `t_ns`."""
+        return self._measure("pos", t_ns, z_ne, R)
+
+    def update_velocity(self, t_ns: int, v_ne: np.ndarray, R: np.ndarray) -> Innovation:
+        """Fuse a visual-odometry velocity `v_ne` [2] m/s (views rectified with the
+        autopilot's attitude) with covariance `R` [2, 2] m^2/s^2 at `t_ns`."""
+        return self._measure("vel", t_ns, v_ne, R)
+
+    def update_altitude(self, t_ns: int, down_m: float, var_m2: float) -> Innovation:
+        """Fuse a height as NED down (-altitude AMSL), variance `var_m2`, at `t_ns`."""
+        return self._measure("alt", t_ns, [down_m], [[var_m2]])
+
+    def _measure(self, kind: str, t_ns: int, z, R) -> Innovation:
+        z = np.asarray(z, np.float64).reshape(-1)
+        R = np.asarray(R, np.float64).reshape(len(z), len(z))
+        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(R))):
+            raise ValueError(f"{kind} measurement is not finite")
+        self._require()
+        self._seq += 1
+        m = _Meas(int(t_ns), kind, z, 0.5 * (R + R.T), self._seq)
+        if m.t_ns > self.t_ns + self.gap_ns:  # no IMU up to it: hold the last sample
+            self._step(m.t_ns, self._f_b, self._R_ap)
+        if m.t_ns >= self.t_ns:
+            return self._apply(m, gate=True)
+        return self._measure_late(m)
+
+    def _measure_late(self, m: _Meas) -> Innovation:
+        before = [i for i, s in enumerate(self._steps) if s.t_ns <= m.t_ns]
+        if not before:  # older than the history: cannot be placed
+            d = len(m.z)
+            return Innovation(m.t_ns, np.full(d, np.nan), np.full((d, d), np.nan),
+                              float("inf"), False)
+        k = before[-1]
+        steps = list(self._steps)
+        base = steps[k]
+        todo = sorted([a for a in self._applied if a.t_ns >= base.t_ns] + [m],
+                      key=lambda a: (a.t_ns, a.seq))
+        self._applied = [a for a in self._applied if a.t_ns < base.t_ns]
+        self._steps = deque(steps[:k + 1])
+        self.x, self.P, self.t_ns = base.x.copy(), base.P.copy(), base.t_ns
+        self._f_b, self._R_ap = base.f_b, base.R_ap
+        innovation = None
+        for s in steps[k + 1:]:
+            while todo and todo[0].t_ns < s.t_ns:
+                a = todo.pop(0)
+                out = self._apply(a, gate=a is m)
+                innovation = out if a is m else innovation
+            self._step(s.t_ns, s.f_b, s.R_ap)
+        for a in todo:
+            out = self._apply(a, gate=a is m)
+            innovation = out if a is m else innovation
+        return innovation
+
+    def _model(self, m: _Meas) -> tuple[np.ndarray, np.ndarray]:
+        """(h(x) [d], H [d, 12]) of measurement `m` at its time."""
+        x, tau = self.x, (m.t_ns - self.t_ns) * 1e-9
+        if m.kind == "pos":
+            H = np.zeros((2, _N))
+            H[:, 0:2] = np.eye(2)
+            H[:, 3:5] = tau * np.eye(2)
+            return x[0:2] + x[3:5] * tau, H
+        if m.kind == "vel":
+            v, e = x[_V], x[_E]
+            H = np.zeros((2, _N))
+            H[:, _V] = (_I3 - skew(e))[:2]
+            H[:, _E] = skew(v)[:2]  # -(e x v) = v x e
+            return (v - np.cross(e, v))[:2], H
+        H = np.zeros((1, _N))
+        H[0, 2], H[0, 5] = 1.0, tau
+        return np.array([x[2] + x[5] * tau]), H
+
+    def _apply(self, m: _Meas, gate: bool) -> Innovation:
+        h, H = self._model(m)
+        y = m.z - h  # y = z - h(x)
+        S = H @ self.P @ H.T + m.R  # S = H P H^T + R
+        S = 0.5 * (S + S.T)
+        try:
+            S_inv = np.linalg.inv(S)
+        except np.linalg.LinAlgError:
+            return Innovation(m.t_ns, y, S, float("inf"), False)
+        nis = float(y @ S_inv @ y)  # NIS = y^T S^-1 y
+        if gate and not nis <= self._gates[m.kind]:
+            return Innovation(m.t_ns, y, S, nis, False)
+        K = self.P @ H.T @ S_inv  # K = P H^T S^-1
+        self.x = self.x + K @ y  # dx = K y, injected
+        A = np.eye(_N) - K @ H
+        P = A @ self.P @ A.T + K @ m.R @ K.T  # Joseph form
+        self.P = 0.5 * (P + P.T)
+        self._applied.append(m)
+        return Innovation(m.t_ns, y, S, nis, True)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def full_state_at(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x [12], P [12, 12]) at `t_ns`, the filter unchanged: predicted forward from the
+        state with its last acceleration held (constant-velocity noise past an IMU gap);
+        earlier, from the last stored step at or before `t_ns` (or the oldest one)."""
+        self._require()
+        x, P, t0, s = self.x, self.P, self.t_ns, (self._f_b, self._R_ap)
+        if t_ns < self.t_ns:
+            older = [st for st in self._steps if st.t_ns <= t_ns] or [self._steps[0]]
+            x, P, t0, s = older[-1].x, older[-1].P, older[-1].t_ns, (older[-1].f_b,
+                                                                   older[-1].R_ap)
+        if t_ns <= t0:
+            return x.copy(), P.copy()
+        return self._propagate(x, P, t_ns - t0, s, s)
+
+    def horizontal_at(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x [4] (north, east, vn, ve), P [4, 4]) at `t_ns`: the Navigator's view."""
+        x, P = self.full_state_at(t_ns)
+        idx = [0, 1, 3, 4]
+        return x[idx], P[np.ix_(idx, idx)]
+
+    def _require(self) -> None:
+        if self.x is None:
+            raise RuntimeError("ImuFilter used before initialize()")
