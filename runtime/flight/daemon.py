@@ -14,6 +14,12 @@ Three threads share one Navigator's output and never wait on each other:
               diagnostics, STATUSTEXT when the claimed fix or the GNSS state changes; a
               health summary in the log
 
+IMU: unless filter.kind is cv, the daemon asks the autopilot (MAV_CMD_SET_MESSAGE_INTERVAL,
+when it is first heard on a link) to stream its IMU at filter.imu_rate_hz (SCALED_IMU from
+ArduPilot, HIGHRES_IMU from PX4) and ATTITUDE at up to 50 Hz; the vision thread hands the
+samples received since the last frame to the Navigator before each frame, and logs which
+filter runs (cv or imu) whenever that changes.
+
 With output.signing_key everything sent is MAVLink 2 signed (and unsigned input is
 refused with output.refuse_unsigned); refused input counts as bad messages.
 
@@ -56,9 +62,11 @@ from skyfix.runtime.io.mavlink import (
     load_signing_key,
     named_value,
     set_ekf_source_set,
+    set_message_interval,
     statustext,
 )
 from skyfix.runtime.io.telemetry import TelemetryBuffer, device_and_baud, open_link
+from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import PositionFilter, estimate_at
 from skyfix.runtime.nav.navigator import Localizer, Navigator
 
@@ -92,7 +100,7 @@ class DaemonStats:
 class _Published:
     """What the vision thread hands to the output thread after each frame."""
 
-    filter: PositionFilter | None
+    filter: PositionFilter | ImuFilter | None
     last_fix_t_ns: int | None
 
 
@@ -123,6 +131,8 @@ class Daemon:
         self._last_ok_t_ns: int | None = None  # stamp of the last frame not refused here
         self._repeat_ok = True  # one frame may repeat the last usable stamp without alarm
         self._camera_problem = ""  # kind of the current streak of refused frames; "" if none
+        self._imu_fed_ns = 0  # time of the last IMU sample handed to the Navigator
+        self._filter_kind = ""  # the filter last announced in the log
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -199,12 +209,33 @@ class Daemon:
         if msg.get_srcSystem() != self.cfg.output.system_id:
             return  # a ground station or another vehicle
         self.stats.messages += 1
-        self._heard = True  # the vehicle is there: replies may go out
+        first, self._heard = not self._heard, True  # the vehicle is there: replies may go out
+        if first:
+            self._request_streams()
         self.telemetry.add(msg, t_ns)
         with self._lock:
             self.gnss.observe(msg, t_ns)
         for listener in self.listeners:
             listener(msg, t_ns)
+
+    def _request_streams(self) -> None:
+        """Ask for the IMU (and a faster ATTITUDE) unless the filter is constant-velocity."""
+        f = self.cfg.filter
+        if f.kind == "cv":
+            return
+        imu = (mavlink2.MAVLINK_MSG_ID_SCALED_IMU if self.cfg.daemon.autopilot == "ardupilot"
+               else mavlink2.MAVLINK_MSG_ID_HIGHRES_IMU)
+        target = self.cfg.output.system_id
+        self.send(set_message_interval(imu, f.imu_rate_hz, target))
+        self.send(set_message_interval(mavlink2.MAVLINK_MSG_ID_ATTITUDE,
+                                       min(f.imu_rate_hz, 50.0), target))
+
+    def _feed_imu(self) -> None:
+        """Hand the IMU samples received since the last call to the Navigator."""
+        imu, rpy = self.telemetry.imu_after(self._imu_fed_ns)
+        if len(imu):
+            self.nav.on_imu(imu[:, 0], imu[:, 1:4], rpy)
+            self._imu_fed_ns = int(imu[-1, 0])
 
     def _close_link(self) -> None:
         with self._send_lock:
@@ -234,6 +265,7 @@ class Daemon:
             trusted = self.handover is None or self.handover.state in ("healthy", "degraded")
             gnss = self.telemetry.gnss_at(frame.t_ns) if trusted else None  # search prior
             try:
+                self._feed_imu()
                 result = self.nav.on_frame(frame, tel, gnss)
             except Exception:  # a frame must never take the daemon down
                 self.stats.frame_errors += 1
@@ -243,6 +275,9 @@ class Daemon:
             self.stats.frame_ms_p50, self.stats.frame_ms_p95 = (
                 float(v) for v in np.percentile(self._latencies_ms, [50, 95]))
             self.stats.fixes += isinstance(result.result, Fix)
+            if self.nav.filter_kind != self._filter_kind:
+                self._filter_kind = self.nav.filter_kind
+                log.info("filter: %s (filter.kind %s)", self._filter_kind, self.cfg.filter.kind)
             self.publish()
 
     def _frame_usable(self, frame: Frame, now_ns: int) -> bool:
