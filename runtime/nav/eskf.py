@@ -37,6 +37,17 @@ Measurements at time t_m, between IMU samples t_k <= t_m < t_k+1 (tau_m = t_m - 
     visual-odometry velocity: views are rectified with R_ap, so a true velocity v is
         seen as (I - [e_true]x) v:  h = (v - e x v)_ne           H: I on dv_ne, [v]x on de
     altitude (barometer / autopilot, or rangefinder over known ground): h = p_d
+    visual-odometry displacement between two frames t0 -> t1 (the better form): at each
+        frame `mark` clones c = (p_n, p_e, e_x, e_y) into the state (P augmented with
+        their covariance, the clone constant in propagation). A view rectified with R_ap
+        sees the ground point below the camera shifted by agl o(e), o(e) = (-e_y, e_x)
+        (north, east), and the displacement turned by the yaw error, so
+            h = M D - agl (o(e) - o(c_e)),  D = p_ne + v_ne tau_m - c_p,
+            M = [[1, e_z], [-e_z, 1]]
+        H: M on dp_ne, tau_m M on dv_ne, (D_e, -D_n) on de_z, agl on de_y (north row)
+        and -agl on de_x (east row), -M on dc_p, -agl / +agl on dc_e_y / dc_e_x. The
+        roll/pitch error at both frames is then part of the model, not white noise:
+        its changes from frame to frame cancel along a chain of displacements.
 
     y = z - h,  S = H P H^T + R,  NIS = y^T S^-1 y,  K = P H^T S^-1,
     dx = K y (injected into the nominal state), P+ = (I - K H) P (I - K H)^T + K R K^T
@@ -61,7 +72,7 @@ from skyfix.runtime.nav.filter import Innovation
 
 G_MPS2 = 9.80665
 _GRAVITY = np.array([0.0, 0.0, G_MPS2])
-_N = 12  # error-state size
+_N = 12  # error-state size, without the clone of `mark` (4 more when there is one)
 _P, _V, _E, _B = slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12)
 _I3 = np.eye(3)
 
@@ -78,17 +89,20 @@ class _Step:
     t_ns: int
     f_b: np.ndarray  # [3] specific force, body
     R_ap: np.ndarray  # [3, 3] autopilot attitude, body -> NED
-    x: np.ndarray  # [12] nominal state
-    P: np.ndarray  # [12, 12]
+    x: np.ndarray  # [12] nominal state (+ [4] clone)
+    P: np.ndarray  # [12, 12] (or [16, 16])
+    clone_t_ns: int | None  # time of the clone, None without one
 
 
 @dataclass(frozen=True)
 class _Meas:
     t_ns: int
-    kind: str  # "pos" | "vel" | "alt"
+    kind: str  # "pos" | "vel" | "alt" | "disp" | "mark"
     z: np.ndarray
     R: np.ndarray
     seq: int  # arrival order, to keep it among equal capture times
+    t0_ns: int = 0  # "disp": the frame the displacement starts from
+    agl_m: float = 0.0  # "disp": height above ground
 
 
 class ImuFilter:
@@ -101,8 +115,10 @@ class ImuFilter:
         self.gap_ns = int(cfg.imu_gap_s * 1e9)
         self._tau_s = np.array([cfg.tilt_tau_s, cfg.tilt_tau_s, cfg.yaw_tau_s])
         self._sig_e = np.radians([cfg.tilt_sigma_deg, cfg.tilt_sigma_deg, cfg.yaw_sigma_deg])
-        self._gates = {"pos": cfg.nis_gate, "vel": cfg.nis_gate, "alt": cfg.alt_nis_gate}
+        self._gates = {"pos": cfg.nis_gate, "vel": cfg.nis_gate, "disp": cfg.nis_gate,
+                       "alt": cfg.alt_nis_gate}
         self._seq = 0
+        self._q_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._imu: deque[tuple[int, np.ndarray, np.ndarray]] = deque()  # samples, pre-start
         self.reset()
 
@@ -113,6 +129,7 @@ class ImuFilter:
         self.t_ns: int | None = None
         self._steps: deque[_Step] = deque()
         self._applied: list[_Meas] = []
+        self.clone_t_ns: int | None = None
         self._f_b = np.array([0.0, 0.0, -G_MPS2])  # last sample: level and unaccelerated
         self._R_ap = _I3.copy()
 
@@ -144,7 +161,7 @@ class ImuFilter:
             t0, self._f_b, self._R_ap = before[-1]
             x[:2] -= x[3:5] * (t_ns - t0) * 1e-9
         self.x, self.P, self.t_ns = x, P, t0
-        self._steps.append(_Step(t0, self._f_b, self._R_ap, x.copy(), P.copy()))
+        self._steps.append(_Step(t0, self._f_b, self._R_ap, x.copy(), P.copy(), None))
         for t, f_b, R_ap in [s for s in self._imu if s[0] > t0]:
             self._step(t, f_b, R_ap)
 
@@ -178,7 +195,8 @@ class ImuFilter:
         self.x, self.P = self._propagate(self.x, self.P, t_ns - self.t_ns,
                                          (self._f_b, self._R_ap), (f_b, R_ap))
         self.t_ns, self._f_b, self._R_ap = t_ns, f_b, R_ap
-        self._steps.append(_Step(t_ns, f_b, R_ap, self.x.copy(), self.P.copy()))
+        self._steps.append(_Step(t_ns, f_b, R_ap, self.x.copy(), self.P.copy(),
+                                 self.clone_t_ns))
         while len(self._steps) > 1 and self._steps[1].t_ns <= t_ns - self.history_ns:
             self._steps.popleft()
         oldest = self._steps[0].t_ns
@@ -187,13 +205,13 @@ class ImuFilter:
 
     def _propagate(self, x: np.ndarray, P: np.ndarray, dt_ns: int, s0: tuple, s1: tuple
                    ) -> tuple[np.ndarray, np.ndarray]:
-        c, dt = self.cfg, dt_ns * 1e-9
+        dt = dt_ns * 1e-9
         a0, R = self._accel(x, *s0)
         a1, _ = self._accel(x, *s1)
-        x = x.copy()
+        decay, Q = self._noise(dt_ns)
+        x, n = x.copy(), len(x)
         x[_P] += x[_V] * dt + (2 * a0 + a1) * dt * dt / 6
         x[_V] += (a0 + a1) * dt / 2
-        decay = np.exp(-dt / self._tau_s)
         x[_E] *= decay
         f_n = a0 - _GRAVITY
         Phi = np.eye(_N)
@@ -203,6 +221,23 @@ class ImuFilter:
         Phi[_P, _E] = Phi[_V, _E] * dt / 2
         Phi[_P, _B] = Phi[_V, _B] * dt / 2
         Phi[_E, _E] = np.diag(decay)
+        if n == _N:
+            P = Phi @ P @ Phi.T + Q
+        else:  # the clone stays: P_aa = Phi P_aa Phi^T + Q, P_ac = Phi P_ac, P_cc as is
+            P = P.copy()
+            P[:_N, :_N] = Phi @ P[:_N, :_N] @ Phi.T + Q
+            P[:_N, _N:] = Phi @ P[:_N, _N:]
+            P[_N:, :_N] = P[:_N, _N:].T
+        return x, 0.5 * (P + P.T)
+
+    def _noise(self, dt_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(decay [3], Q [12, 12]) over `dt_ns`; the last few are cached (the IMU comes at a
+        steady rate, so the same step recurs)."""
+        hit = self._q_cache.get(dt_ns)
+        if hit is not None:
+            return hit
+        c, dt = self.cfg, dt_ns * 1e-9
+        decay = np.exp(-dt / self._tau_s)
         q = c.accel_noise_mps2_rthz**2
         if dt_ns > self.gap_ns:
             q += c.accel_sigma_mps2**2  # no IMU in between: constant-velocity noise
@@ -212,8 +247,10 @@ class ImuFilter:
         Q[_V, _V] = q * dt * _I3
         Q[_E, _E] = np.diag(self._sig_e**2 * (1 - decay**2))
         Q[_B, _B] = c.accel_bias_rw_mps2_rths**2 * dt * _I3
-        P = Phi @ P @ Phi.T + Q
-        return x, 0.5 * (P + P.T)
+        if len(self._q_cache) >= 16:
+            self._q_cache.clear()
+        self._q_cache[dt_ns] = (decay, Q)
+        return decay, Q
 
     # -- measurements ---------------------------------------------------------------------
 
@@ -230,14 +267,27 @@ class ImuFilter:
         """Fuse a height as NED down (-altitude AMSL), variance `var_m2`, at `t_ns`."""
         return self._measure("alt", t_ns, [down_m], [[var_m2]])
 
-    def _measure(self, kind: str, t_ns: int, z, R) -> Innovation:
+    def mark(self, t_ns: int) -> None:
+        """Clone position and roll/pitch error at frame time `t_ns` (replacing the last
+        clone), for the displacement that starts at this frame."""
+        self._measure("mark", t_ns, np.zeros(0), np.zeros((0, 0)))
+
+    def update_displacement(self, t0_ns: int, t1_ns: int, d_ne: np.ndarray, R: np.ndarray,
+                            agl_m: float) -> Innovation:
+        """Fuse a visual-odometry displacement `d_ne` [2] m from frame `t0_ns` (which must
+        be the last `mark`) to `t1_ns`, covariance `R` [2, 2] m^2 of the image fit alone
+        (the attitude errors are modelled), at height above ground `agl_m`."""
+        return self._measure("disp", t1_ns, d_ne, R, int(t0_ns), float(agl_m))
+
+    def _measure(self, kind: str, t_ns: int, z, R, t0_ns: int = 0,
+                 agl_m: float = 0.0) -> Innovation:
         z = np.asarray(z, np.float64).reshape(-1)
         R = np.asarray(R, np.float64).reshape(len(z), len(z))
         if not (np.all(np.isfinite(z)) and np.all(np.isfinite(R))):
             raise ValueError(f"{kind} measurement is not finite")
         self._require()
         self._seq += 1
-        m = _Meas(int(t_ns), kind, z, 0.5 * (R + R.T), self._seq)
+        m = _Meas(int(t_ns), kind, z, 0.5 * (R + R.T), self._seq, t0_ns, agl_m)
         if m.t_ns > self.t_ns + self.gap_ns:  # no IMU up to it: hold the last sample
             self._step(m.t_ns, self._f_b, self._R_ap)
         if m.t_ns >= self.t_ns:
@@ -258,7 +308,7 @@ class ImuFilter:
         self._applied = [a for a in self._applied if a.t_ns < base.t_ns]
         self._steps = deque(steps[:k + 1])
         self.x, self.P, self.t_ns = base.x.copy(), base.P.copy(), base.t_ns
-        self._f_b, self._R_ap = base.f_b, base.R_ap
+        self._f_b, self._R_ap, self.clone_t_ns = base.f_b, base.R_ap, base.clone_t_ns
         innovation = None
         for s in steps[k + 1:]:
             while todo and todo[0].t_ns < s.t_ns:
@@ -272,24 +322,55 @@ class ImuFilter:
         return innovation
 
     def _model(self, m: _Meas) -> tuple[np.ndarray, np.ndarray]:
-        """(h(x) [d], H [d, 12]) of measurement `m` at its time."""
-        x, tau = self.x, (m.t_ns - self.t_ns) * 1e-9
+        """(h(x) [d], H [d, n]) of measurement `m` at its time."""
+        x, tau, n = self.x, (m.t_ns - self.t_ns) * 1e-9, len(self.x)
+        if m.kind == "disp":
+            e, c = x[_E], x[_N:]
+            D = x[0:2] + x[3:5] * tau - c[0:2]
+            M = np.array([[1.0, e[2]], [-e[2], 1.0]])
+            a = m.agl_m
+            H = np.zeros((2, n))
+            H[:, 0:2], H[:, 3:5], H[:, 8] = M, tau * M, (D[1], -D[0])
+            H[0, 7], H[1, 6] = a, -a
+            H[:, _N:_N + 2] = -M
+            H[0, _N + 3], H[1, _N + 2] = -a, a
+            o_e, o_c = np.array([-e[1], e[0]]), np.array([-c[3], c[2]])
+            return M @ D - a * (o_e - o_c), H
         if m.kind == "pos":
-            H = np.zeros((2, _N))
+            H = np.zeros((2, n))
             H[:, 0:2] = np.eye(2)
             H[:, 3:5] = tau * np.eye(2)
             return x[0:2] + x[3:5] * tau, H
         if m.kind == "vel":
             v, e = x[_V], x[_E]
-            H = np.zeros((2, _N))
+            H = np.zeros((2, n))
             H[:, _V] = (_I3 - skew(e))[:2]
             H[:, _E] = skew(v)[:2]  # -(e x v) = v x e
             return (v - np.cross(e, v))[:2], H
-        H = np.zeros((1, _N))
+        H = np.zeros((1, n))
         H[0, 2], H[0, 5] = 1.0, tau
         return np.array([x[2] + x[5] * tau]), H
 
+    def _clone(self, m: _Meas) -> Innovation:
+        """x <- [x_12, p_n, p_e, e_x, e_y] (predicted to the mark's time), P <- J P J^T."""
+        tau = (m.t_ns - self.t_ns) * 1e-9
+        J = np.zeros((_N + 4, _N))
+        J[:_N] = np.eye(_N)
+        J[_N:_N + 2, 0:2], J[_N:_N + 2, 3:5] = np.eye(2), tau * np.eye(2)
+        J[_N + 2, 6], J[_N + 3, 7] = 1.0, 1.0
+        x = self.x[:_N]
+        self.x = np.concatenate([x, x[0:2] + x[3:5] * tau, x[6:8]])
+        self.P = J @ self.P[:_N, :_N] @ J.T
+        self.clone_t_ns = m.t_ns
+        self._applied.append(m)
+        return Innovation(m.t_ns, np.zeros(0), np.zeros((0, 0)), 0.0, True)
+
     def _apply(self, m: _Meas, gate: bool) -> Innovation:
+        if m.kind == "mark":
+            return self._clone(m)
+        if m.kind == "disp" and self.clone_t_ns != m.t0_ns:
+            return Innovation(m.t_ns, np.full(2, np.nan), np.full((2, 2), np.nan),
+                              float("inf"), False)  # no clone at its start: cannot be used
         h, H = self._model(m)
         y = m.z - h  # y = z - h(x)
         S = H @ self.P @ H.T + m.R  # S = H P H^T + R
@@ -303,7 +384,7 @@ class ImuFilter:
             return Innovation(m.t_ns, y, S, nis, False)
         K = self.P @ H.T @ S_inv  # K = P H^T S^-1
         self.x = self.x + K @ y  # dx = K y, injected
-        A = np.eye(_N) - K @ H
+        A = np.eye(len(self.x)) - K @ H
         P = A @ self.P @ A.T + K @ m.R @ K.T  # Joseph form
         self.P = 0.5 * (P + P.T)
         self._applied.append(m)

@@ -121,6 +121,7 @@ class Navigator:
         self._imu_t_ns: int | None = None  # time of the last IMU sample
         self._alt_t_ns: int | None = None  # time of the last altitude fused
         self._down_m = 0.0  # NED down (-altitude AMSL) of the last frame's telemetry
+        self._agl_m = 0.0  # height above ground of the last view
         self.odometry = VisualOdometry(cfg.odometry)
         self.rejections: Counter[str] = Counter()
         self.velocity_gated = 0  # odometry velocities the filter refused
@@ -160,11 +161,14 @@ class Navigator:
         result, innovation, velocity = look, None, None
         if isinstance(look, Look):
             velocity = self.odometry.update(look.view, look.feats)
+            self._agl_m = look.view.agl_m
             result = self.localizer.locate(look, prior)
         if isinstance(result, Fix):
             result, innovation = self._fuse(result)
         if not isinstance(result, Fix):
             self._fuse_velocity(velocity)  # only where no fix: its errors are time-correlated
+        if isinstance(look, Look) and self.filter_kind == "imu" and self.filter.initialized:
+            self.filter.mark(look.view.t_ns)  # where the next frame's displacement starts
         if isinstance(result, Rejection):
             self.rejections[result.reason] += 1
         latency = (time.perf_counter() - start) * 1e3
@@ -189,6 +193,15 @@ class Navigator:
         if obs is None or not self.filter.initialized:
             return
         J = self.frame.J_ned_map
+        if self.filter_kind == "imu" and obs.d_ne_m is not None:
+            # the displacement, with the attitude errors modelled (see eskf.py); the
+            # view's metres are map-grid metres, turned into NED like the velocity
+            d_en, cov_en = obs.d_ne_m[::-1], obs.fit_cov_ne_m2[::-1, ::-1]
+            t1 = obs.t0_ns + int(round(obs.dt_s * 1e9))
+            innovation = self.filter.update_displacement(
+                obs.t0_ns, t1, J @ d_en, J @ cov_en @ J.T, self._agl_m)
+            self.velocity_gated += not innovation.accepted
+            return
         v_en = obs.v_ne_mps[::-1]
         cov_en = obs.cov_ne_m2s2[::-1, ::-1]
         innovation = self.filter.update_velocity(obs.t_ns, J @ v_en, J @ cov_en @ J.T)
