@@ -75,7 +75,7 @@ def make_flight(seed: int, fix_s: float, gap_s: float) -> dict:
     traj = Trajectory(plan, Wobble.random(3.0, rng), SPEED_MPS, AGL_M)
     t_imu = np.arange(1, int(total * IMU_HZ)) / IMU_HZ
     st = traj.sample(t_imu)
-    acc, _ = ImuSensor(ImuSpec(rate_hz=IMU_HZ), rng).measure(
+    acc, gyro = ImuSensor(ImuSpec(rate_hz=IMU_HZ), rng).measure(
         t_imu, st.specific_force_body_mps2(), st.body_rates_radps())
     t_att = np.arange(int(total * 25) + 2) / 25
     err = np.concatenate([gauss_markov(rng, len(t_att), 0.04, TILT_TAU_S, 1.0, 2),
@@ -97,8 +97,8 @@ def make_flight(seed: int, fix_s: float, gap_s: float) -> dict:
     D_m = (D + np.column_stack([ez * D[:, 1], -ez * D[:, 0]]) + offset[:-1] - offset[1:]
            + rng.normal(0.0, ODO_FIT_M, D.shape))
     fixes = p_ne + rng.normal(0.0, FIX_SIGMA_M, p_ne.shape)
-    return {"traj": traj, "t_imu": t_imu, "acc": acc, "R_ap": R_ap, "t_f": t_f, "p_ne": p_ne,
-            "v_ne": sf.vel_ned_mps[:, :2], "fixes": fixes, "D_m": D_m, "D": D,
+    return {"traj": traj, "t_imu": t_imu, "acc": acc, "gyro": gyro, "R_ap": R_ap, "t_f": t_f,
+            "p_ne": p_ne, "v_ne": sf.vel_ned_mps[:, :2], "fixes": fixes, "D_m": D_m, "D": D,
             "alt": sf.alt_amsl_m + rng.normal(0.0, 0.3, len(t_f))}
 
 
@@ -147,7 +147,7 @@ class Run:
         for t_ns, _, kind, i in ev:
             if kind == "imu":
                 c = time.thread_time()
-                filt.on_imu(t_ns, fl["acc"][i], fl["R_ap"][i])
+                filt.on_imu(t_ns, fl["acc"][i], fl["gyro"][i], fl["R_ap"][i])
                 out["imu_s"].append(time.thread_time() - c)
             elif kind == "frame" and t_f[i] <= self.checks[0]:
                 self._fix(int(round(t_f[i] * NS)), i, imu)

@@ -234,7 +234,7 @@ class Daemon:
         """Hand the IMU samples received since the last call to the Navigator."""
         imu, rpy = self.telemetry.imu_after(self._imu_fed_ns)
         if len(imu):
-            self.nav.on_imu(imu[:, 0], imu[:, 1:4], rpy)
+            self.nav.on_imu(imu[:, 0], imu[:, 1:4], imu[:, 4:7], rpy)
             self._imu_fed_ns = int(imu[-1, 0])
 
     def _close_link(self) -> None:

@@ -1,31 +1,31 @@
-"""IMU-aided error-state Kalman filter in 3-D (local NED), reduced form.
+"""IMU-aided error-state Kalman filter in 3-D (local NED).
 
-The autopilot already estimates attitude from its gyros, accelerometers and compass at a
-high rate, and skyfix rectifies every frame with that attitude; so this filter takes the
-autopilot's attitude R_ap (body -> NED, from ATTITUDE) as an input and estimates only its
-error, as a Gauss-Markov process with the autopilot's stated uncertainty, instead of
-integrating the gyros itself. Nominal state (12):
+Full attitude error and both IMU biases, with one twist: the nominal attitude is the
+autopilot's (ATTITUDE, which skyfix also rectifies every frame with) times a correction
+e, R = Exp(e) R_ap, and the gyro carries e from sample to sample. So e is the autopilot's
+attitude error: the same error turns the IMU's specific force and the views, and the
+odometry can be modelled with it. Nominal state (15):
 
     p [3] NED position (m; down = -altitude AMSL)      v [3] NED velocity (m/s)
-    e [3] correction of the autopilot's attitude (rad, NED axes): R = Exp(e) R_ap
-    b [3] accelerometer bias, body axes (m/s^2)
+    e [3] attitude correction of the autopilot's (rad, NED axes)
+    b [3] accelerometer bias, g [3] gyro bias, body axes (m/s^2, rad/s)
 
-and the error state dx = [dp, dv, de, db] with covariance P [12, 12].
+and the error state dx = [dp, dv, de, db, dg] with covariance P [15, 15].
 
-Propagation, IMU sample k -> k+1 (dt), specific force f_m [3] (body) at each:
+Propagation, IMU sample k -> k+1 (dt), specific force f_m and rate w_m (body) at each:
 
-    a_k = R_k (f_m,k - b) + g,  R_k = (I + [e]x) R_ap,k,  g = (0, 0, 9.80665)
+    R_k = Exp(e) R_ap,k,  R_k+1 = R_k Exp((w_m,k + w_m,k+1) / 2 - g) dt)   (gyro)
+    e+ = Log(R_k+1 R_ap,k+1^T)          (the autopilot's own steps do not move R)
+    a_k = R_k (f_m,k - b) + G,  G = (0, 0, 9.80665)
     p+ = p + v dt + (2 a_k + a_k+1) dt^2 / 6      (exact for a linear in time)
     v+ = v + (a_k + a_k+1) dt / 2
-    e+ = diag(exp(-dt / tau)) e                   (tau: tilt, tilt, yaw)
 
-    error dynamics:  dp' = dv,  dv' = -[f_n]x de - R db - R n_a,  de' = -de / tau + w_e,
-                     db' = w_b           (f_n = R (f_m - b), the specific force in NED)
-    Phi = I + A dt with Phi_pv = I dt, Phi_ve = -[f_n]x dt, Phi_vb = -R dt,
-          Phi_pe = -[f_n]x dt^2/2, Phi_pb = -R dt^2/2, Phi_ee = diag(exp(-dt / tau))
-    Q: accel white noise (density s_a): Q_pp = s_a^2 dt^3/3, Q_pv = s_a^2 dt^2/2,
-       Q_vv = s_a^2 dt; attitude error: Q_ee = sigma_e^2 (1 - exp(-2 dt / tau));
-       bias random walk: Q_bb = s_b^2 dt
+    error dynamics: dp' = dv, dv' = -[f_n]x de - R db - R n_a, de' = -R dg - R n_w,
+                    db' = w_b, dg' = w_g      (f_n = R (f_m - b), specific force in NED)
+    Phi = I + A dt: Phi_pv = I dt, Phi_ve = -[f_n]x dt, Phi_vb = -R dt, Phi_eg = -R dt,
+          Phi_pe = Phi_ve dt/2, Phi_pb = Phi_vb dt/2
+    Q: accel noise (density s_a): Q_pp = s_a^2 dt^3/3, Q_pv = s_a^2 dt^2/2, Q_vv = s_a^2 dt;
+       gyro noise Q_ee = s_w^2 dt; bias random walks Q_bb = s_b^2 dt, Q_gg = s_g^2 dt
     P+ = Phi P Phi^T + Q
 
 An IMU gap longer than cfg.imu_gap_s is bridged as constant acceleration with the
@@ -72,8 +72,8 @@ from skyfix.runtime.nav.filter import Innovation
 
 G_MPS2 = 9.80665
 _GRAVITY = np.array([0.0, 0.0, G_MPS2])
-_N = 12  # error-state size, without the clone of `mark` (4 more when there is one)
-_P, _V, _E, _B = slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12)
+_N = 15  # error-state size, without the clone of `mark` (4 more when there is one)
+_P, _V, _E, _B, _W = slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12), slice(12, 15)
 _I3 = np.eye(3)
 
 
@@ -82,15 +82,30 @@ def skew(a: np.ndarray) -> np.ndarray:
     return np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
 
 
+def so3_exp(r: np.ndarray) -> np.ndarray:
+    """[3, 3] rotation of the rotation vector `r` [3] (Rodrigues)."""
+    th = float(np.sqrt(r @ r))
+    K = skew(r)
+    if th < 1e-9:
+        return _I3 + K
+    return _I3 + np.sin(th) / th * K + (1 - np.cos(th)) / th**2 * (K @ K)
+
+
+def so3_log(R: np.ndarray) -> np.ndarray:
+    """[3] rotation vector of a rotation `R` [3, 3] within 90 degrees of the identity."""
+    w = 0.5 * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    s = float(np.sqrt(w @ w))
+    return w if s < 1e-12 else w * (np.arcsin(min(s, 1.0)) / s)
+
+
 @dataclass(frozen=True)
 class _Step:
     """One IMU sample and the state right after propagating to it (before measurements)."""
 
     t_ns: int
-    f_b: np.ndarray  # [3] specific force, body
-    R_ap: np.ndarray  # [3, 3] autopilot attitude, body -> NED
-    x: np.ndarray  # [12] nominal state (+ [4] clone)
-    P: np.ndarray  # [12, 12] (or [16, 16])
+    sample: tuple  # (f_b [3] specific force, w_b [3] rate, R_ap [3, 3] autopilot attitude)
+    x: np.ndarray  # [15] nominal state (+ [4] clone)
+    P: np.ndarray  # [15, 15] (or [19, 19])
     clone_t_ns: int | None  # time of the clone, None without one
 
 
@@ -106,20 +121,19 @@ class _Meas:
 
 
 class ImuFilter:
-    """The reduced error-state filter of the module docstring; `horizontal_at`, the
+    """The error-state filter of the module docstring; `horizontal_at`, the
     `update_*` methods and `initialize` / `reset` are what the Navigator uses."""
 
     def __init__(self, cfg: FilterConfig) -> None:
         self.cfg = cfg
         self.history_ns = int(cfg.history_s * 1e9)
         self.gap_ns = int(cfg.imu_gap_s * 1e9)
-        self._tau_s = np.array([cfg.tilt_tau_s, cfg.tilt_tau_s, cfg.yaw_tau_s])
         self._sig_e = np.radians([cfg.tilt_sigma_deg, cfg.tilt_sigma_deg, cfg.yaw_sigma_deg])
         self._gates = {"pos": cfg.nis_gate, "vel": cfg.nis_gate, "disp": cfg.nis_gate,
                        "alt": cfg.alt_nis_gate}
         self._seq = 0
         self._q_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._imu: deque[tuple[int, np.ndarray, np.ndarray]] = deque()  # samples, pre-start
+        self._imu: deque[tuple[int, tuple]] = deque()  # (t_ns, sample), kept before a start
         self.reset()
 
     def reset(self) -> None:
@@ -130,8 +144,7 @@ class ImuFilter:
         self._steps: deque[_Step] = deque()
         self._applied: list[_Meas] = []
         self.clone_t_ns: int | None = None
-        self._f_b = np.array([0.0, 0.0, -G_MPS2])  # last sample: level and unaccelerated
-        self._R_ap = _I3.copy()
+        self._last = (-_GRAVITY, np.zeros(3), _I3)  # last sample: level, unaccelerated
 
     @property
     def initialized(self) -> bool:
@@ -155,48 +168,41 @@ class ImuFilter:
         P[5, 5] = c.init_vel_sigma_mps**2
         P[_E, _E] = np.diag(self._sig_e**2)
         P[_B, _B] = c.accel_bias_sigma_mps2**2 * _I3
+        P[_W, _W] = c.gyro_bias_sigma_radps**2 * _I3
         before = [s for s in self._imu if s[0] <= t_ns]
         t0 = int(t_ns)
         if before:  # anchor on the last sample at or before t_ns (p moved back along v)
-            t0, self._f_b, self._R_ap = before[-1]
+            t0, self._last = before[-1]
             x[:2] -= x[3:5] * (t_ns - t0) * 1e-9
         self.x, self.P, self.t_ns = x, P, t0
-        self._steps.append(_Step(t0, self._f_b, self._R_ap, x.copy(), P.copy(), None))
-        for t, f_b, R_ap in [s for s in self._imu if s[0] > t0]:
-            self._step(t, f_b, R_ap)
+        self._steps.append(_Step(t0, self._last, x.copy(), P.copy(), None))
+        for t, sample in [s for s in self._imu if s[0] > t0]:
+            self._step(t, sample)
 
     # -- propagation ----------------------------------------------------------------------
 
-    def on_imu(self, t_ns: int, accel_b_mps2: np.ndarray, R_ap: np.ndarray) -> None:
-        """One IMU sample: specific force `accel_b_mps2` [3] (body FRD, m/s^2) at `t_ns`,
-        with the autopilot's attitude `R_ap` [3, 3] (body -> NED) at that time. Samples not
-        newer than the last one, or not finite, are dropped."""
-        f_b = np.asarray(accel_b_mps2, np.float64)
-        R_ap = np.asarray(R_ap, np.float64)
-        if not (np.all(np.isfinite(f_b)) and np.all(np.isfinite(R_ap))):
+    def on_imu(self, t_ns: int, accel_b_mps2: np.ndarray, gyro_b_radps: np.ndarray,
+               R_ap: np.ndarray) -> None:
+        """One IMU sample: specific force `accel_b_mps2` [3] (body FRD, m/s^2) and rate
+        `gyro_b_radps` [3] at `t_ns`, with the autopilot's attitude `R_ap` [3, 3] (body ->
+        NED) at that time. Samples not newer than the last one, or not finite, are dropped."""
+        sample = tuple(np.asarray(a, np.float64) for a in (accel_b_mps2, gyro_b_radps, R_ap))
+        if not all(np.isfinite(a).all() for a in sample):
             return
         if self._imu and t_ns <= self._imu[-1][0]:
             return
-        self._imu.append((int(t_ns), f_b, R_ap))
+        self._imu.append((int(t_ns), sample))
         while self._imu[0][0] < t_ns - self.history_ns:
             self._imu.popleft()
         if self.x is not None and t_ns > self.t_ns:
-            self._step(int(t_ns), f_b, R_ap)
+            self._step(int(t_ns), sample)
             if not (np.all(np.isfinite(self.x)) and np.all(np.isfinite(self.P))):
                 self.reset()  # diverged numerically: the Navigator restarts from fixes
 
-    def _accel(self, x: np.ndarray, f_b: np.ndarray, R_ap: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """(a [3] NED acceleration, R [3, 3] corrected attitude) of one sample under x."""
-        R = (_I3 + skew(x[_E])) @ R_ap
-        return R @ (f_b - x[_B]) + _GRAVITY, R
-
-    def _step(self, t_ns: int, f_b: np.ndarray, R_ap: np.ndarray) -> None:
-        self.x, self.P = self._propagate(self.x, self.P, t_ns - self.t_ns,
-                                         (self._f_b, self._R_ap), (f_b, R_ap))
-        self.t_ns, self._f_b, self._R_ap = t_ns, f_b, R_ap
-        self._steps.append(_Step(t_ns, f_b, R_ap, self.x.copy(), self.P.copy(),
-                                 self.clone_t_ns))
+    def _step(self, t_ns: int, sample: tuple) -> None:
+        self.x, self.P = self._propagate(self.x, self.P, t_ns - self.t_ns, self._last, sample)
+        self.t_ns, self._last = t_ns, sample
+        self._steps.append(_Step(t_ns, sample, self.x.copy(), self.P.copy(), self.clone_t_ns))
         while len(self._steps) > 1 and self._steps[1].t_ns <= t_ns - self.history_ns:
             self._steps.popleft()
         oldest = self._steps[0].t_ns
@@ -206,21 +212,23 @@ class ImuFilter:
     def _propagate(self, x: np.ndarray, P: np.ndarray, dt_ns: int, s0: tuple, s1: tuple
                    ) -> tuple[np.ndarray, np.ndarray]:
         dt = dt_ns * 1e-9
-        a0, R = self._accel(x, *s0)
-        a1, _ = self._accel(x, *s1)
-        decay, Q = self._noise(dt_ns)
+        (f0, w0, Rap0), (f1, w1, Rap1) = s0, s1
+        R0 = so3_exp(x[_E]) @ Rap0
+        R1 = R0 @ so3_exp((0.5 * (w0 + w1) - x[_W]) * dt)
+        f_n = R0 @ (f0 - x[_B])
+        a0, a1 = f_n + _GRAVITY, R1 @ (f1 - x[_B]) + _GRAVITY
         x, n = x.copy(), len(x)
         x[_P] += x[_V] * dt + (2 * a0 + a1) * dt * dt / 6
         x[_V] += (a0 + a1) * dt / 2
-        x[_E] *= decay
-        f_n = a0 - _GRAVITY
+        x[_E] = so3_log(R1 @ Rap1.T)
         Phi = np.eye(_N)
         Phi[_P, _V] = dt * _I3
         Phi[_V, _E] = -skew(f_n) * dt
-        Phi[_V, _B] = -R * dt
+        Phi[_V, _B] = -R0 * dt
+        Phi[_E, _W] = -R0 * dt
         Phi[_P, _E] = Phi[_V, _E] * dt / 2
         Phi[_P, _B] = Phi[_V, _B] * dt / 2
-        Phi[_E, _E] = np.diag(decay)
+        Q = self._noise(dt_ns)
         if n == _N:
             P = Phi @ P @ Phi.T + Q
         else:  # the clone stays: P_aa = Phi P_aa Phi^T + Q, P_ac = Phi P_ac, P_cc as is
@@ -230,14 +238,13 @@ class ImuFilter:
             P[_N:, :_N] = P[:_N, _N:].T
         return x, 0.5 * (P + P.T)
 
-    def _noise(self, dt_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        """(decay [3], Q [12, 12]) over `dt_ns`; the last few are cached (the IMU comes at a
-        steady rate, so the same step recurs)."""
-        hit = self._q_cache.get(dt_ns)
-        if hit is not None:
-            return hit
+    def _noise(self, dt_ns: int) -> np.ndarray:
+        """Q [15, 15] over `dt_ns`; the last few are cached (the IMU comes at a steady rate,
+        so the same step recurs)."""
+        Q = self._q_cache.get(dt_ns)
+        if Q is not None:
+            return Q
         c, dt = self.cfg, dt_ns * 1e-9
-        decay = np.exp(-dt / self._tau_s)
         q = c.accel_noise_mps2_rthz**2
         if dt_ns > self.gap_ns:
             q += c.accel_sigma_mps2**2  # no IMU in between: constant-velocity noise
@@ -245,12 +252,13 @@ class ImuFilter:
         Q[_P, _P] = q * dt**3 / 3 * _I3
         Q[_P, _V] = Q[_V, _P] = q * dt**2 / 2 * _I3
         Q[_V, _V] = q * dt * _I3
-        Q[_E, _E] = np.diag(self._sig_e**2 * (1 - decay**2))
+        Q[_E, _E] = c.gyro_noise_radps_rthz**2 * dt * _I3
         Q[_B, _B] = c.accel_bias_rw_mps2_rths**2 * dt * _I3
+        Q[_W, _W] = c.gyro_bias_rw_radps_rths**2 * dt * _I3
         if len(self._q_cache) >= 16:
             self._q_cache.clear()
-        self._q_cache[dt_ns] = (decay, Q)
-        return decay, Q
+        self._q_cache[dt_ns] = Q
+        return Q
 
     # -- measurements ---------------------------------------------------------------------
 
@@ -289,7 +297,7 @@ class ImuFilter:
         self._seq += 1
         m = _Meas(int(t_ns), kind, z, 0.5 * (R + R.T), self._seq, t0_ns, agl_m)
         if m.t_ns > self.t_ns + self.gap_ns:  # no IMU up to it: hold the last sample
-            self._step(m.t_ns, self._f_b, self._R_ap)
+            self._step(m.t_ns, self._last)
         if m.t_ns >= self.t_ns:
             return self._apply(m, gate=True)
         return self._measure_late(m)
@@ -308,14 +316,14 @@ class ImuFilter:
         self._applied = [a for a in self._applied if a.t_ns < base.t_ns]
         self._steps = deque(steps[:k + 1])
         self.x, self.P, self.t_ns = base.x.copy(), base.P.copy(), base.t_ns
-        self._f_b, self._R_ap, self.clone_t_ns = base.f_b, base.R_ap, base.clone_t_ns
+        self._last, self.clone_t_ns = base.sample, base.clone_t_ns
         innovation = None
         for s in steps[k + 1:]:
             while todo and todo[0].t_ns < s.t_ns:
                 a = todo.pop(0)
                 out = self._apply(a, gate=a is m)
                 innovation = out if a is m else innovation
-            self._step(s.t_ns, s.f_b, s.R_ap)
+            self._step(s.t_ns, s.sample)
         for a in todo:
             out = self._apply(a, gate=a is m)
             innovation = out if a is m else innovation
@@ -393,15 +401,14 @@ class ImuFilter:
     # -- output ---------------------------------------------------------------------------
 
     def full_state_at(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        """(x [12], P [12, 12]) at `t_ns`, the filter unchanged: predicted forward from the
+        """(x [15], P [15, 15]) at `t_ns`, the filter unchanged: predicted forward from the
         state with its last acceleration held (constant-velocity noise past an IMU gap);
         earlier, from the last stored step at or before `t_ns` (or the oldest one)."""
         self._require()
-        x, P, t0, s = self.x, self.P, self.t_ns, (self._f_b, self._R_ap)
+        x, P, t0, s = self.x, self.P, self.t_ns, self._last
         if t_ns < self.t_ns:
-            older = [st for st in self._steps if st.t_ns <= t_ns] or [self._steps[0]]
-            x, P, t0, s = older[-1].x, older[-1].P, older[-1].t_ns, (older[-1].f_b,
-                                                                   older[-1].R_ap)
+            st = ([st for st in self._steps if st.t_ns <= t_ns] or [self._steps[0]])[-1]
+            x, P, t0, s = st.x, st.P, st.t_ns, st.sample
         if t_ns <= t0:
             return x.copy(), P.copy()
         return self._propagate(x, P, t_ns - t0, s, s)

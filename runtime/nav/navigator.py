@@ -143,13 +143,15 @@ class Navigator:
             return window_prior(centre, sigma**2 * np.eye(2), "gnss", rc)
         return NO_PRIOR
 
-    def on_imu(self, t_ns: np.ndarray, accel_mps2: np.ndarray, rpy_rad: np.ndarray) -> None:
-        """IMU samples in time order: `t_ns` [K], specific force `accel_mps2` [K, 3] (body,
-        m/s^2), the autopilot's attitude `rpy_rad` [K, 3] at each (NaN rows are skipped)."""
-        for t, f, rpy in zip(np.asarray(t_ns, np.int64).tolist(), accel_mps2, rpy_rad,
-                             strict=True):
+    def on_imu(self, t_ns: np.ndarray, accel_mps2: np.ndarray, gyro_radps: np.ndarray,
+               rpy_rad: np.ndarray) -> None:
+        """IMU samples in time order: `t_ns` [K], specific force `accel_mps2` [K, 3] and
+        rate `gyro_radps` [K, 3] (body), the autopilot's attitude `rpy_rad` [K, 3] at each
+        (rows with a NaN attitude are skipped)."""
+        for t, f, w, rpy in zip(np.asarray(t_ns, np.int64).tolist(), accel_mps2, gyro_radps,
+                                rpy_rad, strict=True):
             if np.all(np.isfinite(rpy)):
-                self._imu_filter.on_imu(t, f, R_ned_body(*rpy))
+                self._imu_filter.on_imu(t, f, w, R_ned_body(*rpy))
                 self._imu_t_ns = t
 
     def on_frame(self, frame: Frame, tel: Telemetry, gnss: GnssSample | None) -> FrameResult:

@@ -10,6 +10,7 @@ from skyfix.runtime.core.config import FilterConfig
 from skyfix.runtime.nav.eskf import G_MPS2, ImuFilter
 
 G = np.array([0.0, 0.0, G_MPS2])
+Z = np.zeros(3)  # no rotation
 
 
 def Rz(psi: float) -> np.ndarray:
@@ -20,7 +21,9 @@ def Rz(psi: float) -> np.ndarray:
 def quiet_cfg(**kw) -> FilterConfig:
     """Noise-free sensors, so the nominal state must follow the motion exactly."""
     base = dict(accel_noise_mps2_rthz=0.0, accel_bias_sigma_mps2=0.0,
-                accel_bias_rw_mps2_rths=0.0, tilt_sigma_deg=0.0, yaw_sigma_deg=0.0)
+                accel_bias_rw_mps2_rths=0.0, gyro_noise_radps_rthz=0.0,
+                gyro_bias_sigma_radps=0.0, gyro_bias_rw_radps_rths=0.0, tilt_sigma_deg=0.0,
+                yaw_sigma_deg=0.0)
     return replace(FilterConfig(), **{**base, **kw})
 
 
@@ -29,10 +32,10 @@ def test_constant_acceleration_matches_closed_form():
     v0, R_ap = np.array([12.0, 3.0]), Rz(0.3)
     f_b = R_ap.T @ (a - G)  # what the accelerometer reads
     filt = ImuFilter(quiet_cfg())
-    filt.on_imu(0, f_b, R_ap)
+    filt.on_imu(0, f_b, Z, R_ap)
     filt.initialize(0, np.zeros(2), np.eye(2), v0, np.eye(2), down_m=-100.0, down_var_m2=1.0)
     for k in range(1, 1001):  # 10 s at 100 Hz
-        filt.on_imu(k * 10_000_000, f_b, R_ap)
+        filt.on_imu(k * 10_000_000, f_b, Z, R_ap)
     t = 10.0
     p = np.array([0.0, 0.0, -100.0]) + np.r_[v0, 0.0] * t + 0.5 * a * t * t
     np.testing.assert_allclose(filt.x[:3], p, atol=1e-6)
@@ -47,7 +50,7 @@ def test_constant_turn_rate_follows_the_circle():
         psi = w * t
         acc = v * w * np.array([-np.sin(psi), np.cos(psi), 0.0])  # centripetal
         R = Rz(psi)
-        return R.T @ (acc - G), R
+        return R.T @ (acc - G), np.array([0.0, 0.0, w]), R
 
     filt.on_imu(0, *sample(0.0))
     filt.initialize(0, np.zeros(2), np.eye(2), np.array([v, 0.0]), np.eye(2))
@@ -61,16 +64,29 @@ def test_constant_turn_rate_follows_the_circle():
                                atol=1e-3)
 
 
+def test_gyro_carries_the_attitude_through_the_autopilots_steps():
+    """The autopilot's heading jumps by 1 deg (a compass correction) while the gyro says
+    nothing turned: the correction e takes the step, the attitude used stays put."""
+    filt = ImuFilter(quiet_cfg())
+    filt.on_imu(0, -G, Z, np.eye(3))
+    filt.initialize(0, np.zeros(2), np.eye(2), np.array([10.0, 0.0]), np.eye(2))
+    for k in range(1, 201):
+        R_ap = Rz(np.radians(1.0)) if k > 100 else np.eye(3)
+        filt.on_imu(k * 10_000_000, R_ap.T @ -G, Z, R_ap)
+    np.testing.assert_allclose(filt.x[6:9], [0.0, 0.0, -np.radians(1.0)], atol=1e-12)
+    np.testing.assert_allclose(filt.x[3:5], [10.0, 0.0], atol=1e-9)  # no phantom turn
+
+
 def test_position_variance_grows_as_white_acceleration():
     q = 0.05**2
     filt = ImuFilter(quiet_cfg(accel_noise_mps2_rthz=0.05))
     R_ap, f_b = np.eye(3), -G
-    filt.on_imu(0, f_b, R_ap)
+    filt.on_imu(0, f_b, Z, R_ap)
     filt.initialize(0, np.zeros(2), np.zeros((2, 2)), np.zeros(2), np.zeros((2, 2)),
                     down_var_m2=0.0)
     filt.P[5, 5] = 0.0
     for k in range(1, 501):
-        filt.on_imu(k * 10_000_000, f_b, R_ap)
+        filt.on_imu(k * 10_000_000, f_b, Z, R_ap)
     t = 5.0
     np.testing.assert_allclose(np.diag(filt.P)[:3], q * t**3 / 3, rtol=1e-9)
     np.testing.assert_allclose(np.diag(filt.P)[3:6], q * t, rtol=1e-9)
@@ -82,12 +98,12 @@ def _run(late: bool) -> ImuFilter:
     rng = np.random.default_rng(3)
     filt = ImuFilter(FilterConfig())
     f = [(-G + rng.normal(0, 0.1, 3)) for _ in range(400)]
-    filt.on_imu(0, f[0], np.eye(3))
+    filt.on_imu(0, f[0], Z, np.eye(3))
     filt.initialize(0, np.zeros(2), np.eye(2), np.array([0.0, 10.0]), np.eye(2))
     fix = (2_005_000_000, np.array([0.3, 20.2]), 0.5 * np.eye(2))
     for k in range(1, 400):
         t = k * 10_000_000
-        filt.on_imu(t, f[k], np.eye(3))
+        filt.on_imu(t, f[k], Z, np.eye(3))
         if t == 2_000_000_000 and not late:
             filt.update_position(*fix)
         if t == 2_100_000_000:
@@ -113,7 +129,7 @@ def test_fix_older_than_the_history_is_refused():
 
 def test_gates_per_measurement_type():
     filt = ImuFilter(FilterConfig())
-    filt.on_imu(0, -G, np.eye(3))
+    filt.on_imu(0, -G, Z, np.eye(3))
     filt.initialize(0, np.zeros(2), np.eye(2), np.zeros(2), 0.01 * np.eye(2),
                     down_m=-100.0, down_var_m2=1.0)
     x0 = filt.x.copy()
@@ -131,7 +147,7 @@ def test_gates_per_measurement_type():
 
 def test_non_finite_measurement_is_an_error():
     filt = ImuFilter(FilterConfig())
-    filt.on_imu(0, -G, np.eye(3))
+    filt.on_imu(0, -G, Z, np.eye(3))
     filt.initialize(0, np.zeros(2), np.eye(2))
     with pytest.raises(ValueError):
         filt.update_position(0, np.array([np.nan, 0.0]), np.eye(2))
