@@ -98,8 +98,10 @@ class FilterConfig:
     gyro_noise_radps_rthz: float = 0.001  # gyro white noise density
     gyro_bias_sigma_radps: float = 0.005  # initial 1-sigma gyro bias
     gyro_bias_rw_radps_rths: float = 1e-4  # gyro bias random walk
-    tilt_sigma_deg: float = 0.3  # initial 1-sigma error of the autopilot's roll/pitch
-    yaw_sigma_deg: float = 1.0  # initial 1-sigma error of the autopilot's heading
+    tilt_sigma_deg: float = 0.3  # 1-sigma error of the autopilot's roll/pitch ...
+    tilt_tau_s: float = 5.0  # ... and its correlation time
+    yaw_sigma_deg: float = 1.0  # 1-sigma error of the autopilot's heading ...
+    yaw_tau_s: float = 20.0  # ... and its correlation time
     alt_sigma_m: float = 1.0  # 1-sigma of the autopilot's altitude (barometer)
     alt_nis_gate: float = 10.83  # chi-square, 1 dof, 99.9 %
 

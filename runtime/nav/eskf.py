@@ -9,8 +9,13 @@ odometry can be modelled with it. Nominal state (15):
     p [3] NED position (m; down = -altitude AMSL)      v [3] NED velocity (m/s)
     e [3] attitude correction of the autopilot's (rad, NED axes)
     b [3] accelerometer bias, g [3] gyro bias, body axes (m/s^2, rad/s)
+    u [3] the autopilot's attitude error, Gauss-Markov: cfg.tilt/yaw_sigma_deg, _tau_s
 
-and the error state dx = [dp, dv, de, db, dg] with covariance P [15, 15].
+and the error state dx = [dp, dv, de, db, dg, du] with covariance P [18, 18]. The gyro
+tells how e changes, u's statistics that it stays within the autopilot's stated error:
+every 0.1 s the tie e = -u (R_ap = Exp(u) R_true) is applied as a measurement
+(h = e + u, z = 0, variance 1e-8 rad^2). So the heading cannot drift with a gyro bias
+beyond the autopilot's own accuracy, while short-term changes come from the gyro.
 
 Propagation, IMU sample k -> k+1 (dt), specific force f_m and rate w_m (body) at each:
 
@@ -22,10 +27,12 @@ Propagation, IMU sample k -> k+1 (dt), specific force f_m and rate w_m (body) at
 
     error dynamics: dp' = dv, dv' = -[f_n]x de - R db - R n_a, de' = -R dg - R n_w,
                     db' = w_b, dg' = w_g      (f_n = R (f_m - b), specific force in NED)
+    u+ = diag(d) u, d = exp(-dt / tau)
     Phi = I + A dt: Phi_pv = I dt, Phi_ve = -[f_n]x dt, Phi_vb = -R dt, Phi_eg = -R dt,
-          Phi_pe = Phi_ve dt/2, Phi_pb = Phi_vb dt/2
+          Phi_pe = Phi_ve dt/2, Phi_pb = Phi_vb dt/2, Phi_uu = diag(d)
     Q: accel noise (density s_a): Q_pp = s_a^2 dt^3/3, Q_pv = s_a^2 dt^2/2, Q_vv = s_a^2 dt;
-       gyro noise Q_ee = s_w^2 dt; bias random walks Q_bb = s_b^2 dt, Q_gg = s_g^2 dt
+       gyro noise Q_ee = s_w^2 dt; bias random walks Q_bb = s_b^2 dt, Q_gg = s_g^2 dt;
+       Q_uu = diag(sigma_u^2 (1 - d^2))
     P+ = Phi P Phi^T + Q
 
 An IMU gap longer than cfg.imu_gap_s is bridged as constant acceleration with the
@@ -72,8 +79,11 @@ from skyfix.runtime.nav.filter import Innovation
 
 G_MPS2 = 9.80665
 _GRAVITY = np.array([0.0, 0.0, G_MPS2])
-_N = 15  # error-state size, without the clone of `mark` (4 more when there is one)
-_P, _V, _E, _B, _W = slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12), slice(12, 15)
+_N = 18  # error-state size, without the clone of `mark` (4 more when there is one)
+_P, _V, _E, _B, _W, _U = (slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12), slice(12, 15),
+                          slice(15, 18))
+_TIE_NS = 100_000_000  # e = -u is enforced this often
+_TIE_VAR = 1e-8  # rad^2: the tie's noise (only for numerical stability)
 _I3 = np.eye(3)
 
 
@@ -104,8 +114,8 @@ class _Step:
 
     t_ns: int
     sample: tuple  # (f_b [3] specific force, w_b [3] rate, R_ap [3, 3] autopilot attitude)
-    x: np.ndarray  # [15] nominal state (+ [4] clone)
-    P: np.ndarray  # [15, 15] (or [19, 19])
+    x: np.ndarray  # [18] nominal state (+ [4] clone)
+    P: np.ndarray  # [18, 18] (or [22, 22])
     clone_t_ns: int | None  # time of the clone, None without one
 
 
@@ -129,6 +139,7 @@ class ImuFilter:
         self.history_ns = int(cfg.history_s * 1e9)
         self.gap_ns = int(cfg.imu_gap_s * 1e9)
         self._sig_e = np.radians([cfg.tilt_sigma_deg, cfg.tilt_sigma_deg, cfg.yaw_sigma_deg])
+        self._tau_s = np.array([cfg.tilt_tau_s, cfg.tilt_tau_s, cfg.yaw_tau_s])
         self._gates = {"pos": cfg.nis_gate, "vel": cfg.nis_gate, "disp": cfg.nis_gate,
                        "alt": cfg.alt_nis_gate}
         self._seq = 0
@@ -166,7 +177,8 @@ class ImuFilter:
         P[2, 2] = down_var_m2
         P[3:5, 3:5] = c.init_vel_sigma_mps**2 * _I3[:2, :2] if vel_cov is None else vel_cov
         P[5, 5] = c.init_vel_sigma_mps**2
-        P[_E, _E] = np.diag(self._sig_e**2)
+        P[_E, _E] = P[_U, _U] = np.diag(self._sig_e**2)
+        P[_E, _U] = P[_U, _E] = -P[_E, _E]  # e = -u
         P[_B, _B] = c.accel_bias_sigma_mps2**2 * _I3
         P[_W, _W] = c.gyro_bias_sigma_radps**2 * _I3
         before = [s for s in self._imu if s[0] <= t_ns]
@@ -200,8 +212,11 @@ class ImuFilter:
                 self.reset()  # diverged numerically: the Navigator restarts from fixes
 
     def _step(self, t_ns: int, sample: tuple) -> None:
+        tie = t_ns // _TIE_NS != self.t_ns // _TIE_NS
         self.x, self.P = self._propagate(self.x, self.P, t_ns - self.t_ns, self._last, sample)
         self.t_ns, self._last = t_ns, sample
+        if tie:
+            self._tie()
         self._steps.append(_Step(t_ns, sample, self.x.copy(), self.P.copy(), self.clone_t_ns))
         while len(self._steps) > 1 and self._steps[1].t_ns <= t_ns - self.history_ns:
             self._steps.popleft()
@@ -221,6 +236,8 @@ class ImuFilter:
         x[_P] += x[_V] * dt + (2 * a0 + a1) * dt * dt / 6
         x[_V] += (a0 + a1) * dt / 2
         x[_E] = so3_log(R1 @ Rap1.T)
+        decay = np.exp(-dt / self._tau_s)
+        x[_U] *= decay
         Phi = np.eye(_N)
         Phi[_P, _V] = dt * _I3
         Phi[_V, _E] = -skew(f_n) * dt
@@ -228,6 +245,7 @@ class ImuFilter:
         Phi[_E, _W] = -R0 * dt
         Phi[_P, _E] = Phi[_V, _E] * dt / 2
         Phi[_P, _B] = Phi[_V, _B] * dt / 2
+        Phi[_U, _U] = np.diag(decay)
         Q = self._noise(dt_ns)
         if n == _N:
             P = Phi @ P @ Phi.T + Q
@@ -238,8 +256,20 @@ class ImuFilter:
             P[_N:, :_N] = P[:_N, _N:].T
         return x, 0.5 * (P + P.T)
 
+    def _tie(self) -> None:
+        """Apply e + u = 0 (see the module docstring), Joseph form, ungated."""
+        n = len(self.x)
+        H = np.zeros((3, n))
+        H[:, _E], H[:, _U] = _I3, _I3
+        S = H @ self.P @ H.T + _TIE_VAR * _I3
+        K = self.P @ H.T @ np.linalg.inv(S)
+        self.x = self.x - K @ (self.x[_E] + self.x[_U])
+        A = np.eye(n) - K @ H
+        P = A @ self.P @ A.T + _TIE_VAR * (K @ K.T)
+        self.P = 0.5 * (P + P.T)
+
     def _noise(self, dt_ns: int) -> np.ndarray:
-        """Q [15, 15] over `dt_ns`; the last few are cached (the IMU comes at a steady rate,
+        """Q [18, 18] over `dt_ns`; the last few are cached (the IMU comes at a steady rate,
         so the same step recurs)."""
         Q = self._q_cache.get(dt_ns)
         if Q is not None:
@@ -255,6 +285,7 @@ class ImuFilter:
         Q[_E, _E] = c.gyro_noise_radps_rthz**2 * dt * _I3
         Q[_B, _B] = c.accel_bias_rw_mps2_rths**2 * dt * _I3
         Q[_W, _W] = c.gyro_bias_rw_radps_rths**2 * dt * _I3
+        Q[_U, _U] = np.diag(self._sig_e**2 * (1 - np.exp(-2 * dt / self._tau_s)))
         if len(self._q_cache) >= 16:
             self._q_cache.clear()
         self._q_cache[dt_ns] = Q
@@ -401,7 +432,7 @@ class ImuFilter:
     # -- output ---------------------------------------------------------------------------
 
     def full_state_at(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        """(x [15], P [15, 15]) at `t_ns`, the filter unchanged: predicted forward from the
+        """(x [18], P [18, 18]) at `t_ns`, the filter unchanged: predicted forward from the
         state with its last acceleration held (constant-velocity noise past an IMU gap);
         earlier, from the last stored step at or before `t_ns` (or the oldest one)."""
         self._require()
