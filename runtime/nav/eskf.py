@@ -1,70 +1,53 @@
 """IMU-aided error-state Kalman filter in 3-D (local NED).
 
-Full attitude error and both IMU biases, with one twist: the nominal attitude is the
-autopilot's (ATTITUDE, which skyfix also rectifies every frame with) times a correction
-e, R = Exp(e) R_ap, and the gyro carries e from sample to sample. So e is the autopilot's
-attitude error: the same error turns the IMU's specific force and the views, and the
-odometry can be modelled with it. Nominal state (15):
+Full attitude error and IMU biases; the attitude is the autopilot's (which skyfix also
+rectifies frames with) times a correction e, R = Exp(e) R_ap, carried by the gyro. The
+same e turns the specific force and the views, so odometry is modelled with it. State:
 
-    p [3] NED position (m; down = -altitude AMSL)      v [3] NED velocity (m/s)
-    e [3] attitude correction of the autopilot's (rad, NED axes)
-    b [3] accelerometer bias, g [3] gyro bias, body axes (m/s^2, rad/s)
-    u [3] the autopilot's attitude error, Gauss-Markov: cfg.tilt/yaw_sigma_deg, _tau_s
+    p, v [3] NED position (m, down = -altitude AMSL), velocity; e [3] correction (rad, NED)
+    b, g [3] accelerometer, gyro bias (body); u [3] the autopilot's attitude error (Gauss-
+    Markov, cfg.tilt/yaw_sigma_deg and _tau_s)
 
-and the error state dx = [dp, dv, de, db, dg, du] with covariance P [18, 18]. The gyro
-tells how e changes, u's statistics that it stays within the autopilot's stated error:
-every 0.1 s the tie e = -u (R_ap = Exp(u) R_true) is applied as a measurement
-(h = e + u, z = 0, variance 1e-8 rad^2). So the heading cannot drift with a gyro bias
-beyond the autopilot's own accuracy, while short-term changes come from the gyro.
+error state dx = [dp, dv, de, db, dg, du], P [18, 18]. Every 0.1 s the tie e = -u
+(R_ap = Exp(u) R_true) is applied (h = e + u, z = 0, 1e-8 rad^2): the gyro gives the
+short-term changes, and the heading cannot drift beyond the autopilot's own accuracy.
 
 Propagation, IMU sample k -> k+1 (dt), specific force f_m and rate w_m (body) at each:
 
-    R_k = Exp(e) R_ap,k,  R_k+1 = R_k Exp((w_m,k + w_m,k+1) / 2 - g) dt)   (gyro)
+    R_k = Exp(e) R_ap,k,  R_k+1 = R_k Exp(((w_m,k + w_m,k+1) / 2 - g) dt),
     e+ = Log(R_k+1 R_ap,k+1^T)          (the autopilot's own steps do not move R)
-    a_k = R_k (f_m,k - b) + G,  G = (0, 0, 9.80665)
+    a_k = R_k (f_m,k - b) + G,  G = (0, 0, 9.80665),  v+ = v + (a_k + a_k+1) dt / 2
     p+ = p + v dt + (2 a_k + a_k+1) dt^2 / 6      (exact for a linear in time)
-    v+ = v + (a_k + a_k+1) dt / 2
 
-    error dynamics: dp' = dv, dv' = -[f_n]x de - R db - R n_a, de' = -R dg - R n_w,
-                    db' = w_b, dg' = w_g      (f_n = R (f_m - b), specific force in NED)
-    u+ = diag(d) u, d = exp(-dt / tau)
+    u+ = diag(d) u, d = exp(-dt / tau);  errors (f_n = R (f_m - b)): dp' = dv,
+    dv' = -[f_n]x de - R db - R n_a, de' = -R dg - R n_w, db' = w_b, dg' = w_g (walks)
     Phi = I + A dt: Phi_pv = I dt, Phi_ve = -[f_n]x dt, Phi_vb = -R dt, Phi_eg = -R dt,
           Phi_pe = Phi_ve dt/2, Phi_pb = Phi_vb dt/2, Phi_uu = diag(d)
     Q: accel noise (density s_a): Q_pp = s_a^2 dt^3/3, Q_pv = s_a^2 dt^2/2, Q_vv = s_a^2 dt;
        gyro noise Q_ee = s_w^2 dt; bias random walks Q_bb = s_b^2 dt, Q_gg = s_g^2 dt;
        Q_uu = diag(sigma_u^2 (1 - d^2))
-    P+ = Phi P Phi^T + Q
-
-An IMU gap longer than cfg.imu_gap_s is bridged as constant acceleration with the
-constant-velocity filter's white-acceleration noise (cfg.accel_sigma_mps2) added.
+    P+ = Phi P Phi^T + Q;  IMU gaps > cfg.imu_gap_s: Q also gets cfg.accel_sigma_mps2
 
 Measurements at time t_m, between IMU samples t_k <= t_m < t_k+1 (tau_m = t_m - t_k):
 
     position (north, east) fix:  h = p_ne + v_ne tau_m           H: dp_ne, tau_m dv_ne
-    visual-odometry velocity: views are rectified with R_ap, so a true velocity v is
-        seen as (I - [e_true]x) v:  h = (v - e x v)_ne           H: I on dv_ne, [v]x on de
     altitude (barometer / autopilot, or rangefinder over known ground): h = p_d
-    visual-odometry displacement between two frames t0 -> t1 (the better form): at each
-        frame `mark` clones c = (p_n, p_e, e_x, e_y) into the state (P augmented with
-        their covariance, the clone constant in propagation). A view rectified with R_ap
-        sees the ground point below the camera shifted by agl o(e), o(e) = (-e_y, e_x)
-        (north, east), and the displacement turned by the yaw error, so
-            h = M D - agl (o(e) - o(c_e)),  D = p_ne + v_ne tau_m - c_p,
-            M = [[1, e_z], [-e_z, 1]]
-        H: M on dp_ne, tau_m M on dv_ne, (D_e, -D_n) on de_z, agl on de_y (north row)
-        and -agl on de_x (east row), -M on dc_p, -agl / +agl on dc_e_y / dc_e_x. The
-        roll/pitch error at both frames is then part of the model, not white noise:
-        its changes from frame to frame cancel along a chain of displacements.
+    odometry displacement, frame t0 -> t1: each frame's `mark` clones c = (p_n, p_e, e_x,
+        e_y) into the state (constant in propagation). A view rectified with R_ap sees the
+        point below the camera shifted by agl o(e), o(e) = (-e_y, e_x), and displacements
+        turned by the yaw error:  h = M D - agl (o(e) - o(c_e)),  D = p_ne + v_ne tau_m - c_p,
+        M = [[1, e_z], [-e_z, 1]]; H: M on dp_ne, tau_m M on dv_ne, (D_e, -D_n) on de_z,
+        (agl, -agl) on (de_y, de_x), -M on dc_p, (-agl, agl) on (dc_e_y, dc_e_x). The
+        roll/pitch errors of both frames are modelled, so they cancel along the chain.
 
-    y = z - h,  S = H P H^T + R,  NIS = y^T S^-1 y,  K = P H^T S^-1,
-    dx = K y (injected into the nominal state), P+ = (I - K H) P (I - K H)^T + K R K^T
+    y = z - h, S = H P H^T + R, NIS = y^T S^-1 y, K = P H^T S^-1, dx = K y (injected),
+    P+ = (I - K H) P (I - K H)^T + K R K^T
 
-Gates (NIS, 99.9 % of chi-square): cfg.nis_gate for fixes and velocities (2 dof),
-cfg.alt_nis_gate for altitudes (1 dof). A measurement older than the state is fused at its
-own time: the filter keeps, for the last cfg.history_s seconds, each IMU sample with the
-state right after it and the measurements it applied; it rewinds to the last sample at or
-before the measurement, applies it there, and replays samples and measurements forward.
-Replayed measurements keep the decision they got on arrival (they are not gated again).
+Gates (NIS, 99.9 % chi-square): cfg.nis_gate (fixes, displacements), cfg.alt_nis_gate.
+A late measurement is fused at its own time: the filter keeps, for cfg.history_s, each
+IMU sample with the state after it and the measurements applied; it rewinds to the last
+sample at or before the measurement, applies it, and replays samples and measurements
+(which keep the decision they got on arrival) forward.
 """
 
 from __future__ import annotations
@@ -75,6 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skyfix.runtime.core.config import FilterConfig
+from skyfix.runtime.core.geo import skew, so3_exp, so3_log
 from skyfix.runtime.nav.filter import Innovation
 
 G_MPS2 = 9.80665
@@ -85,33 +69,11 @@ _P, _V, _E, _B, _W, _U = (slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12), s
 _TIE_NS = 100_000_000  # e = -u is enforced this often
 _TIE_VAR = 1e-8  # rad^2: the tie's noise (only for numerical stability)
 _I3 = np.eye(3)
-
-
-def skew(a: np.ndarray) -> np.ndarray:
-    """[3, 3] cross-product matrix: skew(a) @ b == a x b."""
-    return np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
-
-
-def so3_exp(r: np.ndarray) -> np.ndarray:
-    """[3, 3] rotation of the rotation vector `r` [3] (Rodrigues)."""
-    th = float(np.sqrt(r @ r))
-    K = skew(r)
-    if th < 1e-9:
-        return _I3 + K
-    return _I3 + np.sin(th) / th * K + (1 - np.cos(th)) / th**2 * (K @ K)
-
-
-def so3_log(R: np.ndarray) -> np.ndarray:
-    """[3] rotation vector of a rotation `R` [3, 3] within 90 degrees of the identity."""
-    w = 0.5 * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-    s = float(np.sqrt(w @ w))
-    return w if s < 1e-12 else w * (np.arcsin(min(s, 1.0)) / s)
+_HORIZONTAL = [0, 1, 3, 4]  # north, east, vn, ve
 
 
 @dataclass(frozen=True)
-class _Step:
-    """One IMU sample and the state right after propagating to it (before measurements)."""
-
+class _Step:  # one IMU sample and the state right after it (before measurements)
     t_ns: int
     sample: tuple  # (f_b [3] specific force, w_b [3] rate, R_ap [3, 3] autopilot attitude)
     x: np.ndarray  # [18] nominal state (+ [4] clone)
@@ -122,12 +84,17 @@ class _Step:
 @dataclass(frozen=True)
 class _Meas:
     t_ns: int
-    kind: str  # "pos" | "vel" | "alt" | "disp" | "mark"
+    kind: str  # "pos" | "alt" | "disp" | "mark"
     z: np.ndarray
     R: np.ndarray
     seq: int  # arrival order, to keep it among equal capture times
     t0_ns: int = 0  # "disp": the frame the displacement starts from
     agl_m: float = 0.0  # "disp": height above ground
+
+
+def _refused(m: _Meas) -> Innovation:
+    d = len(m.z)
+    return Innovation(m.t_ns, np.full(d, np.nan), np.full((d, d), np.nan), float("inf"), False)
 
 
 class ImuFilter:
@@ -140,21 +107,20 @@ class ImuFilter:
         self.gap_ns = int(cfg.imu_gap_s * 1e9)
         self._sig_e = np.radians([cfg.tilt_sigma_deg, cfg.tilt_sigma_deg, cfg.yaw_sigma_deg])
         self._tau_s = np.array([cfg.tilt_tau_s, cfg.tilt_tau_s, cfg.yaw_tau_s])
-        self._gates = {"pos": cfg.nis_gate, "vel": cfg.nis_gate, "disp": cfg.nis_gate,
-                       "alt": cfg.alt_nis_gate}
+        self._gates = {"pos": cfg.nis_gate, "disp": cfg.nis_gate, "alt": cfg.alt_nis_gate}
         self._seq = 0
-        self._q_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._q_cache: dict[int, np.ndarray] = {}
         self._imu: deque[tuple[int, tuple]] = deque()  # (t_ns, sample), kept before a start
         self.reset()
 
     def reset(self) -> None:
         """Forget the state (the IMU samples stay); `initialize` must be called again."""
-        self.x: np.ndarray | None = None
+        self.x: np.ndarray | None = None  # [18] (+ [4] clone)
         self.P: np.ndarray | None = None
-        self.t_ns: int | None = None
+        self.t_ns: int | None = None  # time of the state: the last IMU sample's
+        self.clone_t_ns: int | None = None  # time of the last `mark`
         self._steps: deque[_Step] = deque()
         self._applied: list[_Meas] = []
-        self.clone_t_ns: int | None = None
         self._last = (-_GRAVITY, np.zeros(3), _I3)  # last sample: level, unaccelerated
 
     @property
@@ -168,15 +134,10 @@ class ImuFilter:
         `t_ns`, height `down_m`; the IMU samples received after `t_ns` are replayed."""
         self.reset()
         c = self.cfg
-        x = np.zeros(_N)
-        x[:2], x[2] = pos_ne, down_m
-        if vel_ne is not None:
-            x[3:5] = vel_ne
-        P = np.zeros((_N, _N))
-        P[:2, :2] = cov_ne
-        P[2, 2] = down_var_m2
+        x, P = np.zeros(_N), np.zeros((_N, _N))
+        x[:2], x[2], x[3:5] = pos_ne, down_m, 0.0 if vel_ne is None else vel_ne
+        P[:2, :2], P[2, 2], P[5, 5] = cov_ne, down_var_m2, c.init_vel_sigma_mps**2
         P[3:5, 3:5] = c.init_vel_sigma_mps**2 * _I3[:2, :2] if vel_cov is None else vel_cov
-        P[5, 5] = c.init_vel_sigma_mps**2
         P[_E, _E] = P[_U, _U] = np.diag(self._sig_e**2)
         P[_E, _U] = P[_U, _E] = -P[_E, _E]  # e = -u
         P[_B, _B] = c.accel_bias_sigma_mps2**2 * _I3
@@ -282,10 +243,11 @@ class ImuFilter:
         Q[_P, _P] = q * dt**3 / 3 * _I3
         Q[_P, _V] = Q[_V, _P] = q * dt**2 / 2 * _I3
         Q[_V, _V] = q * dt * _I3
-        Q[_E, _E] = c.gyro_noise_radps_rthz**2 * dt * _I3
-        Q[_B, _B] = c.accel_bias_rw_mps2_rths**2 * dt * _I3
-        Q[_W, _W] = c.gyro_bias_rw_radps_rths**2 * dt * _I3
-        Q[_U, _U] = np.diag(self._sig_e**2 * (1 - np.exp(-2 * dt / self._tau_s)))
+        Q[6:, 6:] = np.diag(np.concatenate([  # e, b, g, u
+            np.full(3, c.gyro_noise_radps_rthz**2 * dt),
+            np.full(3, c.accel_bias_rw_mps2_rths**2 * dt),
+            np.full(3, c.gyro_bias_rw_radps_rths**2 * dt),
+            self._sig_e**2 * (1 - np.exp(-2 * dt / self._tau_s))]))
         if len(self._q_cache) >= 16:
             self._q_cache.clear()
         self._q_cache[dt_ns] = Q
@@ -296,11 +258,6 @@ class ImuFilter:
     def update_position(self, t_ns: int, z_ne: np.ndarray, R: np.ndarray) -> Innovation:
         """Fuse a (north, east) fix `z_ne` [2] m with covariance `R` [2, 2] m^2 at `t_ns`."""
         return self._measure("pos", t_ns, z_ne, R)
-
-    def update_velocity(self, t_ns: int, v_ne: np.ndarray, R: np.ndarray) -> Innovation:
-        """Fuse a visual-odometry velocity `v_ne` [2] m/s (views rectified with the
-        autopilot's attitude) with covariance `R` [2, 2] m^2/s^2 at `t_ns`."""
-        return self._measure("vel", t_ns, v_ne, R)
 
     def update_altitude(self, t_ns: int, down_m: float, var_m2: float) -> Innovation:
         """Fuse a height as NED down (-altitude AMSL), variance `var_m2`, at `t_ns`."""
@@ -336,9 +293,7 @@ class ImuFilter:
     def _measure_late(self, m: _Meas) -> Innovation:
         before = [i for i, s in enumerate(self._steps) if s.t_ns <= m.t_ns]
         if not before:  # older than the history: cannot be placed
-            d = len(m.z)
-            return Innovation(m.t_ns, np.full(d, np.nan), np.full((d, d), np.nan),
-                              float("inf"), False)
+            return _refused(m)
         k = before[-1]
         steps = list(self._steps)
         base = steps[k]
@@ -349,15 +304,13 @@ class ImuFilter:
         self.x, self.P, self.t_ns = base.x.copy(), base.P.copy(), base.t_ns
         self._last, self.clone_t_ns = base.sample, base.clone_t_ns
         innovation = None
-        for s in steps[k + 1:]:
-            while todo and todo[0].t_ns < s.t_ns:
+        for s in [*steps[k + 1:], None]:
+            while todo and (s is None or todo[0].t_ns < s.t_ns):
                 a = todo.pop(0)
                 out = self._apply(a, gate=a is m)
                 innovation = out if a is m else innovation
-            self._step(s.t_ns, s.sample)
-        for a in todo:
-            out = self._apply(a, gate=a is m)
-            innovation = out if a is m else innovation
+            if s is not None:
+                self._step(s.t_ns, s.sample)
         return innovation
 
     def _model(self, m: _Meas) -> tuple[np.ndarray, np.ndarray]:
@@ -377,15 +330,8 @@ class ImuFilter:
             return M @ D - a * (o_e - o_c), H
         if m.kind == "pos":
             H = np.zeros((2, n))
-            H[:, 0:2] = np.eye(2)
-            H[:, 3:5] = tau * np.eye(2)
+            H[:, 0:2], H[:, 3:5] = np.eye(2), tau * np.eye(2)
             return x[0:2] + x[3:5] * tau, H
-        if m.kind == "vel":
-            v, e = x[_V], x[_E]
-            H = np.zeros((2, n))
-            H[:, _V] = (_I3 - skew(e))[:2]
-            H[:, _E] = skew(v)[:2]  # -(e x v) = v x e
-            return (v - np.cross(e, v))[:2], H
         H = np.zeros((1, n))
         H[0, 2], H[0, 5] = 1.0, tau
         return np.array([x[2] + x[5] * tau]), H
@@ -407,9 +353,8 @@ class ImuFilter:
     def _apply(self, m: _Meas, gate: bool) -> Innovation:
         if m.kind == "mark":
             return self._clone(m)
-        if m.kind == "disp" and self.clone_t_ns != m.t0_ns:
-            return Innovation(m.t_ns, np.full(2, np.nan), np.full((2, 2), np.nan),
-                              float("inf"), False)  # no clone at its start: cannot be used
+        if m.kind == "disp" and self.clone_t_ns != m.t0_ns:  # no clone at its start
+            return _refused(m)
         h, H = self._model(m)
         y = m.z - h  # y = z - h(x)
         S = H @ self.P @ H.T + m.R  # S = H P H^T + R
@@ -447,8 +392,7 @@ class ImuFilter:
     def horizontal_at(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """(x [4] (north, east, vn, ve), P [4, 4]) at `t_ns`: the Navigator's view."""
         x, P = self.full_state_at(t_ns)
-        idx = [0, 1, 3, 4]
-        return x[idx], P[np.ix_(idx, idx)]
+        return x[_HORIZONTAL], P[np.ix_(_HORIZONTAL, _HORIZONTAL)]
 
     def _require(self) -> None:
         if self.x is None:

@@ -14,7 +14,9 @@ and reset (back to a global search) when it keeps refusing fixes.
 The filter is the constant-velocity `PositionFilter` or the IMU-aided `ImuFilter`
 (filter.kind; auto: the IMU filter when IMU samples came within the last second at the
 filter's start). The Navigator uses either through the same few methods: initialize,
-reset, update_position, update_velocity, horizontal_at (and estimate_at on top).
+reset, update_position, horizontal_at (and estimate_at on top); odometry goes to the CV
+filter as a velocity (update_velocity), to the IMU filter as a displacement between frames
+it marks (mark, update_displacement), with the autopilot's altitude (update_altitude).
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ class Navigator:
         if obs is None or not self.filter.initialized:
             return
         J = self.frame.J_ned_map
-        if self.filter_kind == "imu" and obs.d_ne_m is not None:
+        if self.filter_kind == "imu":
             # the displacement, with the attitude errors modelled (see eskf.py); the
             # view's metres are map-grid metres, turned into NED like the velocity
             d_en, cov_en = obs.d_ne_m[::-1], obs.fit_cov_ne_m2[::-1, ::-1]

@@ -93,8 +93,8 @@ def test_position_variance_grows_as_white_acceleration():
 
 
 def _run(late: bool) -> ImuFilter:
-    """Hovering east at 10 m/s with noisy sensors; a fix captured at 2.005 s arrives
-    either at once or 300 ms late, with a velocity and an altitude in between."""
+    """Flying east at 10 m/s with noisy sensors; a fix captured at 2.005 s arrives either
+    at once or 300 ms late, with frame marks, a displacement and an altitude in between."""
     rng = np.random.default_rng(3)
     filt = ImuFilter(FilterConfig())
     f = [(-G + rng.normal(0, 0.1, 3)) for _ in range(400)]
@@ -106,9 +106,17 @@ def _run(late: bool) -> ImuFilter:
         filt.on_imu(t, f[k], Z, np.eye(3))
         if t == 2_000_000_000 and not late:
             filt.update_position(*fix)
+        if t == 1_900_000_000:
+            filt.mark(1_895_000_000)
         if t == 2_100_000_000:
-            filt.update_velocity(2_100_000_000, np.array([0.1, 10.1]), 0.04 * np.eye(2))
+            d = filt.update_displacement(1_895_000_000, 2_095_000_000, np.array([0.01, 2.02]),
+                                         0.01 * np.eye(2), 120.0)
+            assert d.accepted and d.y.shape == (2,)
+            filt.mark(2_095_000_000)
             filt.update_altitude(2_095_000_000, 0.5, 1.0)
+            # a displacement from a frame that was not the last mark cannot be used
+            assert not filt.update_displacement(1_895_000_000, 2_095_000_000,
+                                                np.zeros(2), np.eye(2), 120.0).accepted
         if t == 2_300_000_000 and late:
             assert filt.update_position(*fix).accepted
     return filt
