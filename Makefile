@@ -86,3 +86,9 @@ fuzz: $(DEV)
 
 clean:
 	rm -rf $(OUT) .pytest_cache
+
+# IMU-aided vs constant-velocity filter: Monte-Carlo drift without fixes, error in turns,
+# NEES/NIS against chi-square bands, CPU per IMU sample and per fix (FILTER_ARGS=--runs 20)
+.PHONY: bench-filter
+bench-filter: $(CORE)
+	$(BIN)/python benchmarks/bench_filter.py --out $(OUT)/bench/filter.json $(FILTER_ARGS)
