@@ -2,7 +2,8 @@
 
 The flight comes as `ReplayInputs` (sources.open_inputs: a sim flight folder, an image
 folder or a video, with a tlog/.bin/.ulg/track CSV or the photos' own EXIF/XMP).
-Frames and telemetry are fed in time order. The recorded GNSS is used as a search
+Frames and telemetry are fed in time order (the IMU, when the log has one, up to each
+frame and each send time, for the IMU filter). The recorded GNSS is used as a search
 prior only before `gnss_off_at_s` (seconds after the first frame; 0 = never), and
 otherwise only to score. Between frames the filter's estimate is sent at the
 configured rate, predicted to each send time, exactly as the daemon would send it,
@@ -33,6 +34,7 @@ from skyfix.runtime.nav.navigator import FrameResult, Localizer, Navigator
 class ReplayResult:
     report: Report
     files: tuple[Path, ...]
+    frames: tuple[FrameResult, ...] = ()  # what each frame gave (fix, innovation, ...)
 
 
 def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
@@ -54,12 +56,21 @@ def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
     results: list[FrameResult] = []
     sent: list[SentEstimate] = []
     alt = float("nan")
+    imu_fed = [t0 - step_ns]  # IMU samples up to this time are in the Navigator
+
+    def feed_imu(t_ns: int) -> None:
+        imu, rpy = telemetry.imu_between(imu_fed[0], t_ns)
+        if len(imu):
+            nav.on_imu(imu[:, 0], imu[:, 1:4], imu[:, 4:7], rpy)
+        imu_fed[0] = max(imu_fed[0], t_ns)
+
     with GpsInputRecorder(out / "gps_input.tlog", cfg.output) as recorder:
         for item in tqdm(inputs.frames.frames(), total=len(inputs.frames.frame_times_ns),
                          desc="replay", unit="frame", disable=not progress):
             t = item.t_ns if not isinstance(item, tuple) else item[1]
             # Send what the autopilot would have received up to this frame's capture.
             while next_send < t:
+                feed_imu(next_send)
                 _send(nav, recorder, next_send, alt, sent, cfg)
                 next_send += step_ns
             if isinstance(item, tuple):
@@ -72,6 +83,7 @@ def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
                 continue
             alt = tel.alt_amsl_m
             gnss = telemetry.gnss_at(t) if (t - t0) * 1e-9 < gnss_off_at_s else None
+            feed_imu(t)
             results.append(nav.on_frame(item, tel, gnss))
         _send(nav, recorder, next_send, alt, sent, cfg)
 
@@ -79,7 +91,7 @@ def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
         raise SkyfixError(f"{inputs.name}: no frames to replay")
     report, files = write_outputs(out, pack, frame, inputs.truth, results, sent,
                                   dict(nav.rejections), inputs.reference)
-    return ReplayResult(report, files)
+    return ReplayResult(report, files, tuple(results))
 
 
 def _send(nav: Navigator, recorder: GpsInputRecorder, t_ns: int, alt: float,

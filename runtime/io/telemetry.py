@@ -98,6 +98,12 @@ class TelemetryLog:
         """The latest GNSS sample at or before `t_ns`, if not older than `max_age_ns`."""
         return gnss_at(self.gnss, t_ns, max_age_ns)
 
+    def imu_between(self, t0_ns: int, t1_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(imu [K, 8] rows with t0_ns < t <= t1_ns, their attitude [K, 3] rad), as
+        `TelemetryBuffer.imu_after` answers live."""
+        imu = self.imu[(self.imu[:, 0] > t0_ns) & (self.imu[:, 0] <= t1_ns)]
+        return imu, attitude_at(self.att, imu[:, 0])
+
 
 def parse_message(msg, t_ns: int) -> tuple[str, tuple] | None:
     """("att" | "pos" | "gnss" | "rng", row) of one pymavlink message received at `t_ns`,
