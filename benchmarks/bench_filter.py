@@ -6,7 +6,7 @@ Each run is a seeded lawn-mower flight at 12 m/s and 120 m over a 250 x 250 m ar
 83 m apart: 14 s straight, then 11 s in a U-turn of radius 42 m; sim/trajectory.py),
 with the sensors of the simulator, measurement by measurement (no images):
 
-- IMU at 100 Hz: truth + noise, power-on bias and bias drift (sim/imu.py ImuSpec);
+- IMU at --imu-hz (100): truth + noise, power-on bias and bias drift (sim/imu.py ImuSpec);
 - the autopilot's attitude at 25 Hz: truth + Gauss-Markov error (roll/pitch 0.3 deg,
   5 s; yaw 1 deg, 20 s; as sim/trajectory.write_tlog), interpolated to each IMU sample
   as the daemon does (runtime/io/telemetry.attitude_at);
@@ -52,7 +52,7 @@ from skyfix.runtime.nav.filter import PositionFilter
 from skyfix.sim.imu import ImuSensor, ImuSpec
 from skyfix.sim.trajectory import Trajectory, TrajectoryState, Wobble, gauss_markov, plan_lawnmower
 
-SPEED_MPS, AGL_M, FPS, IMU_HZ = 12.0, 120.0, 10.0, 100.0
+SPEED_MPS, AGL_M, FPS = 12.0, 120.0, 10.0
 FIX_SIGMA_M, FIX_LATENCY_S, ODO_LATENCY_S, ODO_FIT_M = 0.5, 0.2, 0.1, 0.05
 TILT_DEG, TILT_TAU_S, YAW_DEG, YAW_TAU_S = 0.3, 5.0, 1.0, 20.0
 DRIFT_S = (10.0, 30.0, 60.0)
@@ -66,16 +66,16 @@ def rotations(rpy: np.ndarray) -> np.ndarray:
     return TrajectoryState(z[:, 0], z[:, :2], z[:, 0], z, z, rpy, z).R_ned_body()
 
 
-def make_flight(seed: int, fix_s: float, gap_s: float) -> dict:
+def make_flight(seed: int, fix_s: float, gap_s: float, imu_hz: float) -> dict:
     """Truth and every measurement of one run, with arrival times (ns)."""
     rng = np.random.default_rng(seed)
     total = fix_s + gap_s + 1.0
     plan = plan_lawnmower((0.0, 0.0, 250.0, 250.0), 0.0, 100.0, SPEED_MPS,
                           SPEED_MPS * total + 10.0, rng)
     traj = Trajectory(plan, Wobble.random(3.0, rng), SPEED_MPS, AGL_M)
-    t_imu = np.arange(1, int(total * IMU_HZ)) / IMU_HZ
+    t_imu = np.arange(1, int(total * imu_hz)) / imu_hz
     st = traj.sample(t_imu)
-    acc, gyro = ImuSensor(ImuSpec(rate_hz=IMU_HZ), rng).measure(
+    acc, gyro = ImuSensor(ImuSpec(rate_hz=imu_hz), rng).measure(
         t_imu, st.specific_force_body_mps2(), st.body_rates_radps())
     t_att = np.arange(int(total * 25) + 2) / 25
     err = np.concatenate([gauss_markov(rng, len(t_att), 0.04, TILT_TAU_S, 1.0, 2),
@@ -219,11 +219,11 @@ def dead_reckoning(fl: dict, x_last: np.ndarray, fix_s: float) -> list[float]:
     return errs
 
 
-def one_run(args: tuple[int, float, float]) -> dict:
+def one_run(args: tuple[int, float, float, float]) -> dict:
     """All variants on one seeded flight; imu and imu_odo share everything before the gap."""
-    seed, fix_s, gap_s = args
+    seed, fix_s, gap_s, imu_hz = args
     cfg = Config()
-    fl = make_flight(seed, fix_s, gap_s)
+    fl = make_flight(seed, fix_s, gap_s, imu_hz)
     ev, checks = events(fl, True, fix_s)
     split = max(j for j, e in enumerate(ev) if e[2] == "frame" and fl["t_f"][e[3]] <= checks[0])
     split += 1
@@ -312,12 +312,13 @@ def main() -> None:
     ap.add_argument("--fix-s", type=float, default=30.0, help="seconds with fixes")
     ap.add_argument("--gap-s", type=float, default=62.0, help="seconds without (> 61)")
     ap.add_argument("--seed0", type=int, default=1)
+    ap.add_argument("--imu-hz", type=float, default=100.0, help="IMU rate (>= 50)")
     a = ap.parse_args()
-    if a.gap_s < max(DRIFT_S) + 1 or a.fix_s < 10 or a.runs < 2:
-        ap.error("need --gap-s >= 61, --fix-s >= 10 and --runs >= 2")
+    if a.gap_s < max(DRIFT_S) + 1 or a.fix_s < 10 or a.runs < 2 or a.imu_hz < 50:
+        ap.error("need --gap-s >= 61, --fix-s >= 10, --runs >= 2 and --imu-hz >= 50")
     load0 = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
-    jobs = [(a.seed0 + i, a.fix_s, a.gap_s) for i in range(a.runs)]
+    jobs = [(a.seed0 + i, a.fix_s, a.gap_s, a.imu_hz) for i in range(a.runs)]
     with ProcessPoolExecutor(max_workers=a.workers) as pool:
         runs = list(pool.map(one_run, jobs, chunksize=4))
     rep = summarise(runs)
@@ -325,7 +326,7 @@ def main() -> None:
                             text=True, cwd=Path(__file__).parent).stdout.strip()
     rep["setup"] = {"runs": a.runs, "seeds": [a.seed0, a.seed0 + a.runs - 1], "fix_s": a.fix_s,
                     "gap_s": a.gap_s, "speed_mps": SPEED_MPS, "agl_m": AGL_M, "fps": FPS,
-                    "imu_hz": IMU_HZ, "fix_sigma_m": FIX_SIGMA_M,
+                    "imu_hz": a.imu_hz, "fix_sigma_m": FIX_SIGMA_M,
                     "fix_latency_s": FIX_LATENCY_S, "odo_latency_s": ODO_LATENCY_S,
                     "filter": {k: v for k, v in vars(replace(Config().filter)).items()}}
     rep["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
