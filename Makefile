@@ -91,3 +91,11 @@ clean:
 .PHONY: bench-fetch
 bench-fetch: $(CORE)
 	$(BIN)/python benchmarks/bench_fetch.py --out $(OUT)/bench/fetch.json $(FETCH_ARGS)
+
+# IMU-aided vs constant-velocity filter: Monte-Carlo drift without fixes, error in turns,
+# NEES/NIS against chi-square bands, CPU per IMU sample and per fix (FILTER_ARGS=--runs 20);
+# then both filters on replays of sim flights over the Vienna orthophoto
+.PHONY: bench-filter
+bench-filter: $(CORE)
+	$(BIN)/python benchmarks/bench_filter.py --out $(OUT)/bench/filter.json $(FILTER_ARGS)
+	$(BIN)/python benchmarks/bench_filter_vienna.py --out $(OUT)/bench/filter_vienna.json

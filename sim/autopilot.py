@@ -4,7 +4,8 @@ It flies a lawn-mower mission over a map (sim/trajectory.py) in real time and st
 what a flight controller streams to a companion computer, as system 1 / component 1:
 
     HEARTBEAT, SYSTEM_TIME        1 Hz
-    ATTITUDE, SCALED_IMU          25 Hz (truth + Gauss-Markov attitude error)
+    ATTITUDE                      25 Hz (truth + Gauss-Markov attitude error)
+    SCALED_IMU                    FlightSpec.imu_hz (sim/imu.py: noise, bias, bias drift)
     GLOBAL_POSITION_INT, SIMSTATE 10 Hz (true position; SIMSTATE: true pose, as SITL sends)
     GPS_RAW_INT                   5 Hz (truth + Gauss-Markov error; no fix after the cut)
 
@@ -16,6 +17,9 @@ companion only uses it for heights and velocity.
 `AutopilotSpec.faults` (sim/faults.py) spoils the link on a schedule: telemetry gaps,
 link loss (nothing sent, nothing heard), clock steps of the time fields and a GNSS
 position that a spoofer drags away while it still reports a healthy fix.
+
+MAV_CMD_SET_MESSAGE_INTERVAL for SCALED_IMU or ATTITUDE sets that stream's rate, as an
+autopilot does (the commands are recorded with what else it receives).
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.io.telemetry import open_link
 from skyfix.sim.faults import FaultSchedule
 from skyfix.sim.flight import FlightSpec, PoseRenderer, _ground_offsets, _to_lla
+from skyfix.sim.imu import ImuSensor, ImuSpec, scaled_imu
 from skyfix.sim.trajectory import (
-    G_MPS2,
     Trajectory,
     TrajectoryState,
     Wobble,
@@ -47,6 +51,7 @@ _ARMED_AUTO = (mav2.MAV_MODE_FLAG_SAFETY_ARMED | mav2.MAV_MODE_FLAG_CUSTOM_MODE_
                | mav2.MAV_MODE_FLAG_AUTO_ENABLED)
 _COPTER_AUTO = 3  # ArduCopter custom_mode AUTO
 _RATES_HZ = {"heartbeat": 1.0, "attitude": 25.0, "position": 10.0, "gnss": 5.0}
+_STREAM_OF = {mav2.MAVLINK_MSG_ID_SCALED_IMU: "imu", mav2.MAVLINK_MSG_ID_ATTITUDE: "attitude"}
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ class AutopilotEmulator:
                                      fs.yaw_noise_deg])
         self._gnss_err = gauss_markov(noise, int(spec.duration_s * 5) + 2, 0.2, 30.0,
                                       fs.gnss_sigma_m, 2)
+        self.rates_hz = {**_RATES_HZ, "imu": fs.imu_hz}
+        self._imu = ImuSensor(ImuSpec(rate_hz=fs.imu_hz), np.random.default_rng([fs.seed, 5]))
         self.received: list[ReceivedMessage] = []
         self.start_ns: int | None = None
         self.sent = 0
@@ -124,7 +131,7 @@ class AutopilotEmulator:
         """Stream telemetry and record GPS_INPUT until `stop` or the mission's end."""
         self._conn = open_link(self.link, system_id, 1)
         self.start_ns = time.time_ns()
-        due = dict.fromkeys(_RATES_HZ, self.start_ns)
+        due = dict.fromkeys(self.rates_hz, self.start_ns)
         end_ns = self.start_ns + int(self.spec.duration_s * 1e9)
         try:
             while not stop.is_set():
@@ -132,7 +139,7 @@ class AutopilotEmulator:
                 if now >= end_ns:
                     break
                 link_down = self.spec.faults.active("link-loss", (now - self.start_ns) * 1e-9)
-                for stream, rate in _RATES_HZ.items():
+                for stream, rate in self.rates_hz.items():
                     if now >= due[stream]:  # the state as it is now, even when late
                         if not link_down:
                             self._emit(stream, time.time_ns())
@@ -144,8 +151,12 @@ class AutopilotEmulator:
 
     def _receive(self, keep: bool = True) -> None:
         while (msg := self._conn.recv_msg()) is not None:
+            if (keep and msg.get_type() == "COMMAND_LONG"
+                    and msg.command == mav2.MAV_CMD_SET_MESSAGE_INTERVAL
+                    and int(msg.param1) in _STREAM_OF and msg.param2 > 0):
+                self.rates_hz[_STREAM_OF[int(msg.param1)]] = 1e6 / msg.param2
             if keep and msg.get_type() in ("GPS_INPUT", "STATUSTEXT", "HEARTBEAT",
-                                           "NAMED_VALUE_FLOAT"):
+                                           "NAMED_VALUE_FLOAT", "COMMAND_LONG"):
                 self.received.append(ReceivedMessage(time.time_ns(), msg.get_type(),
                                                      bytes(msg.get_msgbuf())))
 
@@ -168,12 +179,15 @@ class AutopilotEmulator:
             rpy = st.rpy_rad[0] + self._att_err[min(int(round(t_s * 25)),
                                                     len(self._att_err) - 1)]
             gyro = st.body_rates_radps()[0]
-            acc_mg = st.specific_force_body_mps2()[0] / G_MPS2 * 1000
             msgs.append(mav.attitude_encode(boot_ms, float(rpy[0]), float(rpy[1]),
                                             float((rpy[2] + np.pi) % (2 * np.pi) - np.pi),
                                             *map(float, gyro)))
-            msgs.append(mav.scaled_imu_encode(boot_ms, *(int(round(v)) for v in acc_mg),
-                                              *(int(round(v * 1000)) for v in gyro), 0, 0, 0))
+        elif stream == "imu" and not gap:
+            acc, gyro = self._imu.measure(np.array([t_s]), st.specific_force_body_mps2(),
+                                          st.body_rates_radps())
+            msgs.append(scaled_imu(mav, boot_ms, acc[0], gyro[0], st.R_ned_body()[0]))
+        elif stream == "imu":
+            pass
         elif stream == "position":
             lat, lon = self.to_lla(st.en_m)
             lat_e7, lon_e7 = int(round(lat[0] * 1e7)), int(round(lon[0] * 1e7))

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import WGS84, R_ned_body, mount_rotation
+from skyfix.sim.imu import ImuSpec
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower, write_tlog
 
 FLIGHT_FORMAT = "skyfix-flight/1"
@@ -64,6 +65,7 @@ class FlightSpec:
     # pitch, yaw about body axes, see skyfix.runtime.core.geo.mount_rotation).
     mount_error_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     camera_time_offset_s: float = 0.0  # frame time stamps minus true capture times
+    imu_hz: float = 100.0  # SCALED_IMU rate (noise, bias and drift: sim/imu.py ImuSpec)
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,8 @@ def simulate_flight(ortho: Path, out: Path, spec: FlightSpec, render_from: Path 
     home_lat, home_lon = _to_lla(crs, np.array([[e0[0], n0[0]]]))
     write_tlog(out / "telemetry.tlog", traj, start_ns, spec.duration_s,
                lambda en: _to_lla(crs, en), home_ground, spec.attitude_noise_deg,
-               spec.yaw_noise_deg, spec.gnss_sigma_m, np.random.default_rng([spec.seed, 3]))
+               spec.yaw_noise_deg, spec.gnss_sigma_m, np.random.default_rng([spec.seed, 3]),
+               ImuSpec(rate_hz=spec.imu_hz))
     meta = {
         "format": FLIGHT_FORMAT, "crs": crs.to_wkt(), "ortho": str(ortho),
         "render_from": None if render_from is None else str(render_from),
@@ -221,7 +224,7 @@ def _check_spec(spec: FlightSpec) -> None:
     if not lo <= spec.agl_m <= hi:
         raise SkyfixError(
             f"height above ground {spec.agl_m:g} m is out of range ({lo:g}..{hi:g} m)")
-    for name in ("duration_s", "fps", "speed_mps"):
+    for name in ("duration_s", "fps", "speed_mps", "imu_hz"):
         if not getattr(spec, name) > 0:
             raise SkyfixError(f"flight {name} must be positive, got {getattr(spec, name)}")
     if min(spec.blur_px, spec.noise_sigma, spec.gnss_sigma_m, spec.attitude_noise_deg,

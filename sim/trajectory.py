@@ -20,8 +20,8 @@ import numpy as np
 from pymavlink.dialects.v20 import ardupilotmega as mav2
 
 from skyfix.runtime.io.tlog import TlogWriter
+from skyfix.sim.imu import G_MPS2, ImuSensor, ImuSpec, scaled_imu
 
-G_MPS2 = 9.80665
 MAX_YAW_RATE_RADPS = np.radians(20.0)
 ROW_OVERLAP = 0.7  # row spacing as a fraction of the footprint's cross-track width
 
@@ -221,8 +221,6 @@ def gauss_markov(rng: np.random.Generator, n: int, dt_s: float, tau_s: float,
     return out
 
 
-# Nominal geomagnetic field in NED for central Europe, milligauss (about 21, 1.5, 44 uT).
-_MAG_NED_MGAUSS = np.array([210.0, 15.0, 440.0])
 _ARMED_AUTO = (mav2.MAV_MODE_FLAG_SAFETY_ARMED | mav2.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED
                | mav2.MAV_MODE_FLAG_STABILIZE_ENABLED | mav2.MAV_MODE_FLAG_GUIDED_ENABLED
                | mav2.MAV_MODE_FLAG_AUTO_ENABLED)
@@ -232,10 +230,12 @@ _COPTER_AUTO = 3  # ArduCopter custom_mode AUTO
 def write_tlog(path: Path, traj: Trajectory, start_ns: int, duration_s: float,
                to_lla: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                home_alt_amsl_m: float, attitude_sigma_deg: float, yaw_sigma_deg: float,
-               gnss_sigma_m: float, rng: np.random.Generator) -> None:
+               gnss_sigma_m: float, rng: np.random.Generator,
+               imu: ImuSpec | None = None) -> None:
     """Write the telemetry of `traj` from `start_ns` (boot time) for `duration_s`, in time
-    order, as system 1 / component 1: HEARTBEAT and SYSTEM_TIME 1 Hz, ATTITUDE and
-    SCALED_IMU 25 Hz, GLOBAL_POSITION_INT 10 Hz (truth), GPS_RAW_INT 5 Hz (truth + error).
+    order, as system 1 / component 1: HEARTBEAT and SYSTEM_TIME 1 Hz, ATTITUDE 25 Hz,
+    SCALED_IMU at imu.rate_hz (sim/imu.py: noise, bias, bias drift), GLOBAL_POSITION_INT
+    10 Hz (truth), GPS_RAW_INT 5 Hz (truth + error).
 
     Reported attitude = truth + Gauss-Markov error (1-sigma `attitude_sigma_deg` roll/pitch,
     `yaw_sigma_deg` yaw, correlation 5 s / 20 s); GNSS = truth + Gauss-Markov error
@@ -268,17 +268,9 @@ def write_tlog(path: Path, traj: Trajectory, start_ns: int, duration_s: float,
         rpy = st.rpy_rad + err
         rpy[:, 2] = (rpy[:, 2] + np.pi) % (2 * np.pi) - np.pi
         gyro = st.body_rates_radps() + rng.normal(0.0, 0.003, (len(t), 3))
-        acc_mg = st.specific_force_body_mps2() / G_MPS2 * 1000 + rng.normal(0, 5, (len(t), 3))
-        mag = (np.einsum("nji,j->ni", st.R_ned_body(), _MAG_NED_MGAUSS)
-               + rng.normal(0, 3, (len(t), 3)))
-        gyro_mrad = np.round(gyro * 1000).astype(np.int64)
-        acc_mg, mag = np.round(acc_mg).astype(np.int64), np.round(mag).astype(np.int64)
         for i, ti in enumerate(t.tolist()):
             records.append((ti, 2, mav.attitude_encode(ti // 1000, *map(float, rpy[i]),
                                                        *map(float, gyro[i]))))
-            records.append((ti, 3, mav.scaled_imu_encode(
-                ti // 1000, *acc_mg[i].tolist(), *gyro_mrad[i].tolist(), *mag[i].tolist(),
-                3500)))
 
         t = times_us(10.0)
         st = traj.sample(t * 1e-6)
@@ -306,6 +298,16 @@ def write_tlog(path: Path, traj: Trajectory, start_ns: int, duration_s: float,
                 start_us + ti, 3, int(round(lat[i] * 1e7)), int(round(lon[i] * 1e7)), alt_mm,
                 80, 120, int(round(speed[i] * 100)), int(cog[i]), 14, alt_mm, h_acc,
                 round(1.5 * h_acc), 150, 0, 0)))
+
+        imu = imu or ImuSpec()
+        t = times_us(imu.rate_hz)
+        st = traj.sample(t * 1e-6)
+        sensor = ImuSensor(imu, np.random.default_rng(rng.integers(2**63)))
+        acc, gyro = sensor.measure(t * 1e-6, st.specific_force_body_mps2(),
+                                   st.body_rates_radps())
+        R = st.R_ned_body()
+        for i, ti in enumerate(t.tolist()):
+            records.append((ti, 3, scaled_imu(mav, ti // 1000, acc[i], gyro[i], R[i])))
 
         records.sort(key=lambda r: (r[0], r[1]))
         for ti, _, msg in records:

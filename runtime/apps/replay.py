@@ -4,8 +4,10 @@ The flight comes as `ReplayInputs` (sources.open_inputs: a sim flight folder, an
 folder or a video, with a tlog/.bin/.ulg/track CSV or the photos' own EXIF/XMP). The chain
 is the daemon's (flight/assembly.py): the same frame gate, navigator, GNSS monitor and send
 policy. Frames and telemetry are fed in time order, each frame arriving at its capture
-time. The recorded GNSS reaches the GNSS monitor and serves as a search prior only before
-`gnss_off_at_s` (seconds after the first frame; 0 = never), and otherwise only scores.
+time with the log's IMU samples up to that time (for the IMU filter; the daemon hands
+them over the same way). The recorded GNSS reaches the GNSS monitor and serves as a
+search prior only before `gnss_off_at_s` (seconds after the first frame; 0 = never), and
+otherwise only scores.
 Every 1 / filter.rate_hz the send policy runs on the estimate predicted to that time, and
 every message it gives (GPS_INPUT or GLOBAL_POSITION_SENSOR, STATUSTEXT, HEARTBEAT, EKF
 source commands) goes to OUT/gps_input.tlog: what the autopilot would have received.
@@ -33,6 +35,7 @@ from skyfix.runtime.nav.navigator import FrameResult
 class ReplayResult:
     report: Report
     files: tuple[Path, ...]
+    frames: tuple[FrameResult, ...] = ()  # what each frame gave (fix, innovation, ...)
 
 
 def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
@@ -57,7 +60,7 @@ def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
         flight_.writer.close()
     report, files = write_outputs(out, chain.pack, chain.frame, inputs.truth, flight_.results,
                                   flight_.sent, dict(chain.rejections), inputs.reference)
-    return ReplayResult(report, files)
+    return ReplayResult(report, files, tuple(flight_.results))
 
 
 class _Flight:
@@ -76,6 +79,7 @@ class _Flight:
         gnss = inputs.telemetry.gnss
         self._gnss = gnss[gnss[:, 0] < self.t_off_ns] if len(gnss) else gnss
         self._gnss_next = 0
+        self._imu_fed_ns = t0_ns - self.step_ns  # IMU samples up to this are in the Navigator
 
     def frame(self, item: FrameItem) -> None:
         t = item.t_ns
@@ -90,6 +94,10 @@ class _Flight:
         if tel is not None:
             self.alt_amsl_m = tel.alt_amsl_m
         gnss = self.inputs.telemetry.gnss_at(t) if t < self.t_off_ns else None
+        imu, rpy = self.inputs.telemetry.imu_between(self._imu_fed_ns, t)
+        if len(imu):
+            self.chain.navigator.on_imu(imu[:, 0], imu[:, 1:4], imu[:, 4:7], rpy)
+        self._imu_fed_ns = max(self._imu_fed_ns, t)
         step = self.chain.on_frame(item, t, tel, gnss)
         for msg in step.messages:
             self.writer.write(msg, t)

@@ -86,6 +86,29 @@ class FilterConfig:
     init_vel_sigma_mps: float = 10.0
     max_speed_mps: float = 40.0  # two fixes further apart than this allows cannot start the filter
     divergence_after_gated: int = 3  # this many gated fixes in a row -> filter reset, global search
+    # cv: 2-D constant velocity (runtime/nav/filter.py); imu: IMU-aided 3-D error-state filter
+    # (runtime/nav/eskf.py); auto: imu when the autopilot streams an IMU at filter start, else cv
+    kind: str = "auto"
+    imu_rate_hz: float = 100.0  # IMU stream rate requested (MAV_CMD_SET_MESSAGE_INTERVAL)
+    history_s: float = 1.0  # late measurements up to this old are fused at their capture time
+    imu_gap_s: float = 0.1  # longer without an IMU sample -> bridged as constant velocity
+    accel_noise_mps2_rthz: float = 0.01  # accelerometer white noise density (with vibration)
+    accel_bias_sigma_mps2: float = 0.1  # initial 1-sigma accelerometer bias
+    accel_bias_rw_mps2_rths: float = 0.001  # accelerometer bias random walk
+    gyro_noise_radps_rthz: float = 0.001  # gyro white noise density
+    gyro_bias_sigma_radps: float = 0.005  # initial 1-sigma gyro bias
+    gyro_bias_rw_radps_rths: float = 1e-4  # gyro bias random walk
+    tilt_sigma_deg: float = 0.3  # 1-sigma error of the autopilot's roll/pitch ...
+    tilt_tau_s: float = 5.0  # ... and its correlation time
+    yaw_sigma_deg: float = 1.0  # 1-sigma error of the autopilot's heading ...
+    yaw_tau_s: float = 20.0  # ... and its correlation time
+    alt_sigma_m: float = 1.0  # 1-sigma of the autopilot's altitude (barometer)
+    alt_nis_gate: float = 10.83  # chi-square, 1 dof, 99.9 %
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "cv", "imu"):
+            raise SkyfixError(f"config key 'filter.kind' must be one of auto, cv, imu, "
+                              f"got {self.kind!r}")
 
 
 @dataclass(frozen=True)

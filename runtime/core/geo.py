@@ -126,3 +126,24 @@ class LocalFrame:
         x, y = crs_transform(WGS84, self.crs, np.atleast_1d(lon_deg).tolist(),
                              np.atleast_1d(lat_deg).tolist())
         return np.stack([np.asarray(x), np.asarray(y)], -1)
+
+
+def skew(a: np.ndarray) -> np.ndarray:
+    """[3, 3] cross-product matrix: skew(a) @ b == a x b."""
+    return np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
+
+
+def so3_exp(r: np.ndarray) -> np.ndarray:
+    """[3, 3] rotation of the rotation vector `r` [3] (Rodrigues)."""
+    th = float(np.sqrt(r @ r))
+    K = skew(r)
+    if th < 1e-9:
+        return np.eye(3) + K
+    return np.eye(3) + np.sin(th) / th * K + (1 - np.cos(th)) / th**2 * (K @ K)
+
+
+def so3_log(R: np.ndarray) -> np.ndarray:
+    """[3] rotation vector of a rotation `R` [3, 3] within 90 degrees of the identity."""
+    w = 0.5 * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    s = float(np.sqrt(w @ w))
+    return w if s < 1e-12 else w * (np.arcsin(min(s, 1.0)) / s)

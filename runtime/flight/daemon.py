@@ -13,6 +13,12 @@ Three threads share one Navigator's output and never wait on each other:
 
 The chain comes from flight/assembly.py, exactly as replay builds it.
 
+IMU: unless filter.kind is cv, the daemon asks the autopilot (MAV_CMD_SET_MESSAGE_INTERVAL,
+when it is first heard on a link) to stream its IMU at filter.imu_rate_hz (SCALED_IMU from
+ArduPilot, HIGHRES_IMU from PX4) and ATTITUDE at up to 50 Hz; the vision step hands the
+samples up to each frame's capture time to the Navigator before the frame, and logs which
+filter runs (cv or imu) whenever that changes.
+
 With output.signing_key everything sent is MAVLink 2 signed (and unsigned input is
 refused with output.refuse_unsigned); refused input counts as bad messages.
 
@@ -34,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import load_config
@@ -41,8 +48,14 @@ from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.types import Estimate, Fix, Frame, Rejection
 from skyfix.runtime.flight.assembly import Chain, build_chain
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue
-from skyfix.runtime.io.mavlink import advance_signing_clock, load_signing_key, named_value
+from skyfix.runtime.io.mavlink import (
+    advance_signing_clock,
+    load_signing_key,
+    named_value,
+    set_message_interval,
+)
 from skyfix.runtime.io.telemetry import TelemetryBuffer, device_and_baud, open_link
+from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import PositionFilter, estimate_at
 
 log = logging.getLogger("skyfix.daemon")
@@ -84,7 +97,7 @@ def _text(msg) -> str:
 class _Published:
     """What the vision thread hands to the output thread after each frame."""
 
-    filter: PositionFilter | None
+    filter: PositionFilter | ImuFilter | None
     last_fix_t_ns: int | None
 
 
@@ -110,6 +123,8 @@ class Daemon:
         self._alt_amsl_m = float("nan")
         self._latencies_ms: deque[float] = deque(maxlen=100)
         self._last_sent_tick: int | None = None  # monotonic time of the last position sent
+        self._imu_fed_ns = 0  # time of the last IMU sample handed to the Navigator
+        self._filter_kind = ""  # the filter last announced in the log
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -186,12 +201,36 @@ class Daemon:
         if msg.get_srcSystem() != self.cfg.output.system_id:
             return  # a ground station or another vehicle
         self.stats.messages += 1
-        self._heard = True  # the vehicle is there: replies may go out
+        first, self._heard = not self._heard, True  # the vehicle is there: replies may go out
+        if first:
+            self._request_streams()
         self.telemetry.add(msg, t_ns)
         with self._lock:
             self.chain.policy.gnss.observe(msg, t_ns)
         for listener in self.listeners:
             listener(msg, t_ns)
+
+    def _request_streams(self) -> None:
+        """Ask for the IMU (and a faster ATTITUDE) unless the filter is constant-velocity."""
+        f = self.cfg.filter
+        if f.kind == "cv":
+            return
+        imu = (mavlink2.MAVLINK_MSG_ID_SCALED_IMU if self.cfg.daemon.autopilot == "ardupilot"
+               else mavlink2.MAVLINK_MSG_ID_HIGHRES_IMU)
+        target = self.cfg.output.system_id
+        self.send(set_message_interval(imu, f.imu_rate_hz, target))
+        self.send(set_message_interval(mavlink2.MAVLINK_MSG_ID_ATTITUDE,
+                                       min(f.imu_rate_hz, 50.0), target))
+
+    def _feed_imu(self, t_ns: int) -> None:
+        """Hand the IMU samples received since the last call, up to `t_ns` (the frame's
+        capture time: replay feeds the log's the same way), to the Navigator."""
+        imu, rpy = self.telemetry.imu_after(self._imu_fed_ns)
+        keep = imu[:, 0] <= t_ns
+        imu, rpy = imu[keep], rpy[keep]
+        if len(imu):
+            self.nav.on_imu(imu[:, 0], imu[:, 1:4], imu[:, 4:7], rpy)
+            self._imu_fed_ns = int(imu[-1, 0])
 
     def _close_link(self) -> None:
         with self._send_lock:
@@ -226,6 +265,7 @@ class Daemon:
         with self._lock:  # the hand-over state is the output thread's
             trusted = self.chain.policy.gnss_trusted()
         gnss = self.telemetry.gnss_at(frame.t_ns) if trusted else None
+        self._feed_imu(frame.t_ns)
         step = self.chain.on_frame(frame, now_ns, tel, gnss)
         for msg in step.messages:
             log.warning("%s", _text(msg))
@@ -240,6 +280,9 @@ class Daemon:
             self.stats.frame_ms_p50, self.stats.frame_ms_p95 = (
                 float(v) for v in np.percentile(self._latencies_ms, [50, 95]))
         self.stats.fixes += isinstance(result.result, Fix)
+        if self.nav.filter_kind != self._filter_kind:
+            self._filter_kind = self.nav.filter_kind
+            log.info("filter: %s (filter.kind %s)", self._filter_kind, self.cfg.filter.kind)
         self.publish()
 
     def frame_latencies_ms(self) -> list[float]:

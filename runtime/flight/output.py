@@ -39,7 +39,6 @@ from skyfix.runtime.io.mavlink import (
     statustext,
 )
 
-HEARTBEAT_PERIOD_NS = 1_000_000_000
 _WARN, _INFO = mavlink2.MAV_SEVERITY_WARNING, mavlink2.MAV_SEVERITY_INFO
 
 
@@ -139,8 +138,8 @@ class SendPolicy:
                 self.fix_type = fix_type
                 out.append(_fix_text(est, fix_type, self.cfg))
             out.append(position)
-        last = self._last_heartbeat_ns
-        if last is None or not 0 <= now_ns - last < HEARTBEAT_PERIOD_NS:  # a clock step too
+        last, period_ns = self._last_heartbeat_ns, 1e9 / self.cfg.daemon.heartbeat_hz
+        if last is None or not 0 <= now_ns - last < period_ns:  # a clock step too
             out.append(heartbeat())
             self._last_heartbeat_ns = now_ns
         return Tick(tuple(out), position, est, fix_type, self.handover)

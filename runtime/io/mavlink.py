@@ -179,6 +179,20 @@ def set_ekf_source_set(source_set: int, target_system: int, target_component: in
         param6=0.0, param7=0.0)
 
 
+def set_message_interval(message_id: int, rate_hz: float, target_system: int,
+                         target_component: int = 1) -> mavlink2.MAVLink_command_long_message:
+    """COMMAND_LONG MAV_CMD_SET_MESSAGE_INTERVAL: ask the autopilot to stream message
+    `message_id` (e.g. mavlink2.MAVLINK_MSG_ID_SCALED_IMU) at `rate_hz` (> 0) to us."""
+    if not (np.isfinite(rate_hz) and rate_hz > 0):
+        raise ValueError(f"message rate must be a positive number of Hz, got {rate_hz}")
+    return mavlink2.MAVLink_command_long_message(
+        target_system=target_system, target_component=target_component,
+        command=mavlink2.MAV_CMD_SET_MESSAGE_INTERVAL, confirmation=0,
+        param1=float(message_id), param2=float(round(1e6 / rate_hz)),  # interval, us
+        param3=0.0, param4=0.0, param5=0.0, param6=0.0,
+        param7=0.0)  # response target 0: the flight stack's default (the requester)
+
+
 # -- MAVLink 2 signing --------------------------------------------------------------------
 
 SIGNING_EPOCH_UNIX_S = 1420070400  # 2015-01-01T00:00:00Z; signing timestamps count 10 us

@@ -29,7 +29,10 @@ from skyfix.runtime.io.mavlink import UERE_M, pin_mavlink2, setup_signing
 _MAX_GAP_NS = 2_000_000_000  # no attitude within 2 s of a frame -> no telemetry for it
 _MAX_RANGE_AGE_NS = 300_000_000  # a rangefinder reading older than this is not used
 _DOWNWARD = 25  # MAV_SENSOR_ROTATION_PITCH_270: a DISTANCE_SENSOR looking down
-WIDTHS = {"att": 4, "pos": 8, "gnss": 7, "rng": 2}  # row widths of the telemetry arrays
+WIDTHS = {"att": 4, "pos": 8, "gnss": 7, "rng": 2, "imu": 8}  # row widths of the arrays
+IMU_MESSAGES = ("HIGHRES_IMU", "SCALED_IMU", "RAW_IMU")  # the source column of an imu row
+_MG_TO_MPS2 = 9.80665e-3  # SCALED_IMU / ArduPilot RAW_IMU accelerations are in milli-g
+_HIGHRES_ACC_GYRO = 0x3F  # HIGHRES_IMU fields_updated bits of x/y/z acc and x/y/z gyro
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ class TelemetryLog:
 
     att: [N, 4] (t_ns, roll, pitch, yaw) rad; pos: [M, 8] (t_ns, lat, lon, alt_amsl_m,
     rel_alt_m, vn, ve, vd); gnss: [G, 7] (t_ns, lat, lon, alt, fix, sats, eph_m);
-    rng: [R, 2] (t_ns, range_m) of a downward rangefinder, along the body's down axis.
+    rng: [R, 2] (t_ns, range_m) of a downward rangefinder, along the body's down axis;
+    imu: [I, 8] (t_ns, ax, ay, az m/s^2 specific force, gx, gy, gz rad/s, body FRD, source:
+    index into IMU_MESSAGES), see `imu_rows`.
     """
 
     att: np.ndarray
@@ -47,6 +52,7 @@ class TelemetryLog:
     messages: int
     bad_bytes: int
     rng: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    imu: np.ndarray = field(default_factory=lambda: np.zeros((0, 8)))
 
     @classmethod
     def from_tlog(cls, path: Path) -> TelemetryLog:
@@ -61,7 +67,7 @@ class TelemetryLog:
         rows: dict[str, list] = {k: [] for k in WIDTHS}
         n = 0
         wanted = ["ATTITUDE", "GLOBAL_POSITION_INT", "GPS_RAW_INT", "DISTANCE_SENSOR",
-                  "RANGEFINDER"]
+                  "RANGEFINDER", *IMU_MESSAGES]
         while True:
             try:
                 msg = conn.recv_match(type=wanted)
@@ -82,7 +88,7 @@ class TelemetryLog:
         a = {k: np.array(v, np.float64).reshape(-1, WIDTHS[k]) for k, v in rows.items()}
         a = {k: v[np.argsort(v[:, 0], kind="stable")] for k, v in a.items()}
         bad = int(getattr(conn.mav, "total_receive_errors", 0))
-        return cls(a["att"], a["pos"], a["gnss"], n, bad, a["rng"])
+        return cls(a["att"], a["pos"], a["gnss"], n, bad, a["rng"], imu_rows(a["imu"]))
 
     def at(self, t_ns: int) -> Telemetry | None:
         """Interpolated state at `t_ns`, or None when the log does not cover that time."""
@@ -91,6 +97,12 @@ class TelemetryLog:
     def gnss_at(self, t_ns: int, max_age_ns: int = 1_000_000_000) -> GnssSample | None:
         """The latest GNSS sample at or before `t_ns`, if not older than `max_age_ns`."""
         return gnss_at(self.gnss, t_ns, max_age_ns)
+
+    def imu_between(self, t0_ns: int, t1_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(imu [K, 8] rows with t0_ns < t <= t1_ns, their attitude [K, 3] rad), as
+        `TelemetryBuffer.imu_after` answers live."""
+        imu = self.imu[(self.imu[:, 0] > t0_ns) & (self.imu[:, 0] <= t1_ns)]
+        return imu, attitude_at(self.att, imu[:, 0])
 
 
 def parse_message(msg, t_ns: int) -> tuple[str, tuple] | None:
@@ -116,7 +128,50 @@ def parse_message(msg, t_ns: int) -> tuple[str, tuple] | None:
         return "rng", (t_ns, msg.current_distance * 1e-2)
     if kind == "RANGEFINDER" and np.isfinite(msg.distance) and msg.distance > 0:
         return "rng", (t_ns, float(msg.distance))
+    if kind in IMU_MESSAGES:
+        return _imu_row(msg, kind, t_ns)
     return None
+
+
+def _imu_row(msg, kind: str, t_ns: int) -> tuple[str, tuple] | None:
+    """An "imu" row in SI units. HIGHRES_IMU is in m/s^2 and rad/s (only when its acc and
+    gyro fields are fresh); SCALED_IMU in milli-g and mrad/s; RAW_IMU as ArduPilot sends it
+    (the same units as SCALED_IMU: its AP_InertialSensor values scaled like them; other
+    autopilots' RAW_IMU is in raw sensor counts, which no row can be made of)."""
+    acc = np.array([msg.xacc, msg.yacc, msg.zacc], np.float64)
+    gyro = np.array([msg.xgyro, msg.ygyro, msg.zgyro], np.float64)
+    if kind == "HIGHRES_IMU":
+        if msg.fields_updated & _HIGHRES_ACC_GYRO != _HIGHRES_ACC_GYRO:
+            return None
+    else:
+        acc, gyro = acc * _MG_TO_MPS2, gyro * 1e-3
+    row = (t_ns, *acc.tolist(), *gyro.tolist(), float(IMU_MESSAGES.index(kind)))
+    return ("imu", row) if np.isfinite(row[1:7]).all() else None
+
+
+def imu_rows(imu: np.ndarray) -> np.ndarray:
+    """The rows of `imu` [I, 8] from its best source alone (HIGHRES_IMU, else SCALED_IMU,
+    else RAW_IMU): an autopilot streaming two of them sends the same samples twice."""
+    if not len(imu):
+        return imu.reshape(0, 8)
+    return imu[imu[:, 7] == imu[:, 7].min()]
+
+
+def attitude_at(att: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
+    """[K, 3] roll, pitch, yaw rad at times `t_ns` [K], interpolated in `att` [N, 4] (the
+    yaw unwrapped first); rows outside the attitude's span (or farther than 2 s from a
+    sample) are NaN."""
+    t_ns = np.asarray(t_ns, np.float64)
+    out = np.full((len(t_ns), 3), np.nan)
+    if not len(att):
+        return out
+    t = att[:, 0]
+    ok = (t_ns >= t[0] - _MAX_GAP_NS) & (t_ns <= t[-1] + _MAX_GAP_NS)
+    yaw = np.unwrap(att[:, 3])
+    for k, col in enumerate((att[:, 1], att[:, 2], yaw)):
+        out[ok, k] = np.interp(t_ns[ok], t, col)
+    out[:, 2] = (out[:, 2] + np.pi) % (2 * np.pi) - np.pi
+    return out
 
 
 def state_at(att: np.ndarray, pos: np.ndarray, t_ns: int,
@@ -189,11 +244,12 @@ class TelemetryBuffer:
             while rows and rows[0][0] < t_ns - self.window_ns:
                 rows.popleft()
 
-    def _arrays(self) -> tuple[np.ndarray, ...]:
-        """att, pos, gnss, rng as arrays (TelemetryLog layout)."""
+    def _arrays(self, kinds: tuple[str, ...] = ("att", "pos", "gnss", "rng")
+                ) -> tuple[np.ndarray, ...]:
+        """The rows of `kinds` as arrays (TelemetryLog layout)."""
         with self._lock:
-            return tuple(np.array(self._rows[k], np.float64).reshape(-1, w)
-                         for k, w in WIDTHS.items())
+            return tuple(np.array(self._rows[k], np.float64).reshape(-1, WIDTHS[k])
+                         for k in kinds)
 
     def at(self, t_ns: int) -> Telemetry | None:
         att, pos, _, rng = self._arrays()
@@ -201,6 +257,13 @@ class TelemetryBuffer:
 
     def gnss_at(self, t_ns: int, max_age_ns: int = 1_000_000_000) -> GnssSample | None:
         return gnss_at(self._arrays()[2], t_ns, max_age_ns)
+
+    def imu_after(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(imu [K, 8] rows newer than `t_ns` from the best source (`imu_rows`), their
+        autopilot attitude [K, 3] roll, pitch, yaw rad, NaN where not covered)."""
+        att, imu = self._arrays(("att", "imu"))
+        imu = imu_rows(imu[imu[:, 0] > t_ns])
+        return imu, attitude_at(att, imu[:, 0])
 
 
 def open_link(spec: str, system_id: int, component_id: int, signing_key: bytes | None = None,

@@ -169,6 +169,11 @@ class PositionFilter:
             return base.x.copy(), base.P.copy()
         return self._propagate(base.x, base.P, t_ns - base.t_ns)
 
+    def horizontal_at(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x [4] (north, east, vn, ve), P [4, 4]) at `t_ns`: `state_at`, under the name
+        the Navigator uses for either filter."""
+        return self.state_at(t_ns)
+
     # -- measurements ---------------------------------------------------------------------
 
     def update_position(self, t_ns: int, z_ne: np.ndarray, R: np.ndarray) -> Innovation:
@@ -255,14 +260,15 @@ class PositionFilter:
             raise RuntimeError("PositionFilter used before initialize()")
 
 
-def estimate_at(filt: PositionFilter, t_ns: int, frame: LocalFrame, alt_amsl_m: float,
+def estimate_at(filt, t_ns: int, frame: LocalFrame, alt_amsl_m: float,
                 last_fix_t_ns: int | None) -> Estimate:
-    """The filter's estimate predicted to `t_ns` (e.g. the send time) as an `Estimate`.
+    """The estimate of `filt` (any filter with `horizontal_at`: this module's or the IMU
+    filter) predicted to `t_ns` (e.g. the send time) as an `Estimate`.
 
     `valid` is False when the state or covariance is not finite; `last_fix_age_s` is
     the time since the last accepted fix (inf when there was none, never negative).
     """
-    x, P = filt.state_at(t_ns)
+    x, P = filt.horizontal_at(t_ns)
     valid = bool(np.all(np.isfinite(x)) and np.all(np.isfinite(P)))
     lat = lon = float("nan")
     if valid:

@@ -10,6 +10,13 @@ the views to the filter as velocity, and decides the prior: the filter's own
 estimate while it is tracking, the aircraft's GNSS while that may be used, else a
 search of the whole pack. A filter is started only by two fixes that agree with each other,
 and reset (back to a global search) when it keeps refusing fixes.
+
+The filter is the constant-velocity `PositionFilter` or the IMU-aided `ImuFilter`
+(filter.kind; auto: the IMU filter when IMU samples came within the last second at the
+filter's start). The Navigator uses either through the same few methods: initialize,
+reset, update_position, horizontal_at (and estimate_at on top); odometry goes to the CV
+filter as a velocity (update_velocity), to the IMU filter as a displacement between frames
+it marks (mark, update_displacement), with the autopilot's altitude (update_altitude).
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from skyfix.maps.pack import MapPack
 from skyfix.models.features import Encoder, LocalFeatures
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
-from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.core.geo import LocalFrame, R_ned_body
 from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
+from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
 from skyfix.runtime.nav.match import Candidate, locate
 from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
@@ -109,7 +117,13 @@ class Navigator:
 
     def __init__(self, localizer: Localizer, frame: LocalFrame, cfg: Config):
         self.localizer, self.frame, self.cfg = localizer, frame, cfg
-        self.filter = PositionFilter(cfg.filter)
+        self.filter: PositionFilter | ImuFilter = PositionFilter(cfg.filter)
+        self.filter_kind = "cv"  # which filter runs: cv | imu
+        self._imu_filter = ImuFilter(cfg.filter)  # buffers IMU samples until it runs
+        self._imu_t_ns: int | None = None  # time of the last IMU sample
+        self._alt_t_ns: int | None = None  # time of the last altitude fused
+        self._down_m = 0.0  # NED down (-altitude AMSL) of the last frame's telemetry
+        self._agl_m = 0.0  # height above ground of the last view
         self.odometry = VisualOdometry(cfg.odometry)
         self.rejections: Counter[str] = Counter()
         self.last_fix_t_ns: int | None = None
@@ -120,7 +134,7 @@ class Navigator:
         rc = self.cfg.retrieve
         lost_for_s = np.inf if self.last_fix_t_ns is None else (t_ns - self.last_fix_t_ns) * 1e-9
         if self.filter.initialized and lost_for_s <= rc.global_after_s:
-            x, P = self.filter.state_at(t_ns)
+            x, P = self.filter.horizontal_at(t_ns)
             J_inv = np.linalg.inv(self.frame.J_ned_map)
             cov_en = J_inv @ P[:2, :2] @ J_inv.T
             return window_prior(self.frame.ned_to_map(x[0], x[1]), cov_en, "filter", rc)
@@ -130,22 +144,48 @@ class Navigator:
             return window_prior(centre, sigma**2 * np.eye(2), "gnss", rc)
         return NO_PRIOR
 
+    def on_imu(self, t_ns: np.ndarray, accel_mps2: np.ndarray, gyro_radps: np.ndarray,
+               rpy_rad: np.ndarray) -> None:
+        """IMU samples in time order: `t_ns` [K], specific force `accel_mps2` [K, 3] and
+        rate `gyro_radps` [K, 3] (body), the autopilot's attitude `rpy_rad` [K, 3] at each
+        (rows with a NaN attitude are skipped)."""
+        for t, f, w, rpy in zip(np.asarray(t_ns, np.int64).tolist(), accel_mps2, gyro_radps,
+                                rpy_rad, strict=True):
+            if np.all(np.isfinite(rpy)):
+                self._imu_filter.on_imu(t, f, w, R_ned_body(*rpy))
+                self._imu_t_ns = t
+
     def on_frame(self, frame: Frame, tel: Telemetry, gnss: GnssSample | None) -> FrameResult:
         start = time.perf_counter()
+        self._down_m = -tel.alt_amsl_m if np.isfinite(tel.alt_amsl_m) else 0.0
+        self._fuse_altitude(frame.t_ns, tel)
         prior = self.prior(frame.t_ns, gnss)
         look = self.localizer.look(frame, tel, prior)
         result, innovation, velocity = look, None, None
         if isinstance(look, Look):
             velocity = self.odometry.update(look.view, look.feats)
+            self._agl_m = look.view.agl_m
             result = self.localizer.locate(look, prior)
         if isinstance(result, Fix):
             result, innovation = self.fuse(result)
         if not isinstance(result, Fix):
             self._fuse_velocity(velocity)  # only where no fix: its errors are time-correlated
+        if isinstance(look, Look) and self.filter_kind == "imu" and self.filter.initialized:
+            self.filter.mark(look.view.t_ns)  # where the next frame's displacement starts
         if isinstance(result, Rejection):
             self.rejections[result.reason] += 1
         latency = (time.perf_counter() - start) * 1e3
         return FrameResult(frame.t_ns, result, innovation, prior.source, latency)
+
+    def _fuse_altitude(self, t_ns: int, tel: Telemetry) -> None:
+        """The autopilot's altitude as the IMU filter's height (once per frame; the
+        constant-velocity filter is horizontal only)."""
+        if (self.filter_kind != "imu" or not self.filter.initialized
+                or not np.isfinite(tel.alt_amsl_m)
+                or (self._alt_t_ns is not None and t_ns <= self._alt_t_ns)):
+            return
+        self.filter.update_altitude(t_ns, -tel.alt_amsl_m, self.cfg.filter.alt_sigma_m**2)
+        self._alt_t_ns = t_ns
 
     def _fuse_velocity(self, obs: VelocityObservation | None) -> None:
         """Frame-to-frame motion as a velocity measurement, to bridge frames without fixes.
@@ -156,6 +196,15 @@ class Navigator:
         if obs is None or not self.filter.initialized:
             return
         J = self.frame.J_ned_map
+        if self.filter_kind == "imu":
+            # the displacement, with the attitude errors modelled (see eskf.py); the
+            # view's metres are map-grid metres, turned into NED like the velocity
+            d_en, cov_en = obs.d_ne_m[::-1], obs.fit_cov_ne_m2[::-1, ::-1]
+            t1 = obs.t0_ns + int(round(obs.dt_s * 1e9))
+            innovation = self.filter.update_displacement(
+                obs.t0_ns, t1, J @ d_en, J @ cov_en @ J.T, self._agl_m)
+            self.velocity_gated += not innovation.accepted
+            return
         v_en = obs.v_ne_mps[::-1]
         cov_en = obs.cov_ne_m2s2[::-1, ::-1]
         self.filter.update_velocity(obs.t_ns, J @ v_en, J @ cov_en @ J.T)
@@ -196,10 +245,26 @@ class Navigator:
             return Rejection(fix.t_ns, "gated", f"disagrees with the previous fix by {gap:.0f} m")
         vel = (z - z0) / dt
         vel_cov = (R + R0) / dt**2 + np.eye(2) * self.cfg.filter.accel_sigma_mps2**2 * dt
-        self.filter.initialize(fix.t_ns, z, R, vel, vel_cov)
+        self._choose_filter(fix.t_ns)
+        if self.filter_kind == "imu":
+            self.filter.initialize(fix.t_ns, z, R, vel, vel_cov, self._down_m,
+                                   self.cfg.filter.alt_sigma_m**2)
+        else:
+            self.filter.initialize(fix.t_ns, z, R, vel, vel_cov)
         self.last_fix_t_ns = fix.t_ns
         self._candidate = None
         return fix
+
+    def _choose_filter(self, t_ns: int) -> None:
+        """filter.kind, with auto: imu when an IMU sample came within a second of `t_ns`."""
+        kind = self.cfg.filter.kind
+        if kind == "auto":
+            recent = self._imu_t_ns is not None and abs(t_ns - self._imu_t_ns) <= 1_000_000_000
+            kind = "imu" if recent else "cv"
+        if kind != self.filter_kind:
+            self.filter = self._imu_filter if kind == "imu" else PositionFilter(self.cfg.filter)
+            self.filter_kind = kind
+            self._alt_t_ns = None
 
     def estimate(self, t_ns: int, alt_amsl_m: float) -> Estimate | None:
         """The filter's estimate predicted to `t_ns`, or None before the filter has started."""

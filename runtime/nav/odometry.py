@@ -54,6 +54,12 @@ class VelocityObservation:
     inliers: int
     scale: float
     rotation_deg: float
+    # The displacement itself, for the IMU filter (which models the attitude errors):
+    # `d_ne_m` [2] (north, east) from the previous frame (at `t0_ns`) to this one, and
+    # `fit_cov_ne_m2` [2, 2] its covariance from the image fit alone (plus the floor).
+    t0_ns: int = 0
+    d_ne_m: np.ndarray | None = None
+    fit_cov_ne_m2: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
     # o_prev = t + (I - sR) c in the previous view: that is the displacement.
     sr = np.array([[a_, -b_], [b_, a_]])
     disp_en = np.array([tx, ty]) + (np.eye(2) - sr) @ c
-    cov_en = _CORRELATION_INFLATION * cov[2:, 2:]
+    cov_en = fit_en = _CORRELATION_INFLATION * cov[2:, 2:]
     step = agl_m * np.tan(np.radians(cfg.attitude_step_sigma_deg))
     cov_en = cov_en + 2 * step**2 * np.eye(2)
     across = np.array([-disp_en[1], disp_en[0]])  # |disp| long, perpendicular to it
@@ -117,7 +123,9 @@ def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
     cov_ne = cov_en[::-1, ::-1] / dt**2 + cfg.sigma_floor_mps**2 * np.eye(2)
     return VelocityObservation(
         t_ns=(a.t_ns + b.t_ns) // 2, v_ne_mps=v_ne, cov_ne_m2s2=cov_ne, dt_s=dt,
-        inliers=int(ok.sum()), scale=scale, rotation_deg=rot,
+        inliers=int(ok.sum()), scale=scale, rotation_deg=rot, t0_ns=a.t_ns,
+        d_ne_m=v_ne * dt,
+        fit_cov_ne_m2=fit_en[::-1, ::-1] + (cfg.sigma_floor_mps * dt) ** 2 * np.eye(2),
     )
 
 

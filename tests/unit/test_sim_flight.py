@@ -155,7 +155,7 @@ def test_telemetry_log(vienna_flight):
             assert abs(m.time_boot_ms - (m._timestamp - t0) * 1000) < 1.0
         msgs.setdefault(m.get_type(), []).append(m)
     rates = {"HEARTBEAT": 1, "SYSTEM_TIME": 1, "ATTITUDE": 25, "GLOBAL_POSITION_INT": 10,
-             "GPS_RAW_INT": 5, "SCALED_IMU": 25}
+             "GPS_RAW_INT": 5, "SCALED_IMU": 100}
     for kind, hz in rates.items():
         assert abs(len(msgs.get(kind, [])) - 10 * hz) <= 1, kind
     hb = msgs["HEARTBEAT"][0]
@@ -186,8 +186,8 @@ def test_telemetry_log(vienna_flight):
     assert np.all((np.linalg.norm(acc, axis=1) > 950) & (np.linalg.norm(acc, axis=1) < 1300))
     assert np.all(acc[:, 2] < -900)  # gravity along body +z down reads -1 g
     yaw_rate = np.array([m.yawspeed for m in msgs["ATTITUDE"]])
-    zgyro = np.array([m.zgyro for m in imu]) * 1e-3
-    assert np.allclose(zgyro, yaw_rate, atol=0.03)
+    zgyro = np.array([m.zgyro for m in imu])[::4] * 1e-3  # 100 Hz IMU, 25 Hz ATTITUDE
+    assert np.allclose(zgyro, yaw_rate, atol=0.05)  # IMU noise 0.01 rad/s a sample + bias
 
 
 def test_dots_land_where_the_true_pose_projects_them(dots_tif, tmp_path):

@@ -1,0 +1,399 @@
+"""IMU-aided error-state Kalman filter in 3-D (local NED).
+
+Full attitude error and IMU biases; the attitude is the autopilot's (which skyfix also
+rectifies frames with) times a correction e, R = Exp(e) R_ap, carried by the gyro. The
+same e turns the specific force and the views, so odometry is modelled with it. State:
+
+    p, v [3] NED position (m, down = -altitude AMSL), velocity; e [3] correction (rad, NED)
+    b, g [3] accelerometer, gyro bias (body); u [3] the autopilot's attitude error (Gauss-
+    Markov, cfg.tilt/yaw_sigma_deg and _tau_s)
+
+error state dx = [dp, dv, de, db, dg, du], P [18, 18]. Every 0.1 s the tie e = -u
+(R_ap = Exp(u) R_true) is applied (h = e + u, z = 0, 1e-8 rad^2): the gyro gives the
+short-term changes, and the heading cannot drift beyond the autopilot's own accuracy.
+
+Propagation, IMU sample k -> k+1 (dt), specific force f_m and rate w_m (body) at each:
+
+    R_k = Exp(e) R_ap,k,  R_k+1 = R_k Exp(((w_m,k + w_m,k+1) / 2 - g) dt),
+    e+ = Log(R_k+1 R_ap,k+1^T)          (the autopilot's own steps do not move R)
+    a_k = R_k (f_m,k - b) + G,  G = (0, 0, 9.80665),  v+ = v + (a_k + a_k+1) dt / 2
+    p+ = p + v dt + (2 a_k + a_k+1) dt^2 / 6      (exact for a linear in time)
+
+    u+ = diag(d) u, d = exp(-dt / tau);  errors (f_n = R (f_m - b)): dp' = dv,
+    dv' = -[f_n]x de - R db - R n_a, de' = -R dg - R n_w, db' = w_b, dg' = w_g (walks)
+    Phi = I + A dt: Phi_pv = I dt, Phi_ve = -[f_n]x dt, Phi_vb = -R dt, Phi_eg = -R dt,
+          Phi_pe = Phi_ve dt/2, Phi_pb = Phi_vb dt/2, Phi_uu = diag(d)
+    Q: accel noise (density s_a): Q_pp = s_a^2 dt^3/3, Q_pv = s_a^2 dt^2/2, Q_vv = s_a^2 dt;
+       gyro noise Q_ee = s_w^2 dt; bias random walks Q_bb = s_b^2 dt, Q_gg = s_g^2 dt;
+       Q_uu = diag(sigma_u^2 (1 - d^2))
+    P+ = Phi P Phi^T + Q;  IMU gaps > cfg.imu_gap_s: Q also gets cfg.accel_sigma_mps2
+
+Measurements at time t_m, between IMU samples t_k <= t_m < t_k+1 (tau_m = t_m - t_k):
+
+    position (north, east) fix:  h = p_ne + v_ne tau_m           H: dp_ne, tau_m dv_ne
+    altitude (barometer / autopilot, or rangefinder over known ground): h = p_d
+    odometry displacement, frame t0 -> t1: each frame's `mark` clones c = (p_n, p_e, e_x,
+        e_y) into the state (constant in propagation). A view rectified with R_ap sees the
+        point below the camera shifted by agl o(e), o(e) = (-e_y, e_x), and displacements
+        turned by the yaw error:  h = M D - agl (o(e) - o(c_e)),  D = p_ne + v_ne tau_m - c_p,
+        M = [[1, e_z], [-e_z, 1]]; H: M on dp_ne, tau_m M on dv_ne, (D_e, -D_n) on de_z,
+        (agl, -agl) on (de_y, de_x), -M on dc_p, (-agl, agl) on (dc_e_y, dc_e_x). The
+        roll/pitch errors of both frames are modelled, so they cancel along the chain.
+
+    y = z - h, S = H P H^T + R, NIS = y^T S^-1 y, K = P H^T S^-1, dx = K y (injected),
+    P+ = (I - K H) P (I - K H)^T + K R K^T
+
+Gates (NIS, 99.9 % chi-square): cfg.nis_gate (fixes, displacements), cfg.alt_nis_gate.
+A late measurement is fused at its own time: the filter keeps, for cfg.history_s, each
+IMU sample with the state after it and the measurements applied; it rewinds to the last
+sample at or before the measurement, applies it, and replays samples and measurements
+(which keep the decision they got on arrival) forward.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from skyfix.runtime.core.config import FilterConfig
+from skyfix.runtime.core.geo import skew, so3_exp, so3_log
+from skyfix.runtime.nav.filter import Innovation
+
+G_MPS2 = 9.80665
+_GRAVITY = np.array([0.0, 0.0, G_MPS2])
+_N = 18  # error-state size, without the clone of `mark` (4 more when there is one)
+_P, _V, _E, _B, _W, _U = (slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12), slice(12, 15),
+                          slice(15, 18))
+_TIE_NS = 100_000_000  # e = -u is enforced this often
+_TIE_VAR = 1e-8  # rad^2: the tie's noise (only for numerical stability)
+_I3 = np.eye(3)
+_HORIZONTAL = [0, 1, 3, 4]  # north, east, vn, ve
+
+
+@dataclass(frozen=True)
+class _Step:  # one IMU sample and the state right after it (before measurements)
+    t_ns: int
+    sample: tuple  # (f_b [3] specific force, w_b [3] rate, R_ap [3, 3] autopilot attitude)
+    x: np.ndarray  # [18] nominal state (+ [4] clone)
+    P: np.ndarray  # [18, 18] (or [22, 22])
+    clone_t_ns: int | None  # time of the clone, None without one
+
+
+@dataclass(frozen=True)
+class _Meas:
+    t_ns: int
+    kind: str  # "pos" | "alt" | "disp" | "mark"
+    z: np.ndarray
+    R: np.ndarray
+    seq: int  # arrival order, to keep it among equal capture times
+    t0_ns: int = 0  # "disp": the frame the displacement starts from
+    agl_m: float = 0.0  # "disp": height above ground
+
+
+def _refused(m: _Meas) -> Innovation:
+    d = len(m.z)
+    return Innovation(m.t_ns, np.full(d, np.nan), np.full((d, d), np.nan), float("inf"), False)
+
+
+class ImuFilter:
+    """The error-state filter of the module docstring; `horizontal_at`, the
+    `update_*` methods and `initialize` / `reset` are what the Navigator uses."""
+
+    def __init__(self, cfg: FilterConfig) -> None:
+        self.cfg = cfg
+        self.history_ns = int(cfg.history_s * 1e9)
+        self.gap_ns = int(cfg.imu_gap_s * 1e9)
+        self._sig_e = np.radians([cfg.tilt_sigma_deg, cfg.tilt_sigma_deg, cfg.yaw_sigma_deg])
+        self._tau_s = np.array([cfg.tilt_tau_s, cfg.tilt_tau_s, cfg.yaw_tau_s])
+        self._gates = {"pos": cfg.nis_gate, "disp": cfg.nis_gate, "alt": cfg.alt_nis_gate}
+        self._seq = 0
+        self._q_cache: dict[int, np.ndarray] = {}
+        self._imu: deque[tuple[int, tuple]] = deque()  # (t_ns, sample), kept before a start
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the state (the IMU samples stay); `initialize` must be called again."""
+        self.x: np.ndarray | None = None  # [18] (+ [4] clone)
+        self.P: np.ndarray | None = None
+        self.t_ns: int | None = None  # time of the state: the last IMU sample's
+        self.clone_t_ns: int | None = None  # time of the last `mark`
+        self._steps: deque[_Step] = deque()
+        self._applied: list[_Meas] = []
+        self._last = (-_GRAVITY, np.zeros(3), _I3)  # last sample: level, unaccelerated
+
+    @property
+    def initialized(self) -> bool:
+        return self.x is not None
+
+    def initialize(self, t_ns: int, pos_ne: np.ndarray, cov_ne: np.ndarray,
+                   vel_ne: np.ndarray | None = None, vel_cov: np.ndarray | None = None,
+                   down_m: float = 0.0, down_var_m2: float = 1e4) -> None:
+        """Start at horizontal `pos_ne` [2] (`cov_ne` [2, 2]) and velocity `vel_ne` [2] at
+        `t_ns`, height `down_m`; the IMU samples received after `t_ns` are replayed."""
+        self.reset()
+        c = self.cfg
+        x, P = np.zeros(_N), np.zeros((_N, _N))
+        x[:2], x[2], x[3:5] = pos_ne, down_m, 0.0 if vel_ne is None else vel_ne
+        P[:2, :2], P[2, 2], P[5, 5] = cov_ne, down_var_m2, c.init_vel_sigma_mps**2
+        P[3:5, 3:5] = c.init_vel_sigma_mps**2 * _I3[:2, :2] if vel_cov is None else vel_cov
+        P[_E, _E] = P[_U, _U] = np.diag(self._sig_e**2)
+        P[_E, _U] = P[_U, _E] = -P[_E, _E]  # e = -u
+        P[_B, _B] = c.accel_bias_sigma_mps2**2 * _I3
+        P[_W, _W] = c.gyro_bias_sigma_radps**2 * _I3
+        before = [s for s in self._imu if s[0] <= t_ns]
+        t0 = int(t_ns)
+        if before:  # anchor on the last sample at or before t_ns (p moved back along v)
+            t0, self._last = before[-1]
+            x[:2] -= x[3:5] * (t_ns - t0) * 1e-9
+        self.x, self.P, self.t_ns = x, P, t0
+        self._steps.append(_Step(t0, self._last, x.copy(), P.copy(), None))
+        for t, sample in [s for s in self._imu if s[0] > t0]:
+            self._step(t, sample)
+
+    # -- propagation ----------------------------------------------------------------------
+
+    def on_imu(self, t_ns: int, accel_b_mps2: np.ndarray, gyro_b_radps: np.ndarray,
+               R_ap: np.ndarray) -> None:
+        """One IMU sample: specific force `accel_b_mps2` [3] (body FRD, m/s^2) and rate
+        `gyro_b_radps` [3] at `t_ns`, with the autopilot's attitude `R_ap` [3, 3] (body ->
+        NED) at that time. Samples not newer than the last one, or not finite, are dropped."""
+        sample = tuple(np.asarray(a, np.float64) for a in (accel_b_mps2, gyro_b_radps, R_ap))
+        if not all(np.isfinite(a).all() for a in sample):
+            return
+        if self._imu and t_ns <= self._imu[-1][0]:
+            return
+        self._imu.append((int(t_ns), sample))
+        while self._imu[0][0] < t_ns - self.history_ns:
+            self._imu.popleft()
+        if self.x is not None and t_ns > self.t_ns:
+            self._step(int(t_ns), sample)
+            if not (np.all(np.isfinite(self.x)) and np.all(np.isfinite(self.P))):
+                self.reset()  # diverged numerically: the Navigator restarts from fixes
+
+    def _step(self, t_ns: int, sample: tuple) -> None:
+        tie = t_ns // _TIE_NS != self.t_ns // _TIE_NS
+        self.x, self.P = self._propagate(self.x, self.P, t_ns - self.t_ns, self._last, sample)
+        self.t_ns, self._last = t_ns, sample
+        if tie:
+            self._tie()
+        self._steps.append(_Step(t_ns, sample, self.x.copy(), self.P.copy(), self.clone_t_ns))
+        while len(self._steps) > 1 and self._steps[1].t_ns <= t_ns - self.history_ns:
+            self._steps.popleft()
+        oldest = self._steps[0].t_ns
+        if self._applied and self._applied[0].t_ns < oldest:
+            self._applied = [m for m in self._applied if m.t_ns >= oldest]
+
+    def _propagate(self, x: np.ndarray, P: np.ndarray, dt_ns: int, s0: tuple, s1: tuple
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        dt = dt_ns * 1e-9
+        (f0, w0, Rap0), (f1, w1, Rap1) = s0, s1
+        R0 = so3_exp(x[_E]) @ Rap0
+        R1 = R0 @ so3_exp((0.5 * (w0 + w1) - x[_W]) * dt)
+        f_n = R0 @ (f0 - x[_B])
+        a0, a1 = f_n + _GRAVITY, R1 @ (f1 - x[_B]) + _GRAVITY
+        x, n = x.copy(), len(x)
+        x[_P] += x[_V] * dt + (2 * a0 + a1) * dt * dt / 6
+        x[_V] += (a0 + a1) * dt / 2
+        x[_E] = so3_log(R1 @ Rap1.T)
+        decay = np.exp(-dt / self._tau_s)
+        x[_U] *= decay
+        Phi = np.eye(_N)
+        Phi[_P, _V] = dt * _I3
+        Phi[_V, _E] = -skew(f_n) * dt
+        Phi[_V, _B] = -R0 * dt
+        Phi[_E, _W] = -R0 * dt
+        Phi[_P, _E] = Phi[_V, _E] * dt / 2
+        Phi[_P, _B] = Phi[_V, _B] * dt / 2
+        Phi[_U, _U] = np.diag(decay)
+        Q = self._noise(dt_ns)
+        if n == _N:
+            P = Phi @ P @ Phi.T + Q
+        else:  # the clone stays: P_aa = Phi P_aa Phi^T + Q, P_ac = Phi P_ac, P_cc as is
+            P = P.copy()
+            P[:_N, :_N] = Phi @ P[:_N, :_N] @ Phi.T + Q
+            P[:_N, _N:] = Phi @ P[:_N, _N:]
+            P[_N:, :_N] = P[:_N, _N:].T
+        return x, 0.5 * (P + P.T)
+
+    def _tie(self) -> None:
+        """Apply e + u = 0 (see the module docstring), Joseph form, ungated."""
+        n = len(self.x)
+        H = np.zeros((3, n))
+        H[:, _E], H[:, _U] = _I3, _I3
+        S = H @ self.P @ H.T + _TIE_VAR * _I3
+        K = self.P @ H.T @ np.linalg.inv(S)
+        self.x = self.x - K @ (self.x[_E] + self.x[_U])
+        A = np.eye(n) - K @ H
+        P = A @ self.P @ A.T + _TIE_VAR * (K @ K.T)
+        self.P = 0.5 * (P + P.T)
+
+    def _noise(self, dt_ns: int) -> np.ndarray:
+        """Q [18, 18] over `dt_ns`; the last few are cached (the IMU comes at a steady rate,
+        so the same step recurs)."""
+        Q = self._q_cache.get(dt_ns)
+        if Q is not None:
+            return Q
+        c, dt = self.cfg, dt_ns * 1e-9
+        q = c.accel_noise_mps2_rthz**2
+        if dt_ns > self.gap_ns:
+            q += c.accel_sigma_mps2**2  # no IMU in between: constant-velocity noise
+        Q = np.zeros((_N, _N))
+        Q[_P, _P] = q * dt**3 / 3 * _I3
+        Q[_P, _V] = Q[_V, _P] = q * dt**2 / 2 * _I3
+        Q[_V, _V] = q * dt * _I3
+        Q[6:, 6:] = np.diag(np.concatenate([  # e, b, g, u
+            np.full(3, c.gyro_noise_radps_rthz**2 * dt),
+            np.full(3, c.accel_bias_rw_mps2_rths**2 * dt),
+            np.full(3, c.gyro_bias_rw_radps_rths**2 * dt),
+            self._sig_e**2 * (1 - np.exp(-2 * dt / self._tau_s))]))
+        if len(self._q_cache) >= 16:
+            self._q_cache.clear()
+        self._q_cache[dt_ns] = Q
+        return Q
+
+    # -- measurements ---------------------------------------------------------------------
+
+    def update_position(self, t_ns: int, z_ne: np.ndarray, R: np.ndarray) -> Innovation:
+        """Fuse a (north, east) fix `z_ne` [2] m with covariance `R` [2, 2] m^2 at `t_ns`."""
+        return self._measure("pos", t_ns, z_ne, R)
+
+    def update_altitude(self, t_ns: int, down_m: float, var_m2: float) -> Innovation:
+        """Fuse a height as NED down (-altitude AMSL), variance `var_m2`, at `t_ns`."""
+        return self._measure("alt", t_ns, [down_m], [[var_m2]])
+
+    def mark(self, t_ns: int) -> None:
+        """Clone position and roll/pitch error at frame time `t_ns` (replacing the last
+        clone), for the displacement that starts at this frame."""
+        self._measure("mark", t_ns, np.zeros(0), np.zeros((0, 0)))
+
+    def update_displacement(self, t0_ns: int, t1_ns: int, d_ne: np.ndarray, R: np.ndarray,
+                            agl_m: float) -> Innovation:
+        """Fuse a visual-odometry displacement `d_ne` [2] m from frame `t0_ns` (which must
+        be the last `mark`) to `t1_ns`, covariance `R` [2, 2] m^2 of the image fit alone
+        (the attitude errors are modelled), at height above ground `agl_m`."""
+        return self._measure("disp", t1_ns, d_ne, R, int(t0_ns), float(agl_m))
+
+    def _measure(self, kind: str, t_ns: int, z, R, t0_ns: int = 0,
+                 agl_m: float = 0.0) -> Innovation:
+        z = np.asarray(z, np.float64).reshape(-1)
+        R = np.asarray(R, np.float64).reshape(len(z), len(z))
+        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(R))):
+            raise ValueError(f"{kind} measurement is not finite")
+        self._require()
+        self._seq += 1
+        m = _Meas(int(t_ns), kind, z, 0.5 * (R + R.T), self._seq, t0_ns, agl_m)
+        if m.t_ns > self.t_ns + self.gap_ns:  # no IMU up to it: hold the last sample
+            self._step(m.t_ns, self._last)
+        if m.t_ns >= self.t_ns:
+            return self._apply(m, gate=True)
+        return self._measure_late(m)
+
+    def _measure_late(self, m: _Meas) -> Innovation:
+        before = [i for i, s in enumerate(self._steps) if s.t_ns <= m.t_ns]
+        if not before:  # older than the history: cannot be placed
+            return _refused(m)
+        k = before[-1]
+        steps = list(self._steps)
+        base = steps[k]
+        todo = sorted([a for a in self._applied if a.t_ns >= base.t_ns] + [m],
+                      key=lambda a: (a.t_ns, a.seq))
+        self._applied = [a for a in self._applied if a.t_ns < base.t_ns]
+        self._steps = deque(steps[:k + 1])
+        self.x, self.P, self.t_ns = base.x.copy(), base.P.copy(), base.t_ns
+        self._last, self.clone_t_ns = base.sample, base.clone_t_ns
+        innovation = None
+        for s in [*steps[k + 1:], None]:
+            while todo and (s is None or todo[0].t_ns < s.t_ns):
+                a = todo.pop(0)
+                out = self._apply(a, gate=a is m)
+                innovation = out if a is m else innovation
+            if s is not None:
+                self._step(s.t_ns, s.sample)
+        return innovation
+
+    def _model(self, m: _Meas) -> tuple[np.ndarray, np.ndarray]:
+        """(h(x) [d], H [d, n]) of measurement `m` at its time."""
+        x, tau, n = self.x, (m.t_ns - self.t_ns) * 1e-9, len(self.x)
+        if m.kind == "disp":
+            e, c = x[_E], x[_N:]
+            D = x[0:2] + x[3:5] * tau - c[0:2]
+            M = np.array([[1.0, e[2]], [-e[2], 1.0]])
+            a = m.agl_m
+            H = np.zeros((2, n))
+            H[:, 0:2], H[:, 3:5], H[:, 8] = M, tau * M, (D[1], -D[0])
+            H[0, 7], H[1, 6] = a, -a
+            H[:, _N:_N + 2] = -M
+            H[0, _N + 3], H[1, _N + 2] = -a, a
+            o_e, o_c = np.array([-e[1], e[0]]), np.array([-c[3], c[2]])
+            return M @ D - a * (o_e - o_c), H
+        if m.kind == "pos":
+            H = np.zeros((2, n))
+            H[:, 0:2], H[:, 3:5] = np.eye(2), tau * np.eye(2)
+            return x[0:2] + x[3:5] * tau, H
+        H = np.zeros((1, n))
+        H[0, 2], H[0, 5] = 1.0, tau
+        return np.array([x[2] + x[5] * tau]), H
+
+    def _clone(self, m: _Meas) -> Innovation:
+        """x <- [x_12, p_n, p_e, e_x, e_y] (predicted to the mark's time), P <- J P J^T."""
+        tau = (m.t_ns - self.t_ns) * 1e-9
+        J = np.zeros((_N + 4, _N))
+        J[:_N] = np.eye(_N)
+        J[_N:_N + 2, 0:2], J[_N:_N + 2, 3:5] = np.eye(2), tau * np.eye(2)
+        J[_N + 2, 6], J[_N + 3, 7] = 1.0, 1.0
+        x = self.x[:_N]
+        self.x = np.concatenate([x, x[0:2] + x[3:5] * tau, x[6:8]])
+        self.P = J @ self.P[:_N, :_N] @ J.T
+        self.clone_t_ns = m.t_ns
+        self._applied.append(m)
+        return Innovation(m.t_ns, np.zeros(0), np.zeros((0, 0)), 0.0, True)
+
+    def _apply(self, m: _Meas, gate: bool) -> Innovation:
+        if m.kind == "mark":
+            return self._clone(m)
+        if m.kind == "disp" and self.clone_t_ns != m.t0_ns:  # no clone at its start
+            return _refused(m)
+        h, H = self._model(m)
+        y = m.z - h  # y = z - h(x)
+        S = H @ self.P @ H.T + m.R  # S = H P H^T + R
+        S = 0.5 * (S + S.T)
+        try:
+            S_inv = np.linalg.inv(S)
+        except np.linalg.LinAlgError:
+            return Innovation(m.t_ns, y, S, float("inf"), False)
+        nis = float(y @ S_inv @ y)  # NIS = y^T S^-1 y
+        if gate and not nis <= self._gates[m.kind]:
+            return Innovation(m.t_ns, y, S, nis, False)
+        K = self.P @ H.T @ S_inv  # K = P H^T S^-1
+        self.x = self.x + K @ y  # dx = K y, injected
+        A = np.eye(len(self.x)) - K @ H
+        P = A @ self.P @ A.T + K @ m.R @ K.T  # Joseph form
+        self.P = 0.5 * (P + P.T)
+        self._applied.append(m)
+        return Innovation(m.t_ns, y, S, nis, True)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def full_state_at(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x [18], P [18, 18]) at `t_ns`, the filter unchanged: predicted forward from the
+        state with its last acceleration held (constant-velocity noise past an IMU gap);
+        earlier, from the last stored step at or before `t_ns` (or the oldest one)."""
+        self._require()
+        x, P, t0, s = self.x, self.P, self.t_ns, self._last
+        if t_ns < self.t_ns:
+            st = ([st for st in self._steps if st.t_ns <= t_ns] or [self._steps[0]])[-1]
+            x, P, t0, s = st.x, st.P, st.t_ns, st.sample
+        if t_ns <= t0:
+            return x.copy(), P.copy()
+        return self._propagate(x, P, t_ns - t0, s, s)
+
+    def horizontal_at(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x [4] (north, east, vn, ve), P [4, 4]) at `t_ns`: the Navigator's view."""
+        x, P = self.full_state_at(t_ns)
+        return x[_HORIZONTAL], P[np.ix_(_HORIZONTAL, _HORIZONTAL)]
+
+    def _require(self) -> None:
+        if self.x is None:
+            raise RuntimeError("ImuFilter used before initialize()")
