@@ -69,6 +69,7 @@ from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
 
 DEFAULT_ENCODER = RootSiftEncoder()
+DEFAULT_ENCODER_NAME = "rootsift"  # the registry name of DEFAULT_ENCODER
 SEED = 0  # codebook sample and k-means
 CODEBOOK_SAMPLES = 50_000  # at most this many local descriptors go into k-means
 JPEG_QUALITY = 90
