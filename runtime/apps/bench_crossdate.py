@@ -93,8 +93,9 @@ def pack_for(pair: Pair, pset: PairSet, image_a: np.ndarray, method: str, work: 
     folder.mkdir(parents=True, exist_ok=True)
     ortho = folder / "a.tif"
     _georeference(image_a, pset.gsd_m, ortho)
+    tile = 512 if min(pair.width, pair.height) >= 512 else 256  # small images: smaller tiles
     return build_pack([ortho], pack, encoder=make_encoder(method), gsds_m=(pset.gsd_m,),
-                      force=True, progress=False)
+                      tile_px=tile, force=True, progress=False)
 
 
 def run_view(loc: Localizer, view: SyntheticView, gsd_m: float, set_name: str

@@ -27,7 +27,9 @@ from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.geo import LocalFrame
 from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
+from skyfix.runtime.nav.coarse import coarse_search
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
+from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near
 from skyfix.runtime.nav.match import Candidate, locate
 from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
 from skyfix.runtime.nav.rectify import rectify
@@ -94,14 +96,40 @@ class Localizer:
         return Look(level, view, self.encoder.extract(view.image, view.mask))
 
     def locate(self, look: Look, prior: Prior) -> Fix | Rejection:
+        """A fix from the view's features, searched for inside `prior`: coarse structural
+        search then features matched near it when the prior is a window and the pack has
+        structure channels (`match.coarse`), else tiles retrieved and matched whole."""
         t_ns, feats = look.view.t_ns, look.feats
         if len(feats) < self.cfg.match.min_inliers:
             return Rejection(t_ns, "few_features", f"{len(feats)} features in the view")
+        if (self.cfg.match.coarse and prior.source != "none"
+                and look.level < len(self.pack.structure)):
+            near = self.match_near(look, prior)
+            return near if isinstance(near, Rejection) else judge_near(look.view, near,
+                                                                       self.cfg.match)
         query = self.pack.global_descriptor(feats.descriptors)
         hits = retrieve(self.pack, query, look.level, prior, self.cfg.retrieve)
         if not hits:
             return Rejection(t_ns, "no_tiles", f"no tile of level {look.level} in the window")
         return locate(look.view, feats, [self._tile(h.tile_id) for h in hits], self.cfg.match)
+
+    def match_near(self, look: Look, prior: Prior) -> NearMatch | None | Rejection:
+        """Coarse search of the prior window, then the fine match near its answer (None:
+        none found there); a Rejection when the coarse stage finds no place at all."""
+        view = look.view
+        radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
+        reach = float(np.hypot(*view.image.shape)) * view.gsd_m / 2  # view half-diagonal
+        window = self.pack.structure_window(look.level, prior.centre_en, radius + reach)
+        coarse = None if window is None else coarse_search(
+            view.image, view.mask, view.origin_px, window, prior.centre_en, radius)
+        if coarse is None:
+            return Rejection(view.t_ns, "no_tiles", "no place for the view in the window")
+        centre = np.array([coarse.east_m, coarse.north_m])
+        ids = self.pack.tiles_near(centre, reach, reach)
+        ids = ids[self.pack.tile_level[ids] == look.level]
+        ids = ids[np.argsort(np.hypot(*(self.pack.tile_center_en[ids] - centre).T))][:4]
+        tiles = [self._tile(int(i)) for i in ids]
+        return match_near(view, look.feats, tiles, coarse, self.cfg.match)
 
 
 class Navigator:

@@ -1,0 +1,139 @@
+"""Fine stage of matching with a prior: local features matched only near where the coarse
+stage (skyfix.runtime.nav.coarse) put the view, then the shared robust fit and pose
+(skyfix.runtime.nav.match), then acceptance from several independent signals.
+
+    coarse answer (E, N, rotation) -> predicted map point of every view keypoint
+    -> mutual best descriptor match among the map keypoints within `near_radius_px` of the
+       prediction (no ratio test: nearby repeated structure is what the radius removes)
+    -> MAGSAC + similarity + pose (robust_similarity, pose_match)
+
+Acceptance (`judge_near`): a fix must pass all of
+    inliers          >= min_inliers
+    spread           the inliers cover the view: the square root of their convex hull's area
+                     over the view's valid area >= min_spread (a cluster in one corner fits
+                     anything)
+    agreement        the fine fix within coarse_agree_px of the coarse answer, and its
+                     rotation within coarse_agree_deg: two methods that share nothing but the
+                     pixels (dense structure vs sparse learned features) agree
+    residual         inlier residual RMS <= max_residual_px
+    confidence       coarse peak ratio >= min_peak_ratio, or inliers >= 2 x min_inliers
+    scale, heading   as for any fix (skyfix.runtime.nav.match.judge)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from skyfix.models.features import LocalFeatures
+from skyfix.runtime.core.config import MatchConfig
+from skyfix.runtime.core.types import Fix, Rejection, View
+from skyfix.runtime.nav.coarse import CoarseMatch
+from skyfix.runtime.nav.match import Candidate, TileMatch, pose_match, robust_similarity
+from skyfix.runtime.nav.rectify import view_px_to_offset_m
+
+
+@dataclass(frozen=True)
+class NearMatch:
+    """The fine match and the signals acceptance weighs. `agreement_px`: distance between
+    the fine and the coarse position of the nadir in view pixels; `rotation_gap_deg`: between
+    their rotations; `spread`: see the module docstring;
+    `candidates`: matches given to MAGSAC."""
+
+    match: TileMatch
+    coarse: CoarseMatch
+    agreement_px: float
+    rotation_gap_deg: float
+    spread: float
+    candidates: int
+
+
+def _union(tiles: list[Candidate], gsd_m: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Keypoints of overlapping tiles, each place once: ([M, 2] E/N, [M, D], [M] heights or
+    None, tile id of the first tile)."""
+    en = np.concatenate([t[2] for t in tiles])
+    desc = np.concatenate([t[3] for t in tiles])
+    hs = [t[4] for t in tiles]
+    heights = None if any(h is None for h in hs) else np.concatenate(hs)
+    _, first = np.unique(np.round(en / (0.5 * gsd_m)).astype(np.int64), axis=0,
+                         return_index=True)
+    first = np.sort(first)
+    return en[first], desc[first], None if heights is None else heights[first], tiles[0][0]
+
+
+def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse: CoarseMatch,
+               cfg: MatchConfig) -> NearMatch | None:
+    """The fine match of the view near the coarse answer (module docstring), or None."""
+    if not tiles or len(feats) < cfg.min_inliers:
+        return None
+    xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
+    t = np.radians(coarse.rotation_deg)
+    R = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    pred = xy @ R.T + [coarse.east_m, coarse.north_m]
+    en, desc, heights, tile_id = _union(tiles, view.gsd_m)
+    radius = cfg.near_radius_px * view.gsd_m
+    lo, hi = pred.min(0) - radius, pred.max(0) + radius
+    near = np.flatnonzero(((en >= lo) & (en <= hi)).all(1))
+    if len(near) < cfg.min_inliers:
+        return None
+    en, desc = en[near], desc[near]
+    heights = None if heights is None else heights[near]
+    d2 = ((pred[:, None, :] - en[None, :, :]) ** 2).sum(-1)  # [N, M]
+    sim = np.where(d2 <= radius**2, feats.descriptors @ desc.T, -np.inf)
+    best = sim.argmax(1)
+    rows = np.arange(len(best))
+    ok = np.isfinite(sim[rows, best]) & (sim.argmax(0)[best] == rows)
+    vi, mi = rows[ok], best[ok]
+    origin = np.array([coarse.east_m, coarse.north_m])
+    src, dst = xy[vi], en[mi] - origin
+    fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m, cfg.min_inliers)
+    if fit is None:
+        return None
+    h = None if heights is None else heights[mi[fit.keep]]
+    m = pose_match(view, src[fit.keep], dst[fit.keep], origin, h, fit, tile_id,
+                   tiles[0][1], cfg)
+    if m is None:
+        return None
+    hull = cv2.convexHull(feats.keypoints[vi[fit.keep]].astype(np.float32))
+    spread = float(np.sqrt(cv2.contourArea(hull) / max(float(view.mask.sum()), 1.0)))
+    # The coarse answer is the ground point of the view's nadir pixel (the fix, the camera
+    # centre, differs from it by any tilt the pose finds): compare it with where the
+    # similarity puts that pixel (origin = the coarse answer), and the two rotations.
+    a, b, tx, ty = fit.params
+    agree = float(np.hypot(tx, ty)) / view.gsd_m
+    rot_gap = abs((np.degrees(np.arctan2(b, a)) - coarse.rotation_deg + 180) % 360 - 180)
+    return NearMatch(m, coarse, agree, float(rot_gap), spread, len(vi))
+
+
+def judge_near(view: View, near: NearMatch | None, cfg: MatchConfig) -> Fix | Rejection:
+    """The fine match as a Fix, or the reason it cannot be trusted (module docstring)."""
+    if near is None:
+        return Rejection(view.t_ns, "few_inliers", "no consistent match near the coarse answer")
+    m, c = near.match, near.coarse
+    rot_gap = near.rotation_gap_deg
+    checks = [
+        (m.inliers >= cfg.min_inliers, "few_inliers", f"{m.inliers} < {cfg.min_inliers}"),
+        (abs(m.scale - 1) <= cfg.max_scale_err, "scale",
+         f"match scale {m.scale:.3f} vs telemetry height"),
+        (abs(m.rotation_deg) <= cfg.max_rotation_deg, "heading",
+         f"view rotated {m.rotation_deg:.1f} deg against the map"),
+        (near.spread >= cfg.min_spread, "unconfirmed", f"inliers cover {near.spread:.2f}"),
+        (near.agreement_px <= cfg.coarse_agree_px and rot_gap <= cfg.coarse_agree_deg,
+         "unconfirmed", f"fine and coarse differ by {near.agreement_px:.1f} px,"
+                        f" {rot_gap:.1f} deg"),
+        (m.residual_rms_m <= cfg.max_residual_px * view.gsd_m, "unconfirmed",
+         f"residual {m.residual_rms_m / view.gsd_m:.2f} px"),
+        (c.peak_ratio >= cfg.min_peak_ratio or m.inliers >= 2 * cfg.min_inliers,
+         "ambiguous", f"peak ratio {c.peak_ratio:.2f} with {m.inliers} inliers"),
+    ]
+    for ok, reason, detail in checks:
+        if not ok:
+            return Rejection(view.t_ns, reason, detail)  # type: ignore[arg-type]
+    return Fix(
+        t_ns=view.t_ns, east_m=m.east_m, north_m=m.north_m, cov_en_m2=m.cov_en_m2,
+        agl_m=view.agl_m * m.scale, heading_err_deg=m.rotation_deg, tilt_err_deg=m.tilt_deg,
+        inliers=m.inliers, tile_id=m.tile_id, level=m.level,
+    )
