@@ -63,10 +63,16 @@ def structure_channels(gray: np.ndarray) -> np.ndarray:
     gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)
     theta = np.arange(N_ORIENT) * np.pi / N_ORIENT
-    ch = np.abs(np.cos(theta)[:, None, None] * gx + np.sin(theta)[:, None, None] * gy)
-    ch = np.stack([cv2.GaussianBlur(c, (0, 0), SPATIAL_SIGMA_PX) for c in ch])
-    ch = 0.5 * ch + 0.25 * (np.roll(ch, 1, axis=0) + np.roll(ch, -1, axis=0))
-    return (ch / (np.sqrt((ch**2).sum(0, keepdims=True)) + EPS)).astype(np.float32)
+    # [H, W, N] so that one blur call smooths every orientation
+    ch = np.abs(gx[:, :, None] * np.cos(theta).astype(np.float32)
+                + gy[:, :, None] * np.sin(theta).astype(np.float32))
+    ch = cv2.GaussianBlur(ch, (0, 0), SPATIAL_SIGMA_PX)
+    if ch.ndim == 2:  # OpenCV drops a trailing axis of length 1
+        ch = ch[:, :, None]
+    ring = np.concatenate([ch[:, :, -1:], ch, ch[:, :, :1]], axis=2)  # orientation is circular
+    ch = 0.5 * ch + 0.25 * (ring[:, :, :-2] + ring[:, :, 2:])
+    ch /= np.sqrt((ch**2).sum(2, keepdims=True)) + EPS
+    return np.ascontiguousarray(ch.transpose(2, 0, 1), np.float32)
 
 
 def downsample(gray: np.ndarray, factor: int = STRUCTURE_FACTOR) -> np.ndarray:

@@ -7,10 +7,11 @@ from structure (skyfix.maps.structure channels) rather than brightness.
         zero-mean them inside the valid mask -> v_c
         score(p) = sum_c sum_x v_c(x) M_c(x + p) / (|v| sqrt(sum_x mask(x) E(x + p)))
                    (FFT correlation; M_c: the pack's channels of the window; E: the energy
-                   of M_c minus its local mean over a view-sized box, summed over c)
-    the best score among the shifts that put the nadir inside the prior window, refined
-    to a fraction of a pixel (parabola through the 3 x 3 neighbourhood) and a fraction of
-    the rotation step (parabola through the rotations' scores at that shift).
+                   of M_c minus its mean over the window, summed over c)
+    pass 1, both sides 2 x 2 averaged: the best score among the shifts that put the nadir
+    inside the prior window; pass 2, full channel resolution, only within REFINE_PX of it;
+    then a fraction of a pixel (parabola through the 3 x 3 neighbourhood) and of the
+    rotation step (parabola through the rotations' scores at that shift).
 
 The score is a normalised correlation (<= 1). Its confidence signals, for acceptance
 (skyfix.runtime.nav.match): `score` itself, and `peak_ratio`, the best score over the best
@@ -33,7 +34,8 @@ from skyfix.maps.structure import (
 )
 
 ROTATIONS_DEG = (-4.0, 0.0, 4.0)  # residual heading errors searched
-EXCLUDE_PX = 5  # coarse pixels: closer peaks are the same answer
+EXCLUDE_PX = 6  # channel pixels: closer peaks are the same answer
+REFINE_PX = 3  # channel pixels searched around the first pass's answer
 MIN_VALID_SHARE = 0.3  # of the coarse view: fewer valid pixels -> no answer
 
 
@@ -57,10 +59,54 @@ def _dft(x: np.ndarray, fh: int, fw: int) -> np.ndarray:
     return cv2.dft(pad)
 
 
-def _correlate(spec_map: np.ndarray, spec_view: np.ndarray, h: int, w: int) -> np.ndarray:
-    """[h, w] c(p) = sum_x view(x) map(x + p) from the two packed spectra."""
-    prod = cv2.mulSpectrums(spec_map, spec_view, 0, conjB=True)
-    return cv2.idft(prod, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)[:h, :w]
+def _pool(x: np.ndarray) -> np.ndarray:
+    """[..., H // 2, W // 2] 2 x 2 average of [..., H, W] (a leading channel axis kept)."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    x = x[..., :h, :w]
+    return 0.25 * (x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2]
+                   + x[..., 1::2, 1::2])
+
+
+class _Map:
+    """A window's channels ready for correlation: their spectra and energy spectrum.
+
+    Energy E = sum_c (M_c - mean of M_c over the window)^2, so that the denominator of the
+    normalised correlation is a correlation of the view's mask with E."""
+
+    def __init__(self, M: np.ndarray, hv: int, wv: int):
+        _, self.h, self.w = M.shape
+        self.sh, self.sw = self.h - hv + 1, self.w - wv + 1
+        self.fh, self.fw = cv2.getOptimalDFTSize(self.h), cv2.getOptimalDFTSize(self.w)
+        self.spectra = [_dft(c, self.fh, self.fw) for c in M]
+        E = ((M - M.mean((1, 2), keepdims=True)) ** 2).sum(0)
+        self.energy = _dft(E, self.fh, self.fw)
+
+    def scores(self, v: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """[sh, sw] normalised correlation of view channels v [C, hv, wv] (zero-mean inside
+        the mask m [hv, wv]) at every shift that keeps the view inside the window."""
+        idft = cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE
+        prod = sum(cv2.mulSpectrums(Mc, _dft(vc, self.fh, self.fw), 0, conjB=True)
+                   for Mc, vc in zip(self.spectra, v, strict=True))
+        num = cv2.idft(prod, flags=idft)[:self.sh, :self.sw]
+        en = cv2.mulSpectrums(self.energy, _dft(m, self.fh, self.fw), 0, conjB=True)
+        den = cv2.idft(en, flags=idft)[:self.sh, :self.sw]
+        return num / (np.sqrt(np.maximum(den, 1e-9)) * np.sqrt(float((v**2).sum())) + 1e-9)
+
+
+def _view_channels(vg: np.ndarray, vm: np.ndarray, o: tuple[float, float], rot_deg: float
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Structure channels of the coarse view turned by rot_deg about o, zero-mean inside
+    its (eroded) mask: ([C, h, w], [h, w] float32 mask), or None when too little is valid."""
+    h, w = vg.shape
+    R = cv2.getRotationMatrix2D(o, rot_deg, 1.0)
+    g = cv2.warpAffine(vg, R, (w, h), flags=cv2.INTER_LINEAR)
+    m = cv2.warpAffine(vm.astype(np.uint8), R, (w, h), flags=cv2.INTER_NEAREST)
+    m = cv2.erode(m, np.ones((3, 3), np.uint8), iterations=2).astype(np.float32)
+    cnt = float(m.sum())
+    if cnt < MIN_VALID_SHARE * h * w:
+        return None
+    ch = structure_channels(g)
+    return (ch - (ch * m).sum((1, 2), keepdims=True) / cnt) * m, m
 
 
 def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, float],
@@ -76,58 +122,49 @@ def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, f
     vm = downsample(mask.astype(np.float32), f) > 0.99
     hv, wv = vg.shape
     M = window.channels
-    _, hm, wm = M.shape
-    if hv < 8 or wv < 8 or hm < hv or wm < wv or vm.mean() < MIN_VALID_SHARE:
+    if hv < 16 or wv < 16 or M.shape[1] < hv or M.shape[2] < wv or vm.mean() < MIN_VALID_SHARE:
         return None
-    ox, oy = (origin_px[0] + 0.5) / f - 0.5, (origin_px[1] + 0.5) / f - 0.5
-    fh, fw = cv2.getOptimalDFTSize(hm), cv2.getOptimalDFTSize(wm)
-    FM = [_dft(c, fh, fw) for c in M]
-    local = np.stack([cv2.blur(c, (wv, hv)) for c in M])
-    FE = _dft(((M - local) ** 2).sum(0), fh, fw)
-    sh, sw = hm - hv + 1, wm - wv + 1
-    # Nadir of shift p = (px, py) at map pixel (ox + px, oy + py): inside the prior circle?
-    py, px = np.mgrid[0:hm - hv + 1, 0:wm - wv + 1]
-    e = window.left_e_m + (ox + px + 0.5) * window.gsd_m
-    n = window.top_n_m - (oy + py + 0.5) * window.gsd_m
+    o = ((origin_px[0] + 0.5) / f - 0.5, (origin_px[1] + 0.5) / f - 0.5)
+    views = [_view_channels(vg, vm, o, r) for r in rotations_deg]
+    if all(v is None for v in views):
+        return None
+    # Pass 1, at half the channels' resolution: every shift, every rotation.
+    M4 = _pool(M)
+    h4, w4 = _pool(views[next(i for i, v in enumerate(views) if v)][1]).shape
+    coarse_map = _Map(M4, h4, w4)
+    py, px = np.mgrid[0:coarse_map.sh, 0:coarse_map.sw]
+    gsd4 = 2 * window.gsd_m
+    e = window.left_e_m + ((o[0] + 0.5) / 2 + px) * gsd4  # nadir of each shift
+    n = window.top_n_m - ((o[1] + 0.5) / 2 + py) * gsd4
     inside = np.hypot(e - prior_en[0], n - prior_en[1]) <= prior_radius_m
     if not inside.any():
         return None
-    kernel = np.ones((3, 3), np.uint8)
-    scores = []
-    for r in rotations_deg:
-        R = cv2.getRotationMatrix2D((ox, oy), r, 1.0)
-        g = cv2.warpAffine(vg, R, (wv, hv), flags=cv2.INTER_LINEAR)
-        m = cv2.warpAffine(vm.astype(np.uint8), R, (wv, hv), flags=cv2.INTER_NEAREST)
-        m = cv2.erode(m, kernel, iterations=2).astype(np.float32)
-        ch = structure_channels(g)
-        cnt = m.sum()
-        if cnt < MIN_VALID_SHARE * hv * wv:
-            scores.append(np.full(inside.shape, -np.inf, np.float32))
-            continue
-        v = (ch - (ch * m).sum((1, 2), keepdims=True) / cnt) * m
-        prod = sum(cv2.mulSpectrums(FMc, _dft(vc, fh, fw), 0, conjB=True)
-                   for FMc, vc in zip(FM, v, strict=True))
-        num = cv2.idft(prod, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)[:sh, :sw]
-        den = _correlate(FE, _dft(m, fh, fw), sh, sw)
-        den = np.sqrt(np.maximum(den, 1e-9)) * np.sqrt((v**2).sum())
-        s = np.where(inside, num / np.maximum(den, 1e-9), -np.inf).astype(np.float32)
-        scores.append(s)
-    S = np.stack(scores)
-    k = int(np.argmax(S))
-    ri, yi, xi = np.unravel_index(k, S.shape)
-    best = float(S[ri, yi, xi])
-    if not np.isfinite(best):
+    S = np.stack([np.where(inside, coarse_map.scores(_pool(v[0]), _pool(v[1])), -np.inf)
+                  if v is not None else np.full(inside.shape, -np.inf) for v in views])
+    ri, yi, xi = np.unravel_index(int(np.argmax(S)), S.shape)
+    if not np.isfinite(S[ri, yi, xi]):
         return None
-    far = (np.hypot(px - xi, py - yi) > EXCLUDE_PX)[None]
+    far = (np.hypot(px - xi, py - yi) > EXCLUDE_PX / 2)[None]
     second = float(np.max(np.where(far, S, -np.inf)))
-    ratio = best / second if np.isfinite(second) and second > 1e-6 else np.inf
-    dx, dy = _parabola_2d(S[ri], yi, xi)
+    ratio = float(S[ri, yi, xi]) / second if np.isfinite(second) and second > 1e-6 else np.inf
+    # Pass 2, at the channels' resolution: shifts within REFINE_PX of pass 1's answer.
+    x0, y0 = max(0, 2 * xi - REFINE_PX), max(0, 2 * yi - REFINE_PX)
+    x1 = min(M.shape[2], 2 * xi + REFINE_PX + wv)
+    y1 = min(M.shape[1], 2 * yi + REFINE_PX + hv)
+    fine_map = _Map(M[:, y0:y1, x0:x1], hv, wv)
+    S2 = np.stack([fine_map.scores(*v) if v is not None
+                   else np.full((fine_map.sh, fine_map.sw), -np.inf) for v in views])
+    ri, yj, xj = np.unravel_index(int(np.argmax(S2)), S2.shape)
+    best = float(S2[ri, yj, xj])
+    dx, dy = _parabola_2d(S2[ri], yj, xj)
     rot = rotations_deg[ri]
     if 0 < ri < len(rotations_deg) - 1:
         step = rotations_deg[ri + 1] - rotations_deg[ri]
-        rot += step * _parabola(S[ri - 1, yi, xi], best, S[ri + 1, yi, xi])
-    east = window.left_e_m + (ox + xi + dx + 0.5) * window.gsd_m
-    north = window.top_n_m - (oy + yi + dy + 0.5) * window.gsd_m
+        rot += step * _parabola(S2[ri - 1, yj, xj], best, S2[ri + 1, yj, xj])
+    east = window.left_e_m + (o[0] + x0 + xj + dx + 0.5) * window.gsd_m
+    north = window.top_n_m - (o[1] + y0 + yj + dy + 0.5) * window.gsd_m
+    if np.hypot(east - prior_en[0], north - prior_en[1]) > prior_radius_m + 2 * gsd4:
+        return None
     return CoarseMatch(float(east), float(north), float(rot), best, float(ratio))
 
 

@@ -34,6 +34,8 @@ from skyfix.runtime.nav.coarse import CoarseMatch
 from skyfix.runtime.nav.match import Candidate, TileMatch, pose_match, robust_similarity
 from skyfix.runtime.nav.rectify import view_px_to_offset_m
 
+_MIN_FIT = 8  # fewer inliers: no match at all (acceptance asks for min_inliers)
+
 
 @dataclass(frozen=True)
 class NearMatch:
@@ -67,7 +69,7 @@ def _union(tiles: list[Candidate], gsd_m: float
 def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse: CoarseMatch,
                cfg: MatchConfig) -> NearMatch | None:
     """The fine match of the view near the coarse answer (module docstring), or None."""
-    if not tiles or len(feats) < cfg.min_inliers:
+    if not tiles or len(feats) < _MIN_FIT:
         return None
     xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
     t = np.radians(coarse.rotation_deg)
@@ -77,19 +79,23 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
     radius = cfg.near_radius_px * view.gsd_m
     lo, hi = pred.min(0) - radius, pred.max(0) + radius
     near = np.flatnonzero(((en >= lo) & (en <= hi)).all(1))
-    if len(near) < cfg.min_inliers:
+    if len(near) < _MIN_FIT:
         return None
     en, desc = en[near], desc[near]
     heights = None if heights is None else heights[near]
-    d2 = ((pred[:, None, :] - en[None, :, :]) ** 2).sum(-1)  # [N, M]
-    sim = np.where(d2 <= radius**2, feats.descriptors @ desc.T, -np.inf)
+    # [N, M] squared distances between predictions and map keypoints, about the coarse
+    # answer (small numbers), by one matrix product
+    p, q = pred - [coarse.east_m, coarse.north_m], en - [coarse.east_m, coarse.north_m]
+    d2 = (p**2).sum(1)[:, None] + (q**2).sum(1)[None, :] - 2 * p @ q.T
+    sim = feats.descriptors @ desc.T
+    sim[d2 > radius**2] = -np.inf
     best = sim.argmax(1)
     rows = np.arange(len(best))
     ok = np.isfinite(sim[rows, best]) & (sim.argmax(0)[best] == rows)
     vi, mi = rows[ok], best[ok]
     origin = np.array([coarse.east_m, coarse.north_m])
     src, dst = xy[vi], en[mi] - origin
-    fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m, cfg.min_inliers)
+    fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m, _MIN_FIT)
     if fit is None:
         return None
     h = None if heights is None else heights[mi[fit.keep]]
