@@ -65,11 +65,12 @@ class MatchConfig:
     # With a prior and a pack that has structure channels: coarse structural search of the
     # prior window, then features matched near its answer (runtime/nav/coarse.py, fine.py)
     coarse: bool = True
+    hypotheses: int = 3  # coarse places given to the fine stage, best first
     near_radius_px: float = 40.0  # features matched within this of the coarse prediction
     min_spread: float = 0.25  # inliers' hull: sqrt(area / view area) below this -> rejected
     coarse_agree_px: float = 6.0  # fine vs coarse nadir further apart -> rejected
     coarse_agree_deg: float = 3.0  # fine vs coarse rotation further apart -> rejected
-    max_residual_px: float = 3.0  # inlier residual RMS above this -> rejected
+    max_residual_px: float = 4.0  # inlier residual RMS above this -> rejected
     min_peak_ratio: float = 1.05  # coarse peak ratio below this needs 2 x min_inliers
 
 

@@ -14,9 +14,10 @@ from structure (skyfix.maps.structure channels) rather than brightness.
     rotation step (parabola through the rotations' scores at that shift).
 
 The score is a normalised correlation (<= 1). Its confidence signals, for acceptance
-(skyfix.runtime.nav.match): `score` itself, and `peak_ratio`, the best score over the best
-score at least EXCLUDE_PX coarse pixels away from it (any rotation): a repeated pattern
-(a street grid, rows of a field) gives a ratio near 1.
+(skyfix.runtime.nav.fine): `score` itself, and `peak_ratio`, a peak's pass-1 score over the
+best other peak (at least EXCLUDE_PX channel pixels away, any rotation): a repeated pattern
+(a street grid, rows of a field) gives a ratio near 1. With `hypotheses` > 1 the next
+peaks are returned too (ratio < 1), for the fine stage to confirm or refute.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from skyfix.maps.structure import (
 
 ROTATIONS_DEG = (-4.0, 0.0, 4.0)  # residual heading errors searched
 EXCLUDE_PX = 6  # channel pixels: closer peaks are the same answer
+SEPARATION_PX = 16  # channel pixels between the places returned as hypotheses
 REFINE_PX = 3  # channel pixels searched around the first pass's answer
 MIN_VALID_SHARE = 0.3  # of the coarse view: fewer valid pixels -> no answer
 
@@ -111,9 +113,11 @@ def _view_channels(vg: np.ndarray, vm: np.ndarray, o: tuple[float, float], rot_d
 
 def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, float],
                   window: StructureWindow, prior_en: np.ndarray, prior_radius_m: float,
-                  rotations_deg: tuple[float, ...] = ROTATIONS_DEG) -> CoarseMatch | None:
-    """The view's place in `window` (see the module docstring), or None when the view is
-    too small or blank, or no shift keeps the nadir inside the prior circle.
+                  rotations_deg: tuple[float, ...] = ROTATIONS_DEG, hypotheses: int = 1
+                  ) -> list[CoarseMatch]:
+    """The view's likeliest places in `window` (see the module docstring), up to
+    `hypotheses` of them, best first; none when the view is too small or blank, or no shift
+    keeps the nadir inside the prior circle.
 
     `image`: [H, W] uint8 view at the level's GSD, `mask`: [H, W] bool valid pixels,
     `origin_px`: the view pixel (x, y) below the camera; `prior_en`: [2] map E/N."""
@@ -123,11 +127,11 @@ def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, f
     hv, wv = vg.shape
     M = window.channels
     if hv < 16 or wv < 16 or M.shape[1] < hv or M.shape[2] < wv or vm.mean() < MIN_VALID_SHARE:
-        return None
+        return []
     o = ((origin_px[0] + 0.5) / f - 0.5, (origin_px[1] + 0.5) / f - 0.5)
     views = [_view_channels(vg, vm, o, r) for r in rotations_deg]
     if all(v is None for v in views):
-        return None
+        return []
     # Pass 1, at half the channels' resolution: every shift, every rotation.
     M4 = _pool(M)
     h4, w4 = _pool(views[next(i for i, v in enumerate(views) if v)][1]).shape
@@ -138,16 +142,37 @@ def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, f
     n = window.top_n_m - ((o[1] + 0.5) / 2 + py) * gsd4
     inside = np.hypot(e - prior_en[0], n - prior_en[1]) <= prior_radius_m
     if not inside.any():
-        return None
+        return []
     S = np.stack([np.where(inside, coarse_map.scores(_pool(v[0]), _pool(v[1])), -np.inf)
                   if v is not None else np.full(inside.shape, -np.inf) for v in views])
-    ri, yi, xi = np.unravel_index(int(np.argmax(S)), S.shape)
-    if not np.isfinite(S[ri, yi, xi]):
-        return None
-    far = (np.hypot(px - xi, py - yi) > EXCLUDE_PX / 2)[None]
-    second = float(np.max(np.where(far, S, -np.inf)))
-    ratio = float(S[ri, yi, xi]) / second if np.isfinite(second) and second > 1e-6 else np.inf
-    # Pass 2, at the channels' resolution: shifts within REFINE_PX of pass 1's answer.
+    # Peaks of pass 1, best first, each at least SEPARATION_PX from the others; the first
+    # one's ratio is against the best score at least EXCLUDE_PX from it, the others' against
+    # the first one's score.
+    peaks, rest = [], S.copy()
+    while len(peaks) < hypotheses:
+        ri, yi, xi = np.unravel_index(int(np.argmax(rest)), rest.shape)
+        if not np.isfinite(rest[ri, yi, xi]):
+            break
+        peaks.append((int(yi), int(xi), float(rest[ri, yi, xi])))
+        if len(peaks) == 1:
+            second = float(np.max(np.where(np.hypot(px - xi, py - yi) > EXCLUDE_PX / 2, rest,
+                                           -np.inf)))
+        rest[:, np.hypot(px - xi, py - yi) <= SEPARATION_PX / 2] = -np.inf
+    out = []
+    for k, (yi, xi, score) in enumerate(peaks):
+        top = second if k == 0 else peaks[0][2]
+        ratio = score / top if np.isfinite(top) and top > 1e-6 else np.inf
+        match = _refine(views, M, hv, wv, xi, yi, o, window, rotations_deg, ratio)
+        if np.hypot(match.east_m - prior_en[0], match.north_m - prior_en[1]) \
+                <= prior_radius_m + 2 * gsd4:
+            out.append(match)
+    return out
+
+
+def _refine(views: list, M: np.ndarray, hv: int, wv: int, xi: int, yi: int,
+            o: tuple[float, float], window: StructureWindow, rotations_deg: tuple[float, ...],
+            ratio: float) -> CoarseMatch:
+    """Pass 2 around pass 1's shift (xi, yi) (pass-1 pixels)."""
     x0, y0 = max(0, 2 * xi - REFINE_PX), max(0, 2 * yi - REFINE_PX)
     x1 = min(M.shape[2], 2 * xi + REFINE_PX + wv)
     y1 = min(M.shape[1], 2 * yi + REFINE_PX + hv)
@@ -163,8 +188,6 @@ def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, f
         rot += step * _parabola(S2[ri - 1, yj, xj], best, S2[ri + 1, yj, xj])
     east = window.left_e_m + (o[0] + x0 + xj + dx + 0.5) * window.gsd_m
     north = window.top_n_m - (o[1] + y0 + yj + dy + 0.5) * window.gsd_m
-    if np.hypot(east - prior_en[0], north - prior_en[1]) > prior_radius_m + 2 * gsd4:
-        return None
     return CoarseMatch(float(east), float(north), float(rot), best, float(ratio))
 
 

@@ -114,22 +114,40 @@ class Localizer:
         return locate(look.view, feats, [self._tile(h.tile_id) for h in hits], self.cfg.match)
 
     def match_near(self, look: Look, prior: Prior) -> NearMatch | None | Rejection:
-        """Coarse search of the prior window, then the fine match near its answer (None:
-        none found there); a Rejection when the coarse stage finds no place at all."""
-        view = look.view
+        """Coarse search of the prior window, then the fine match near each of its
+        `match.hypotheses` best places: the one the fine stage supports best (None: none
+        found); a Rejection when the coarse stage finds no place at all, or when a second
+        place, away from the best, is supported nearly as well."""
+        view, cfg = look.view, self.cfg.match
         radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
         reach = float(np.hypot(*view.image.shape)) * view.gsd_m / 2  # view half-diagonal
         window = self.pack.structure_window(look.level, prior.centre_en, radius + reach)
-        coarse = None if window is None else coarse_search(
-            view.image, view.mask, view.origin_px, window, prior.centre_en, radius)
-        if coarse is None:
+        places = [] if window is None else coarse_search(
+            view.image, view.mask, view.origin_px, window, prior.centre_en, radius,
+            hypotheses=cfg.hypotheses)
+        if not places:
             return Rejection(view.t_ns, "no_tiles", "no place for the view in the window")
-        centre = np.array([coarse.east_m, coarse.north_m])
-        ids = self.pack.tiles_near(centre, reach, reach)
-        ids = ids[self.pack.tile_level[ids] == look.level]
-        ids = ids[np.argsort(np.hypot(*(self.pack.tile_center_en[ids] - centre).T))][:4]
-        tiles = [self._tile(int(i)) for i in ids]
-        return match_near(view, look.feats, tiles, coarse, self.cfg.match)
+        found = []
+        for coarse in places:
+            centre = np.array([coarse.east_m, coarse.north_m])
+            ids = self.pack.tiles_near(centre, reach, reach)
+            ids = ids[self.pack.tile_level[ids] == look.level]
+            ids = ids[np.argsort(np.hypot(*(self.pack.tile_center_en[ids] - centre).T))][:4]
+            near = match_near(view, look.feats, [self._tile(int(i)) for i in ids], coarse, cfg)
+            if near is not None:
+                found.append(near)
+        if not found:
+            return None
+        found.sort(key=lambda n: n.match.inliers, reverse=True)
+        best = found[0]
+        for other in found[1:]:
+            gap = np.hypot(other.match.east_m - best.match.east_m,
+                           other.match.north_m - best.match.north_m)
+            if gap > cfg.ambiguity_radius_m and other.match.inliers >= cfg.min_inliers \
+                    and other.match.inliers >= cfg.ambiguity_ratio * best.match.inliers:
+                return Rejection(view.t_ns, "ambiguous", f"{other.match.inliers} vs"
+                                 f" {best.match.inliers} inliers {gap:.0f} m apart")
+        return best
 
 
 class Navigator:

@@ -63,8 +63,7 @@ def test_coarse_finds_a_known_shift_and_rotation(cx, cy, rot):
     view = (255 * (1 - view / 255.0) ** 1.3).astype(np.uint8)
     origin = (127.5, 127.5)
     prior = en_of(cx, cy) + [30.0, -20.0]
-    c = coarse_search(view, np.ones_like(view, bool), origin, window_of(img), prior, 100.0)
-    assert c is not None
+    (c,) = coarse_search(view, np.ones_like(view, bool), origin, window_of(img), prior, 100.0)
     err_px = np.hypot(*(np.array([c.east_m, c.north_m]) - en_of(cx, cy))) / GSD
     assert err_px < 1.5
     assert c.rotation_deg == pytest.approx(-rot, abs=1.5)  # turning the view back aligns it
@@ -76,12 +75,27 @@ def test_coarse_respects_the_prior_and_refuses_blank_views():
     view = view_of(img, 300.0, 410.0, 0.0)
     ones = np.ones_like(view, bool)
     far = en_of(300.0, 410.0) + [150.0, 0.0]  # truth 150 m outside a 40 m prior circle
-    c = coarse_search(view, ones, (127.5, 127.5), window_of(img), far, 40.0)
-    assert c is None or np.hypot(c.east_m - far[0], c.north_m - far[1]) <= 40.0 + GSD
+    places = coarse_search(view, ones, (127.5, 127.5), window_of(img), far, 40.0, hypotheses=3)
+    assert len(places) == 3
+    for c in places:
+        assert np.hypot(c.east_m - far[0], c.north_m - far[1]) <= 40.0 + 4 * GSD
     blank = np.zeros_like(view, bool)
-    assert coarse_search(view, blank, (127.5, 127.5), window_of(img), far, 400.0) is None
+    assert coarse_search(view, blank, (127.5, 127.5), window_of(img), far, 400.0) == []
     outside = np.array([1e5, 1e5])
-    assert coarse_search(view, ones, (127.5, 127.5), window_of(img), outside, 10.0) is None
+    assert coarse_search(view, ones, (127.5, 127.5), window_of(img), outside, 10.0) == []
+
+
+def test_hypotheses_are_distinct_places_best_first():
+    img = scene()
+    view = view_of(img, 300.0, 410.0, 2.0)
+    places = coarse_search(view, np.ones_like(view, bool), (127.5, 127.5), window_of(img),
+                           en_of(300.0, 410.0), 100.0, hypotheses=3)
+    assert len(places) == 3
+    first, *others = places
+    assert np.hypot(*(np.array([first.east_m, first.north_m]) - en_of(300.0, 410.0))) < 1.5 * GSD
+    assert first.peak_ratio > 1 and all(o.peak_ratio < 1 for o in others)
+    for o in others:
+        assert np.hypot(o.east_m - first.east_m, o.north_m - first.north_m) > 8 * 2 * GSD
 
 
 def test_a_repeated_pattern_has_a_low_peak_ratio():
@@ -90,9 +104,9 @@ def test_a_repeated_pattern_has_a_low_peak_ratio():
         grid[k:k + 6] = 200
         grid[:, k:k + 6] = 200
     view = view_of(grid, 380.0, 380.0, 0.0)
-    c = coarse_search(view, np.ones_like(view, bool), (127.5, 127.5), window_of(grid),
-                      en_of(380.0, 380.0), 60.0)
-    assert c is not None and c.peak_ratio < 1.05
+    (c,) = coarse_search(view, np.ones_like(view, bool), (127.5, 127.5), window_of(grid),
+                         en_of(380.0, 380.0), 60.0)
+    assert c.peak_ratio < 1.05
 
 
 def _view() -> View:
