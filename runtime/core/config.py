@@ -67,11 +67,12 @@ class MatchConfig:
     coarse: bool = True
     hypotheses: int = 3  # coarse places given to the fine stage, best first
     near_radius_px: float = 40.0  # features matched within this of the coarse prediction
-    min_spread: float = 0.25  # inliers' hull: sqrt(area / view area) below this -> rejected
+    min_spread: float = 0.45  # inliers' hull: sqrt(area / view area) below this -> rejected
+    # Below 2 x min_inliers a fix also needs the coarse stage's agreement:
     coarse_agree_px: float = 6.0  # fine vs coarse nadir further apart -> rejected
     coarse_agree_deg: float = 3.0  # fine vs coarse rotation further apart -> rejected
+    min_peak_ratio: float = 1.0  # coarse peak ratio below this (a runner-up) -> rejected
     max_residual_px: float = 4.0  # inlier residual RMS above this -> rejected
-    min_peak_ratio: float = 1.05  # coarse peak ratio below this needs 2 x min_inliers
 
 
 @dataclass(frozen=True)

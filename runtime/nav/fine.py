@@ -9,15 +9,19 @@ stage (skyfix.runtime.nav.coarse) put the view, then the shared robust fit and p
 
 Acceptance (`judge_near`): a fix must pass all of
     inliers          >= min_inliers
+    scale, heading   as for any fix (skyfix.runtime.nav.match.judge)
     spread           the inliers cover the view: the square root of their convex hull's area
                      over the view's valid area >= min_spread (a cluster in one corner fits
                      anything)
-    agreement        the fine fix within coarse_agree_px of the coarse answer, and its
+    residual         inlier residual RMS <= max_residual_px
+and, unless the fine stage alone is strong (inliers >= 2 x min_inliers),
+    agreement        the fine answer within coarse_agree_px of the coarse answer, and its
                      rotation within coarse_agree_deg: two methods that share nothing but the
                      pixels (dense structure vs sparse learned features) agree
-    residual         inlier residual RMS <= max_residual_px
-    confidence       coarse peak ratio >= min_peak_ratio, or inliers >= 2 x min_inliers
-    scale, heading   as for any fix (skyfix.runtime.nav.match.judge)
+    confidence       the coarse peak's ratio >= min_peak_ratio (the best coarse place, not
+                     a runner-up)
+The thresholds were chosen once on all the shared two-date sets together (README, "Matching
+across dates"), never per set; tests/unit/test_coarse.py pins them.
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ def judge_near(view: View, near: NearMatch | None, cfg: MatchConfig) -> Fix | Re
         return Rejection(view.t_ns, "few_inliers", "no consistent match near the coarse answer")
     m, c = near.match, near.coarse
     rot_gap = near.rotation_gap_deg
+    strong = m.inliers >= 2 * cfg.min_inliers
     checks = [
         (m.inliers >= cfg.min_inliers, "few_inliers", f"{m.inliers} < {cfg.min_inliers}"),
         (abs(m.scale - 1) <= cfg.max_scale_err, "scale",
@@ -127,13 +132,13 @@ def judge_near(view: View, near: NearMatch | None, cfg: MatchConfig) -> Fix | Re
         (abs(m.rotation_deg) <= cfg.max_rotation_deg, "heading",
          f"view rotated {m.rotation_deg:.1f} deg against the map"),
         (near.spread >= cfg.min_spread, "unconfirmed", f"inliers cover {near.spread:.2f}"),
-        (near.agreement_px <= cfg.coarse_agree_px and rot_gap <= cfg.coarse_agree_deg,
-         "unconfirmed", f"fine and coarse differ by {near.agreement_px:.1f} px,"
-                        f" {rot_gap:.1f} deg"),
         (m.residual_rms_m <= cfg.max_residual_px * view.gsd_m, "unconfirmed",
          f"residual {m.residual_rms_m / view.gsd_m:.2f} px"),
-        (c.peak_ratio >= cfg.min_peak_ratio or m.inliers >= 2 * cfg.min_inliers,
-         "ambiguous", f"peak ratio {c.peak_ratio:.2f} with {m.inliers} inliers"),
+        (strong or (near.agreement_px <= cfg.coarse_agree_px and rot_gap <= cfg.coarse_agree_deg),
+         "unconfirmed", f"{m.inliers} inliers; fine and coarse differ by"
+                        f" {near.agreement_px:.1f} px, {rot_gap:.1f} deg"),
+        (strong or c.peak_ratio >= cfg.min_peak_ratio, "ambiguous",
+         f"{m.inliers} inliers at a coarse peak of ratio {c.peak_ratio:.2f}"),
     ]
     for ok, reason, detail in checks:
         if not ok:

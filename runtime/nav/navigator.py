@@ -102,29 +102,39 @@ class Localizer:
         t_ns, feats = look.view.t_ns, look.feats
         if len(feats) < self.cfg.match.min_inliers:
             return Rejection(t_ns, "few_features", f"{len(feats)} features in the view")
-        if (self.cfg.match.coarse and prior.source != "none"
-                and look.level < len(self.pack.structure)):
-            near = self.match_near(look, prior)
-            return near if isinstance(near, Rejection) else judge_near(look.view, near,
-                                                                       self.cfg.match)
-        query = self.pack.global_descriptor(feats.descriptors)
-        hits = retrieve(self.pack, query, look.level, prior, self.cfg.retrieve)
-        if not hits:
-            return Rejection(t_ns, "no_tiles", f"no tile of level {look.level} in the window")
-        return locate(look.view, feats, [self._tile(h.tile_id) for h in hits], self.cfg.match)
+        coarse = self.cfg.match.coarse and look.level < len(self.pack.structure)
+        if coarse and prior.source != "none":
+            windows = [prior]
+        else:
+            query = self.pack.global_descriptor(feats.descriptors)
+            hits = retrieve(self.pack, query, look.level, prior, self.cfg.retrieve)
+            if not hits:
+                return Rejection(t_ns, "no_tiles", f"no tile of level {look.level} in the window")
+            if not coarse:
+                return locate(look.view, feats, [self._tile(h.tile_id) for h in hits],
+                              self.cfg.match)
+            # no prior: each retrieved tile is a window for the coarse stage
+            half = 0.5 * self.pack.manifest.tile_px * self.pack.levels[look.level]
+            windows = [Prior(self.pack.tile_center_en[h.tile_id], half**2 * np.eye(2), "none")
+                       for h in hits]
+        near = self.match_near(look, windows)
+        return near if isinstance(near, Rejection) else judge_near(look.view, near,
+                                                                   self.cfg.match)
 
-    def match_near(self, look: Look, prior: Prior) -> NearMatch | None | Rejection:
-        """Coarse search of the prior window, then the fine match near each of its
+    def match_near(self, look: Look, windows: list[Prior]) -> NearMatch | None | Rejection:
+        """Coarse search of each window, then the fine match near each of its
         `match.hypotheses` best places: the one the fine stage supports best (None: none
         found); a Rejection when the coarse stage finds no place at all, or when a second
         place, away from the best, is supported nearly as well."""
         view, cfg = look.view, self.cfg.match
-        radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
         reach = float(np.hypot(*view.image.shape)) * view.gsd_m / 2  # view half-diagonal
-        window = self.pack.structure_window(look.level, prior.centre_en, radius + reach)
-        places = [] if window is None else coarse_search(
-            view.image, view.mask, view.origin_px, window, prior.centre_en, radius,
-            hypotheses=cfg.hypotheses)
+        places = []
+        for prior in windows:
+            radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
+            window = self.pack.structure_window(look.level, prior.centre_en, radius + reach)
+            places += [] if window is None else coarse_search(
+                view.image, view.mask, view.origin_px, window, prior.centre_en, radius,
+                hypotheses=cfg.hypotheses)
         if not places:
             return Rejection(view.t_ns, "no_tiles", "no place for the view in the window")
         found = []
