@@ -64,10 +64,50 @@ def _union(tiles: list[Candidate], gsd_m: float
     desc = np.concatenate([t[3] for t in tiles])
     hs = [t[4] for t in tiles]
     heights = None if any(h is None for h in hs) else np.concatenate(hs)
-    _, first = np.unique(np.round(en / (0.5 * gsd_m)).astype(np.int64), axis=0,
-                         return_index=True)
+    q = np.round((en - en.min(0)) / (0.5 * gsd_m)).astype(np.int64)
+    _, first = np.unique(q[:, 0] * (int(q[:, 1].max()) + 1) + q[:, 1], return_index=True)
     first = np.sort(first)
     return en[first], desc[first], None if heights is None else heights[first], tiles[0][0]
+
+
+def near_pairs(pred: np.ndarray, en: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """([P], [P]) index pairs (view i, map j) with |pred[i] - en[j]| <= radius: a grid of
+    cells of side `radius`, each prediction against the 3 x 3 cells around its own."""
+    lo = np.minimum(pred.min(0), en.min(0))
+    cp = np.floor((pred - lo) / radius).astype(np.int64)
+    cm = np.floor((en - lo) / radius).astype(np.int64)
+    width = int(max(cp[:, 0].max(), cm[:, 0].max())) + 3
+    key_m = (cm[:, 1] + 1) * width + cm[:, 0] + 1
+    order = np.argsort(key_m, kind="stable")
+    sorted_keys = key_m[order]
+    vi_all, mj_all = [], []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            key = (cp[:, 1] + 1 + dy) * width + cp[:, 0] + 1 + dx
+            a = np.searchsorted(sorted_keys, key, side="left")
+            b = np.searchsorted(sorted_keys, key, side="right")
+            counts = b - a
+            vi = np.repeat(np.arange(len(pred)), counts)
+            start = np.repeat(a - np.cumsum(counts) + counts, counts)
+            mj = order[start + np.arange(len(vi))]
+            vi_all.append(vi)
+            mj_all.append(mj)
+    vi, mj = np.concatenate(vi_all), np.concatenate(mj_all)
+    ok = ((pred[vi] - en[mj]) ** 2).sum(1) <= radius**2
+    return vi[ok], mj[ok]
+
+
+def mutual_best(vi: np.ndarray, mj: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs (vi, mj) with similarities `sim` that are each other's best: the
+    best map point of view point vi whose best view point is vi."""
+    if len(vi) == 0:
+        return vi, mj
+    o = np.lexsort((-sim, vi))  # by view point, best first
+    first_v = o[np.r_[True, vi[o][1:] != vi[o][:-1]]]
+    o = np.lexsort((-sim, mj))  # by map point, best first
+    first_m = o[np.r_[True, mj[o][1:] != mj[o][:-1]]]
+    both = np.intersect1d(first_v, first_m)
+    return vi[both], mj[both]
 
 
 def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse: CoarseMatch,
@@ -87,16 +127,9 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
         return None
     en, desc = en[near], desc[near]
     heights = None if heights is None else heights[near]
-    # [N, M] squared distances between predictions and map keypoints, about the coarse
-    # answer (small numbers), by one matrix product
-    p, q = pred - [coarse.east_m, coarse.north_m], en - [coarse.east_m, coarse.north_m]
-    d2 = (p**2).sum(1)[:, None] + (q**2).sum(1)[None, :] - 2 * p @ q.T
-    sim = feats.descriptors @ desc.T
-    sim[d2 > radius**2] = -np.inf
-    best = sim.argmax(1)
-    rows = np.arange(len(best))
-    ok = np.isfinite(sim[rows, best]) & (sim.argmax(0)[best] == rows)
-    vi, mi = rows[ok], best[ok]
+    vi, mi = near_pairs(pred, en, radius)
+    sim = np.einsum("ij,ij->i", feats.descriptors[vi], desc[mi])
+    vi, mi = mutual_best(vi, mi, sim)
     origin = np.array([coarse.east_m, coarse.north_m])
     src, dst = xy[vi], en[mi] - origin
     fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m, _MIN_FIT)

@@ -13,7 +13,7 @@ from skyfix.maps.structure import StructureWindow, downsample, structure_channel
 from skyfix.runtime.core.config import MatchConfig
 from skyfix.runtime.core.types import Fix, View
 from skyfix.runtime.nav.coarse import CoarseMatch, coarse_search
-from skyfix.runtime.nav.fine import NearMatch, judge_near
+from skyfix.runtime.nav.fine import NearMatch, judge_near, mutual_best, near_pairs
 from skyfix.runtime.nav.match import TileMatch
 
 GSD = 0.5  # m per map pixel; the channels are at 2 x that
@@ -169,3 +169,23 @@ def test_strong_fine_support_needs_no_coarse_agreement():
     near = _near(peak_ratio=0.8, agreement_px=30.0, rotation_gap_deg=5.0, inliers=50)
     assert isinstance(judge_near(_view(), near, CFG), Fix)
     assert judge_near(_view(), None, CFG).reason == "few_inliers"
+
+
+def test_near_pairs_and_mutual_best_against_brute_force():
+    rng = np.random.default_rng(1)
+    pred = rng.uniform(0, 100, (300, 2))
+    en = rng.uniform(-10, 110, (500, 2))
+    vi, mj = near_pairs(pred, en, 7.0)
+    d = np.linalg.norm(pred[:, None] - en[None], axis=2)
+    want = set(zip(*np.nonzero(d <= 7.0), strict=True))
+    assert set(zip(vi.tolist(), mj.tolist(), strict=True)) == want and len(vi) == len(want)
+    desc_v = rng.normal(size=(300, 8))
+    desc_m = rng.normal(size=(500, 8))
+    sim = np.einsum("ij,ij->i", desc_v[vi], desc_m[mj])
+    bv, bm = mutual_best(vi, mj, sim)
+    full = np.where(d <= 7.0, desc_v @ desc_m.T, -np.inf)
+    rows = np.flatnonzero(np.isfinite(full).any(1))
+    best = full[rows].argmax(1)
+    mutual = full[:, best].argmax(0) == rows
+    assert sorted(zip(bv.tolist(), bm.tolist(), strict=True)) == sorted(
+        zip(rows[mutual].tolist(), best[mutual].tolist(), strict=True))
