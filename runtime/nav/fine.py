@@ -98,15 +98,17 @@ def near_pairs(pred: np.ndarray, en: np.ndarray, radius: float) -> tuple[np.ndar
 
 
 def mutual_best(vi: np.ndarray, mj: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate pairs (vi, mj) with similarities `sim` that are each other's best: the
-    best map point of view point vi whose best view point is vi."""
+    """The candidate pairs (vi, mj) with similarities `sim` (of unit descriptors, in
+    [-1, 1]) that are each other's best: the best map point of view point vi whose best
+    view point is vi."""
     if len(vi) == 0:
         return vi, mj
-    o = np.lexsort((-sim, vi))  # by view point, best first
-    first_v = o[np.r_[True, vi[o][1:] != vi[o][:-1]]]
-    o = np.lexsort((-sim, mj))  # by map point, best first
-    first_m = o[np.r_[True, mj[o][1:] != mj[o][:-1]]]
-    both = np.intersect1d(first_v, first_m)
+    rank = 1.0 - np.clip(sim, -1.0, 1.0)  # in [0, 2]: unit descriptors
+    firsts = []
+    for group in (vi, mj):
+        o = np.argsort(group * 4.0 + rank, kind="stable")  # by point, best first
+        firsts.append(o[np.r_[True, group[o][1:] != group[o][:-1]]])
+    both = np.intersect1d(*firsts)
     return vi[both], mj[both]
 
 
@@ -128,7 +130,7 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
     en, desc = en[near], desc[near]
     heights = None if heights is None else heights[near]
     vi, mi = near_pairs(pred, en, radius)
-    sim = np.einsum("ij,ij->i", feats.descriptors[vi], desc[mi])
+    sim = (feats.descriptors @ desc.T)[vi, mi]  # one BLAS product beats gathering rows
     vi, mi = mutual_best(vi, mi, sim)
     origin = np.array([coarse.east_m, coarse.north_m])
     src, dst = xy[vi], en[mi] - origin

@@ -181,6 +181,8 @@ def test_near_pairs_and_mutual_best_against_brute_force():
     assert set(zip(vi.tolist(), mj.tolist(), strict=True)) == want and len(vi) == len(want)
     desc_v = rng.normal(size=(300, 8))
     desc_m = rng.normal(size=(500, 8))
+    desc_v /= np.linalg.norm(desc_v, axis=1, keepdims=True)
+    desc_m /= np.linalg.norm(desc_m, axis=1, keepdims=True)
     sim = np.einsum("ij,ij->i", desc_v[vi], desc_m[mj])
     bv, bm = mutual_best(vi, mj, sim)
     full = np.where(d <= 7.0, desc_v @ desc_m.T, -np.inf)
