@@ -125,7 +125,8 @@ class Localizer:
         """Coarse search of each window, then the fine match near each of its
         `match.hypotheses` best places: the one the fine stage supports best (None: none
         found); a Rejection when the coarse stage finds no place at all, or when a second
-        place, away from the best, is supported nearly as well."""
+        place, away from the best, is supported nearly as well. The other places are not
+        tried when the best coarse place agrees with 4 x min_inliers fine inliers."""
         view, cfg = look.view, self.cfg.match
         reach = float(np.hypot(*view.image.shape)) * view.gsd_m / 2  # view half-diagonal
         places = []
@@ -144,8 +145,12 @@ class Localizer:
             ids = ids[self.pack.tile_level[ids] == look.level]
             ids = ids[np.argsort(np.hypot(*(self.pack.tile_center_en[ids] - centre).T))][:4]
             near = match_near(view, look.feats, [self._tile(int(i)) for i in ids], coarse, cfg)
-            if near is not None:
-                found.append(near)
+            if near is None:
+                continue
+            found.append(near)
+            if (len(found) == 1 and near.match.inliers >= 4 * cfg.min_inliers
+                    and near.agreement_px <= cfg.coarse_agree_px and coarse.peak_ratio > 1):
+                break  # the best coarse place, confirmed many times over: no rival can win
         if not found:
             return None
         found.sort(key=lambda n: n.match.inliers, reverse=True)
