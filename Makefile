@@ -62,6 +62,12 @@ bench-maps: $(CORE)
 bench-scale: $(DEV)
 	$(BIN)/python benchmarks/bench_scale.py --out $(OUT)/bench/scale.json $(SCALE_ARGS)
 
+# The product on real two-date image pairs (reads ../shared/data/multidate_pairs).
+.PHONY: bench-crossdate
+bench-crossdate: $(CORE)
+	$(BIN)/skyfix bench crossdate --pairs ../shared/data/multidate_pairs/*/ --views 10 \
+		--method xfeat --method rootsift --out $(OUT)/bench/crossdate.json
+
 .PHONY: bench-odometry
 bench-odometry: $(CORE)
 	$(BIN)/python benchmarks/bench_odometry.py --out $(OUT)/bench/odometry.json

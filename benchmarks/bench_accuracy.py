@@ -11,6 +11,8 @@ the first frame, so every fix comes from a search of the pack):
                              photometric change, noise and Gauss-Markov attitude error
     naip-2020-on-2009-1500m  NAIP 5 m: map from the 2009 image, frames from 2020,
     naip-2014-on-2009-1500m  and from 2014 (real cross-date change), 1500 m AGL
+    naip-YYYY-on-2009-{1000,1200}m  frames from the other NAIP years of the series in
+                             multidate_pairs/naip_series_opengeos (2010 ... 2019), when present
     naip-2009-on-2009-1500m  control: frames from the map's own image
 
 Each scenario records the replay's report.json keys (see README) plus wall time.
@@ -56,6 +58,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VIENNA = "vienna_ortho_2023_30cm/44_2_op_2023_30cm.tif"
 NAIP = "naip_nd_timeseries_5m/m_4709963_se_14_1_{year}.tif"
 NAIP_DATES = {"2009": "20090818", "2014": "20140720", "2020": "20200831"}
+NAIP_SERIES = "multidate_pairs/naip_series_opengeos/series/m_4709963_se_14_1_{date}.tif"
+NAIP_SERIES_DATES = {"2010": "20100629", "2012": "20120731", "2015": "20150926",
+                     "2016": "20160816", "2017": "20170827", "2018": "20180716",
+                     "2019": "20190904"}
 # Realistic sensor errors: the autopilot's roll/pitch 0.5 deg, heading 2 deg (1-sigma).
 POSITIVE_IOU = 0.39  # GTA-UAV's positive threshold
 SENSORS = FlightSpec(attitude_noise_deg=0.5, yaw_noise_deg=2.0, photometric=True,
@@ -86,6 +92,15 @@ def scenarios(data: Path) -> tuple[list[Scenario], dict[str, Path], list[str]]:
             out.append(Scenario(f"naip-{year}-on-2009-1500m", "naip-2009",
                                 replace(fixed_wing, seed=int(year)),
                                 None if year == "2009" else str(naip[year])))
+        series = {y: data / NAIP_SERIES.format(date=d) for y, d in NAIP_SERIES_DATES.items()}
+        for i, (year, path) in enumerate(sorted(series.items())):
+            agl = (1000, 1200)[i % 2]
+            if path.is_file():
+                out.append(Scenario(f"naip-{year}-on-2009-{agl}m", "naip-2009",
+                                    replace(fixed_wing, agl_m=float(agl), seed=int(year)),
+                                    str(path)))
+            else:
+                notes.append(f"{path} absent: naip-{year} skipped")
     else:
         notes.append(f"NAIP images absent under {data}: cross-date scenarios skipped")
     return out, maps, notes
@@ -138,6 +153,24 @@ def retrieval(flight_dir: Path, pack_path: Path) -> dict:
             "SDM@3": m.sdm_at(3), "Dis@1_m": m.dis_at_m(1), "summary": m.summary()}
 
 
+def naip_summary(results: dict) -> dict | None:
+    """NAIP flights whose frames come from another year than the map, together: frames,
+    fixes, availability (fixes / frames), accepted fixes more than 30 m off and integrity
+    violations (share of fixes)."""
+    cross = {k: v for k, v in results.items()
+             if k.startswith("naip-") and not k.startswith("naip-2009-")}
+    if not cross:
+        return None
+    frames = sum(v["frames"] for v in cross.values())
+    fixes = sum(v["fixes"] for v in cross.values())
+    violations = sum(v["integrity_violations"] for v in cross.values())
+    return {"scenarios": sorted(cross), "frames": frames, "fixes": fixes,
+            "availability": fixes / frames if frames else None,
+            "gross_errors": sum(v["gross_errors"] for v in cross.values()),
+            "integrity_violations": violations,
+            "integrity_violation_share": violations / fixes if fixes else None}
+
+
 def run(args: argparse.Namespace) -> dict:
     todo, maps, notes = scenarios(Path(args.data))
     if args.only:
@@ -171,6 +204,7 @@ def run(args: argparse.Namespace) -> dict:
         print(results[sc.name]["global_retrieval"]["summary"], flush=True)
     return {
         "benchmark": "accuracy", "encoder": args.encoder,
+        "naip_cross_date": naip_summary(results),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": sys.version.split()[0], "loadavg_1m": os.getloadavg()[0]},
         "notes": notes, "scenarios": results,

@@ -49,6 +49,7 @@ from skyfix.runtime.core.types import Frame, Telemetry
 from skyfix.runtime.flight.assembly import build_localizer, open_pack
 from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.runtime.io.telemetry import TelemetryLog
+from skyfix.runtime.nav.match import robust_similarity
 from skyfix.runtime.nav.rectify import rectify, view_px_to_offset_m
 
 _MIN_INLIERS = 30
@@ -124,14 +125,9 @@ def match_pose(frame: Frame, tel: Telemetry, prior_en: np.ndarray, camera: Camer
         if len(pairs) < _MIN_INLIERS:
             continue
         src, dst = src_all[pairs[:, 0]], en[pairs[:, 1]] - prior_en
-        _, inl = cv2.findHomography(src.astype(np.float32), dst.astype(np.float32),
-                                    cv2.USAC_MAGSAC, cfg.match.ransac_px * view.gsd_m,
-                                    maxIters=2000, confidence=0.999)
-        if inl is None:
-            continue
-        keep = inl.ravel().astype(bool)
-        if keep.sum() >= _MIN_INLIERS and (best is None or keep.sum() > len(best[0])):
-            best = (src[keep], dst[keep])
+        fit = robust_similarity(src, dst, cfg.match.ransac_px * view.gsd_m, _MIN_INLIERS)
+        if fit is not None and (best is None or len(fit.keep) > len(best[0])):
+            best = (src[fit.keep], dst[fit.keep])
     if best is None:
         return None
     offsets, ground_en = best

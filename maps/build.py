@@ -4,6 +4,7 @@
     [DEM --resample to the grid--> dem.npy]
     ortho.tif --tiles per level, in chunks (skyfix.maps.tiles)--> local features
     --sample--> codebook --VLAD--> descriptors [--levels with many tiles--> FAISS index]
+    ortho.tif --per level, block by block--> structure channels (skyfix.maps.structure)
 
 Pack CRS: the first input's CRS when projected in metres whose grid metres are ground
 metres over the area (scale within SCALE_TOLERANCE), else the UTM zone (WGS 84, EPSG
@@ -57,6 +58,7 @@ from skyfix.maps.dem import DEM_FILE, write_dem
 from skyfix.maps.fetch import ATTRIBUTION_TAG, SOURCE_TAG, TERMS_TAG
 from skyfix.maps.index import write_index
 from skyfix.maps.pack import FORMAT, MANIFEST, Manifest, index_file
+from skyfix.maps.structure import STRUCTURE_FACTOR, structure_file, write_structure
 from skyfix.maps.tiles import (
     CHUNK_TILES,
     MASK_ERODE_PX,
@@ -76,6 +78,7 @@ from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
 
 DEFAULT_ENCODER = RootSiftEncoder()
+DEFAULT_ENCODER_NAME = "rootsift"  # the registry name of DEFAULT_ENCODER
 SEED = 0  # codebook sample and k-means
 CODEBOOK_SAMPLES = 50_000  # at most this many local descriptors go into k-means
 JPEG_QUALITY = 90
@@ -204,6 +207,8 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
         if len(ids) and len(ids) >= index_min_tiles:
             nprobe = write_index(work / "descriptors.npy", ids, work / index_file(level), SEED)
             index_levels.append(level)
+    for level, g in enumerate(gsds):
+        write_structure(ortho, g, work / structure_file(level))
     _build_overviews(ortho)
     for p in [*chunks, work / ORTHO_DONE, work / PARAMS]:
         p.unlink()
@@ -226,6 +231,7 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
                "credits": _credits(paths)},
         files=files, created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         dem_gsd_m=dem_gsd, index_levels=tuple(index_levels), index_nprobe=nprobe,
+        structure_gsds_m=tuple(g * STRUCTURE_FACTOR for g in gsds),
     )
 
 

@@ -12,6 +12,9 @@ A map pack is a folder written by `skyfix.maps.build.build_pack`:
     ortho.tif              the mosaic in the pack CRS (tiled JPEG GeoTIFF with overviews)
     dem.npy                optional [H, W] float32 terrain height, metres (NaN = unknown), on
                            the pack grid coarsened to `dem_gsd_m` (origin: min E, max N)
+    structure_l{L}.npy     [C, Hs, Ws] uint8 structure channels of level L for the coarse stage
+                           of matching (skyfix.maps.structure), on the pack grid coarsened to
+                           `structure_gsds_m[L]`; optional (sharded packs have none)
     index_l{L}.faiss       optional FAISS IVF index of level L's descriptors (faiss's own
                            serialisation; ids = tile ids), for `index_levels` only
 
@@ -37,11 +40,12 @@ from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds
 
 from skyfix.maps.dem import DEM_FILE, dem_shape, terrain_lookup
+from skyfix.maps.structure import N_ORIENT, StructureWindow, structure_file
 from skyfix.models.features import vlad
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
 
-FORMAT = "skyfix-pack/1"
+FORMAT = "skyfix-pack/2"  # /2: structure channels for matching across dates
 MANIFEST = "manifest.json"
 PACK_FILES = ("tiles.npy", "keypoints.npy", "local_descriptors.npy", "descriptors.npy",
               "codebook.npy", "ortho.tif")
@@ -81,6 +85,7 @@ class Manifest:
     dem_gsd_m: float | None = None  # set when the pack holds dem.npy
     index_levels: tuple[int, ...] = ()  # levels with a FAISS index file
     index_nprobe: int = 0  # IVF lists probed per global search
+    structure_gsds_m: tuple[float, ...] = ()  # per level: GSD of structure_l{L}.npy (or none)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
@@ -104,11 +109,14 @@ class Manifest:
                 dem_gsd_m=None if d.get("dem_gsd_m") is None else float(d["dem_gsd_m"]),
                 index_levels=tuple(int(v) for v in d.get("index_levels", ())),
                 index_nprobe=int(d.get("index_nprobe", 0)),
+                structure_gsds_m=tuple(float(v) for v in d.get("structure_gsds_m", ())),
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"a value has the wrong type ({e})") from None
         if len(m.bounds_en) != 4 or len(m.tile_count) != len(m.gsds_m) or not m.gsds_m:
             raise ValueError("bounds_en, gsds_m and tile_count are inconsistent")
+        if m.structure_gsds_m and len(m.structure_gsds_m) != len(m.gsds_m):
+            raise ValueError("structure_gsds_m and gsds_m are inconsistent")
         return m
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,7 +168,8 @@ def _read_manifest(path: Path) -> tuple[Manifest | None, list[str]]:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return None, [f"{MANIFEST} is unparsable ({str(e).splitlines()[0]})"]
     if raw.get("format") != FORMAT:
-        return None, [f"{MANIFEST} has format {raw.get('format')!r}; this skyfix reads {FORMAT!r}"]
+        return None, [f"{MANIFEST} has format {raw.get('format')!r}; this skyfix reads {FORMAT!r}"
+                      " (rebuild the pack with `skyfix maps build`)"]
     if raw.get("manifest_sha256") != manifest_digest(raw):
         return None, [f"{MANIFEST} does not match its own checksum (edited or corrupt)"]
     try:
@@ -171,6 +180,7 @@ def _read_manifest(path: Path) -> tuple[Manifest | None, list[str]]:
 
 def _check_files(path: Path, m: Manifest, rehash: bool) -> list[str]:
     wanted = [*PACK_FILES, *([DEM_FILE] if m.dem_gsd_m else []),
+              *(structure_file(lv) for lv in range(len(m.structure_gsds_m))),
               *(index_file(lv) for lv in m.index_levels)]
     problems = [f"{MANIFEST} does not list {n}" for n in wanted if n not in m.files]
     for name, digest in m.files.items():
@@ -244,6 +254,7 @@ class MapPack:
         self.dem: np.ndarray | None = None
         self.indexes: dict[int, Any] = {}
         self._by_east: tuple[np.ndarray, np.ndarray, float, float] | None = None
+        self.structure: list[np.ndarray] = []  # per level: [C, Hs, Ws] uint8 memory-mapped
 
     @classmethod
     def open(cls, path: Path, encoder_id: str | None = None, verify: bool = True) -> MapPack:
@@ -273,6 +284,15 @@ class MapPack:
             if pack.dem.shape != want or pack.dem.dtype != np.float32:
                 raise SkyfixError(f"map pack {path}: {DEM_FILE} has shape {pack.dem.shape}"
                                   f" {pack.dem.dtype}, the manifest says {want} float32")
+        for level, sgsd in enumerate(manifest.structure_gsds_m):
+            arr = _load(path, structure_file(level))
+            b = manifest.bounds_en
+            want = (N_ORIENT, math.ceil((b[3] - b[1]) / sgsd - 1e-6),
+                    math.ceil((b[2] - b[0]) / sgsd - 1e-6))
+            if arr.shape != want or arr.dtype != np.uint8:
+                raise SkyfixError(f"map pack {path}: {structure_file(level)} has shape"
+                                  f" {arr.shape} {arr.dtype}, the manifest says {want} uint8")
+            pack.structure.append(arr)
         for level in manifest.index_levels:
             pack.indexes[level] = _read_index(path, index_file(level), pack.descriptors.shape[1])
         return pack
@@ -308,6 +328,24 @@ class MapPack:
         ids = order[lo:hi]
         north = self.tile_center_en[ids, 1]
         return np.sort(ids[np.abs(north - cn) <= half_n_m + reach_n])
+
+    def structure_window(self, level: int, centre_en: np.ndarray, half_m: float
+                         ) -> StructureWindow | None:
+        """The structure channels of `level` in the square centre_en +- half_m (zeros
+        outside the map), or None when the pack has none."""
+        if level >= len(self.structure):
+            return None
+        arr, g = self.structure[level], self.manifest.structure_gsds_m[level]
+        left, top = self.manifest.bounds_en[0], self.manifest.bounds_en[3]
+        c0 = math.floor((centre_en[0] - half_m - left) / g)
+        r0 = math.floor((top - centre_en[1] - half_m) / g)
+        size = math.ceil(2 * half_m / g) + 1
+        out = np.zeros((arr.shape[0], size, size), np.float32)
+        ra, rb = max(r0, 0), min(r0 + size, arr.shape[1])
+        ca, cb = max(c0, 0), min(c0 + size, arr.shape[2])
+        if ra < rb and ca < cb:
+            out[:, ra - r0:rb - r0, ca - c0:cb - c0] = arr[:, ra:rb, ca:cb] * np.float32(1 / 255)
+        return StructureWindow(out, left + c0 * g, top - r0 * g, g)
 
     def tile_features(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         """([n, 2] float64 absolute map (E, N), [n, D] float32 descriptors) of one tile,

@@ -311,7 +311,7 @@ class ShardedPack:
         counts = tuple(int(c) for c in np.bincount(tiles["level"].astype(np.int64),
                                                    minlength=len(self.levels)))
         m = replace(self.base, tile_count=counts, n_features=info.n_features, files={},
-                    index_levels=(), dem_gsd_m=None)
+                    index_levels=(), dem_gsd_m=None, structure_gsds_m=())
         pack = MapPack(folder, m, tiles, kps, local, desc, self.codebook)
         self._cache[index] = (pack, tiles.nbytes + desc.nbytes)
         self.resident_bytes += tiles.nbytes + desc.nbytes

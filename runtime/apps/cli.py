@@ -297,6 +297,15 @@ def _print_summary(report, files) -> None:
         print(f"  {path}")
 
 
+def cmd_bench_crossdate(a: argparse.Namespace) -> None:
+    from skyfix.runtime.apps.bench_crossdate import bench_crossdate
+
+    report = bench_crossdate(a.pairs, a.out, a.views, a.seed, a.method)
+    for name, m in report["methods"].items():
+        print(f"{name}: {m['overall']}")
+    print(f"wrote {a.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skyfix", description="Visual navigation for drones.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -465,6 +474,18 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--tiles", type=int, default=24, help="512 px tiles for map-build speed")
     k.add_argument("--threads", type=int, help="CPU threads (default: skyfix's choice)")
     k.set_defaults(func=cmd_models_bench)
+
+    bench = sub.add_parser("bench", help="benchmarks of the product itself")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    bc = bsub.add_parser("crossdate", help="views of one date localised against a map pack of"
+                         " another, on two-date pair sets (JSON + failure sheets)")
+    bc.add_argument("--pairs", type=Path, nargs="+", required=True, metavar="DIR")
+    bc.add_argument("--views", type=int, default=10, help="views per pair")
+    bc.add_argument("--seed", type=int, default=0)
+    bc.add_argument("--method", action="append", help="encoder (repeatable; default: the"
+                    " map build default)")
+    bc.add_argument("--out", type=Path, default=Path("out/bench/crossdate.json"))
+    bc.set_defaults(func=cmd_bench_crossdate)
 
     cal = sub.add_parser("calibrate", help="camera intrinsics, camera mount and time offset")
     csub = cal.add_subparsers(dest="calibrate_command", required=True)

@@ -62,6 +62,17 @@ class MatchConfig:
     yaw_sigma_deg: float = 3.0  # 1-sigma error of the autopilot's heading (pose prior)
     lens_sigma: float = 0.05  # prior 1-sigma of radial lens error k (p -> p (1 + k |p|^2))
     sigma_floor_m: float = 0.5  # smallest 1-sigma a fix may claim
+    # With a prior and a pack that has structure channels: coarse structural search of the
+    # prior window, then features matched near its answer (runtime/nav/coarse.py, fine.py)
+    coarse: bool = True
+    hypotheses: int = 3  # coarse places given to the fine stage, best first
+    near_radius_px: float = 40.0  # features matched within this of the coarse prediction
+    min_spread: float = 0.45  # inliers' hull: sqrt(area / view area) below this -> rejected
+    # Below 2 x min_inliers a fix also needs the coarse stage's agreement:
+    coarse_agree_px: float = 6.0  # fine vs coarse nadir further apart -> rejected
+    coarse_agree_deg: float = 3.0  # fine vs coarse rotation further apart -> rejected
+    min_peak_ratio: float = 1.0  # coarse peak ratio below this (a runner-up) -> rejected
+    max_residual_px: float = 4.0  # inlier residual RMS above this -> rejected
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ RejectReason = Literal[
     "few_inliers",  # robust estimation found too few consistent matches
     "scale",  # match scale disagrees with the reported height above ground
     "heading",  # match rotation disagrees with the reported attitude
-    "ambiguous",  # a second, distant tile matches nearly as well
+    "ambiguous",  # a second, distant tile (or coarse peak) matches nearly as well
+    "unconfirmed",  # the coarse and fine stages disagree, or the inliers cover too little
     "gated",  # the filter's NIS gate refused the fix
     # refused before matching (flight/output.FrameGate, flight/assembly.Chain):
     "frozen",  # identical to the previous frame

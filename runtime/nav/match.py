@@ -36,7 +36,7 @@ _MIN_POINTS = 8
 # A tile to match: (tile_id, level, [M, 2] keypoints in map E/N metres, [M, D] descriptors,
 # [M] terrain height of each keypoint in metres or None without a terrain model).
 Candidate = tuple[int, int, np.ndarray, np.ndarray, np.ndarray | None]
-_CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independent
+CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independent
 
 
 @dataclass(frozen=True)
@@ -73,37 +73,51 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.nda
     return params, residuals, cov
 
 
-def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, view: View,
-               cfg: MatchConfig) -> TileMatch | None:
-    """Match one tile; None when robust estimation finds fewer than 8 consistent points.
+@dataclass(frozen=True)
+class SimilarityFit:
+    """A robust similarity dst = s R src + t. `keep`: [K] int indices of the points kept;
+    `params`: [a, b, tx, ty] (s R = [[a, -b], [b, a]]); `residuals`: [K, 2]; `cov`: [4, 4]."""
 
-    `view_xy_m`: [N, 2] (east, north) metres from nadir.
-    """
-    tile_id, level, tile_en, tile_desc, tile_h = tile
-    pairs = match_mutual(view_desc, tile_desc, cfg.ratio)
-    if len(pairs) < _MIN_POINTS:
+    keep: np.ndarray
+    params: np.ndarray
+    residuals: np.ndarray
+    cov: np.ndarray
+
+
+def robust_similarity(src: np.ndarray, dst: np.ndarray, thresh: float,
+                      min_points: int = _MIN_POINTS) -> SimilarityFit | None:
+    """MAGSAC++ homography (OpenCV USAC) on [N, 2] point pairs picks the inliers (threshold
+    `thresh`, the points' unit); a least-squares similarity on them, then once more on
+    those it explains within 2 `thresh`. None when fewer than `min_points` survive."""
+    if len(src) < max(min_points, 4):
         return None
-    src = view_xy_m[pairs[:, 0]]
-    origin = tile_en.mean(0)  # condition the numbers: absolute northings are ~1e6 m
-    dst = tile_en[pairs[:, 1]] - origin
-    thresh_m = cfg.ransac_px * view.gsd_m
     _, inl = cv2.findHomography(src.astype(np.float32), dst.astype(np.float32),
-                                cv2.USAC_MAGSAC, thresh_m, maxIters=2000, confidence=0.999)
-    if inl is None or inl.sum() < _MIN_POINTS:
+                                cv2.USAC_MAGSAC, thresh, maxIters=2000, confidence=0.999)
+    if inl is None or inl.sum() < min_points:
         return None
-    keep = inl.ravel().astype(bool)
+    keep = np.flatnonzero(inl.ravel())
+    _, res, _ = fit_similarity(src[keep], dst[keep])
+    keep = keep[np.linalg.norm(res, axis=1) <= 2 * thresh]
+    if len(keep) < min_points:
+        return None
     params, res, cov = fit_similarity(src[keep], dst[keep])
-    # One more pass: drop points the similarity does not explain.
-    ok = np.linalg.norm(res, axis=1) <= 2 * thresh_m
-    if ok.sum() < _MIN_POINTS:
-        return None
-    src, dst = src[keep][ok], dst[keep][ok]
-    (a, b, tx, ty), res, _ = fit_similarity(src, dst)
+    return SimilarityFit(keep, params, res, cov)
+
+
+def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
+               heights: np.ndarray | None, fit: SimilarityFit, tile_id: int, level: int,
+               cfg: MatchConfig) -> TileMatch | None:
+    """The camera pose from the inliers of `fit` as a TileMatch (None if it fails).
+
+    `src`: [K, 2] view offsets (E, N) metres from nadir; `dst`: [K, 2] their map points
+    minus `origin` ([2] map E/N); `heights`: [K] terrain heights of the map points or None.
+    """
+    a, b, tx, ty = fit.params
     # Ground points: down = 0 on the plane the view was rectified on; with a terrain
     # model, each point's height above the ground under the aircraft lifts it.
     down = np.zeros(len(dst))
-    if tile_h is not None and np.isfinite(view.ground_m):
-        rise = tile_h[pairs[keep][ok][:, 1]] - view.ground_m
+    if heights is not None and np.isfinite(view.ground_m):
+        rise = heights - view.ground_m
         down = -np.where(np.isfinite(rise), rise, 0.0)
     points = np.column_stack([dst[:, 1], dst[:, 0], down])
     pose = solve_pose(src, points, view.R_ned_cam, view.agl_m,
@@ -118,7 +132,7 @@ def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, vi
     # that much tilt would move the position as uncertainty.
     tilt = float(np.hypot(pose.w_rad[0], pose.w_rad[1]))
     excess = max(0.0, tilt - 2 * np.radians(cfg.attitude_sigma_deg))
-    cov = (_CORRELATION_INFLATION * pose.cov_en_m2
+    cov = (CORRELATION_INFLATION * pose.cov_en_m2
            + ((view.agl_m * np.tan(excess)) ** 2 + cfg.sigma_floor_m**2) * np.eye(2))
     return TileMatch(
         tile_id=tile_id, level=level, inliers=len(src),
@@ -126,8 +140,27 @@ def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, vi
         cov_en_m2=cov, scale=float(-pose.C_ned_m[2] / view.agl_m),
         rotation_deg=float(np.degrees(pose.w_rad[2])),
         tilt_deg=float(np.degrees(tilt)),
-        residual_rms_m=float(np.sqrt((res**2).sum(1).mean())),
+        residual_rms_m=float(np.sqrt((fit.residuals**2).sum(1).mean())),
     )
+
+
+def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, view: View,
+               cfg: MatchConfig) -> TileMatch | None:
+    """Match one tile; None when robust estimation finds fewer than 8 consistent points.
+
+    `view_xy_m`: [N, 2] (east, north) metres from nadir.
+    """
+    tile_id, level, tile_en, tile_desc, tile_h = tile
+    pairs = match_mutual(view_desc, tile_desc, cfg.ratio)
+    src = view_xy_m[pairs[:, 0]]
+    origin = tile_en.mean(0)  # condition the numbers: absolute northings are ~1e6 m
+    dst = tile_en[pairs[:, 1]] - origin
+    fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m)
+    if fit is None:
+        return None
+    heights = None if tile_h is None else tile_h[pairs[fit.keep, 1]]
+    return pose_match(view, src[fit.keep], dst[fit.keep], origin, heights, fit, tile_id,
+                      level, cfg)
 
 
 def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejection:

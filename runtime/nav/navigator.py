@@ -35,7 +35,9 @@ from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.geo import LocalFrame, R_ned_body
 from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
 from skyfix.runtime.nav.eskf import ImuFilter
+from skyfix.runtime.nav.coarse import coarse_search
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
+from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near
 from skyfix.runtime.nav.match import Candidate, locate
 from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
 from skyfix.runtime.nav.rectify import rectify
@@ -102,14 +104,73 @@ class Localizer:
         return Look(level, view, self.encoder.extract(view.image, view.mask))
 
     def locate(self, look: Look, prior: Prior) -> Fix | Rejection:
+        """A fix from the view's features, searched for inside `prior`: coarse structural
+        search then features matched near it when the prior is a window and the pack has
+        structure channels (`match.coarse`), else tiles retrieved and matched whole."""
         t_ns, feats = look.view.t_ns, look.feats
         if len(feats) < self.cfg.match.min_inliers:
             return Rejection(t_ns, "few_features", f"{len(feats)} features in the view")
-        query = self.pack.global_descriptor(feats.descriptors)
-        hits = retrieve(self.pack, query, look.level, prior, self.cfg.retrieve)
-        if not hits:
-            return Rejection(t_ns, "no_tiles", f"no tile of level {look.level} in the window")
-        return locate(look.view, feats, [self._tile(h.tile_id) for h in hits], self.cfg.match)
+        coarse = self.cfg.match.coarse and look.level < len(self.pack.structure)
+        if coarse and prior.source != "none":
+            windows = [prior]
+        else:
+            query = self.pack.global_descriptor(feats.descriptors)
+            hits = retrieve(self.pack, query, look.level, prior, self.cfg.retrieve)
+            if not hits:
+                return Rejection(t_ns, "no_tiles", f"no tile of level {look.level} in the window")
+            if not coarse:
+                return locate(look.view, feats, [self._tile(h.tile_id) for h in hits],
+                              self.cfg.match)
+            # no prior: each retrieved tile is a window for the coarse stage
+            half = 0.5 * self.pack.manifest.tile_px * self.pack.levels[look.level]
+            windows = [Prior(self.pack.tile_center_en[h.tile_id], half**2 * np.eye(2), "none")
+                       for h in hits]
+        near = self.match_near(look, windows)
+        return near if isinstance(near, Rejection) else judge_near(look.view, near,
+                                                                   self.cfg.match)
+
+    def match_near(self, look: Look, windows: list[Prior]) -> NearMatch | None | Rejection:
+        """Coarse search of each window, then the fine match near each of its
+        `match.hypotheses` best places: the one the fine stage supports best (None: none
+        found); a Rejection when the coarse stage finds no place at all, or when a second
+        place, away from the best, is supported nearly as well. The other places are not
+        tried when the best coarse place agrees with 4 x min_inliers fine inliers."""
+        view, cfg = look.view, self.cfg.match
+        reach = float(np.hypot(*view.image.shape)) * view.gsd_m / 2  # view half-diagonal
+        places = []
+        for prior in windows:
+            radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
+            window = self.pack.structure_window(look.level, prior.centre_en, radius + reach)
+            places += [] if window is None else coarse_search(
+                view.image, view.mask, view.origin_px, window, prior.centre_en, radius,
+                hypotheses=cfg.hypotheses)
+        if not places:
+            return Rejection(view.t_ns, "no_tiles", "no place for the view in the window")
+        found = []
+        for coarse in places:
+            centre = np.array([coarse.east_m, coarse.north_m])
+            ids = self.pack.tiles_near(centre, reach, reach)
+            ids = ids[self.pack.tile_level[ids] == look.level]
+            ids = ids[np.argsort(np.hypot(*(self.pack.tile_center_en[ids] - centre).T))][:4]
+            near = match_near(view, look.feats, [self._tile(int(i)) for i in ids], coarse, cfg)
+            if near is None:
+                continue
+            found.append(near)
+            if (len(found) == 1 and near.match.inliers >= 4 * cfg.min_inliers
+                    and near.agreement_px <= cfg.coarse_agree_px and coarse.peak_ratio > 1):
+                break  # the best coarse place, confirmed many times over: no rival can win
+        if not found:
+            return None
+        found.sort(key=lambda n: n.match.inliers, reverse=True)
+        best = found[0]
+        for other in found[1:]:
+            gap = np.hypot(other.match.east_m - best.match.east_m,
+                           other.match.north_m - best.match.north_m)
+            if gap > cfg.ambiguity_radius_m and other.match.inliers >= cfg.min_inliers \
+                    and other.match.inliers >= cfg.ambiguity_ratio * best.match.inliers:
+                return Rejection(view.t_ns, "ambiguous", f"{other.match.inliers} vs"
+                                 f" {best.match.inliers} inliers {gap:.0f} m apart")
+        return best
 
 
 class Navigator:

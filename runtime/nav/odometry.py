@@ -8,7 +8,7 @@ view k and o_{k-1} = G - p_{k-1} in the view before gives
     p_k - p_{k-1} = o_{k-1} - o_k
 
 so the displacement is the translation t of the similarity o_{k-1} = s R o_k + t fitted
-(least squares, skyfix.runtime.nav.match.fit_similarity) on the MAGSAC inliers of mutual
+(skyfix.runtime.nav.match.robust_similarity: MAGSAC inliers, least squares) of mutual
 feature matches. s and R should be 1 and 0: a pair whose scale or rotation disagrees
 is refused. The velocity is t / dt, stamped at the middle of the interval (the filter
 accepts late measurements).
@@ -26,16 +26,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from skyfix.models.features import LocalFeatures, match_mutual
 from skyfix.runtime.core.config import OdometryConfig
 from skyfix.runtime.core.types import View
-from skyfix.runtime.nav.match import fit_similarity
+from skyfix.runtime.nav.match import CORRELATION_INFLATION, fit_similarity, robust_similarity
 from skyfix.runtime.nav.rectify import view_px_to_offset_m
-
-_CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independent
 
 
 @dataclass(frozen=True)
@@ -90,19 +87,13 @@ def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
     if len(pairs) < cfg.min_inliers:
         return f"{len(pairs)} matches"
     src, dst = b.offsets_m[pairs[:, 0]], a.offsets_m[pairs[:, 1]]
-    thresh_m = cfg.ransac_px * max(a.gsd_m, b.gsd_m)
-    _, inl = cv2.findHomography(src.astype(np.float32), dst.astype(np.float32),
-                                cv2.USAC_MAGSAC, thresh_m, maxIters=2000, confidence=0.999)
-    if inl is None or inl.sum() < cfg.min_inliers:
+    fit = robust_similarity(src, dst, cfg.ransac_px * max(a.gsd_m, b.gsd_m), cfg.min_inliers)
+    if fit is None:
         return "few inliers"
-    keep = inl.ravel().astype(bool)
-    params, res, _ = fit_similarity(src[keep], dst[keep])
-    ok = np.linalg.norm(res, axis=1) <= 2 * thresh_m
-    if ok.sum() < cfg.min_inliers:
-        return "few inliers"
+    src, dst = src[fit.keep], dst[fit.keep]
     # Centre the points so that t is the displacement of the centroid, decoupled from s, R.
-    c = src[keep][ok].mean(0)
-    params, _, cov = fit_similarity(src[keep][ok] - c, dst[keep][ok] - c)
+    c = src.mean(0)
+    params, _, cov = fit_similarity(src - c, dst - c)
     a_, b_, tx, ty = params
     scale = float(np.hypot(a_, b_))
     rot = float(np.degrees(np.arctan2(b_, a_)))
@@ -114,7 +105,7 @@ def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
     # o_prev = t + (I - sR) c in the previous view: that is the displacement.
     sr = np.array([[a_, -b_], [b_, a_]])
     disp_en = np.array([tx, ty]) + (np.eye(2) - sr) @ c
-    cov_en = fit_en = _CORRELATION_INFLATION * cov[2:, 2:]
+    cov_en = fit_en = CORRELATION_INFLATION * cov[2:, 2:]
     step = agl_m * np.tan(np.radians(cfg.attitude_step_sigma_deg))
     cov_en = cov_en + 2 * step**2 * np.eye(2)
     across = np.array([-disp_en[1], disp_en[0]])  # |disp| long, perpendicular to it
@@ -123,7 +114,7 @@ def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
     cov_ne = cov_en[::-1, ::-1] / dt**2 + cfg.sigma_floor_mps**2 * np.eye(2)
     return VelocityObservation(
         t_ns=(a.t_ns + b.t_ns) // 2, v_ne_mps=v_ne, cov_ne_m2s2=cov_ne, dt_s=dt,
-        inliers=int(ok.sum()), scale=scale, rotation_deg=rot, t0_ns=a.t_ns,
+        inliers=len(fit.keep), scale=scale, rotation_deg=rot, t0_ns=a.t_ns,
         d_ne_m=v_ne * dt,
         fit_cov_ne_m2=fit_en[::-1, ::-1] + (cfg.sigma_floor_mps * dt) ** 2 * np.eye(2),
     )

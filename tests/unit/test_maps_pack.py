@@ -18,7 +18,8 @@ from rasterio.windows import Window
 from rasterio.windows import from_bounds as window_from_bounds
 
 from skyfix.maps.build import build_pack
-from skyfix.maps.pack import PACK_FILES, MapPack, pack_info, verify_pack
+from skyfix.maps.pack import PACK_FILES, MapPack, manifest_digest, pack_info, verify_pack
+from skyfix.maps.structure import N_ORIENT, structure_channels
 from skyfix.models.features import RootSiftEncoder, match_mutual
 from skyfix.runtime.core.errors import SkyfixError
 
@@ -60,12 +61,15 @@ def gray_at(path: Path, bounds, size: int) -> np.ndarray:
 
 def test_manifest_and_tiles(pack_path, crop):
     m = json.loads((pack_path / "manifest.json").read_text())
-    assert m["format"] == "skyfix-pack/1" and m["crs_epsg"] == 31256
+    assert m["format"] == "skyfix-pack/2" and m["crs_epsg"] == 31256
     assert m["gsds_m"] == pytest.approx([0.3, 0.6], rel=1e-3)
     # 700 px at stride 128 -> 5 x 5 tiles; 350 px at level 1 -> 2 x 2
     assert m["tile_count"] == [25, 4] and m["tile_px"] == 256 and m["overlap"] == 0.5
     assert m["encoder_id"] == ENC.id and m["encoder_sha256"] == ENC.sha256
-    assert m["sources"] == ["crop.tif"] and sorted(m["files"]) == sorted(PACK_FILES)
+    structure = ["structure_l0.npy", "structure_l1.npy"]
+    assert m["sources"] == ["crop.tif"]
+    assert sorted(m["files"]) == sorted([*PACK_FILES, *structure])
+    assert m["structure_gsds_m"] == pytest.approx([0.6, 1.2], rel=1e-3)
     with rasterio.open(crop) as src:
         assert m["bounds_en"] == pytest.approx(list(src.bounds), abs=1e-6)
     pack = MapPack.open(pack_path, encoder_id=ENC.id)
@@ -101,7 +105,7 @@ def test_tile_features_are_absolute_and_reproducible(pack_path, crop):
         assert np.median(err) < 0.5 * g
 
 
-@pytest.mark.parametrize("name", [*PACK_FILES, "manifest.json"])
+@pytest.mark.parametrize("name", [*PACK_FILES, "structure_l0.npy", "manifest.json"])
 def test_one_flipped_byte_is_caught(pack_path, tmp_path, name):
     bad = tmp_path / "pack"
     shutil.copytree(pack_path, bad)
@@ -129,6 +133,39 @@ def test_missing_file_and_not_a_pack(pack_path, tmp_path):
     assert verify_pack(tmp_path) == ["not a map pack (no manifest.json)"]
     with pytest.raises(SkyfixError, match=str(tmp_path)):
         pack_info(tmp_path)
+
+
+def test_pack_of_the_old_format_is_refused_with_a_rebuild_hint(pack_path, tmp_path):
+    old = tmp_path / "pack"
+    shutil.copytree(pack_path, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["format"] = "skyfix-pack/1"
+    del m["structure_gsds_m"]
+    m["manifest_sha256"] = manifest_digest(m)
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(SkyfixError, match="skyfix-pack/1.*rebuild the pack") as e:
+        MapPack.open(old)
+    assert "\n" not in str(e.value)
+
+
+def test_structure_channels_in_the_pack_are_the_view_sides(pack_path, crop):
+    """The pack's precomputed channels equal those the runtime computes from the same
+    pixels (to the uint8 storage), and a window reads them at the right place."""
+    pack = MapPack.open(pack_path)
+    b = pack.manifest.bounds_en
+    g = pack.manifest.structure_gsds_m[0]
+    centre = np.array([b[0] + 60 * g + 0.25 * g, b[3] - 80 * g])
+    win = pack.structure_window(0, centre, 20 * g)
+    assert win is not None and win.gsd_m == g and win.channels.shape == (N_ORIENT, 41, 41)
+    col, row = round((win.left_e_m - b[0]) / g), round((b[3] - win.top_n_m) / g)
+    assert (col, row) == (40, 60)
+    size = round((b[2] - b[0]) / g)
+    full = structure_channels(gray_at(crop, b, size))  # the pack: the same pixels as JPEG
+    inner = (slice(None), slice(4, -4), slice(4, -4))
+    diff = np.abs(win.channels[inner] - full[:, row:row + 41, col:col + 41][inner])
+    assert diff.mean() < 0.005 and diff.max() < 0.04  # uint8 storage, JPEG
+    outside = pack.structure_window(0, np.array([b[0] - 10 * g, b[3]]), 5 * g)
+    assert outside.channels[:, :, :5].max() == 0  # left of the map: zeros
 
 
 def test_encoder_mismatch_is_refused(pack_path):

@@ -1,0 +1,206 @@
+"""Coarse stage of matching across dates: where in the prior window the view lies, found
+from structure (skyfix.maps.structure channels) rather than brightness.
+
+    view (north-up, at the level's GSD) --block average x STRUCTURE_FACTOR--> coarse view
+    for each residual rotation r in ROTATIONS_DEG:
+        rotate the coarse view about its nadir point by r, take its structure channels,
+        zero-mean them inside the valid mask -> v_c
+        score(p) = sum_c sum_x v_c(x) M_c(x + p) / (|v| sqrt(sum_x mask(x) E(x + p)))
+                   (FFT correlation; M_c: the pack's channels of the window; E: the energy
+                   of M_c minus its mean over the window, summed over c)
+    pass 1, both sides 2 x 2 averaged: the best score among the shifts that put the nadir
+    inside the prior window; pass 2, full channel resolution, only within REFINE_PX of it;
+    then a fraction of a pixel (parabola through the 3 x 3 neighbourhood) and of the
+    rotation step (parabola through the rotations' scores at that shift).
+
+The score is a normalised correlation (<= 1). Its confidence signals, for acceptance
+(skyfix.runtime.nav.fine): `score` itself, and `peak_ratio`, a peak's pass-1 score over the
+best other peak (at least EXCLUDE_PX channel pixels away, any rotation): a repeated pattern
+(a street grid, rows of a field) gives a ratio near 1. With `hypotheses` > 1 the next
+peaks are returned too (ratio < 1), for the fine stage to confirm or refute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from skyfix.maps.structure import (
+    STRUCTURE_FACTOR,
+    StructureWindow,
+    downsample,
+    structure_channels,
+)
+
+ROTATIONS_DEG = (-4.0, 0.0, 4.0)  # residual heading errors searched
+EXCLUDE_PX = 6  # channel pixels: closer peaks are the same answer
+SEPARATION_PX = 16  # channel pixels between the places returned as hypotheses
+REFINE_PX = 3  # channel pixels searched around the first pass's answer
+MIN_VALID_SHARE = 0.3  # of the coarse view: fewer valid pixels -> no answer
+
+
+@dataclass(frozen=True)
+class CoarseMatch:
+    """Where the view's nadir point lies on the map (E, N metres), the view's rotation
+    against the map (degrees, counter-clockwise seen north-up), and the confidence."""
+
+    east_m: float
+    north_m: float
+    rotation_deg: float
+    score: float
+    peak_ratio: float
+
+
+def _dft(x: np.ndarray, fh: int, fw: int) -> np.ndarray:
+    """OpenCV's packed real spectrum of [h, w] float32 `x` zero-padded to [fh, fw]."""
+    h, w = x.shape
+    pad = cv2.copyMakeBorder(np.ascontiguousarray(x, np.float32), 0, fh - h, 0, fw - w,
+                             cv2.BORDER_CONSTANT, value=0)
+    return cv2.dft(pad)
+
+
+def _pool(x: np.ndarray) -> np.ndarray:
+    """[..., H // 2, W // 2] 2 x 2 average of [..., H, W] (a leading channel axis kept)."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    x = x[..., :h, :w]
+    return 0.25 * (x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2]
+                   + x[..., 1::2, 1::2])
+
+
+class _Map:
+    """A window's channels ready for correlation: their spectra and energy spectrum.
+
+    Energy E = sum_c (M_c - mean of M_c over the window)^2, so that the denominator of the
+    normalised correlation is a correlation of the view's mask with E."""
+
+    def __init__(self, M: np.ndarray, hv: int, wv: int):
+        _, self.h, self.w = M.shape
+        self.sh, self.sw = self.h - hv + 1, self.w - wv + 1
+        self.fh, self.fw = cv2.getOptimalDFTSize(self.h), cv2.getOptimalDFTSize(self.w)
+        self.spectra = [_dft(c, self.fh, self.fw) for c in M]
+        E = ((M - M.mean((1, 2), keepdims=True)) ** 2).sum(0)
+        self.energy = _dft(E, self.fh, self.fw)
+
+    def scores(self, v: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """[sh, sw] normalised correlation of view channels v [C, hv, wv] (zero-mean inside
+        the mask m [hv, wv]) at every shift that keeps the view inside the window."""
+        idft = cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE
+        prod = sum(cv2.mulSpectrums(Mc, _dft(vc, self.fh, self.fw), 0, conjB=True)
+                   for Mc, vc in zip(self.spectra, v, strict=True))
+        num = cv2.idft(prod, flags=idft)[:self.sh, :self.sw]
+        en = cv2.mulSpectrums(self.energy, _dft(m, self.fh, self.fw), 0, conjB=True)
+        den = cv2.idft(en, flags=idft)[:self.sh, :self.sw]
+        return num / (np.sqrt(np.maximum(den, 1e-9)) * np.sqrt(float((v**2).sum())) + 1e-9)
+
+
+def _view_channels(vg: np.ndarray, vm: np.ndarray, o: tuple[float, float], rot_deg: float
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Structure channels of the coarse view turned by rot_deg about o, zero-mean inside
+    its (eroded) mask: ([C, h, w], [h, w] float32 mask), or None when too little is valid."""
+    h, w = vg.shape
+    R = cv2.getRotationMatrix2D(o, rot_deg, 1.0)
+    g = cv2.warpAffine(vg, R, (w, h), flags=cv2.INTER_LINEAR)
+    m = cv2.warpAffine(vm.astype(np.uint8), R, (w, h), flags=cv2.INTER_NEAREST)
+    m = cv2.erode(m, np.ones((3, 3), np.uint8), iterations=2).astype(np.float32)
+    cnt = float(m.sum())
+    if cnt < MIN_VALID_SHARE * h * w:
+        return None
+    ch = structure_channels(g)
+    return (ch - (ch * m).sum((1, 2), keepdims=True) / cnt) * m, m
+
+
+def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, float],
+                  window: StructureWindow, prior_en: np.ndarray, prior_radius_m: float,
+                  rotations_deg: tuple[float, ...] = ROTATIONS_DEG, hypotheses: int = 1
+                  ) -> list[CoarseMatch]:
+    """The view's likeliest places in `window` (see the module docstring), up to
+    `hypotheses` of them, best first; none when the view is too small or blank, or no shift
+    keeps the nadir inside the prior circle.
+
+    `image`: [H, W] uint8 view at the level's GSD, `mask`: [H, W] bool valid pixels,
+    `origin_px`: the view pixel (x, y) below the camera; `prior_en`: [2] map E/N."""
+    f = STRUCTURE_FACTOR
+    vg = downsample(image, f)
+    vm = downsample(mask.astype(np.float32), f) > 0.99
+    hv, wv = vg.shape
+    M = window.channels
+    if hv < 16 or wv < 16 or M.shape[1] < hv or M.shape[2] < wv or vm.mean() < MIN_VALID_SHARE:
+        return []
+    o = ((origin_px[0] + 0.5) / f - 0.5, (origin_px[1] + 0.5) / f - 0.5)
+    views = [_view_channels(vg, vm, o, r) for r in rotations_deg]
+    if all(v is None for v in views):
+        return []
+    # Pass 1, at half the channels' resolution: every shift, every rotation.
+    M4 = _pool(M)
+    h4, w4 = _pool(views[next(i for i, v in enumerate(views) if v)][1]).shape
+    coarse_map = _Map(M4, h4, w4)
+    py, px = np.mgrid[0:coarse_map.sh, 0:coarse_map.sw]
+    gsd4 = 2 * window.gsd_m
+    e = window.left_e_m + ((o[0] + 0.5) / 2 + px) * gsd4  # nadir of each shift
+    n = window.top_n_m - ((o[1] + 0.5) / 2 + py) * gsd4
+    inside = np.hypot(e - prior_en[0], n - prior_en[1]) <= prior_radius_m
+    if not inside.any():
+        return []
+    S = np.stack([np.where(inside, coarse_map.scores(_pool(v[0]), _pool(v[1])), -np.inf)
+                  if v is not None else np.full(inside.shape, -np.inf) for v in views])
+    # Peaks of pass 1, best first, each at least SEPARATION_PX from the others; the first
+    # one's ratio is against the best score at least EXCLUDE_PX from it, the others' against
+    # the first one's score.
+    peaks, rest = [], S.copy()
+    while len(peaks) < hypotheses:
+        ri, yi, xi = np.unravel_index(int(np.argmax(rest)), rest.shape)
+        if not np.isfinite(rest[ri, yi, xi]):
+            break
+        peaks.append((int(yi), int(xi), float(rest[ri, yi, xi])))
+        if len(peaks) == 1:
+            second = float(np.max(np.where(np.hypot(px - xi, py - yi) > EXCLUDE_PX / 2, rest,
+                                           -np.inf)))
+        rest[:, np.hypot(px - xi, py - yi) <= SEPARATION_PX / 2] = -np.inf
+    out = []
+    for k, (yi, xi, score) in enumerate(peaks):
+        top = second if k == 0 else peaks[0][2]
+        ratio = score / top if np.isfinite(top) and top > 1e-6 else np.inf
+        match = _refine(views, M, hv, wv, xi, yi, o, window, rotations_deg, ratio)
+        if np.hypot(match.east_m - prior_en[0], match.north_m - prior_en[1]) \
+                <= prior_radius_m + 2 * gsd4:
+            out.append(match)
+    return out
+
+
+def _refine(views: list, M: np.ndarray, hv: int, wv: int, xi: int, yi: int,
+            o: tuple[float, float], window: StructureWindow, rotations_deg: tuple[float, ...],
+            ratio: float) -> CoarseMatch:
+    """Pass 2 around pass 1's shift (xi, yi) (pass-1 pixels)."""
+    x0, y0 = max(0, 2 * xi - REFINE_PX), max(0, 2 * yi - REFINE_PX)
+    x1 = min(M.shape[2], 2 * xi + REFINE_PX + wv)
+    y1 = min(M.shape[1], 2 * yi + REFINE_PX + hv)
+    fine_map = _Map(M[:, y0:y1, x0:x1], hv, wv)
+    S2 = np.stack([fine_map.scores(*v) if v is not None
+                   else np.full((fine_map.sh, fine_map.sw), -np.inf) for v in views])
+    ri, yj, xj = np.unravel_index(int(np.argmax(S2)), S2.shape)
+    best = float(S2[ri, yj, xj])
+    dx, dy = _parabola_2d(S2[ri], yj, xj)
+    rot = rotations_deg[ri]
+    if 0 < ri < len(rotations_deg) - 1:
+        step = rotations_deg[ri + 1] - rotations_deg[ri]
+        rot += step * _parabola(S2[ri - 1, yj, xj], best, S2[ri + 1, yj, xj])
+    east = window.left_e_m + (o[0] + x0 + xj + dx + 0.5) * window.gsd_m
+    north = window.top_n_m - (o[1] + y0 + yj + dy + 0.5) * window.gsd_m
+    return CoarseMatch(float(east), float(north), float(rot), best, float(ratio))
+
+
+def _parabola(a: float, b: float, c: float) -> float:
+    """Offset in [-0.5, 0.5] of the vertex of the parabola through (-1, a), (0, b), (1, c)."""
+    if not (np.isfinite(a) and np.isfinite(c)):
+        return 0.0
+    d = a - 2 * b + c
+    return float(np.clip(0.5 * (a - c) / d, -0.5, 0.5)) if d < 0 else 0.0
+
+
+def _parabola_2d(s: np.ndarray, y: int, x: int) -> tuple[float, float]:
+    h, w = s.shape
+    dx = _parabola(s[y, x - 1], s[y, x], s[y, x + 1]) if 0 < x < w - 1 else 0.0
+    dy = _parabola(s[y - 1, x], s[y, x], s[y + 1, x]) if 0 < y < h - 1 else 0.0
+    return dx, dy

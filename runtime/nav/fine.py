@@ -1,0 +1,185 @@
+"""Fine stage of matching with a prior: local features matched only near where the coarse
+stage (skyfix.runtime.nav.coarse) put the view, then the shared robust fit and pose
+(skyfix.runtime.nav.match), then acceptance from several independent signals.
+
+    coarse answer (E, N, rotation) -> predicted map point of every view keypoint
+    -> mutual best descriptor match among the map keypoints within `near_radius_px` of the
+       prediction (no ratio test: nearby repeated structure is what the radius removes)
+    -> MAGSAC + similarity + pose (robust_similarity, pose_match)
+
+Acceptance (`judge_near`): a fix must pass all of
+    inliers          >= min_inliers
+    scale, heading   as for any fix (skyfix.runtime.nav.match.judge)
+    spread           the inliers cover the view: the square root of their convex hull's area
+                     over the view's valid area >= min_spread (a cluster in one corner fits
+                     anything)
+    residual         inlier residual RMS <= max_residual_px
+and, unless the fine stage alone is strong (inliers >= 2 x min_inliers),
+    agreement        the fine answer within coarse_agree_px of the coarse answer, and its
+                     rotation within coarse_agree_deg: two methods that share nothing but the
+                     pixels (dense structure vs sparse learned features) agree
+    confidence       the coarse peak's ratio >= min_peak_ratio (the best coarse place, not
+                     a runner-up)
+The thresholds were chosen once on all the shared two-date sets together (README, "Matching
+across dates"), never per set; tests/unit/test_coarse.py pins them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from skyfix.models.features import LocalFeatures
+from skyfix.runtime.core.config import MatchConfig
+from skyfix.runtime.core.types import Fix, Rejection, View
+from skyfix.runtime.nav.coarse import CoarseMatch
+from skyfix.runtime.nav.match import Candidate, TileMatch, pose_match, robust_similarity
+from skyfix.runtime.nav.rectify import view_px_to_offset_m
+
+_MIN_FIT = 8  # fewer inliers: no match at all (acceptance asks for min_inliers)
+
+
+@dataclass(frozen=True)
+class NearMatch:
+    """The fine match and the signals acceptance weighs. `agreement_px`: distance between
+    the fine and the coarse position of the nadir in view pixels; `rotation_gap_deg`: between
+    their rotations; `spread`: see the module docstring;
+    `candidates`: matches given to MAGSAC."""
+
+    match: TileMatch
+    coarse: CoarseMatch
+    agreement_px: float
+    rotation_gap_deg: float
+    spread: float
+    candidates: int
+
+
+def _union(tiles: list[Candidate], gsd_m: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Keypoints of overlapping tiles, each place once: ([M, 2] E/N, [M, D], [M] heights or
+    None, tile id of the first tile)."""
+    en = np.concatenate([t[2] for t in tiles])
+    desc = np.concatenate([t[3] for t in tiles])
+    hs = [t[4] for t in tiles]
+    heights = None if any(h is None for h in hs) else np.concatenate(hs)
+    q = np.round((en - en.min(0)) / (0.5 * gsd_m)).astype(np.int64)
+    _, first = np.unique(q[:, 0] * (int(q[:, 1].max()) + 1) + q[:, 1], return_index=True)
+    first = np.sort(first)
+    return en[first], desc[first], None if heights is None else heights[first], tiles[0][0]
+
+
+def near_pairs(pred: np.ndarray, en: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """([P], [P]) index pairs (view i, map j) with |pred[i] - en[j]| <= radius: a grid of
+    cells of side `radius`, each prediction against the 3 x 3 cells around its own."""
+    lo = np.minimum(pred.min(0), en.min(0))
+    cp = np.floor((pred - lo) / radius).astype(np.int64)
+    cm = np.floor((en - lo) / radius).astype(np.int64)
+    width = int(max(cp[:, 0].max(), cm[:, 0].max())) + 3
+    key_m = (cm[:, 1] + 1) * width + cm[:, 0] + 1
+    order = np.argsort(key_m, kind="stable")
+    sorted_keys = key_m[order]
+    vi_all, mj_all = [], []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            key = (cp[:, 1] + 1 + dy) * width + cp[:, 0] + 1 + dx
+            a = np.searchsorted(sorted_keys, key, side="left")
+            b = np.searchsorted(sorted_keys, key, side="right")
+            counts = b - a
+            vi = np.repeat(np.arange(len(pred)), counts)
+            start = np.repeat(a - np.cumsum(counts) + counts, counts)
+            mj = order[start + np.arange(len(vi))]
+            vi_all.append(vi)
+            mj_all.append(mj)
+    vi, mj = np.concatenate(vi_all), np.concatenate(mj_all)
+    ok = ((pred[vi] - en[mj]) ** 2).sum(1) <= radius**2
+    return vi[ok], mj[ok]
+
+
+def mutual_best(vi: np.ndarray, mj: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs (vi, mj) with similarities `sim` (of unit descriptors, in
+    [-1, 1]) that are each other's best: the best map point of view point vi whose best
+    view point is vi."""
+    if len(vi) == 0:
+        return vi, mj
+    rank = 1.0 - np.clip(sim, -1.0, 1.0)  # in [0, 2]: unit descriptors
+    firsts = []
+    for group in (vi, mj):
+        o = np.argsort(group * 4.0 + rank, kind="stable")  # by point, best first
+        firsts.append(o[np.r_[True, group[o][1:] != group[o][:-1]]])
+    both = np.intersect1d(*firsts)
+    return vi[both], mj[both]
+
+
+def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse: CoarseMatch,
+               cfg: MatchConfig) -> NearMatch | None:
+    """The fine match of the view near the coarse answer (module docstring), or None."""
+    if not tiles or len(feats) < _MIN_FIT:
+        return None
+    xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
+    t = np.radians(coarse.rotation_deg)
+    R = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    pred = xy @ R.T + [coarse.east_m, coarse.north_m]
+    en, desc, heights, tile_id = _union(tiles, view.gsd_m)
+    radius = cfg.near_radius_px * view.gsd_m
+    lo, hi = pred.min(0) - radius, pred.max(0) + radius
+    near = np.flatnonzero(((en >= lo) & (en <= hi)).all(1))
+    if len(near) < _MIN_FIT:
+        return None
+    en, desc = en[near], desc[near]
+    heights = None if heights is None else heights[near]
+    vi, mi = near_pairs(pred, en, radius)
+    sim = (feats.descriptors @ desc.T)[vi, mi]  # one BLAS product beats gathering rows
+    vi, mi = mutual_best(vi, mi, sim)
+    origin = np.array([coarse.east_m, coarse.north_m])
+    src, dst = xy[vi], en[mi] - origin
+    fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m, _MIN_FIT)
+    if fit is None:
+        return None
+    h = None if heights is None else heights[mi[fit.keep]]
+    m = pose_match(view, src[fit.keep], dst[fit.keep], origin, h, fit, tile_id,
+                   tiles[0][1], cfg)
+    if m is None:
+        return None
+    hull = cv2.convexHull(feats.keypoints[vi[fit.keep]].astype(np.float32))
+    spread = float(np.sqrt(cv2.contourArea(hull) / max(float(view.mask.sum()), 1.0)))
+    # The coarse answer is the ground point of the view's nadir pixel (the fix, the camera
+    # centre, differs from it by any tilt the pose finds): compare it with where the
+    # similarity puts that pixel (origin = the coarse answer), and the two rotations.
+    a, b, tx, ty = fit.params
+    agree = float(np.hypot(tx, ty)) / view.gsd_m
+    rot_gap = abs((np.degrees(np.arctan2(b, a)) - coarse.rotation_deg + 180) % 360 - 180)
+    return NearMatch(m, coarse, agree, float(rot_gap), spread, len(vi))
+
+
+def judge_near(view: View, near: NearMatch | None, cfg: MatchConfig) -> Fix | Rejection:
+    """The fine match as a Fix, or the reason it cannot be trusted (module docstring)."""
+    if near is None:
+        return Rejection(view.t_ns, "few_inliers", "no consistent match near the coarse answer")
+    m, c = near.match, near.coarse
+    rot_gap = near.rotation_gap_deg
+    strong = m.inliers >= 2 * cfg.min_inliers
+    checks = [
+        (m.inliers >= cfg.min_inliers, "few_inliers", f"{m.inliers} < {cfg.min_inliers}"),
+        (abs(m.scale - 1) <= cfg.max_scale_err, "scale",
+         f"match scale {m.scale:.3f} vs telemetry height"),
+        (abs(m.rotation_deg) <= cfg.max_rotation_deg, "heading",
+         f"view rotated {m.rotation_deg:.1f} deg against the map"),
+        (near.spread >= cfg.min_spread, "unconfirmed", f"inliers cover {near.spread:.2f}"),
+        (m.residual_rms_m <= cfg.max_residual_px * view.gsd_m, "unconfirmed",
+         f"residual {m.residual_rms_m / view.gsd_m:.2f} px"),
+        (strong or (near.agreement_px <= cfg.coarse_agree_px and rot_gap <= cfg.coarse_agree_deg),
+         "unconfirmed", f"{m.inliers} inliers; fine and coarse differ by"
+                        f" {near.agreement_px:.1f} px, {rot_gap:.1f} deg"),
+        (strong or c.peak_ratio >= cfg.min_peak_ratio, "ambiguous",
+         f"{m.inliers} inliers at a coarse peak of ratio {c.peak_ratio:.2f}"),
+    ]
+    for ok, reason, detail in checks:
+        if not ok:
+            return Rejection(view.t_ns, reason, detail)  # type: ignore[arg-type]
+    return Fix(
+        t_ns=view.t_ns, east_m=m.east_m, north_m=m.north_m, cov_en_m2=m.cov_en_m2,
+        agl_m=view.agl_m * m.scale, heading_err_deg=m.rotation_deg, tilt_err_deg=m.tilt_deg,
+        inliers=m.inliers, tile_id=m.tile_id, level=m.level,
+    )

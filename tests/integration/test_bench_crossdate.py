@@ -1,0 +1,55 @@
+"""`skyfix bench crossdate` end to end on a small two-date set cut from the bundled Vienna
+orthophoto (date b: the same place with a brightness change), plus a broken pair."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from skyfix.runtime.apps.cli import main
+
+
+@pytest.fixture()
+def pair_set(ortho, tmp_path):
+    image, _ = ortho
+    a = np.ascontiguousarray(image[200:712, 300:812])
+    b = cv2.convertScaleAbs(a, alpha=0.8, beta=30)  # another "date": other brightness
+    root = tmp_path / "vienna_pairs"
+    (root / "A").mkdir(parents=True)
+    (root / "B").mkdir()
+    cv2.imwrite(str(root / "A" / "p1.png"), a)
+    cv2.imwrite(str(root / "B" / "p1.png"), b)
+    cv2.imwrite(str(root / "B" / "small.png"), b[:400, :400])
+    (root / "pairs.csv").write_text("id,a,b\np1,A/p1.png,B/p1.png\nbad,A/p1.png,B/small.png\n")
+    (root / "meta.json").write_text(json.dumps({"gsd_m": None, "rgb_bands": [1, 2, 3],
+                                                "registered": True, "licence": "CC BY 4.0"}))
+    return root
+
+
+def test_bench_crossdate_runs_the_product_and_reports(pair_set, tmp_path, capsys):
+    out = tmp_path / "bench" / "crossdate.json"
+    code = main(["bench", "crossdate", "--pairs", str(pair_set), "--views", "3",
+                 "--method", "rootsift", "--out", str(out)])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "skipped pair vienna_pairs/bad: images differ in size (512x512 vs 400x400)" in err
+    report = json.loads(out.read_text())
+    assert report["skipped_pairs"] == ["vienna_pairs/bad: images differ in size"
+                                       " (512x512 vs 400x400)"]
+    assert "loadavg_1m_start" in report["machine"]
+    s = report["methods"]["rootsift"]["sets"]["vienna_pairs"]
+    assert s["views"] == 3 and s["pairs"] == 1 and s["gsd_assumed"] and s["gsd_m"] == 0.5
+    # same place, brightness changed: every view placed within 3 px, nothing wrong
+    assert s["placed"] == 3 and s["wrong"] == 0 and s["median_err_px"] < 3
+    assert report["methods"]["rootsift"]["overall"]["placed"] == 3
+
+
+def test_bench_crossdate_bad_input_is_one_line(tmp_path, capsys):
+    code = main(["bench", "crossdate", "--pairs", str(tmp_path / "none"), "--out",
+                 str(tmp_path / "x.json")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("skyfix: error: pair set") and "\n" not in err

@@ -1,0 +1,193 @@
+"""Coarse stage of matching across dates (runtime/nav/coarse.py) on synthetic scenes with
+known answers, and the acceptance rules of the fine stage (runtime/nav/fine.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from skyfix.maps.structure import StructureWindow, downsample, structure_channels
+from skyfix.runtime.core.config import MatchConfig
+from skyfix.runtime.core.types import Fix, View
+from skyfix.runtime.nav.coarse import CoarseMatch, coarse_search
+from skyfix.runtime.nav.fine import NearMatch, judge_near, mutual_best, near_pairs
+from skyfix.runtime.nav.match import TileMatch
+
+GSD = 0.5  # m per map pixel; the channels are at 2 x that
+
+
+def scene(seed: int = 0, size: int = 768) -> np.ndarray:
+    """[size, size] uint8: random field blocks, roads and houses (no periodic pattern)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size), 110, np.uint8)
+    for _ in range(60):
+        x, y = rng.integers(0, size, 2)
+        w, h = rng.integers(20, 160, 2)
+        cv2.rectangle(img, (int(x), int(y)), (int(x + w), int(y + h)), int(rng.integers(30, 230)),
+                      -1)
+    for _ in range(12):
+        p = rng.integers(0, size, 4)
+        cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), int(rng.integers(0, 255)),
+                 int(rng.integers(2, 6)))
+    return img
+
+
+def window_of(img: np.ndarray) -> StructureWindow:
+    """The whole image as a map window whose top-left corner is at E = 0, N = 0."""
+    ch = structure_channels(downsample(img))
+    return StructureWindow(np.round(ch * 255) / 255, 0.0, 0.0, 2 * GSD)
+
+
+def view_of(img: np.ndarray, cx: float, cy: float, rot_deg: float, side: int = 256
+            ) -> np.ndarray:
+    """[side, side] view whose centre pixel shows image pixel (cx, cy), the content turned
+    counter-clockwise by rot_deg."""
+    R = cv2.getRotationMatrix2D((cx, cy), rot_deg, 1.0)
+    R[:, 2] += [(side - 1) / 2 - cx, (side - 1) / 2 - cy]
+    return cv2.warpAffine(img, R, (side, side), flags=cv2.INTER_LINEAR)
+
+
+def en_of(x: float, y: float) -> np.ndarray:
+    return np.array([(x + 0.5) * GSD, -(y + 0.5) * GSD])
+
+
+@pytest.mark.parametrize(("cx", "cy", "rot"), [(300.0, 410.0, 0.0), (451.3, 322.7, 3.0),
+                                               (380.0, 380.0, -4.5)])
+def test_coarse_finds_a_known_shift_and_rotation(cx, cy, rot):
+    img = scene()
+    view = view_of(img, cx, cy, rot)
+    # a contrast reversal and a gamma: brightness changes, structure does not
+    view = (255 * (1 - view / 255.0) ** 1.3).astype(np.uint8)
+    origin = (127.5, 127.5)
+    prior = en_of(cx, cy) + [30.0, -20.0]
+    (c,) = coarse_search(view, np.ones_like(view, bool), origin, window_of(img), prior, 100.0)
+    err_px = np.hypot(*(np.array([c.east_m, c.north_m]) - en_of(cx, cy))) / GSD
+    assert err_px < 1.5
+    assert c.rotation_deg == pytest.approx(-rot, abs=1.5)  # turning the view back aligns it
+    assert c.score > 0.5 and c.peak_ratio > 1.2
+
+
+def test_coarse_respects_the_prior_and_refuses_blank_views():
+    img = scene()
+    view = view_of(img, 300.0, 410.0, 0.0)
+    ones = np.ones_like(view, bool)
+    far = en_of(300.0, 410.0) + [150.0, 0.0]  # truth 150 m outside a 40 m prior circle
+    places = coarse_search(view, ones, (127.5, 127.5), window_of(img), far, 40.0, hypotheses=3)
+    assert len(places) == 3
+    for c in places:
+        assert np.hypot(c.east_m - far[0], c.north_m - far[1]) <= 40.0 + 4 * GSD
+    blank = np.zeros_like(view, bool)
+    assert coarse_search(view, blank, (127.5, 127.5), window_of(img), far, 400.0) == []
+    outside = np.array([1e5, 1e5])
+    assert coarse_search(view, ones, (127.5, 127.5), window_of(img), outside, 10.0) == []
+
+
+def test_hypotheses_are_distinct_places_best_first():
+    img = scene()
+    view = view_of(img, 300.0, 410.0, 2.0)
+    places = coarse_search(view, np.ones_like(view, bool), (127.5, 127.5), window_of(img),
+                           en_of(300.0, 410.0), 100.0, hypotheses=3)
+    assert len(places) == 3
+    first, *others = places
+    assert np.hypot(*(np.array([first.east_m, first.north_m]) - en_of(300.0, 410.0))) < 1.5 * GSD
+    assert first.peak_ratio > 1 and all(o.peak_ratio < 1 for o in others)
+    for o in others:
+        assert np.hypot(o.east_m - first.east_m, o.north_m - first.north_m) > 8 * 2 * GSD
+
+
+def test_a_repeated_pattern_has_a_low_peak_ratio():
+    grid = np.full((768, 768), 90, np.uint8)
+    for k in range(0, 768, 48):  # a street grid: 48 px blocks
+        grid[k:k + 6] = 200
+        grid[:, k:k + 6] = 200
+    view = view_of(grid, 380.0, 380.0, 0.0)
+    (c,) = coarse_search(view, np.ones_like(view, bool), (127.5, 127.5), window_of(grid),
+                         en_of(380.0, 380.0), 60.0)
+    assert c.peak_ratio < 1.05
+
+
+def _view() -> View:
+    return View(t_ns=7, image=np.zeros((200, 200), np.uint8), mask=np.ones((200, 200), bool),
+                gsd_m=GSD, origin_px=(99.5, 99.5), footprint_m=np.zeros((4, 2)), agl_m=100.0,
+                yaw_rad=0.0, R_ned_cam=np.eye(3))
+
+
+def _near(**changes) -> NearMatch:
+    m = TileMatch(tile_id=3, level=0, inliers=60, east_m=10.0, north_m=20.0,
+                  cov_en_m2=np.eye(2), scale=1.01, rotation_deg=1.0, tilt_deg=0.1,
+                  residual_rms_m=0.5)
+    c = CoarseMatch(east_m=10.2, north_m=20.1, rotation_deg=1.2, score=0.4, peak_ratio=1.3)
+    near = NearMatch(m, c, agreement_px=1.0, rotation_gap_deg=0.5, spread=0.6, candidates=300)
+    for k, v in changes.items():
+        if k in {f for f in TileMatch.__dataclass_fields__}:
+            near = replace(near, match=replace(near.match, **{k: v}))
+        elif k in {f for f in CoarseMatch.__dataclass_fields__}:
+            near = replace(near, coarse=replace(near.coarse, **{k: v}))
+        else:
+            near = replace(near, **{k: v})
+    return near
+
+
+CFG = MatchConfig()
+
+
+def test_the_calibrated_thresholds():
+    """Chosen once across all the shared two-date sets (README); a change must be deliberate."""
+    assert (CFG.min_inliers, CFG.min_spread, CFG.coarse_agree_px, CFG.coarse_agree_deg,
+            CFG.min_peak_ratio, CFG.max_residual_px, CFG.near_radius_px, CFG.hypotheses) == (
+        25, 0.45, 6.0, 3.0, 1.0, 4.0, 40.0, 3)
+
+
+def test_a_match_every_signal_supports_is_a_fix():
+    fix = judge_near(_view(), _near(), CFG)
+    assert isinstance(fix, Fix) and (fix.east_m, fix.north_m) == (10.0, 20.0)
+    assert fix.inliers == 60 and fix.agl_m == pytest.approx(101.0)
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"inliers": 24}, "few_inliers"),
+    ({"scale": 1.2}, "scale"),
+    ({"rotation_deg": 9.0}, "heading"),
+    ({"spread": 0.4}, "unconfirmed"),  # the inliers cluster in a corner
+    ({"spread": 0.4, "inliers": 200}, "unconfirmed"),  # ... however many
+    ({"residual_rms_m": 2.1}, "unconfirmed"),  # 4.2 px
+    ({"agreement_px": 7.0, "inliers": 49}, "unconfirmed"),  # coarse and fine disagree ...
+    ({"rotation_gap_deg": 4.0, "inliers": 49}, "unconfirmed"),  # ... on place or rotation
+    ({"peak_ratio": 0.9, "inliers": 49}, "ambiguous"),  # a coarse runner-up, few inliers
+])
+def test_each_signal_can_refuse_the_fix(changes, reason):
+    result = judge_near(_view(), _near(**changes), CFG)
+    assert not isinstance(result, Fix) and result.reason == reason
+
+
+def test_strong_fine_support_needs_no_coarse_agreement():
+    """2 x min_inliers well spread: the features alone decide (the place may be a coarse
+    runner-up's neighbour, up to near_radius_px from it)."""
+    near = _near(peak_ratio=0.8, agreement_px=30.0, rotation_gap_deg=5.0, inliers=50)
+    assert isinstance(judge_near(_view(), near, CFG), Fix)
+    assert judge_near(_view(), None, CFG).reason == "few_inliers"
+
+
+def test_near_pairs_and_mutual_best_against_brute_force():
+    rng = np.random.default_rng(1)
+    pred = rng.uniform(0, 100, (300, 2))
+    en = rng.uniform(-10, 110, (500, 2))
+    vi, mj = near_pairs(pred, en, 7.0)
+    d = np.linalg.norm(pred[:, None] - en[None], axis=2)
+    want = set(zip(*np.nonzero(d <= 7.0), strict=True))
+    assert set(zip(vi.tolist(), mj.tolist(), strict=True)) == want and len(vi) == len(want)
+    desc_v = rng.normal(size=(300, 8))
+    desc_m = rng.normal(size=(500, 8))
+    desc_v /= np.linalg.norm(desc_v, axis=1, keepdims=True)
+    desc_m /= np.linalg.norm(desc_m, axis=1, keepdims=True)
+    sim = np.einsum("ij,ij->i", desc_v[vi], desc_m[mj])
+    bv, bm = mutual_best(vi, mj, sim)
+    full = np.where(d <= 7.0, desc_v @ desc_m.T, -np.inf)
+    rows = np.flatnonzero(np.isfinite(full).any(1))
+    best = full[rows].argmax(1)
+    mutual = full[:, best].argmax(0) == rows
+    assert sorted(zip(bv.tolist(), bm.tolist(), strict=True)) == sorted(
+        zip(rows[mutual].tolist(), best[mutual].tolist(), strict=True))
