@@ -142,6 +142,8 @@ class CameraConfig:
 class DaemonConfig:
     map: str = ""  # map pack folder; required by `skyfix run`
     link: str = "udpin:0.0.0.0:14550"  # pymavlink connection: /dev/ttyTHS1,921600 | tcp:host:port
+    # autopilot address (host:port) a udpin link answers; "" = the first to send its HEARTBEAT
+    peer: str = ""
     autopilot: str = "ardupilot"  # ardupilot: GPS_INPUT | px4: GLOBAL_POSITION_SENSOR
     link_timeout_s: float = 3.0  # no MAVLink message for this long -> reconnect
     heartbeat_hz: float = 1.0  # HEARTBEAT rate, as an onboard computer

@@ -24,6 +24,7 @@ from pymavlink import mavutil
 
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.types import GnssSample, Telemetry
+from skyfix.runtime.io.link import AutopilotUDP, check_link_spec
 from skyfix.runtime.io.mavlink import UERE_M, pin_mavlink2, setup_signing
 
 _MAX_GAP_NS = 2_000_000_000  # no attitude within 2 s of a frame -> no telemetry for it
@@ -200,14 +201,20 @@ class TelemetryBuffer:
 
 
 def open_link(spec: str, system_id: int, component_id: int, signing_key: bytes | None = None,
-              refuse_unsigned: bool = False, link_id: int = 0):
+              refuse_unsigned: bool = False, link_id: int = 0, peer: str | None = None):
     """A pymavlink connection for `spec` (`/dev/ttyTHS1,921600`, `udpin:0.0.0.0:14550`,
     `tcp:host:port`, ...) speaking MAVLink 2 (ardupilotmega) as system/component, signing
-    what it sends when given a key."""
+    what it sends when given a key. A UDP server (`udpin:`) answers only the autopilot
+    (system `system_id`) at `peer` ("host:port"), or else at the address of its first
+    valid HEARTBEAT: see `AutopilotUDP`."""
     device, baud = device_and_baud(spec)
-    conn = mavutil.mavlink_connection(device, baud=baud, source_system=system_id,
-                                      source_component=component_id, autoreconnect=True,
-                                      dialect="ardupilotmega", robust_parsing=True)
+    if device.startswith("udpin:"):
+        conn = AutopilotUDP(device[len("udpin:"):], system_id, peer, signing_key is not None,
+                            source_system=system_id, source_component=component_id)
+    else:
+        conn = mavutil.mavlink_connection(device, baud=baud, source_system=system_id,
+                                          source_component=component_id, autoreconnect=True,
+                                          dialect="ardupilotmega", robust_parsing=True)
     pin_mavlink2(conn)  # not the MAVLink 1 module mavutil picks without an env variable
     if signing_key is not None:
         setup_signing(conn, signing_key, refuse_unsigned, link_id)
@@ -221,4 +228,5 @@ def device_and_baud(spec: str) -> tuple[str, int]:
         if not rate.strip().isdigit():
             raise SkyfixError(f"serial link {spec!r}: baud rate must be a number")
         return device, int(rate)
+    check_link_spec(spec)
     return spec, 115200

@@ -1,0 +1,309 @@
+"""The daemon's link against an attacker on the same network, over real UDP sockets on
+127.0.0.1: output goes to the autopilot alone, floods of new senders neither stop nor
+slow it, forged signing timestamps cannot shut a signed link, and a thread that dies
+ends `Daemon.run` with its exception instead of a clean stop."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from pymavlink.dialects.v20 import ardupilotmega as mav2
+
+from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.flight.daemon import Daemon
+from skyfix.runtime.io.camera_source import LatestFrameQueue
+from skyfix.runtime.io.mavlink import setup_signing
+from skyfix.runtime.io.telemetry import open_link
+from skyfix.runtime.nav.navigator import Navigator
+from skyfix.sim.closed_loop import free_udp_port
+
+KEY = bytes(range(7, 39))
+FRAME = LocalFrame.at(__import__("rasterio.crs", fromlist=["CRS"]).CRS.from_epsg(31256),
+                      0.0, 340000.0)
+
+
+def vehicle_heartbeat() -> mav2.MAVLink_heartbeat_message:
+    return mav2.MAVLink_heartbeat_message(mav2.MAV_TYPE_QUADROTOR, mav2.MAV_AUTOPILOT_ARDUPILOTMEGA,
+                                          0, 0, mav2.MAV_STATE_ACTIVE, 3)
+
+
+class RawPeer:
+    """A MAVLink endpoint on its own UDP socket (so its address is known before it sends):
+    the autopilot, or an attacker pretending to be it."""
+
+    def __init__(self, daemon_port: int, key: bytes | None = None, system_id: int = 1,
+                 stamp: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()
+        self.target = ("127.0.0.1", daemon_port)
+        self.mav = mav2.MAVLink(None, system_id, 1)
+        self.mav.robust_parsing = True
+        if key is not None:
+            setup_signing(self.mav, key, refuse_unsigned=False)
+            if stamp is not None:
+                self.mav.signing.timestamp = stamp
+        self.got: list[tuple[float, object]] = []
+
+    def send(self, msg) -> None:
+        self.sock.sendto(msg.pack(self.mav), self.target)
+
+    def pump(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.send(vehicle_heartbeat())
+            self.drain()
+            time.sleep(0.05)
+
+    def drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65535)
+            except BlockingIOError:
+                return
+            for m in self.mav.parse_buffer(data) or []:
+                if m.get_type() != "BAD_DATA":
+                    self.got.append((time.monotonic(), m))
+
+    def of(self, kind: str) -> list:
+        return [m for _, m in self.got if m.get_type() == kind]
+
+    def gps_times(self) -> np.ndarray:
+        return np.array([t for t, m in self.got if m.get_type() == "GPS_INPUT"])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def make_daemon(port: int, **daemon_keys) -> Daemon:
+    cfg = Config()
+    cfg = replace(cfg, daemon=replace(cfg.daemon, link=f"udpin:127.0.0.1:{port}",
+                                      link_timeout_s=2.0, **daemon_keys))
+    return Daemon(cfg, Navigator(None, FRAME, cfg), LatestFrameQueue(2))
+
+
+def signed(daemon: Daemon, tmp_path, refuse_unsigned: bool = True) -> Daemon:
+    path = tmp_path / "signing.key"
+    path.write_bytes(KEY)
+    path.chmod(0o600)
+    cfg = daemon.cfg
+    cfg = replace(cfg, output=replace(cfg.output, signing_key=str(path),
+                                      refuse_unsigned=refuse_unsigned))
+    return Daemon(cfg, daemon.nav, daemon.queue)
+
+
+def run_with_fix(daemon: Daemon, steps) -> BaseException | None:
+    """Run `daemon` with a fresh filter while `steps()` runs; the exception `run` raised."""
+    now = time.time_ns()
+    daemon.nav.filter.initialize(now, np.zeros(2), np.eye(2), np.zeros(2), np.eye(2) * 0.1)
+    daemon.nav.last_fix_t_ns = now + int(60e9)
+    daemon.publish()
+    stop, raised = threading.Event(), []
+
+    def target() -> None:
+        try:
+            daemon.run(stop)
+        except BaseException as exc:  # what the process would exit with
+            raised.append(exc)
+
+    runner = threading.Thread(target=target)
+    runner.start()
+    end = time.monotonic() + 5.0
+    while daemon._conn is None and time.monotonic() < end:  # the link is open
+        time.sleep(0.01)
+    try:
+        steps()
+    finally:
+        stop.set()
+        runner.join(15.0)
+    assert not runner.is_alive()
+    return raised[0] if raised else None
+
+
+def test_output_goes_to_the_autopilot_only():
+    port = free_udp_port()
+    daemon = make_daemon(port)
+    autopilot, ground, late_impostor = (RawPeer(port), RawPeer(port, system_id=255),
+                                        RawPeer(port))
+
+    def steps():
+        ground.send(vehicle_heartbeat())  # another system's heartbeat names no peer
+        autopilot.pump(0.6)
+        for _ in range(10):  # the same system id from another address, once pinned
+            late_impostor.send(vehicle_heartbeat())
+            ground.send(vehicle_heartbeat())
+        autopilot.pump(0.6)
+        ground.drain()
+        late_impostor.drain()
+
+    assert run_with_fix(daemon, steps) is None
+    assert len(autopilot.of("GPS_INPUT")) >= 8 and autopilot.of("HEARTBEAT")
+    assert not ground.got and not late_impostor.got
+    for p in (autopilot, ground, late_impostor):
+        p.close()
+
+
+def test_configured_peer_wins_over_an_earlier_impostor():
+    port = free_udp_port()
+    autopilot = RawPeer(port)
+    impostor = RawPeer(port)
+    daemon = make_daemon(port, peer=f"127.0.0.1:{autopilot.address[1]}")
+
+    def steps():
+        impostor.pump(0.4)  # first to send a vehicle heartbeat, but not the configured peer
+        autopilot.pump(0.6)
+        impostor.pump(0.2)
+
+    assert run_with_fix(daemon, steps) is None
+    assert len(autopilot.of("GPS_INPUT")) >= 4
+    assert not impostor.got
+
+
+def test_a_flood_of_new_senders_neither_stops_nor_slows_the_output():
+    """Thousands of datagrams from new source ports (each a new "client" for pymavlink's
+    UDP server) while the autopilot listens: 10 Hz output to it alone, nothing to them."""
+    port = free_udp_port()
+    daemon = make_daemon(port)
+    autopilot = RawPeer(port)
+    flooders: list[socket.socket] = []
+    junk = vehicle_heartbeat().pack(mav2.MAVLink(None, 1, 1))
+
+    def steps():
+        autopilot.pump(0.5)
+        start = time.monotonic()
+        while time.monotonic() - start < 2.0:
+            batch = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(50)]
+            for s in batch:
+                s.sendto(junk, ("127.0.0.1", port))
+                s.sendto(b"\xfd\x09garbage", ("127.0.0.1", port))
+            flooders.extend(batch[:2])  # a few stay open to see what they receive
+            for s in batch[2:]:
+                s.close()
+            autopilot.send(vehicle_heartbeat())
+            autopilot.drain()
+            time.sleep(0.01)
+        autopilot.pump(0.3)
+
+    assert run_with_fix(daemon, steps) is None
+    t = autopilot.gps_times()
+    assert len(t) >= 20 and np.diff(t).max() < 0.3
+    assert daemon.stats.sent >= 20
+    for s in flooders:
+        s.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            s.recv(65535)
+        s.close()
+    autopilot.close()
+
+
+def test_forged_signing_timestamps_do_not_shut_a_signed_link(tmp_path):
+    """Packets signed with a wrong key and stamped near 2^48, on the autopilot's own stream
+    and before it speaks: refused, and they move no signing state."""
+    port = free_udp_port()
+    daemon = signed(make_daemon(port), tmp_path)
+    forger = RawPeer(port, key=bytes(32), stamp=2**48 - 1000)
+    autopilot = RawPeer(port, key=KEY)
+
+    heard = []
+
+    def steps():
+        for _ in range(20):
+            forger.send(vehicle_heartbeat())
+        time.sleep(0.2)
+        autopilot.pump(0.8)
+        heard.append(daemon.stats.messages)
+        forger.send(vehicle_heartbeat())  # once more, on the stream now known
+        time.sleep(0.1)
+        autopilot.pump(0.5)
+        heard.append(daemon.stats.messages)
+        forger.drain()
+
+    assert run_with_fix(daemon, steps) is None
+    got = autopilot.of("GPS_INPUT")
+    assert len(got) >= 6 and all(m.get_signed() for m in got)
+    assert heard[0] >= 8 and heard[1] >= heard[0] + 5  # genuine heartbeats taken throughout
+    assert not forger.got
+
+
+def test_an_unsigned_heartbeat_cannot_name_the_peer_of_a_signed_link(tmp_path):
+    port = free_udp_port()
+    daemon = signed(make_daemon(port), tmp_path, refuse_unsigned=False)
+    impostor = RawPeer(port)
+    autopilot = RawPeer(port, key=KEY)
+
+    def steps():
+        impostor.pump(0.4)
+        autopilot.pump(0.6)
+        impostor.drain()
+
+    assert run_with_fix(daemon, steps) is None
+    assert autopilot.of("GPS_INPUT") and not impostor.got
+
+
+def test_signature_is_checked_before_its_timestamp_is_trusted():
+    """At the parser: a forged stamp near 2^48 on a new stream, then the genuine sender
+    on that stream is still accepted (pymavlink alone would refuse it as old)."""
+    receiver = mav2.MAVLink(None, 1, 191)
+    receiver.robust_parsing = True
+    setup_signing(receiver, KEY, refuse_unsigned=True)
+    forger, genuine = mav2.MAVLink(None, 1, 1), mav2.MAVLink(None, 1, 1)
+    setup_signing(forger, bytes(32), refuse_unsigned=True)
+    forger.signing.timestamp = 2**48 - 10
+    setup_signing(genuine, KEY, refuse_unsigned=True)
+    before = receiver.signing.timestamp
+    forged = receiver.parse_buffer(vehicle_heartbeat().pack(forger))
+    assert [m.get_type() for m in forged] == ["BAD_DATA"]
+    assert receiver.signing.stream_timestamps == {} and receiver.signing.timestamp == before
+    ok = receiver.parse_buffer(vehicle_heartbeat().pack(genuine))
+    assert [m.get_type() for m in ok] == ["HEARTBEAT"] and ok[0].get_signed()
+    replayed = receiver.parse_buffer(bytes(ok[0].get_msgbuf()))
+    assert [m.get_type() for m in replayed] == ["BAD_DATA"]  # the same stamp again
+
+
+def test_a_thread_that_dies_ends_run_with_its_exception():
+    port = free_udp_port()
+    daemon = make_daemon(port)
+    autopilot = RawPeer(port)
+
+    def broken_listener(msg, t_ns):
+        raise RuntimeError("listener bug")
+
+    daemon.listeners.append(broken_listener)
+    start = time.monotonic()
+    exc = run_with_fix(daemon, lambda: autopilot.pump(1.0))
+    assert isinstance(exc, RuntimeError) and "listener bug" in str(exc)
+    assert time.monotonic() - start < 10.0
+    assert daemon._conn is None  # the link was closed on the way out
+
+
+@pytest.mark.parametrize("link", ["udpin:127.0.0.1", "udpin:127.0.0.1:port",
+                                  "udpin:127.0.0.1:70000", "tcp::5760",
+                                  "/dev/ttyUSB0,fast"])
+def test_a_malformed_link_is_one_line_before_any_thread(link):
+    cfg = Config()
+    cfg = replace(cfg, daemon=replace(cfg.daemon, link=link))
+    with pytest.raises(SkyfixError) as err:
+        Daemon(cfg, Navigator(None, FRAME, cfg), LatestFrameQueue(2))
+    assert "\n" not in str(err.value)
+
+
+def test_open_link_refuses_a_malformed_peer():
+    with pytest.raises(SkyfixError, match="peer"):
+        open_link("udpin:127.0.0.1:0", 1, 191, peer="127.0.0.1")
+
+
+def test_the_systemd_unit_restarts_a_failed_daemon_with_a_back_off():
+    from pathlib import Path
+
+    unit = (Path(__file__).resolve().parents[2] / "configs" / "skyfix.service").read_text()
+    for key in ("Restart=always", "RestartSteps=", "RestartMaxDelaySec=",
+                "StartLimitIntervalSec=0"):
+        assert key in unit
