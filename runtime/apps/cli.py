@@ -1,7 +1,9 @@
 """`skyfix` command line: a thin layer over the library.
 
 Bad input raises SkyfixError somewhere below; it is printed here as one line
-(`skyfix: error: ...`) with exit status 2. Anything else is a bug and keeps its traceback.
+(`skyfix: error: ...`) with exit status 2, like operating-system errors (an existing
+output, a full or read-only disk). Anything else is a bug: one line naming a crash report
+with the traceback, exit status 70 (see `runtime/apps/boundary.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ def _floats(text: str) -> tuple[float, ...]:
     except ValueError:
         msg = f"expected comma-separated numbers, got {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
+
+
+def _output_file(path: Path) -> Path:
+    """`path` as a file to write later: its folder made now, so that an unusable path
+    fails before the work rather than after it."""
+    if path.is_dir():
+        raise SkyfixError(f"--out {path} is a folder: give the file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def cmd_sim_flight(a: argparse.Namespace) -> None:
@@ -133,8 +144,8 @@ def cmd_sim_autopilot(a: argparse.Namespace) -> None:
     emulator = AutopilotEmulator(a.ortho, spec, a.link)
     print(f"flying {a.duration:g} s over {a.ortho.name}, GNSS off at {a.gnss_off_at:g} s, "
           f"MAVLink on {a.link}")
+    a.out.mkdir(parents=True, exist_ok=True)  # before the flight, not after it
     emulator.run(threading.Event())
-    a.out.mkdir(parents=True, exist_ok=True)
     path = emulator.write_received(a.out / "received.tlog")
     print(f"sent {emulator.sent} messages, received {len(emulator.gps_inputs())} GPS_INPUT; "
           f"wrote {path}")
@@ -225,6 +236,7 @@ def cmd_models_bench(a: argparse.Namespace) -> None:
     script = Path(skyfix.models.__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
     if not script.is_file():
         raise SkyfixError(f"{script} not found: the model benchmark runs from a source checkout")
+    _output_file(a.out)
     cmd = [sys.executable, str(script), "--out", str(a.out), "--runs", str(a.runs),
            "--tiles", str(a.tiles)]
     if a.threads:
@@ -241,6 +253,9 @@ def cmd_calibrate_camera(a: argparse.Namespace) -> None:
         write_camera_info,
     )
 
+    _output_file(a.out)
+    if a.ros:
+        _output_file(a.ros)
     res = calibrate_intrinsics(a.images, parse_pattern(a.pattern), a.min_views)
     res.camera.save(a.out)
     c = res.camera
@@ -259,6 +274,7 @@ def cmd_calibrate_mount(a: argparse.Namespace) -> None:
     from skyfix.calibration.mount import calibrate_mount
     from skyfix.runtime.core.config import load_config
 
+    _output_file(a.out)
     cal = calibrate_mount(a.flight, a.map, load_config(a.config), a.min_frames)
     r, p_, y = cal.mount_error_deg
     print(f"frames used {cal.frames_used} of {cal.frames_total}")
@@ -486,16 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from skyfix.runtime.apps.boundary import run_guarded
+
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except SkyfixError as exc:
-        print(f"skyfix: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("skyfix: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_guarded(lambda: args.func(args), ["skyfix", *argv], getattr(args, "config", None))
 
 
 if __name__ == "__main__":
