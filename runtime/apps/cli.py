@@ -288,6 +288,12 @@ def cmd_calibrate_mount(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}")
 
 
+def cmd_config_doc(a: argparse.Namespace) -> None:
+    from skyfix.runtime.core.config_doc import default_yaml, markdown_table
+
+    print(markdown_table() if a.markdown else default_yaml(), end="")
+
+
 def _print_summary(report, files) -> None:
     rows = [
         ("frames", report.frames), ("accepted fixes", report.fixes),
@@ -435,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--agl", type=float, default=120.0, help="height above ground, m")
     st.add_argument("--out", required=True, type=Path)
     st.set_defaults(func=cmd_sim_sitl)
+
+    co = sub.add_parser("config", help="the configuration schema")
+    cosub = co.add_subparsers(dest="config_command", required=True)
+    cd = cosub.add_parser("doc", help="every key with its default, allowed values and meaning "
+                          "(configs/default.yaml; --markdown: the README table)")
+    cd.add_argument("--markdown", action="store_true", help="the README table instead")
+    cd.set_defaults(func=cmd_config_doc)
 
     rn = sub.add_parser("run", help="the flight daemon: camera + map pack -> MAVLink GPS_INPUT")
     rn.add_argument("--config", required=True, type=Path, help="YAML configuration")

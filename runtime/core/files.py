@@ -1,9 +1,17 @@
-"""File helpers every layer uses: content hashes."""
+"""File helpers every layer uses: content hashes, YAML read with limits."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from skyfix.runtime.core.errors import SkyfixError
+
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_DEPTH = 64
 
 
 def file_sha256(path: Path) -> str:
@@ -13,3 +21,45 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (a few anchors can expand into gigabytes)
+    and with a bounded nesting depth."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise SkyfixError(f"YAML aliases (*name) are not accepted (line {mark.line + 1})")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise SkyfixError(f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in `path` (at most MAX_YAML_BYTES, no aliases, nesting at most
+    MAX_YAML_DEPTH); a one-line SkyfixError naming `what` and `path` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise SkyfixError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_YAML_BYTES + 1)
+    if len(raw) > MAX_YAML_BYTES:
+        raise SkyfixError(f"{what} {path} is larger than {MAX_YAML_BYTES // 1000} kB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SkyfixError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 (a SafeLoader subclass)
+    except SkyfixError as exc:
+        raise SkyfixError(f"{what} {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise SkyfixError(f"{what} {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    except RecursionError:
+        raise SkyfixError(f"{what} {path} is nested too deeply") from None
