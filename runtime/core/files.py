@@ -11,6 +11,7 @@ import yaml
 from skyfix.runtime.core.errors import SkyfixError
 
 MAX_YAML_BYTES = 1_000_000
+MAX_JSON_BYTES = 16_000_000
 MAX_YAML_DEPTH = 64
 
 
@@ -63,3 +64,29 @@ def read_yaml(path: Path, what: str) -> Any:
         raise SkyfixError(f"{what} {path} is not valid YAML: {exc}".splitlines()[0]) from None
     except RecursionError:
         raise SkyfixError(f"{what} {path} is nested too deeply") from None
+
+
+def read_json_object(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """The JSON object (a mapping) in `path`: at most `max_bytes`, nesting bounded by
+    Python's recursion limit; a one-line SkyfixError naming `what` and `path` otherwise."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise SkyfixError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise SkyfixError(f"{what} {path} is larger than {max_bytes // 1000} kB")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SkyfixError(f"{what} {path} is not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise SkyfixError(f"{what} {path}: not valid JSON ({exc.msg}, line {exc.lineno})"
+                          ) from None
+    except RecursionError:
+        raise SkyfixError(f"{what} {path} is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise SkyfixError(f"{what} {path} must hold a JSON object, not {type(data).__name__}")
+    return data

@@ -22,10 +22,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 from rasterio.crs import CRS
+from rasterio.errors import CRSError
 
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import read_json_object
 from skyfix.runtime.core.geo import WGS84
+from skyfix.runtime.core.limits import check_time_ns
 from skyfix.runtime.core.types import Frame
 from skyfix.runtime.io.logs import (
     ImageMeta,
@@ -89,11 +92,7 @@ class RecordedFlight:
         meta_path = root / "flight.json"
         if not meta_path.is_file():
             raise SkyfixError(f"{root} is not a recorded flight (no flight.json)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise SkyfixError(
-                f"{meta_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        meta = read_json_object(meta_path, "flight description", 1_000_000)
         if meta.get("format") != FLIGHT_FORMAT:
             raise SkyfixError(
                 f"{meta_path}: format {meta.get('format')!r}, expected {FLIGHT_FORMAT!r}")
@@ -106,6 +105,11 @@ class RecordedFlight:
             tlog = root / meta["telemetry"]
         except KeyError as exc:
             raise SkyfixError(f"{meta_path}: missing key {exc}") from None
+        except TypeError:
+            raise SkyfixError(f"{meta_path}: camera, frames, telemetry and truth must be file "
+                              "names") from None
+        except CRSError as exc:
+            raise SkyfixError(f"{meta_path}: unusable crs {meta.get('crs')!r} ({exc})") from None
         return cls(root, camera, times, files, tlog, truth)
 
     def frames(self) -> Iterator[Frame | tuple[int, int, str]]:
@@ -125,10 +129,11 @@ def _read_frames_csv(path: Path, root: Path) -> tuple[np.ndarray, tuple[Path, ..
     with open(path, newline="") as f:
         for row_no, row in enumerate(csv.DictReader(f), start=2):
             try:
-                times.append(int(row["t_ns"]))
-                files.append(root / row["file"])
+                t_ns, file = int(row["t_ns"]), root / row["file"]
             except (KeyError, TypeError, ValueError):
                 raise SkyfixError(f"{path}:{row_no}: expected columns index,t_ns,file") from None
+            times.append(check_time_ns(t_ns, f"{path}:{row_no}"))
+            files.append(file)
     if not times:
         raise SkyfixError(f"{path}: no frames listed")
     order = np.argsort(times, kind="stable")
@@ -138,9 +143,18 @@ def _read_frames_csv(path: Path, root: Path) -> tuple[np.ndarray, tuple[Path, ..
 def _read_truth(path: Path, crs: CRS) -> Truth:
     if not path.is_file():
         raise SkyfixError(f"ground truth not found: {path}")
+    rows = []
     with open(path, newline="") as f:
-        rows = [(int(r["t_ns"]), float(r["east_m"]), float(r["north_m"]))
-                for r in csv.DictReader(f)]
+        for row_no, r in enumerate(csv.DictReader(f), start=2):
+            try:
+                row = (int(r["t_ns"]), float(r["east_m"]), float(r["north_m"]))
+            except (KeyError, TypeError, ValueError):
+                raise SkyfixError(f"{path}:{row_no}: expected columns t_ns,east_m,north_m"
+                                  ) from None
+            check_time_ns(row[0], f"{path}:{row_no}")
+            if not np.isfinite(row[1:]).all():
+                raise SkyfixError(f"{path}:{row_no}: east_m and north_m must be finite")
+            rows.append(row)
     if not rows:
         raise SkyfixError(f"{path}: no rows")
     arr = np.array(rows, np.float64)
@@ -242,9 +256,11 @@ def _read_times_csv(path: Path) -> dict[str, int]:
         for row_no, row in enumerate(reader, start=2):
             try:
                 v = Decimal(str(row[tcol]).strip())
-                out[Path(row[fcol]).name] = int(v if tcol == "t_ns" else v * 10**9)
-            except (TypeError, ValueError, InvalidOperation):
+                t_ns = int(v if tcol == "t_ns" else v * 10**9)
+                name = Path(row[fcol]).name
+            except (TypeError, ValueError, InvalidOperation, OverflowError):
                 raise SkyfixError(f"{path}:{row_no}: {tcol} is not a number") from None
+            out[name] = check_time_ns(t_ns, f"{path}:{row_no}")
     return out
 
 

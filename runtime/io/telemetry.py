@@ -23,6 +23,7 @@ import numpy as np
 from pymavlink import mavutil
 
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.limits import plausible_time_ns
 from skyfix.runtime.core.types import GnssSample, Telemetry
 from skyfix.runtime.io.link import AutopilotUDP, check_link_spec
 from skyfix.runtime.io.mavlink import UERE_M, pin_mavlink2, setup_signing
@@ -60,7 +61,7 @@ class TelemetryLog:
         except Exception as exc:  # pymavlink raises bare errors on broken records
             raise SkyfixError(f"{path}: unreadable MAVLink log ({exc})") from None
         rows: dict[str, list] = {k: [] for k in WIDTHS}
-        n = 0
+        n = bad_stamps = 0
         wanted = ["ATTITUDE", "GLOBAL_POSITION_INT", "GPS_RAW_INT", "DISTANCE_SENSOR",
                   "RANGEFINDER"]
         while True:
@@ -71,7 +72,11 @@ class TelemetryLog:
             if msg is None:
                 break
             n += 1
-            parsed = parse_message(msg, int(round(msg._timestamp * 1e9)))
+            t_ns = msg._timestamp * 1e9
+            if not plausible_time_ns(t_ns):  # a broken record stamp (year 586524, say)
+                bad_stamps += 1
+                continue
+            parsed = parse_message(msg, int(round(t_ns)))
             if parsed is not None:
                 rows[parsed[0]].append(parsed[1])
         if not rows["att"]:
@@ -82,7 +87,7 @@ class TelemetryLog:
 
         a = {k: np.array(v, np.float64).reshape(-1, WIDTHS[k]) for k, v in rows.items()}
         a = {k: v[np.argsort(v[:, 0], kind="stable")] for k, v in a.items()}
-        bad = int(getattr(conn.mav, "total_receive_errors", 0))
+        bad = int(getattr(conn.mav, "total_receive_errors", 0)) + bad_stamps
         return cls(a["att"], a["pos"], a["gnss"], n, bad, a["rng"])
 
     def at(self, t_ns: int) -> Telemetry | None:
