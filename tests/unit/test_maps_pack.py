@@ -71,7 +71,8 @@ def test_manifest_and_tiles(pack_path, crop):
     pack = MapPack.open(pack_path, encoder_id=ENC.id)
     assert pack.n_tiles == 29 and pack.levels == tuple(m["gsds_m"])
     assert pack.tile_center_en.dtype == np.float64 and pack.tile_bounds_en.shape == (29, 4)
-    assert isinstance(pack.descriptors, np.memmap)
+    assert not isinstance(pack.descriptors, np.memmap)  # small: read into memory
+    assert isinstance(MapPack.open(pack_path, in_ram_max_bytes=0).descriptors, np.memmap)
     assert pack.descriptors.shape == (29, 32 * 128) and pack.codebook.shape == (32, 128)
     assert np.allclose(np.linalg.norm(pack.descriptors, axis=1), 1, atol=1e-4)
     assert np.load(pack_path / "keypoints.npy", mmap_mode="r").dtype == np.float32
