@@ -67,6 +67,7 @@ from skyfix.maps.tiles import (
 from skyfix.models.features import Encoder, RootSiftEncoder, fit_codebook
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
+from skyfix.runtime.core.provenance import load_private_key, sign_manifest
 
 DEFAULT_ENCODER = RootSiftEncoder()
 SEED = 0  # codebook sample and k-means
@@ -111,7 +112,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
                codebook_k: int = 32, force: bool = False, progress: bool = True,
                dem: Path | None = None, index_min_tiles: int = INDEX_MIN_TILES,
                on_progress: Callable[[BuildProgress], None] | None = None,
-               extract: Callable[..., list[Path]] = extract_chunks) -> Path:
+               extract: Callable[..., list[Path]] = extract_chunks,
+               sign_key: Path | None = None) -> Path:
     """Write the map pack of `orthos` to the folder `out` and return `out`.
 
     `gsds_m`: ground resolution of each level, metres/pixel (default: native, 2 x native);
@@ -121,9 +123,12 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     at `out` (never a non-empty folder that is no pack). `on_progress` is called after each
     chunk of tiles. `extract` computes the tile chunks (signature of
     skyfix.maps.tiles.extract_chunks; skyfix.maps.distributed passes a Ray-backed one).
+    `sign_key`: Ed25519 private key (PEM) to sign the manifest with (manifest.json.sig).
     Raises SkyfixError (one line) for unusable input.
     """
     out, paths = Path(out), [Path(p) for p in orthos]
+    if sign_key is not None:
+        load_private_key(sign_key)  # an unusable key fails now, not after the build
     dem = None if dem is None else Path(dem)
     _check_args(paths, gsds_m, tile_px, overlap, codebook_k, dem, index_min_tiles)
     _check_out(out, force)
@@ -141,6 +146,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
             manifest = _build(work, paths, dem, encoder, gsds_m, tile_px, overlap, codebook_k,
                               index_min_tiles, progress, on_progress, extract)
         (work / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        if sign_key is not None:
+            sign_manifest(work / MANIFEST, sign_key)
         _commit(work, out, force)
     except SkyfixError:
         shutil.rmtree(work, ignore_errors=True)

@@ -41,6 +41,7 @@ from skyfix.maps.pack_checks import array_problems, manifest_problems, tile_prob
 from skyfix.models.features import vlad
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
+from skyfix.runtime.core.provenance import check_manifest_signature
 
 FORMAT = "skyfix-pack/1"
 MAX_MANIFEST_BYTES = 16_000_000
@@ -273,16 +274,20 @@ class MapPack:
 
     @classmethod
     def open(cls, path: Path, encoder_id: str | None = None, verify: bool = True,
-             in_ram_max_bytes: int = IN_RAM_MAX_BYTES) -> MapPack:
+             in_ram_max_bytes: int = IN_RAM_MAX_BYTES,
+             trusted_key: Path | None = None) -> MapPack:
         """Open the pack at `path`; `verify` re-hashes every file against the manifest and
         scans every array's values (`maps.pack_checks`; tiles are always checked). Arrays
         up to `in_ram_max_bytes` are read into memory; larger ones stay memory-mapped and
-        `check_files` guards them against a truncation while in use.
+        `check_files` guards them against a truncation while in use. With `trusted_key`
+        the manifest must carry a valid signature by it (`runtime.core.provenance`).
 
         Raises SkyfixError naming the pack and the offending file, or both encoder ids when
         the pack was built with another encoder than `encoder_id`.
         """
         path = Path(path)
+        if trusted_key is not None and (path / MANIFEST).is_file():
+            check_manifest_signature(path / MANIFEST, trusted_key, f"map pack {path}")
         manifest, problems = _read_manifest(path)
         if manifest is None:
             raise SkyfixError(f"map pack {path}: {problems[0]}")

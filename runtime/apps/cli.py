@@ -46,7 +46,7 @@ def cmd_maps_build(a: argparse.Namespace) -> None:
     from skyfix.models.registry import make_encoder
 
     kwargs = dict(encoder=make_encoder(a.encoder), gsds_m=a.gsd, tile_px=a.tile,
-                  overlap=a.overlap, force=a.force, dem=a.dem,
+                  overlap=a.overlap, force=a.force, dem=a.dem, sign_key=a.sign_key,
                   index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
                   else a.index_min_tiles)
     if a.ray is not None:
@@ -66,13 +66,32 @@ def cmd_maps_shard(a: argparse.Namespace) -> None:
 
 
 def cmd_maps_verify(a: argparse.Namespace) -> None:
-    from skyfix.maps.pack import verify_pack
+    from skyfix.maps.pack import MANIFEST, verify_pack
+    from skyfix.runtime.core.provenance import check_manifest_signature
 
+    if a.trusted_key:
+        check_manifest_signature(a.pack / MANIFEST, a.trusted_key, f"map pack {a.pack}")
     problems = verify_pack(a.pack)
     if problems:
         raise SkyfixError(f"map pack {a.pack}: {problems[0]}"
                           + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
     print(f"map pack {a.pack}: OK")
+
+
+def cmd_sign(a: argparse.Namespace) -> None:
+    from skyfix.maps.pack import MANIFEST, verify_pack
+    from skyfix.models.manifest import load_manifest, manifest_path
+    from skyfix.runtime.core.provenance import sign_manifest
+
+    if a.command == "maps":
+        problems = verify_pack(a.target)  # never sign a pack that fails its own checks
+        if problems:
+            raise SkyfixError(f"map pack {a.target}: {problems[0]}; not signed")
+        manifest = a.target / MANIFEST
+    else:
+        load_manifest(a.target, verify=True)
+        manifest = manifest_path(a.target)
+    print(f"signed {manifest}: {sign_manifest(manifest, a.key)}")
 
 
 def cmd_maps_info(a: argparse.Namespace) -> None:
@@ -365,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     b.add_argument("--overlap", type=float, default=0.5, help="tile overlap 0..0.9 (default 0.5)")
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
+    b.add_argument("--sign-key", type=Path, metavar="PEM",
+                   help="sign the manifest with this Ed25519 private key (manifest.json.sig)")
     b.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
                    help="local-feature encoder the runtime will match with (default rootsift)")
     b.add_argument("--dem", type=Path, help="terrain model (GeoTIFF) to resample into the pack")
@@ -381,7 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     sh.set_defaults(func=cmd_maps_shard)
     v = msub.add_parser("verify", help="re-hash every file of a pack against its manifest")
     v.add_argument("pack", type=Path)
+    v.add_argument("--trusted-key", type=Path, metavar="PEM",
+                   help="also require an Ed25519 signature by this public key")
     v.set_defaults(func=cmd_maps_verify)
+    sg = msub.add_parser("sign", help="sign a pack's manifest with an Ed25519 private key")
+    sg.add_argument("target", type=Path, metavar="PACK")
+    sg.add_argument("--key", required=True, type=Path, metavar="PEM", help="private key")
+    sg.set_defaults(func=cmd_sign)
     i = msub.add_parser("info", help="summary of a pack")
     i.add_argument("pack", type=Path)
     i.set_defaults(func=cmd_maps_info)
@@ -469,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
                    help="ONNX model (default: the bundled XFeat)")
     n.set_defaults(func=cmd_models_info)
+    ms = mo.add_parser("sign", help="sign a model's manifest with an Ed25519 private key")
+    ms.add_argument("target", type=Path, metavar="MODEL", help="the .onnx file")
+    ms.add_argument("--key", required=True, type=Path, metavar="PEM", help="private key")
+    ms.set_defaults(func=cmd_sign)
     g = mo.add_parser("engine", help="build (or find cached) the TensorRT engine of a model")
     g.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
                    help="ONNX model (default: the bundled XFeat)")

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from skyfix.maps.pack import MapPack
-from skyfix.models.registry import encoder_for_id
+from skyfix.maps.trusted import open_pack_and_encoder
 from skyfix.runtime.apps.report import Report, SentEstimate, write_outputs
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
@@ -40,8 +39,7 @@ def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
     """Replay `flight` (a recorded-flight folder, or inputs from `open_inputs`)."""
     inputs = flight if isinstance(flight, ReplayInputs) else open_inputs(Path(flight))
     telemetry = inputs.telemetry
-    pack = MapPack.open(pack_path)
-    encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
+    pack, encoder = open_pack_and_encoder(Path(pack_path), cfg)  # signatures when trusted
     cx, cy = np.asarray(pack.tile_center_en).mean(0)
     frame = LocalFrame.at(pack.crs, float(cx), float(cy))
     nav = Navigator(Localizer(pack, inputs.camera, encoder, cfg), frame, cfg)

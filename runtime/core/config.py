@@ -256,6 +256,15 @@ class DaemonConfig(Section):
 
 
 @dataclass(frozen=True)
+class TrustConfig(Section):
+    """Provenance: with a key set, map packs and models must carry an Ed25519 signature by
+    it over their manifest (`skyfix maps build --sign-key`, `skyfix models sign`)."""
+
+    public_key: str = key("", "trusted Ed25519 public key (PEM) that packs and models must "
+                          "be signed with; empty: signatures are not checked")
+
+
+@dataclass(frozen=True)
 class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     rectify: RectifyConfig = field(default_factory=RectifyConfig)
@@ -267,6 +276,7 @@ class Config:
     gnss: GnssConfig = field(default_factory=GnssConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
 
 
 _SECTION_NAMES = {tp: name for name, tp in typing.get_type_hints(Config).items()}

@@ -38,8 +38,7 @@ from pathlib import Path
 import numpy as np
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
-from skyfix.maps.pack import MapPack
-from skyfix.models.registry import encoder_for_id
+from skyfix.maps.trusted import open_pack_and_encoder
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config, load_config
 from skyfix.runtime.core.errors import SkyfixError
@@ -433,8 +432,7 @@ class Daemon:
 def build_navigator(pack_path: Path, camera: CameraModel, cfg: Config) -> Navigator:
     """A Navigator over the map pack at `pack_path`, with the encoder the pack was built
     with, in a local frame about the pack's centre."""
-    pack = MapPack.open(Path(pack_path))
-    encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
+    pack, encoder = open_pack_and_encoder(Path(pack_path), cfg)  # signatures when trusted
     cx, cy = np.asarray(pack.tile_center_en).mean(0)
     frame = LocalFrame.at(pack.crs, float(cx), float(cy))
     return Navigator(Localizer(pack, camera, encoder, cfg), frame, cfg)
