@@ -61,6 +61,7 @@ from skyfix.maps.tiles import (
     input_stamp,
     merge_chunks,
     prepare_work,
+    tile_count,
     tile_specs,
     write_descriptors,
 )
@@ -75,6 +76,7 @@ CODEBOOK_SAMPLES = 50_000  # at most this many local descriptors go into k-means
 JPEG_QUALITY = 90
 BLOCK_PX = 1024  # mosaic is written in blocks of this size
 INDEX_MIN_TILES = 5000  # levels with at least this many tiles get a FAISS index
+MAX_TILES_UNFORCED = 1_000_000  # more tiles than this only with force=True (--force)
 GDAL_CACHE_MB = 256  # GDAL's default is 5 % of RAM: unbounded for our purpose
 UTM_MAX_DEG = 4.0  # a geographic input may reach this far from its UTM central meridian
 ORTHO_DONE = "ortho.done"  # in the partial folder: ortho.tif is complete
@@ -144,7 +146,7 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             manifest = _build(work, paths, dem, encoder, gsds_m, tile_px, overlap, codebook_k,
-                              index_min_tiles, progress, on_progress, extract)
+                              index_min_tiles, progress, on_progress, extract, force)
         (work / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         if sign_key is not None:
             sign_manifest(work / MANIFEST, sign_key)
@@ -159,7 +161,8 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
            gsds_m: Sequence[float] | None, tile_px: int, overlap: float, codebook_k: int,
            index_min_tiles: int, progress: bool,
            on_progress: Callable[[BuildProgress], None] | None,
-           extract: Callable[..., list[Path]] = extract_chunks) -> Manifest:
+           extract: Callable[..., list[Path]] = extract_chunks, force: bool = False
+           ) -> Manifest:
     """Fill `work` with every pack file (resuming what is there) and return the manifest."""
     ortho = work / "ortho.tif"
     if (work / ORTHO_DONE).is_file():
@@ -170,6 +173,11 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
         (work / ORTHO_DONE).write_text("")
     dem_gsd = None if dem is None else write_dem(dem, grid, work / DEM_FILE)
     gsds = tuple(float(g) for g in gsds_m) if gsds_m else (grid.gsd_m, 2 * grid.gsd_m)
+    n_tiles = tile_count(grid, gsds, tile_px, overlap)
+    if n_tiles > MAX_TILES_UNFORCED and not force:
+        raise SkyfixError(f"{', '.join(str(p) for p in paths)}: this build would make "
+                          f"{n_tiles:,} tiles (more than {MAX_TILES_UNFORCED:,}); check --gsd, "
+                          "--tile and --overlap, or pass --force to build it anyway")
     specs = tile_specs(grid, gsds, tile_px, overlap)
     chunks = extract(ortho, grid, specs, tile_px, encoder, work, progress, on_progress)
     try:

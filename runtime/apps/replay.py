@@ -27,6 +27,8 @@ from skyfix.runtime.io.mavlink import GpsInputRecorder, fix_type_for
 from skyfix.runtime.io.sources import ReplayInputs, open_inputs
 from skyfix.runtime.nav.navigator import FrameResult, Localizer, Navigator
 
+MAX_GAP_S = 30.0  # beyond the lock budget, a gap between frames is recorded this long at most
+
 
 @dataclass(frozen=True)
 class ReplayResult:
@@ -56,8 +58,14 @@ def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
         for item in tqdm(inputs.frames.frames(), total=len(inputs.frames.frame_times_ns),
                          desc="replay", unit="frame", disable=not progress):
             t = item.t_ns if not isinstance(item, tuple) else item[1]
-            # Send what the autopilot would have received up to this frame's capture.
+            # Send what the autopilot would have received up to this frame's capture; of a
+            # long gap (a frame stamped hours late, say) only the first MAX_GAP_S: the rest
+            # would repeat "no fix" and grow the log without bound.
+            gap_end = next_send + int((cfg.output.lock_budget_s + MAX_GAP_S) * 1e9)
             while next_send < t:
+                if next_send >= gap_end:
+                    next_send += -(-(t - next_send) // step_ns) * step_ns  # first slot >= t
+                    break
                 _send(nav, recorder, next_send, alt, sent, cfg)
                 next_send += step_ns
             if isinstance(item, tuple):
