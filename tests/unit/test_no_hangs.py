@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import small_pack
-from test_link import RawPeer, make_daemon
+from link_support import RawPeer, make_daemon
 
 from skyfix.maps.build import build_pack
 from skyfix.models.features import RootSiftEncoder
