@@ -70,7 +70,9 @@ class RawPeer:
         return [m for _, m in self.got if m.get_type() == kind]
 
     def gps_times(self) -> np.ndarray:
-        return np.array([t for t, m in self.got if m.get_type() == "GPS_INPUT"])
+        """Send times (s) of the GPS_INPUT received: their time_usec, stamped by the daemon
+        as it sends (arrival times here would add this process's own scheduling)."""
+        return np.array([m.time_usec * 1e-6 for m in self.of("GPS_INPUT")])
 
     def close(self) -> None:
         self.sock.close()

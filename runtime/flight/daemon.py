@@ -46,6 +46,7 @@ from skyfix.runtime.core.geo import LocalFrame
 from skyfix.runtime.core.types import Estimate, Fix, Frame
 from skyfix.runtime.flight.gnss import GnssMonitor, Handover
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue, valid_image
+from skyfix.runtime.io.link import parse_host_port
 from skyfix.runtime.io.mavlink import (
     FIX_3D,
     advance_signing_clock,
@@ -104,6 +105,8 @@ class Daemon:
         self.cfg, self.nav, self.queue = cfg, nav, queue
         self.link = link or cfg.daemon.link
         device_and_baud(self.link)  # a malformed link string fails here, not in a thread
+        if cfg.daemon.peer:
+            parse_host_port(cfg.daemon.peer, "daemon.peer")
         self.telemetry = TelemetryBuffer()
         self.gnss = GnssMonitor(cfg.gnss, own_instance=cfg.output.gps_id)
         self.handover: Handover | None = None

@@ -5,7 +5,8 @@ ends `Daemon.run` with its exception instead of a clean stop."""
 
 from __future__ import annotations
 
-import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -104,40 +105,58 @@ def test_configured_peer_wins_over_an_earlier_impostor():
     assert not impostor.got
 
 
+FLOOD = """
+import socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+junk = bytes.fromhex(sys.argv[3])
+kept, end, sent = [], time.monotonic() + seconds, 0
+while time.monotonic() < end:
+    batch = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(50)]
+    for s in batch:
+        s.sendto(junk, ("127.0.0.1", port))
+        s.sendto(b"\\xfd\\x09garbage", ("127.0.0.1", port))
+        sent += 2
+    kept += batch[:1]  # a few stay open to see what they receive
+    for s in batch[1:]:
+        s.close()
+    time.sleep(0.005)
+time.sleep(0.3)
+got = 0
+for s in kept:
+    s.setblocking(False)
+    try:
+        s.recv(65535)
+        got += 1
+    except BlockingIOError:
+        pass
+print(sent, got)
+"""
+
+
 def test_a_flood_of_new_senders_neither_stops_nor_slows_the_output():
     """Thousands of datagrams from new source ports (each a new "client" for pymavlink's
-    UDP server) while the autopilot listens: 10 Hz output to it alone, nothing to them."""
+    UDP server), sent by another process while the autopilot listens: 10 Hz output to it
+    alone, nothing to them."""
     port = free_udp_port()
     daemon = make_daemon(port)
     autopilot = RawPeer(port)
-    flooders: list[socket.socket] = []
-    junk = vehicle_heartbeat().pack(mav2.MAVLink(None, 1, 1))
+    junk = vehicle_heartbeat().pack(mav2.MAVLink(None, 1, 1)).hex()
+    result = []
 
     def steps():
         autopilot.pump(0.5)
-        start = time.monotonic()
-        while time.monotonic() - start < 2.0:
-            batch = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(50)]
-            for s in batch:
-                s.sendto(junk, ("127.0.0.1", port))
-                s.sendto(b"\xfd\x09garbage", ("127.0.0.1", port))
-            flooders.extend(batch[:2])  # a few stay open to see what they receive
-            for s in batch[2:]:
-                s.close()
-            autopilot.send(vehicle_heartbeat())
-            autopilot.drain()
-            time.sleep(0.01)
+        flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(port), "2.0", junk],
+                                 stdout=subprocess.PIPE, text=True)
+        autopilot.pump(2.0)
+        result.append(flood.communicate(timeout=30)[0].split())
         autopilot.pump(0.3)
 
     assert run_with_fix(daemon, steps) is None
+    sent, answered = (int(x) for x in result[0])
+    assert sent >= 2000 and answered == 0  # nobody but the autopilot heard anything
     t = autopilot.gps_times()
     assert len(t) >= 20 and np.diff(t).max() < 0.3
     assert daemon.stats.sent >= 20
-    for s in flooders:
-        s.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            s.recv(65535)
-        s.close()
     autopilot.close()
 
 
@@ -244,3 +263,12 @@ def test_the_systemd_unit_restarts_a_failed_daemon_with_a_back_off():
     for key in ("Restart=always", "RestartSteps=", "RestartMaxDelaySec=",
                 "StartLimitIntervalSec=0"):
         assert key in unit
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.0.0.1:port", ":14550", "10.0.0.1:99999"])
+def test_a_malformed_peer_is_one_line_before_any_thread(peer):
+    cfg = Config()
+    cfg = replace(cfg, daemon=replace(cfg.daemon, link="udpin:127.0.0.1:0", peer=peer))
+    with pytest.raises(SkyfixError, match="daemon.peer") as err:
+        Daemon(cfg, Navigator(None, FRAME, cfg), LatestFrameQueue(2))
+    assert "\n" not in str(err.value)
