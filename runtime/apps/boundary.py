@@ -98,7 +98,9 @@ def write_crash_report(exc: BaseException, argv: list[str], config: Path | None)
     folder = crash_dir()
     folder.mkdir(parents=True, exist_ok=True)
     now = time.gmtime()
-    path = folder / f"crash-{time.strftime('%Y%m%dT%H%M%S', now)}-{os.getpid()}.txt"
+    fd, name = tempfile.mkstemp(prefix=f"crash-{time.strftime('%Y%m%dT%H%M%S', now)}-",
+                                suffix=".txt", dir=folder)  # a new file, never another's
+    path = Path(name)
     parts = [f"skyfix {_version()} crash report, {time.strftime('%Y-%m-%dT%H:%M:%SZ', now)}",
              f"python {platform.python_version()} on {platform.platform()}",
              f"command: {' '.join(argv)}", ""]
@@ -110,7 +112,7 @@ def write_crash_report(exc: BaseException, argv: list[str], config: Path | None)
             parts += ["", f"config {config}:", text]
         except OSError as err:
             parts += ["", f"config {config}: unreadable ({err.strerror})"]
-    with open(path, "x", encoding="utf-8") as f:
+    with open(fd, "w", encoding="utf-8") as f:
         f.write("\n".join(p.rstrip("\n") for p in parts) + "\n")
     return path
 

@@ -1,4 +1,4 @@
-"""File helpers every layer uses: content hashes, YAML read with limits."""
+"""File helpers every layer uses: content hashes; YAML, JSON and CSV read with limits."""
 
 from __future__ import annotations
 
@@ -90,3 +90,26 @@ def read_json_object(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES) -> 
     if not isinstance(data, dict):
         raise SkyfixError(f"{what} {path} must hold a JSON object, not {type(data).__name__}")
     return data
+
+
+def read_csv(path: Path, what: str, max_bytes: int = 256_000_000
+             ) -> tuple[list[str], list[dict[str, str]]]:
+    """(column names, rows) of the CSV file `path` (UTF-8, at most `max_bytes`); a
+    one-line SkyfixError naming `what` and `path` otherwise."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise SkyfixError(f"{what} not found: {path}")
+    if path.stat().st_size > max_bytes:
+        raise SkyfixError(f"{what} {path} is larger than {max_bytes // 1_000_000} MB")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except UnicodeDecodeError as exc:
+        raise SkyfixError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from None
+    except csv.Error as exc:
+        raise SkyfixError(f"{what} {path} is not readable CSV ({exc})") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,21 @@ def test_a_bug_where_no_report_can_be_written_is_still_one_line(tmp_path, capfd,
     assert run_guarded(lambda: 1 / 0, ["skyfix"]) == EXIT_BUG
     err = capfd.readouterr().err.splitlines()
     assert len(err) == 1 and "ZeroDivisionError" in err[0] and "no crash report" in err[0]
+
+
+def test_two_crashes_in_one_second_get_two_reports(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("SKYFIX_CRASH_DIR", str(tmp_path / "crash"))
+    for _ in range(2):
+        assert run_guarded(lambda: 1 / 0, ["skyfix"]) == EXIT_BUG
+    assert len(list((tmp_path / "crash").iterdir())) == 2
+
+
+def test_fuzz_regression_a_frame_list_that_is_not_utf8(inputs, tmp_path, capfd):
+    """Found by tests/fuzz/test_fuzz_programs.py: one byte 0x80 before frames.csv's header
+    was a UnicodeDecodeError (an internal error) instead of one line."""
+    flight = tmp_path / "flight"
+    shutil.copytree(inputs["flight"], flight)
+    (flight / "frames.csv").write_bytes(b"\x80" + (flight / "frames.csv").read_bytes())
+    code, err = run_cli(["replay", str(flight), "--map", str(inputs["pack"]), "--out",
+                         str(tmp_path / "out")], capfd)
+    assert code == EXIT_ERROR and len(err) == 1 and "not UTF-8" in err[0], err
