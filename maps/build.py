@@ -77,6 +77,7 @@ JPEG_QUALITY = 90
 BLOCK_PX = 1024  # mosaic is written in blocks of this size
 INDEX_MIN_TILES = 5000  # levels with at least this many tiles get a FAISS index
 MAX_TILES_UNFORCED = 1_000_000  # more tiles than this only with force=True (--force)
+MIN_LEVEL_PX = 32  # an ortho must span at least this many pixels at every level
 GDAL_CACHE_MB = 256  # GDAL's default is 5 % of RAM: unbounded for our purpose
 UTM_MAX_DEG = 4.0  # a geographic input may reach this far from its UTM central meridian
 ORTHO_DONE = "ortho.done"  # in the partial folder: ortho.tif is complete
@@ -173,6 +174,11 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
         (work / ORTHO_DONE).write_text("")
     dem_gsd = None if dem is None else write_dem(dem, grid, work / DEM_FILE)
     gsds = tuple(float(g) for g in gsds_m) if gsds_m else (grid.gsd_m, 2 * grid.gsd_m)
+    smallest_px = min(grid.width, grid.height) * grid.gsd_m / max(gsds)
+    if smallest_px < MIN_LEVEL_PX:
+        raise SkyfixError(f"{', '.join(str(p) for p in paths)}: {grid.width}x{grid.height} px is "
+                          f"too small for a map pack at {max(gsds):g} m/px (at least "
+                          f"{MIN_LEVEL_PX} px per side at every level)")
     n_tiles = tile_count(grid, gsds, tile_px, overlap)
     if n_tiles > MAX_TILES_UNFORCED and not force:
         raise SkyfixError(f"{', '.join(str(p) for p in paths)}: this build would make "

@@ -196,3 +196,18 @@ def test_fuzz_regression_a_frame_list_that_is_not_utf8(inputs, tmp_path, capfd):
     code, err = run_cli(["replay", str(flight), "--map", str(inputs["pack"]), "--out",
                          str(tmp_path / "out")], capfd)
     assert code == EXIT_ERROR and len(err) == 1 and "not UTF-8" in err[0], err
+
+
+def test_regression_a_1x1_geotiff_is_one_line(tmp_path, capfd):
+    """Found by hand (issue 18's class "files that are the wrong kind of thing"): a 1x1
+    GeoTIFF crashed the map build in OpenCV."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    tif = tmp_path / "one.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=1, height=1, count=3, dtype="uint8",
+                       crs="EPSG:31256", transform=from_origin(0, 340000, 0.3, 0.3)) as o:
+        o.write(np.full((3, 1, 1), 100, np.uint8))
+    code, err = run_cli(["maps", "build", str(tif), "--out", str(tmp_path / "p")], capfd)
+    assert code == EXIT_ERROR and len(err) == 1 and "too small" in err[0], err
