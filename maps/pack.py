@@ -45,7 +45,7 @@ from skyfix.runtime.core.provenance import check_manifest_signature
 
 FORMAT = "skyfix-pack/1"
 MAX_MANIFEST_BYTES = 16_000_000
-IN_RAM_MAX_BYTES = 256 << 20  # arrays up to this size are copied to memory at open
+IN_RAM_MAX_BYTES = 64 << 20  # arrays up to this size are copied to memory at open
 MANIFEST = "manifest.json"
 PACK_FILES = ("tiles.npy", "keypoints.npy", "local_descriptors.npy", "descriptors.npy",
               "codebook.npy", "ortho.tif")
