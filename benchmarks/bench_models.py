@@ -219,4 +219,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from skyfix.runtime.apps.boundary import run_guarded
+
+    sys.exit(run_guarded(main, sys.argv, prog="bench_models"))

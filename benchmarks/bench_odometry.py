@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
@@ -110,4 +111,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from skyfix.runtime.apps.boundary import run_guarded
+
+    sys.exit(run_guarded(main, sys.argv, prog="bench_odometry"))

@@ -147,4 +147,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from skyfix.runtime.apps.boundary import run_guarded
+
+    sys.exit(run_guarded(main, sys.argv, prog="bench_scale"))

@@ -56,7 +56,7 @@ from skyfix.maps.pack import MapPack
 from skyfix.models.registry import encoder_for_id
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.types import Fix, Frame
-from skyfix.runtime.flight.assembly import Chain, assemble, open_pack
+from skyfix.runtime.flight.assembly import Chain, assemble, local_frame
 from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
 from skyfix.runtime.io.sources import RecordedFlight
@@ -87,7 +87,7 @@ def _ratio(baseline: float | None, ours: float | None) -> float | None:
 
 
 def _chain(pack: MapPack, localizer, cfg: Config) -> Chain:
-    return assemble(cfg, pack, open_pack(pack)[1], localizer)
+    return assemble(cfg, pack, local_frame(pack), localizer)
 
 
 # -- stage timing through the real Navigator.on_frame --------------------------------------
@@ -468,4 +468,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from skyfix.runtime.apps.boundary import run_guarded
+
+    sys.exit(run_guarded(main, sys.argv, prog="bench_suite"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -168,4 +169,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from skyfix.runtime.apps.boundary import run_guarded
+
+    sys.exit(run_guarded(main, sys.argv, prog="soak"))

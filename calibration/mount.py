@@ -46,7 +46,7 @@ from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body, euler_from_R_ned_body
 from skyfix.runtime.core.types import Frame, Telemetry
-from skyfix.runtime.flight.assembly import build_localizer, open_pack
+from skyfix.runtime.flight.assembly import open_map
 from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.runtime.io.telemetry import TelemetryLog
 from skyfix.runtime.nav.match import robust_similarity
@@ -250,8 +250,7 @@ def calibrate_mount(flight_dir: Path, pack_path: Path, cfg: Config, min_frames: 
     log has good GNSS, against the map pack at `pack_path`."""
     flight = RecordedFlight.open(flight_dir)
     log = TelemetryLog.from_tlog(flight.telemetry_path)
-    pack, local = open_pack(pack_path)  # as the flight opens it
-    encoder = build_localizer(pack, flight.camera, cfg).encoder
+    pack, encoder, local = open_map(pack_path, cfg)  # as the flight opens it
     track = Track(log.pos[:, 0].astype(np.int64), local.lla_to_map(log.pos[:, 1], log.pos[:, 2]))
 
     poses: list[FramePose] = []

@@ -69,6 +69,7 @@ from skyfix.maps.tiles import (
     input_stamp,
     merge_chunks,
     prepare_work,
+    tile_count,
     tile_specs,
     tile_usage,
     write_descriptors,
@@ -76,6 +77,7 @@ from skyfix.maps.tiles import (
 from skyfix.models.features import Encoder, RootSiftEncoder, fit_codebook
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
+from skyfix.runtime.core.provenance import load_private_key, sign_manifest
 
 DEFAULT_ENCODER = RootSiftEncoder()
 DEFAULT_ENCODER_NAME = "rootsift"  # the registry name of DEFAULT_ENCODER
@@ -84,6 +86,8 @@ CODEBOOK_SAMPLES = 50_000  # at most this many local descriptors go into k-means
 JPEG_QUALITY = 90
 BLOCK_PX = 1024  # mosaic is written in blocks of this size
 INDEX_MIN_TILES = 5000  # levels with at least this many tiles get a FAISS index
+MAX_TILES_UNFORCED = 1_000_000  # more tiles than this only with force=True (--force)
+MIN_LEVEL_PX = 32  # an ortho must span at least this many pixels at every level
 GDAL_CACHE_MB = 256  # GDAL's default is 5 % of RAM: unbounded for our purpose
 SCALE_TOLERANCE = 0.002  # an input CRS whose scale differs more from 1 is reprojected
 UTM_MAX_DEG = 4.0  # a geographic input may reach this far from its UTM central meridian
@@ -124,7 +128,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
                dem: Path | None = None, index_min_tiles: int = INDEX_MIN_TILES,
                on_progress: Callable[[BuildProgress], None] | None = None,
                extract: Callable[..., list[Path]] = extract_chunks,
-               min_valid_fraction: float = MIN_VALID_FRACTION) -> Path:
+               min_valid_fraction: float = MIN_VALID_FRACTION,
+               sign_key: Path | None = None) -> Path:
     """Write the map pack of `orthos` to the folder `out` and return `out`.
 
     `gsds_m`: ground resolution of each level, metres/pixel (default: native, 2 x native);
@@ -137,9 +142,12 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     `min_valid_fraction`: least share of imagery in a tile (of its part inside the map; a
     tile short of it is first moved up to a quarter tile towards its imagery); what is left
     out is logged and counted in the manifest (build.tile_usage).
+    `sign_key`: Ed25519 private key (PEM) to sign the manifest with (manifest.json.sig).
     Raises SkyfixError (one line) for unusable input.
     """
     out, paths = Path(out), [Path(p) for p in orthos]
+    if sign_key is not None:
+        load_private_key(sign_key)  # an unusable key fails now, not after the build
     dem = None if dem is None else Path(dem)
     _check_args(paths, gsds_m, tile_px, overlap, codebook_k, dem, index_min_tiles)
     if not 0.0 < min_valid_fraction <= 1.0:
@@ -159,8 +167,10 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             manifest = _build(work, paths, dem, encoder, gsds_m, tile_px, overlap, codebook_k,
                               index_min_tiles, progress, on_progress, extract,
-                              min_valid_fraction)
+                              min_valid_fraction, force)
         (work / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        if sign_key is not None:
+            sign_manifest(work / MANIFEST, sign_key)
         _commit(work, out, force)
     except SkyfixError:
         shutil.rmtree(work, ignore_errors=True)
@@ -173,7 +183,7 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
            index_min_tiles: int, progress: bool,
            on_progress: Callable[[BuildProgress], None] | None,
            extract: Callable[..., list[Path]] = extract_chunks,
-           min_valid: float = MIN_VALID_FRACTION) -> Manifest:
+           min_valid: float = MIN_VALID_FRACTION, force: bool = False) -> Manifest:
     """Fill `work` with every pack file (resuming what is there) and return the manifest."""
     ortho = work / "ortho.tif"
     if (work / ORTHO_DONE).is_file():
@@ -184,6 +194,16 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
         (work / ORTHO_DONE).write_text("")
     dem_gsd = None if dem is None else write_dem(dem, grid, work / DEM_FILE)
     gsds = tuple(float(g) for g in gsds_m) if gsds_m else (grid.gsd_m, 2 * grid.gsd_m)
+    smallest_px = min(grid.width, grid.height) * grid.gsd_m / max(gsds)
+    if smallest_px < MIN_LEVEL_PX:
+        raise SkyfixError(f"{', '.join(str(p) for p in paths)}: {grid.width}x{grid.height} px is "
+                          f"too small for a map pack at {max(gsds):g} m/px (at least "
+                          f"{MIN_LEVEL_PX} px per side at every level)")
+    n_tiles = tile_count(grid, gsds, tile_px, overlap)
+    if n_tiles > MAX_TILES_UNFORCED and not force:
+        raise SkyfixError(f"{', '.join(str(p) for p in paths)}: this build would make "
+                          f"{n_tiles:,} tiles (more than {MAX_TILES_UNFORCED:,}); check --gsd, "
+                          "--tile and --overlap, or pass --force to build it anyway")
     specs = tile_specs(grid, gsds, tile_px, overlap, min_valid)
     chunks = extract(ortho, grid, specs, tile_px, encoder, work, progress, on_progress)
     try:

@@ -114,6 +114,7 @@ def _scores(pack: MapPack, ids: np.ndarray, q: np.ndarray, norm: float) -> np.nd
     unit norm). A contiguous id range (a whole level) is read as a slice, without a copy."""
     if norm == 0 or not np.isfinite(norm):
         return np.zeros(len(ids), np.float32)
+    pack.check_files()  # a memory-mapped descriptors.npy truncated in use: an error, no SIGBUS
     rows = (pack.descriptors[ids[0]:ids[-1] + 1] if ids[-1] - ids[0] + 1 == len(ids)
             else pack.descriptors[ids])
     return (np.asarray(rows, np.float32) @ (q / norm)).astype(np.float32)

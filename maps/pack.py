@@ -40,12 +40,16 @@ from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds
 
 from skyfix.maps.dem import DEM_FILE, dem_shape, terrain_lookup
+from skyfix.maps.pack_checks import array_problems, manifest_problems, tile_problems
 from skyfix.maps.structure import N_ORIENT, StructureWindow, structure_file
 from skyfix.models.features import vlad
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
+from skyfix.runtime.core.provenance import check_manifest_signature
 
 FORMAT = "skyfix-pack/2"  # /2: structure channels for matching across dates
+MAX_MANIFEST_BYTES = 16_000_000
+IN_RAM_MAX_BYTES = 64 << 20  # arrays up to this size are copied to memory at open
 MANIFEST = "manifest.json"
 PACK_FILES = ("tiles.npy", "keypoints.npy", "local_descriptors.npy", "descriptors.npy",
               "codebook.npy", "ortho.tif")
@@ -162,20 +166,30 @@ def _read_manifest(path: Path) -> tuple[Manifest | None, list[str]]:
     if not mpath.is_file():
         return None, [f"not a map pack (no {MANIFEST})"]
     try:
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"larger than {MAX_MANIFEST_BYTES // 1_000_000} MB")
         raw = json.loads(mpath.read_text(encoding="utf-8"))
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
+    except RecursionError:
+        return None, [f"{MANIFEST} is unparsable (nested too deeply)"]
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return None, [f"{MANIFEST} is unparsable ({str(e).splitlines()[0]})"]
     if raw.get("format") != FORMAT:
         return None, [f"{MANIFEST} has format {raw.get('format')!r}; this skyfix reads {FORMAT!r}"
                       " (rebuild the pack with `skyfix maps build`)"]
-    if raw.get("manifest_sha256") != manifest_digest(raw):
+    try:
+        digest = manifest_digest(raw)
+    except RecursionError:
+        return None, [f"{MANIFEST} is unparsable (nested too deeply)"]
+    if raw.get("manifest_sha256") != digest:
         return None, [f"{MANIFEST} does not match its own checksum (edited or corrupt)"]
     try:
-        return Manifest.from_dict(raw), []
-    except ValueError as e:
+        manifest = Manifest.from_dict(raw)
+    except (ValueError, RecursionError) as e:
         return None, [f"{MANIFEST} is unparsable ({e})"]
+    problems = manifest_problems(manifest)
+    return (None, [f"{MANIFEST}: {problems[0]}"]) if problems else (manifest, [])
 
 
 def _check_files(path: Path, m: Manifest, rehash: bool) -> list[str]:
@@ -225,7 +239,7 @@ def _check_arrays(m: Manifest, tiles, kps, local, desc, codebook) -> list[str]:
     counts = np.bincount(tiles["level"].astype(np.int64), minlength=len(m.gsds_m))
     if t and (tiles["level"].min() < 0 or tuple(counts) != m.tile_count):
         problems.append("tiles.npy does not match the manifest's tile_count per level")
-    return problems
+    return problems or tile_problems(m, tiles)
 
 
 class MapPack:
@@ -255,15 +269,44 @@ class MapPack:
         self.indexes: dict[int, Any] = {}
         self._by_east: tuple[np.ndarray, np.ndarray, float, float] | None = None
         self.structure: list[np.ndarray] = []  # per level: [C, Hs, Ws] uint8 memory-mapped
+        self._mapped: list[tuple[Path, int]] = []  # (file, size at open) of mapped arrays
+
+    def _keep(self, arr: np.ndarray, file: Path, in_ram_max_bytes: int) -> np.ndarray:
+        """`arr` (loaded from `file`) in memory when small enough, else left mapped and
+        size-guarded by `check_files`."""
+        if arr.nbytes <= in_ram_max_bytes:
+            return np.array(arr)
+        self._mapped.append((file, file.stat().st_size))
+        return arr
+
+    def check_files(self) -> None:
+        """Raise SkyfixError when a memory-mapped array's file shrank since the pack was
+        opened (reading its pages would kill the process with SIGBUS)."""
+        for file, size in self._mapped:
+            try:
+                now = file.stat().st_size
+            except OSError:
+                now = -1
+            if now < size:
+                raise SkyfixError(f"map pack {self.path}: {file.name} was truncated or removed "
+                                  "while in use; reopen the pack")
 
     @classmethod
-    def open(cls, path: Path, encoder_id: str | None = None, verify: bool = True) -> MapPack:
-        """Open the pack at `path`; `verify` re-hashes every file against the manifest.
+    def open(cls, path: Path, encoder_id: str | None = None, verify: bool = True,
+             in_ram_max_bytes: int = IN_RAM_MAX_BYTES,
+             trusted_key: Path | None = None) -> MapPack:
+        """Open the pack at `path`; `verify` re-hashes every file against the manifest and
+        scans every array's values (`maps.pack_checks`; tiles are always checked). Arrays
+        up to `in_ram_max_bytes` are read into memory; larger ones stay memory-mapped and
+        `check_files` guards them against a truncation while in use. With `trusted_key`
+        the manifest must carry a valid signature by it (`runtime.core.provenance`).
 
         Raises SkyfixError naming the pack and the offending file, or both encoder ids when
         the pack was built with another encoder than `encoder_id`.
         """
         path = Path(path)
+        if trusted_key is not None and (path / MANIFEST).is_file():
+            check_manifest_signature(path / MANIFEST, trusted_key, f"map pack {path}")
         manifest, problems = _read_manifest(path)
         if manifest is None:
             raise SkyfixError(f"map pack {path}: {problems[0]}")
@@ -272,18 +315,28 @@ class MapPack:
             raise SkyfixError(f"map pack {path}: {problems[0]}")
         arrays = [_load(path, n) for n in PACK_FILES[:5]]
         problems = _check_arrays(manifest, *arrays)
+        if not problems and verify:
+            problems = array_problems(manifest, *arrays[1:])
         if problems:
             raise SkyfixError(f"map pack {path}: {problems[0]}")
+        mapped = []  # arrays left memory-mapped: their files are size-checked before use
+        for i, name in enumerate(PACK_FILES[:5]):
+            if arrays[i].nbytes <= in_ram_max_bytes:
+                arrays[i] = np.array(arrays[i])  # in memory: a later truncation cannot hurt
+            else:
+                mapped.append((path / name, (path / name).stat().st_size))
         try:
             pack = cls(path, manifest, *arrays)
         except CRSError as e:
             raise SkyfixError(f"map pack {path}: {MANIFEST} has an unusable CRS ({e})") from None
+        pack._mapped = mapped
         if manifest.dem_gsd_m:
             pack.dem = _load(path, DEM_FILE)
             want = dem_shape(manifest.bounds_en, manifest.dem_gsd_m)
             if pack.dem.shape != want or pack.dem.dtype != np.float32:
                 raise SkyfixError(f"map pack {path}: {DEM_FILE} has shape {pack.dem.shape}"
                                   f" {pack.dem.dtype}, the manifest says {want} float32")
+            pack.dem = pack._keep(pack.dem, path / DEM_FILE, in_ram_max_bytes)
         for level, sgsd in enumerate(manifest.structure_gsds_m):
             arr = _load(path, structure_file(level))
             b = manifest.bounds_en
@@ -292,7 +345,7 @@ class MapPack:
             if arr.shape != want or arr.dtype != np.uint8:
                 raise SkyfixError(f"map pack {path}: {structure_file(level)} has shape"
                                   f" {arr.shape} {arr.dtype}, the manifest says {want} uint8")
-            pack.structure.append(arr)
+            pack.structure.append(pack._keep(arr, path / structure_file(level), in_ram_max_bytes))
         for level in manifest.index_levels:
             pack.indexes[level] = _read_index(path, index_file(level), pack.descriptors.shape[1])
         return pack
@@ -352,6 +405,7 @@ class MapPack:
         strongest keypoint first."""
         if not 0 <= tile_id < self.n_tiles:
             raise IndexError(f"tile id {tile_id} outside 0..{self.n_tiles - 1}")
+        self.check_files()
         a = self._feat_offset[tile_id]
         b = a + self._feat_count[tile_id]
         en = self.tile_center_en[tile_id] + np.asarray(self._keypoints[a:b], np.float64)
@@ -409,7 +463,8 @@ def verify_pack(path: Path, encoder_id: str | None = None) -> list[str]:
     if any(n in p for p in problems for n in PACK_FILES[:5]):
         return problems
     try:
-        problems += _check_arrays(manifest, *(_load(path, n) for n in PACK_FILES[:5]))
+        arrays = [_load(path, n) for n in PACK_FILES[:5]]
+        problems += _check_arrays(manifest, *arrays) or array_problems(manifest, *arrays[1:])
     except SkyfixError as e:
         problems.append(str(e).split(": ", 1)[1])
     return problems

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from skyfix.maps.index import search as pack_search
 from skyfix.maps.pack import FORMAT, TILE_DTYPE, Manifest, MapPack, manifest_digest
+from skyfix.maps.pack_checks import array_problems, tile_problems
 from skyfix.maps.tiles import _write_npy
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
@@ -272,6 +273,9 @@ class ShardedPack:
             if raw.get("manifest_sha256") != manifest_digest(raw):
                 raise ValueError("does not match its own checksum (edited or corrupt)")
             m = ShardsManifest.from_dict(raw)
+        except RecursionError:
+            raise SkyfixError(f"sharded pack {path}: {SHARDS_MANIFEST}: nested too deeply"
+                              ) from None
         except (OSError, ValueError, AttributeError) as e:
             raise SkyfixError(f"sharded pack {path}: {SHARDS_MANIFEST}: "
                               f"{str(e).splitlines()[0]}") from None
@@ -312,7 +316,13 @@ class ShardedPack:
                                                    minlength=len(self.levels)))
         m = replace(self.base, tile_count=counts, n_features=info.n_features, files={},
                     index_levels=(), dem_gsd_m=None, structure_gsds_m=())
+        problems = tile_problems(m, tiles) or (array_problems(m, kps, local, desc, self.codebook)
+                                               if self.verify else [])
+        if problems:
+            raise SkyfixError(f"sharded pack {self.path}: {info.name}: {problems[0]}")
         pack = MapPack(folder, m, tiles, kps, local, desc, self.codebook)
+        pack._mapped = [(folder / n, (folder / n).stat().st_size)  # size-checked before use
+                        for n in ("keypoints.npy", "local_descriptors.npy")]
         self._cache[index] = (pack, tiles.nbytes + desc.nbytes)
         self.resident_bytes += tiles.nbytes + desc.nbytes
         self.loads += 1

@@ -75,6 +75,18 @@ def _starts(extent_px: float, tile_px: int, stride: float) -> list[float]:
     return [min(i * stride, extent_px - tile_px) for i in range(n)]
 
 
+def tile_count(grid: Grid, gsds: Sequence[float], tile_px: int, overlap: float) -> int:
+    """How many tiles `tile_specs` would make (counted without making them)."""
+    stride = max(1.0, tile_px * (1.0 - overlap))
+
+    def starts(extent_px: float) -> int:  # len(_starts(extent_px, tile_px, stride))
+        return 1 if extent_px <= tile_px else math.ceil((extent_px - tile_px) / stride
+                                                        - 1e-9) + 1
+
+    return sum(starts(grid.height / (g / grid.gsd_m)) * starts(grid.width / (g / grid.gsd_m))
+               for g in gsds)
+
+
 def tile_specs(grid: Grid, gsds: Sequence[float], tile_px: int, overlap: float,
                min_valid: float = MIN_VALID_FRACTION) -> list[TileSpec]:
     """All tiles of all levels, level by level, row by row. A level smaller than a tile is

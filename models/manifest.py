@@ -15,6 +15,7 @@ from pathlib import Path
 
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
+from skyfix.runtime.core.provenance import check_manifest_signature
 
 MANIFEST_VERSION = 1
 
@@ -108,3 +109,12 @@ def load_manifest(model_path: Path, verify: bool = True) -> ModelManifest:
             raise SkyfixError(f"{model_path.name} sha256 {actual[:12]}... does not match its "
                               f"manifest ({manifest.sha256[:12]}...): re-export the model")
     return manifest
+
+
+def check_model_signature(model_path: Path, trusted_key: Path) -> None:
+    """Raise a one-line SkyfixError unless the manifest of `model_path` is signed by
+    `trusted_key` (see runtime.core.provenance)."""
+    path = manifest_path(Path(model_path))
+    if not path.is_file():
+        raise SkyfixError(f"model manifest not found: {path} (re-export the model)")
+    check_manifest_signature(path, trusted_key, f"model {model_path}")

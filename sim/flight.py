@@ -138,7 +138,10 @@ def simulate_flight(ortho: Path, out: Path, spec: FlightSpec, render_from: Path 
             image, valid = source.render(truth.en_m[i], de, dn, hit)
             image = looks.apply(image, valid, i)
             files.append(f"frames/{i:06d}.jpg")
-            cv2.imwrite(str(out / files[-1]), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            if not ok:
+                raise SkyfixError(f"frame {files[-1]}: JPEG encoding failed")
+            (out / files[-1]).write_bytes(jpeg.tobytes())  # a failed write raises, unlike imwrite
 
     frame_ns = start_ns + t_us * 1000
     with open(out / "frames.csv", "w", newline="") as f:

@@ -1,7 +1,9 @@
 """`skyfix` command line: a thin layer over the library.
 
 Bad input raises SkyfixError somewhere below; it is printed here as one line
-(`skyfix: error: ...`) with exit status 2. Anything else is a bug and keeps its traceback.
+(`skyfix: error: ...`) with exit status 2, like operating-system errors (an existing
+output, a full or read-only disk). Anything else is a bug: one line naming a crash report
+with the traceback, exit status 70 (see `runtime/apps/boundary.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(msg) from None
 
 
+def _output_file(path: Path) -> Path:
+    """`path` as a file to write later: its folder made now, so that an unusable path
+    fails before the work rather than after it."""
+    if path.is_dir():
+        raise SkyfixError(f"--out {path} is a folder: give the file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def cmd_sim_flight(a: argparse.Namespace) -> None:
     from skyfix.sim.flight import FlightSpec, simulate_flight
 
@@ -38,6 +49,7 @@ def cmd_maps_build(a: argparse.Namespace) -> None:
 
     kwargs = dict(encoder=make_encoder(a.encoder), gsds_m=a.gsd, tile_px=a.tile,
                   overlap=a.overlap, force=a.force, dem=a.dem, min_valid_fraction=a.min_valid,
+                  sign_key=a.sign_key,
                   index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
                   else a.index_min_tiles)
     if a.ray is not None:
@@ -57,13 +69,32 @@ def cmd_maps_shard(a: argparse.Namespace) -> None:
 
 
 def cmd_maps_verify(a: argparse.Namespace) -> None:
-    from skyfix.maps.pack import verify_pack
+    from skyfix.maps.pack import MANIFEST, verify_pack
+    from skyfix.runtime.core.provenance import check_manifest_signature
 
+    if a.trusted_key:
+        check_manifest_signature(a.pack / MANIFEST, a.trusted_key, f"map pack {a.pack}")
     problems = verify_pack(a.pack)
     if problems:
         raise SkyfixError(f"map pack {a.pack}: {problems[0]}"
                           + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
     print(f"map pack {a.pack}: OK")
+
+
+def cmd_sign(a: argparse.Namespace) -> None:
+    from skyfix.maps.pack import MANIFEST, verify_pack
+    from skyfix.models.manifest import load_manifest, manifest_path
+    from skyfix.runtime.core.provenance import sign_manifest
+
+    if a.command == "maps":
+        problems = verify_pack(a.target)  # never sign a pack that fails its own checks
+        if problems:
+            raise SkyfixError(f"map pack {a.target}: {problems[0]}; not signed")
+        manifest = a.target / MANIFEST
+    else:
+        load_manifest(a.target, verify=True)
+        manifest = manifest_path(a.target)
+    print(f"signed {manifest}: {sign_manifest(manifest, a.key)}")
 
 
 def cmd_maps_info(a: argparse.Namespace) -> None:
@@ -135,8 +166,8 @@ def cmd_sim_autopilot(a: argparse.Namespace) -> None:
     emulator = AutopilotEmulator(a.ortho, spec, a.link)
     print(f"flying {a.duration:g} s over {a.ortho.name}, GNSS off at {a.gnss_off_at:g} s, "
           f"MAVLink on {a.link}")
+    a.out.mkdir(parents=True, exist_ok=True)  # before the flight, not after it
     emulator.run(threading.Event())
-    a.out.mkdir(parents=True, exist_ok=True)
     path = emulator.write_received(a.out / "received.tlog")
     print(f"sent {emulator.sent} messages, received {len(emulator.gps_inputs())} GPS_INPUT; "
           f"wrote {path}")
@@ -227,6 +258,7 @@ def cmd_models_bench(a: argparse.Namespace) -> None:
     script = Path(skyfix.models.__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
     if not script.is_file():
         raise SkyfixError(f"{script} not found: the model benchmark runs from a source checkout")
+    _output_file(a.out)
     cmd = [sys.executable, str(script), "--out", str(a.out), "--runs", str(a.runs),
            "--tiles", str(a.tiles)]
     if a.threads:
@@ -243,6 +275,9 @@ def cmd_calibrate_camera(a: argparse.Namespace) -> None:
         write_camera_info,
     )
 
+    _output_file(a.out)
+    if a.ros:
+        _output_file(a.ros)
     res = calibrate_intrinsics(a.images, parse_pattern(a.pattern), a.min_views)
     res.camera.save(a.out)
     c = res.camera
@@ -261,6 +296,7 @@ def cmd_calibrate_mount(a: argparse.Namespace) -> None:
     from skyfix.calibration.mount import calibrate_mount
     from skyfix.runtime.core.config import load_config
 
+    _output_file(a.out)
     cal = calibrate_mount(a.flight, a.map, load_config(a.config), a.min_frames)
     r, p_, y = cal.mount_error_deg
     print(f"frames used {cal.frames_used} of {cal.frames_total}")
@@ -272,6 +308,12 @@ def cmd_calibrate_mount(a: argparse.Namespace) -> None:
           f"track residual {cal.position_rms_m:.2f} m RMS")
     cal.save(a.out)
     print(f"wrote {a.out}")
+
+
+def cmd_config_doc(a: argparse.Namespace) -> None:
+    from skyfix.runtime.core.config_doc import default_yaml, markdown_table
+
+    print(markdown_table() if a.markdown else default_yaml(), end="")
 
 
 def _print_summary(report, files) -> None:
@@ -354,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     b.add_argument("--overlap", type=float, default=0.5, help="tile overlap 0..0.9 (default 0.5)")
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
+    b.add_argument("--sign-key", type=Path, metavar="PEM",
+                   help="sign the manifest with this Ed25519 private key (manifest.json.sig)")
     b.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
                    help="local-feature encoder the runtime will match with (default rootsift)")
     b.add_argument("--dem", type=Path, help="terrain model (GeoTIFF) to resample into the pack")
@@ -376,7 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     sh.set_defaults(func=cmd_maps_shard)
     v = msub.add_parser("verify", help="re-hash every file of a pack against its manifest")
     v.add_argument("pack", type=Path)
+    v.add_argument("--trusted-key", type=Path, metavar="PEM",
+                   help="also require an Ed25519 signature by this public key")
     v.set_defaults(func=cmd_maps_verify)
+    sg = msub.add_parser("sign", help="sign a pack's manifest with an Ed25519 private key")
+    sg.add_argument("target", type=Path, metavar="PACK")
+    sg.add_argument("--key", required=True, type=Path, metavar="PEM", help="private key")
+    sg.set_defaults(func=cmd_sign)
     i = msub.add_parser("info", help="summary of a pack")
     i.add_argument("pack", type=Path)
     i.set_defaults(func=cmd_maps_info)
@@ -437,6 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", required=True, type=Path)
     st.set_defaults(func=cmd_sim_sitl)
 
+    co = sub.add_parser("config", help="the configuration schema")
+    cosub = co.add_subparsers(dest="config_command", required=True)
+    cd = cosub.add_parser("doc", help="every key with its default, allowed values and meaning "
+                          "(configs/default.yaml; --markdown: the README table)")
+    cd.add_argument("--markdown", action="store_true", help="the README table instead")
+    cd.set_defaults(func=cmd_config_doc)
+
     rn = sub.add_parser("run", help="the flight daemon: camera + map pack -> MAVLink GPS_INPUT")
     rn.add_argument("--config", required=True, type=Path, help="YAML configuration")
     rn.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -457,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
                    help="ONNX model (default: the bundled XFeat)")
     n.set_defaults(func=cmd_models_info)
+    ms = mo.add_parser("sign", help="sign a model's manifest with an Ed25519 private key")
+    ms.add_argument("target", type=Path, metavar="MODEL", help="the .onnx file")
+    ms.add_argument("--key", required=True, type=Path, metavar="PEM", help="private key")
+    ms.set_defaults(func=cmd_sign)
     g = mo.add_parser("engine", help="build (or find cached) the TensorRT engine of a model")
     g.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
                    help="ONNX model (default: the bundled XFeat)")
@@ -520,16 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from skyfix.runtime.apps.boundary import run_guarded
+
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except SkyfixError as exc:
-        print(f"skyfix: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("skyfix: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_guarded(lambda: args.func(args), ["skyfix", *argv], getattr(args, "config", None))
 
 
 if __name__ == "__main__":

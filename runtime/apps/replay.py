@@ -10,7 +10,9 @@ search prior only before `gnss_off_at_s` (seconds after the first frame; 0 = nev
 otherwise only scores.
 Every 1 / filter.rate_hz the send policy runs on the estimate predicted to that time, and
 every message it gives (GPS_INPUT or GLOBAL_POSITION_SENSOR, STATUSTEXT, HEARTBEAT, EKF
-source commands) goes to OUT/gps_input.tlog: what the autopilot would have received.
+source commands) goes to OUT/gps_input.tlog: what the autopilot would have received. Of a
+long gap between frames (a frame stamped hours late, say) only the lock budget plus
+MAX_GAP_S is sent: the rest would repeat "no fix" and grow the log without bound.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from skyfix.runtime.io.sources import ReplayInputs, open_inputs
 from skyfix.runtime.io.telemetry import gnss_sample
 from skyfix.runtime.io.tlog import TlogWriter
 from skyfix.runtime.nav.navigator import FrameResult
+
+MAX_GAP_S = 30.0  # beyond the lock budget, a gap between frames is recorded this long at most
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,14 @@ class _Flight:
         self.results.append(step.result)
 
     def send_until(self, t_ns: int) -> None:
-        """Run every send slot before `t_ns`."""
+        """Run every send slot before `t_ns` (of a long gap, the first lock budget +
+        MAX_GAP_S; the slots after that are skipped)."""
+        cfg = self.chain.cfg
+        gap_end = self.next_send + int((cfg.output.lock_budget_s + MAX_GAP_S) * 1e9)
         while self.next_send < t_ns:
+            if self.next_send >= gap_end:
+                self.next_send += -(-(t_ns - self.next_send) // self.step_ns) * self.step_ns
+                break
             now = self.next_send
             self._feed_gnss(now)
             slot = self.chain.tick(now, self.chain.navigator.estimate(now, self.alt_amsl_m))

@@ -7,6 +7,7 @@ file from `cv2.FileStorage` or ROS's camera_calibration converter loads as is.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +27,18 @@ class CameraModel:
     cx: float
     cy: float
     dist: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        """Refuse a camera no image can come from: a size outside 1..65536 px, a focal
+        length that is not a positive finite number of pixels, a principal point or a
+        distortion coefficient that is not finite."""
+        if not all(isinstance(v, int) and 1 <= v <= 65536 for v in (self.width, self.height)):
+            raise SkyfixError(f"camera size {self.width}x{self.height} px is not 1..65536 px")
+        if not all(math.isfinite(f) and 0 < f < 1e7 for f in (self.fx, self.fy)):
+            raise SkyfixError(f"camera focal length fx={self.fx}, fy={self.fy} px must be "
+                              "positive (and finite)")
+        if not all(math.isfinite(v) for v in (self.cx, self.cy, *self.dist)):
+            raise SkyfixError("camera principal point and distortion must be finite numbers")
 
     @property
     def K(self) -> np.ndarray:
@@ -97,15 +110,21 @@ class CameraModel:
         path = Path(path)
         if not path.is_file():
             raise SkyfixError(f"camera file not found: {path}")
+        if path.stat().st_size > 1_000_000:
+            raise SkyfixError(f"camera file {path} is larger than 1 MB: not a camera file")
         try:
             fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
-        except cv2.error as exc:
-            raise SkyfixError(f"camera file {path} is not OpenCV YAML: {exc.msg}") from None
-        K = fs.getNode("camera_matrix").mat()
-        d = fs.getNode("distortion_coefficients").mat()
-        w, h = fs.getNode("image_width").real(), fs.getNode("image_height").real()
-        fs.release()
-        if K is None or K.shape != (3, 3) or not w or not h:
+            if not fs.root().isMap():
+                raise SkyfixError(f"camera file {path} must hold a mapping (image_width, ...)")
+            K = fs.getNode("camera_matrix").mat()
+            d = fs.getNode("distortion_coefficients").mat()
+            w, h = fs.getNode("image_width").real(), fs.getNode("image_height").real()
+            fs.release()
+        except (cv2.error, SystemError) as exc:  # OpenCV's parser fails both ways
+            reason = getattr(exc, "msg", None) or str(exc.__cause__ or exc)
+            raise SkyfixError(f"camera file {path} is not OpenCV YAML: {reason}") from None
+        if (K is None or K.shape != (3, 3) or not np.isfinite(K).all()
+                or not all(math.isfinite(v) and v >= 1 for v in (w, h))):
             raise SkyfixError(
                 f"camera file {path} needs image_width, image_height and a 3x3 camera_matrix"
             )
@@ -114,5 +133,8 @@ class CameraModel:
             raise SkyfixError(
                 f"camera file {path}: distortion_coefficients must have 4, 5 or 8 values")
         d5 = tuple(float(x) for x in np.pad(d[:5], (0, max(0, 5 - d.size))))
-        return cls(int(w), int(h), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]),
-                   float(K[1, 2]), d5)  # type: ignore[arg-type]
+        try:
+            return cls(int(w), int(h), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]),
+                       float(K[1, 2]), d5)  # type: ignore[arg-type]
+        except SkyfixError as exc:
+            raise SkyfixError(f"camera file {path}: {exc}") from None

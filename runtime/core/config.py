@@ -1,189 +1,310 @@
-"""Typed configuration: YAML -> frozen dataclasses.
+"""Typed configuration: YAML -> frozen dataclasses, with one schema for every key.
 
-Every section and key has a documented default, so an empty file (or none) is a
-valid configuration. An unknown key, or a value of the wrong type, is an error
-that names the key (`match.min_inliers`), never silently ignored.
+Every key is declared with `key(default, meaning, bounds...)`: its type (the annotation),
+its range (`ge`/`gt`/`le`/`lt`) or allowed values (`choices`), and one sentence of
+meaning. That declaration is the single source for validation (a section checks its
+values whenever it is made, from YAML or in code), `configs/default.yaml` and the README
+table (`skyfix config doc` writes both; a test keeps them in sync). Every key has a
+default, so an empty file (or none) is a valid configuration. An unknown key, a value of
+the wrong type or out of its range is an error that names the key (`filter.rate_hz`).
+
+YAML is read with limits: at most 1 MB, no aliases (a few anchors can expand into
+gigabytes), nesting at most 64 deep.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import read_yaml
+
+
+def key(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None,
+        choices: tuple[str, ...] | None = None) -> Any:
+    """A config key: `default`, one sentence `doc`, and its bounds or allowed values."""
+    return field(default=default, metadata={"doc": doc, "ge": ge, "gt": gt, "le": le,
+                                            "lt": lt, "choices": choices})
+
+
+def bounds_text(f: dataclasses.Field) -> str:
+    """The allowed values of a key, as written in the docs: "0 < x <= 100", "a | b"."""
+    m = f.metadata
+    if m.get("choices"):
+        return " | ".join(m["choices"])
+    low = (f"{m['ge']:g} <= " if m.get("ge") is not None
+           else f"{m['gt']:g} < " if m.get("gt") is not None else "")
+    high = (f" <= {m['le']:g}" if m.get("le") is not None
+            else f" < {m['lt']:g}" if m.get("lt") is not None else "")
+    return f"{low}x{high}" if low or high else ""
+
+
+def _check(section: Any) -> None:
+    """Refuse (one line naming the key) a value of `section` outside its declared range."""
+    where = _SECTION_NAMES.get(type(section), type(section).__name__)
+    for f in dataclasses.fields(section):
+        m, value = f.metadata, getattr(section, f.name)
+        if not m or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            continue
+        name = f"{where}.{f.name}"
+        if m.get("choices") is not None and value not in m["choices"]:
+            raise SkyfixError(f"config key {name!r} must be one of {', '.join(m['choices'])}, "
+                              f"got {reprlib.repr(value)}")
+        if isinstance(value, str):
+            continue
+        bad = ((m.get("ge") is not None and not value >= m["ge"])
+               or (m.get("gt") is not None and not value > m["gt"])
+               or (m.get("le") is not None and not value <= m["le"])
+               or (m.get("lt") is not None and not value < m["lt"]))
+        if bad:
+            raise SkyfixError(f"config key {name!r} must be {bounds_text(f)}, got {value!r} "
+                              f"({m['doc']})")
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
-    # The encoder itself is the one the map pack was built with (its manifest names it).
-    backend: str = "onnxruntime"  # network runner: onnxruntime | tensorrt
-    provider: str = "cpu"  # onnxruntime: cpu | cuda | auto (cuda when it really loads)
-    threads: int = 0  # onnxruntime intra-op threads (0: onnxruntime decides)
-    max_features: int = 2048  # keypoints per frame for learned encoders
+class Section:
+    """Base of the config sections: values are checked against the schema when made."""
+
+    def __post_init__(self) -> None:
+        _check(self)
 
 
 @dataclass(frozen=True)
-class RectifyConfig:
-    max_view_px: int = 1024  # longest side of the north-up view; larger footprints are cropped
-    max_off_nadir_deg: float = 45.0  # frames looking further from straight down are skipped
-    # Camera mount: rotation about body axes from looking straight down, image top forward
-    # (`skyfix calibrate mount` measures it; a gimbal's own angles come with the frames).
-    mount_roll_deg: float = 0.0
-    mount_pitch_deg: float = 0.0
-    mount_yaw_deg: float = 0.0
+class EncoderConfig(Section):
+    """The encoder itself is the one the map pack was built with (its manifest names it)."""
+
+    backend: str = key("onnxruntime", "network runner", choices=("onnxruntime", "tensorrt"))
+    provider: str = key("cpu", "onnxruntime provider (auto: cuda when it really loads)",
+                        choices=("cpu", "cuda", "auto"))
+    threads: int = key(0, "onnxruntime intra-op threads (0: onnxruntime decides)", ge=0, le=256)
+    max_features: int = key(2048, "keypoints per frame for learned encoders", ge=16, le=100_000)
 
 
 @dataclass(frozen=True)
-class RetrieveConfig:
-    top_k: int = 5  # tiles re-ranked by local matching (window and global search)
-    tracking_k: int = 2  # tiles matched when the prior window fits inside one tile
-    window_sigma: float = 3.0  # prior window radius in filter standard deviations ...
-    window_margin_m: float = 40.0  # ... plus this margin
-    global_after_s: float = 10.0  # search the whole pack after this long without a fix
+class RectifyConfig(Section):
+    """Camera mount: rotation about body axes from looking straight down, image top forward
+    (`skyfix calibrate mount` measures it; a gimbal's own angles come with the frames)."""
+
+    max_view_px: int = key(1024, "longest side of the north-up view; larger footprints are "
+                           "cropped", ge=64, le=8192)
+    max_off_nadir_deg: float = key(45.0, "frames looking further from straight down are "
+                                   "skipped", gt=0, lt=90)
+    mount_roll_deg: float = key(0.0, "camera mount roll", ge=-180, le=180)
+    mount_pitch_deg: float = key(0.0, "camera mount pitch", ge=-180, le=180)
+    mount_yaw_deg: float = key(0.0, "camera mount yaw", ge=-180, le=180)
 
 
 @dataclass(frozen=True)
-class MatchConfig:
-    ratio: float = 0.85  # Lowe ratio for mutual nearest-neighbour matches
-    ransac_px: float = 3.0  # MAGSAC threshold in view pixels
-    min_inliers: int = 25  # fewer consistent matches -> rejected ("few_inliers")
-    max_scale_err: float = 0.15  # |match scale - 1| above this -> rejected ("scale")
-    max_rotation_deg: float = 8.0  # view-to-map rotation above this -> rejected ("heading")
-    ambiguity_ratio: float = 0.8  # a distant second tile with this share of inliers -> "ambiguous"
-    ambiguity_radius_m: float = 20.0  # second-best fixes closer than this agree, not compete
-    attitude_sigma_deg: float = 0.5  # 1-sigma error of the autopilot's roll/pitch (pose prior)
-    yaw_sigma_deg: float = 3.0  # 1-sigma error of the autopilot's heading (pose prior)
-    lens_sigma: float = 0.05  # prior 1-sigma of radial lens error k (p -> p (1 + k |p|^2))
-    sigma_floor_m: float = 0.5  # smallest 1-sigma a fix may claim
+class RetrieveConfig(Section):
+    top_k: int = key(5, "tiles re-ranked by local matching (window and global search)",
+                     ge=1, le=1000)
+    tracking_k: int = key(2, "tiles matched when the prior window fits inside one tile",
+                          ge=1, le=1000)
+    window_sigma: float = key(3.0, "prior window radius in filter standard deviations ...",
+                              gt=0, le=100)
+    window_margin_m: float = key(40.0, "... plus this margin", ge=0, le=100_000)
+    global_after_s: float = key(10.0, "search the whole pack after this long without a fix",
+                                ge=0, le=86_400)
+
+
+@dataclass(frozen=True)
+class MatchConfig(Section):
+    ratio: float = key(0.85, "Lowe ratio for mutual nearest-neighbour matches", gt=0, le=1)
+    ransac_px: float = key(3.0, "MAGSAC threshold in view pixels", gt=0, le=100)
+    min_inliers: int = key(25, "fewer consistent matches -> rejected (few_inliers)",
+                           ge=4, le=100_000)
+    max_scale_err: float = key(0.15, "|match scale - 1| above this -> rejected (scale)",
+                               gt=0, le=10)
+    max_rotation_deg: float = key(8.0, "view-to-map rotation above this -> rejected (heading)",
+                                  gt=0, le=180)
+    ambiguity_ratio: float = key(0.8, "a distant second tile with this share of inliers -> "
+                                 "ambiguous", gt=0, le=10)
+    ambiguity_radius_m: float = key(20.0, "second-best fixes closer than this agree, not "
+                                    "compete", ge=0, le=100_000)
+    attitude_sigma_deg: float = key(0.5, "1-sigma error of the autopilot's roll/pitch (pose "
+                                    "prior)", gt=0, le=90)
+    yaw_sigma_deg: float = key(3.0, "1-sigma error of the autopilot's heading (pose prior)",
+                               gt=0, le=180)
+    lens_sigma: float = key(0.05, "prior 1-sigma of radial lens error k (p -> p (1 + k "
+                            "|p|^2))", ge=0, le=1)
+    sigma_floor_m: float = key(0.5, "smallest 1-sigma a fix may claim", gt=0, le=10_000)
     # With a prior and a pack that has structure channels: coarse structural search of the
     # prior window, then features matched near its answer (runtime/nav/coarse.py, fine.py)
-    coarse: bool = True
-    hypotheses: int = 3  # coarse places given to the fine stage, best first
-    near_radius_px: float = 40.0  # features matched within this of the coarse prediction
-    min_spread: float = 0.45  # inliers' hull: sqrt(area / view area) below this -> rejected
-    # Below 2 x min_inliers a fix also needs the coarse stage's agreement:
-    coarse_agree_px: float = 6.0  # fine vs coarse nadir further apart -> rejected
-    coarse_agree_deg: float = 3.0  # fine vs coarse rotation further apart -> rejected
-    min_peak_ratio: float = 1.0  # coarse peak ratio below this (a runner-up) -> rejected
-    max_residual_px: float = 4.0  # inlier residual RMS above this -> rejected
+    coarse: bool = key(True, "coarse structural search before feature matching, where the "
+                       "pack has structure channels")
+    hypotheses: int = key(3, "coarse places given to the fine stage, best first", ge=1, le=100)
+    near_radius_px: float = key(40.0, "features matched within this of the coarse prediction",
+                                gt=0, le=10_000)
+    min_spread: float = key(0.45, "inliers' hull: sqrt(area / view area) below this -> "
+                            "rejected", ge=0, le=1)
+    coarse_agree_px: float = key(6.0, "below 2 x min_inliers: fine vs coarse nadir further "
+                                 "apart -> rejected", gt=0, le=10_000)
+    coarse_agree_deg: float = key(3.0, "below 2 x min_inliers: fine vs coarse rotation further "
+                                  "apart -> rejected", gt=0, le=180)
+    min_peak_ratio: float = key(1.0, "below 2 x min_inliers: coarse peak ratio below this (a "
+                                "runner-up) -> rejected", ge=0, le=1000)
+    max_residual_px: float = key(4.0, "inlier residual RMS above this -> rejected", gt=0,
+                                 le=1000)
 
 
 @dataclass(frozen=True)
-class OdometryConfig:
-    # Frame-to-frame motion of consecutive rectified views -> velocity for the filter.
-    ratio: float = 0.85  # Lowe ratio for mutual nearest-neighbour matches
-    ransac_px: float = 3.0  # MAGSAC threshold in view pixels
-    min_inliers: int = 20  # fewer consistent matches -> no velocity from this pair
-    max_gap_s: float = 2.0  # frames further apart are not compared
-    max_scale_err: float = 0.1  # |scale - 1| between the two views above this -> refused
-    max_rotation_deg: float = 5.0  # rotation between the two views above this -> refused
-    attitude_step_sigma_deg: float = 0.1  # 1-sigma change of the roll/pitch error frame to frame
-    yaw_sigma_deg: float = 1.0  # 1-sigma heading error (turns the measured displacement)
-    sigma_floor_mps: float = 0.05  # smallest 1-sigma a velocity may claim, per axis
+class OdometryConfig(Section):
+    """Frame-to-frame motion of consecutive rectified views -> velocity for the filter."""
+
+    ratio: float = key(0.85, "Lowe ratio for mutual nearest-neighbour matches", gt=0, le=1)
+    ransac_px: float = key(3.0, "MAGSAC threshold in view pixels", gt=0, le=100)
+    min_inliers: int = key(20, "fewer consistent matches -> no velocity from this pair",
+                           ge=3, le=100_000)
+    max_gap_s: float = key(2.0, "frames further apart are not compared", gt=0, le=3600)
+    max_scale_err: float = key(0.1, "|scale - 1| between the two views above this -> refused",
+                               gt=0, le=10)
+    max_rotation_deg: float = key(5.0, "rotation between the two views above this -> refused",
+                                  gt=0, le=180)
+    attitude_step_sigma_deg: float = key(0.1, "1-sigma change of the roll/pitch error frame "
+                                         "to frame", gt=0, le=90)
+    yaw_sigma_deg: float = key(1.0, "1-sigma heading error (turns the measured displacement)",
+                               gt=0, le=180)
+    sigma_floor_mps: float = key(0.05, "smallest 1-sigma a velocity may claim, per axis",
+                                 gt=0, le=100)
 
 
 @dataclass(frozen=True)
-class FilterConfig:
-    accel_sigma_mps2: float = 5.0  # white-acceleration noise: must cover the largest turn v^2/r
-    nis_gate: float = 13.8  # chi-square, 2 dof, 99.9 %
-    rate_hz: float = 10.0  # estimate output rate
-    init_vel_sigma_mps: float = 10.0
-    max_speed_mps: float = 40.0  # two fixes further apart than this allows cannot start the filter
-    divergence_after_gated: int = 3  # this many gated fixes in a row -> filter reset, global search
-    # cv: 2-D constant velocity (runtime/nav/filter.py); imu: IMU-aided 3-D error-state filter
-    # (runtime/nav/eskf.py); auto: imu when the autopilot streams an IMU at filter start, else cv
-    kind: str = "auto"
-    imu_rate_hz: float = 100.0  # IMU stream rate requested (MAV_CMD_SET_MESSAGE_INTERVAL)
-    history_s: float = 1.0  # late measurements up to this old are fused at their capture time
-    imu_gap_s: float = 0.1  # longer without an IMU sample -> bridged as constant velocity
-    accel_noise_mps2_rthz: float = 0.01  # accelerometer white noise density (with vibration)
-    accel_bias_sigma_mps2: float = 0.1  # initial 1-sigma accelerometer bias
-    accel_bias_rw_mps2_rths: float = 0.001  # accelerometer bias random walk
-    gyro_noise_radps_rthz: float = 0.001  # gyro white noise density
-    gyro_bias_sigma_radps: float = 0.005  # initial 1-sigma gyro bias
-    gyro_bias_rw_radps_rths: float = 1e-4  # gyro bias random walk
-    tilt_sigma_deg: float = 0.3  # 1-sigma error of the autopilot's roll/pitch ...
-    tilt_tau_s: float = 5.0  # ... and its correlation time
-    yaw_sigma_deg: float = 1.0  # 1-sigma error of the autopilot's heading ...
-    yaw_tau_s: float = 20.0  # ... and its correlation time
-    alt_sigma_m: float = 1.0  # 1-sigma of the autopilot's altitude (barometer)
-    alt_nis_gate: float = 10.83  # chi-square, 1 dof, 99.9 %
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("auto", "cv", "imu"):
-            raise SkyfixError(f"config key 'filter.kind' must be one of auto, cv, imu, "
-                              f"got {self.kind!r}")
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    system_id: int = 1
-    component_id: int = 191  # MAV_COMP_ID_ONBOARD_COMPUTER
-    gps_id: int = 1  # GPS instance the autopilot expects (GPS2 -> 1)
-    satellites: int = 10  # reported satellites_visible while we claim a fix
-    lock_budget_s: float = 5.0  # after this long without a fix, fix_type drops to 0
-    max_sigma_m: float = 50.0  # never claim a 3D fix with a larger 1-sigma
-    signing_key: str = ""  # MAVLink 2 signing key file (32 bytes, mode 0600); "" = unsigned
-    refuse_unsigned: bool = False  # with a key: drop unsigned input (bad signatures always are)
-    signing_link_id: int = 0  # link id stamped into our signatures
-
-
-_GNSS_MODES = ("always", "on-loss", "ekf-source")
+class FilterConfig(Section):
+    accel_sigma_mps2: float = key(5.0, "white-acceleration noise: must cover the largest turn "
+                                  "v^2/r", gt=0, le=1000)
+    nis_gate: float = key(13.8, "chi-square gate on fixes, 2 dof (13.8: 99.9 %)", gt=0,
+                          le=1e6)
+    rate_hz: float = key(10.0, "estimate output rate (skyfix run needs at least 5)", ge=1,
+                         le=100)
+    init_vel_sigma_mps: float = key(10.0, "1-sigma of the velocity when the filter starts",
+                                    gt=0, le=1000)
+    max_speed_mps: float = key(40.0, "two fixes further apart than this allows cannot start "
+                               "the filter", gt=0, le=1000)
+    divergence_after_gated: int = key(3, "this many gated fixes in a row -> filter reset, "
+                                      "global search", ge=1, le=1000)
+    kind: str = key("auto", "cv: 2-D constant velocity (nav/filter.py); imu: IMU-aided 3-D "
+                    "error-state filter (nav/eskf.py); auto: imu when the autopilot streams an "
+                    "IMU at filter start, else cv", choices=("auto", "cv", "imu"))
+    imu_rate_hz: float = key(100.0, "IMU stream rate requested (MAV_CMD_SET_MESSAGE_INTERVAL)",
+                             ge=1, le=1000)
+    history_s: float = key(1.0, "late measurements up to this old are fused at their capture "
+                           "time", gt=0, le=10)
+    imu_gap_s: float = key(0.1, "longer without an IMU sample -> bridged as constant velocity",
+                           gt=0, le=10)
+    accel_noise_mps2_rthz: float = key(0.01, "accelerometer white noise density (with "
+                                       "vibration)", gt=0, le=100)
+    accel_bias_sigma_mps2: float = key(0.1, "initial 1-sigma accelerometer bias", gt=0, le=100)
+    accel_bias_rw_mps2_rths: float = key(0.001, "accelerometer bias random walk", ge=0, le=10)
+    gyro_noise_radps_rthz: float = key(0.001, "gyro white noise density", gt=0, le=10)
+    gyro_bias_sigma_radps: float = key(0.005, "initial 1-sigma gyro bias", gt=0, le=10)
+    gyro_bias_rw_radps_rths: float = key(1e-4, "gyro bias random walk", ge=0, le=10)
+    tilt_sigma_deg: float = key(0.3, "1-sigma error of the autopilot's roll/pitch ...", gt=0,
+                                le=90)
+    tilt_tau_s: float = key(5.0, "... and its correlation time", gt=0, le=86_400)
+    yaw_sigma_deg: float = key(1.0, "1-sigma error of the autopilot's heading ...", gt=0,
+                               le=180)
+    yaw_tau_s: float = key(20.0, "... and its correlation time", gt=0, le=86_400)
+    alt_sigma_m: float = key(1.0, "1-sigma of the autopilot's altitude (barometer)", gt=0,
+                             le=10_000)
+    alt_nis_gate: float = key(10.83, "chi-square gate on altitudes, 1 dof (10.83: 99.9 %)",
+                              gt=0, le=1e6)
 
 
 @dataclass(frozen=True)
-class GnssConfig:
-    # always: we are a second GPS, the autopilot chooses; on-loss: send only while the real
-    # GNSS is lost or spoofed; ekf-source: also switch EKF source sets (MAV_CMD_SET_EKF_SOURCE_SET)
-    mode: str = "always"
-    min_fix_type: int = 3  # real GNSS below this fix type counts as no fix
-    min_satellites: int = 6  # fewer -> degraded
-    max_hdop: float = 2.5  # GPS_RAW_INT eph / 100 above this -> degraded
-    max_h_acc_m: float = 10.0  # reported horizontal accuracy above this -> degraded
-    lost_after_s: float = 2.0  # no usable GNSS fix for this long -> lost
-    recover_after_s: float = 10.0  # GNSS must stay better this long before we step back
-    spoof_gate: float = 30.0  # one GNSS-vs-visual NIS above this -> spoofed at once
-    spoof_cusum_drift: float = 6.0  # CUSUM of (NIS - drift) x seconds (GNSS vs visual) ...
-    spoof_cusum_limit: float = 60.0  # ... above this (NIS s) -> spoofed (slow drift)
-    ekf_source_gnss: int = 1  # EKF source set that uses the real GNSS
-    ekf_source_visual: int = 2  # EKF source set to use while GNSS is lost or spoofed
-
-    def __post_init__(self) -> None:
-        if self.mode not in _GNSS_MODES:
-            raise SkyfixError(f"config key 'gnss.mode' must be one of {', '.join(_GNSS_MODES)}, "
-                              f"got {self.mode!r}")
+class OutputConfig(Section):
+    system_id: int = key(1, "MAVLink system id of the vehicle (we share it)", ge=1, le=255)
+    component_id: int = key(191, "our MAVLink component id (191: onboard computer)", ge=1,
+                            le=255)
+    gps_id: int = key(1, "GPS instance the autopilot expects (GPS2 -> 1)", ge=0, le=255)
+    satellites: int = key(10, "reported satellites_visible while we claim a fix", ge=0,
+                          le=255)
+    lock_budget_s: float = key(5.0, "after this long without a fix, fix_type drops to 0",
+                               gt=0, le=3600)
+    max_sigma_m: float = key(50.0, "never claim a 3D fix with a larger 1-sigma", gt=0,
+                             le=100_000)
+    signing_key: str = key("", "MAVLink 2 signing key file (32 bytes, mode 0600); empty: "
+                           "unsigned")
+    refuse_unsigned: bool = key(False, "with a key: drop unsigned input (bad signatures "
+                                "always are)")
+    signing_link_id: int = key(0, "link id stamped into our signatures", ge=0, le=255)
 
 
 @dataclass(frozen=True)
-class CameraConfig:
-    # V4L2 index ("0"), GStreamer pipeline (contains "!"), rtsp:// URL or a video file.
-    source: str = "0"
-    calibration: str = ""  # camera.yaml (intrinsics + distortion); required by `skyfix run`
-    width: int = 0  # requested capture size (0: the device's default)
-    height: int = 0
-    fps: float = 0.0  # requested capture rate (0: the device's default)
-    queue: int = 2  # latest-frame queue length; older frames are dropped, never queued up
+class GnssConfig(Section):
+    """always: we are a second GPS, the autopilot chooses; on-loss: send only while the real
+    GNSS is lost or spoofed; ekf-source: also switch EKF source sets
+    (MAV_CMD_SET_EKF_SOURCE_SET)."""
+
+    mode: str = key("always", "when to send and whether to switch EKF source sets",
+                    choices=("always", "on-loss", "ekf-source"))
+    min_fix_type: int = key(3, "real GNSS below this fix type counts as no fix", ge=0, le=8)
+    min_satellites: int = key(6, "fewer -> degraded", ge=0, le=255)
+    max_hdop: float = key(2.5, "GPS_RAW_INT eph / 100 above this -> degraded", gt=0, le=100)
+    max_h_acc_m: float = key(10.0, "reported horizontal accuracy above this -> degraded",
+                             gt=0, le=100_000)
+    lost_after_s: float = key(2.0, "no usable GNSS fix for this long -> lost", gt=0, le=3600)
+    recover_after_s: float = key(10.0, "GNSS must stay better this long before we step back",
+                                 ge=0, le=86_400)
+    spoof_gate: float = key(30.0, "one GNSS-vs-visual NIS above this -> spoofed at once",
+                            gt=0, le=1e6)
+    spoof_cusum_drift: float = key(6.0, "CUSUM of (NIS - drift) x seconds (GNSS vs "
+                                   "visual) ...", ge=0, le=1e6)
+    spoof_cusum_limit: float = key(60.0, "... above this (NIS s) -> spoofed (slow drift)",
+                                   gt=0, le=1e9)
+    ekf_source_gnss: int = key(1, "EKF source set that uses the real GNSS", ge=1, le=3)
+    ekf_source_visual: int = key(2, "EKF source set to use while GNSS is lost or spoofed",
+                                 ge=1, le=3)
 
 
 @dataclass(frozen=True)
-class DaemonConfig:
-    map: str = ""  # map pack folder; required by `skyfix run`
-    link: str = "udpin:0.0.0.0:14550"  # pymavlink connection: /dev/ttyTHS1,921600 | tcp:host:port
-    autopilot: str = "ardupilot"  # ardupilot: GPS_INPUT | px4: GLOBAL_POSITION_SENSOR
-    link_timeout_s: float = 3.0  # no MAVLink message for this long -> reconnect
-    heartbeat_hz: float = 1.0  # HEARTBEAT rate, as an onboard computer
-    diagnostics_hz: float = 1.0  # NAMED_VALUE_FLOAT diagnostics rate (0: off)
-    health_period_s: float = 10.0  # health summary in the log every this many seconds
-    # frames stamped further than this from the daemon's clock (either way), stamped no
-    # later than the previous frame, or identical to it (a frozen camera) are refused
-    max_frame_age_s: float = 2.0
+class CameraConfig(Section):
+    source: str = key("0", "V4L2 index (0), GStreamer pipeline (contains !), rtsp:// URL or "
+                      "a video file")
+    calibration: str = key("", "camera.yaml (intrinsics + distortion); required by skyfix run")
+    width: int = key(0, "requested capture width (0: the device's default)", ge=0, le=16384)
+    height: int = key(0, "requested capture height (0: the device's default)", ge=0,
+                      le=16384)
+    fps: float = key(0.0, "requested capture rate (0: the device's default)", ge=0, le=1000)
+    queue: int = key(2, "latest-frame queue length; older frames are dropped, never queued "
+                     "up", ge=1, le=100)
+
+
+@dataclass(frozen=True)
+class DaemonConfig(Section):
+    map: str = key("", "map pack folder; required by skyfix run")
+    link: str = key("udpin:0.0.0.0:14550", "pymavlink connection: udpin:host:port | "
+                    "/dev/ttyTHS1,921600 | tcp:host:port")
+    peer: str = key("", "autopilot address (host:port) a udpin link answers; empty: the "
+                    "first to send its HEARTBEAT")
+    autopilot: str = key("ardupilot", "ardupilot: GPS_INPUT | px4: GLOBAL_POSITION_SENSOR",
+                         choices=("ardupilot", "px4"))
+    link_timeout_s: float = key(3.0, "no MAVLink message for this long -> reconnect", gt=0,
+                                le=3600)
+    heartbeat_hz: float = key(1.0, "HEARTBEAT rate, as an onboard computer", ge=0.1, le=50)
+    diagnostics_hz: float = key(1.0, "NAMED_VALUE_FLOAT diagnostics rate (0: off)", ge=0,
+                                le=50)
+    health_period_s: float = key(10.0, "health summary in the log every this many seconds",
+                                 gt=0, le=86_400)
+    max_frame_age_s: float = key(2.0, "frames stamped further than this from the clock, not "
+                                 "after the previous one, or frozen are refused", gt=0,
+                                 le=3600)
+
+
+@dataclass(frozen=True)
+class TrustConfig(Section):
+    """Provenance: with a key set, map packs and models must carry an Ed25519 signature by
+    it over their manifest (`skyfix maps build --sign-key`, `skyfix models sign`)."""
+
+    public_key: str = key("", "trusted Ed25519 public key (PEM) that packs and models must "
+                          "be signed with; empty: signatures are not checked")
 
 
 @dataclass(frozen=True)
@@ -198,6 +319,10 @@ class Config:
     gnss: GnssConfig = field(default_factory=GnssConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
+
+
+_SECTION_NAMES = {tp: name for name, tp in typing.get_type_hints(Config).items()}
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -224,7 +349,7 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
-        raise SkyfixError(f"config key {name!r} must be {tp.__name__}, got {value!r}")
+        raise SkyfixError(f"config key {name!r} must be {tp.__name__}, got {reprlib.repr(value)}")
     if tp is float and not math.isfinite(value):
         raise SkyfixError(f"config key {name!r} must be a finite number, got {value!r}")
     return value
@@ -234,16 +359,4 @@ def load_config(path: Path | None = None) -> Config:
     """The configuration in `path` (YAML), defaults for everything it leaves out."""
     if path is None:
         return Config()
-    path = Path(path)
-    if not path.is_file():
-        raise SkyfixError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SkyfixError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
-    except UnicodeDecodeError as exc:
-        raise SkyfixError(f"config file {path} is not UTF-8 text ({exc.reason} at byte "
-                          f"{exc.start})") from None
-    except RecursionError:  # PyYAML recurses once per nesting level
-        raise SkyfixError(f"config file {path} is nested too deeply") from None
-    return _build(Config, data, "")
+    return _build(Config, read_yaml(Path(path), "config file"), "")

@@ -1,8 +1,9 @@
 """The one place the in-flight chain is put together, for every program that flies it.
 
     build_chain(cfg, pack, camera) -> Chain:
-        map pack (+ its encoder) -> Localizer -> Navigator (in a local frame at the pack's
-        centre) ; FrameGate ; GnssMonitor -> SendPolicy
+        map pack + its encoder (both signature-checked when a key is trusted)
+        -> Localizer -> Navigator (in a local frame at the pack's centre) ;
+        FrameGate ; GnssMonitor -> SendPolicy
 
 The daemon, replay, fleet replay, the emulator and SITL loops, the benchmarks and mount
 calibration all build it here, so they localise, refuse frames and decide what to send
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from skyfix.maps.pack import MapPack
+from skyfix.maps.trusted import open_pack_and_encoder
+from skyfix.models.features import Encoder
 from skyfix.models.registry import encoder_for_id
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
@@ -81,22 +84,26 @@ class Chain:
         return self.navigator.rejections
 
 
-def open_pack(pack: Path | MapPack) -> tuple[MapPack, LocalFrame]:
-    """The pack (opened and verified when given as a path) and the local frame at its centre."""
-    pack = pack if isinstance(pack, MapPack) else MapPack.open(Path(pack))
+def local_frame(pack: MapPack) -> LocalFrame:
+    """The local NED frame every program flies in: at the centre of the pack's tiles."""
     cx, cy = np.asarray(pack.tile_center_en).mean(0)
-    return pack, LocalFrame.at(pack.crs, float(cx), float(cy))
+    return LocalFrame.at(pack.crs, float(cx), float(cy))
 
 
-def build_localizer(pack: MapPack, camera: CameraModel, cfg: Config) -> Localizer:
-    """The Localizer over `pack` with the encoder the pack was built with."""
-    return Localizer(pack, camera, encoder_for_id(pack.manifest.encoder_id, cfg.encoder), cfg)
+def open_map(pack: Path | MapPack, cfg: Config) -> tuple[MapPack, Encoder, LocalFrame]:
+    """The pack (opened, verified and, with trust.public_key set, signature-checked when
+    given as a path), the encoder it was built with, and the local frame at its centre."""
+    if isinstance(pack, MapPack):
+        encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
+    else:
+        pack, encoder = open_pack_and_encoder(Path(pack), cfg)
+    return pack, encoder, local_frame(pack)
 
 
 def build_chain(cfg: Config, pack: Path | MapPack, camera: CameraModel) -> Chain:
     """The whole in-flight chain over the map pack `pack` for a camera `camera`."""
-    pack, frame = open_pack(pack)
-    return assemble(cfg, pack, frame, build_localizer(pack, camera, cfg))
+    pack, encoder, frame = open_map(pack, cfg)
+    return assemble(cfg, pack, frame, Localizer(pack, camera, encoder, cfg))
 
 
 def assemble(cfg: Config, pack: MapPack | None, frame: LocalFrame,

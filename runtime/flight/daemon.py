@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -48,6 +49,7 @@ from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.types import Estimate, Fix, Frame, Rejection
 from skyfix.runtime.flight.assembly import Chain, build_chain
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue
+from skyfix.runtime.io.link import parse_host_port
 from skyfix.runtime.io.mavlink import (
     advance_signing_clock,
     load_signing_key,
@@ -109,6 +111,8 @@ class Daemon:
         cfg = self.cfg
         self.link = link or cfg.daemon.link
         device_and_baud(self.link)  # a malformed link string fails here, not in a thread
+        if cfg.daemon.peer:
+            parse_host_port(cfg.daemon.peer, "daemon.peer")
         self.telemetry = TelemetryBuffer()
         out = cfg.output
         self._key = load_signing_key(Path(out.signing_key)) if out.signing_key else None
@@ -125,11 +129,14 @@ class Daemon:
         self._last_sent_tick: int | None = None  # monotonic time of the last position sent
         self._imu_fed_ns = 0  # time of the last IMU sample handed to the Navigator
         self._filter_kind = ""  # the filter last announced in the log
+        self._failure: BaseException | None = None  # what ended a thread, if anything did
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, duration_s: float | None = None) -> DaemonStats:
-        """Run until `stop` is set (or `duration_s` passes); returns the final counters."""
+        """Run until `stop` is set (or `duration_s` passes); returns the final counters.
+        When a thread failed, everything is stopped and closed, then its exception is
+        raised here (so the process ends with a non-zero status and is restarted)."""
         threads = [threading.Thread(target=self._guard, args=(fn, stop), name=f"skyfix-{name}",
                                     daemon=True)
                    for name, fn in (("receiver", self._receive_loop),
@@ -144,43 +151,60 @@ class Daemon:
             t.join(timeout=5.0)
         self._close_link()
         self._log_health()
+        if self._failure is not None:
+            raise self._failure
         log.info("stopped")
         return self.stats
 
-    @staticmethod
-    def _guard(loop: Callable[[threading.Event], None], stop: threading.Event) -> None:
-        """Run one thread's loop; a bug in it stops the whole daemon (systemd restarts it)
-        rather than leaving it half alive."""
+    def _guard(self, loop: Callable[[threading.Event], None], stop: threading.Event) -> None:
+        """Run one thread's loop; anything it raises stops the whole daemon, which then
+        raises it from `run` (systemd restarts it) rather than staying half alive."""
         try:
             loop(stop)
-        except Exception:
-            log.exception("%s failed; stopping", threading.current_thread().name)
+        except BaseException as exc:
+            log.error("%s failed (%s: %s); stopping", threading.current_thread().name,
+                      type(exc).__name__, exc)
+            if self._failure is None:
+                self._failure = exc
             stop.set()
 
     # -- MAVLink in -----------------------------------------------------------------------
 
     def _receive_loop(self, stop: threading.Event) -> None:
         timeout_ns = int(self.cfg.daemon.link_timeout_s * 1e9)
+        failures = 0
         while not stop.is_set():
             if self._conn is None:
                 out = self.cfg.output
                 try:
                     conn = open_link(self.link, out.system_id, out.component_id, self._key,
-                                     out.refuse_unsigned, out.signing_link_id)
-                except Exception as exc:  # device absent, port busy: keep trying
-                    log.warning("link %s: cannot open (%s); retrying", self.link, exc)
+                                     out.refuse_unsigned, out.signing_link_id,
+                                     self.cfg.daemon.peer or None)
+                except (SkyfixError, ValueError, PermissionError, socket.gaierror) as exc:
+                    raise SkyfixError(f"link {self.link}: cannot open ({exc}); check "
+                                      f"daemon.link and daemon.peer") from None
+                except OSError as exc:  # serial device absent, port busy: keep trying
+                    failures += 1
+                    if failures in (1, 10) or failures % 60 == 0:  # not a line a second
+                        log.warning("link %s: cannot open (%s); retrying (%d)", self.link,
+                                    exc, failures)
                     stop.wait(1.0)
                     continue
+                failures = 0
                 with self._send_lock:
                     self._conn = conn
                 self._last_rx_ns = time.time_ns()
                 log.info("link %s open", self.link)
             try:
                 msg = self._conn.recv_match(blocking=True, timeout=0.1)
-            except Exception as exc:  # serial unplugged, socket error
+            except OSError as exc:  # serial unplugged, socket error: reconnect
                 log.warning("link %s: receive failed (%s)", self.link, exc)
                 msg = None
                 self._last_rx_ns = 0
+            except Exception as exc:  # pymavlink choking on crafted bytes: they are lost
+                self.stats.bad_messages += 1
+                log.debug("link %s: unparsable input (%s)", self.link, exc)
+                msg = None
             now = time.time_ns()
             if msg is None:
                 if now - self._last_rx_ns > timeout_ns:

@@ -132,7 +132,7 @@ def from_dataflash(path: Path) -> TelemetryLog:
         n += 1
         try:
             _dataflash_row(msg, att, pos, gps)
-        except (AttributeError, TypeError, ValueError) as exc:  # a damaged FMT record
+        except (AttributeError, TypeError, ValueError, OverflowError) as exc:  # a damaged record
             raise SkyfixError(f"{path}: unusable {msg.get_type()} record ({type(exc).__name__}:"
                               f" {exc})") from None
     if not att:

@@ -25,6 +25,7 @@ from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 from skyfix.runtime.core.config import OutputConfig
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.types import Estimate, sigma_max
+from skyfix.runtime.io import signature
 
 GPS_EPOCH_UNIX_S = 315964800  # 1980-01-06T00:00:00Z, the start of GPS week 0
 GPS_LEAP_S = 18  # GPS - UTC since 2017-01-01
@@ -295,6 +296,7 @@ def setup_signing(link: Any, key: bytes, refuse_unsigned: bool, link_id: int = 0
     signing.link_id = int(link_id)
     signing.sign_outgoing = True
     signing.allow_unsigned_callback = _UnsignedPolicy(not refuse_unsigned, signing.badsig_count)
+    signature.install(mav)  # the signature is checked before its timestamp is trusted
     advance_signing_clock(mav, time.time_ns() if t_unix_ns is None else t_unix_ns)
 
 

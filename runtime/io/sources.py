@@ -10,7 +10,6 @@ know which files a flight came in.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Iterator
@@ -22,10 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 from rasterio.crs import CRS
+from rasterio.errors import CRSError
 
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import read_csv, read_json_object
 from skyfix.runtime.core.geo import WGS84
+from skyfix.runtime.core.limits import check_time_ns
 from skyfix.runtime.core.types import Frame, FrameItem, UnreadableFrame
 from skyfix.runtime.io.logs import (
     ImageMeta,
@@ -89,11 +91,7 @@ class RecordedFlight:
         meta_path = root / "flight.json"
         if not meta_path.is_file():
             raise SkyfixError(f"{root} is not a recorded flight (no flight.json)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise SkyfixError(
-                f"{meta_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        meta = read_json_object(meta_path, "flight description", 1_000_000)
         if meta.get("format") != FLIGHT_FORMAT:
             raise SkyfixError(
                 f"{meta_path}: format {meta.get('format')!r}, expected {FLIGHT_FORMAT!r}")
@@ -106,6 +104,11 @@ class RecordedFlight:
             tlog = root / meta["telemetry"]
         except KeyError as exc:
             raise SkyfixError(f"{meta_path}: missing key {exc}") from None
+        except TypeError:
+            raise SkyfixError(f"{meta_path}: camera, frames, telemetry and truth must be file "
+                              "names") from None
+        except CRSError as exc:
+            raise SkyfixError(f"{meta_path}: unusable crs {meta.get('crs')!r} ({exc})") from None
         return cls(root, camera, times, files, tlog, truth)
 
     def frames(self) -> Iterator[FrameItem]:
@@ -119,16 +122,14 @@ class RecordedFlight:
 
 
 def _read_frames_csv(path: Path, root: Path) -> tuple[np.ndarray, tuple[Path, ...]]:
-    if not path.is_file():
-        raise SkyfixError(f"frame list not found: {path}")
     times, files = [], []
-    with open(path, newline="") as f:
-        for row_no, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                times.append(int(row["t_ns"]))
-                files.append(root / row["file"])
-            except (KeyError, TypeError, ValueError):
-                raise SkyfixError(f"{path}:{row_no}: expected columns index,t_ns,file") from None
+    for row_no, row in enumerate(read_csv(path, "frame list")[1], start=2):
+        try:
+            t_ns, file = int(row["t_ns"]), root / row["file"]
+        except (KeyError, TypeError, ValueError):
+            raise SkyfixError(f"{path}:{row_no}: expected columns index,t_ns,file") from None
+        times.append(check_time_ns(t_ns, f"{path}:{row_no}"))
+        files.append(file)
     if not times:
         raise SkyfixError(f"{path}: no frames listed")
     order = np.argsort(times, kind="stable")
@@ -136,11 +137,17 @@ def _read_frames_csv(path: Path, root: Path) -> tuple[np.ndarray, tuple[Path, ..
 
 
 def _read_truth(path: Path, crs: CRS) -> Truth:
-    if not path.is_file():
-        raise SkyfixError(f"ground truth not found: {path}")
-    with open(path, newline="") as f:
-        rows = [(int(r["t_ns"]), float(r["east_m"]), float(r["north_m"]))
-                for r in csv.DictReader(f)]
+    rows = []
+    for row_no, r in enumerate(read_csv(path, "ground truth")[1], start=2):
+        try:
+            row = (int(r["t_ns"]), float(r["east_m"]), float(r["north_m"]))
+        except (KeyError, TypeError, ValueError):
+            raise SkyfixError(f"{path}:{row_no}: expected columns t_ns,east_m,north_m"
+                              ) from None
+        check_time_ns(row[0], f"{path}:{row_no}")
+        if not np.isfinite(row[1:]).all():
+            raise SkyfixError(f"{path}:{row_no}: east_m and north_m must be finite")
+        rows.append(row)
     if not rows:
         raise SkyfixError(f"{path}: no rows")
     arr = np.array(rows, np.float64)
@@ -227,23 +234,21 @@ def _name_time_ns(m: re.Match) -> int:
 def _read_times_csv(path: Path) -> dict[str, int]:
     """file name -> Unix ns, from columns file|filename|image and t_ns|unix_s|utc_unix_s."""
     path = Path(path)
-    if not path.is_file():
-        raise SkyfixError(f"frame-times file not found: {path}")
     out = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        fcol = next((c for c in ("file", "filename", "image") if c in cols), None)
-        tcol = next((c for c in ("t_ns", "unix_s", "utc_unix_s") if c in cols), None)
-        if fcol is None or tcol is None:
-            raise SkyfixError(f"{path}: expected columns file|filename|image and "
-                              "t_ns|unix_s|utc_unix_s")
-        for row_no, row in enumerate(reader, start=2):
-            try:
-                v = Decimal(str(row[tcol]).strip())
-                out[Path(row[fcol]).name] = int(v if tcol == "t_ns" else v * 10**9)
-            except (TypeError, ValueError, InvalidOperation):
-                raise SkyfixError(f"{path}:{row_no}: {tcol} is not a number") from None
+    cols, reader = read_csv(path, "frame-times file")
+    fcol = next((c for c in ("file", "filename", "image") if c in cols), None)
+    tcol = next((c for c in ("t_ns", "unix_s", "utc_unix_s") if c in cols), None)
+    if fcol is None or tcol is None:
+        raise SkyfixError(f"{path}: expected columns file|filename|image and "
+                          "t_ns|unix_s|utc_unix_s")
+    for row_no, row in enumerate(reader, start=2):
+        try:
+            v = Decimal(str(row[tcol]).strip())
+            t_ns = int(v if tcol == "t_ns" else v * 10**9)
+            name = Path(row[fcol]).name
+        except (TypeError, ValueError, InvalidOperation, OverflowError):
+            raise SkyfixError(f"{path}:{row_no}: {tcol} is not a number") from None
+        out[name] = check_time_ns(t_ns, f"{path}:{row_no}")
     return out
 
 

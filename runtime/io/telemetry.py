@@ -23,7 +23,9 @@ import numpy as np
 from pymavlink import mavutil
 
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.limits import plausible_time_ns
 from skyfix.runtime.core.types import GnssSample, Telemetry
+from skyfix.runtime.io.link import AutopilotUDP, check_link_spec
 from skyfix.runtime.io.mavlink import UERE_M, pin_mavlink2, setup_signing
 
 _MAX_GAP_NS = 2_000_000_000  # no attitude within 2 s of a frame -> no telemetry for it
@@ -65,7 +67,7 @@ class TelemetryLog:
         except Exception as exc:  # pymavlink raises bare errors on broken records
             raise SkyfixError(f"{path}: unreadable MAVLink log ({exc})") from None
         rows: dict[str, list] = {k: [] for k in WIDTHS}
-        n = 0
+        n = bad_stamps = 0
         wanted = ["ATTITUDE", "GLOBAL_POSITION_INT", "GPS_RAW_INT", "DISTANCE_SENSOR",
                   "RANGEFINDER", *IMU_MESSAGES]
         while True:
@@ -76,7 +78,11 @@ class TelemetryLog:
             if msg is None:
                 break
             n += 1
-            parsed = parse_message(msg, int(round(msg._timestamp * 1e9)))
+            t_ns = msg._timestamp * 1e9
+            if not plausible_time_ns(t_ns):  # a broken record stamp (year 586524, say)
+                bad_stamps += 1
+                continue
+            parsed = parse_message(msg, int(round(t_ns)))
             if parsed is not None:
                 rows[parsed[0]].append(parsed[1])
         if not rows["att"]:
@@ -87,7 +93,7 @@ class TelemetryLog:
 
         a = {k: np.array(v, np.float64).reshape(-1, WIDTHS[k]) for k, v in rows.items()}
         a = {k: v[np.argsort(v[:, 0], kind="stable")] for k, v in a.items()}
-        bad = int(getattr(conn.mav, "total_receive_errors", 0))
+        bad = int(getattr(conn.mav, "total_receive_errors", 0)) + bad_stamps
         return cls(a["att"], a["pos"], a["gnss"], n, bad, a["rng"], imu_rows(a["imu"]))
 
     def at(self, t_ns: int) -> Telemetry | None:
@@ -267,14 +273,20 @@ class TelemetryBuffer:
 
 
 def open_link(spec: str, system_id: int, component_id: int, signing_key: bytes | None = None,
-              refuse_unsigned: bool = False, link_id: int = 0):
+              refuse_unsigned: bool = False, link_id: int = 0, peer: str | None = None):
     """A pymavlink connection for `spec` (`/dev/ttyTHS1,921600`, `udpin:0.0.0.0:14550`,
     `tcp:host:port`, ...) speaking MAVLink 2 (ardupilotmega) as system/component, signing
-    what it sends when given a key."""
+    what it sends when given a key. A UDP server (`udpin:`) answers only the autopilot
+    (system `system_id`) at `peer` ("host:port"), or else at the address of its first
+    valid HEARTBEAT: see `AutopilotUDP`."""
     device, baud = device_and_baud(spec)
-    conn = mavutil.mavlink_connection(device, baud=baud, source_system=system_id,
-                                      source_component=component_id, autoreconnect=True,
-                                      dialect="ardupilotmega", robust_parsing=True)
+    if device.startswith("udpin:"):
+        conn = AutopilotUDP(device[len("udpin:"):], system_id, peer, signing_key is not None,
+                            source_system=system_id, source_component=component_id)
+    else:
+        conn = mavutil.mavlink_connection(device, baud=baud, source_system=system_id,
+                                          source_component=component_id, autoreconnect=True,
+                                          dialect="ardupilotmega", robust_parsing=True)
     pin_mavlink2(conn)  # not the MAVLink 1 module mavutil picks without an env variable
     if signing_key is not None:
         setup_signing(conn, signing_key, refuse_unsigned, link_id)
@@ -288,4 +300,5 @@ def device_and_baud(spec: str) -> tuple[str, int]:
         if not rate.strip().isdigit():
             raise SkyfixError(f"serial link {spec!r}: baud rate must be a number")
         return device, int(rate)
+    check_link_spec(spec)
     return spec, 115200

@@ -34,8 +34,8 @@ from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.geo import LocalFrame, R_ned_body
 from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
-from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.coarse import coarse_search
+from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
 from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near
 from skyfix.runtime.nav.match import Candidate, locate

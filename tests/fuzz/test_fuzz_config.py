@@ -19,7 +19,21 @@ from skyfix.runtime.core.errors import SkyfixError
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 HINTS = {name: typing.get_type_hints(typing.get_type_hints(Config)[name])
          for name in SECTIONS}
-ALLOWED = {("gnss", "mode"): ["always", "on-loss", "ekf-source"]}
+FIELDS = {name: {f.name: f for f in dataclasses.fields(typing.get_type_hints(Config)[name])}
+          for name in SECTIONS}
+
+
+def in_bounds(section: str, key: str, value) -> bool:
+    """Whether `value` lies inside the schema's range for `section.key`."""
+    m = FIELDS[section][key].metadata
+    if m.get("choices"):
+        return value in m["choices"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return True
+    return ((m.get("ge") is None or value >= m["ge"]) and (m.get("gt") is None or value > m["gt"])
+            and (m.get("le") is None or value <= m["le"])
+            and (m.get("lt") is None or value < m["lt"]))
+
 
 any_value = st.one_of(
     st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
@@ -28,13 +42,21 @@ any_value = st.one_of(
 
 
 def good_value(section: str, key: str):
-    allowed = ALLOWED.get((section, key))
-    if allowed:
-        return st.sampled_from(allowed)
+    """Values of the key's type inside its schema range (or its allowed values)."""
+    m = FIELDS[section][key].metadata
+    if m.get("choices"):
+        return st.sampled_from(m["choices"])
     tp = HINTS[section][key]
-    return {bool: st.booleans(), int: st.integers(-10**6, 10**6),
-            float: st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-1000, 1000),
-            str: st.text(max_size=20)}[tp]
+    low = m.get("ge") if m.get("ge") is not None else m.get("gt")
+    high = m.get("le") if m.get("le") is not None else m.get("lt")
+    if tp is int:
+        return st.integers(int(low if low is not None else -10**6),
+                           int(high if high is not None else 10**6)).filter(
+            lambda v: in_bounds(section, key, v))
+    if tp is float:
+        return st.floats(low if low is not None else -1e6, high if high is not None else 1e6,
+                         allow_nan=False).filter(lambda v: in_bounds(section, key, v))
+    return {bool: st.booleans(), str: st.text(max_size=20)}[tp]
 
 
 @st.composite
@@ -87,6 +109,7 @@ def test_bad_values_name_their_key(tmp_path_factory, mapping):
                 assert key in HINTS[section]
                 held = getattr(getattr(got, section), key)
                 assert held == value and type(value) in (HINTS[section][key], int)
+                assert in_bounds(section, key, held)  # nothing outside the schema's range
                 if isinstance(held, float):
                     assert math.isfinite(held)
         return

@@ -75,7 +75,8 @@ def test_manifest_and_tiles(pack_path, crop):
     pack = MapPack.open(pack_path, encoder_id=ENC.id)
     assert pack.n_tiles == 29 and pack.levels == tuple(m["gsds_m"])
     assert pack.tile_center_en.dtype == np.float64 and pack.tile_bounds_en.shape == (29, 4)
-    assert isinstance(pack.descriptors, np.memmap)
+    assert not isinstance(pack.descriptors, np.memmap)  # small: read into memory
+    assert isinstance(MapPack.open(pack_path, in_ram_max_bytes=0).descriptors, np.memmap)
     assert pack.descriptors.shape == (29, 32 * 128) and pack.codebook.shape == (32, 128)
     assert np.allclose(np.linalg.norm(pack.descriptors, axis=1), 1, atol=1e-4)
     assert np.load(pack_path / "keypoints.npy", mmap_mode="r").dtype == np.float32
@@ -335,7 +336,7 @@ def test_real_vienna_dem_is_resampled_into_the_pack(crop, tmp_path):
     m = pack.manifest
     assert m.dem_gsd_m == pytest.approx(0.9, rel=1e-3)  # 1 m DEM on a 0.3 m grid: 3 px
     assert "dem.npy" in m.files and m.build["dem_source"] == "44_2_dgm.tif"
-    assert pack.dem.shape == (234, 234) and isinstance(pack.dem, np.memmap)
+    assert pack.dem.shape == (234, 234) and pack.dem.dtype == np.float32  # small: in memory
     rng = np.random.default_rng(0)
     w, s, e, n = m.bounds_en
     east, north = rng.uniform(w + 2, e - 2, 500), rng.uniform(s + 2, n - 2, 500)

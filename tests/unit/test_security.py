@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import small_pack
+from pymavlink.dialects.v20 import ardupilotmega as mav2
 
 from skyfix.models.xfeat import XFeatEncoder
 from skyfix.runtime.core.camera import CameraModel
@@ -67,9 +68,11 @@ def test_signed_link_end_to_end(tmp_path):
     plain = open_link(f"udpout:127.0.0.1:{port}", 1, 1)
     stranger = open_link(f"udpout:127.0.0.1:{port}", 1, 1, bytes(32))
     try:
-        autopilot.mav.send(heartbeat())
-        plain.mav.send(heartbeat())
-        stranger.mav.send(heartbeat())
+        vehicle = mav2.MAVLink_heartbeat_message(2, 3, 0, 0, 4, 3)  # a quadrotor, ArduPilot
+        plain.mav.send(vehicle)
+        stranger.mav.send(vehicle)
+        time.sleep(0.05)
+        autopilot.mav.send(vehicle)  # the first valid signed HEARTBEAT names the peer
         got = drain(ours, 0.5)
         good = [m for m in got if m.get_type() == "HEARTBEAT"]
         assert len(good) == 1 and good[0].get_signed()

@@ -46,7 +46,7 @@ def test_times_from_exif_and_from_a_csv(tmp_path):
     csv_path = tmp_path / "times.csv"
     csv_path.write_text("filename,utc_unix_s\nIMG_1.jpg,1700000000.25\n")
     assert ImageFolder.open(tmp_path, csv_path).frame_times_ns[0] == 1700000000_250_000_000
-    csv_path.write_text("filename,utc_unix_s\nother.jpg,1\n")
+    csv_path.write_text("filename,utc_unix_s\nother.jpg,1700000001\n")
     with pytest.raises(SkyfixError, match="no time for IMG_1.jpg"):
         ImageFolder.open(tmp_path, csv_path)
 
