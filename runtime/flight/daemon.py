@@ -111,6 +111,7 @@ class Daemon:
         self._key = load_signing_key(Path(out.signing_key)) if out.signing_key else None
         self.stats = DaemonStats()
         self.listeners: list[Listener] = []
+        self.sent_listeners: list[Listener] = []  # (message sent, Unix ns), e.g. a recorder
         self._published = _Published(None, None)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -317,6 +318,8 @@ class Daemon:
             except OSError as exc:
                 log.warning("link %s: send failed (%s)", self.link, exc)
                 return False
+        for listener in self.sent_listeners:
+            listener(msg, time.time_ns())
         return True
 
     def _output_loop(self, stop: threading.Event) -> None:
