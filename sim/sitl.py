@@ -32,7 +32,7 @@ from pymavlink.dialects.v20 import ardupilotmega as mav2
 from rasterio.warp import transform as crs_transform
 
 from skyfix.maps.build import build_pack
-from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.config import Config, GnssConfig
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import WGS84
 from skyfix.runtime.flight.daemon import Daemon, build_navigator
@@ -71,13 +71,23 @@ class SitlSpec:
     gnss_off_after_s: float = 60.0  # < 0: never
     blanks: tuple[tuple[float, float], ...] = ()
     gps_delay_ms: int = 0  # GPS2_DELAY_MS: skyfix predicts to the send time
+    wp_yaw_behavior: int = 0  # 0: hold the heading through the corners (survey style)
     arm_timeout_s: float = 150.0
     mission_timeout_s: float = 600.0
     seed: int = 1
     extra_params: dict[str, float] = field(default_factory=dict)
 
 
-def vehicle_params(spec: SitlSpec) -> dict[str, float]:
+# EKF source set 2, which the daemon asks for (gnss.mode ekf-source) when the real GNSS is
+# lost while skyfix has a fix: horizontal position from the GPS (GPS 2 = skyfix, the only
+# one left with a fix), velocity from the IMU alone (no GPS velocity: skyfix's comes from
+# a constant-velocity filter that lags in turns), height from the barometer; and only
+# the active set's velocities are fused (EK3_SRC_OPTIONS bit 0 off).
+EKF_SOURCE_PARAMS = {"EK3_SRC2_POSXY": 3, "EK3_SRC2_VELXY": 0, "EK3_SRC2_POSZ": 1,
+                     "EK3_SRC2_VELZ": 0, "EK3_SRC2_YAW": 1, "EK3_SRC_OPTIONS": 0}
+
+
+def vehicle_params(spec: SitlSpec, gnss_mode: str = "ekf-source") -> dict[str, float]:
     """What the autopilot is told before arming (also in the README): GPS 2's settings
     (GPS2_TYPE itself comes after arming, see AFTER_ARMING); the streams the
     daemon needs on SERIAL1 (the second MAVLink channel: MAV2_*); mission speeds; AUTO may
@@ -86,7 +96,8 @@ def vehicle_params(spec: SitlSpec) -> dict[str, float]:
         "GPS_AUTO_SWITCH": 1, "GPS2_DELAY_MS": spec.gps_delay_ms,
         "MAV2_EXTRA1": 20, "MAV2_POSITION": 10, "MAV2_EXT_STAT": 5, "MAV2_EXTRA3": 2,
         "WPNAV_SPEED": spec.speed_mps * 100, "WPNAV_SPEED_UP": 400, "WPNAV_SPEED_DN": 300,
-        "LAND_SPEED": 100, "AUTO_OPTIONS": 3, **spec.extra_params,
+        "LAND_SPEED": 100, "AUTO_OPTIONS": 3, "WP_YAW_BEHAVIOR": spec.wp_yaw_behavior,
+        **(EKF_SOURCE_PARAMS if gnss_mode == "ekf-source" else {}), **spec.extra_params,
     }
 
 
@@ -128,7 +139,7 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
     if binary is None:
         raise SkyfixError(f"no SITL binary: give --binary PATH/arducopter ({SHARED_SITL} "
                           f"has none)")
-    cfg = cfg or Config()
+    cfg = cfg or Config(gnss=GnssConfig(mode="ekf-source"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pack = pack or build_pack([ortho], out / "pack", force=True, progress=False)
@@ -145,13 +156,15 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
         home = to_lla(0.0, 0.0)
         defaults = Path(binary).parent / "copter.parm"
         with SitlProcess(binary, out / "sitl", (*home, 0.0, 0.0),
-                         [defaults] if defaults.is_file() else [], vehicle_params(spec),
+                         [defaults] if defaults.is_file() else [],
+                         vehicle_params(spec, cfg.gnss.mode),
                          free_instance()) as proc:
             timeline, rec, daemon, camera = _fly(proc, renderer, home, to_lla, spec, cfg,
                                                  pack, out)
     report = {
         "spec": asdict(spec), "autopilot": autopilot, "binary": str(binary),
-        "home_lat_lon": list(home), "params": {**vehicle_params(spec), **AFTER_ARMING},
+        "home_lat_lon": list(home), "gnss_mode": cfg.gnss.mode,
+        "params": {**vehicle_params(spec, cfg.gnss.mode), **AFTER_ARMING},
         "timeline_s": {k: (None if v is None else round((v - timeline.mission_start_ns) * 1e-9, 2))
                        for k, v in (("gnss_off", timeline.gnss_off_ns),
                                     ("landed", timeline.landed_ns))}
@@ -197,7 +210,7 @@ def _fly(proc: SitlProcess, renderer: PoseRenderer, home, to_lla, spec: SitlSpec
                                 (mav2.MAVLINK_MSG_ID_GPS_RAW_INT, 5.0),
                                 (mav2.MAVLINK_MSG_ID_GPS2_RAW, 5.0)):
             vehicle.set_message_rate(msg_id, rate_hz)
-        vehicle.check_params(vehicle_params(spec))
+        vehicle.check_params(vehicle_params(spec, cfg.gnss.mode))
         runner.start()
         camera.start(stop)
         vehicle.upload_mission(plan_mission(home, to_lla, spec))

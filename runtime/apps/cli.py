@@ -158,6 +158,7 @@ def cmd_sim_closed_loop(a: argparse.Namespace) -> None:
 
 def cmd_sim_sitl(a: argparse.Namespace) -> None:
     import json
+    from dataclasses import replace
 
     from skyfix.runtime.core.config import load_config
     from skyfix.sim.sitl import SitlSpec, run_sitl
@@ -165,8 +166,9 @@ def cmd_sim_sitl(a: argparse.Namespace) -> None:
     _log_to_stderr()
     spec = SitlSpec(agl_m=a.agl, fps=a.fps, laps=a.laps, gnss_off_after_s=a.gnss_off_after,
                     blanks=tuple(a.blank), gps_delay_ms=a.gps_delay_ms)
-    result = run_sitl(a.ortho, a.out, spec, load_config(a.config), a.map, a.binary,
-                      a.autopilot)
+    cfg = load_config(a.config)
+    cfg = replace(cfg, gnss=replace(cfg.gnss, mode=a.gnss_mode))
+    result = run_sitl(a.ortho, a.out, spec, cfg, a.map, a.binary, a.autopilot)
     print(json.dumps({k: v for k, v in result.items() if k not in ("daemon", "params")},
                      indent=2))
     print(f"wrote {a.out / 'report.json'}")
@@ -400,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", required=True, type=Path)
     ap.set_defaults(func=cmd_sim_autopilot)
-    cl = ssub.add_parser("closed-loop", help="daemon + autopilot emulator + rendered camera, "
-                                             "in real time; writes OUT/closed_loop.json")
+    cl = ssub.add_parser("closed-loop", help="daemon + autopilot emulator (open loop: it flies "
+                                             "its plan) + rendered camera, in real time; "
+                                             "writes OUT/closed_loop.json")
     cl.add_argument("--ortho", required=True, type=Path, help="map orthophoto (GeoTIFF)")
     cl.add_argument("--map", type=Path, help="map pack of the ortho (built into OUT/pack if "
                                             "not given)")
@@ -436,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--blank", type=_blank, action="append", default=[],
                     metavar="START:SECONDS", help="black camera frames (repeatable)")
     st.add_argument("--gps-delay-ms", type=int, default=0, help="GPS2_DELAY_MS to set")
+    st.add_argument("--gnss-mode", default="ekf-source", choices=("always", "ekf-source"),
+                    help="hand-over: ekf-source also switches EKF3 to source set 2 (position "
+                         "from skyfix, no GPS velocity) on GNSS loss")
     st.add_argument("--out", required=True, type=Path)
     st.set_defaults(func=cmd_sim_sitl)
 

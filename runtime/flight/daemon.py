@@ -46,6 +46,7 @@ from skyfix.runtime.core.geo import LocalFrame
 from skyfix.runtime.core.types import Estimate, Fix, Frame
 from skyfix.runtime.flight.gnss import GnssMonitor, Handover
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue, valid_image
+from skyfix.runtime.io.dialects import decode_other
 from skyfix.runtime.io.mavlink import (
     FIX_3D,
     advance_signing_clock,
@@ -194,6 +195,10 @@ class Daemon:
     def on_message(self, msg, t_ns: int) -> None:
         """Handle one received message (also the entry point for tests and bridges)."""
         kind = msg.get_type()
+        if kind.startswith("UNKNOWN"):  # outside ardupilotmega: GNSS_INTEGRITY is wanted
+            conn = self._conn
+            msg = decode_other(msg, None if conn is None else conn.mav.signing) or msg
+            kind = msg.get_type()
         if kind == "BAD_DATA" or kind.startswith("UNKNOWN"):
             self.stats.bad_messages += 1
             return

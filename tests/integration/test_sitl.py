@@ -1,0 +1,112 @@
+"""skyfix flying a real ArduCopter SITL (../shared/sitl/ardupilot): the closed loop of
+sim/sitl.py, in real time. Each flight takes about 5 minutes on the 2-core machine.
+
+Nominal flight: AUTO mission (take off to 80 m, a 160 x 120 m rectangle, return,
+land), the simulator's GNSS switched off 60 s after arming. Targets: mission >= 3 min;
+EKF horizontal error vs truth p95 <= 5 m and max <= 10 m while the camera sees; EKF
+with an absolute position from skyfix within 10 s of the GNSS loss; landing <= 5 m
+from home; no GPS_INPUT interval over 215 ms.
+
+Blank flight: as above with the camera black for 15 s from 90 s: no fix claimed beyond
+the lock budget, no claimed fix further off than 3 sigma.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from skyfix.maps.build import build_pack
+from skyfix.runtime.core.config import Config
+from skyfix.sim.sitl import SHARED_SITL, SitlSpec, default_binary, run_sitl
+
+pytestmark = pytest.mark.slow
+
+
+def _binary():
+    binary = default_binary()
+    if binary is None:
+        pytest.skip(f"no ArduCopter SITL: {SHARED_SITL}/ardupilot/arducopter is absent "
+                    f"(the SITL tests fly the binary in ../shared/sitl)")
+    return binary
+
+
+def _no_simulator_left(out) -> None:
+    """The run's simulator has exited (no orphan process holds its working directory)."""
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    assert str(out / "sitl") not in ps and "arducopter" not in "".join(
+        line for line in ps.splitlines() if str(os.getpid()) in line.split()[:1])
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory, ortho_path):
+    _binary()
+    return build_pack([ortho_path], tmp_path_factory.mktemp("sitl_pack") / "pack",
+                      progress=False)
+
+
+@pytest.fixture(scope="module")
+def nominal(tmp_path_factory, ortho_path, pack):
+    out = tmp_path_factory.mktemp("sitl_nominal")
+    report = run_sitl(ortho_path, out, SitlSpec(), Config(), pack, _binary())
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def blanked(tmp_path_factory, ortho_path, pack):
+    out = tmp_path_factory.mktemp("sitl_blank")
+    report = run_sitl(ortho_path, out, SitlSpec(blanks=((90.0, 15.0),)), Config(), pack,
+                      _binary())
+    return out, report
+
+
+def test_flight_is_recorded(nominal):
+    out, report = nominal
+    for name in ("flight.tlog", "sent.tlog", "truth.csv", "report.json", "plot.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    _no_simulator_left(out)
+
+
+def test_mission_flown_on_skyfix_and_landed_at_home(nominal):
+    _, r = nominal
+    assert r["mission_duration_s"] >= 180.0
+    assert r["timeline_s"]["gnss_off"] <= 65.0
+    assert r["landing_error_m"] <= 5.0
+
+
+def test_ekf_follows_truth_while_the_camera_sees(nominal):
+    _, r = nominal
+    err = r["ekf_error_while_seeing"]
+    assert err["n"] > 500  # 10 Hz over the two minutes after the GNSS loss
+    assert err["p95_m"] <= 5.0
+    assert err["max_m"] <= 10.0
+
+
+def test_ekf_takes_skyfix_as_its_absolute_position(nominal):
+    _, r = nominal
+    assert r["ekf_abs_from_skyfix_after_s"] is not None
+    assert r["ekf_abs_from_skyfix_after_s"] <= 10.0
+
+
+def test_gps_input_never_late(nominal):
+    _, r = nominal
+    assert r["gps_input_sent"] > 1000
+    assert r["gps_input_intervals_over_215ms"] == 0
+
+
+def test_no_claimed_fix_beyond_three_sigma(nominal, blanked):
+    for _, r in (nominal, blanked):
+        assert r["claimed_fix_error_after_gnss_loss"]["n"] > 0
+        assert r["claimed_fix_over_3_sigma"] == 0
+
+
+def test_blank_camera_drops_the_fix_within_the_lock_budget(blanked):
+    _, r = blanked
+    (blank,) = r["camera_blank"]
+    assert blank["fix_dropped_after_s"] is not None
+    assert blank["fix_dropped_after_s"] <= blank["allowed_s"]
+    assert blank["claimed_fixes_beyond_budget"] == 0
