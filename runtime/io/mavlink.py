@@ -89,9 +89,18 @@ def _finite(v: float) -> float:
     return float(v) if np.isfinite(v) else 0.0
 
 
-def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int
-              ) -> mavlink2.MAVLink_gps_input_message:
+def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
+              gps_time_unix_ns: int | None = None) -> mavlink2.MAVLink_gps_input_message:
     """The GPS_INPUT message for `est`, stamped `t_unix_ns` (Unix time, ns).
+
+    time_week / time_week_ms are 0 ("not provided") unless `gps_time_unix_ns` is given: a
+    time the caller knows to be on GPS time (synchronised with the autopilot, e.g. from
+    its GNSS-set SYSTEM_TIME), never the companion's own clock unchecked. ArduPilot
+    (AP_GPS_MAV) feeds a nonzero week into its jitter correction as the sample time and
+    sets its real-time clock from it, so an unsynchronised or stepped companion clock
+    would misplace every fix in time; with 0 it takes the arrival time minus
+    GPSn_DELAY_MS, which is right here because `est` is predicted to the send time (so
+    GPSn_DELAY_MS = 0, the link's latency aside).
 
     Accuracies are 1-sigma: horiz_accuracy is the root of the larger eigenvalue of the
     position covariance (the worst direction: conservative), speed_accuracy the same of
@@ -99,7 +108,7 @@ def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int
     With no fix the message still carries the estimate, with 0 satellites.
     """
     fix = fix_type_for(est, cfg)
-    week, week_ms = gps_week_ms(t_unix_ns)
+    week, week_ms = (0, 0) if gps_time_unix_ns is None else gps_week_ms(gps_time_unix_ns)
     flags = IGNORE_ALWAYS
     alt = est.alt_amsl_m
     if not np.isfinite(alt):
