@@ -142,7 +142,9 @@ class CameraConfig:
 class DaemonConfig:
     map: str = ""  # map pack folder; required by `skyfix run`
     link: str = "udpin:0.0.0.0:14550"  # pymavlink connection: /dev/ttyTHS1,921600 | tcp:host:port
-    autopilot: str = "ardupilot"  # ardupilot: GPS_INPUT | px4: GLOBAL_POSITION_SENSOR
+    # ardupilot: GPS_INPUT | ardupilot-plane: MAV_CMD_EXTERNAL_POSITION_ESTIMATE (1 Hz,
+    # dead-reckoning resets) | px4: GLOBAL_POSITION_SENSOR
+    autopilot: str = "ardupilot"
     link_timeout_s: float = 3.0  # no MAVLink message for this long -> reconnect
     heartbeat_hz: float = 1.0  # HEARTBEAT rate, as an onboard computer
     diagnostics_hz: float = 1.0  # NAMED_VALUE_FLOAT diagnostics rate (0: off)

@@ -50,6 +50,7 @@ from skyfix.runtime.io.dialects import decode_other
 from skyfix.runtime.io.mavlink import (
     FIX_3D,
     advance_signing_clock,
+    external_position_estimate,
     fix_type_for,
     global_position_sensor,
     gps_input,
@@ -66,6 +67,9 @@ from skyfix.runtime.nav.navigator import Localizer, Navigator
 log = logging.getLogger("skyfix.daemon")
 
 Listener = Callable[[object, int], None]  # (pymavlink message, arrival Unix ns)
+# daemon.autopilot ardupilot-plane: MAV_CMD_EXTERNAL_POSITION_ESTIMATE at most this often
+# (ArduPlane resets its dead-reckoned position to it; a reset per second bounds the drift)
+EXTERNAL_POSITION_PERIOD_S = 1.0
 
 
 @dataclass
@@ -333,7 +337,7 @@ class Daemon:
         d = self.cfg.daemon
         period_ns = int(1e9 / self.cfg.filter.rate_hz)
         tick = time.monotonic_ns()
-        due = {"hb": 0, "diag": 0, "health": tick + int(d.health_period_s * 1e9)}
+        due = {"hb": 0, "diag": 0, "ext": 0, "health": tick + int(d.health_period_s * 1e9)}
         next_tick = tick
         last_sent: int | None = None
         while not stop.is_set():
@@ -350,7 +354,14 @@ class Daemon:
                 est = Estimate.none(now)  # say "no fix" (fix_type 0) rather than nothing
             position = gps_input if self.cfg.daemon.autopilot == "ardupilot" else \
                 global_position_sensor
-            if (est is not None and self.handover is not None and self.handover.send_gps_input
+            if d.autopilot == "ardupilot-plane":  # occasional resets, not a GPS stream
+                if tick >= due["ext"] and self.handover is not None \
+                        and self.handover.send_gps_input:
+                    reset = external_position_estimate(est, self.cfg.output, now,
+                                                       self.cfg.output.system_id)
+                    if reset is not None and self.send(reset):
+                        due["ext"] = tick + int(EXTERNAL_POSITION_PERIOD_S * 1e9)
+            elif (est is not None and self.handover is not None and self.handover.send_gps_input
                     and self.send(position(est, self.cfg.output, now))):
                 self.stats.sent += 1
                 if last_sent is not None:
@@ -435,8 +446,8 @@ def run_daemon(config_path: Path, duration_s: float | None = None) -> DaemonStat
         raise SkyfixError(f"{config_path}: daemon.map (the map pack folder) is not set")
     if not cfg.camera.calibration:
         raise SkyfixError(f"{config_path}: camera.calibration (camera.yaml) is not set")
-    if cfg.daemon.autopilot not in ("ardupilot", "px4"):
-        raise SkyfixError(f"daemon.autopilot must be ardupilot or px4, "
+    if cfg.daemon.autopilot not in ("ardupilot", "ardupilot-plane", "px4"):
+        raise SkyfixError(f"daemon.autopilot must be ardupilot, ardupilot-plane or px4, "
                           f"got {cfg.daemon.autopilot!r}")
     if cfg.filter.rate_hz < 5.0:
         raise SkyfixError("filter.rate_hz must be at least 5 (ArduPilot wants < 215 ms gaps)")
