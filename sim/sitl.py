@@ -47,6 +47,7 @@ log = logging.getLogger("skyfix.sim.sitl")
 
 SHARED_SITL = Path(__file__).resolve().parents[2] / "shared" / "sitl"
 COPTER_AUTO, COPTER_RTL, COPTER_LAND = 3, 6, 9  # ArduCopter custom modes
+METRES_PER_DEG_LAT = 111_132.0  # close enough for a simulated spoofing pull
 # ArduCopter refuses to arm while any configured GPS lacks a 3D fix ("GPS 2: Bad fix") or
 # has not been detected ("still configuring"); skyfix has no fix on the ground (the camera
 # sees the ground from a few decimetres), so skyfix becomes GPS 2 once the vehicle is armed.
@@ -70,6 +71,8 @@ class SitlSpec:
     fps: float = 2.0
     gnss_off_after_s: float = 60.0  # < 0: never
     blanks: tuple[tuple[float, float], ...] = ()
+    spoof_after_s: float = 0.0
+    spoof_mps: float = 0.0  # > 0: the simulated GNSS drifts north at this speed (spoofing)
     gps_delay_ms: int = 0  # GPS2_DELAY_MS: skyfix predicts to the send time
     wp_yaw_behavior: int = 0  # 0: hold the heading through the corners (survey style)
     arm_timeout_s: float = 150.0
@@ -170,8 +173,9 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
                          free_instance()) as proc:
             timeline, rec, daemon, camera = _fly(proc, renderer, home, to_lla, spec, cfg,
                                                  pack, out)
+        sitl = {"pid": proc.proc.pid, "exit_status": proc.proc.returncode}
     report = {
-        "spec": asdict(spec), "autopilot": autopilot, "binary": str(binary),
+        "spec": asdict(spec), "autopilot": autopilot, "binary": str(binary), "sitl": sitl,
         "home_lat_lon": list(home), "gnss_mode": cfg.gnss.mode,
         "params": {**vehicle_params(spec, cfg.gnss.mode), **AFTER_ARMING},
         "timeline_s": {k: (None if v is None else round((v - timeline.mission_start_ns) * 1e-9, 2))
@@ -185,10 +189,49 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
         "daemon": asdict(daemon.stats),
         "load_average": list(os.getloadavg()),
     }
+    if spec.spoof_mps > 0 and timeline.mission_start_ns is not None:
+        report["spoof"] = _spoof_figures(rec, timeline.mission_start_ns, spec)
     rec.write_truth(out / "truth.csv")
     plot_flight(rec, timeline, renderer.crs, out / "plot.png")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _until_landed(vehicle: Vehicle, spec: SitlSpec, t_start: int) -> int | None:
+    """Run the flight's schedule until the vehicle disarms: the simulated GNSS off at
+    `gnss_off_after_s`, and from `spoof_after_s` its position pulled north at
+    `spoof_mps` (SIM_GPS1_GLTCH_X, degrees of latitude, updated each second). Returns
+    the Unix ns the GNSS went off (None if it did not)."""
+    t_off = None
+    next_spoof_s = spec.spoof_after_s if spec.spoof_mps > 0 else float("inf")
+    gnss_off_s = spec.gnss_off_after_s if spec.gnss_off_after_s >= 0 else float("inf")
+    deadline = time.monotonic() + spec.mission_timeout_s
+    while vehicle.armed():
+        elapsed_s = (time.time_ns() - t_start) * 1e-9
+        if t_off is None and elapsed_s >= gnss_off_s:
+            vehicle.set_param("SIM_GPS1_ENABLE", 0)
+            t_off = time.time_ns()
+            log.info("simulated GNSS off")
+        if elapsed_s >= next_spoof_s:
+            pull_m = spec.spoof_mps * (elapsed_s - spec.spoof_after_s)
+            vehicle.set_param("SIM_GPS1_GLTCH_X", pull_m / METRES_PER_DEG_LAT)
+            next_spoof_s += 1.0
+        due_s = min(gnss_off_s if t_off is None else float("inf"), next_spoof_s)
+        vehicle.wait(lambda due_s=due_s: not vehicle.armed()
+                     or (time.time_ns() - t_start) * 1e-9 >= due_s,
+                     "landing (disarm)", max(deadline - time.monotonic(), 0.1))
+    return t_off
+
+
+def _spoof_figures(rec: FlightRecord, t_start_ns: int, spec: SitlSpec) -> dict:
+    """When skyfix's hand-over first said the GNSS is spoofed, and how far the simulated
+    GNSS had been pulled by then."""
+    t_spoof = t_start_ns + int(spec.spoof_after_s * 1e9)
+    hits = [t for t, text in rec.sent_texts() if "GNSS spoofed" in text and t >= t_spoof]
+    after_s = None if not hits else round((hits[0] - t_spoof) * 1e-9, 2)
+    return {"drift_mps": spec.spoof_mps, "detected_after_s": after_s,
+            "pull_at_detection_m": None if after_s is None else round(spec.spoof_mps * after_s,
+                                                                      1)}
 
 
 def _p50(values: list[float]) -> float | None:
@@ -230,13 +273,7 @@ def _fly(proc: SitlProcess, renderer: PoseRenderer, home, to_lla, spec: SitlSpec
         camera.blank_windows_ns = [(t_start + int(a * 1e9), t_start + int((a + d) * 1e9))
                                    for a, d in spec.blanks]
         log.info("armed in AUTO; mission started")
-        if spec.gnss_off_after_s >= 0:
-            vehicle.wait(lambda: time.time_ns() - t_start >= spec.gnss_off_after_s * 1e9,
-                         "GNSS-off time", spec.gnss_off_after_s + 5.0)
-            vehicle.set_param("SIM_GPS1_ENABLE", 0)
-            t_off = time.time_ns()
-            log.info("simulated GNSS off")
-        vehicle.wait(lambda: not vehicle.armed(), "landing (disarm)", spec.mission_timeout_s)
+        t_off = _until_landed(vehicle, spec, t_start)
         t_landed = time.time_ns()
     finally:
         stop.set()

@@ -40,6 +40,7 @@ class FlightRecord:
     def __init__(self, sent_tlog: Path) -> None:
         self._rows: dict[str, list[tuple[float, ...]]] = {
             k: [] for k in ("truth", "ekf", "status", "gps1", "gps2", "sent", "mode")}
+        self._texts: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._sent_file = open(sent_tlog, "wb")  # noqa: SIM115 (closed in close)
 
@@ -70,6 +71,14 @@ class FlightRecord:
         if msg.get_type() == "GPS_INPUT":
             self._add("sent", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.fix_type,
                                msg.horiz_accuracy))
+        elif msg.get_type() == "STATUSTEXT":
+            with self._lock:
+                self._texts.append((t_ns, msg.text))
+
+    def sent_texts(self) -> list[tuple[int, str]]:
+        """(Unix ns, text) of every STATUSTEXT skyfix sent."""
+        with self._lock:
+            return list(self._texts)
 
     def array(self, kind: str) -> np.ndarray:
         with self._lock:

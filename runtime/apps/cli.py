@@ -165,7 +165,9 @@ def cmd_sim_sitl(a: argparse.Namespace) -> None:
 
     _log_to_stderr()
     spec = SitlSpec(agl_m=a.agl, fps=a.fps, laps=a.laps, gnss_off_after_s=a.gnss_off_after,
-                    blanks=tuple(a.blank), gps_delay_ms=a.gps_delay_ms)
+                    blanks=tuple(a.blank), gps_delay_ms=a.gps_delay_ms,
+                    spoof_after_s=a.spoof[0] if a.spoof else 0.0,
+                    spoof_mps=a.spoof[1] if a.spoof else 0.0)
     cfg = load_config(a.config)
     cfg = replace(cfg, gnss=replace(cfg.gnss, mode=a.gnss_mode))
     result = run_sitl(a.ortho, a.out, spec, cfg, a.map, a.binary, a.autopilot)
@@ -174,11 +176,11 @@ def cmd_sim_sitl(a: argparse.Namespace) -> None:
     print(f"wrote {a.out / 'report.json'}")
 
 
-def _blank(text: str) -> tuple[float, float]:
+def _pair(text: str) -> tuple[float, float]:
     try:
         start, duration = (float(v) for v in text.split(":"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:SECONDS, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected two numbers A:B, got {text!r}") from None
     return start, duration
 
 
@@ -436,9 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--laps", type=int, default=1, help="laps of the mission rectangle")
     st.add_argument("--gnss-off-after", type=float, default=60.0, metavar="SECONDS",
                     help="switch the simulated GNSS off this long after arming (< 0: never)")
-    st.add_argument("--blank", type=_blank, action="append", default=[],
+    st.add_argument("--blank", type=_pair, action="append", default=[],
                     metavar="START:SECONDS", help="black camera frames (repeatable)")
     st.add_argument("--gps-delay-ms", type=int, default=0, help="GPS2_DELAY_MS to set")
+    st.add_argument("--spoof", type=_pair, metavar="START:MPS",
+                    help="from START s after arming the simulated GNSS drifts north at MPS m/s")
     st.add_argument("--gnss-mode", default="ekf-source", choices=("always", "ekf-source"),
                     help="hand-over: ekf-source also switches EKF3 to source set 2 (position "
                          "from skyfix, no GPS velocity) on GNSS loss")

@@ -2,25 +2,28 @@
 sim/sitl.py, in real time. Each flight takes about 5 minutes on the 2-core machine.
 
 Nominal flight: AUTO mission (take off to 80 m, a 160 x 120 m rectangle, return,
-land), the simulator's GNSS switched off 60 s after arming. Targets: mission >= 3 min;
+land), the simulator's GNSS switched off 60 s after arming; the hand-over in ekf-source
+mode (run_sitl's default configuration: EKF source set 2 = position from skyfix). Targets: mission >= 3 min;
 EKF horizontal error vs truth p95 <= 5 m and max <= 10 m while the camera sees; EKF
 with an absolute position from skyfix within 10 s of the GNSS loss; landing <= 5 m
 from home; no GPS_INPUT interval over 215 ms.
 
 Blank flight: as above with the camera black for 15 s from 90 s: no fix claimed beyond
 the lock budget, no claimed fix further off than 3 sigma.
+
+Spoof flight: the GNSS stays on but drifts north at 1 m/s from 60 s: skyfix's hand-over
+must call it spoofed. The GNSS monitor's own characterisation (runtime/flight/gnss.py)
+flags a 2 m/s drift after at most 23 m; the pull at detection is held to 25 m.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
+from pathlib import Path
 
 import pytest
 
 from skyfix.maps.build import build_pack
-from skyfix.runtime.core.config import Config
 from skyfix.sim.sitl import SHARED_SITL, SitlSpec, default_binary, run_sitl
 
 pytestmark = pytest.mark.slow
@@ -34,11 +37,10 @@ def _binary():
     return binary
 
 
-def _no_simulator_left(out) -> None:
-    """The run's simulator has exited (no orphan process holds its working directory)."""
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    assert str(out / "sitl") not in ps and "arducopter" not in "".join(
-        line for line in ps.splitlines() if str(os.getpid()) in line.split()[:1])
+def _simulator_stopped(report: dict) -> None:
+    """The run's simulator exited cleanly (SIGTERM -> status 0) and left no process."""
+    assert report["sitl"]["exit_status"] == 0
+    assert not Path(f"/proc/{report['sitl']['pid']}").exists()
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +53,23 @@ def pack(tmp_path_factory, ortho_path):
 @pytest.fixture(scope="module")
 def nominal(tmp_path_factory, ortho_path, pack):
     out = tmp_path_factory.mktemp("sitl_nominal")
-    report = run_sitl(ortho_path, out, SitlSpec(), Config(), pack, _binary())
+    report = run_sitl(ortho_path, out, SitlSpec(), None, pack, _binary())
     return out, report
 
 
 @pytest.fixture(scope="module")
 def blanked(tmp_path_factory, ortho_path, pack):
     out = tmp_path_factory.mktemp("sitl_blank")
-    report = run_sitl(ortho_path, out, SitlSpec(blanks=((90.0, 15.0),)), Config(), pack,
+    report = run_sitl(ortho_path, out, SitlSpec(blanks=((90.0, 15.0),)), None, pack,
                       _binary())
     return out, report
+
+
+@pytest.fixture(scope="module")
+def spoofed(tmp_path_factory, ortho_path, pack):
+    out = tmp_path_factory.mktemp("sitl_spoof")
+    spec = SitlSpec(gnss_off_after_s=-1.0, spoof_after_s=60.0, spoof_mps=1.0)
+    return out, run_sitl(ortho_path, out, spec, None, pack, _binary())
 
 
 def test_flight_is_recorded(nominal):
@@ -68,7 +77,7 @@ def test_flight_is_recorded(nominal):
     for name in ("flight.tlog", "sent.tlog", "truth.csv", "report.json", "plot.png"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
-    _no_simulator_left(out)
+    _simulator_stopped(report)
 
 
 def test_mission_flown_on_skyfix_and_landed_at_home(nominal):
@@ -110,3 +119,10 @@ def test_blank_camera_drops_the_fix_within_the_lock_budget(blanked):
     assert blank["fix_dropped_after_s"] is not None
     assert blank["fix_dropped_after_s"] <= blank["allowed_s"]
     assert blank["claimed_fixes_beyond_budget"] == 0
+
+
+def test_spoofed_gnss_drift_is_caught(spoofed):
+    _, r = spoofed
+    assert r["spoof"]["detected_after_s"] is not None
+    assert r["spoof"]["pull_at_detection_m"] <= 25.0
+    assert r["claimed_fix_over_3_sigma"] == 0
