@@ -53,7 +53,7 @@ class FlightRecord:
         pose = sim_state_pose(msg, t_ns)
         if pose is not None:
             self._add("truth", (t_ns, pose.lat_deg, pose.lon_deg, pose.alt_amsl_m))
-        elif kind == "GLOBAL_POSITION_INT":
+        elif kind == "GLOBAL_POSITION_INT" and (msg.lat or msg.lon):  # 0, 0: no origin yet
             self._add("ekf", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3,
                               msg.relative_alt * 1e-3))
         elif kind == "EKF_STATUS_REPORT":

@@ -120,7 +120,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     from skyfix.runtime.flight.daemon import run_daemon
 
     _log_to_stderr(a.verbose)
-    run_daemon(a.config, a.duration)
+    run_daemon(a.config, a.duration, a.record, a.record_every, int(a.record_max_mb * 1024**2))
 
 
 def cmd_sim_autopilot(a: argparse.Namespace) -> None:
@@ -452,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("run", help="the flight daemon: camera + map pack -> MAVLink GPS_INPUT")
     rn.add_argument("--config", required=True, type=Path, help="YAML configuration")
     rn.add_argument("--duration", type=float, help="stop after this many seconds")
+    rn.add_argument("--record", type=Path, metavar="DIR",
+                    help="record frames, telemetry and outputs (a flight `skyfix replay` reads)")
+    rn.add_argument("--record-every", type=int, default=1, metavar="N",
+                    help="record every N-th frame the daemon takes (default 1)")
+    rn.add_argument("--record-max-mb", type=float, default=2048.0, metavar="MB",
+                    help="disk for recorded frames; the oldest go first (default 2048)")
     rn.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     rn.set_defaults(func=cmd_run)
 

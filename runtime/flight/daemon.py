@@ -60,6 +60,7 @@ from skyfix.runtime.io.mavlink import (
     set_ekf_source_set,
     statustext,
 )
+from skyfix.runtime.io.recorder import FlightRecorder
 from skyfix.runtime.io.telemetry import TelemetryBuffer, device_and_baud, open_link
 from skyfix.runtime.nav.filter import PositionFilter, estimate_at
 from skyfix.runtime.nav.navigator import Localizer, Navigator
@@ -117,6 +118,7 @@ class Daemon:
         self.stats = DaemonStats()
         self.listeners: list[Listener] = []
         self.sent_listeners: list[Listener] = []  # (message sent, Unix ns), e.g. a recorder
+        self.frame_listeners: list[Callable[[Frame], None]] = []  # each frame taken
         self._published = _Published(None, None)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -232,6 +234,8 @@ class Daemon:
             frame = self.queue.get(0.2)
             if frame is None:
                 continue
+            for listener in self.frame_listeners:
+                listener(frame)
             self.stats.frames += 1
             self.stats.dropped_frames = self.queue.dropped
             if not self._frame_usable(frame, time.time_ns()):
@@ -438,9 +442,13 @@ def build_navigator(pack_path: Path, camera: CameraModel, cfg: Config) -> Naviga
     return Navigator(Localizer(pack, camera, encoder, cfg), frame, cfg)
 
 
-def run_daemon(config_path: Path, duration_s: float | None = None) -> DaemonStats:
-    """`skyfix run --config CONFIG`: camera + map pack + MAVLink link from the config,
-    until SIGTERM/SIGINT (or `duration_s`)."""
+def run_daemon(config_path: Path, duration_s: float | None = None,
+               record: Path | None = None, record_every: int = 1,
+               record_max_bytes: int = 2 * 1024**3) -> DaemonStats:
+    """`skyfix run --config CONFIG [--record DIR]`: camera + map pack + MAVLink link from
+    the config, until SIGTERM/SIGINT (or `duration_s`); with `record`, frames (every
+    `record_every`-th, at most `record_max_bytes`), telemetry and outputs go to DIR
+    (runtime/io/recorder.py)."""
     cfg = load_config(config_path)
     if not cfg.daemon.map:
         raise SkyfixError(f"{config_path}: daemon.map (the map pack folder) is not set")
@@ -454,9 +462,16 @@ def run_daemon(config_path: Path, duration_s: float | None = None) -> DaemonStat
     calib = Path(cfg.camera.calibration)
     if not calib.is_file():
         raise SkyfixError(f"camera calibration not found: {calib}")
-    nav = build_navigator(Path(cfg.daemon.map), CameraModel.load(calib), cfg)
+    camera = CameraModel.load(calib)
+    nav = build_navigator(Path(cfg.daemon.map), camera, cfg)
     source = CameraSource(cfg.camera)
     daemon = Daemon(cfg, nav, source.queue)
+    recorder = None
+    if record is not None:
+        recorder = FlightRecorder(record, camera, record_every, record_max_bytes)
+        daemon.frame_listeners.append(recorder.on_frame)
+        daemon.listeners.append(recorder.on_message)
+        daemon.sent_listeners.append(recorder.on_sent)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -466,3 +481,5 @@ def run_daemon(config_path: Path, duration_s: float | None = None) -> DaemonStat
         return daemon.run(stop, duration_s)
     finally:
         source.stop()
+        if recorder is not None:
+            recorder.close()

@@ -3,10 +3,10 @@ sim/sitl.py, in real time. Each flight takes about 5 minutes on the 2-core machi
 
 Nominal flight: AUTO mission (take off to 80 m, a 160 x 120 m rectangle, return,
 land), the simulator's GNSS switched off 60 s after arming; the hand-over in ekf-source
-mode (run_sitl's default configuration: EKF source set 2 = position from skyfix). Targets: mission >= 3 min;
-EKF horizontal error vs truth p95 <= 5 m and max <= 10 m while the camera sees; EKF
-with an absolute position from skyfix within 10 s of the GNSS loss; landing <= 5 m
-from home; no GPS_INPUT interval over 215 ms.
+mode (run_sitl's default configuration: EKF source set 2 = position from skyfix).
+Targets: mission >= 3 min; EKF horizontal error vs truth p95 <= 5 m and max <= 10 m
+while the camera sees; EKF with an absolute position from skyfix within 10 s of the GNSS
+loss; landing <= 5 m from home; no GPS_INPUT interval over 215 ms.
 
 Blank flight: as above with the camera black for 15 s from 90 s: no fix claimed beyond
 the lock budget, no claimed fix further off than 3 sigma.
