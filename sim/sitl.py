@@ -14,7 +14,8 @@ mission, optional camera blanks, until the vehicle has landed and disarmed.
 
 OUT/ gets: flight.tlog (everything the vehicle sent to the ground station), sent.tlog
 (everything skyfix sent), truth.csv (SIM_STATE), report.json, plot.png, sitl/ (the
-simulator's working directory and log).
+simulator's working directory and log), recording/ (what `skyfix run --record` writes:
+the daemon's frames, telemetry, outputs and per-frame outcomes, for `skyfix replay`).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import WGS84
 from skyfix.runtime.flight.daemon import Daemon, build_navigator
 from skyfix.runtime.io.camera_source import LatestFrameQueue
+from skyfix.runtime.io.recorder import FlightRecorder
 from skyfix.sim.flight import FlightSpec, PoseRenderer
 from skyfix.sim.sitl_camera import SitlCamera
 from skyfix.sim.sitl_link import MissionItem, SitlProcess, Vehicle, free_instance
 from skyfix.sim.sitl_plot import plot_flight
-from skyfix.sim.sitl_report import FlightRecord, Timeline, figures
+from skyfix.sim.sitl_report import FlightRecord, GcPauses, Timeline, figures
 
 log = logging.getLogger("skyfix.sim.sitl")
 
@@ -171,8 +173,9 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
                          [defaults] if defaults.is_file() else [],
                          vehicle_params(spec, cfg.gnss.mode),
                          free_instance()) as proc:
-            timeline, rec, daemon, camera = _fly(proc, renderer, home, to_lla, spec, cfg,
-                                                 pack, out)
+            with GcPauses() as gc_pauses:
+                timeline, rec, daemon, camera = _fly(proc, renderer, home, to_lla, spec, cfg,
+                                                     pack, out)
         sitl = {"pid": proc.proc.pid, "exit_status": proc.proc.returncode}
     report = {
         "spec": asdict(spec), "autopilot": autopilot, "binary": str(binary), "sitl": sitl,
@@ -187,6 +190,7 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
         "camera": {"fps": spec.fps, "rendered": camera.rendered,
                    "render_ms_p50": _p50(camera.render_ms)},
         "daemon": asdict(daemon.stats),
+        "gc_pauses": gc_pauses.figures(),
         "load_average": list(os.getloadavg()),
     }
     if spec.spoof_mps > 0 and timeline.mission_start_ns is not None:
@@ -249,6 +253,11 @@ def _fly(proc: SitlProcess, renderer: PoseRenderer, home, to_lla, spec: SitlSpec
     camera = SitlCamera(renderer, queue, spec.fps)
     vehicle.listeners += [camera.on_message, rec.on_vehicle]
     daemon.sent_listeners.append(rec.on_sent)
+    recording = FlightRecorder(out / "recording", renderer.spec.camera)  # as `run --record`
+    daemon.frame_listeners.append(recording.on_frame)
+    daemon.listeners.append(recording.on_message)
+    daemon.sent_listeners.append(recording.on_sent)
+    daemon.result_listeners.append(recording.on_result)
     stop = threading.Event()
     runner = threading.Thread(target=daemon.run, args=(stop,), name="skyfix-daemon",
                               daemon=True)
@@ -282,5 +291,6 @@ def _fly(proc: SitlProcess, renderer: PoseRenderer, home, to_lla, spec: SitlSpec
         camera.join()
         vehicle.close()
         rec.close()
+        recording.close()
     blanks = tuple(camera.blank_windows_ns)
     return Timeline(t_start, t_off, t_landed, blanks), rec, daemon, camera

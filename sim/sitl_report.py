@@ -17,8 +17,10 @@ the map grid (truth interpolated to each sample's arrival time).
 from __future__ import annotations
 
 import csv
+import gc
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +98,33 @@ class FlightRecord:
     def close(self) -> None:
         with self._lock:
             self._sent_file.close()
+
+
+class GcPauses:
+    """Times Python's garbage collector stops every thread (gc.callbacks), per generation:
+    a full collection over a large heap can hold up the daemon's output thread. A context
+    manager; `figures()` -> {generation: {"n", "max_ms", "total_ms"}}."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._ms: dict[int, list[float]] = {0: [], 1: [], 2: []}
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self._ms[info["generation"]].append((time.perf_counter() - self._start) * 1e3)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def figures(self) -> dict[str, dict[str, float | int]]:
+        return {f"gen{g}": {"n": len(v), "max_ms": round(max(v, default=0.0), 1),
+                            "total_ms": round(sum(v), 1)} for g, v in self._ms.items()}
 
 
 @dataclass(frozen=True)

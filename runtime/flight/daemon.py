@@ -63,7 +63,7 @@ from skyfix.runtime.io.mavlink import (
 from skyfix.runtime.io.recorder import FlightRecorder
 from skyfix.runtime.io.telemetry import TelemetryBuffer, device_and_baud, open_link
 from skyfix.runtime.nav.filter import PositionFilter, estimate_at
-from skyfix.runtime.nav.navigator import Localizer, Navigator
+from skyfix.runtime.nav.navigator import FrameResult, Localizer, Navigator
 
 log = logging.getLogger("skyfix.daemon")
 
@@ -119,6 +119,7 @@ class Daemon:
         self.listeners: list[Listener] = []
         self.sent_listeners: list[Listener] = []  # (message sent, Unix ns), e.g. a recorder
         self.frame_listeners: list[Callable[[Frame], None]] = []  # each frame taken
+        self.result_listeners: list[Callable[[FrameResult], None]] = []  # each frame's outcome
         self._published = _Published(None, None)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -253,6 +254,8 @@ class Daemon:
                 self.stats.frame_errors += 1
                 log.exception("frame %d failed; skipped", frame.index)
                 continue
+            for listener in self.result_listeners:
+                listener(result)
             self._latencies_ms.append(result.latency_ms)
             self.stats.frame_ms_p50, self.stats.frame_ms_p95 = (
                 float(v) for v in np.percentile(self._latencies_ms, [50, 95]))
@@ -472,6 +475,7 @@ def run_daemon(config_path: Path, duration_s: float | None = None,
         daemon.frame_listeners.append(recorder.on_frame)
         daemon.listeners.append(recorder.on_message)
         daemon.sent_listeners.append(recorder.on_sent)
+        daemon.result_listeners.append(recorder.on_result)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

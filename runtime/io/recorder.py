@@ -7,6 +7,8 @@ that `skyfix replay` reads (runtime/io/sources.py RecordedFlight):
     DIR/frames.csv       index,t_ns,file of the frames on disk
     DIR/telemetry.tlog   every MAVLink message received from the vehicle (Unix us + bytes)
     DIR/outputs.tlog     every MAVLink message skyfix sent (GPS_INPUT, STATUSTEXT, ...)
+    DIR/fixes.csv        t_ns,status,fix_e,fix_n,fix_sigma_m of every frame the daemon
+                         processed (status "fix" or the rejection reason; map metres)
 
 Disk is bounded: when the frames take more than `max_frame_bytes`, the oldest frames are
 deleted first (and leave frames.csv); the logs are small beside them (a few MB an hour).
@@ -26,10 +28,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import cv2
+import numpy as np
 
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.types import Frame
+from skyfix.runtime.core.types import Fix, Frame
 from skyfix.runtime.io.sources import FLIGHT_FORMAT
 
 JPEG_QUALITY = 90
@@ -59,6 +62,9 @@ class FlightRecorder:
         self._csv.writerow(["index", "t_ns", "file"])
         self._telemetry: BinaryIO = open(self.root / "telemetry.tlog", "wb")  # noqa: SIM115
         self._outputs: BinaryIO = open(self.root / "outputs.tlog", "wb")  # noqa: SIM115
+        self._fixes_file = open(self.root / "fixes.csv", "w", newline="")  # noqa: SIM115
+        self._fixes = csv.writer(self._fixes_file)
+        self._fixes.writerow(["t_ns", "status", "fix_e", "fix_n", "fix_sigma_m"])
         self._write_meta()
 
     def _write_meta(self) -> None:
@@ -98,6 +104,18 @@ class FlightRecorder:
         with self._lock:
             self._outputs.write(struct.pack(">Q", int(t_ns) // 1000) + msg.get_msgbuf())
 
+    def on_result(self, result: Any) -> None:
+        """What the navigator made of a frame (runtime/nav FrameResult)."""
+        r = result.result
+        with self._lock:
+            if isinstance(r, Fix):
+                sigma = float(np.sqrt(max(np.linalg.eigvalsh(r.cov_en_m2).max(), 0.0)))
+                self._fixes.writerow([r.t_ns, "fix", f"{r.east_m:.3f}", f"{r.north_m:.3f}",
+                                      f"{sigma:.3f}"])
+            else:
+                self._fixes.writerow([r.t_ns, r.reason, "", "", ""])
+            self._fixes_file.flush()
+
     @property
     def frame_bytes(self) -> int:
         return self._frame_bytes
@@ -112,3 +130,4 @@ class FlightRecorder:
                     w.writerow([index, t_ns, name])
             self._telemetry.close()
             self._outputs.close()
+            self._fixes_file.close()

@@ -84,3 +84,18 @@ def test_bad_recording_settings_are_one_clear_error(tmp_path):
     with pytest.raises(SkyfixError, match="budget"):
         FlightRecorder(tmp_path / "b", CAMERA, max_frame_bytes=0)
 
+
+
+def test_fixes_csv_holds_each_frames_outcome(tmp_path):
+    from skyfix.runtime.core.types import Fix, Rejection
+    from skyfix.runtime.nav.navigator import FrameResult
+
+    rec = FlightRecorder(tmp_path / "rec", CAMERA)
+    fix = Fix(T0, 600.5, 340100.25, np.diag([4.0, 1.0]), 80.0, 0.1, 0.2, 120, 7, 0)
+    rec.on_result(FrameResult(T0, fix, None, "gnss", 120.0))
+    rec.on_result(FrameResult(T0 + 1, Rejection(T0 + 1, "few_inliers", "9 < 15"), None,
+                              "filter", 90.0))
+    rec.close()
+    rows = (tmp_path / "rec" / "fixes.csv").read_text().splitlines()
+    assert rows == ["t_ns,status,fix_e,fix_n,fix_sigma_m",
+                    f"{T0},fix,600.500,340100.250,2.000", f"{T0 + 1},few_inliers,,,"]
