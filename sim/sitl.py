@@ -181,6 +181,8 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
         "spec": asdict(spec), "autopilot": autopilot, "binary": str(binary), "sitl": sitl,
         "home_lat_lon": list(home), "gnss_mode": cfg.gnss.mode,
         "params": {**vehicle_params(spec, cfg.gnss.mode), **AFTER_ARMING},
+        "timeline_unix_ns": {"armed": timeline.mission_start_ns,
+                             "gnss_off": timeline.gnss_off_ns, "landed": timeline.landed_ns},
         "timeline_s": {k: (None if v is None else round((v - timeline.mission_start_ns) * 1e-9, 2))
                        for k, v in (("gnss_off", timeline.gnss_off_ns),
                                     ("landed", timeline.landed_ns))}

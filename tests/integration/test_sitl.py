@@ -18,12 +18,17 @@ flags a 2 m/s drift after at most 23 m; the pull at detection is held to 25 m.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from skyfix.maps.build import build_pack
+from skyfix.runtime.apps.replay import replay
+from skyfix.runtime.core.config import load_config
+from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.sim.sitl import SHARED_SITL, SitlSpec, default_binary, run_sitl
 
 pytestmark = pytest.mark.slow
@@ -126,3 +131,32 @@ def test_spoofed_gnss_drift_is_caught(spoofed):
     assert r["spoof"]["detected_after_s"] is not None
     assert r["spoof"]["pull_at_detection_m"] <= 25.0
     assert r["claimed_fix_over_3_sigma"] == 0
+
+
+def test_replay_of_the_recording_reproduces_the_daemons_fixes(nominal, pack, tmp_path):
+    """`skyfix replay` of what the daemon recorded (frames as JPEG, telemetry tlog) gives
+    the fixes the daemon got in flight: the same frames accepted (>= 90 %) and positions
+    within a map pixel (0.3 m) at the median; JPEG is not lossless."""
+    out, report = nominal
+    rec = RecordedFlight.open(out / "recording")
+    t0 = int(rec.frame_times_ns[0])
+    off_s = (report["timeline_unix_ns"]["gnss_off"] - t0) * 1e-9
+    result = replay(out / "recording", pack, tmp_path, load_config(None), gnss_off_at_s=off_s,
+                    progress=False)
+    live = _fixes(out / "recording" / "fixes.csv")
+    again = _fixes(tmp_path / "trajectory.csv")
+    common = sorted(set(live) & set(again))
+    assert len(common) >= 0.9 * len(live) and result.report.fixes > 100
+    same = [live[t][0] == again[t][0] for t in common]
+    assert np.mean(same) >= 0.9
+    both = [t for t in common if live[t][0] and again[t][0]]
+    d = [np.hypot(live[t][1] - again[t][1], live[t][2] - again[t][2]) for t in both]
+    assert np.median(d) <= 0.3
+
+
+def _fixes(path: Path) -> dict[int, tuple[bool, float, float]]:
+    """t_ns -> (fixed, east, north) of a fixes.csv (recorder) or trajectory.csv (replay)."""
+    with open(path, newline="") as f:
+        return {int(r["t_ns"]): (r["status"] == "fix",
+                                 float(r["fix_e"] or "nan"), float(r["fix_n"] or "nan"))
+                for r in csv.DictReader(f)}
