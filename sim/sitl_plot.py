@@ -31,7 +31,7 @@ def plot_flight(rec: FlightRecord, tl: Timeline, crs, path: Path) -> None:
         t_c, e_c = horizontal_errors(truth, claimed)
         ax_err.plot(s(t_c), e_c, ".", ms=1.5, label="skyfix GPS_INPUT (3D fix) vs truth")
     ax_err.set_ylabel("horizontal error (m)")
-    ax_err.set_yscale("symlog", linthresh=10.0)
+    ax_err.set_ylim(bottom=0.0)
     if truth.t.size and ekf.size:
         en_ekf = truth.to_en(ekf[:, 1], ekf[:, 2])
         for i, axis in enumerate(("east", "north")):
