@@ -44,6 +44,7 @@ from skyfix.runtime.core.config import Config, load_config
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import LocalFrame
 from skyfix.runtime.core.types import Estimate, Fix, Frame
+from skyfix.runtime.flight.aids import OutputAids
 from skyfix.runtime.flight.gnss import GnssMonitor, Handover
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue, valid_image
 from skyfix.runtime.io.dialects import decode_other
@@ -112,6 +113,7 @@ class Daemon:
         device_and_baud(self.link)  # a malformed link string fails here, not in a thread
         self.telemetry = TelemetryBuffer()
         self.gnss = GnssMonitor(cfg.gnss, own_instance=cfg.output.gps_id)
+        self.aids = OutputAids(cfg.output.lock_budget_s, cfg.output.satellites)  # yaw, sats
         self.handover: Handover | None = None
         out = cfg.output
         self._key = load_signing_key(Path(out.signing_key)) if out.signing_key else None
@@ -214,6 +216,8 @@ class Daemon:
         self.stats.messages += 1
         self._heard = True  # the vehicle is there: replies may go out
         self.telemetry.add(msg, t_ns)
+        if kind == "ATTITUDE":
+            self.aids.on_attitude(msg.yaw)
         with self._lock:
             self.gnss.observe(msg, t_ns)
         for listener in self.listeners:
@@ -256,6 +260,9 @@ class Daemon:
                 continue
             for listener in self.result_listeners:
                 listener(result)
+            fix, inn = result.result, result.innovation
+            if isinstance(fix, Fix) and inn is not None and inn.accepted:
+                self.aids.on_fix(fix.t_ns, fix.heading_err_deg)
             self._latencies_ms.append(result.latency_ms)
             self.stats.frame_ms_p50, self.stats.frame_ms_p95 = (
                 float(v) for v in np.percentile(self._latencies_ms, [50, 95]))
@@ -359,8 +366,11 @@ class Daemon:
             self._hand_over(est, fix_type, now)
             if est is None:  # no position yet, or lost after a filter reset:
                 est = Estimate.none(now)  # say "no fix" (fix_type 0) rather than nothing
-            position = gps_input if self.cfg.daemon.autopilot == "ardupilot" else \
-                global_position_sensor
+            if self.cfg.daemon.autopilot == "ardupilot":
+                aids = {"satellites": self.aids.satellites(now), "yaw_deg": self.aids.yaw_deg(now)}
+                position = lambda e, c, t, aids=aids: gps_input(e, c, t, **aids)  # noqa: E731
+            else:
+                position = global_position_sensor
             if d.autopilot == "ardupilot-plane":  # occasional resets, not a GPS stream
                 if tick >= due["ext"] and self.handover is not None \
                         and self.handover.send_gps_input:

@@ -90,8 +90,14 @@ def _finite(v: float) -> float:
 
 
 def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
-              gps_time_unix_ns: int | None = None) -> mavlink2.MAVLink_gps_input_message:
+              gps_time_unix_ns: int | None = None, satellites: int | None = None,
+              yaw_deg: float | None = None) -> mavlink2.MAVLink_gps_input_message:
     """The GPS_INPUT message for `est`, stamped `t_unix_ns` (Unix time, ns).
+
+    While a fix is claimed, satellites_visible is `satellites` (runtime/flight/aids.py:
+    recent accepted fixes, not satellites; cfg.satellites when not given), capped at
+    cfg.satellites, and yaw is `yaw_deg` (the visual heading) in centidegrees with north
+    sent as 36000 (0 means "no yaw"); without a fix both are 0.
 
     time_week / time_week_ms are 0 ("not provided") unless `gps_time_unix_ns` is given: a
     time the caller knows to be on GPS time (synchronised with the autopilot, e.g. from
@@ -146,9 +152,18 @@ def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
         speed_accuracy=float(speed_acc),
         horiz_accuracy=float(horiz_acc),
         vert_accuracy=0.0,  # ignored (IGNORE_VERT_ACC)
-        satellites_visible=cfg.satellites if fix >= FIX_3D else 0,
-        yaw=0,  # 0 = yaw not provided
+        satellites_visible=(min(cfg.satellites, cfg.satellites if satellites is None
+                                else max(int(satellites), 0)) if fix >= FIX_3D else 0),
+        yaw=_yaw_cdeg(yaw_deg) if fix >= FIX_3D else 0,
     )
+
+
+def _yaw_cdeg(yaw_deg: float | None) -> int:
+    """GPS_INPUT yaw: centidegrees 1..36000 (north = 36000); 0 = not provided."""
+    if yaw_deg is None or not np.isfinite(yaw_deg):
+        return 0
+    cdeg = int(round((yaw_deg % 360.0) * 100.0)) % 36000
+    return cdeg or 36000
 
 
 def global_position_sensor(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
