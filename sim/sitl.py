@@ -43,7 +43,7 @@ from skyfix.sim.flight import FlightSpec, PoseRenderer
 from skyfix.sim.sitl_camera import SitlCamera
 from skyfix.sim.sitl_link import MissionItem, SitlProcess, Vehicle, free_instance
 from skyfix.sim.sitl_plot import plot_flight
-from skyfix.sim.sitl_report import FlightRecord, GcPauses, Timeline, figures
+from skyfix.sim.sitl_report import FlightRecord, GcPauses, Timeline, figures, memory_figures
 
 log = logging.getLogger("skyfix.sim.sitl")
 
@@ -78,7 +78,7 @@ class SitlSpec:
     gps_delay_ms: int = 0  # GPS2_DELAY_MS: skyfix predicts to the send time
     wp_yaw_behavior: int = 0  # 0: hold the heading through the corners (survey style)
     arm_timeout_s: float = 150.0
-    mission_timeout_s: float = 600.0
+    mission_timeout_s: float = 600.0  # per lap of the rectangle
     seed: int = 1
     extra_params: dict[str, float] = field(default_factory=dict)
 
@@ -193,6 +193,7 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
                    "render_ms_p50": _p50(camera.render_ms)},
         "daemon": asdict(daemon.stats),
         "gc_pauses": gc_pauses.figures(),
+        "memory": memory_figures(rec),
         "load_average": list(os.getloadavg()),
     }
     if spec.spoof_mps > 0 and timeline.mission_start_ns is not None:
@@ -211,7 +212,7 @@ def _until_landed(vehicle: Vehicle, spec: SitlSpec, t_start: int) -> int | None:
     t_off = None
     next_spoof_s = spec.spoof_after_s if spec.spoof_mps > 0 else float("inf")
     gnss_off_s = spec.gnss_off_after_s if spec.gnss_off_after_s >= 0 else float("inf")
-    deadline = time.monotonic() + spec.mission_timeout_s
+    deadline = time.monotonic() + spec.mission_timeout_s * max(spec.laps, 1)
     while vehicle.armed():
         elapsed_s = (time.time_ns() - t_start) * 1e-9
         if t_off is None and elapsed_s >= gnss_off_s:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import os
 import struct
 import threading
 import time
@@ -41,7 +42,7 @@ class FlightRecord:
 
     def __init__(self, sent_tlog: Path) -> None:
         self._rows: dict[str, list[tuple[float, ...]]] = {
-            k: [] for k in ("truth", "ekf", "status", "gps1", "gps2", "sent", "mode")}
+            k: [] for k in ("truth", "ekf", "status", "gps1", "gps2", "sent", "mode", "rss")}
         self._texts: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._sent_file = open(sent_tlog, "wb")  # noqa: SIM115 (closed in close)
@@ -66,6 +67,7 @@ class FlightRecord:
         elif kind == "HEARTBEAT" and msg.get_srcComponent() == 1:
             self._add("mode", (t_ns, msg.custom_mode,
                                bool(msg.base_mode & mav2.MAV_MODE_FLAG_SAFETY_ARMED)))
+            self._add("rss", (t_ns, _rss_mb()))  # this process's memory, once a second
 
     def on_sent(self, msg, t_ns: int) -> None:
         with self._lock:
@@ -125,6 +127,29 @@ class GcPauses:
     def figures(self) -> dict[str, dict[str, float | int]]:
         return {f"gen{g}": {"n": len(v), "max_ms": round(max(v, default=0.0), 1),
                             "total_ms": round(sum(v), 1)} for g, v in self._ms.items()}
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process (Linux /proc), MiB; NaN where unavailable."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_figures(rec: FlightRecord, after_s: float = 300.0) -> dict:
+    """Resident memory at the start, `after_s` into the recording and at the end, and the
+    growth after `after_s` in percent (the soak criterion)."""
+    rss = rec.array("rss")
+    if rss.shape[0] < 2:
+        return {}
+    t = (rss[:, 0] - rss[0, 0]) * 1e-9
+    base = rss[np.searchsorted(t, after_s), 1] if t[-1] > after_s else float("nan")
+    return {"rss_start_mb": round(float(rss[0, 1]), 1), "rss_end_mb": round(float(rss[-1, 1]), 1),
+            f"rss_at_{after_s:g}s_mb": None if np.isnan(base) else round(float(base), 1),
+            "rss_growth_after_pct": None if np.isnan(base)
+            else round(float((rss[-1, 1] - base) / base * 100), 2)}
 
 
 @dataclass(frozen=True)
