@@ -74,6 +74,17 @@ bench-odometry: $(CORE)
 
 # 30 minutes of 10 fps sim input through the daemon: RSS growth, latency creep, output
 # gaps (SOAK_ARGS=--minutes 5 for a short run)
+.PHONY: sitl
+sitl: $(CORE)
+	$(BIN)/skyfix sim sitl --ortho sim/data/vienna_schoenbrunn_2023_30cm.tif --out $(OUT)/sitl
+
+# The SITL closed loop for about 30 minutes (13 laps): memory growth after 5 minutes,
+# GPS_INPUT gaps and claims beyond 3 sigma are in $(OUT)/sitl_soak/report.json.
+.PHONY: soak-sitl
+soak-sitl: $(CORE)
+	$(BIN)/skyfix sim sitl --ortho sim/data/vienna_schoenbrunn_2023_30cm.tif --laps 13 \
+		--out $(OUT)/sitl_soak
+
 .PHONY: soak
 soak: $(CORE)
 	$(BIN)/python benchmarks/soak.py --out $(OUT)/bench/soak.json $(SOAK_ARGS)

@@ -1,10 +1,15 @@
 """`skyfix sim closed-loop`: the daemon against the autopilot emulator, in real time.
 
+Despite the command's name the loop is open: the emulator flies its fixed plan and only
+records what skyfix sends, so this checks the daemon's output (rate, accuracy, fix
+drops), fast; that an autopilot flies on skyfix's position is shown by sim/sitl.py with
+a real ArduCopter SITL.
+
     emulator --UDP MAVLink (telemetry, SIMSTATE)--> daemon --GPS_INPUT--> emulator
     SIMSTATE (true pose) -> SimStateCamera renders the frame there -> daemon's frame queue
 
 The camera renders each frame from the ortho at the true pose the autopilot publishes
-in SIMSTATE, exactly as the SITL bridge does with a real ArduPilot SITL. GNSS is cut
+in SIMSTATE, as sim/sitl_camera.py does with a real ArduPilot SITL's SIM_STATE. GNSS is cut
 at `gnss_off_at_s`; at `blank_at_s` the camera goes black, and the runtime must stop
 claiming a 3D fix within `output.lock_budget_s`. The figures a user relies on are
 written to OUT/closed_loop.json:

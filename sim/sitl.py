@@ -1,25 +1,31 @@
-"""`skyfix sim sitl`: the daemon against a real ArduPilot SITL (arducopter).
+"""`skyfix sim sitl`: skyfix in a closed loop with a real ArduCopter SITL.
 
-The bridge starts `arducopter` (or connects to a running SITL on `connect`), places
-its home at the centre of the ortho, and runs the daemon on the SITL's MAVLink port.
-SITL publishes the true vehicle pose in SIMSTATE; `SimStateCamera` renders a camera
-frame from the ortho at that pose into the daemon's frame queue, and the daemon sends
-GPS_INPUT back as GPS2 (GPS2_TYPE=14). The bridge arms the copter in GUIDED, takes off
-to `agl_m` and flies a square; at `gnss_off_at_s` it disables the simulated GPS 1
-(SIM_GPS1_ENABLE=0; SIM_GPS_DISABLE=1 on older SITL) so the autopilot has our fix only.
+    arducopter SITL (home = map centre, 0 m AMSL)
+      SERIAL0 tcp  <-> Vehicle (ground station): parameters, mission, mode, arm, truth
+      SERIAL1 tcp  <-> Daemon (as on an aircraft): telemetry in, GPS_INPUT out (GPS2)
+    SIM_STATE (true pose) -> SitlCamera renders the ortho there, in real time -> Daemon
 
-Written to OUT/sitl.json: our estimate's horizontal error against SIMSTATE (sampled
-once a second), GPS_INPUT counts, and the share of EKF_STATUS_REPORTs after the cut
-whose flags say the EKF has an absolute horizontal position (POS_HORIZ_ABS).
+Every step waits for the autopilot's answer or state (sim/sitl_link.py). The flight:
+parameters that make skyfix GPS 2 (GPS2_TYPE=14, MAVLink) with GPS_AUTO_SWITCH=1 (the
+autopilot takes the best receiver), an AUTO mission (take off, a rectangle over the
+map, return to launch, land), arming as soon as the pre-arm checks pass, the
+simulator's own GNSS switched off (SIM_GPS1_ENABLE=0) `gnss_off_after_s` into the
+mission, optional camera blanks, until the vehicle has landed and disarmed.
+
+OUT/ gets: flight.tlog (everything the vehicle sent to the ground station), sent.tlog
+(everything skyfix sent), truth.csv (SIM_STATE), report.json, plot.png, sitl/ (the
+simulator's working directory and log), recording/ (what `skyfix run --record` writes:
+the daemon's frames, telemetry, outputs and per-frame outcomes, for `skyfix replay`).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import logging
+import os
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,129 +33,268 @@ from pymavlink.dialects.v20 import ardupilotmega as mav2
 from rasterio.warp import transform as crs_transform
 
 from skyfix.maps.build import build_pack
-from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.config import Config, GnssConfig
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import WGS84
 from skyfix.runtime.flight.assembly import build_chain
 from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
-from skyfix.sim.closed_loop import SimStateCamera
+from skyfix.runtime.io.recorder import FlightRecorder
 from skyfix.sim.flight import FlightSpec, PoseRenderer
+from skyfix.sim.sitl_camera import SitlCamera
+from skyfix.sim.sitl_link import MissionItem, SitlProcess, Vehicle, free_instance
+from skyfix.sim.sitl_plot import plot_flight
+from skyfix.sim.sitl_report import FlightRecord, GcPauses, Timeline, figures, memory_figures
 
-# Parameters the bridge sets (also listed in the README): GPS 2 is skyfix, the EKF may
-# switch to it, SIMSTATE and the telemetry streams come at useful rates.
-SITL_PARAMS = {"GPS2_TYPE": 14, "GPS_AUTO_SWITCH": 1, "GPS2_DELAY_MS": 100,
-               "SR0_EXTRA1": 25, "SR0_POSITION": 10, "SR0_EXT_STAT": 5, "SR0_EXTRA3": 5}
-_GNSS_OFF = {"SIM_GPS1_ENABLE": 0, "SIM_GPS_DISABLE": 1}  # new name, old name
-_SQUARE_M = 120.0  # side of the flown square
+log = logging.getLogger("skyfix.sim.sitl")
 
-
-class _Flight:
-    """Drives the copter through the daemon's link: params, GUIDED, arm, take off, square."""
-
-    def __init__(self, daemon: Daemon, agl_m: float) -> None:
-        self.daemon, self.agl_m = daemon, agl_m
-
-    def _cmd(self, command: int, *params: float) -> None:
-        p = list(params) + [0.0] * (7 - len(params))
-        self.daemon.send(mav2.MAVLink_command_long_message(1, 1, command, 0, *p))
-
-    def param(self, name: str, value: float) -> None:
-        self.daemon.send(mav2.MAVLink_param_set_message(
-            1, 1, name.encode(), float(value), mav2.MAV_PARAM_TYPE_REAL32))
-
-    def run(self, stop: threading.Event, gnss_off_at_s: float, t0: float) -> None:
-        for name, value in SITL_PARAMS.items():
-            self.param(name, value)
-        stop.wait(20.0)  # EKF alignment on the simulated GPS
-        self._cmd(mav2.MAV_CMD_DO_SET_MODE, mav2.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, 4)  # GUIDED
-        self._cmd(mav2.MAV_CMD_COMPONENT_ARM_DISARM, 1)
-        stop.wait(2.0)
-        self._cmd(mav2.MAV_CMD_NAV_TAKEOFF, 0, 0, 0, 0, 0, 0, self.agl_m)
-        stop.wait(self.agl_m / 2.5 + 5.0)
-        corners = [(_SQUARE_M, 0), (_SQUARE_M, _SQUARE_M), (0, _SQUARE_M), (0, 0)]
-        k, gnss_cut = 0, False
-        while not stop.is_set():
-            if not gnss_cut and time.monotonic() - t0 >= gnss_off_at_s:
-                for name, value in _GNSS_OFF.items():
-                    self.param(name, value)
-                gnss_cut = True
-            n, e = corners[k % 4]
-            self.daemon.send(mav2.MAVLink_set_position_target_local_ned_message(
-                0, 1, 1, mav2.MAV_FRAME_LOCAL_NED, 0b0000111111111000, n, e, -self.agl_m,
-                0, 0, 0, 0, 0, 0, 0, 0))
-            k += 1
-            stop.wait(_SQUARE_M / 5.0)
+SHARED_SITL = Path(__file__).resolve().parents[2] / "shared" / "sitl"
+COPTER_AUTO, COPTER_RTL, COPTER_LAND = 3, 6, 9  # ArduCopter custom modes
+METRES_PER_DEG_LAT = 111_132.0  # close enough for a simulated spoofing pull
+# ArduCopter refuses to arm while any configured GPS lacks a 3D fix ("GPS 2: Bad fix") or
+# has not been detected ("still configuring"); skyfix has no fix on the ground (the camera
+# sees the ground from a few decimetres), so skyfix becomes GPS 2 once the vehicle is armed.
+AFTER_ARMING = {"GPS2_TYPE": 14}
 
 
-def run_sitl(ortho: Path, out: Path, binary: Path | None = None, connect: str | None = None,
-             duration_s: float = 180.0, gnss_off_at_s: float = 90.0, agl_m: float = 120.0,
-             fps: float = 2.0, cfg: Config | None = None, pack: Path | None = None) -> dict:
-    """Fly SITL with the daemon in the loop (see the module doc); returns sitl.json."""
-    cfg = cfg or Config()
-    if binary is None and connect is None:
-        raise SkyfixError("give --binary PATH_TO_arducopter or --connect to a running SITL")
-    if binary is not None and not Path(binary).is_file():
-        raise SkyfixError(f"SITL binary not found: {binary}")
+def default_binary() -> Path | None:
+    """../shared/sitl/ardupilot/arducopter beside the repository, when present."""
+    path = SHARED_SITL / "ardupilot" / "arducopter"
+    return path if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class SitlSpec:
+    """The flight. Times in seconds from arming; `blanks`: (start, duration) pairs."""
+
+    agl_m: float = 80.0
+    speed_mps: float = 5.0
+    box_m: tuple[float, float] = (160.0, 120.0)  # east x north sides of the flown rectangle
+    laps: int = 1
+    fps: float = 2.0
+    gnss_off_after_s: float = 60.0  # < 0: never
+    blanks: tuple[tuple[float, float], ...] = ()
+    spoof_after_s: float = 0.0
+    spoof_mps: float = 0.0  # > 0: the simulated GNSS drifts north at this speed (spoofing)
+    gps_delay_ms: int = 0  # GPS2_DELAY_MS: skyfix predicts to the send time
+    wp_yaw_behavior: int = 0  # 0: hold the heading through the corners (survey style)
+    arm_timeout_s: float = 150.0
+    mission_timeout_s: float = 600.0  # per lap of the rectangle
+    seed: int = 1
+    extra_params: dict[str, float] = field(default_factory=dict)
+
+
+# EKF source set 2, which the daemon asks for (gnss.mode ekf-source) when the real GNSS is
+# lost while skyfix has a fix: horizontal position from the GPS (GPS 2 = skyfix, the only
+# one left with a fix), velocity from the IMU alone (no GPS velocity: skyfix's comes from
+# a constant-velocity filter that lags in turns), height from the barometer; and only
+# the active set's velocities are fused (EK3_SRC_OPTIONS bit 0 off).
+EKF_SOURCE_PARAMS = {"EK3_SRC2_POSXY": 3, "EK3_SRC2_VELXY": 0, "EK3_SRC2_POSZ": 1,
+                     "EK3_SRC2_VELZ": 0, "EK3_SRC2_YAW": 1, "EK3_SRC_OPTIONS": 0}
+
+
+# The ground-station link (SERIAL0, MAV1_*) gets only what the report needs, asked for by
+# SET_MESSAGE_INTERVAL: every message parsed in this process takes time from the daemon.
+_QUIET_GCS_STREAMS = {f"MAV1_{s}": 0 for s in ("RAW_SENS", "EXT_STAT", "RC_CHAN", "RAW_CTRL",
+                                                 "POSITION", "EXTRA1", "EXTRA2", "EXTRA3")}
+
+
+def vehicle_params(spec: SitlSpec, gnss_mode: str = "ekf-source") -> dict[str, float]:
+    """What the autopilot is told before arming (also in the README): GPS 2's settings
+    (GPS2_TYPE itself comes after arming, see AFTER_ARMING); the streams the
+    daemon needs on SERIAL1 (the second MAVLink channel: MAV2_*); mission speeds; AUTO may
+    arm and take off without sticks. The landing is quick below 20 m (3 m/s down to 3 m,
+    then 1.5 m/s): the camera cannot localise below about 20 m (the view at the map's
+    resolution gets too small), so the EKF is unaided there and drifts."""
+    return {
+        "GPS_AUTO_SWITCH": 1, "GPS2_DELAY_MS": spec.gps_delay_ms,
+        "MAV2_EXTRA1": 20, "MAV2_POSITION": 10, "MAV2_EXT_STAT": 5, "MAV2_EXTRA3": 2,
+        "WPNAV_SPEED": spec.speed_mps * 100, "WPNAV_SPEED_UP": 400, "WPNAV_SPEED_DN": 300,
+        "LAND_SPEED": 150, "LAND_ALT_LOW": 300, "AUTO_OPTIONS": 3,
+        "WP_YAW_BEHAVIOR": spec.wp_yaw_behavior, **_QUIET_GCS_STREAMS,
+        **(EKF_SOURCE_PARAMS if gnss_mode == "ekf-source" else {}), **spec.extra_params,
+    }
+
+
+def plan_mission(home: tuple[float, float], to_lla, spec: SitlSpec) -> list[MissionItem]:
+    """Home slot, take off to agl_m, the rectangle's corners `laps` times about home (turns
+    of 90 degrees), return to launch. `to_lla(e, n)` -> (lat, lon) of map metres."""
+    half_e, half_n = spec.box_m[0] / 2, spec.box_m[1] / 2
+    items = [MissionItem(mav2.MAV_CMD_NAV_WAYPOINT, *home, 0.0),
+             MissionItem(mav2.MAV_CMD_NAV_TAKEOFF, *home, spec.agl_m)]
+    corners = [(half_e, half_n), (half_e, -half_n), (-half_e, -half_n), (-half_e, half_n)]
+    for _ in range(spec.laps):
+        for de, dn in corners:
+            items.append(MissionItem(mav2.MAV_CMD_NAV_WAYPOINT, *to_lla(de, dn), spec.agl_m))
+    items.append(MissionItem(mav2.MAV_CMD_NAV_RETURN_TO_LAUNCH))
+    return items
+
+
+def _check_fits(renderer: PoseRenderer, spec: SitlSpec) -> None:
+    b = renderer.bounds_en
+    cam = renderer.spec.camera
+    half_w = spec.agl_m * cam.width / (2 * cam.fx)
+    half_h = spec.agl_m * cam.height / (2 * cam.fy)
+    reach = np.hypot(half_w, half_h)
+    if (spec.box_m[0] / 2 + reach > (b[2] - b[0]) / 2
+            or spec.box_m[1] / 2 + reach > (b[3] - b[1]) / 2):
+        raise SkyfixError(f"the flown rectangle {spec.box_m[0]:g} x {spec.box_m[1]:g} m at "
+                          f"{spec.agl_m:g} m AGL sees beyond the map ({b[2] - b[0]:.0f} x "
+                          f"{b[3] - b[1]:.0f} m)")
+
+
+def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | None = None,
+             pack: Path | None = None, binary: Path | None = None,
+             autopilot: str = "arducopter") -> dict:
+    """Fly the closed loop of the module doc; returns (and writes) report.json."""
+    if autopilot != "arducopter":
+        raise SkyfixError(f"--autopilot {autopilot}: only arducopter flies the closed loop "
+                          f"here (see the README's SITL section for PX4)")
+    binary = binary or default_binary()
+    if binary is None:
+        raise SkyfixError(f"no SITL binary: give --binary PATH/arducopter ({SHARED_SITL} "
+                          f"has none)")
+    cfg = cfg or Config(gnss=GnssConfig(mode="ekf-source"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if pack is None:
-        pack = build_pack([ortho], out / "pack", force=True)
-    flight = FlightSpec(agl_m=agl_m, fps=fps)
+    pack = pack or build_pack([ortho], out / "pack", force=True, progress=False)
+    flight = FlightSpec(agl_m=spec.agl_m, fps=spec.fps, seed=spec.seed)
     with PoseRenderer(ortho, flight) as renderer:
+        _check_fits(renderer, spec)
         b = renderer.bounds_en
-        lon, lat = crs_transform(renderer.crs, WGS84, [(b[0] + b[2]) / 2], [(b[1] + b[3]) / 2])
-        proc = None
-        if binary is not None:
-            proc = subprocess.Popen(
-                [str(Path(binary).absolute()), "--model", "quad", "--speedup", "1", "-I0",
-                 "--home", f"{lat[0]:.7f},{lon[0]:.7f},0,0"],
-                cwd=out, stdout=open(out / "sitl.log", "w"), stderr=subprocess.STDOUT)
-            time.sleep(3.0)
-        link = connect or "tcp:127.0.0.1:5760"
-        chain = build_chain(cfg, pack, flight.camera)
-        queue = LatestFrameQueue(cfg.camera.queue)
-        daemon = Daemon(chain, queue, link=link)
-        camera = SimStateCamera(renderer, queue, fps)
-        errors: list[tuple[float, float]] = []
-        ekf: list[tuple[float, bool]] = []
-        t0 = time.monotonic()
+        centre = np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2])
 
-        def watch(msg, t_ns: int) -> None:
-            kind = msg.get_type()
-            if kind == "SIMSTATE" and (not errors or time.monotonic() - t0 - errors[-1][0] >= 1):
-                est = daemon.estimate(t_ns)
-                if est is not None:
-                    truth = chain.frame.lla_to_ned(msg.lat * 1e-7, msg.lng * 1e-7)[0]
-                    errors.append((time.monotonic() - t0,
-                                   float(np.hypot(est.north_m - truth[0], est.east_m - truth[1]))))
-            elif kind == "EKF_STATUS_REPORT":
-                ekf.append((time.monotonic() - t0,
-                            bool(msg.flags & mav2.EKF_POS_HORIZ_ABS)))
+        def to_lla(de: float, dn: float) -> tuple[float, float]:
+            lon, lat = crs_transform(renderer.crs, WGS84, [centre[0] + de], [centre[1] + dn])
+            return lat[0], lon[0]
 
-        daemon.listeners += [camera.on_message, watch]
-        stop = threading.Event()
-        camera.start(stop)
-        threading.Thread(target=_Flight(daemon, agl_m).run, args=(stop, gnss_off_at_s, t0),
-                         daemon=True).start()
-        try:
-            daemon.run(stop, duration_s)
-        finally:
-            stop.set()
-            camera.join()
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=10)
-    after = [e for t, e in errors if t >= gnss_off_at_s]
-    abs_after = [ok for t, ok in ekf if t >= gnss_off_at_s]
-    result = {
-        "duration_s": duration_s, "gnss_off_at_s": gnss_off_at_s,
-        "error_samples": len(errors),
-        "error_after_gnss_loss_max_m": round(max(after), 3) if after else None,
-        "error_after_gnss_loss_p50_m": round(float(np.median(after)), 3) if after else None,
-        "ekf_pos_horiz_abs_share_after_gnss_loss":
-            round(float(np.mean(abs_after)), 3) if abs_after else None,
-        "frames_rendered": camera.rendered, "daemon": asdict(daemon.stats),
+        home = to_lla(0.0, 0.0)
+        defaults = Path(binary).parent / "copter.parm"
+        with SitlProcess(binary, out / "sitl", (*home, 0.0, 0.0),
+                         [defaults] if defaults.is_file() else [],
+                         vehicle_params(spec, cfg.gnss.mode),
+                         free_instance()) as proc:
+            with GcPauses() as gc_pauses:
+                timeline, rec, daemon, camera = _fly(proc, renderer, home, to_lla, spec, cfg,
+                                                     pack, out)
+        sitl = {"pid": proc.proc.pid, "exit_status": proc.proc.returncode}
+    report = {
+        "spec": asdict(spec), "autopilot": autopilot, "binary": str(binary), "sitl": sitl,
+        "home_lat_lon": list(home), "gnss_mode": cfg.gnss.mode,
+        "params": {**vehicle_params(spec, cfg.gnss.mode), **AFTER_ARMING},
+        "timeline_unix_ns": {"armed": timeline.mission_start_ns,
+                             "gnss_off": timeline.gnss_off_ns, "landed": timeline.landed_ns},
+        "timeline_s": {k: (None if v is None else round((v - timeline.mission_start_ns) * 1e-9, 2))
+                       for k, v in (("gnss_off", timeline.gnss_off_ns),
+                                    ("landed", timeline.landed_ns))}
+        if timeline.mission_start_ns else {},
+        **figures(rec, timeline, renderer.crs, centre, cfg.output.lock_budget_s,
+                  1.0 / spec.fps),
+        "camera": {"fps": spec.fps, "rendered": camera.rendered,
+                   "render_ms_p50": _p50(camera.render_ms)},
+        "daemon": asdict(daemon.stats),
+        "gc_pauses": gc_pauses.figures(),
+        "memory": memory_figures(rec),
+        "load_average": list(os.getloadavg()),
     }
-    (out / "sitl.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    if spec.spoof_mps > 0 and timeline.mission_start_ns is not None:
+        report["spoof"] = _spoof_figures(rec, timeline.mission_start_ns, spec)
+    rec.write_truth(out / "truth.csv")
+    plot_flight(rec, timeline, renderer.crs, out / "plot.png")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _until_landed(vehicle: Vehicle, spec: SitlSpec, t_start: int) -> int | None:
+    """Run the flight's schedule until the vehicle disarms: the simulated GNSS off at
+    `gnss_off_after_s`, and from `spoof_after_s` its position pulled north at
+    `spoof_mps` (SIM_GPS1_GLTCH_X, degrees of latitude, updated each second). Returns
+    the Unix ns the GNSS went off (None if it did not)."""
+    t_off = None
+    next_spoof_s = spec.spoof_after_s if spec.spoof_mps > 0 else float("inf")
+    gnss_off_s = spec.gnss_off_after_s if spec.gnss_off_after_s >= 0 else float("inf")
+    deadline = time.monotonic() + spec.mission_timeout_s * max(spec.laps, 1)
+    while vehicle.armed():
+        elapsed_s = (time.time_ns() - t_start) * 1e-9
+        if t_off is None and elapsed_s >= gnss_off_s:
+            vehicle.set_param("SIM_GPS1_ENABLE", 0)
+            t_off = time.time_ns()
+            log.info("simulated GNSS off")
+        if elapsed_s >= next_spoof_s:
+            pull_m = spec.spoof_mps * (elapsed_s - spec.spoof_after_s)
+            vehicle.set_param("SIM_GPS1_GLTCH_X", pull_m / METRES_PER_DEG_LAT)
+            next_spoof_s += 1.0
+        due_s = min(gnss_off_s if t_off is None else float("inf"), next_spoof_s)
+        vehicle.wait(lambda due_s=due_s: not vehicle.armed()
+                     or (time.time_ns() - t_start) * 1e-9 >= due_s,
+                     "landing (disarm)", max(deadline - time.monotonic(), 0.1))
+    return t_off
+
+
+def _spoof_figures(rec: FlightRecord, t_start_ns: int, spec: SitlSpec) -> dict:
+    """When skyfix's hand-over first said the GNSS is spoofed, and how far the simulated
+    GNSS had been pulled by then."""
+    t_spoof = t_start_ns + int(spec.spoof_after_s * 1e9)
+    hits = [t for t, text in rec.sent_texts() if "GNSS spoofed" in text and t >= t_spoof]
+    after_s = None if not hits else round((hits[0] - t_spoof) * 1e-9, 2)
+    return {"drift_mps": spec.spoof_mps, "detected_after_s": after_s,
+            "pull_at_detection_m": None if after_s is None else round(spec.spoof_mps * after_s,
+                                                                      1)}
+
+
+def _p50(values: list[float]) -> float | None:
+    return round(float(np.median(values)), 1) if values else None
+
+
+def _fly(proc: SitlProcess, renderer: PoseRenderer, home, to_lla, spec: SitlSpec, cfg: Config,
+         pack: Path, out: Path):
+    """The flight itself, on a running simulator; (Timeline, record, daemon, camera)."""
+    rec = FlightRecord(out / "sent.tlog")
+    vehicle = Vehicle(proc.port(0), out / "flight.tlog", proc.check_alive)
+    chain = build_chain(cfg, pack, renderer.spec.camera)
+    queue = LatestFrameQueue(cfg.camera.queue)
+    daemon = Daemon(chain, queue, link=f"tcp:127.0.0.1:{proc.port(1)}")
+    camera = SitlCamera(renderer, queue, spec.fps)
+    vehicle.listeners += [camera.on_message, rec.on_vehicle]
+    daemon.sent_listeners.append(rec.on_sent)
+    recording = FlightRecorder(out / "recording", renderer.spec.camera)  # as `run --record`
+    daemon.frame_listeners.append(recording.on_frame)
+    daemon.listeners.append(recording.on_message)
+    daemon.sent_listeners.append(recording.on_sent)
+    daemon.result_listeners.append(recording.on_result)
+    stop = threading.Event()
+    runner = threading.Thread(target=daemon.run, args=(stop,), name="skyfix-daemon",
+                              daemon=True)
+    t_start = t_off = t_landed = None
+    try:
+        vehicle.wait(lambda: getattr(vehicle.latest("HEARTBEAT"), "system_status", 0)
+                     == mav2.MAV_STATE_STANDBY, "HEARTBEAT with state STANDBY (booted)", 60.0)
+        for msg_id, rate_hz in ((mav2.MAVLINK_MSG_ID_SIM_STATE, 10.0),
+                                (mav2.MAVLINK_MSG_ID_GLOBAL_POSITION_INT, 10.0),
+                                (mav2.MAVLINK_MSG_ID_EKF_STATUS_REPORT, 5.0),
+                                (mav2.MAVLINK_MSG_ID_GPS_RAW_INT, 5.0),
+                                (mav2.MAVLINK_MSG_ID_GPS2_RAW, 5.0)):
+            vehicle.set_message_rate(msg_id, rate_hz)
+        vehicle.check_params(vehicle_params(spec, cfg.gnss.mode))
+        runner.start()
+        camera.start(stop)
+        vehicle.upload_mission(plan_mission(home, to_lla, spec))
+        vehicle.set_mode(COPTER_AUTO)
+        vehicle.arm(spec.arm_timeout_s)
+        t_start = time.time_ns()
+        vehicle.set_params(AFTER_ARMING)
+        camera.blank_windows_ns = [(t_start + int(a * 1e9), t_start + int((a + d) * 1e9))
+                                   for a, d in spec.blanks]
+        log.info("armed in AUTO; mission started")
+        t_off = _until_landed(vehicle, spec, t_start)
+        t_landed = time.time_ns()
+    finally:
+        stop.set()
+        if runner.is_alive():
+            runner.join(timeout=10.0)
+        camera.join()
+        vehicle.close()
+        rec.close()
+        recording.close()
+    blanks = tuple(camera.blank_windows_ns)
+    return Timeline(t_start, t_off, t_landed, blanks), rec, daemon, camera

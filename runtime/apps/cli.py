@@ -153,7 +153,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     from skyfix.runtime.flight.daemon import run_daemon
 
     _log_to_stderr(a.verbose)
-    run_daemon(a.config, a.duration)
+    run_daemon(a.config, a.duration, a.record, a.record_every, int(a.record_max_mb * 1024**2))
 
 
 def cmd_sim_autopilot(a: argparse.Namespace) -> None:
@@ -191,14 +191,30 @@ def cmd_sim_closed_loop(a: argparse.Namespace) -> None:
 
 def cmd_sim_sitl(a: argparse.Namespace) -> None:
     import json
+    from dataclasses import replace
 
     from skyfix.runtime.core.config import load_config
-    from skyfix.sim.sitl import run_sitl
+    from skyfix.sim.sitl import SitlSpec, run_sitl
 
     _log_to_stderr()
-    result = run_sitl(a.ortho, a.out, a.binary, a.connect, a.duration, a.gnss_off_at, a.agl,
-                      cfg=load_config(a.config), pack=a.map)
-    print(json.dumps(result, indent=2))
+    spec = SitlSpec(agl_m=a.agl, fps=a.fps, laps=a.laps, gnss_off_after_s=a.gnss_off_after,
+                    blanks=tuple(a.blank), gps_delay_ms=a.gps_delay_ms,
+                    spoof_after_s=a.spoof[0] if a.spoof else 0.0,
+                    spoof_mps=a.spoof[1] if a.spoof else 0.0)
+    cfg = load_config(a.config)
+    cfg = replace(cfg, gnss=replace(cfg.gnss, mode=a.gnss_mode))
+    result = run_sitl(a.ortho, a.out, spec, cfg, a.map, a.binary, a.autopilot)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("daemon", "params")},
+                     indent=2))
+    print(f"wrote {a.out / 'report.json'}")
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        start, duration = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers A:B, got {text!r}") from None
+    return start, duration
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -455,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", required=True, type=Path)
     ap.set_defaults(func=cmd_sim_autopilot)
-    cl = ssub.add_parser("closed-loop", help="daemon + autopilot emulator + rendered camera, "
-                                             "in real time; writes OUT/closed_loop.json")
+    cl = ssub.add_parser("closed-loop", help="daemon + autopilot emulator (open loop: it flies "
+                                             "its plan) + rendered camera, in real time; "
+                                             "writes OUT/closed_loop.json")
     cl.add_argument("--ortho", required=True, type=Path, help="map orthophoto (GeoTIFF)")
     cl.add_argument("--map", type=Path, help="map pack of the ortho (built into OUT/pack if "
                                             "not given)")
@@ -475,15 +492,27 @@ def build_parser() -> argparse.ArgumentParser:
                          "with faults the camera is not blanked unless --blank-at says so")
     cl.add_argument("--out", required=True, type=Path)
     cl.set_defaults(func=cmd_sim_closed_loop)
-    st = ssub.add_parser("sitl", help="daemon against a real ArduPilot SITL (arducopter)")
+    st = ssub.add_parser("sitl", help="closed loop with a real autopilot SITL: AUTO mission, "
+                                      "GNSS switched off, skyfix as GPS 2; writes report.json")
     st.add_argument("--ortho", required=True, type=Path, help="map orthophoto (GeoTIFF)")
-    st.add_argument("--binary", type=Path, help="arducopter SITL binary to start")
-    st.add_argument("--connect", help="or: pymavlink connection to a running SITL")
+    st.add_argument("--autopilot", default="arducopter", choices=("arducopter", "px4"))
+    st.add_argument("--binary", type=Path,
+                    help="SITL binary (default: ../shared/sitl/ardupilot/arducopter)")
     st.add_argument("--map", type=Path, help="map pack of the ortho (built if not given)")
     st.add_argument("--config", type=Path, help="YAML configuration (defaults otherwise)")
-    st.add_argument("--duration", type=float, default=180.0, help="seconds")
-    st.add_argument("--gnss-off-at", type=float, default=90.0, metavar="SECONDS")
-    st.add_argument("--agl", type=float, default=120.0, help="height above ground, m")
+    st.add_argument("--agl", type=float, default=80.0, help="mission height above ground, m")
+    st.add_argument("--fps", type=float, default=2.0, help="camera frames per second")
+    st.add_argument("--laps", type=int, default=1, help="laps of the mission rectangle")
+    st.add_argument("--gnss-off-after", type=float, default=60.0, metavar="SECONDS",
+                    help="switch the simulated GNSS off this long after arming (< 0: never)")
+    st.add_argument("--blank", type=_pair, action="append", default=[],
+                    metavar="START:SECONDS", help="black camera frames (repeatable)")
+    st.add_argument("--gps-delay-ms", type=int, default=0, help="GPS2_DELAY_MS to set")
+    st.add_argument("--spoof", type=_pair, metavar="START:MPS",
+                    help="from START s after arming the simulated GNSS drifts north at MPS m/s")
+    st.add_argument("--gnss-mode", default="ekf-source", choices=("always", "ekf-source"),
+                    help="hand-over: ekf-source also switches EKF3 to source set 2 (position "
+                         "from skyfix, no GPS velocity) on GNSS loss")
     st.add_argument("--out", required=True, type=Path)
     st.set_defaults(func=cmd_sim_sitl)
 
@@ -497,6 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("run", help="the flight daemon: camera + map pack -> MAVLink GPS_INPUT")
     rn.add_argument("--config", required=True, type=Path, help="YAML configuration")
     rn.add_argument("--duration", type=float, help="stop after this many seconds")
+    rn.add_argument("--record", type=Path, metavar="DIR",
+                    help="record frames, telemetry and outputs (a flight `skyfix replay` reads)")
+    rn.add_argument("--record-every", type=int, default=1, metavar="N",
+                    help="record every N-th frame the daemon takes (default 1)")
+    rn.add_argument("--record-max-mb", type=float, default=2048.0, metavar="MB",
+                    help="disk for recorded frames; the oldest go first (default 2048)")
     rn.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     rn.set_defaults(func=cmd_run)
 

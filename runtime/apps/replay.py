@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from skyfix.runtime.apps.report import Report, SentEstimate, write_outputs
@@ -118,7 +119,10 @@ class _Flight:
                 break
             now = self.next_send
             self._feed_gnss(now)
-            slot = self.chain.tick(now, self.chain.navigator.estimate(now, self.alt_amsl_m))
+            tel = self.inputs.telemetry.at(now)  # the autopilot's heading, for the visual yaw
+            heading = None if tel is None else float(np.degrees(tel.yaw_rad))
+            slot = self.chain.tick(now, self.chain.navigator.estimate(now, self.alt_amsl_m),
+                                   heading_deg=heading)
             for msg in slot.messages:
                 self.writer.write(msg, now)
             if slot.position is not None:

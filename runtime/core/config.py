@@ -284,8 +284,10 @@ class DaemonConfig(Section):
                     "/dev/ttyTHS1,921600 | tcp:host:port")
     peer: str = key("", "autopilot address (host:port) a udpin link answers; empty: the "
                     "first to send its HEARTBEAT")
-    autopilot: str = key("ardupilot", "ardupilot: GPS_INPUT | px4: GLOBAL_POSITION_SENSOR",
-                         choices=("ardupilot", "px4"))
+    autopilot: str = key("ardupilot", "ardupilot: GPS_INPUT | ardupilot-plane: "
+                         "MAV_CMD_EXTERNAL_POSITION_ESTIMATE (1 Hz, dead-reckoning resets) | "
+                         "px4: GLOBAL_POSITION_SENSOR",
+                         choices=("ardupilot", "ardupilot-plane", "px4"))
     link_timeout_s: float = key(3.0, "no MAVLink message for this long -> reconnect", gt=0,
                                 le=3600)
     heartbeat_hz: float = key(1.0, "HEARTBEAT rate, as an onboard computer", ge=0.1, le=50)

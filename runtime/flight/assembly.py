@@ -26,7 +26,8 @@ from skyfix.models.registry import encoder_for_id
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.geo import LocalFrame
-from skyfix.runtime.core.types import Estimate, Frame, GnssSample, Rejection, Telemetry
+from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry
+from skyfix.runtime.flight.aids import OutputAids
 from skyfix.runtime.flight.gnss import GnssMonitor
 from skyfix.runtime.flight.output import FrameGate, SendPolicy, Tick
 from skyfix.runtime.io.camera_source import valid_image
@@ -69,15 +70,21 @@ class Chain:
             return Step(self._refuse(frame.t_ns, "no_telemetry", "no telemetry at the frame's "
                                      "time"), messages)
         prior = gnss if self.policy.gnss_trusted() else None
-        return Step(self.navigator.on_frame(frame, tel, prior), messages)
+        result = self.navigator.on_frame(frame, tel, prior)
+        fix, innovation = result.result, result.innovation
+        if isinstance(fix, Fix) and innovation is not None and innovation.accepted:
+            self.policy.aids.on_fix(fix.t_ns, fix.heading_err_deg)  # visual yaw, fix count
+        return Step(result, messages)
 
     def _refuse(self, t_ns: int, reason: str, detail: str) -> FrameResult:
         self.navigator.rejections[reason] += 1
         return FrameResult(t_ns, Rejection(t_ns, reason, detail), None, "none", 0.0)
 
-    def tick(self, now_ns: int, est: Estimate | None, heard: bool = True) -> Tick:
-        """The send step at `now_ns` for `est` (the estimate predicted to `now_ns`)."""
-        return self.policy.tick(now_ns, est, heard)
+    def tick(self, now_ns: int, est: Estimate | None, heard: bool = True,
+             heading_deg: float | None = None) -> Tick:
+        """The send step at `now_ns` for `est` (the estimate predicted to `now_ns`) and the
+        autopilot's heading `heading_deg` then."""
+        return self.policy.tick(now_ns, est, heard, heading_deg)
 
     @property
     def rejections(self) -> Counter[str]:
@@ -111,5 +118,6 @@ def assemble(cfg: Config, pack: MapPack | None, frame: LocalFrame,
     """The chain around a given localizer (None: a chain that is never fed frames, e.g. a
     daemon tested on its MAVLink side alone; the benchmarks pass their own)."""
     gnss = GnssMonitor(cfg.gnss, own_instance=cfg.output.gps_id)
+    aids = OutputAids(cfg.output.lock_budget_s, cfg.output.satellites)
     return Chain(cfg, pack, frame, Navigator(localizer, frame, cfg),
-                 FrameGate(cfg.daemon.max_frame_age_s), SendPolicy(cfg, gnss))
+                 FrameGate(cfg.daemon.max_frame_age_s), SendPolicy(cfg, gnss, aids))

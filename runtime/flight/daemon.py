@@ -49,6 +49,7 @@ from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.types import Estimate, Fix, Frame, Rejection
 from skyfix.runtime.flight.assembly import Chain, build_chain
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue
+from skyfix.runtime.io.dialects import decode_other
 from skyfix.runtime.io.link import parse_host_port
 from skyfix.runtime.io.mavlink import (
     advance_signing_clock,
@@ -56,9 +57,11 @@ from skyfix.runtime.io.mavlink import (
     named_value,
     set_message_interval,
 )
+from skyfix.runtime.io.recorder import FlightRecorder
 from skyfix.runtime.io.telemetry import TelemetryBuffer, device_and_baud, open_link
 from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import PositionFilter, estimate_at
+from skyfix.runtime.nav.navigator import FrameResult
 
 log = logging.getLogger("skyfix.daemon")
 
@@ -118,6 +121,9 @@ class Daemon:
         self._key = load_signing_key(Path(out.signing_key)) if out.signing_key else None
         self.stats = DaemonStats()
         self.listeners: list[Listener] = []
+        self.sent_listeners: list[Listener] = []  # (message sent, Unix ns), e.g. a recorder
+        self.frame_listeners: list[Callable[[Frame], None]] = []  # each frame taken
+        self.result_listeners: list[Callable[[FrameResult], None]] = []  # each frame's outcome
         self._published = _Published(None, None)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -219,6 +225,10 @@ class Daemon:
     def on_message(self, msg, t_ns: int) -> None:
         """Handle one received message (also the entry point for tests and bridges)."""
         kind = msg.get_type()
+        if kind.startswith("UNKNOWN"):  # outside ardupilotmega: GNSS_INTEGRITY is wanted
+            conn = self._conn
+            msg = decode_other(msg, None if conn is None else conn.mav.signing) or msg
+            kind = msg.get_type()
         if kind == "BAD_DATA" or kind.startswith("UNKNOWN"):
             self.stats.bad_messages += 1
             return
@@ -272,6 +282,8 @@ class Daemon:
             frame = self.queue.get(0.2)
             if frame is None:
                 continue
+            for listener in self.frame_listeners:
+                listener(frame)
             self.stats.frames += 1
             self.stats.dropped_frames = self.queue.dropped
             try:
@@ -297,6 +309,8 @@ class Daemon:
         gate = self.chain.gate
         self.stats.frozen_frames, self.stats.mis_stamped_frames = gate.frozen, gate.mis_stamped
         result = step.result
+        for listener in self.result_listeners:
+            listener(result)
         if isinstance(result.result, Rejection) and result.result.reason in _BAD_FRAME:
             self.stats.bad_frames += 1
         if result.latency_ms > 0:
@@ -346,6 +360,8 @@ class Daemon:
             except OSError as exc:
                 log.warning("link %s: send failed (%s)", self.link, exc)
                 return False
+        for listener in self.sent_listeners:
+            listener(msg, time.time_ns())
         return True
 
     def _output_loop(self, stop: threading.Event) -> None:
@@ -376,8 +392,10 @@ class Daemon:
         the send policy, every message it gives sent in its order; `tick_ns` (monotonic)
         measures the gaps between position messages. Returns the estimate sent."""
         est = self.estimate(now_ns)
+        tel = self.telemetry.at(now_ns)  # the autopilot's own heading, for the visual yaw
+        heading = None if tel is None else float(np.degrees(tel.yaw_rad))
         with self._lock:
-            slot = self.chain.tick(now_ns, est, heard=self._heard)
+            slot = self.chain.tick(now_ns, est, heard=self._heard, heading_deg=heading)
         for msg in slot.messages:  # in the policy's order, as replay records them
             if msg.get_type() == "STATUSTEXT":
                 log.info("%s", _text(msg))
@@ -409,25 +427,37 @@ class Daemon:
         log.info("health: %s", " ".join(f"{k}={v}" for k, v in s.items()))
 
 
-def run_daemon(config_path: Path, duration_s: float | None = None) -> DaemonStats:
-    """`skyfix run --config CONFIG`: camera + map pack + MAVLink link from the config,
-    until SIGTERM/SIGINT (or `duration_s`)."""
+def run_daemon(config_path: Path, duration_s: float | None = None,
+               record: Path | None = None, record_every: int = 1,
+               record_max_bytes: int = 2 * 1024**3) -> DaemonStats:
+    """`skyfix run --config CONFIG [--record DIR]`: camera + map pack + MAVLink link from
+    the config, until SIGTERM/SIGINT (or `duration_s`); with `record`, frames (every
+    `record_every`-th, at most `record_max_bytes`), telemetry and outputs go to DIR
+    (runtime/io/recorder.py)."""
     cfg = load_config(config_path)
     if not cfg.daemon.map:
         raise SkyfixError(f"{config_path}: daemon.map (the map pack folder) is not set")
     if not cfg.camera.calibration:
         raise SkyfixError(f"{config_path}: camera.calibration (camera.yaml) is not set")
-    if cfg.daemon.autopilot not in ("ardupilot", "px4"):
-        raise SkyfixError(f"daemon.autopilot must be ardupilot or px4, "
+    if cfg.daemon.autopilot not in ("ardupilot", "ardupilot-plane", "px4"):
+        raise SkyfixError(f"daemon.autopilot must be ardupilot, ardupilot-plane or px4, "
                           f"got {cfg.daemon.autopilot!r}")
     if cfg.filter.rate_hz < 5.0:
         raise SkyfixError("filter.rate_hz must be at least 5 (ArduPilot wants < 215 ms gaps)")
     calib = Path(cfg.camera.calibration)
     if not calib.is_file():
         raise SkyfixError(f"camera calibration not found: {calib}")
-    chain = build_chain(cfg, Path(cfg.daemon.map), CameraModel.load(calib))
+    camera = CameraModel.load(calib)
+    chain = build_chain(cfg, Path(cfg.daemon.map), camera)
     source = CameraSource(cfg.camera)
     daemon = Daemon(chain, source.queue)
+    recorder = None
+    if record is not None:
+        recorder = FlightRecorder(record, camera, record_every, record_max_bytes)
+        daemon.frame_listeners.append(recorder.on_frame)
+        daemon.listeners.append(recorder.on_message)
+        daemon.sent_listeners.append(recorder.on_sent)
+        daemon.result_listeners.append(recorder.on_result)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -437,3 +467,5 @@ def run_daemon(config_path: Path, duration_s: float | None = None) -> DaemonStat
         return daemon.run(stop, duration_s)
     finally:
         source.stop()
+        if recorder is not None:
+            recorder.close()

@@ -10,8 +10,11 @@ Two gates stand between the navigator and the autopilot:
                  of problem.
     SendPolicy   estimate at a send time -> messages.  The GNSS monitor's hand-over
                  decision (STATUSTEXT on a change of state, MAV_CMD_SET_EKF_SOURCE_SET when
-                 a switch is due), the position message (GPS_INPUT for ArduPilot,
-                 GLOBAL_POSITION_SENSOR for PX4) whenever the hand-over says to send,
+                 a switch is due), the position message whenever the hand-over says to
+                 send: GPS_INPUT for ArduPilot (with the visual yaw and the fix count of
+                 flight/aids.py), GLOBAL_POSITION_SENSOR for PX4, and for ArduPlane
+                 MAV_CMD_EXTERNAL_POSITION_ESTIMATE once per EXTERNAL_POSITION_PERIOD_S
+                 while a fix is claimed (a dead-reckoning reset, not a GPS stream),
                  fix_type 0 when there is no position at all, a STATUSTEXT when the claimed
                  fix type changes, and HEARTBEAT once a second.
 
@@ -28,9 +31,12 @@ from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.types import Estimate, Frame
+from skyfix.runtime.flight.aids import OutputAids
 from skyfix.runtime.flight.gnss import GnssMonitor, Handover
 from skyfix.runtime.io.mavlink import (
+    EXTERNAL_POSITION_PERIOD_S,
     FIX_3D,
+    external_position_estimate,
     fix_type_for,
     global_position_sensor,
     gps_input,
@@ -116,14 +122,18 @@ class SendPolicy:
 
     cfg: Config
     gnss: GnssMonitor
+    aids: OutputAids
     handover: Handover | None = None
     fix_type: int = -1  # last fix type announced (-1 before the first)
     _last_heartbeat_ns: int | None = field(default=None, repr=False)
+    _last_reset_ns: int | None = field(default=None, repr=False)  # ArduPlane position reset
 
-    def tick(self, now_ns: int, est: Estimate | None, heard: bool = True) -> Tick:
+    def tick(self, now_ns: int, est: Estimate | None, heard: bool = True,
+             heading_deg: float | None = None) -> Tick:
         """Messages for the send slot at `now_ns` (Unix ns). `est`: the estimate predicted to
         `now_ns`, None when there is no position. `heard`: the vehicle has been heard on the
-        link (no hand-over verdict and no position before that)."""
+        link (no hand-over verdict and no position before that). `heading_deg`: the
+        autopilot's own heading now (for the visual yaw), None when unknown."""
         out: list = []
         fix_type = 0 if est is None else fix_type_for(est, self.cfg.output)
         if heard:
@@ -131,18 +141,34 @@ class SendPolicy:
         est = Estimate.none(now_ns) if est is None else est  # say "no fix" rather than nothing
         position = None
         if heard and self.handover is not None and self.handover.send_gps_input:
-            build = gps_input if self.cfg.daemon.autopilot == "ardupilot" else \
-                global_position_sensor
-            position = build(est, self.cfg.output, now_ns)
-            if fix_type != self.fix_type:  # announced just before the first message claiming it
-                self.fix_type = fix_type
+            position = self._position(est, now_ns, heading_deg)
+            if position is not None and fix_type != self.fix_type:  # announced just before
+                self.fix_type = fix_type  # the first message claiming it
                 out.append(_fix_text(est, fix_type, self.cfg))
-            out.append(position)
+            if position is not None:
+                out.append(position)
         last, period_ns = self._last_heartbeat_ns, 1e9 / self.cfg.daemon.heartbeat_hz
         if last is None or not 0 <= now_ns - last < period_ns:  # a clock step too
             out.append(heartbeat())
             self._last_heartbeat_ns = now_ns
         return Tick(tuple(out), position, est, fix_type, self.handover)
+
+    def _position(self, est: Estimate, now_ns: int, heading_deg: float | None):
+        """The position message for the autopilot in use, or None (ArduPlane between resets,
+        or without a fix)."""
+        out, autopilot = self.cfg.output, self.cfg.daemon.autopilot
+        if autopilot == "ardupilot":
+            return gps_input(est, out, now_ns, satellites=self.aids.satellites(now_ns),
+                             yaw_deg=self.aids.yaw_deg(now_ns, heading_deg))
+        if autopilot == "px4":
+            return global_position_sensor(est, out, now_ns)
+        last = self._last_reset_ns  # ardupilot-plane: an occasional reset
+        if last is not None and 0 <= now_ns - last < EXTERNAL_POSITION_PERIOD_S * 1e9:
+            return None
+        reset = external_position_estimate(est, out, now_ns, out.system_id)
+        if reset is not None:
+            self._last_reset_ns = now_ns
+        return reset
 
     def _hand_over(self, est: Estimate | None, fix_type: int, now_ns: int, out: list) -> None:
         if est is not None:

@@ -17,7 +17,7 @@ from skyfix.runtime.io.camera_source import LatestFrameQueue
 from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.sim.flight import FlightSpec, simulate_flight
 
-ARRIVAL_NS = 300_000_000  # a frame reaches the vision step this long after its capture
+ARRIVAL_NS = 300_000_000  # telemetry received ahead of the frame / slot being handled
 
 
 class _RecordingDaemon(Daemon):
@@ -44,15 +44,20 @@ def _fly_daemon(flight_dir, pack, cfg: Config) -> list:
     t0 = frames[0].t_ns
     step = int(1e9 / cfg.filter.rate_hz)
     next_send, k = t0, 0
-    for frame in frames:
-        arrive = frame.t_ns + ARRIVAL_NS
-        while next_send < frame.t_ns:  # the output thread's slots up to this capture
-            daemon.send_slot(next_send, next_send)
-            next_send += step
-        while k < len(messages) and messages[k][0] <= arrive:  # the receiver thread
+    def receive_until(t_ns: int) -> None:  # the receiver thread
+        nonlocal k
+        while k < len(messages) and messages[k][0] <= t_ns:
             daemon.on_message(messages[k][1], messages[k][0])
             k += 1
+
+    for frame in frames:
+        while next_send < frame.t_ns:  # the output thread's slots up to this capture
+            receive_until(next_send + ARRIVAL_NS)
+            daemon.send_slot(next_send, next_send)
+            next_send += step
+        receive_until(frame.t_ns + ARRIVAL_NS)
         daemon.process_frame(frame, frame.t_ns)
+    receive_until(next_send + ARRIVAL_NS)
     daemon.send_slot(next_send, next_send)
     return [m for m in daemon.sent if m.get_type() == "GPS_INPUT"]
 

@@ -17,6 +17,7 @@ from skyfix.runtime.core.config import Config, FilterConfig, OutputConfig
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import LocalFrame
 from skyfix.runtime.core.types import Estimate
+from skyfix.runtime.flight.aids import OutputAids
 from skyfix.runtime.flight.gnss import GnssMonitor
 from skyfix.runtime.flight.output import SendPolicy
 from skyfix.runtime.io.mavlink import (
@@ -50,10 +51,17 @@ class _Recorder:
 
     def __init__(self, path: Path) -> None:
         cfg = Config(output=CFG)
-        self.policy = SendPolicy(cfg, GnssMonitor(cfg.gnss, own_instance=CFG.gps_id))
+        self.policy = SendPolicy(cfg, GnssMonitor(cfg.gnss, own_instance=CFG.gps_id),
+                                 OutputAids(CFG.lock_budget_s, CFG.satellites))
         self.writer = TlogWriter(path, CFG.system_id, CFG.component_id)
+        self._fixes: set[int] = set()
 
     def send(self, est: Estimate, t_ns: int):
+        if np.isfinite(est.last_fix_age_s):  # the fixes behind the stream, as the chain feeds
+            t_fix = t_ns - int(round(est.last_fix_age_s * 1e9))  # them (flight/aids.py)
+            if t_fix not in self._fixes:
+                self._fixes.add(t_fix)
+                self.policy.aids.on_fix(t_fix, float("nan"))
         slot = self.policy.tick(t_ns, est)
         for msg in slot.messages:
             self.writer.write(msg, t_ns)
@@ -152,8 +160,7 @@ def test_gps_input_fields(recorded) -> None:
         assert m.hdop == pytest.approx(np.sqrt(ev.sum()) / UERE_M, rel=1e-6)
         assert m.ignore_flags == NOT_PROVIDED
         assert (m.vdop, m.vert_accuracy, m.yaw) == (0.0, 0.0, 0)  # flagged as not provided
-        week, week_ms = independent_gps_time(est.t_ns)
-        assert (m.time_week, m.time_week_ms) == (week, week_ms)
+        assert (m.time_week, m.time_week_ms) == (0, 0)  # no synchronised GPS time given
 
 
 def test_fix_type_transitions_and_statustext(recorded) -> None:
@@ -163,7 +170,8 @@ def test_fix_type_transitions_and_statustext(recorded) -> None:
     expected = [3 if a <= CFG.lock_budget_s else 0 for a in ages]
     assert [f for f, _ in fixes] == expected
     assert expected[:10] == [3] * 10 and 0 in expected and expected[-1] == 3
-    assert all(s == (12 if f == 3 else 0) for f, s in fixes)
+    # satellites_visible counts the fixes of the last lock budget (flight/aids.py), 0 unclaimed
+    assert all((1 <= s <= 12) if f == 3 else s == 0 for f, s in fixes)
     texts = [(m._timestamp, m.text, m.severity) for m in msgs
              if m.get_type() == "STATUSTEXT" and "GNSS" not in m.text]  # fix type only
     changes = [i for i in range(30) if i == 0 or expected[i] != expected[i - 1]]
@@ -189,6 +197,17 @@ def test_heartbeat_at_1hz(recorded) -> None:
     assert b.type == mavlink2.MAV_TYPE_ONBOARD_CONTROLLER
     assert b.autopilot == mavlink2.MAV_AUTOPILOT_INVALID
     assert b.system_status == mavlink2.MAV_STATE_ACTIVE
+
+
+def test_gps_input_carries_gps_time_only_when_given_one() -> None:
+    """Without a synchronised GPS time the week is 0: ArduPilot then stamps the fix on
+    arrival instead of trusting the companion's clock; given one, it is sent."""
+    est = next(iter(stream()))
+    assert (gps_input(est, CFG, T0).time_week, gps_input(est, CFG, T0).time_week_ms) == (0, 0)
+    gps_t = T0 + 1_500_000_000
+    m = gps_input(est, CFG, T0, gps_time_unix_ns=gps_t)
+    assert (m.time_week, m.time_week_ms) == independent_gps_time(gps_t)
+    assert m.time_usec == T0 // 1000
 
 
 def test_gps_week_known_dates() -> None:
@@ -262,7 +281,7 @@ def test_filter_stream_at_10hz_decodes_to_the_filter_state(tmp_path: Path) -> No
     got = [m for m in read_tlog(path) if m.get_type() == "GPS_INPUT"]
     assert len(got) == len(expected)
     assert np.all(np.diff([m.time_usec for m in got]) == 100_000)  # 10 Hz, no jitter
-    for (t, x, P, est), m in zip(expected, got, strict=True):
+    for (_t, x, P, est), m in zip(expected, got, strict=True):
         lat, lon = frame.ned_to_lla(x[0], x[1])
         assert (m.lat, m.lon) == (int(round(lat[0] * 1e7)), int(round(lon[0] * 1e7)))
         assert (m.vn, m.ve, m.vd, m.alt) == pytest.approx((x[2], x[3], 0.0, 250.0), abs=1e-5)
@@ -274,8 +293,9 @@ def test_filter_stream_at_10hz_decodes_to_the_filter_state(tmp_path: Path) -> No
                                        rel=1e-6)
         claim = est.last_fix_age_s <= CFG.lock_budget_s and m.horiz_accuracy <= CFG.max_sigma_m
         assert m.fix_type == (3 if claim else 0)
-        assert m.satellites_visible == (CFG.satellites if claim else 0)
-        assert (m.time_week, m.time_week_ms) == independent_gps_time(t)
+        assert (1 <= m.satellites_visible <= CFG.satellites) if claim else \
+            m.satellites_visible == 0  # recent fixes (flight/aids.py)
+        assert (m.time_week, m.time_week_ms) == (0, 0)
         assert (m.gps_id, m.ignore_flags, m.vdop) == (CFG.gps_id, NOT_PROVIDED, 0.0)
     fixes_claimed = [m.fix_type for m in got]
     assert fixes_claimed[:4] == [0] * 4 and 3 in fixes_claimed  # no fix claimed before one

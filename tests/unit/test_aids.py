@@ -1,0 +1,62 @@
+"""GPS_INPUT's yaw (visual heading when two fresh fixes agree on the compass correction)
+and satellites_visible (fixes accepted within the lock budget, capped)."""
+
+from __future__ import annotations
+
+import numpy as np
+from pymavlink.dialects.v20 import ardupilotmega as mav2
+
+from skyfix.runtime.core.config import OutputConfig
+from skyfix.runtime.core.types import Estimate
+from skyfix.runtime.flight.aids import OutputAids
+from skyfix.runtime.io.mavlink import gps_input
+
+S = 1_000_000_000
+CFG = OutputConfig(lock_budget_s=2.0, satellites=10)
+
+
+def _est(age_s: float = 0.2) -> Estimate:
+    return Estimate(0, 0.0, 0.0, 1.0, 0.0, np.eye(2), np.eye(2), lat_deg=48.0, lon_deg=16.0,
+                    alt_amsl_m=100.0, last_fix_age_s=age_s)
+
+
+def _wire(msg):
+    (back,) = mav2.MAVLink(None).parse_buffer(msg.pack(mav2.MAVLink(None, 1, 191)))
+    return back
+
+
+def test_visual_heading_needs_two_agreeing_fresh_corrections():
+    aids = OutputAids(2.0, 10)
+    assert aids.yaw_deg(0, 90.0) is None  # no fix yet
+    aids.on_fix(1 * S, -20.0)  # the compass reads 20 deg too high
+    assert aids.yaw_deg(1 * S, 90.0) is None  # one fix is not enough
+    aids.on_fix(2 * S, -21.0)
+    assert aids.yaw_deg(2 * S, 90.0) == 69.0
+    assert aids.yaw_deg(2 * S, -170.0) == (190.0 - 21.0)  # turned: the correction follows
+    assert aids.yaw_deg(2 * S, None) is None  # no heading from the autopilot
+    assert aids.yaw_deg(2 * S, float("nan")) is None
+    assert aids.yaw_deg(4 * S + 1, 90.0) is None  # stale after the lock budget
+    aids.on_fix(5 * S, 10.0)  # disagrees with the previous by 31 deg
+    assert aids.yaw_deg(5 * S, 90.0) is None
+    aids.on_fix(6 * S, float("nan"))  # a fix without a heading estimate leaves it alone
+    assert aids.yaw_deg(6 * S, 90.0) is None
+
+
+def test_satellites_count_recent_fixes_capped():
+    aids = OutputAids(2.0, 3)
+    assert aids.satellites(0) == 0
+    for k in range(5):
+        aids.on_fix(k * S // 2, 0.0)  # 2 fixes a second
+    assert aids.satellites(2 * S) == 3  # 5 in the window, capped at 3
+    assert aids.satellites(int(3.8 * S)) == 1  # only the fix at 2.0 s is within 2 s
+
+
+def test_gps_input_carries_yaw_and_count_only_with_a_fix():
+    m = _wire(gps_input(_est(), CFG, 0, satellites=4, yaw_deg=359.996))
+    assert (m.satellites_visible, m.yaw) == (4, 36000)  # north is 36000, 0 means "no yaw"
+    m = _wire(gps_input(_est(), CFG, 0, satellites=25, yaw_deg=123.456))
+    assert (m.satellites_visible, m.yaw) == (10, 12346)  # capped at output.satellites
+    m = _wire(gps_input(_est(), CFG, 0))
+    assert (m.satellites_visible, m.yaw) == (10, 0)  # nothing given: the configured value
+    m = _wire(gps_input(_est(age_s=5.0), CFG, 0, satellites=4, yaw_deg=90.0))
+    assert (m.fix_type, m.satellites_visible, m.yaw) == (0, 0, 0)  # no fix claimed
