@@ -1,0 +1,51 @@
+"""Argument types and small helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from skyfix.runtime.core.errors import SkyfixError
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        msg = f"expected comma-separated numbers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def output_file(path: Path) -> Path:
+    """`path` as a file to write later: its folder made now, so that an unusable path
+    fails before the work rather than after it."""
+    if path.is_dir():
+        raise SkyfixError(f"--out {path} is a folder: give the file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def pair(text: str) -> tuple[float, float]:
+    try:
+        start, duration = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers A:B, got {text!r}") from None
+    return start, duration
+
+
+def size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        msg = f"expected WIDTHxHEIGHT, e.g. 640x480, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def log_to_stderr(verbose: bool = False) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,119 @@
+"""`skyfix maps ...`: map packs (build, fetch, shard, verify, sign, info)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from skyfix.models.registry import ENCODER_NAMES
+from skyfix.runtime.apps import args
+from skyfix.runtime.core.errors import SkyfixError
+
+
+def cmd_maps_build(a: argparse.Namespace) -> None:
+    from skyfix.maps.build import INDEX_MIN_TILES, build_pack
+    from skyfix.models.registry import make_encoder
+
+    kwargs = dict(encoder=make_encoder(a.encoder), gsds_m=a.gsd, tile_px=a.tile,
+                  overlap=a.overlap, force=a.force, dem=a.dem, min_valid_fraction=a.min_valid,
+                  sign_key=a.sign_key,
+                  index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
+                  else a.index_min_tiles)
+    if a.ray is not None:
+        from skyfix.maps.distributed import build_pack_ray
+
+        path = build_pack_ray(a.orthos, a.out, None if a.ray == "local" else a.ray,
+                              a.workers, **kwargs)
+    else:
+        path = build_pack(a.orthos, a.out, **kwargs)
+    print(f"map pack written to {path}")
+
+
+def cmd_maps_shard(a: argparse.Namespace) -> None:
+    from skyfix.maps.shards import shard_pack
+
+    print(f"sharded map pack written to {shard_pack(a.pack, a.out, a.cell_m)}")
+
+
+def cmd_maps_verify(a: argparse.Namespace) -> None:
+    from skyfix.maps.pack import MANIFEST, verify_pack
+    from skyfix.runtime.core.provenance import check_manifest_signature
+
+    if a.trusted_key:
+        check_manifest_signature(a.pack / MANIFEST, a.trusted_key, f"map pack {a.pack}")
+    problems = verify_pack(a.pack)
+    if problems:
+        raise SkyfixError(f"map pack {a.pack}: {problems[0]}"
+                          + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+    print(f"map pack {a.pack}: OK")
+
+
+def cmd_sign(a: argparse.Namespace) -> None:
+    from skyfix.maps.pack import MANIFEST, verify_pack
+    from skyfix.models.manifest import load_manifest, manifest_path
+    from skyfix.runtime.core.provenance import sign_manifest
+
+    if a.command == "maps":
+        problems = verify_pack(a.target)  # never sign a pack that fails its own checks
+        if problems:
+            raise SkyfixError(f"map pack {a.target}: {problems[0]}; not signed")
+        manifest = a.target / MANIFEST
+    else:
+        load_manifest(a.target, verify=True)
+        manifest = manifest_path(a.target)
+    print(f"signed {manifest}: {sign_manifest(manifest, a.key)}")
+
+
+def cmd_maps_info(a: argparse.Namespace) -> None:
+    from skyfix.maps.pack import pack_info
+
+    info = pack_info(a.pack)
+    for key, value in vars(info).items():
+        print(f"{key:>18}: {value}")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register this module's commands on the root parser's subparsers."""
+    maps = sub.add_parser("maps", help="build, verify and inspect map packs")
+    msub = maps.add_subparsers(dest="maps_command", required=True)
+    b = msub.add_parser("build", help="tile an orthophoto and precompute its features")
+    b.add_argument("orthos", nargs="+", type=Path, help="GeoTIFF/COG/VRT orthophotos")
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--gsd", type=args.floats, help="ground resolutions in m/px, e.g. 0.3,0.6")
+    b.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
+    b.add_argument("--overlap", type=float, default=0.5, help="tile overlap 0..0.9 (default 0.5)")
+    b.add_argument("--force", action="store_true", help="replace an existing output folder")
+    b.add_argument("--sign-key", type=Path, metavar="PEM",
+                   help="sign the manifest with this Ed25519 private key (manifest.json.sig)")
+    b.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
+                   help="local-feature encoder the runtime will match with (default rootsift)")
+    b.add_argument("--dem", type=Path, help="terrain model (GeoTIFF) to resample into the pack")
+    b.add_argument("--min-valid", type=float, default=0.5, metavar="FRACTION",
+                   help="least share of imagery in a tile (default 0.5); ragged drone orthos"
+                        " may want less")
+    b.add_argument("--index-min-tiles", type=int, metavar="N",
+                   help="build a FAISS index for levels with at least N tiles (default 5000)")
+    b.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="compute tile features on Ray (a local cluster, or ADDRESS)")
+    b.add_argument("--workers", type=int, help="CPUs of a local Ray cluster (default: all)")
+    b.set_defaults(func=cmd_maps_build)
+    from skyfix.runtime.apps.maps_fetch import add_parser as add_fetch_parser
+
+    add_fetch_parser(msub)
+    sh = msub.add_parser("shard", help="cut a map pack into geographic cells for lazy loading")
+    sh.add_argument("pack", type=Path, help="map pack folder")
+    sh.add_argument("--cell-m", type=float, required=True, help="cell size, metres")
+    sh.add_argument("--out", required=True, type=Path)
+    sh.set_defaults(func=cmd_maps_shard)
+    v = msub.add_parser("verify", help="re-hash every file of a pack against its manifest")
+    v.add_argument("pack", type=Path)
+    v.add_argument("--trusted-key", type=Path, metavar="PEM",
+                   help="also require an Ed25519 signature by this public key")
+    v.set_defaults(func=cmd_maps_verify)
+    sg = msub.add_parser("sign", help="sign a pack's manifest with an Ed25519 private key")
+    sg.add_argument("target", type=Path, metavar="PACK")
+    sg.add_argument("--key", required=True, type=Path, metavar="PEM", help="private key")
+    sg.set_defaults(func=cmd_sign)
+    i = msub.add_parser("info", help="summary of a pack")
+    i.add_argument("pack", type=Path)
+    i.set_defaults(func=cmd_maps_info)

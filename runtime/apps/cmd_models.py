@@ -1,0 +1,106 @@
+"""`skyfix models ...`: export, inspect, sign, build engines for and benchmark the encoders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from skyfix.runtime.apps import args
+from skyfix.runtime.apps.cmd_maps import cmd_sign
+from skyfix.runtime.core.errors import SkyfixError
+
+
+def cmd_models_export(a: argparse.Namespace) -> None:
+    from skyfix.models.export import export_xfeat
+
+    path = export_xfeat(a.out, a.opset)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.name}.json")
+
+
+def cmd_models_info(a: argparse.Namespace) -> None:
+    from skyfix.models.manifest import load_manifest
+
+    manifest = load_manifest(a.model, verify=True)
+    rows = manifest.summary_rows()
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:>{width}}: {value}")
+    print(f"{'':>{width}}  sha256 of {a.model.name} verified")
+
+
+def cmd_models_engine(a: argparse.Namespace) -> None:
+    from skyfix.models.manifest import load_manifest
+    from skyfix.runtime.backends import tensorrt as trt_backend
+
+    manifest = load_manifest(a.model, verify=True)
+    name = manifest.inputs[0].name
+    multiple = manifest.input_multiple
+    for w, h in (a.min_size, a.size, a.max_size):
+        if w % multiple or h % multiple:
+            raise SkyfixError(f"engine size {w}x{h} is not a multiple of {multiple} "
+                              f"({manifest.model_id} needs it)")
+    shapes = trt_backend.image_profile(name, a.min_size, a.size, a.max_size)
+    feeds = (trt_backend.calibration_images(a.calib, name, a.size) if a.calib else None)
+    if a.precision == "int8" and feeds is None:
+        raise SkyfixError("--precision int8 needs --calib FOLDER of map-tile images")
+    trt_backend.import_tensorrt()  # one clear line when TensorRT is absent
+    path = trt_backend.build_cached_engine(a.model, a.precision, shapes, feeds, a.cache_dir)
+    print(f"engine: {path}")
+
+
+def cmd_models_bench(a: argparse.Namespace) -> None:
+    import subprocess
+
+    import skyfix.models
+
+    script = Path(skyfix.models.__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
+    if not script.is_file():
+        raise SkyfixError(f"{script} not found: the model benchmark runs from a source checkout")
+    args.output_file(a.out)
+    cmd = [sys.executable, str(script), "--out", str(a.out), "--runs", str(a.runs),
+           "--tiles", str(a.tiles)]
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise SkyfixError(f"model benchmark failed (exit status {code})")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register this module's commands on the root parser's subparsers."""
+    models = sub.add_parser("models", help="export, inspect, build engines for and benchmark "
+                                           "the encoder models")
+    mo = models.add_subparsers(dest="models_command", required=True)
+    from skyfix.models.xfeat import DEFAULT_MODEL
+
+    e = mo.add_parser("export", help="export XFeat to ONNX + manifest (needs make train-deps)")
+    e.add_argument("--out", type=Path, default=DEFAULT_MODEL.parent,
+                   help=f"output folder (default: the bundled {DEFAULT_MODEL.parent})")
+    e.add_argument("--opset", type=int, default=17)
+    e.set_defaults(func=cmd_models_export)
+    n = mo.add_parser("info", help="a model's manifest, with its sha256 verified")
+    n.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
+                   help="ONNX model (default: the bundled XFeat)")
+    n.set_defaults(func=cmd_models_info)
+    ms = mo.add_parser("sign", help="sign a model's manifest with an Ed25519 private key")
+    ms.add_argument("target", type=Path, metavar="MODEL", help="the .onnx file")
+    ms.add_argument("--key", required=True, type=Path, metavar="PEM", help="private key")
+    ms.set_defaults(func=cmd_sign)
+    g = mo.add_parser("engine", help="build (or find cached) the TensorRT engine of a model")
+    g.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
+                   help="ONNX model (default: the bundled XFeat)")
+    g.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    g.add_argument("--size", type=args.size, default=(640, 480),
+                   help="optimal input WIDTHxHEIGHT (default 640x480)")
+    g.add_argument("--min-size", type=args.size, default=(256, 256), help="(default 256x256)")
+    g.add_argument("--max-size", type=args.size, default=(1280, 1024), help="(default 1280x1024)")
+    g.add_argument("--calib", type=Path, help="folder of map-tile images for INT8 calibration")
+    g.add_argument("--cache-dir", type=Path, help="engine cache (default ~/.cache/skyfix)")
+    g.set_defaults(func=cmd_models_engine)
+    k = mo.add_parser("bench", help="encoder latency/throughput/memory benchmark to JSON")
+    k.add_argument("--out", type=Path, default=Path("out/bench/models.json"))
+    k.add_argument("--runs", type=int, default=20, help="timed runs per size (default 20)")
+    k.add_argument("--tiles", type=int, default=24, help="512 px tiles for map-build speed")
+    k.add_argument("--threads", type=int, help="CPU threads (default: skyfix's choice)")
+    k.set_defaults(func=cmd_models_bench)
