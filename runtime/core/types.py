@@ -23,6 +23,7 @@ RejectReason = Literal[
     "ambiguous",  # a second, distant tile (or coarse peak) matches nearly as well
     "unconfirmed",  # the coarse and fine stages disagree, or the inliers cover too little
     "gated",  # the filter's NIS gate refused the fix
+    "motion",  # disagrees with the autopilot's own motion since the last fix
     # refused before matching (flight/output.FrameGate, flight/assembly.Chain):
     "frozen",  # identical to the previous frame
     "blank",  # identical to the previous frame and of one value

@@ -39,6 +39,7 @@ from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
 from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near
 from skyfix.runtime.nav.match import Candidate, locate
+from skyfix.runtime.nav.motion import MotionGate
 from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
 from skyfix.runtime.nav.rectify import rectify
 from skyfix.runtime.nav.retrieve import NO_PRIOR, Prior, retrieve, window_prior
@@ -186,6 +187,7 @@ class Navigator:
         self._down_m = 0.0  # NED down (-altitude AMSL) of the last frame's telemetry
         self._agl_m = 0.0  # height above ground of the last view
         self.odometry = VisualOdometry(cfg.odometry)
+        self.motion = MotionGate(gate=cfg.filter.nis_gate)  # fixes vs the autopilot's motion
         self.rejections: Counter[str] = Counter()
         self.last_fix_t_ns: int | None = None
         self._candidate: Fix | None = None  # a first fix waiting for a second to agree
@@ -220,6 +222,8 @@ class Navigator:
         start = time.perf_counter()
         self._down_m = -tel.alt_amsl_m if np.isfinite(tel.alt_amsl_m) else 0.0
         self._fuse_altitude(frame.t_ns, tel)
+        if tel.vel_ned_mps is not None:
+            self.motion.observe(frame.t_ns, tel.vel_ned_mps[0], tel.vel_ned_mps[1])
         prior = self.prior(frame.t_ns, gnss)
         look = self.localizer.look(frame, tel, prior)
         result, innovation, velocity = look, None, None
@@ -273,9 +277,15 @@ class Navigator:
     def fuse(self, fix: Fix) -> tuple[Fix | Rejection, Innovation | None]:
         """The filter's verdict on `fix`: the fix when it is fused (or starts the filter),
         else a "gated" Rejection; a run of `divergence_after_gated` gated fixes resets the
-        filter (the filter is the one lost), which sends the next frames to a global search."""
+        filter (the filter is the one lost), which sends the next frames to a global search.
+        A fix that disagrees with the autopilot's own motion since the last fix (nav/motion.py:
+        a frozen or mis-stamped frame, a wrong tile) is refused first, as "motion"."""
         z = self.frame.map_to_ned(fix.east_m, fix.north_m)
         R = self.frame.cov_map_to_ned(fix.cov_en_m2)
+        verdict = self.motion.check(fix.t_ns, z, R)
+        if not verdict.accepted:
+            return Rejection(fix.t_ns, "motion", f"disagrees with the autopilot's motion "
+                             f"(NIS {verdict.nis:.0f})"), None
         if not self.filter.initialized:
             return self._start(fix, z, R), None
         innovation = self.filter.update_position(fix.t_ns, z, R)

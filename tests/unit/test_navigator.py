@@ -97,3 +97,17 @@ def test_the_search_prior_follows_the_filter_then_gnss_then_the_whole_pack():
     lost = (nav.cfg.retrieve.global_after_s + 1.0) * S
     assert nav.prior(int(lost), gnss).source == "gnss"  # too long without a fix
     assert nav.prior(int(lost), None).source == "none"
+
+
+def test_a_fix_that_disagrees_with_the_autopilots_motion_is_refused():
+    """The autopilot reports 10 m/s east; fixes that stop moving (a frozen camera) or jump
+    back are refused as "motion", fixes that keep up are fused."""
+    nav = navigator()
+    for k in range(40):  # 4 s of the autopilot's velocity at 10 Hz
+        nav.motion.observe(int(k * 0.1 * S), 0.0, 10.0)
+    assert isinstance(nav.fuse(fix(0.0, 0.0, 0.0, 0.5))[0], Rejection)  # waits for a second
+    assert isinstance(nav.fuse(fix(0.5, 5.0, 0.0, 0.5))[0], Fix)
+    assert isinstance(nav.fuse(fix(1.0, 10.0, 0.0, 0.5))[0], Fix)
+    frozen, _ = nav.fuse(fix(1.5, 10.0, 0.0, 0.5))  # where the aircraft was 0.5 s ago
+    assert isinstance(frozen, Rejection) and frozen.reason == "motion", frozen
+    assert isinstance(nav.fuse(fix(2.0, 20.0, 0.0, 0.5))[0], Fix)  # back in step
