@@ -266,9 +266,8 @@ class Navigator:
             # view's metres are map-grid metres, turned into NED like the velocity
             d_en, cov_en = obs.d_ne_m[::-1], obs.fit_cov_ne_m2[::-1, ::-1]
             t1 = obs.t0_ns + int(round(obs.dt_s * 1e9))
-            innovation = self.filter.update_displacement(
-                obs.t0_ns, t1, J @ d_en, J @ cov_en @ J.T, self._agl_m)
-            self.velocity_gated += not innovation.accepted
+            self.filter.update_displacement(obs.t0_ns, t1, J @ d_en, J @ cov_en @ J.T,
+                                            self._agl_m)
             return
         v_en = obs.v_ne_mps[::-1]
         cov_en = obs.cov_ne_m2s2[::-1, ::-1]
