@@ -66,6 +66,7 @@ class MatchConfig:
     # prior window, then features matched near its answer (runtime/nav/coarse.py, fine.py)
     coarse: bool = True
     hypotheses: int = 3  # coarse places given to the fine stage, best first
+    window_fallback: bool = True  # no strong match near them: features across the window
     near_radius_px: float = 40.0  # features matched within this of the coarse prediction
     min_spread: float = 0.45  # inliers' hull: sqrt(area / view area) below this -> rejected
     # Below 2 x min_inliers a fix also needs the coarse stage's agreement:
