@@ -41,7 +41,12 @@ from rasterio.warp import transform_bounds
 
 from skyfix.maps.dem import DEM_FILE, dem_shape, terrain_lookup
 from skyfix.maps.pack_checks import array_problems, manifest_problems, tile_problems
-from skyfix.maps.structure import N_ORIENT, StructureWindow, structure_file
+from skyfix.maps.structure import (
+    StructureWindow,
+    crop_structure,
+    structure_file,
+    structure_shape,
+)
 from skyfix.models.features import vlad
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
@@ -339,9 +344,7 @@ class MapPack:
             pack.dem = pack._keep(pack.dem, path / DEM_FILE, in_ram_max_bytes)
         for level, sgsd in enumerate(manifest.structure_gsds_m):
             arr = _load(path, structure_file(level))
-            b = manifest.bounds_en
-            want = (N_ORIENT, math.ceil((b[3] - b[1]) / sgsd - 1e-6),
-                    math.ceil((b[2] - b[0]) / sgsd - 1e-6))
+            want = structure_shape(manifest.bounds_en, sgsd)
             if arr.shape != want or arr.dtype != np.uint8:
                 raise SkyfixError(f"map pack {path}: {structure_file(level)} has shape"
                                   f" {arr.shape} {arr.dtype}, the manifest says {want} uint8")
@@ -384,21 +387,13 @@ class MapPack:
 
     def structure_window(self, level: int, centre_en: np.ndarray, half_m: float
                          ) -> StructureWindow | None:
-        """The structure channels of `level` in the square centre_en +- half_m (zeros
-        outside the map), or None when the pack has none."""
+        """`level`'s structure channels in the square centre_en +- half_m (zeros outside
+        the map), or None when the pack has none."""
         if level >= len(self.structure):
             return None
-        arr, g = self.structure[level], self.manifest.structure_gsds_m[level]
-        left, top = self.manifest.bounds_en[0], self.manifest.bounds_en[3]
-        c0 = math.floor((centre_en[0] - half_m - left) / g)
-        r0 = math.floor((top - centre_en[1] - half_m) / g)
-        size = math.ceil(2 * half_m / g) + 1
-        out = np.zeros((arr.shape[0], size, size), np.float32)
-        ra, rb = max(r0, 0), min(r0 + size, arr.shape[1])
-        ca, cb = max(c0, 0), min(c0 + size, arr.shape[2])
-        if ra < rb and ca < cb:
-            out[:, ra - r0:rb - r0, ca - c0:cb - c0] = arr[:, ra:rb, ca:cb] * np.float32(1 / 255)
-        return StructureWindow(out, left + c0 * g, top - r0 * g, g)
+        b = self.manifest.bounds_en
+        return crop_structure(self.structure[level], self.manifest.structure_gsds_m[level],
+                              (b[0], b[3]), centre_en, half_m)
 
     def tile_features(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         """([n, 2] float64 absolute map (E, N), [n, D] float32 descriptors) of one tile,

@@ -21,6 +21,7 @@ STRUCTURE_FACTOR (origin: the grid's top-left corner), written block by block.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,3 +111,25 @@ def write_structure(ortho: Path, level_gsd_m: float, dst: Path) -> tuple[int, in
         out.flush()
         del out
     return h, w
+
+
+def structure_shape(bounds_en: tuple[float, ...], gsd_m: float) -> tuple[int, int, int]:
+    """(N_ORIENT, H, W) of the channels of a pack with `bounds_en` at `gsd_m`."""
+    return (N_ORIENT, math.ceil((bounds_en[3] - bounds_en[1]) / gsd_m - 1e-6),
+            math.ceil((bounds_en[2] - bounds_en[0]) / gsd_m - 1e-6))
+
+
+def crop_structure(arr: np.ndarray, gsd_m: float, left_top_en: tuple[float, float],
+                   centre_en: np.ndarray, half_m: float) -> StructureWindow:
+    """The square centre_en +- half_m of the [C, H, W] uint8 channels `arr` whose top-left
+    corner is at map `left_top_en`, as float32 in [0, 1], zeros outside."""
+    left, top = left_top_en
+    c0 = math.floor((centre_en[0] - half_m - left) / gsd_m)
+    r0 = math.floor((top - centre_en[1] - half_m) / gsd_m)
+    size = math.ceil(2 * half_m / gsd_m) + 1
+    out = np.zeros((arr.shape[0], size, size), np.float32)
+    ra, rb = max(r0, 0), min(r0 + size, arr.shape[1])
+    ca, cb = max(c0, 0), min(c0 + size, arr.shape[2])
+    if ra < rb and ca < cb:
+        out[:, ra - r0:rb - r0, ca - c0:cb - c0] = arr[:, ra:rb, ca:cb] * np.float32(1 / 255)
+    return StructureWindow(out, left + c0 * gsd_m, top - r0 * gsd_m, gsd_m)

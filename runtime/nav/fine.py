@@ -113,8 +113,10 @@ def mutual_best(vi: np.ndarray, mj: np.ndarray, sim: np.ndarray) -> tuple[np.nda
 
 
 def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse: CoarseMatch,
-               cfg: MatchConfig) -> NearMatch | None:
-    """The fine match of the view near the coarse answer (module docstring), or None."""
+               cfg: MatchConfig, radius_m: float | None = None) -> NearMatch | None:
+    """The fine match of the view near the coarse answer (module docstring), or None.
+    `radius_m`: instead of `near_radius_px` (a whole window: features matched without the
+    coarse stage's help)."""
     if not tiles or len(feats) < _MIN_FIT:
         return None
     xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
@@ -122,16 +124,21 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
     R = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
     pred = xy @ R.T + [coarse.east_m, coarse.north_m]
     en, desc, heights, tile_id = _union(tiles, view.gsd_m)
-    radius = cfg.near_radius_px * view.gsd_m
+    radius = cfg.near_radius_px * view.gsd_m if radius_m is None else radius_m
     lo, hi = pred.min(0) - radius, pred.max(0) + radius
     near = np.flatnonzero(((en >= lo) & (en <= hi)).all(1))
     if len(near) < _MIN_FIT:
         return None
     en, desc = en[near], desc[near]
     heights = None if heights is None else heights[near]
-    vi, mi = near_pairs(pred, en, radius)
-    sim = (feats.descriptors @ desc.T)[vi, mi]  # one BLAS product beats gathering rows
-    vi, mi = mutual_best(vi, mi, sim)
+    sim = feats.descriptors @ desc.T  # [N, M]; one BLAS product beats gathering rows
+    if radius_m is None:
+        vi, mi = near_pairs(pred, en, radius)
+        vi, mi = mutual_best(vi, mi, sim[vi, mi])
+    else:  # the whole window: plain mutual nearest neighbours
+        mi = sim.argmax(1)
+        vi = np.flatnonzero(sim.argmax(0)[mi] == np.arange(len(mi)))
+        mi = mi[vi]
     origin = np.array([coarse.east_m, coarse.north_m])
     src, dst = xy[vi], en[mi] - origin
     fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m, _MIN_FIT)

@@ -34,7 +34,7 @@ from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.geo import LocalFrame, R_ned_body
 from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
-from skyfix.runtime.nav.coarse import coarse_search
+from skyfix.runtime.nav.coarse import CoarseMatch, coarse_search
 from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
 from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near
@@ -160,6 +160,20 @@ class Localizer:
             if (len(found) == 1 and near.match.inliers >= 4 * cfg.min_inliers
                     and near.agreement_px <= cfg.coarse_agree_px and coarse.peak_ratio > 1):
                 break  # the best coarse place, confirmed many times over: no rival can win
+        if cfg.window_fallback and not any(
+                n.match.inliers >= 2 * cfg.min_inliers for n in found):
+            # The coarse stage may have missed: the features alone, across each window; a
+            # match found so can only be accepted on its own strength (2 x min_inliers).
+            for prior in windows:
+                radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
+                ids = self.pack.tiles_near(prior.centre_en, radius + reach, radius + reach)
+                ids = ids[self.pack.tile_level[ids] == look.level]
+                blind = CoarseMatch(float(prior.centre_en[0]), float(prior.centre_en[1]), 0.0,
+                                    0.0, 0.0)
+                near = match_near(view, look.feats, [self._tile(int(i)) for i in ids], blind,
+                                  cfg, radius_m=radius + reach)
+                if near is not None:
+                    found.append(near)
         if not found:
             return None
         found.sort(key=lambda n: n.match.inliers, reverse=True)
