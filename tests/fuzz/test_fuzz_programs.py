@@ -8,7 +8,11 @@ the example deadline (no hang); the daemon stays up, keeps sending to the autopi
 at 10 Hz and never claims a fix. `make test` runs the "ci" budget (derandomised, about a
 minute); `make fuzz` runs FUZZ_LONG_FACTOR times as many, randomised.
 
-Crashes this found were fixed and are kept as `@example`s (regressions).
+What it found (each fixed, with a regression test in tests/unit/test_boundary.py): a
+frames.csv that is not UTF-8 (an internal error: UnicodeDecodeError from the csv module),
+and two crash reports in one second overwriting each other's name. Found by hand while
+writing it: a 1x1 GeoTIFF crashed `maps build` in OpenCV; a simulated flight on a full
+disk wrote no frames and reported success (cv2.imwrite fails silently).
 """
 
 from __future__ import annotations
