@@ -86,3 +86,9 @@ fuzz: $(DEV)
 
 clean:
 	rm -rf $(OUT) .pytest_cache
+
+# The daemon's GPS_INPUT rate and largest gap while another process floods its UDP port
+# from thousands of new source addresses (LINK_ARGS="--seconds 30" for a longer flood)
+.PHONY: bench-link
+bench-link: $(CORE)
+	$(BIN)/python benchmarks/bench_link.py --out $(OUT)/bench/link.json $(LINK_ARGS)
