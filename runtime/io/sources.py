@@ -209,7 +209,7 @@ class ImageFolder:
             else:
                 raise SkyfixError(f"{path}: no capture time (no EXIF DateTimeOriginal, no "
                                   "YYYYmmddHHMMSS in the name); pass --frame-times CSV")
-            times.append(t)
+            times.append(check_time_ns(t, f"{path} capture time"))
         order = np.argsort(times, kind="stable")
         return cls(root, np.asarray(times, np.int64)[order], tuple(files[i] for i in order),
                    tuple(metas[i] for i in order))

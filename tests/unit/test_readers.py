@@ -114,3 +114,14 @@ def test_a_tlog_record_stamped_in_the_year_586524_is_dropped(tmp_path):
     (tmp_path / "mixed.tlog").write_bytes(path.read_bytes() + far)
     log = TelemetryLog.from_tlog(tmp_path / "mixed.tlog")
     assert log.att[-1, 0] == good.att[-1, 0] and log.bad_bytes > good.bad_bytes
+
+
+def test_a_photo_time_in_the_year_1_is_one_line(flight, tmp_path):
+    from skyfix.runtime.io.sources import ImageFolder
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(flight / "frames" / "000000.jpg", folder / "IMG_00010101000000.jpg")
+    with pytest.raises(SkyfixError, match="2000..2100") as err:
+        ImageFolder.open(folder)
+    assert "\n" not in str(err.value)
