@@ -253,6 +253,8 @@ def calibrate_mount(flight_dir: Path, pack_path: Path, cfg: Config, min_frames: 
     from skyfix.runtime.io.sources import RecordedFlight
     from skyfix.runtime.io.telemetry import TelemetryLog
 
+    if min_frames < 3:
+        raise SkyfixError(f"--min-frames must be at least 3, got {min_frames}")
     flight = RecordedFlight.open(flight_dir)
     log = TelemetryLog.from_tlog(flight.telemetry_path)
     pack = MapPack.open(pack_path)

@@ -383,6 +383,9 @@ def open_inputs(flight: Path | None = None, *, frames: Path | None = None,
     if len(given) != 1:
         raise SkyfixError("give exactly one of: a recorded-flight folder, --frames DIR, "
                           "--video FILE")
+    if not (np.isfinite(time_offset_s) and abs(time_offset_s) <= 86_400):
+        raise SkyfixError(f"--time-offset must be a number of seconds within a day, got "
+                          f"{time_offset_s}")
     offset_ns = int(round(time_offset_s * 1e9))
     if flight is not None:
         rec = RecordedFlight.open(flight)
