@@ -116,3 +116,9 @@ bench-fetch: $(CORE)
 bench-filter: $(CORE)
 	$(BIN)/python benchmarks/bench_filter.py --out $(OUT)/bench/filter.json $(FILTER_ARGS)
 	$(BIN)/python benchmarks/bench_filter_vienna.py --out $(OUT)/bench/filter_vienna.json
+
+# The daemon's GPS_INPUT rate and largest gap while another process floods its UDP port
+# from thousands of new source addresses (LINK_ARGS="--seconds 30" for a longer flood)
+.PHONY: bench-link
+bench-link: $(CORE)
+	$(BIN)/python benchmarks/bench_link.py --out $(OUT)/bench/link.json $(LINK_ARGS)

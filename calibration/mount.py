@@ -248,6 +248,8 @@ def calibrate_mount(flight_dir: Path, pack_path: Path, cfg: Config, min_frames: 
                     progress: bool = True) -> MountCalibration:
     """Estimate the mount and time offset of the recorded flight in `flight_dir`, whose
     log has good GNSS, against the map pack at `pack_path`."""
+    if min_frames < 3:
+        raise SkyfixError(f"--min-frames must be at least 3, got {min_frames}")
     flight = RecordedFlight.open(flight_dir)
     log = TelemetryLog.from_tlog(flight.telemetry_path)
     pack, encoder, local = open_map(pack_path, cfg)  # as the flight opens it

@@ -26,6 +26,7 @@ coarse index first and searches only the `probe` best shards.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections import OrderedDict
@@ -53,6 +54,7 @@ SHARD_FILES = ("tiles.npy", "keypoints.npy", "local_descriptors.npy", "descripto
 BLOCK_TILES = 65536  # tiles per block when streaming a pack into shards
 DEFAULT_BUDGET_BYTES = 256 << 20
 DEFAULT_PROBE = 8  # shards searched by a global search
+MAX_CELLS = 10_000_000  # cells a shard grid may have (empty ones included)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ def write_shards(blocks: Callable[[], Iterable[TileBlock]], out: Path, pack: Man
     """
     if not np.isfinite(cell_m) or cell_m <= 0:
         raise SkyfixError(f"shard cell size must be a positive number of metres, got {cell_m}")
+    b = pack.bounds_en
+    cells = math.ceil((b[2] - b[0]) / cell_m) * math.ceil((b[3] - b[1]) / cell_m)
+    if cells > MAX_CELLS:
+        raise SkyfixError(f"shard cell size {cell_m:g} m cuts the pack into {cells:,} cells "
+                          f"(at most {MAX_CELLS:,}): choose larger cells")
     out = Path(out)
     if out.exists():
         raise SkyfixError(f"{out}: exists (remove it first)")

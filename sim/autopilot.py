@@ -85,8 +85,9 @@ class AutopilotEmulator:
 
     def __init__(self, ortho: Path, spec: AutopilotSpec = AutopilotSpec(),
                  link: str = "udpout:127.0.0.1:14550") -> None:
-        if not spec.duration_s > 0:
-            raise SkyfixError(f"autopilot duration must be positive, got {spec.duration_s}")
+        if not 0 < spec.duration_s <= 86_400:
+            raise SkyfixError(f"autopilot duration must be positive and at most a day (it "
+                              f"flies in real time), got {spec.duration_s}")
         self.spec, self.link = spec, link
         fs = spec.flight
         with PoseRenderer(ortho, fs) as r:  # opens and checks the map; bounds and CRS

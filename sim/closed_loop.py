@@ -209,9 +209,9 @@ def run_closed_loop(ortho: Path, out: Path, spec: ClosedLoopSpec = ClosedLoopSpe
     called with the daemon about once a second while it flies."""
     cfg = cfg or Config()
     blank_at = spec.blank_at_s if spec.blank_at_s >= 0 else spec.duration_s - 10.0
-    if not 0 <= spec.gnss_off_at_s < blank_at <= spec.duration_s:
+    if not 0 <= spec.gnss_off_at_s < blank_at <= spec.duration_s <= 86_400:
         raise SkyfixError(f"need 0 <= gnss-off-at ({spec.gnss_off_at_s:g} s) < blank-at "
-                          f"({blank_at:g} s) <= duration ({spec.duration_s:g} s)")
+                          f"({blank_at:g} s) <= duration ({spec.duration_s:g} s) <= a day")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     flight = FlightSpec(agl_m=spec.agl_m, fps=spec.fps, seed=spec.seed)

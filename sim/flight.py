@@ -38,6 +38,7 @@ from skyfix.sim.imu import ImuSpec
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower, write_tlog
 
 FLIGHT_FORMAT = "skyfix-flight/1"
+MAX_FRAMES = 1_000_000  # frames a simulated flight may render
 AGL_RANGE_M = (60.0, 3000.0)
 _MIN_RAY_DOWN = 0.02  # rays less than ~1.1 deg below the horizon count as missing the map
 _MAX_WINDOW_PX = 4096  # per side of one source read; coarser reads beyond that
@@ -230,6 +231,9 @@ def _check_spec(spec: FlightSpec) -> None:
     for name in ("duration_s", "fps", "speed_mps", "imu_hz"):
         if not getattr(spec, name) > 0:
             raise SkyfixError(f"flight {name} must be positive, got {getattr(spec, name)}")
+    if spec.duration_s * spec.fps > MAX_FRAMES or spec.duration_s > 86_400:
+        raise SkyfixError(f"a {spec.duration_s:g} s flight at {spec.fps:g} fps is more than "
+                          f"{MAX_FRAMES:,} frames or a day: shorten it")
     if min(spec.blur_px, spec.noise_sigma, spec.gnss_sigma_m, spec.attitude_noise_deg,
            spec.yaw_noise_deg, spec.wobble_deg) < 0:
         raise SkyfixError("flight noise, blur and wobble settings must not be negative")

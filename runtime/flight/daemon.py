@@ -351,8 +351,8 @@ class Daemon:
         on it since it was opened (a UDP server has no peer address before), or the
         write failed."""
         with self._send_lock:
-            if self._conn is None or not self._heard:
-                return False
+            if self._conn is None or not self._heard or not getattr(self._conn, "ready", True):
+                return False  # (a UDP server answers only the autopilot, once it is known)
             try:
                 if self._key is not None:
                     advance_signing_clock(self._conn, time.time_ns())

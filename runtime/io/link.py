@@ -83,6 +83,11 @@ class AutopilotUDP(mavutil.mavudp):
         self.foreign_datagrams = 0  # datagrams from other addresses, dropped unread
         self.unsent = 0  # messages not written because no peer is known yet
 
+    @property
+    def ready(self) -> bool:
+        """Whether the peer is known (what is written now reaches it)."""
+        return self.peer is not None
+
     def recv_msg(self):
         """The next message from the peer (or, before it is known, from anyone); None
         when no datagram is waiting."""

@@ -156,6 +156,7 @@ def _read_truth(path: Path, crs: CRS) -> Truth:
 
 # --- Frames as they come off a camera ----------------------------------------------------
 
+MAX_VIDEO_FRAMES = 50_000_000  # ~19 days at 30 fps: a larger count is a broken container
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # A UTC time in a file name: YYYYmmddHHMMSS and optional fraction digits (cuav: ...SScc).
 _NAME_TIME = re.compile(r"(?<!\d)(\d{14})(\d{0,6})(?!\d)")
@@ -208,7 +209,7 @@ class ImageFolder:
             else:
                 raise SkyfixError(f"{path}: no capture time (no EXIF DateTimeOriginal, no "
                                   "YYYYmmddHHMMSS in the name); pass --frame-times CSV")
-            times.append(t)
+            times.append(check_time_ns(t, f"{path} capture time"))
         order = np.argsort(times, kind="stable")
         return cls(root, np.asarray(times, np.int64)[order], tuple(files[i] for i in order),
                    tuple(metas[i] for i in order))
@@ -279,11 +280,13 @@ class VideoFrames:
         fps, count = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         cap.release()
-        if not (fps > 0 and count > 0 and w > 0):
-            raise SkyfixError(f"{path}: not a readable video")
+        if not (0 < fps <= 10_000 and 0 < count <= MAX_VIDEO_FRAMES and w > 0):
+            raise SkyfixError(f"{path}: not a readable video (or {count} frames at {fps:g} fps)")
+        if not (np.isfinite(max_fps) and max_fps > 0):
+            raise SkyfixError(f"--video-fps must be a positive number, got {max_fps}")
         stride = max(1, int(round(fps / max_fps)))
         idx = np.arange(0, count, stride)
-        start_ns = _unix_ns(t0)
+        start_ns = check_time_ns(_unix_ns(t0), f"--video-start {start!r}")
         return cls(path, start_ns, (start_ns + idx * 1e9 / fps).astype(np.int64), stride, w, h)
 
     def frames(self) -> Iterator[FrameItem]:
@@ -379,6 +382,9 @@ def open_inputs(flight: Path | None = None, *, frames: Path | None = None,
     if len(given) != 1:
         raise SkyfixError("give exactly one of: a recorded-flight folder, --frames DIR, "
                           "--video FILE")
+    if not (np.isfinite(time_offset_s) and abs(time_offset_s) <= 86_400):
+        raise SkyfixError(f"--time-offset must be a number of seconds within a day, got "
+                          f"{time_offset_s}")
     offset_ns = int(round(time_offset_s * 1e9))
     if flight is not None:
         rec = RecordedFlight.open(flight)

@@ -280,8 +280,9 @@ def open_link(spec: str, system_id: int, component_id: int, signing_key: bytes |
     (system `system_id`) at `peer` ("host:port"), or else at the address of its first
     valid HEARTBEAT: see `AutopilotUDP`."""
     device, baud = device_and_baud(spec)
-    if device.startswith("udpin:"):
-        conn = AutopilotUDP(device[len("udpin:"):], system_id, peer, signing_key is not None,
+    server = next((p for p in ("udpin:", "udp:") if device.startswith(p)), None)
+    if server is not None:  # (pymavlink's udp: is a server too)
+        conn = AutopilotUDP(device[len(server):], system_id, peer, signing_key is not None,
                             source_system=system_id, source_component=component_id)
     else:
         conn = mavutil.mavlink_connection(device, baud=baud, source_system=system_id,

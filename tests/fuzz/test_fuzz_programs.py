@@ -8,7 +8,11 @@ the example deadline (no hang); the daemon stays up, keeps sending to the autopi
 at 10 Hz and never claims a fix. `make test` runs the "ci" budget (derandomised, about a
 minute); `make fuzz` runs FUZZ_LONG_FACTOR times as many, randomised.
 
-Crashes this found were fixed and are kept as `@example`s (regressions).
+What it found (each fixed, with a regression test in tests/unit/test_boundary.py): a
+frames.csv that is not UTF-8 (an internal error: UnicodeDecodeError from the csv module),
+and two crash reports in one second overwriting each other's name. Found by hand while
+writing it: a 1x1 GeoTIFF crashed `maps build` in OpenCV; a simulated flight on a full
+disk wrote no frames and reported success (cv2.imwrite fails silently).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     for jpg in sorted((root / "flight" / "frames").iterdir()):
         writer.write(cv2.resize(cv2.imread(str(jpg)), (640, 480)))
     writer.release()
-    return {"flight": root / "flight", "pack": small_pack(root, 300), "video": video}
+    return {"flight": root / "flight", "pack": small_pack(root, 300), "video": video,
+            "crash": root / "crash"}
 
 
 def mutate_bytes(data: bytes, draw) -> bytes:
@@ -91,9 +96,12 @@ def mutate_file(path: Path, draw) -> None:
         path.write_bytes(mutate_bytes(data, draw))
 
 
-def run_cli(argv: list[str], capfd) -> None:
-    """The promise: 0, or 2 with one `skyfix: error:` line; never an internal error."""
-    code = main(argv)
+def run_cli(argv: list[str], capfd, crash_dir: Path) -> None:
+    """The promise: 0, or 2 with one `skyfix: error:` line; never an internal error (its
+    crash report would go to `crash_dir`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SKYFIX_CRASH_DIR", str(crash_dir))
+        code = main(argv)
     lines = [x for x in capfd.readouterr().err.splitlines() if x.startswith("skyfix:")]
     assert code in (0, 2), (code, lines)
     assert len(lines) == (code == 2), lines
@@ -129,7 +137,7 @@ def test_replay_of_mutated_flights_and_configs(world, tmp_path_factory, capfd, d
             argv += ["--config", str(case / "c.yaml")]
         else:
             mutate_file(flight / target, data.draw)
-    run_cli(argv, capfd)
+    run_cli(argv, capfd, world["crash"])
 
 
 @fuzz(15)
@@ -138,7 +146,8 @@ def test_maps_verify_and_info_of_mutated_packs(world, tmp_path_factory, capfd, d
     pack = tmp_path_factory.mktemp("pack") / "pack"
     shutil.copytree(world["pack"], pack)
     mutate_file(pack / data.draw(st.sampled_from(PACK_TARGETS)), data.draw)
-    run_cli(["maps", data.draw(st.sampled_from(["verify", "info"])), str(pack)], capfd)
+    run_cli(["maps", data.draw(st.sampled_from(["verify", "info"])), str(pack)], capfd,
+            world["crash"])
 
 
 @fuzz(8)
@@ -154,19 +163,25 @@ def test_the_daemon_and_calibration_take_any_config(world, tmp_path_factory, cap
                        "source": str(world["video"])}}
     text = yaml.safe_dump(base)
     if data is not None:
-        spoiled = yaml.safe_load(config_text(data.draw)) if data.draw(st.booleans()) else None
+        spoiled_text = config_text(data.draw)
+        try:
+            spoiled = yaml.safe_load(spoiled_text)
+        except yaml.YAMLError:  # junk: given to skyfix as it is
+            spoiled = None
         if isinstance(spoiled, dict) and all(isinstance(v, dict) for v in spoiled.values()):
             for section, values in spoiled.items():
                 base.setdefault(str(section), {}).update(values)
             text = yaml.safe_dump(base)
         else:
-            text = config_text(data.draw)
+            text = spoiled_text
     (case / "c.yaml").write_text(text)
     if data is None or data.draw(st.booleans()):
-        run_cli(["run", "--config", str(case / "c.yaml"), "--duration", "0.5"], capfd)
+        run_cli(["run", "--config", str(case / "c.yaml"), "--duration", "0.5"], capfd,
+                world["crash"])
     else:
         run_cli(["calibrate", "mount", str(world["flight"]), "--map", str(world["pack"]),
-                 "--config", str(case / "c.yaml"), "--out", str(case / "m.yaml")], capfd)
+                 "--config", str(case / "c.yaml"), "--out", str(case / "m.yaml")], capfd,
+                world["crash"])
 
 
 def test_the_daemon_under_mutated_mavlink_streams_keeps_its_promise(world, tmp_path):

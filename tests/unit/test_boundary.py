@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,28 @@ def test_regression_a_1x1_geotiff_is_one_line(tmp_path, capfd):
         o.write(np.full((3, 1, 1), 100, np.uint8))
     code, err = run_cli(["maps", "build", str(tif), "--out", str(tmp_path / "p")], capfd)
     assert code == EXIT_ERROR and len(err) == 1 and "too small" in err[0], err
+
+
+@pytest.mark.parametrize("argv", [
+    ["sim", "flight", "--ortho", "ORTHO", "--duration", "1e9", "--fps", "1e9", "--out", "TMP/f"],
+    ["maps", "shard", "PACK", "--cell-m", "1e-9", "--out", "TMP/s"],
+    ["replay", "FLIGHT", "--map", "PACK", "--out", "TMP/r", "--time-offset", "nan"],
+    ["replay", "FLIGHT", "--map", "PACK", "--out", "TMP/r", "--time-offset", "1e30"],
+    ["calibrate", "mount", "FLIGHT", "--map", "PACK", "--min-frames", "-3", "--out", "TMP/m"],
+    ["sim", "closed-loop", "--ortho", "ORTHO", "--map", "PACK", "--duration", "1e12",
+     "--gnss-off-at", "1", "--blank-at", "2", "--out", "TMP/c"],
+    ["sim", "autopilot", "--ortho", "ORTHO", "--duration", "1e12", "--out", "TMP/a"],
+    ["maps", "build", "ORTHO", "--gsd", "0.001", "--out", "TMP/p"],
+])
+def test_regression_absurd_numbers_on_the_command_line_are_one_line(argv, inputs, tmp_path,
+                                                                     capfd):
+    """Found by hand: these hung (a 1e18-frame flight, a 1e-9 m shard grid, real-time
+    flights of 1e12 s, 3.8 million tiles) or were internal errors (NaN and 1e30 s time
+    offsets, a negative frame minimum)."""
+    subs = {"ORTHO": str(sample_ortho()), "PACK": str(inputs["pack"]),
+            "FLIGHT": str(inputs["flight"]), "TMP": str(tmp_path)}
+    argv = [next((a.replace(k, v) for k, v in subs.items() if k in a), a) for a in argv]
+    start = time.monotonic()
+    code, err = run_cli(argv, capfd)
+    assert code == EXIT_ERROR and len(err) == 1 and err[0].startswith("skyfix: error:"), err
+    assert time.monotonic() - start < 60.0

@@ -77,3 +77,12 @@ def test_hostile_yaml_is_one_line(tmp_path, text, words):
     with pytest.raises(SkyfixError, match=words) as err:
         load_config(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_skyfix_config_doc_prints_both(capsys):
+    from skyfix.runtime.apps.cli import main
+
+    assert main(["config", "doc"]) == 0
+    assert capsys.readouterr().out == default_yaml()
+    assert main(["config", "doc", "--markdown"]) == 0
+    assert capsys.readouterr().out == markdown_table()

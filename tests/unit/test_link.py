@@ -272,3 +272,14 @@ def test_a_malformed_peer_is_one_line_before_any_thread(peer):
     with pytest.raises(SkyfixError, match="daemon.peer") as err:
         Daemon(assemble(cfg, None, FRAME, None), LatestFrameQueue(2))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("spec", ["udpin:127.0.0.1:0", "udp:127.0.0.1:0"])
+def test_every_udp_server_spec_answers_the_autopilot_alone(spec):
+    from skyfix.runtime.io.link import AutopilotUDP
+
+    conn = open_link(spec, 1, 191)
+    try:
+        assert isinstance(conn, AutopilotUDP) and not conn.ready
+    finally:
+        conn.close()

@@ -114,3 +114,33 @@ def test_a_tlog_record_stamped_in_the_year_586524_is_dropped(tmp_path):
     (tmp_path / "mixed.tlog").write_bytes(path.read_bytes() + far)
     log = TelemetryLog.from_tlog(tmp_path / "mixed.tlog")
     assert log.att[-1, 0] == good.att[-1, 0] and log.bad_bytes > good.bad_bytes
+
+
+def test_a_photo_time_in_the_year_1_is_one_line(flight, tmp_path):
+    from skyfix.runtime.io.sources import ImageFolder
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(flight / "frames" / "000000.jpg", folder / "IMG_00010101000000.jpg")
+    with pytest.raises(SkyfixError, match="2000..2100") as err:
+        ImageFolder.open(folder)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("start, fps, words", [
+    ("2026-01-01T00:00:00Z", 0.0, "video-fps"), ("2026-01-01T00:00:00Z", -2.0, "video-fps"),
+    ("0001-01-01T00:00:00Z", 2.0, "2000..2100"), ("noon", 2.0, "ISO 8601"),
+])
+def test_video_options_that_cannot_work_are_one_line(tmp_path, start, fps, words):
+    import cv2
+
+    from skyfix.runtime.io.sources import VideoFrames
+
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    with pytest.raises(SkyfixError, match=words) as err:
+        VideoFrames.open(video, start, fps)
+    assert "\n" not in str(err.value)
