@@ -48,10 +48,10 @@ from skyfix.runtime.flight.aids import OutputAids
 from skyfix.runtime.flight.gnss import GnssMonitor, Handover
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue, valid_image
 from skyfix.runtime.io.dialects import decode_other
+from skyfix.runtime.io.external_position import external_position_estimate
 from skyfix.runtime.io.mavlink import (
     FIX_3D,
     advance_signing_clock,
-    external_position_estimate,
     fix_type_for,
     global_position_sensor,
     gps_input,

@@ -65,7 +65,7 @@ def gps_week_ms(t_unix_ns: int) -> tuple[int, int]:
     return gps_ms // _WEEK_MS, gps_ms % _WEEK_MS
 
 
-def _sigma_max(cov: np.ndarray) -> float:
+def sigma_max(cov: np.ndarray) -> float:
     """Root of the larger eigenvalue of a [2, 2] covariance; inf when not finite."""
     cov = np.asarray(cov, dtype=np.float64)
     if cov.shape != (2, 2) or not np.all(np.isfinite(cov)):
@@ -80,7 +80,7 @@ def fix_type_for(est: Estimate, cfg: OutputConfig) -> int:
         return FIX_NONE
     if not est.last_fix_age_s <= cfg.lock_budget_s:
         return FIX_NONE
-    if not _sigma_max(est.cov_ne_m2) <= cfg.max_sigma_m:
+    if not sigma_max(est.cov_ne_m2) <= cfg.max_sigma_m:
         return FIX_NONE
     return FIX_3D
 
@@ -99,14 +99,11 @@ def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
     cfg.satellites, and yaw is `yaw_deg` (the visual heading) in centidegrees with north
     sent as 36000 (0 means "no yaw"); without a fix both are 0.
 
-    time_week / time_week_ms are 0 ("not provided") unless `gps_time_unix_ns` is given: a
-    time the caller knows to be on GPS time (synchronised with the autopilot, e.g. from
-    its GNSS-set SYSTEM_TIME), never the companion's own clock unchecked. ArduPilot
-    (AP_GPS_MAV) feeds a nonzero week into its jitter correction as the sample time and
-    sets its real-time clock from it, so an unsynchronised or stepped companion clock
-    would misplace every fix in time; with 0 it takes the arrival time minus
-    GPSn_DELAY_MS, which is right here because `est` is predicted to the send time (so
-    GPSn_DELAY_MS = 0, the link's latency aside).
+    time_week / time_week_ms are 0 ("not provided") unless `gps_time_unix_ns`, a time known
+    to be GPS time, is given: ArduPilot (AP_GPS_MAV) takes a nonzero week as the sample
+    time and sets its clock from it, so the companion's unsynchronised clock must not go
+    there; with 0 it stamps on arrival minus GPSn_DELAY_MS (0: `est` is predicted to the
+    send time).
 
     Accuracies are 1-sigma: horiz_accuracy is the root of the larger eigenvalue of the
     position covariance (the worst direction: conservative), speed_accuracy the same of
@@ -124,11 +121,11 @@ def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
     if not np.all(np.isfinite(vel)):
         flags |= IGNORE_VEL_HORIZ
         vel = np.zeros(2)
-    speed_acc = _sigma_max(est.vel_cov_ne_m2s2)
+    speed_acc = sigma_max(est.vel_cov_ne_m2s2)
     if not np.isfinite(speed_acc):
         flags |= IGNORE_SPEED_ACC
         speed_acc = 0.0
-    horiz_acc = _sigma_max(est.cov_ne_m2)
+    horiz_acc = sigma_max(est.cov_ne_m2)
     if np.isfinite(horiz_acc):
         hdop = min(float(np.sqrt(max(np.trace(est.cov_ne_m2), 0.0))) / UERE_M, MAX_DOP)
     else:
@@ -194,34 +191,9 @@ def global_position_sensor(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
         lon=int(round(est.lon_deg * 1e7)) if coords_ok else int32_max,
         alt_ellipsoid=float("nan"),
         alt=float(est.alt_amsl_m),
-        eph=_sigma_max(est.cov_ne_m2) if coords_ok else float("nan"),
+        eph=sigma_max(est.cov_ne_m2) if coords_ok else float("nan"),
         epv=float("nan"),
     )
-
-
-EXTERNAL_POSITION_WRAP_S = 200.0  # transmission time wraps (MAVLink: at most 250 s)
-
-
-def external_position_estimate(est: Estimate, cfg: OutputConfig, t_send_ns: int,
-                               target_system: int, target_component: int = 1
-                               ) -> mavlink2.MAVLink_command_int_message | None:
-    """COMMAND_INT MAV_CMD_EXTERNAL_POSITION_ESTIMATE for `est` (ArduPlane dead reckoning:
-    EKF3 resets its horizontal position to it while no GPS is in use), or None when no
-    fix is claimed (`fix_type_for` < 3): an occasional reset must never carry a guess.
-
-    param1 transmission time = `t_send_ns` (our clock) wrapped at EXTERNAL_POSITION_WRAP_S,
-    param2 processing time 0 (`est` is predicted to the send time), param3 the same
-    conservative 1-sigma as GPS_INPUT's horiz_accuracy, x/y lat/lon 1e-7 deg, z NaN
-    (altitude not used)."""
-    if fix_type_for(est, cfg) < FIX_3D:
-        return None
-    return mavlink2.MAVLink_command_int_message(
-        target_system=target_system, target_component=target_component,
-        frame=mavlink2.MAV_FRAME_GLOBAL, command=mavlink2.MAV_CMD_EXTERNAL_POSITION_ESTIMATE,
-        current=0, autocontinue=0,
-        param1=float((int(t_send_ns) % int(EXTERNAL_POSITION_WRAP_S * 1e9)) * 1e-9),
-        param2=0.0, param3=_sigma_max(est.cov_ne_m2), param4=float("nan"),
-        x=int(round(est.lat_deg * 1e7)), y=int(round(est.lon_deg * 1e7)), z=float("nan"))
 
 
 def set_ekf_source_set(source_set: int, target_system: int, target_component: int = 1
@@ -417,7 +389,7 @@ class GpsInputRecorder:
         elif not est.last_fix_age_s <= self.cfg.lock_budget_s:
             why = f"no fix for {est.last_fix_age_s:.1f} s"
         else:
-            why = f"sigma {_sigma_max(est.cov_ne_m2):.0f} m"
+            why = f"sigma {sigma_max(est.cov_ne_m2):.0f} m"
         return statustext(f"skyfix: no fix ({why})", mavlink2.MAV_SEVERITY_WARNING)
 
     def close(self) -> None:
