@@ -94,16 +94,13 @@ def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
               yaw_deg: float | None = None) -> mavlink2.MAVLink_gps_input_message:
     """The GPS_INPUT message for `est`, stamped `t_unix_ns` (Unix time, ns).
 
-    While a fix is claimed, satellites_visible is `satellites` (runtime/flight/aids.py:
-    recent accepted fixes, not satellites; cfg.satellites when not given), capped at
-    cfg.satellites, and yaw is `yaw_deg` (the visual heading) in centidegrees with north
-    sent as 36000 (0 means "no yaw"); without a fix both are 0.
+    With a fix claimed, satellites_visible = `satellites` (runtime/flight/aids.py) capped
+    at cfg.satellites (cfg.satellites if None), yaw = `yaw_deg` in cdeg (north 36000, 0 =
+    none); without a fix both are 0.
 
-    time_week / time_week_ms are 0 ("not provided") unless `gps_time_unix_ns`, a time known
-    to be GPS time, is given: ArduPilot (AP_GPS_MAV) takes a nonzero week as the sample
-    time and sets its clock from it, so the companion's unsynchronised clock must not go
-    there; with 0 it stamps on arrival minus GPSn_DELAY_MS (0: `est` is predicted to the
-    send time).
+    time_week/_ms are 0 ("not provided") unless `gps_time_unix_ns`, known GPS time, is given:
+    ArduPilot (AP_GPS_MAV) takes a nonzero week as the sample time and sets its clock from
+    it; with 0 it stamps on arrival minus GPSn_DELAY_MS (0: `est` is predicted to send time).
 
     Accuracies are 1-sigma: horiz_accuracy is the root of the larger eigenvalue of the
     position covariance (the worst direction: conservative), speed_accuracy the same of
