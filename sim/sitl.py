@@ -43,7 +43,14 @@ from skyfix.sim.flight import FlightSpec, PoseRenderer
 from skyfix.sim.sitl_camera import SitlCamera
 from skyfix.sim.sitl_link import MissionItem, SitlProcess, Vehicle, free_instance
 from skyfix.sim.sitl_plot import plot_flight
-from skyfix.sim.sitl_report import FlightRecord, GcPauses, Timeline, figures, memory_figures
+from skyfix.sim.sitl_report import (
+    FlightRecord,
+    GcPauses,
+    Timeline,
+    figures,
+    memory_figures,
+    runqueue_figures,
+)
 
 log = logging.getLogger("skyfix.sim.sitl")
 
@@ -196,6 +203,7 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
         "daemon": asdict(daemon.stats),
         "gc_pauses": gc_pauses.figures(),
         "memory": memory_figures(rec),
+        "scheduling": runqueue_figures(rec),
         "load_average": list(os.getloadavg()),
     }
     if spec.spoof_mps > 0 and timeline.mission_start_ns is not None:
