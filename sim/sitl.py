@@ -44,7 +44,14 @@ from skyfix.sim.flight import FlightSpec, PoseRenderer
 from skyfix.sim.sitl_camera import SitlCamera
 from skyfix.sim.sitl_link import MissionItem, SitlProcess, Vehicle, free_instance
 from skyfix.sim.sitl_plot import plot_flight
-from skyfix.sim.sitl_report import FlightRecord, GcPauses, Timeline, figures, memory_figures
+from skyfix.sim.sitl_report import (
+    FlightRecord,
+    GcPauses,
+    Timeline,
+    figures,
+    memory_figures,
+    runqueue_figures,
+)
 
 log = logging.getLogger("skyfix.sim.sitl")
 
@@ -76,6 +83,8 @@ class SitlSpec:
     blanks: tuple[tuple[float, float], ...] = ()
     spoof_after_s: float = 0.0
     spoof_mps: float = 0.0  # > 0: the simulated GNSS drifts north at this speed (spoofing)
+    spoof_for_s: float = 60.0  # then the spoofer stops (a vehicle on the ground that sees
+    # its GNSS still drifting holds its motors against it and never disarms)
     gps_delay_ms: int = 0  # GPS2_DELAY_MS: skyfix predicts to the send time
     wp_yaw_behavior: int = 0  # 0: hold the heading through the corners (survey style)
     arm_timeout_s: float = 150.0
@@ -195,6 +204,7 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
         "daemon": asdict(daemon.stats),
         "gc_pauses": gc_pauses.figures(),
         "memory": memory_figures(rec),
+        "scheduling": runqueue_figures(rec),
         "load_average": list(os.getloadavg()),
     }
     if spec.spoof_mps > 0 and timeline.mission_start_ns is not None:
@@ -207,8 +217,9 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
 
 def _until_landed(vehicle: Vehicle, spec: SitlSpec, t_start: int) -> int | None:
     """Run the flight's schedule until the vehicle disarms: the simulated GNSS off at
-    `gnss_off_after_s`, and from `spoof_after_s` its position pulled north at
-    `spoof_mps` (SIM_GPS1_GLTCH_X, degrees of latitude, updated each second). Returns
+    `gnss_off_after_s`, and from `spoof_after_s` for `spoof_for_s` its position pulled
+    north at `spoof_mps` (SIM_GPS1_GLTCH_X, degrees of latitude, updated each second),
+    then released. Returns
     the Unix ns the GNSS went off (None if it did not)."""
     t_off = None
     next_spoof_s = spec.spoof_after_s if spec.spoof_mps > 0 else float("inf")
@@ -221,9 +232,10 @@ def _until_landed(vehicle: Vehicle, spec: SitlSpec, t_start: int) -> int | None:
             t_off = time.time_ns()
             log.info("simulated GNSS off")
         if elapsed_s >= next_spoof_s:
-            pull_m = spec.spoof_mps * (elapsed_s - spec.spoof_after_s)
+            spoofing_s = elapsed_s - spec.spoof_after_s
+            pull_m = spec.spoof_mps * spoofing_s if spoofing_s < spec.spoof_for_s else 0.0
             vehicle.set_param("SIM_GPS1_GLTCH_X", pull_m / METRES_PER_DEG_LAT)
-            next_spoof_s += 1.0
+            next_spoof_s = next_spoof_s + 1.0 if pull_m else float("inf")
         due_s = min(gnss_off_s if t_off is None else float("inf"), next_spoof_s)
         vehicle.wait(lambda due_s=due_s: not vehicle.armed()
                      or (time.time_ns() - t_start) * 1e-9 >= due_s,

@@ -42,7 +42,8 @@ class FlightRecord:
 
     def __init__(self, sent_tlog: Path) -> None:
         self._rows: dict[str, list[tuple[float, ...]]] = {
-            k: [] for k in ("truth", "ekf", "status", "gps1", "gps2", "sent", "mode", "rss")}
+            k: [] for k in ("truth", "ekf", "status", "gps1", "gps2", "sent", "mode", "rss",
+                                 "runq")}
         self._texts: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._sent_file = open(sent_tlog, "wb")  # noqa: SIM115 (closed in close)
@@ -68,6 +69,7 @@ class FlightRecord:
             self._add("mode", (t_ns, msg.custom_mode,
                                bool(msg.base_mode & mav2.MAV_MODE_FLAG_SAFETY_ARMED)))
             self._add("rss", (t_ns, _rss_mb()))  # this process's memory, once a second
+            self._add("runq", (t_ns, _runqueue_wait_ms("skyfix-output")))
 
     def on_sent(self, msg, t_ns: int) -> None:
         with self._lock:
@@ -136,6 +138,31 @@ def _rss_mb() -> float:
     except (OSError, ValueError, IndexError):
         return float("nan")
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _runqueue_wait_ms(thread_name: str) -> float:
+    """Total time the named thread of this process has waited for a CPU while runnable
+    (Linux /proc/self/task/TID/schedstat, second field), ms; NaN where unavailable."""
+    for t in threading.enumerate():
+        if t.name == thread_name and t.native_id is not None:
+            try:
+                fields = Path(f"/proc/self/task/{t.native_id}/schedstat").read_text().split()
+                return int(fields[1]) * 1e-6
+            except (OSError, ValueError, IndexError):
+                return float("nan")
+    return float("nan")
+
+
+def runqueue_figures(rec: FlightRecord) -> dict:
+    """How long the daemon's output thread waited for a CPU while runnable, per second of
+    flight (sampled at the vehicle's 1 Hz HEARTBEAT): the OS's share of its late sends."""
+    rq = rec.array("runq")
+    rq = rq[np.isfinite(rq[:, 1])] if rq.size else rq
+    if rq.shape[0] < 2:
+        return {}
+    per_s = np.diff(rq[:, 1]) / np.maximum(np.diff(rq[:, 0]) * 1e-9, 1e-3)
+    return {"output_thread_runqueue_ms_per_s_p50": round(float(np.median(per_s)), 1),
+            "output_thread_runqueue_ms_per_s_max": round(float(per_s.max()), 1)}
 
 
 def memory_figures(rec: FlightRecord, after_s: float = 300.0) -> dict:

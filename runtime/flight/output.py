@@ -33,10 +33,12 @@ from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.types import Estimate, Frame
 from skyfix.runtime.flight.aids import OutputAids
 from skyfix.runtime.flight.gnss import GnssMonitor, Handover
-from skyfix.runtime.io.mavlink import (
+from skyfix.runtime.io.external_position import (
     EXTERNAL_POSITION_PERIOD_S,
-    FIX_3D,
     external_position_estimate,
+)
+from skyfix.runtime.io.mavlink import (
+    FIX_3D,
     fix_type_for,
     global_position_sensor,
     gps_input,

@@ -86,19 +86,13 @@ def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
               yaw_deg: float | None = None) -> mavlink2.MAVLink_gps_input_message:
     """The GPS_INPUT message for `est`, stamped `t_unix_ns` (Unix time, ns).
 
-    While a fix is claimed, satellites_visible is `satellites` (runtime/flight/aids.py:
-    recent accepted fixes, not satellites; cfg.satellites when not given), capped at
-    cfg.satellites, and yaw is `yaw_deg` (the visual heading) in centidegrees with north
-    sent as 36000 (0 means "no yaw"); without a fix both are 0.
+    With a fix claimed, satellites_visible = `satellites` (runtime/flight/aids.py) capped
+    at cfg.satellites (cfg.satellites if None), yaw = `yaw_deg` in cdeg (north 36000, 0 =
+    none); without a fix both are 0.
 
-    time_week / time_week_ms are 0 ("not provided") unless `gps_time_unix_ns` is given: a
-    time the caller knows to be on GPS time (synchronised with the autopilot, e.g. from
-    its GNSS-set SYSTEM_TIME), never the companion's own clock unchecked. ArduPilot
-    (AP_GPS_MAV) feeds a nonzero week into its jitter correction as the sample time and
-    sets its real-time clock from it, so an unsynchronised or stepped companion clock
-    would misplace every fix in time; with 0 it takes the arrival time minus
-    GPSn_DELAY_MS, which is right here because `est` is predicted to the send time (so
-    GPSn_DELAY_MS = 0, the link's latency aside).
+    time_week/_ms are 0 ("not provided") unless `gps_time_unix_ns`, known GPS time, is given:
+    ArduPilot (AP_GPS_MAV) takes a nonzero week as the sample time and sets its clock from
+    it; with 0 it stamps on arrival minus GPSn_DELAY_MS (0: `est` is predicted to send time).
 
     Accuracies are 1-sigma: horiz_accuracy is the root of the larger eigenvalue of the
     position covariance (the worst direction: conservative), speed_accuracy the same of
@@ -189,37 +183,6 @@ def global_position_sensor(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
         eph=sigma_max(est.cov_ne_m2) if coords_ok else float("nan"),
         epv=float("nan"),
     )
-
-
-EXTERNAL_POSITION_WRAP_S = 200.0  # transmission time wraps (MAVLink: at most 250 s)
-
-
-# ArduPlane resets its dead-reckoned position to MAV_CMD_EXTERNAL_POSITION_ESTIMATE: send
-# it at most this often (a reset per second bounds the drift; daemon.autopilot
-# ardupilot-plane)
-EXTERNAL_POSITION_PERIOD_S = 1.0
-
-
-def external_position_estimate(est: Estimate, cfg: OutputConfig, t_send_ns: int,
-                               target_system: int, target_component: int = 1
-                               ) -> mavlink2.MAVLink_command_int_message | None:
-    """COMMAND_INT MAV_CMD_EXTERNAL_POSITION_ESTIMATE for `est` (ArduPlane dead reckoning:
-    EKF3 resets its horizontal position to it while no GPS is in use), or None when no
-    fix is claimed (`fix_type_for` < 3): an occasional reset must never carry a guess.
-
-    param1 transmission time = `t_send_ns` (our clock) wrapped at EXTERNAL_POSITION_WRAP_S,
-    param2 processing time 0 (`est` is predicted to the send time), param3 the same
-    conservative 1-sigma as GPS_INPUT's horiz_accuracy, x/y lat/lon 1e-7 deg, z NaN
-    (altitude not used)."""
-    if fix_type_for(est, cfg) < FIX_3D:
-        return None
-    return mavlink2.MAVLink_command_int_message(
-        target_system=target_system, target_component=target_component,
-        frame=mavlink2.MAV_FRAME_GLOBAL, command=mavlink2.MAV_CMD_EXTERNAL_POSITION_ESTIMATE,
-        current=0, autocontinue=0,
-        param1=float((int(t_send_ns) % int(EXTERNAL_POSITION_WRAP_S * 1e9)) * 1e-9),
-        param2=0.0, param3=sigma_max(est.cov_ne_m2), param4=float("nan"),
-        x=int(round(est.lat_deg * 1e7)), y=int(round(est.lon_deg * 1e7)), z=float("nan"))
 
 
 def set_ekf_source_set(source_set: int, target_system: int, target_component: int = 1

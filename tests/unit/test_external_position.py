@@ -18,7 +18,10 @@ from skyfix.runtime.core.types import Estimate
 from skyfix.runtime.flight.assembly import assemble
 from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
-from skyfix.runtime.io.mavlink import EXTERNAL_POSITION_WRAP_S, external_position_estimate
+from skyfix.runtime.io.external_position import (
+    EXTERNAL_POSITION_WRAP_S,
+    external_position_estimate,
+)
 
 CFG = OutputConfig(lock_budget_s=2.0, max_sigma_m=20.0)
 
