@@ -90,7 +90,7 @@ class FilterConfig:
     # (runtime/nav/eskf.py); auto: imu when the autopilot streams an IMU at filter start, else cv
     kind: str = "auto"
     imu_rate_hz: float = 100.0  # IMU stream rate requested (MAV_CMD_SET_MESSAGE_INTERVAL)
-    history_s: float = 1.0  # late measurements up to this old are fused at their capture time
+    history_s: float = 5.0  # late measurements up to this old are fused at their capture time
     imu_gap_s: float = 0.1  # longer without an IMU sample -> bridged as constant velocity
     accel_noise_mps2_rthz: float = 0.01  # accelerometer white noise density (with vibration)
     accel_bias_sigma_mps2: float = 0.1  # initial 1-sigma accelerometer bias
