@@ -17,7 +17,9 @@ with the sensors of the simulator, measurement by measurement (no images):
   roll/pitch error times the height, the displacement turned by the yaw error) plus
   0.05 m of fit noise per axis, with the covariance runtime/nav/odometry.py gives it;
   arrives 100 ms after the frame; fused only on frames without a fix (as the Navigator);
-- the autopilot's altitude with every frame (truth + 0.3 m), for the IMU filter.
+- the autopilot's altitude with every frame (truth + 0.3 m), for the IMU filter;
+- the filters start from two fixes and are reset after filter.divergence_after_gated
+  gated fixes in a row, as the Navigator does (counted as "resets").
 
 Variants after the last fix: imu_odo (IMU filter, IMU + odometry), imu (IMU filter,
 IMU only), cv (today's constant-velocity filter with odometry), odo_dr (odometry alone:
@@ -137,9 +139,10 @@ class Run:
     def __init__(self, fl: dict, filt, cfg: Config, checks: list[float]) -> None:
         self.fl, self.filt, self.cfg, self.checks = fl, filt, cfg, checks
         self.first: tuple | None = None
+        self.gated = 0  # gated fixes in a row
         self.out = {"out_err": [], "out_turn": [], "nis_fix": [], "nis_odo": [], "imu_s": [],
                     "fix_s": [], "check_err": [np.nan] * len(checks),
-                    "nees": [np.nan] * len(checks), "x_last": None}
+                    "nees": [np.nan] * len(checks), "x_last": None, "resets": 0}
 
     def feed(self, ev: list, odometry: bool = True) -> None:
         fl, filt, cfg, out = self.fl, self.filt, self.cfg, self.out
@@ -205,6 +208,11 @@ class Run:
         inn = filt.update_position(tc, z, R)
         self.out["fix_s"].append(time.thread_time() - c)
         self.out["nis_fix"].append(inn.nis)
+        self.gated = 0 if inn.accepted else self.gated + 1
+        if self.gated >= self.cfg.filter.divergence_after_gated:  # as the Navigator: reset
+            filt.reset()
+            self.first, self.gated = None, 0
+            self.out["resets"] += 1
 
 
 def dead_reckoning(fl: dict, x_last: np.ndarray, fix_s: float) -> list[float]:
@@ -299,6 +307,7 @@ def summarise(runs: list[dict]) -> dict:
     imu_s = np.concatenate([r["imu_odo"]["imu_s"] for r in runs]) * 1e3
     fix_imu = np.concatenate([r["imu_odo"]["fix_s"] for r in runs]) * 1e3
     fix_cv = np.concatenate([r["cv"]["fix_s"] for r in runs]) * 1e3
+    rep["resets"] = {v: int(sum(r[v]["resets"] for r in runs)) for v in VARIANTS[:3]}
     rep["cpu_ms"] = {"imu_sample": _stats(imu_s), "imu_filter_fix_200ms_late": _stats(fix_imu),
                      "cv_filter_fix_200ms_late": _stats(fix_cv)}
     return rep
@@ -336,7 +345,8 @@ def main() -> None:
                       "workers": a.workers}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(rep, indent=2) + "\n")
-    print(json.dumps({k: rep[k] for k in ("drift_m", "turns", "nees_4dof", "nis", "cpu_ms")},
+    print(json.dumps({k: rep[k] for k in ("drift_m", "turns", "nees_4dof", "nis", "resets",
+                                          "cpu_ms")},
                      indent=1))
 
 

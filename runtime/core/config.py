@@ -197,21 +197,21 @@ class FilterConfig(Section):
                     "IMU at filter start, else cv", choices=("auto", "cv", "imu"))
     imu_rate_hz: float = key(100.0, "IMU stream rate requested (MAV_CMD_SET_MESSAGE_INTERVAL)",
                              ge=1, le=1000)
-    history_s: float = key(1.0, "late measurements up to this old are fused at their capture "
-                           "time", gt=0, le=10)
+    history_s: float = key(5.0, "late measurements up to this old are fused at their capture "
+                           "time", gt=0, le=60)
     imu_gap_s: float = key(0.1, "longer without an IMU sample -> bridged as constant velocity",
                            gt=0, le=10)
     accel_noise_mps2_rthz: float = key(0.01, "accelerometer white noise density (with "
-                                       "vibration)", gt=0, le=100)
-    accel_bias_sigma_mps2: float = key(0.1, "initial 1-sigma accelerometer bias", gt=0, le=100)
+                                       "vibration)", ge=0, le=100)
+    accel_bias_sigma_mps2: float = key(0.1, "initial 1-sigma accelerometer bias", ge=0, le=100)
     accel_bias_rw_mps2_rths: float = key(0.001, "accelerometer bias random walk", ge=0, le=10)
-    gyro_noise_radps_rthz: float = key(0.001, "gyro white noise density", gt=0, le=10)
-    gyro_bias_sigma_radps: float = key(0.005, "initial 1-sigma gyro bias", gt=0, le=10)
+    gyro_noise_radps_rthz: float = key(0.001, "gyro white noise density", ge=0, le=10)
+    gyro_bias_sigma_radps: float = key(0.005, "initial 1-sigma gyro bias", ge=0, le=10)
     gyro_bias_rw_radps_rths: float = key(1e-4, "gyro bias random walk", ge=0, le=10)
-    tilt_sigma_deg: float = key(0.3, "1-sigma error of the autopilot's roll/pitch ...", gt=0,
+    tilt_sigma_deg: float = key(0.3, "1-sigma error of the autopilot's roll/pitch ...", ge=0,
                                 le=90)
     tilt_tau_s: float = key(5.0, "... and its correlation time", gt=0, le=86_400)
-    yaw_sigma_deg: float = key(1.0, "1-sigma error of the autopilot's heading ...", gt=0,
+    yaw_sigma_deg: float = key(1.0, "1-sigma error of the autopilot's heading ...", ge=0,
                                le=180)
     yaw_tau_s: float = key(20.0, "... and its correlation time", gt=0, le=86_400)
     alt_sigma_m: float = key(1.0, "1-sigma of the autopilot's altitude (barometer)", gt=0,

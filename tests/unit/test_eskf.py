@@ -131,6 +131,8 @@ def test_late_fix_equals_in_order_processing():
 
 def test_fix_older_than_the_history_is_refused():
     filt = _run(late=False)
+    for k in range(400, 700):  # on to 7 s: the first second falls out of the 5 s history
+        filt.on_imu(k * 10_000_000, -G, Z, np.eye(3))
     out = filt.update_position(1_000, np.zeros(2), np.eye(2))
     assert not out.accepted and out.nis == float("inf")
 
