@@ -41,13 +41,13 @@ import cv2
 import numpy as np
 
 from skyfix.maps.build import build_pack
-from skyfix.maps.pack import MapPack
 from skyfix.models.metrics import retrieval_metrics
-from skyfix.models.registry import encoder_for_id, make_encoder
+from skyfix.models.registry import make_encoder
 from skyfix.runtime.apps.replay import replay
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body
 from skyfix.runtime.core.types import Frame
+from skyfix.runtime.flight.assembly import open_map
 from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.runtime.io.telemetry import TelemetryLog
 from skyfix.runtime.nav.rectify import ground_footprint, rectify
@@ -118,8 +118,8 @@ def retrieval(flight_dir: Path, pack_path: Path) -> dict:
     """Game4Loc metrics of global retrieval for every frame of a flight against a pack."""
     flight = RecordedFlight.open(flight_dir)
     telemetry = TelemetryLog.from_tlog(flight.telemetry_path)
-    pack = MapPack.open(pack_path)
-    encoder, cfg = encoder_for_id(pack.manifest.encoder_id), Config()
+    cfg = Config()
+    pack, encoder, _ = open_map(pack_path, cfg)  # as the flight opens it
     truth = np.genfromtxt(flight_dir / "truth.csv", delimiter=",", names=True)
     b = pack.tile_bounds_en
     tiles = [np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) for x0, y0, x1, y1 in b]

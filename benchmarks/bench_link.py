@@ -29,9 +29,9 @@ from rasterio.crs import CRS
 
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.geo import LocalFrame
+from skyfix.runtime.flight.assembly import assemble
 from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
-from skyfix.runtime.nav.navigator import Navigator
 from skyfix.sim.closed_loop import free_udp_port
 
 FLOOD = """
@@ -64,8 +64,8 @@ def main() -> int:
     port = free_udp_port()
     cfg = Config()
     cfg = replace(cfg, daemon=replace(cfg.daemon, link=f"udpin:127.0.0.1:{port}"))
-    daemon = Daemon(cfg, Navigator(None, LocalFrame.at(CRS.from_epsg(31256), 0.0, 340000.0),
-                                   cfg), LatestFrameQueue(2))
+    daemon = Daemon(assemble(cfg, None, LocalFrame.at(CRS.from_epsg(31256), 0.0, 340000.0),
+                             None), LatestFrameQueue(2))
     now = time.time_ns()
     daemon.nav.filter.initialize(now, np.zeros(2), np.eye(2), np.zeros(2), np.eye(2) * 0.1)
     daemon.nav.last_fix_t_ns = now + int((a.seconds + 60) * 1e9)

@@ -31,11 +31,12 @@ from rasterio.crs import CRS
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
-from skyfix.models.registry import ENCODER_NAMES, encoder_for_id, make_encoder
+from skyfix.models.registry import ENCODER_NAMES, make_encoder
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.types import Fix, Frame, Telemetry
+from skyfix.runtime.flight.assembly import build_chain
 from skyfix.runtime.nav.navigator import Localizer, Look
 from skyfix.runtime.nav.retrieve import Prior
 from skyfix.sim.pairs import Pair, PairSet, SyntheticView, make_views, read_bgr, read_pair_set
@@ -184,8 +185,8 @@ def run_method(method: str, sets: list[PairSet], views: int, seed: int, work: Pa
             image_a = read_bgr(pair.a, pset.rgb_bands)
             image_b = read_bgr(pair.b, pset.rgb_bands)
             pack = MapPack.open(pack_for(pair, pset, image_a, method, work), verify=False)
-            encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
-            loc = Localizer(pack, CameraModel(1, 1, 1, 1, 0, 0), encoder, cfg)
+            # the localiser the flight would run (views come rectified: no camera needed)
+            loc = build_chain(cfg, pack, CameraModel(1, 1, 1, 1, 0, 0)).navigator.localizer
             rng = np.random.default_rng([seed, pi, sum(map(ord, pset.name))])
             for view in make_views(pair, image_b, views, rng):
                 res, placed = run_view(loc, view, pset.gsd_m, pset.name)
