@@ -60,14 +60,14 @@ def _union(tiles: list[Candidate], gsd_m: float
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Keypoints of overlapping tiles, each place once: ([M, 2] E/N, [M, D], [M] heights or
     None, tile id of the first tile)."""
-    en = np.concatenate([t[2] for t in tiles])
-    desc = np.concatenate([t[3] for t in tiles])
-    hs = [t[4] for t in tiles]
+    en = np.concatenate([t.en_m for t in tiles])
+    desc = np.concatenate([t.descriptors for t in tiles])
+    hs = [t.heights_m for t in tiles]
     heights = None if any(h is None for h in hs) else np.concatenate(hs)
     q = np.round((en - en.min(0)) / (0.5 * gsd_m)).astype(np.int64)
     _, first = np.unique(q[:, 0] * (int(q[:, 1].max()) + 1) + q[:, 1], return_index=True)
     first = np.sort(first)
-    return en[first], desc[first], None if heights is None else heights[first], tiles[0][0]
+    return en[first], desc[first], None if heights is None else heights[first], tiles[0].tile_id
 
 
 def near_pairs(pred: np.ndarray, en: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +146,7 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
         return None
     h = None if heights is None else heights[mi[fit.keep]]
     m = pose_match(view, src[fit.keep], dst[fit.keep], origin, h, fit, tile_id,
-                   tiles[0][1], cfg)
+                   tiles[0].level, cfg)
     if m is None:
         return None
     hull = cv2.convexHull(feats.keypoints[vi[fit.keep]].astype(np.float32))

@@ -33,10 +33,19 @@ from skyfix.runtime.nav.rectify import view_px_to_offset_m
 
 _MIN_POINTS = 8
 
-# A tile to match: (tile_id, level, [M, 2] keypoints in map E/N metres, [M, D] descriptors,
-# [M] terrain height of each keypoint in metres or None without a terrain model).
-Candidate = tuple[int, int, np.ndarray, np.ndarray, np.ndarray | None]
 CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independent
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A map tile to match: `en_m` [M, 2] keypoints in map E/N metres, `descriptors`
+    [M, D], `heights_m` [M] terrain height of each keypoint (None without a terrain model)."""
+
+    tile_id: int
+    level: int
+    en_m: np.ndarray
+    descriptors: np.ndarray
+    heights_m: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,8 @@ def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, vi
 
     `view_xy_m`: [N, 2] (east, north) metres from nadir.
     """
-    tile_id, level, tile_en, tile_desc, tile_h = tile
+    tile_id, level, tile_en, tile_desc, tile_h = (tile.tile_id, tile.level, tile.en_m,
+                                                  tile.descriptors, tile.heights_m)
     pairs = match_mutual(view_desc, tile_desc, cfg.ratio)
     src = view_xy_m[pairs[:, 0]]
     origin = tile_en.mean(0)  # condition the numbers: absolute northings are ~1e6 m

@@ -86,7 +86,7 @@ class Localizer:
     def _load_tile(self, tile_id: int) -> Candidate:
         en, desc = self.pack.tile_features(tile_id)
         heights = self.pack.terrain_m(en[:, 0], en[:, 1]) if self.pack.dem is not None else None
-        return int(tile_id), int(self.pack.tile_level[tile_id]), en, desc, heights
+        return Candidate(int(tile_id), int(self.pack.tile_level[tile_id]), en, desc, heights)
 
     def look(self, frame: Frame, tel: Telemetry, prior: Prior = NO_PRIOR) -> Look | Rejection:
         """Rectify the frame at the pack level nearest its ground resolution; extract features.

@@ -14,7 +14,7 @@ from skyfix.models.features import RootSiftEncoder
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import MatchConfig, RectifyConfig
 from skyfix.runtime.core.types import Fix, Frame, Rejection, Telemetry
-from skyfix.runtime.nav.match import fit_similarity, judge, locate
+from skyfix.runtime.nav.match import Candidate, fit_similarity, judge, locate
 from skyfix.runtime.nav.rectify import R_ned_cam, rectify
 
 CAM = CameraModel.from_fov(640, 480, 70.0)
@@ -42,7 +42,7 @@ def tile_candidates(ortho, centre_en, half_m=120.0):
     f = ENC.extract(gray)
     en = np.column_stack([T.c + (f.keypoints[:, 0] + c0 + 0.5) * T.a,
                           T.f + (f.keypoints[:, 1] + r0 + 0.5) * T.e])
-    return [(0, 0, en, f.descriptors, None)]
+    return [Candidate(0, 0, en, f.descriptors, None)]
 
 
 @pytest.fixture(scope="module")
