@@ -59,8 +59,9 @@ def drift_one(flight: RecordedFlight, cfg: Config) -> dict:
             used += 1
             half = obs.dt_s * 0.5e9
             a, b = truth.at(np.array([obs.t_ns - half, obs.t_ns + half]))
-            vel_err.append(obs.v_ne_mps - ((b - a) / obs.dt_s)[::-1])
-            pf.update_velocity(obs.t_ns, obs.v_ne_mps, obs.cov_ne_m2s2)
+            vel_err.append((obs.v_en_mps - (b - a) / obs.dt_s)[::-1])  # (north, east)
+            # the filter here runs in the map grid's (north, east): the grid is the frame
+            pf.update_velocity(obs.t_ns, obs.v_en_mps[::-1], obs.cov_en_m2s2[::-1, ::-1])
         x, P = pf.state_at(frame.t_ns)
         true_ne = truth.at(np.array([frame.t_ns]))[0][::-1]
         errors.append((float(np.hypot(*(x[:2] - true_ne))),

@@ -278,13 +278,12 @@ class Navigator:
         if self.filter_kind == "imu":
             # the displacement, with the attitude errors modelled (see eskf.py); the
             # view's metres are map-grid metres, turned into NED like the velocity
-            d_en, cov_en = obs.d_ne_m[::-1], obs.fit_cov_ne_m2[::-1, ::-1]
+            d_en, cov_en = obs.d_en_m, obs.fit_cov_en_m2
             t1 = obs.t0_ns + int(round(obs.dt_s * 1e9))
             self.filter.update_displacement(obs.t0_ns, t1, J @ d_en, J @ cov_en @ J.T,
                                             self._agl_m)
             return
-        v_en = obs.v_ne_mps[::-1]
-        cov_en = obs.cov_ne_m2s2[::-1, ::-1]
+        v_en, cov_en = obs.v_en_mps, obs.cov_en_m2s2
         self.filter.update_velocity(obs.t_ns, J @ v_en, J @ cov_en @ J.T)
 
     def fuse(self, fix: Fix) -> tuple[Fix | Rejection, Innovation | None]:

@@ -39,24 +39,25 @@ from skyfix.runtime.nav.rectify import view_px_to_offset_m
 class VelocityObservation:
     """Mean horizontal velocity between two frames.
 
-    `t_ns`: middle of the interval; `v_ne_mps`: [2] (north, east) m/s; `cov_ne_m2s2`:
-    [2, 2] its covariance; `scale`, `rotation_deg`: what the similarity between the
-    two views found (1 and 0 ideally).
+    In the views' own axes, the map grid's (easting, northing): `t_ns`: middle of the
+    interval; `v_en_mps`: [2] m/s; `cov_en_m2s2`: [2, 2] its covariance; `scale`,
+    `rotation_deg`: what the similarity between the two views found (1 and 0 ideally).
+    The navigator turns them into the filter's NED with the local frame's J_ned_map.
     """
 
     t_ns: int
-    v_ne_mps: np.ndarray
-    cov_ne_m2s2: np.ndarray
+    v_en_mps: np.ndarray
+    cov_en_m2s2: np.ndarray
     dt_s: float
     inliers: int
     scale: float
     rotation_deg: float
     # The displacement itself, for the IMU filter (which models the attitude errors):
-    # `d_ne_m` [2] (north, east) from the previous frame (at `t0_ns`) to this one, and
-    # `fit_cov_ne_m2` [2, 2] its covariance from the image fit alone (plus the floor).
+    # `d_en_m` [2] (easting, northing) from the previous frame (at `t0_ns`) to this one,
+    # and `fit_cov_en_m2` [2, 2] its covariance from the image fit alone (plus the floor).
     t0_ns: int = 0
-    d_ne_m: np.ndarray | None = None
-    fit_cov_ne_m2: np.ndarray | None = None
+    d_en_m: np.ndarray | None = None
+    fit_cov_en_m2: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,11 @@ def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
     cov_en = cov_en + 2 * step**2 * np.eye(2)
     across = np.array([-disp_en[1], disp_en[0]])  # |disp| long, perpendicular to it
     cov_en = cov_en + np.radians(cfg.yaw_sigma_deg) ** 2 * np.outer(across, across)
-    v_ne = np.array([disp_en[1], disp_en[0]]) / dt
-    cov_ne = cov_en[::-1, ::-1] / dt**2 + cfg.sigma_floor_mps**2 * np.eye(2)
     return VelocityObservation(
-        t_ns=(a.t_ns + b.t_ns) // 2, v_ne_mps=v_ne, cov_ne_m2s2=cov_ne, dt_s=dt,
+        t_ns=(a.t_ns + b.t_ns) // 2, v_en_mps=disp_en / dt,
+        cov_en_m2s2=cov_en / dt**2 + cfg.sigma_floor_mps**2 * np.eye(2), dt_s=dt,
         inliers=len(fit.keep), scale=scale, rotation_deg=rot, t0_ns=a.t_ns,
-        d_ne_m=v_ne * dt,
-        fit_cov_ne_m2=fit_en[::-1, ::-1] + (cfg.sigma_floor_mps * dt) ** 2 * np.eye(2),
+        d_en_m=disp_en, fit_cov_en_m2=fit_en + (cfg.sigma_floor_mps * dt) ** 2 * np.eye(2),
     )
 
 
