@@ -117,11 +117,15 @@ def _fetch(area: Area, source: TileSource, out: Path, gsd_m: float, cache_dir: P
         raise SkyfixError(f"{out}: output must be a .tif")
     key_root = hashlib.sha256(source.template.encode()).hexdigest()[:16]
     cache = TileCache(cache_dir / key_root)
-    level, cols, rows, fallbacks = _pick_level(source, area, gsd_m, cache, opts)
+    level, cols, rows, fallbacks, probe = _pick_level(source, area, gsd_m, cache, opts)
     n = len(cols) * len(rows)
     keys = {(c, r): f"{level.name}/{c}/{r}" for r in rows for c in cols}
-    stats = download_tiles([(k, source.url(level, c, r)) for (c, r), k in keys.items()],
-                           cache, opts, progress, "dem tiles" if terrain else "map tiles")
+    main = download_tiles([(k, source.url(level, c, r)) for (c, r), k in keys.items()],
+                          cache, opts, progress, "dem tiles" if terrain else "map tiles")
+    got = probe.downloaded  # probe tiles of the chosen level count as downloaded here
+    stats = DownloadStats(main.total, main.cached - got, main.downloaded + got, main.missing,
+                          main.retries + probe.retries, main.bytes + probe.bytes,
+                          main.seconds + probe.seconds)
     if stats.missing == n:
         raise SkyfixError(f"the source has none of the {n} tiles of this area at level"
                           f" {level.name} (all HTTP 404)")
@@ -174,10 +178,11 @@ def _tile_range(level: TileLevel, area: Area, gsd_m: float) -> tuple[range, rang
 
 
 def _pick_level(source: TileSource, area: Area, gsd_m: float, cache: TileCache,
-                opts: DownloadOptions) -> tuple[TileLevel, range, range, int]:
+                opts: DownloadOptions
+                ) -> tuple[TileLevel, range, range, int, DownloadStats]:
     """The level for `gsd_m`, or a coarser one when the source has none of the area's
     corner, edge and centre tiles there (services stop at different zooms); with its tile
-    columns and rows."""
+    columns and rows, and what probing that level fetched."""
     lon, lat = area.centre_deg
     first = source.level_for(gsd_m, area)
     coarser = sorted((lv for lv in source.levels
@@ -188,13 +193,14 @@ def _pick_level(source: TileSource, area: Area, gsd_m: float, cache: TileCache,
         probes = {(c, r) for c in (cols[0], cols[len(cols) // 2], cols[-1])
                   for r in (rows[0], rows[len(rows) // 2], rows[-1])}
         jobs = [(f"{level.name}/{c}/{r}", source.url(level, c, r)) for c, r in sorted(probes)]
-        download_tiles(jobs, cache, opts, progress=False)
+        probe = download_tiles(jobs, cache, opts, progress=False)
         if any(cache.state(k) == "tile" for k, _ in jobs):
             if tries:
                 log.warning("the source has no level %s here; using level %s (%.2f m/px)",
                             first.name, level.name, level.ground_res_m(lon, lat))
-            return level, cols, rows, tries
-    return first, *_tile_range(first, area, gsd_m), 0
+            return level, cols, rows, tries, probe
+    return (first, *_tile_range(first, area, gsd_m), 0,
+            DownloadStats(0, 0, 0, 0, 0, 0, 0.0))
 
 
 def _decode(data: bytes, terrain: str | None) -> tuple[np.ndarray, np.ndarray]:

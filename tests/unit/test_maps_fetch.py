@@ -224,3 +224,12 @@ def test_ogc_services_give_the_same_map(tmp_path, ortho_path, inner_area, servic
     assert np.abs(got.astype(np.float64) - ref).mean() < 4.0
     (dx, dy), _ = cv2.phaseCorrelate(_gray(got), _gray(ref))
     assert np.hypot(dx, dy) < 0.5
+
+
+def test_a_source_that_stops_short_of_the_zoom_falls_back(tmp_path, ortho_path, small_area):
+    with TileServer(ortho_path, max_zoom=18) as srv:  # no zoom 19 at this source
+        r = fetch_imagery(small_area, xyz_source(srv.url, "x"), tmp_path / "m.tif", 0.25,
+                          tmp_path / "cache", FAST, progress=False)
+    assert r.level == "18" and r.tiles.missing == 0
+    assert r.gsd_m == pytest.approx(r.source_res_m, abs=1e-3)  # not finer than the source
+    assert json.loads(record_path(r.path).read_text())["level_fallbacks"] == 1
