@@ -26,6 +26,8 @@ import logging
 import math
 import os
 import tempfile
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +36,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from PIL import Image
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.shutil import copy as rio_copy
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -68,6 +70,21 @@ class FetchResult:
     gsd_m: float  # of the output
     tiles: DownloadStats
     attribution: str
+
+
+def input_credits(paths: Sequence[Path]) -> list[dict[str, str]]:
+    """Per input: its CRS, and the attribution and terms its metadata carries (written by
+    `maps fetch`; TIFFTAG_COPYRIGHT of any GeoTIFF)."""
+    out = []
+    for p in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(p) as ds:
+                tags, crs = ds.tags(), ds.crs
+        out.append({"source": p.name, "crs": crs.to_string() if crs else "",
+                    "attribution": tags.get(ATTRIBUTION_TAG, ""),
+                    "terms": tags.get(TERMS_TAG, ""), "origin": tags.get(SOURCE_TAG, "")})
+    return out
 
 
 def record_path(out: Path) -> Path:

@@ -146,7 +146,7 @@ def _keys(srv: TileServer, area) -> list[str]:
 
 def test_terrain_tiles_and_local_dem_give_the_same_heights(tmp_path, ortho_path,
                                                            small_area):
-    from tests.conftest import shared_file
+    from conftest import shared_file
 
     dem = shared_file("vienna_ortho_2023_30cm/44_2_dgm.tif")
     with TileServer(ortho_path, max_zoom=18, dem=dem) as srv:
@@ -233,3 +233,17 @@ def test_a_source_that_stops_short_of_the_zoom_falls_back(tmp_path, ortho_path, 
     assert r.level == "18" and r.tiles.missing == 0
     assert r.gsd_m == pytest.approx(r.source_res_m, abs=1e-3)  # not finer than the source
     assert json.loads(record_path(r.path).read_text())["level_fallbacks"] == 1
+
+
+def test_named_providers_come_from_the_xyzservices_catalogue():
+    from skyfix.maps.tilesource import provider_source
+
+    src = provider_source("OpenStreetMap.Mapnik")
+    assert src.template == "https://tile.openstreetmap.org/{level}/{col}/{row}.png"
+    assert "OpenStreetMap" in src.attribution and src.name == "OpenStreetMap.Mapnik"
+    with pytest.raises(SkyfixError, match="needs an API key"):
+        provider_source("Thunderforest.OpenCycleMap")
+    keyed = provider_source("Thunderforest.OpenCycleMap", api_key="K")
+    assert "apikey=K" in keyed.template and "K" not in keyed.name
+    with pytest.raises(SkyfixError, match="unknown tile provider"):
+        provider_source("Nope.Nothing")
