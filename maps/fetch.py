@@ -251,11 +251,12 @@ def _write_mosaic(cache: TileCache, keys: dict[tuple[int, int], str], cols: rang
     count, dtype = (1, "float32") if terrain else (3, "uint8")
     profile = dict(driver="GTiff", width=len(cols) * px, height=len(rows) * px, count=count,
                    dtype=dtype, crs=level.crs, transform=Affine(res, 0, x0, 0, -res, y0),
+                   nodata=float("nan") if terrain else None,
                    tiled=True, blockxsize=256 if px % 256 == 0 else 128,
                    blockysize=256 if px % 256 == 0 else 128, BIGTIFF="IF_SAFER")
     with rasterio.open(dst, "w", **profile) as ds:
         for j, r in enumerate(rows):
-            strip = np.zeros((count, px, len(cols) * px), dtype)
+            strip = np.full((count, px, len(cols) * px), np.nan if terrain else 0, dtype)
             valid = np.zeros((px, len(cols) * px), bool)
             for i, c in enumerate(cols):
                 if cache.state(keys[(c, r)]) != "tile":
@@ -268,11 +269,14 @@ def _write_mosaic(cache: TileCache, keys: dict[tuple[int, int], str], cols: rang
                 if img.shape[1:] != (px, px):
                     raise SkyfixError(f"tile {keys[(c, r)]} is {img.shape[2]}x{img.shape[1]}"
                                       f" px, the others {px}x{px}")
+                if terrain:
+                    img[:, ~ok] = np.nan
                 strip[:, :, i * px:(i + 1) * px] = img
                 valid[:, i * px:(i + 1) * px] = ok
             win = Window(0, j * px, len(cols) * px, px)
             ds.write(strip, window=win)
-            ds.write_mask(valid.astype(np.uint8) * 255, window=win)
+            if not terrain:  # terrain: NaN is the no-data
+                ds.write_mask(valid.astype(np.uint8) * 255, window=win)
 
 
 def _warp_to_area(src: rasterio.DatasetReader, area: Area, out: Path, gsd_m: float,
