@@ -109,12 +109,15 @@ def test_rerun_takes_tiles_from_the_cache_and_edges_are_nodata(tmp_path, ortho_p
 def test_transient_faults_are_retried(tmp_path, ortho_path, small_area, kind):
     with TileServer(ortho_path, max_zoom=18) as probe:
         key = next(iter(_keys(probe, small_area)))
-    fault = TileFault(kind, times=1, retry_after_s=0.3, delay_s=3.0)
+    fault = TileFault(kind, times=1, retry_after_s=1.0, delay_s=3.0)
     with TileServer(ortho_path, max_zoom=18, faults={key: fault}) as srv:
         r = fetch_imagery(small_area, xyz_source(srv.url, "x"), tmp_path / "m.tif", 0.6,
                           tmp_path / "cache", FAST, progress=False)
         assert srv.hits[key] == 2
+        first, second = srv.hit_times[key]
     assert r.tiles.retries == 1 and r.tiles.missing == 0
+    if kind == "429":  # Retry-After (1 s) is honoured, not the 0.05 s back-off
+        assert second - first >= 0.95
 
 
 @pytest.mark.parametrize("kind,message", [("truncate", "broken image"),
