@@ -6,16 +6,15 @@
     --sample--> codebook --VLAD--> descriptors [--levels with many tiles--> FAISS index]
     ortho.tif --per level, block by block--> structure channels (skyfix.maps.structure)
 
-Pack CRS: the first input's CRS when projected in metres whose grid metres are ground
-metres over the area (scale within SCALE_TOLERANCE), else the UTM zone (WGS 84, EPSG
-326xx/327xx) of the area's centre: a Web Mercator input (scale 1/cos(latitude)) is
-reprojected, so that pack metres are ground metres. Every input is warped (WarpedVRT) onto
-one north-up grid at the finest input resolution, the first input winning where they overlap (like
-rasterio.merge); an input already on that grid is copied exactly. Imagery that is not
-8-bit is stretched to 0..255 (0.5/99.5 percentiles of its valid pixels).
+Pack CRS (skyfix.maps.crs): the first input's CRS when its grid metres are ground metres
+over the area, else the UTM zone of the area's centre (a Web Mercator input is reprojected).
+Every input is warped (WarpedVRT) onto one north-up grid at the finest input resolution,
+the first input winning where they overlap (like rasterio.merge); an input already on that
+grid is copied exactly. Imagery that is not 8-bit is stretched to 0..255 (0.5/99.5
+percentiles of its valid pixels).
 
 Tiles are read from the written ortho.tif, so a crop of it at match time shows the pixels
-the features came from. A geographic input must fit one UTM zone (within UTM_MAX_DEG of its
+the features came from. A reprojected input must fit one UTM zone (crs.UTM_MAX_DEG of its
 central meridian, |lat| <= 84): a wider area would be distorted.
 
 The pack is written into the hidden folder `.NAME.partial` next to `out` and renamed into
@@ -44,18 +43,16 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
-from pyproj import CRS as PyprojCRS
-from pyproj import Proj
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from skyfix.maps.crs import pack_crs
 from skyfix.maps.dem import DEM_FILE, write_dem
-from skyfix.maps.fetch import ATTRIBUTION_TAG, SOURCE_TAG, TERMS_TAG
+from skyfix.maps.fetch import input_credits
 from skyfix.maps.index import write_index
 from skyfix.maps.pack import FORMAT, MANIFEST, Manifest, index_file
 from skyfix.maps.structure import STRUCTURE_FACTOR, structure_file, write_structure
@@ -89,8 +86,6 @@ INDEX_MIN_TILES = 5000  # levels with at least this many tiles get a FAISS index
 MAX_TILES_UNFORCED = 1_000_000  # more tiles than this only with force=True (--force)
 MIN_LEVEL_PX = 32  # an ortho must span at least this many pixels at every level
 GDAL_CACHE_MB = 256  # GDAL's default is 5 % of RAM: unbounded for our purpose
-SCALE_TOLERANCE = 0.002  # an input CRS whose scale differs more from 1 is reprojected
-UTM_MAX_DEG = 4.0  # a geographic input may reach this far from its UTM central meridian
 ORTHO_DONE = "ortho.done"  # in the partial folder: ortho.tif is complete
 log = logging.getLogger(__name__)
 
@@ -151,7 +146,7 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     dem = None if dem is None else Path(dem)
     _check_args(paths, gsds_m, tile_px, overlap, codebook_k, dem, index_min_tiles)
     if not 0.0 < min_valid_fraction <= 1.0:
-        raise SkyfixError(f"valid-fraction threshold must be in (0, 1], got {min_valid_fraction}")
+        raise SkyfixError(f"valid-fraction threshold must be 0..1, got {min_valid_fraction}")
     _check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial"
@@ -248,26 +243,11 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
                "level_resampling": "average (coarser), nearest (native), bilinear (finer)",
                "dem_source": None if dem is None else dem.name,
                "index_min_tiles": int(index_min_tiles), "index": "faiss IVF-flat, inner product",
-               "credits": _credits(paths)},
+               "credits": input_credits(paths)},
         files=files, created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         dem_gsd_m=dem_gsd, index_levels=tuple(index_levels), index_nprobe=nprobe,
         structure_gsds_m=tuple(g * STRUCTURE_FACTOR for g in gsds),
     )
-
-
-def _credits(paths: list[Path]) -> list[dict[str, str]]:
-    """Per input: its CRS, and the attribution and terms its metadata carries (written by
-    `maps fetch`; TIFFTAG_COPYRIGHT of any GeoTIFF)."""
-    out = []
-    for p in paths:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(p) as ds:
-                tags, crs = ds.tags(), ds.crs
-        out.append({"source": p.name, "crs": crs.to_string() if crs else "",
-                    "attribution": tags.get(ATTRIBUTION_TAG, ""),
-                    "terms": tags.get(TERMS_TAG, ""), "origin": tags.get(SOURCE_TAG, "")})
-    return out
 
 
 def _check_args(paths: list[Path], gsds_m: Sequence[float] | None, tile_px: int,
@@ -347,44 +327,6 @@ def _stretch(ds: rasterio.DatasetReader, bands: tuple[int, ...]) -> tuple[float,
     return float(lo), float(max(hi, lo + 1e-6))
 
 
-def _pack_crs(sources: list[_Source]) -> CRS:
-    """The first input's CRS if its grid metres are ground metres over the area (projected,
-    metric, scale within SCALE_TOLERANCE at the centre and corners), else the UTM zone of
-    the centre (e.g. for geographic or Web Mercator inputs)."""
-    first = sources[0].ds.crs
-    boxes = [transform_bounds(s.ds.crs, "EPSG:4326", *s.ds.bounds) for s in sources]
-    w, s_, e, n = (min(b[0] for b in boxes), min(b[1] for b in boxes),
-                   max(b[2] for b in boxes), max(b[3] for b in boxes))
-    lon, lat = (w + e) / 2, (s_ + n) / 2
-    try:
-        metric = first.is_projected and abs(first.linear_units_factor[1] - 1.0) < 1e-9
-    except CRSError:
-        metric = False
-    if metric and ground_scale_error(first, [w, e, lon, w, e], [s_, s_, lat, n, n]) \
-            <= SCALE_TOLERANCE:
-        return first
-    zone = min(60, max(1, int((lon + 180.0) // 6) + 1))
-    meridian = zone * 6 - 183
-    if max(meridian - w, e - meridian) > UTM_MAX_DEG or max(abs(s_), abs(n)) > 84:
-        names = ", ".join(str(s.path) for s in sources)
-        kind = "geographic CRS" if first.is_geographic else first.to_string()
-        raise SkyfixError(
-            f"{names}: {kind} covering lon {w:.2f}..{e:.2f}, lat {s_:.2f}..{n:.2f}"
-            " deg; too large for one UTM zone (reproject it to a suitable projected CRS first)")
-    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
-
-
-def ground_scale_error(crs: CRS, lons_deg: Sequence[float], lats_deg: Sequence[float]
-                       ) -> float:
-    """Largest |scale - 1| of `crs` (meridional or parallel: grid metres per ground metre)
-    at the given points; pyproj's projection factors."""
-    factors = Proj(PyprojCRS.from_wkt(crs.to_wkt())).get_factors(
-        list(lons_deg), list(lats_deg), errcheck=False)
-    scales = np.concatenate([np.atleast_1d(factors.meridional_scale),
-                             np.atleast_1d(factors.parallel_scale)]).astype(np.float64)
-    return float(np.max(np.abs(np.nan_to_num(scales, nan=np.inf) - 1.0)))
-
-
 def _grid(sources: list[_Source], crs: CRS) -> tuple[Grid, list[tuple[float, ...]]]:
     """The common grid, and each source's bounds in the pack CRS."""
     res, boxes = [], []
@@ -418,7 +360,9 @@ def _write_ortho(paths: list[Path], dst_path: Path, progress: bool) -> Grid:
     """Mosaic the inputs onto the pack grid as a uint8 JPEG GeoTIFF with an internal mask."""
     with ExitStack() as stack:
         sources = _open_sources(paths, stack)
-        grid, boxes = _grid(sources, _pack_crs(sources))
+        grid, boxes = _grid(sources, pack_crs([s.ds.crs for s in sources],
+                                               [tuple(s.ds.bounds) for s in sources],
+                                               [str(s.path) for s in sources]))
         count = 3 if any(len(s.bands) == 3 for s in sources) else 1
         vrts = [stack.enter_context(WarpedVRT(
             s.ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,

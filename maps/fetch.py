@@ -26,6 +26,8 @@ import logging
 import math
 import os
 import tempfile
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +36,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from PIL import Image
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.shutil import copy as rio_copy
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -68,6 +70,21 @@ class FetchResult:
     gsd_m: float  # of the output
     tiles: DownloadStats
     attribution: str
+
+
+def input_credits(paths: Sequence[Path]) -> list[dict[str, str]]:
+    """Per input: its CRS, and the attribution and terms its metadata carries (written by
+    `maps fetch`; TIFFTAG_COPYRIGHT of any GeoTIFF)."""
+    out = []
+    for p in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(p) as ds:
+                tags, crs = ds.tags(), ds.crs
+        out.append({"source": p.name, "crs": crs.to_string() if crs else "",
+                    "attribution": tags.get(ATTRIBUTION_TAG, ""),
+                    "terms": tags.get(TERMS_TAG, ""), "origin": tags.get(SOURCE_TAG, "")})
+    return out
 
 
 def record_path(out: Path) -> Path:
@@ -117,11 +134,15 @@ def _fetch(area: Area, source: TileSource, out: Path, gsd_m: float, cache_dir: P
         raise SkyfixError(f"{out}: output must be a .tif")
     key_root = hashlib.sha256(source.template.encode()).hexdigest()[:16]
     cache = TileCache(cache_dir / key_root)
-    level, cols, rows, fallbacks = _pick_level(source, area, gsd_m, cache, opts)
+    level, cols, rows, fallbacks, probe = _pick_level(source, area, gsd_m, cache, opts)
     n = len(cols) * len(rows)
     keys = {(c, r): f"{level.name}/{c}/{r}" for r in rows for c in cols}
-    stats = download_tiles([(k, source.url(level, c, r)) for (c, r), k in keys.items()],
-                           cache, opts, progress, "dem tiles" if terrain else "map tiles")
+    main = download_tiles([(k, source.url(level, c, r)) for (c, r), k in keys.items()],
+                          cache, opts, progress, "dem tiles" if terrain else "map tiles")
+    got = probe.downloaded  # probe tiles of the chosen level count as downloaded here
+    stats = DownloadStats(main.total, main.cached - got, main.downloaded + got, main.missing,
+                          main.retries + probe.retries, main.bytes + probe.bytes,
+                          main.seconds + probe.seconds)
     if stats.missing == n:
         raise SkyfixError(f"the source has none of the {n} tiles of this area at level"
                           f" {level.name} (all HTTP 404)")
@@ -174,10 +195,11 @@ def _tile_range(level: TileLevel, area: Area, gsd_m: float) -> tuple[range, rang
 
 
 def _pick_level(source: TileSource, area: Area, gsd_m: float, cache: TileCache,
-                opts: DownloadOptions) -> tuple[TileLevel, range, range, int]:
+                opts: DownloadOptions
+                ) -> tuple[TileLevel, range, range, int, DownloadStats]:
     """The level for `gsd_m`, or a coarser one when the source has none of the area's
     corner, edge and centre tiles there (services stop at different zooms); with its tile
-    columns and rows."""
+    columns and rows, and what probing that level fetched."""
     lon, lat = area.centre_deg
     first = source.level_for(gsd_m, area)
     coarser = sorted((lv for lv in source.levels
@@ -188,13 +210,14 @@ def _pick_level(source: TileSource, area: Area, gsd_m: float, cache: TileCache,
         probes = {(c, r) for c in (cols[0], cols[len(cols) // 2], cols[-1])
                   for r in (rows[0], rows[len(rows) // 2], rows[-1])}
         jobs = [(f"{level.name}/{c}/{r}", source.url(level, c, r)) for c, r in sorted(probes)]
-        download_tiles(jobs, cache, opts, progress=False)
+        probe = download_tiles(jobs, cache, opts, progress=False)
         if any(cache.state(k) == "tile" for k, _ in jobs):
             if tries:
                 log.warning("the source has no level %s here; using level %s (%.2f m/px)",
                             first.name, level.name, level.ground_res_m(lon, lat))
-            return level, cols, rows, tries
-    return first, *_tile_range(first, area, gsd_m), 0
+            return level, cols, rows, tries, probe
+    return (first, *_tile_range(first, area, gsd_m), 0,
+            DownloadStats(0, 0, 0, 0, 0, 0, 0.0))
 
 
 def _decode(data: bytes, terrain: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -228,11 +251,12 @@ def _write_mosaic(cache: TileCache, keys: dict[tuple[int, int], str], cols: rang
     count, dtype = (1, "float32") if terrain else (3, "uint8")
     profile = dict(driver="GTiff", width=len(cols) * px, height=len(rows) * px, count=count,
                    dtype=dtype, crs=level.crs, transform=Affine(res, 0, x0, 0, -res, y0),
+                   nodata=float("nan") if terrain else None,
                    tiled=True, blockxsize=256 if px % 256 == 0 else 128,
                    blockysize=256 if px % 256 == 0 else 128, BIGTIFF="IF_SAFER")
     with rasterio.open(dst, "w", **profile) as ds:
         for j, r in enumerate(rows):
-            strip = np.zeros((count, px, len(cols) * px), dtype)
+            strip = np.full((count, px, len(cols) * px), np.nan if terrain else 0, dtype)
             valid = np.zeros((px, len(cols) * px), bool)
             for i, c in enumerate(cols):
                 if cache.state(keys[(c, r)]) != "tile":
@@ -245,11 +269,14 @@ def _write_mosaic(cache: TileCache, keys: dict[tuple[int, int], str], cols: rang
                 if img.shape[1:] != (px, px):
                     raise SkyfixError(f"tile {keys[(c, r)]} is {img.shape[2]}x{img.shape[1]}"
                                       f" px, the others {px}x{px}")
+                if terrain:
+                    img[:, ~ok] = np.nan
                 strip[:, :, i * px:(i + 1) * px] = img
                 valid[:, i * px:(i + 1) * px] = ok
             win = Window(0, j * px, len(cols) * px, px)
             ds.write(strip, window=win)
-            ds.write_mask(valid.astype(np.uint8) * 255, window=win)
+            if not terrain:  # terrain: NaN is the no-data
+                ds.write_mask(valid.astype(np.uint8) * 255, window=win)
 
 
 def _warp_to_area(src: rasterio.DatasetReader, area: Area, out: Path, gsd_m: float,

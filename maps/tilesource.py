@@ -126,8 +126,9 @@ def xyz_source(template: str, attribution: str, terms: str = "", max_zoom: int =
                       attribution, terms, subdomains if "{s}" in t else "")
 
 
-def provider_source(name: str, api_key: str | None = None) -> TileSource:
-    """A provider of xyzservices' catalogue, e.g. "Esri.WorldImagery"."""
+def provider_source(name: str, api_key: str | None = None, terms: str = "") -> TileSource:
+    """A provider of xyzservices' catalogue, e.g. "Esri.WorldImagery" (the catalogue
+    carries attributions, not terms of use: `terms` records what the user read)."""
     import xyzservices.providers as xyz
 
     try:
@@ -142,7 +143,7 @@ def provider_source(name: str, api_key: str | None = None) -> TileSource:
     if p.requires_token():
         raise SkyfixError(f"provider {name} needs an API key (--api-key)")
     template = p.build_url(x="{x}", y="{y}", z="{z}", fill_subdomain=False)
-    terms = p.get("url", "") or p.get("html_attribution", "")
+    terms = terms or f"see the terms of use of {name} (not in the xyzservices catalogue)"
     src = xyz_source(template, p.get("attribution", name), terms, int(p.get("max_zoom", 19)),
                      p.get("subdomains", "abc") if isinstance(p.get("subdomains", "abc"), str)
                      else "".join(p["subdomains"]))

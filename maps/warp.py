@@ -7,9 +7,9 @@
 Over a few hundred metres any map projection is smooth, so coordinates interpolated
 between nodes NODE_PX apart are within a small fraction of a pixel of exact (checked in
 tests against GDAL). When the source is finer than the output by more than
-`PREBLUR_FACTOR`, its window is first averaged down (INTER_AREA) to about the output's
-resolution, so that bilinear sampling does not alias. GDAL's general warper does the same
-job several times slower on this kind of input.
+`PREBLUR_FACTOR`, its window is read averaged down (GDAL) to about the output's
+resolution, so that bilinear sampling does not alias and memory stays bounded. GDAL's
+general warper does the same job several times slower on this kind of input.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.warp import transform as crs_transform
 from rasterio.windows import Window
 
@@ -62,7 +63,15 @@ def warp_block(src: rasterio.DatasetReader, dst_crs: CRS, dst_transform: Affine,
     if c1 <= c0 or r1 <= r0:
         return out, valid
     sw = Window(c0, r0, c1 - c0, r1 - r0)
-    img = np.moveaxis(src.read(bands, window=sw), 0, -1)
+    col, row = col - c0, row - r0
+    scale = _source_per_output_px(col, row)
+    # a source much finer than the output is read averaged down (bounded memory, no alias)
+    f = 1.0 / scale if scale > PREBLUR_FACTOR else 1.0
+    shape = (max(1, round(sw.height * f)), max(1, round(sw.width * f)))
+    fx, fy = shape[1] / sw.width, shape[0] / sw.height
+    col, row = (col + 0.5) * fx - 0.5, (row + 0.5) * fy - 0.5
+    img = np.moveaxis(src.read(bands, window=sw, out_shape=(len(bands), *shape),
+                               resampling=Resampling.average), 0, -1)
     if terrain:
         img = img.astype(np.float32)
         mask = np.isfinite(img[:, :, 0])
@@ -71,16 +80,7 @@ def warp_block(src: rasterio.DatasetReader, dst_crs: CRS, dst_transform: Affine,
         img[~mask] = np.nan
         m8 = mask.astype(np.uint8) * 255
     else:
-        m8 = src.dataset_mask(window=sw)
-    col, row = col - c0, row - r0
-    scale = _source_per_output_px(col, row)
-    if scale > PREBLUR_FACTOR and not terrain:
-        f = 1.0 / scale
-        size = (max(1, round(img.shape[1] * f)), max(1, round(img.shape[0] * f)))
-        fx, fy = size[0] / img.shape[1], size[1] / img.shape[0]
-        img = cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA)
-        m8 = cv2.resize(m8, size, interpolation=cv2.INTER_AREA)
-        col, row = (col + 0.5) * fx - 0.5, (row + 0.5) * fy - 0.5
+        m8 = src.read_masks(1, window=sw, out_shape=shape, resampling=Resampling.average)
     mx, my = _interp_matrix(w, NODE_PX, nx), _interp_matrix(h, NODE_PX, ny)
     map_x = (my @ col @ mx.T).astype(np.float32)
     map_y = (my @ row @ mx.T).astype(np.float32)

@@ -139,6 +139,7 @@ class TileServer:
         self._faults = dict(faults or {})
         self._left = {k: f.times for k, f in self._faults.items()}
         self.hits: Counter[str] = Counter()
+        self.hit_times: dict[str, list[float]] = {}  # monotonic time of each request
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread: threading.Thread | None = None
@@ -275,6 +276,7 @@ class TileServer:
                 key = f"{m[2]}/{m[3]}/{m[4]}"
                 with server._lock:
                     server.hits[key] += 1
+                    server.hit_times.setdefault(key, []).append(time.monotonic())
                     fault = server._faults.get(key) if server._left.get(key, 0) > 0 else None
                     if fault is not None:
                         server._left[key] -= 1

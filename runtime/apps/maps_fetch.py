@@ -104,7 +104,7 @@ def cmd_maps_fetch(a: argparse.Namespace) -> None:
                               " for (it goes into the map and its pack)")
         source = ts.xyz_source(a.url, a.attribution, a.terms, a.max_zoom)
     elif a.provider:
-        source = ts.provider_source(a.provider, a.api_key)
+        source = ts.provider_source(a.provider, a.api_key, a.terms)
     elif a.wmts:
         source = ts.wmts_source(a.wmts, a.layer, a.matrix_set, a.attribution or "", a.terms)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
@@ -30,6 +31,7 @@ def _web_mercator_copy(src_path, dst):
     return dst
 
 
+@pytest.mark.slow
 def test_web_mercator_map_localises_as_well_as_the_native_one(tmp_path, ortho_path):
     spec = FlightSpec(agl_m=120.0, duration_s=20.0, fps=2.0, seed=3)
     simulate_flight(ortho_path, tmp_path / "flight", spec, progress=False)
