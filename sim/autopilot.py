@@ -34,6 +34,7 @@ import numpy as np
 from pymavlink.dialects.v20 import ardupilotmega as mav2
 
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.flight.daemon import raise_thread_priority
 from skyfix.runtime.io.telemetry import open_link
 from skyfix.sim.faults import FaultSchedule
 from skyfix.sim.flight import FlightSpec, PoseRenderer, _ground_offsets, _to_lla
@@ -129,7 +130,11 @@ class AutopilotEmulator:
     # -- running --------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, system_id: int = 1) -> None:
-        """Stream telemetry and record GPS_INPUT until `stop` or the mission's end."""
+        """Stream telemetry and record GPS_INPUT until `stop` or the mission's end. The
+        emulator stands for an autopilot on its own hardware: its thread runs at raised
+        priority where allowed, so that what it records is what skyfix sent, not how long
+        it waited for a CPU shared with skyfix."""
+        raise_thread_priority()
         self._conn = open_link(self.link, system_id, 1)
         self.start_ns = time.time_ns()
         due = dict.fromkeys(self.rates_hz, self.start_ns)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import signal
 import socket
 import threading
@@ -366,7 +367,9 @@ class Daemon:
 
     def _output_loop(self, stop: threading.Event) -> None:
         """Paced on the monotonic clock (a step of the wall clock, e.g. by NTP, must not
-        stall the output); messages and estimates are stamped with the wall clock."""
+        stall the output); messages and estimates are stamped with the wall clock. Runs at
+        raised priority where the OS allows it (see `raise_thread_priority`)."""
+        log.info("output thread priority: %s", raise_thread_priority())
         d = self.cfg.daemon
         period_ns = int(1e9 / self.cfg.filter.rate_hz)
         tick = time.monotonic_ns()
@@ -425,6 +428,26 @@ class Daemon:
         handover = self.chain.policy.handover
         s["gnss"] = None if handover is None else handover.state
         log.info("health: %s", " ".join(f"{k}={v}" for k, v in s.items()))
+
+
+def raise_thread_priority() -> str:
+    """Give the calling thread real-time priority (SCHED_FIFO 10), else nice -10, where the
+    OS allows it (root or CAP_SYS_NICE; see configs/skyfix.service); says which it got.
+
+    The output thread sleeps between sends and does little when awake, but on a busy
+    2-core computer the vision thread's native pools (ONNX Runtime, OpenCV) can keep it
+    waiting for a CPU for hundreds of ms (measured in SITL from /proc schedstat), longer
+    than ArduPilot's 215 ms GPS health rule allows."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # 0: this thread
+        return "real-time (SCHED_FIFO 10)"
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+        return "nice -10"
+    except (AttributeError, OSError):
+        return "normal (no permission to raise it: CAP_SYS_NICE)"
 
 
 def run_daemon(config_path: Path, duration_s: float | None = None,
