@@ -30,6 +30,7 @@ and SIGINT stop all three and close the link and the camera.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import os
 import signal
@@ -143,7 +144,13 @@ class Daemon:
     def run(self, stop: threading.Event, duration_s: float | None = None) -> DaemonStats:
         """Run until `stop` is set (or `duration_s` passes); returns the final counters.
         When a thread failed, everything is stopped and closed, then its exception is
-        raised here (so the process ends with a non-zero status and is restarted)."""
+        raised here (so the process ends with a non-zero status and is restarted).
+
+        Everything loaded so far (modules, the map pack's index, the encoder) is moved out of
+        the garbage collector's sight first (gc.freeze): a full collection holds every
+        thread while it scans, and frozen objects are not scanned, so it stays short."""
+        gc.collect()
+        gc.freeze()
         threads = [threading.Thread(target=self._guard, args=(fn, stop), name=f"skyfix-{name}",
                                     daemon=True)
                    for name, fn in (("receiver", self._receive_loop),
