@@ -439,7 +439,7 @@ class Daemon:
 
 def raise_thread_priority() -> str:
     """Give the calling thread real-time priority (SCHED_FIFO 10), else nice -10, where the
-    OS allows it (root or CAP_SYS_NICE; see configs/skyfix.service); says which it got.
+    OS allows it (root or CAP_SYS_NICE); says which it got.
 
     The output thread sleeps between sends and does little when awake, but on a busy
     2-core computer the vision thread's native pools (ONNX Runtime, OpenCV) can keep it

@@ -27,7 +27,7 @@ from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import read_csv, read_json_object
 from skyfix.runtime.core.geo import WGS84
-from skyfix.runtime.core.limits import check_time_ns
+from skyfix.runtime.core.limits import T_MAX_NS, T_MIN_NS, check_time_ns
 from skyfix.runtime.core.types import Frame, FrameItem, UnreadableFrame
 from skyfix.runtime.io.logs import (
     ImageMeta,
@@ -382,8 +382,11 @@ def open_inputs(flight: Path | None = None, *, frames: Path | None = None,
     if len(given) != 1:
         raise SkyfixError("give exactly one of: a recorded-flight folder, --frames DIR, "
                           "--video FILE")
-    if not (np.isfinite(time_offset_s) and abs(time_offset_s) <= 86_400):
-        raise SkyfixError(f"--time-offset must be a number of seconds within a day, got "
+    # a camera whose clock was never set can be years off; the shifted times must still
+    # fall in 2000..2100 (checked where they are read)
+    span_s = (T_MAX_NS - T_MIN_NS) * 1e-9
+    if not (np.isfinite(time_offset_s) and abs(time_offset_s) <= span_s):
+        raise SkyfixError(f"--time-offset must be a number of seconds within 100 years, got "
                           f"{time_offset_s}")
     offset_ns = int(round(time_offset_s * 1e9))
     if flight is not None:
