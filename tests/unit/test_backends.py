@@ -181,10 +181,8 @@ def test_calibration_feeds_from_tile_images(tmp_path):
 @pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed (JetPack / GPU only)")
 def test_tensorrt_runner_runs_xfeat(tmp_path):
     shapes = {"image": ((1, 1, 64, 64), (1, 1, 480, 640), (1, 1, 768, 1024))}
-    try:
-        runner = get_runner("tensorrt", DEFAULT_MODEL, shapes=shapes, cache_dir=tmp_path)
-    except SkyfixError as exc:
-        pytest.skip(f"TensorRT present but unusable here: {exc}")
+    # TensorRT is installed: an engine that cannot be built is a failure, not a skip
+    runner = get_runner("tensorrt", DEFAULT_MODEL, shapes=shapes, cache_dir=tmp_path)
     out = runner.infer({"image": np.zeros((1, 1, 96, 128), np.float32)})
     assert out["descriptors"].shape == (1, 64, 12, 16)
     assert runner.provider.startswith("TensorRT")
