@@ -41,16 +41,23 @@ class _LimitedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def _read_bounded(path: Path, what: str, max_bytes: int) -> bytes:
+    """The bytes of `path`, refused (one line naming `what`) when missing or over
+    `max_bytes`; never reads more than max_bytes + 1."""
+    if not path.is_file():
+        raise SkyfixError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise SkyfixError(f"{what} {path} is larger than {max_bytes // 1000} kB")
+    return raw
+
+
 def read_yaml(path: Path, what: str) -> Any:
     """The YAML document in `path` (at most MAX_YAML_BYTES, no aliases, nesting at most
     MAX_YAML_DEPTH); a one-line SkyfixError naming `what` and `path` otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise SkyfixError(f"{what} not found: {path}")
-    with open(path, "rb") as f:
-        raw = f.read(MAX_YAML_BYTES + 1)
-    if len(raw) > MAX_YAML_BYTES:
-        raise SkyfixError(f"{what} {path} is larger than {MAX_YAML_BYTES // 1000} kB")
+    raw = _read_bounded(path, what, MAX_YAML_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -72,12 +79,7 @@ def read_json_object(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES) -> 
     import json
 
     path = Path(path)
-    if not path.is_file():
-        raise SkyfixError(f"{what} not found: {path}")
-    with open(path, "rb") as f:
-        raw = f.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise SkyfixError(f"{what} {path} is larger than {max_bytes // 1000} kB")
+    raw = _read_bounded(path, what, max_bytes)
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
