@@ -7,7 +7,9 @@ then SIGKILL), so no simulator outlives the run.
 
 `Vehicle` is the ground-station side (system 255) on the simulator's first MAVLink
 port. A receiver thread records every message into a tlog and keeps the latest of
-each type; every step of a flight is a request followed by a wait for its answer
+each type and each parameter's last reported value (a vector parameter is answered
+with one PARAM_VALUE per component, so the latest PARAM_VALUE alone can miss the
+one asked for); every step of a flight is a request followed by a wait for its answer
 (PARAM_VALUE, COMMAND_ACK, MISSION_ACK) or for the state it asks for (HEARTBEAT mode
 and armed flag), resent at `RESEND_S` until `timeout_s`, never a fixed sleep.
 """
@@ -15,6 +17,7 @@ and armed flag), resent at `RESEND_S` until `timeout_s`, never a fixed sleep.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import socket
 import struct
@@ -132,6 +135,7 @@ class Vehicle:
         self.listeners: list[Listener] = []
         self._alive = alive
         self._latest: dict[str, Any] = {}
+        self._params: dict[str, float] = {}
         self._texts: list[tuple[int, str]] = []
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -171,7 +175,9 @@ class Vehicle:
                 continue  # e.g. skyfix's own messages, routed here by the autopilot
             with self._cond:
                 self._latest[msg.get_type()] = msg
-                if msg.get_type() == "STATUSTEXT":
+                if msg.get_type() == "PARAM_VALUE":
+                    self._params[msg.param_id] = msg.param_value
+                elif msg.get_type() == "STATUSTEXT":
                     self._texts.append((t_ns, msg.text))
                     log.info("vehicle: %s", msg.text)
                 self._cond.notify_all()
@@ -213,14 +219,17 @@ class Vehicle:
     def send(self, msg) -> None:
         self.conn.mav.send(msg)
 
+    def _param_is(self, name: str, value: float) -> bool:
+        """The vehicle last reported `name` as `value` (to float32 precision)."""
+        got = self._params.get(name)
+        return got is not None and math.isclose(got, value, rel_tol=1e-6, abs_tol=1e-9)
+
     def set_param(self, name: str, value: float, timeout_s: float = 15.0) -> None:
         """PARAM_SET until the vehicle answers PARAM_VALUE with the value."""
-        def done() -> bool:
-            pv = self._latest.get("PARAM_VALUE")
-            return pv is not None and pv.param_id == name and abs(pv.param_value - value) < 1e-3
-
-        self.wait(done, f"PARAM_VALUE {name}={value:g}", timeout_s,
-                  lambda: self.send(mav2.MAVLink_param_set_message(
+        with self._cond:
+            self._params.pop(name, None)  # only an answer to this request counts
+        self.wait(lambda: self._param_is(name, value), f"PARAM_VALUE {name}={value:g}",
+                  timeout_s, lambda: self.send(mav2.MAVLink_param_set_message(
                       1, 1, name.encode(), float(value), mav2.MAV_PARAM_TYPE_REAL32)))
 
     def set_params(self, params: dict[str, float]) -> None:
@@ -230,12 +239,8 @@ class Vehicle:
     def check_params(self, params: dict[str, float], timeout_s: float = 15.0) -> None:
         """PARAM_REQUEST_READ each until PARAM_VALUE shows the value (those set at boot)."""
         for name, value in params.items():
-            def done(name: str = name, value: float = value) -> bool:
-                pv = self._latest.get("PARAM_VALUE")
-                return (pv is not None and pv.param_id == name
-                        and abs(pv.param_value - value) < 1e-3)
-
-            self.wait(done, f"PARAM_VALUE {name}={value:g}", timeout_s,
+            self.wait(lambda name=name, value=value: self._param_is(name, value),
+                      f"PARAM_VALUE {name}={value:g}", timeout_s,
                       lambda name=name: self.send(mav2.MAVLink_param_request_read_message(
                           1, 1, name.encode(), -1)))
 
