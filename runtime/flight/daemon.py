@@ -5,7 +5,7 @@ Three threads share one Navigator's output and never wait on each other:
     receiver  MAVLink in -> TelemetryBuffer (+ listeners); counts garbage; reconnects
               after `daemon.link_timeout_s` of silence or a link error
     vision    latest frame -> Chain.on_frame (frame gate, then the Navigator) ->
-              publishes a copy of the filter
+              publishes the filter's state (`snapshot`: no history)
     output    every 1 / filter.rate_hz: the published filter predicted to the send time
               -> Chain.tick (hand-over, position message, STATUSTEXT, HEARTBEAT: see
               flight/output.py) -> the link; NAMED_VALUE_FLOAT diagnostics; a health
@@ -22,14 +22,13 @@ filter runs (cv or imu) whenever that changes.
 With output.signing_key everything sent is MAVLink 2 signed (and unsigned input is
 refused with output.refuse_unsigned); refused input counts as bad messages.
 
-The output thread only reads the last published filter copy (taken under a short
-lock after each frame), so a slow frame delays the next fix, never a send. SIGTERM
+The output thread only reads the last published filter state (swapped in under a
+short lock after each frame), so a slow frame delays the next fix, never a send. SIGTERM
 and SIGINT stop all three and close the link and the camera.
 """
 
 from __future__ import annotations
 
-import copy
 import gc
 import logging
 import os
@@ -336,9 +335,9 @@ class Daemon:
         return list(self._latencies_ms)
 
     def publish(self) -> None:
-        """Hand a copy of the navigator's filter to the output thread (after each frame)."""
+        """Hand the navigator's filter state to the output thread (after each frame)."""
         nav = self.nav
-        published = _Published(copy.deepcopy(nav.filter) if nav.filter.initialized else None,
+        published = _Published(nav.filter.snapshot() if nav.filter.initialized else None,
                                nav.last_fix_t_ns)
         with self._lock:
             self._published = published

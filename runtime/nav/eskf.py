@@ -52,6 +52,7 @@ sample at or before the measurement, applies it, and replays samples and measure
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from dataclasses import dataclass
 
@@ -393,6 +394,17 @@ class ImuFilter:
         """(x [4] (north, east, vn, ve), P [4, 4]) at `t_ns`: the Navigator's view."""
         x, P = self.full_state_at(t_ns)
         return x[_HORIZONTAL], P[np.ix_(_HORIZONTAL, _HORIZONTAL)]
+
+    def snapshot(self) -> ImuFilter:
+        """This filter at its current state, without its history (IMU steps, measurements,
+        samples waiting for a start): what another thread predicts forward from
+        (`horizontal_at`) while this one goes on. Cheap to make."""
+        self._require()
+        snap = copy.copy(self)
+        snap._steps = deque([_Step(self.t_ns, self._last, self.x.copy(), self.P.copy(),
+                                   self.clone_t_ns)])
+        snap._applied, snap._imu, snap._q_cache = [], deque(), {}
+        return snap
 
     def _require(self) -> None:
         if self.x is None:

@@ -35,6 +35,7 @@ Re-applied measurements keep the decision they were given when they arrived
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -173,6 +174,15 @@ class PositionFilter:
         """(x [4] (north, east, vn, ve), P [4, 4]) at `t_ns`: `state_at`, under the name
         the Navigator uses for either filter."""
         return self.state_at(t_ns)
+
+    def snapshot(self) -> PositionFilter:
+        """This filter at its current state, without its history: what another thread
+        predicts forward from (`horizontal_at`) while this one goes on. Cheap to make."""
+        self._require()
+        snap = copy.copy(self)
+        snap._states = [_Snapshot(self.t_ns, self.x.copy(), self.P.copy())]
+        snap._applied = []
+        return snap
 
     # -- measurements ---------------------------------------------------------------------
 

@@ -161,3 +161,19 @@ def test_non_finite_measurement_is_an_error():
     filt.initialize(0, np.zeros(2), np.eye(2))
     with pytest.raises(ValueError):
         filt.update_position(0, np.array([np.nan, 0.0]), np.eye(2))
+
+
+def test_snapshot_predicts_as_the_filter_did_and_keeps_no_history():
+    """The daemon's output thread predicts from a snapshot while the vision thread goes
+    on: the snapshot must give what the filter gave at that moment, whatever follows."""
+    filt = _run(late=False)
+    t_send = 4_050_000_000
+    before = filt.horizontal_at(t_send)
+    snap = filt.snapshot()
+    for k in range(400, 420):  # the filter goes on: more IMU, a fix
+        filt.on_imu(k * 10_000_000, -G + 0.3, Z, np.eye(3))
+    assert filt.update_position(4_150_000_000, np.array([0.4, 41.0]), np.eye(2)).accepted
+    for got, want in zip(snap.horizontal_at(t_send), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert len(snap._steps) == 1 and not snap._applied
+    assert not np.allclose(filt.horizontal_at(t_send)[0], before[0])

@@ -304,3 +304,15 @@ def test_sim_flight_turns_beyond_accel_sigma_are_flagged() -> None:
     nees = np.array([sim_flight_nees(s, 12.0, low) for s in range(runs)])
     hi = chi2_quantile(2 * runs, 1.96) / runs
     assert nees.mean(0).max() > 2 * hi
+
+
+def test_snapshot_predicts_as_the_filter_did_and_keeps_no_history() -> None:
+    filt = converged_filter()
+    t_send = filt.t_ns + 300_000_000
+    before = filt.horizontal_at(t_send)
+    snap = filt.snapshot()
+    filt.update_position(filt.t_ns + 100_000_000, filt.x[:2] + 1.0, np.eye(2))
+    for got, want in zip(snap.horizontal_at(t_send), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert len(snap._states) == 1
+    assert not np.allclose(filt.horizontal_at(t_send)[0], before[0])
