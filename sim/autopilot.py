@@ -6,7 +6,8 @@ what a flight controller streams to a companion computer, as system 1 / componen
     HEARTBEAT, SYSTEM_TIME        1 Hz
     ATTITUDE                      25 Hz (truth + Gauss-Markov attitude error)
     SCALED_IMU                    FlightSpec.imu_hz (sim/imu.py: noise, bias, bias drift)
-    GLOBAL_POSITION_INT, SIMSTATE 10 Hz (true position; SIMSTATE: true pose, as SITL sends)
+    GLOBAL_POSITION_INT, SIM_STATE 10 Hz (true position; SIM_STATE: true pose, as SITL
+                                   sends when asked)
     GPS_RAW_INT                   5 Hz (truth + Gauss-Markov error; no fix after the cut)
 
 At `gnss_off_at_s` its GNSS loses the fix (fix_type 1, no satellites) for good. Every
@@ -36,6 +37,7 @@ from pymavlink.dialects.v20 import ardupilotmega as mav2
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.flight.daemon import raise_thread_priority
 from skyfix.runtime.io.telemetry import open_link
+from skyfix.sim.camera import TruePose
 from skyfix.sim.faults import FaultSchedule
 from skyfix.sim.flight import FlightSpec, PoseRenderer, _ground_offsets, _to_lla
 from skyfix.sim.imu import ImuSensor, ImuSpec, scaled_imu
@@ -123,6 +125,13 @@ class AutopilotEmulator:
             raise RuntimeError("the emulator has not started")
         return self.trajectory.sample(np.array([(t_ns - self.start_ns) * 1e-9]))
 
+    def true_pose(self, t_ns: int) -> TruePose:
+        """The true pose at Unix time `t_ns`, as the camera takes it from SIM_STATE."""
+        st = self.true_state(t_ns)
+        lat, lon = self.to_lla(st.en_m)
+        return TruePose(int(t_ns), float(lat[0]), float(lon[0]), float(st.alt_amsl_m[0]),
+                        tuple(float(a) for a in st.rpy_rad[0]))
+
     def to_lla(self, en_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """([N] lat_deg, [N] lon_deg) of [N, 2] map points."""
         return _to_lla(self.crs, np.atleast_2d(en_m))
@@ -204,10 +213,7 @@ class AutopilotEmulator:
                 msgs.append(mav.global_position_int_encode(
                     boot_ms, lat_e7, lon_e7, int(round(alt * 1000)),
                     int(round(alt * 1000)), *vel_cms, hdg))  # home on the ground at 0 m
-            f_body = st.specific_force_body_mps2()[0]
-            msgs.append(mav.simstate_encode(*map(float, st.rpy_rad[0]), *map(float, f_body),
-                                            *map(float, st.body_rates_radps()[0]),
-                                            lat_e7, lon_e7))
+            msgs.append(_sim_state(st, lat[0], lon[0]))
         else:
             msgs.append(self._gnss(t_ns + skew_ns, t_s, st))
         for m in msgs:
@@ -244,3 +250,18 @@ class AutopilotEmulator:
             for r in self.received:
                 f.write(struct.pack(">Q", r.t_ns // 1000) + r.buf)
         return path
+
+
+def _sim_state(st: TrajectoryState, lat_deg: float, lon_deg: float):
+    """SIM_STATE of the true state `st` (one instant): attitude as quaternion and Euler
+    angles, body specific force and rates, position in degrees (and 1e-7 degrees)."""
+    (roll, pitch, yaw), (vn, ve, vd) = st.rpy_rad[0], st.vel_ned_mps[0]
+    cr, cp, cy = np.cos(np.array([roll, pitch, yaw]) / 2)
+    sr, sp, sy = np.sin(np.array([roll, pitch, yaw]) / 2)
+    q = (cr * cp * cy + sr * sp * sy, sr * cp * cy - cr * sp * sy,
+         cr * sp * cy + sr * cp * sy, cr * cp * sy - sr * sp * cy)
+    return mav2.MAVLink_sim_state_message(
+        *map(float, q), float(roll), float(pitch), float(yaw),
+        *map(float, st.specific_force_body_mps2()[0]), *map(float, st.body_rates_radps()[0]),
+        float(lat_deg), float(lon_deg), float(st.alt_amsl_m[0]), 0.0, 0.0,
+        float(vn), float(ve), float(vd), int(round(lat_deg * 1e7)), int(round(lon_deg * 1e7)))

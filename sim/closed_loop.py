@@ -5,11 +5,11 @@ records what skyfix sends, so this checks the daemon's output (rate, accuracy, f
 drops), fast; that an autopilot flies on skyfix's position is shown by sim/sitl.py with
 a real ArduCopter SITL.
 
-    emulator --UDP MAVLink (telemetry, SIMSTATE)--> daemon --GPS_INPUT--> emulator
-    SIMSTATE (true pose) -> SimStateCamera renders the frame there -> daemon's frame queue
+    emulator --UDP MAVLink (telemetry, SIM_STATE)--> daemon --GPS_INPUT--> emulator
+    SIM_STATE (true pose) -> SimCamera renders the frame there -> daemon's frame queue
 
-The camera renders each frame from the ortho at the true pose the autopilot publishes
-in SIMSTATE, as sim/sitl_camera.py does with a real ArduPilot SITL's SIM_STATE. GNSS is cut
+The camera (sim/camera.py, the one sim/sitl.py uses with a real ArduPilot SITL) renders
+each frame from the ortho at the true pose the emulator publishes in SIM_STATE. GNSS is cut
 at `gnss_off_at_s`; at `blank_at_s` the camera goes black, and the runtime must stop
 claiming a 3D fix within `output.lock_budget_s`. The figures a user relies on are
 written to OUT/closed_loop.json:
@@ -40,11 +40,11 @@ from skyfix.maps.build import build_pack
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import WGS84
-from skyfix.runtime.core.types import Frame
 from skyfix.runtime.flight.assembly import build_chain
 from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
 from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
+from skyfix.sim.camera import SimCamera
 from skyfix.sim.faults import (
     CameraFaults,
     Fault,
@@ -61,72 +61,6 @@ log = logging.getLogger("skyfix.sim")
 ARDUPILOT_MAX_INTERVAL_MS = 215.0  # GPS_INPUT health: average interval below this
 MAX_ERROR_M = 10.0
 MIN_RATE_HZ = 5.0
-
-
-class SimStateCamera:
-    """A simulated camera: `on_message` takes SIMSTATE (true attitude, lat/lon) and
-    GLOBAL_POSITION_INT (altitude); a thread renders a frame at the latest true pose
-    `fps` times a second into `queue`, stamped with that pose's arrival time, or a
-    black frame once `blank_after_ns` (Unix ns) has passed. The camera is not on the
-    MAVLink link: when SIMSTATE is more than `_STALE_POSE_NS` old (link loss), it renders
-    at `truth`'s pose now. `faults` (CameraFaults) spoil the frames on their schedule."""
-
-    _STALE_POSE_NS = 500_000_000
-
-    def __init__(self, renderer: PoseRenderer, queue: LatestFrameQueue, fps: float,
-                 blank_after_ns: int | None = None, truth: AutopilotEmulator | None = None,
-                 faults: CameraFaults | None = None) -> None:
-        self.renderer, self.queue, self.fps = renderer, queue, fps
-        self.blank_after_ns = blank_after_ns
-        self.truth, self.faults = truth, faults
-        self.rendered = 0
-        self._pose: tuple[int, float, float, np.ndarray] | None = None
-        self._alt_amsl_m: float | None = None
-        self._thread: threading.Thread | None = None
-
-    def on_message(self, msg, t_ns: int) -> None:
-        kind = msg.get_type()
-        if kind == "GLOBAL_POSITION_INT":
-            self._alt_amsl_m = msg.alt * 1e-3
-        elif kind == "SIMSTATE":
-            self._pose = (t_ns, msg.lat * 1e-7, msg.lng * 1e-7,
-                          np.array([msg.roll, msg.pitch, msg.yaw]))
-
-    def start(self, stop: threading.Event) -> SimStateCamera:
-        self._thread = threading.Thread(target=self._run, args=(stop,), daemon=True,
-                                        name="skyfix-simcamera")
-        self._thread.start()
-        return self
-
-    def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-
-    def _run(self, stop: threading.Event) -> None:
-        period = 1.0 / self.fps
-        next_t = time.monotonic()
-        while not stop.wait(max(0.0, next_t - time.monotonic())):
-            next_t += period
-            pose, alt = self._pose, self._alt_amsl_m
-            if pose is None or alt is None:
-                continue
-            t_ns, lat, lon, rpy = pose
-            cam = self.renderer.spec.camera
-            now = time.time_ns()
-            if self.blank_after_ns is not None and t_ns >= self.blank_after_ns:
-                image = np.zeros((cam.height, cam.width, 3), np.uint8)
-            elif self.truth is not None and now - t_ns > self._STALE_POSE_NS:
-                st = self.truth.true_state(now)
-                t_ns = now
-                image = self.renderer.render(st.en_m[0], float(st.alt_amsl_m[0]),
-                                             st.rpy_rad[0], self.rendered)
-            else:
-                x, y = crs_transform(WGS84, self.renderer.crs, [lon], [lat])
-                image = self.renderer.render(np.array([x[0], y[0]]), alt, rpy, self.rendered)
-            if self.faults is not None:
-                image, t_ns = self.faults.apply(image, t_ns)
-            self.queue.put(Frame(self.rendered, t_ns, image))
-            self.rendered += 1
 
 
 @dataclass(frozen=True)
@@ -172,13 +106,13 @@ def _fault_maps(ortho: Path, out: Path, spec: ClosedLoopSpec, emulator: Autopilo
 
 def fly(daemon: Daemon, emulator: AutopilotEmulator, renderer: PoseRenderer,
         queue: LatestFrameQueue, spec: ClosedLoopSpec,
-        observer: Callable[[Daemon], None] | None = None) -> SimStateCamera:
+        observer: Callable[[Daemon], None] | None = None) -> SimCamera:
     """Run `daemon` against `emulator` until the emulator's flight ends, with camera frames
     rendered at the pose it publishes (blanked from `spec.blank_at_s`, spoilt by
     `spec.faults`); `observer` is called with the daemon about once a second. Returns the
     camera (its `rendered` count)."""
     stop = threading.Event()
-    camera = SimStateCamera(renderer, queue, spec.fps, truth=emulator)
+    camera = SimCamera(renderer, queue, spec.fps, truth=emulator.true_pose)
     daemon.listeners.append(camera.on_message)
     runner = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
     runner.start()
@@ -187,7 +121,7 @@ def fly(daemon: Daemon, emulator: AutopilotEmulator, renderer: PoseRenderer,
     ap.start()
     while emulator.start_ns is None and ap.is_alive():
         time.sleep(0.01)
-    camera.blank_after_ns = emulator.start_ns + int(spec.blank_at_s * 1e9)
+    camera.blank_windows_ns = [(emulator.start_ns + int(spec.blank_at_s * 1e9), 2**63 - 1)]
     camera.faults = CameraFaults(FaultSchedule(spec.faults), emulator.start_ns)
     camera.start(stop)
     while ap.is_alive():

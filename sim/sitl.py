@@ -3,7 +3,7 @@
     arducopter SITL (home = map centre, 0 m AMSL)
       SERIAL0 tcp  <-> Vehicle (ground station): parameters, mission, mode, arm, truth
       SERIAL1 tcp  <-> Daemon (as on an aircraft): telemetry in, GPS_INPUT out (GPS2)
-    SIM_STATE (true pose) -> SitlCamera renders the ortho there, in real time -> Daemon
+    SIM_STATE (true pose) -> SimCamera renders the ortho there, in real time -> Daemon
 
 Every step waits for the autopilot's answer or state (sim/sitl_link.py). The flight:
 parameters that make skyfix GPS 2 (GPS2_TYPE=14, MAVLink) with GPS_AUTO_SWITCH=1 (the
@@ -40,8 +40,8 @@ from skyfix.runtime.flight.assembly import build_chain
 from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import LatestFrameQueue
 from skyfix.runtime.io.recorder import FlightRecorder
+from skyfix.sim.camera import SimCamera
 from skyfix.sim.flight import FlightSpec, PoseRenderer
-from skyfix.sim.sitl_camera import SitlCamera
 from skyfix.sim.sitl_link import MissionItem, SitlProcess, Vehicle, free_instance
 from skyfix.sim.sitl_plot import plot_flight
 from skyfix.sim.sitl_report import (
@@ -266,7 +266,7 @@ def _fly(proc: SitlProcess, renderer: PoseRenderer, home, to_lla, spec: SitlSpec
     chain = build_chain(cfg, pack, renderer.spec.camera)
     queue = LatestFrameQueue(cfg.camera.queue)
     daemon = Daemon(chain, queue, link=f"tcp:127.0.0.1:{proc.port(1)}")
-    camera = SitlCamera(renderer, queue, spec.fps)
+    camera = SimCamera(renderer, queue, spec.fps)
     vehicle.listeners += [camera.on_message, rec.on_vehicle]
     daemon.sent_listeners.append(rec.on_sent)
     recording = FlightRecorder(out / "recording", renderer.spec.camera)  # as `run --record`

@@ -30,7 +30,7 @@ from pymavlink.dialects.v20 import ardupilotmega as mav2
 from rasterio.warp import transform as crs_transform
 
 from skyfix.runtime.core.geo import WGS84
-from skyfix.sim.sitl_camera import sim_state_pose
+from skyfix.sim.camera import sim_state_pose
 
 GPS_INPUT_MAX_INTERVAL_MS = 215.0  # ArduPilot's GPS_INPUT health rule (average below this)
 FIX_3D = 3

@@ -1,5 +1,5 @@
 """The autopilot emulator over real UDP: stream rates, the GNSS cut, the true pose in
-SIMSTATE, and GPS_INPUT recorded and written back as a decodable tlog."""
+SIM_STATE, and GPS_INPUT recorded and written back as a decodable tlog."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import WGS84
 from skyfix.runtime.io.telemetry import open_link
 from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
+from skyfix.sim.camera import sim_state_pose
 from skyfix.sim.closed_loop import free_udp_port
 
 DURATION_S = 2.5
@@ -53,11 +54,11 @@ def _of(got, kind):
 def test_streams_come_at_autopilot_rates(flown):
     _, got, _ = flown
     n = {k: len(_of(got, k)) for k in ("ATTITUDE", "SCALED_IMU", "GLOBAL_POSITION_INT",
-                                       "SIMSTATE", "GPS_RAW_INT", "HEARTBEAT", "SYSTEM_TIME")}
+                                       "SIM_STATE", "GPS_RAW_INT", "HEARTBEAT", "SYSTEM_TIME")}
     assert 25 * DURATION_S * 0.8 <= n["ATTITUDE"] <= 25 * DURATION_S + 2
     assert 100 * DURATION_S * 0.8 <= n["SCALED_IMU"] <= 100 * DURATION_S + 2  # imu_hz
     assert 10 * DURATION_S * 0.8 <= n["GLOBAL_POSITION_INT"] <= 10 * DURATION_S + 2
-    assert n["SIMSTATE"] == n["GLOBAL_POSITION_INT"]
+    assert n["SIM_STATE"] == n["GLOBAL_POSITION_INT"]
     assert 5 * DURATION_S * 0.8 <= n["GPS_RAW_INT"] <= 5 * DURATION_S + 2
     assert n["HEARTBEAT"] >= 2 and n["SYSTEM_TIME"] >= 2
     hb = _of(got, "HEARTBEAT")[0][1]
@@ -75,11 +76,13 @@ def test_gnss_is_cut_at_the_chosen_time(flown):
     assert all(m.fix_type <= 1 and m.satellites_visible == 0 for m in after)
 
 
-def test_simstate_carries_the_true_pose(flown):
+def test_sim_state_carries_the_true_pose(flown):
     emulator, got, _ = flown
-    for t, m in _of(got, "SIMSTATE")[::5]:
+    for t, m in _of(got, "SIM_STATE")[::5]:
         truth = emulator.true_state(t)
-        x, y = crs_transform(WGS84, emulator.crs, [m.lng * 1e-7], [m.lat * 1e-7])
+        pose = sim_state_pose(m, t)
+        x, y = crs_transform(WGS84, emulator.crs, [pose.lon_deg], [pose.lat_deg])
+        assert pose.alt_amsl_m == pytest.approx(float(truth.alt_amsl_m[0]), abs=0.5)
         # sent shortly before it was received (at 10 m/s: 1 m is 100 ms on a busy machine)
         assert np.hypot(x[0] - truth.en_m[0, 0], y[0] - truth.en_m[0, 1]) < 1.0
         assert m.yaw == pytest.approx(float(truth.rpy_rad[0, 2]), abs=0.05)

@@ -1,21 +1,25 @@
-"""A camera for a simulated vehicle: frames rendered from the orthophoto at the pose the
-simulator itself reports (SIM_STATE: true position, altitude and attitude), in real time.
+"""The simulated camera: frames rendered from the orthophoto at the pose the simulator
+itself reports (SIM_STATE: true position, altitude and attitude), in real time. It serves
+the real ArduPilot SITL (sim/sitl.py) and skyfix's autopilot emulator (sim/closed_loop.py)
+alike.
 
     SIM_STATE (arrival Unix ns, lat/lon, alt AMSL, roll/pitch/yaw)  -> on_message
     thread, `fps` times a second: render at the latest true pose -> Frame(t_ns = that
-    pose's arrival time) -> the daemon's latest-frame queue
+    pose's arrival time) -> faults, if any -> the daemon's latest-frame queue
 
 The ground is flat at 0 m AMSL (PoseRenderer), so the simulator's home must be at 0 m
 AMSL for its altitude to be the height above the ground. During each blank window
 (Unix ns, start inclusive, end exclusive) the frames are black: a covered or failed
-camera, which the daemon refuses as blank after the first.
+camera, which the daemon refuses as blank after the first. The camera is not on the
+MAVLink link: with `truth` given, when the last SIM_STATE is more than `STALE_POSE_NS`
+old (the link is down), it renders at `truth`'s pose now.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +28,7 @@ from rasterio.warp import transform as crs_transform
 from skyfix.runtime.core.geo import WGS84
 from skyfix.runtime.core.types import Frame
 from skyfix.runtime.io.camera_source import LatestFrameQueue
+from skyfix.sim.faults import CameraFaults
 from skyfix.sim.flight import PoseRenderer
 
 
@@ -52,16 +57,23 @@ def sim_state_pose(msg, t_ns: int) -> TruePose | None:
                     (float(msg.roll), float(msg.pitch), float(msg.yaw)))
 
 
-class SitlCamera:
-    """Renders `fps` frames a second at the latest SIM_STATE pose into `queue` (see the
-    module doc). `rendered` counts frames, `render_ms` holds the last 100 render times."""
+class SimCamera:
+    """Renders `fps` frames a second at the latest true pose into `queue` (see the module
+    doc); `faults` (sim/faults.py CameraFaults) spoil them on their schedule. `rendered`
+    counts frames, `skipped` ticks with no fresh pose, `render_ms` holds the last 100
+    render times."""
+
+    STALE_POSE_NS = 500_000_000
 
     def __init__(self, renderer: PoseRenderer, queue: LatestFrameQueue, fps: float,
-                 blank_windows_ns: Sequence[tuple[int, int]] = ()) -> None:
+                 blank_windows_ns: Sequence[tuple[int, int]] = (),
+                 truth: Callable[[int], TruePose] | None = None,
+                 faults: CameraFaults | None = None) -> None:
         self.renderer, self.queue, self.fps = renderer, queue, fps
         self.blank_windows_ns = list(blank_windows_ns)
+        self.truth, self.faults = truth, faults
         self.rendered = 0
-        self.skipped = 0  # ticks with no fresh pose (simulator silent)
+        self.skipped = 0
         self.render_ms: list[float] = []
         self._pose: TruePose | None = None
         self._used_t_ns = 0
@@ -75,9 +87,9 @@ class SitlCamera:
     def blank_at(self, t_ns: int) -> bool:
         return any(a <= t_ns < b for a, b in self.blank_windows_ns)
 
-    def start(self, stop: threading.Event) -> SitlCamera:
+    def start(self, stop: threading.Event) -> SimCamera:
         self._thread = threading.Thread(target=self._run, args=(stop,), daemon=True,
-                                        name="skyfix-sitlcamera")
+                                        name="skyfix-simcamera")
         self._thread.start()
         return self
 
@@ -90,13 +102,22 @@ class SitlCamera:
         next_t = time.monotonic()
         while not stop.wait(max(0.0, next_t - time.monotonic())):
             next_t = max(next_t + period, time.monotonic())  # never a burst to catch up
-            pose = self._pose
+            pose = self._current_pose()
             if pose is None or pose.t_ns == self._used_t_ns:
                 self.skipped += 1
                 continue
             self._used_t_ns = pose.t_ns
-            self.queue.put(Frame(self.rendered, pose.t_ns, self.render(pose)))
+            image, t_ns = self.render(pose), pose.t_ns
+            if self.faults is not None:
+                image, t_ns = self.faults.apply(image, t_ns)
+            self.queue.put(Frame(self.rendered, t_ns, image))
             self.rendered += 1
+
+    def _current_pose(self) -> TruePose | None:
+        pose, now = self._pose, time.time_ns()
+        if self.truth is not None and (pose is None or now - pose.t_ns > self.STALE_POSE_NS):
+            return self.truth(now)
+        return pose
 
     def render(self, pose: TruePose) -> np.ndarray:
         """[H, W, 3] uint8 BGR frame at `pose` (black inside a blank window)."""
