@@ -261,6 +261,10 @@ class GnssConfig(Section):
                                    "visual) ...", ge=0, le=1e6)
     spoof_cusum_limit: float = key(60.0, "... above this (NIS s) -> spoofed (slow drift)",
                                    gt=0, le=1e9)
+    verify_s: float = key(10.0, "seconds the visual estimate must agree with a healthy GNSS "
+                          "before a disagreement is blamed on the GNSS; before that it is "
+                          "blamed on the visual side (camera clock, mount, map) and no "
+                          "position is sent", ge=0, le=3600)
     ekf_source_gnss: int = key(1, "EKF source set that uses the real GNSS", ge=1, le=3)
     ekf_source_visual: int = key(2, "EKF source set to use while GNSS is lost or spoofed",
                                  ge=1, le=3)

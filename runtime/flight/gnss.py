@@ -29,6 +29,15 @@ positions with our visual estimate:
   median 10 m, 2 m/s after 18 m (at most 23 m); no alarm in 20 honest 10-minute flights.
   A drift slower than the honest errors' own wander cannot be told from them.
 
+Who is wrong: a disagreement proves only that one side is. The visual side is trusted
+over the GNSS only after it has agreed with a healthy receiver for `verify_s` seconds of
+comparisons (no jump, C below the limit). A disagreement before that is blamed on the
+visual side (a camera clock seconds off, a wrong mount or a wrong map give a confident
+track that is consistently off): the hand-over marks the visual estimate disputed, no
+position is sent, and the dispute holds (also after GNSS is lost) until the two agree
+again for `verify_s`. A GNSS spoofed from before the first fix is therefore never caught;
+a wrong visual track is never sent while a healthy GNSS says otherwise.
+
 States, best to worst: healthy < degraded (few satellites, high HDOP/h_acc, jamming
 or spoofing "mitigated"/jamming "detected") < lost (no receiver with a usable fix for
 `lost_after_s`) < spoofed. The overall state is the best receiver's, except that any
@@ -69,12 +78,14 @@ _MAX_PAIR_GAP_NS = 1_000_000_000  # an estimate further than this from a GNSS sa
 @dataclass(frozen=True)
 class Handover:
     """What to do now. `ekf_source_set`: the EKF source set to command now (only on the
-    decide() call where a switch is due, ekf-source mode), else None."""
+    decide() call where a switch is due, ekf-source mode), else None. `disputed`: why
+    the visual estimate is not to be sent ("" when it may be)."""
 
     state: GnssState
     send_gps_input: bool
     ekf_source_set: int | None
     reason: str
+    disputed: str = ""
 
 
 @dataclass
@@ -109,6 +120,8 @@ class GnssMonitor:
         self._held_reason = ""
         self._better_since: int | None = None
         self._ekf_set = cfg.ekf_source_gnss  # assume the autopilot starts on GNSS
+        self._agreed_s = 0.0  # comparison time in agreement since the last disagreement
+        self._disputed = ""  # why the visual estimate is blamed, "" when it is not
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -185,6 +198,14 @@ class GnssMonitor:
         rx.cusum = min(max(0.0, rx.cusum + (nis - cfg.spoof_cusum_drift) * dt_k),
                        2 * cfg.spoof_cusum_limit)
         rx.last_nis, rx.compared_t_ns = nis, t_ns
+        if nis <= cfg.spoof_gate and rx.cusum <= cfg.spoof_cusum_limit:
+            self._agreed_s += dt_k
+            if self._agreed_s >= cfg.verify_s:
+                self._disputed = ""
+        elif self._disputed or self._agreed_s < cfg.verify_s:  # not verified: blame visual
+            off_m = float(np.hypot(*d))
+            self._disputed = f"unverified visual {off_m:.0f} m off GNSS"
+            self._agreed_s, rx.cusum, rx.last_nis = 0.0, 0.0, 0.0
 
     # -- decision -------------------------------------------------------------------------
 
@@ -246,14 +267,14 @@ class GnssMonitor:
         state = self._held
         gnss_out = state in ("lost", "spoofed")
         mode = self.cfg.mode
-        send = gnss_out if mode == "on-loss" else True
+        send = (gnss_out if mode == "on-loss" else True) and not self._disputed
         switch_to: int | None = None
         if mode == "ekf-source":
             wanted = self._ekf_set
-            if gnss_out and visual_ok:
+            if gnss_out and visual_ok and not self._disputed:
                 wanted = self.cfg.ekf_source_visual
             elif not gnss_out:
                 wanted = self.cfg.ekf_source_gnss
             if wanted != self._ekf_set:
                 switch_to = self._ekf_set = wanted
-        return Handover(state, send, switch_to, why)
+        return Handover(state, send, switch_to, why, self._disputed)

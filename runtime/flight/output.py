@@ -181,6 +181,10 @@ class SendPolicy:
             bad = decision.state in ("lost", "spoofed")
             out.append(statustext(f"skyfix: GNSS {decision.state} ({decision.reason})",
                                   _WARN if bad else _INFO))
+        if decision.disputed != (before.disputed if before is not None else ""):
+            out.append(statustext(f"skyfix: held, {decision.disputed}", _WARN)
+                       if decision.disputed else
+                       statustext("skyfix: visual agrees with GNSS again", _INFO))
         if decision.ekf_source_set is not None:
             out.append(set_ekf_source_set(decision.ekf_source_set, self.cfg.output.system_id))
 

@@ -256,3 +256,43 @@ def test_ekf_source_mode_switches_once_each_way() -> None:
 def test_bad_mode_is_a_config_error() -> None:
     with pytest.raises(SkyfixError, match="gnss.mode"):
         GnssConfig(mode="sometimes")
+
+
+def shifted_camera_flight(fixed_at_s: float = float("inf"), cut_at_s: float = 30.0):
+    """A straight 12 m/s flight whose camera clock is 4 s off until `fixed_at_s`: our
+    estimate is where the aircraft is 4 s later (48 m along track, confident at 3 m).
+    GNSS is honest until `cut_at_s`, then has no fix. Returns [(t_s, Handover)]."""
+    mon = GnssMonitor(CFG)
+    out = []
+    for k in range(int(60.0 / DECIDE_DT_S) + 1):
+        t_s = k * DECIDE_DT_S
+        truth = SPEED * t_s
+        lead_s = 4.0 if t_s < fixed_at_s else 0.0
+        mon.observe_estimate(estimate_at(*(truth + SPEED * lead_s), *SPEED), int(t_s * S_NS))
+        if k % 2 == 0:
+            mon.observe(raw(t_s, fix=3 if t_s < cut_at_s else 1, north_m=truth[0],
+                            east_m=truth[1]), int(t_s * S_NS))
+        out.append((t_s, mon.decide(int(t_s * S_NS), True)))
+    return out
+
+
+def test_visual_off_before_it_was_verified_is_blamed_not_the_gnss() -> None:
+    """A confident visual track that never agreed with the healthy GNSS is the suspect
+    (a camera clock 4 s off, a wrong mount or map): GNSS is not called spoofed, nothing
+    is sent, and that holds after the GNSS is lost."""
+    d = shifted_camera_flight()
+    assert "spoofed" not in {h.state for _, h in d}
+    t_blamed = first(d, lambda h: h.disputed)
+    assert t_blamed <= 0.5 and "48 m off GNSS" in d[int(round(t_blamed / DECIDE_DT_S))][1].disputed
+    after = [h for t, h in d if t >= t_blamed]
+    assert not any(h.send_gps_input for h in after)
+    assert {h.state for t, h in d if t > 35.0} == {"lost"}  # GNSS gone: still held
+
+
+def test_visual_is_sent_again_after_agreeing_for_verify_s() -> None:
+    """Once the camera clock is put right, the estimate must agree for verify_s before
+    it is sent again."""
+    d = shifted_camera_flight(fixed_at_s=15.0, cut_at_s=90.0)
+    t_sent = first([(t, h) for t, h in d if t > 15.0], lambda h: h.send_gps_input)
+    assert 15.0 + CFG.verify_s - 0.5 <= t_sent <= 15.0 + CFG.verify_s + 1.0
+    assert all(h.send_gps_input and not h.disputed for t, h in d if t >= t_sent)
