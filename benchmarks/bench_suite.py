@@ -137,7 +137,8 @@ def make_localizer(system: str, pack: MapPack, camera, cfg: Config):
     """(localizer, timed encoder, retrieve_again(look, prior) -> number of tiles, map-step
     seconds or None) of `system`."""
     if system == "skyfix":
-        enc = _TimedEncoder(encoder_for_id(pack.manifest.encoder_id, cfg.encoder))
+        enc = _TimedEncoder(encoder_for_id(pack.manifest.encoder_id, cfg.encoder,
+                                           cfg.rectify.max_view_px))
         loc = Localizer(pack, camera, enc, cfg)
 
         def again(look, prior) -> int:

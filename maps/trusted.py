@@ -18,7 +18,8 @@ def open_pack_and_encoder(pack_path: Path, cfg: Config) -> tuple[MapPack, Encode
     configured) and the encoder it was built with (its model signature-checked too)."""
     key = Path(cfg.trust.public_key) if cfg.trust.public_key else None
     pack = MapPack.open(Path(pack_path), trusted_key=key)
-    encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
+    encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder,
+                             cfg.rectify.max_view_px)
     model_path = getattr(encoder, "model_path", None)
     if key is not None and model_path is not None:
         check_model_signature(Path(model_path), key)

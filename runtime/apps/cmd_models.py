@@ -31,21 +31,25 @@ def cmd_models_info(a: argparse.Namespace) -> None:
 
 def cmd_models_engine(a: argparse.Namespace) -> None:
     from skyfix.models.manifest import load_manifest
+    from skyfix.models.registry import engine_options
     from skyfix.runtime.backends import tensorrt as trt_backend
+    from skyfix.runtime.core.config import load_config
 
-    manifest = load_manifest(a.model, verify=True)
-    name = manifest.inputs[0].name
-    multiple = manifest.input_multiple
-    for w, h in (a.min_size, a.size, a.max_size):
-        if w % multiple or h % multiple:
-            raise SkyfixError(f"engine size {w}x{h} is not a multiple of {multiple} "
-                              f"({manifest.model_id} needs it)")
-    shapes = trt_backend.image_profile(name, a.min_size, a.size, a.max_size)
-    feeds = (trt_backend.calibration_images(a.calib, name, a.size) if a.calib else None)
-    if a.precision == "int8" and feeds is None:
-        raise SkyfixError("--precision int8 needs --calib FOLDER of map-tile images")
-    trt_backend.import_tensorrt()  # one clear line when TensorRT is absent
-    path = trt_backend.build_cached_engine(a.model, a.precision, shapes, feeds, a.cache_dir)
+    load_manifest(a.model, verify=True)
+    cfg = load_config(a.config)  # the engine `skyfix run` with this config loads ...
+    opts = engine_options(cfg.encoder, a.model, cfg.rectify.max_view_px)
+    (name, profile), = opts["shapes"].items()
+    low, opt, high = ((shape[3], shape[2]) for shape in profile)  # ... unless told otherwise
+    size = a.size or opt
+    shapes = trt_backend.image_profile(name, a.min_size or low, size, a.max_size or high)
+    precision = a.precision or opts["precision"]
+    cache_dir = a.cache_dir or opts["cache_dir"]
+    if precision == "int8" and a.calib is None:
+        raise SkyfixError("int8 needs --calib FOLDER of map-tile images")
+    feeds = trt_backend.calibration_images(a.calib, name, size) if a.calib else None
+    # the runner checks the profile against the graph, then says when TensorRT is absent
+    path = trt_backend.build_cached_engine(a.model, precision, shapes, feeds, cache_dir,
+                                           opts["input_multiple"])
     print(f"engine: {path}")
 
 
@@ -87,16 +91,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ms.add_argument("target", type=Path, metavar="MODEL", help="the .onnx file")
     ms.add_argument("--key", required=True, type=Path, metavar="PEM", help="private key")
     ms.set_defaults(func=cmd_sign)
-    g = mo.add_parser("engine", help="build (or find cached) the TensorRT engine of a model")
+    g = mo.add_parser("engine", help="build (or find cached) the TensorRT engine of a model: "
+                      "by default the one `skyfix run` with --config loads")
     g.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
                    help="ONNX model (default: the bundled XFeat)")
-    g.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
-    g.add_argument("--size", type=args.size, default=(640, 480),
-                   help="optimal input WIDTHxHEIGHT (default 640x480)")
-    g.add_argument("--min-size", type=args.size, default=(256, 256), help="(default 256x256)")
-    g.add_argument("--max-size", type=args.size, default=(1280, 1024), help="(default 1280x1024)")
+    g.add_argument("--config", type=Path,
+                   help="YAML configuration: encoder.trt_precision, encoder.engine_cache_dir "
+                        "and views up to rectify.max_view_px (defaults otherwise)")
+    g.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="(default: encoder.trt_precision)")
+    g.add_argument("--size", type=args.size,
+                   help="optimal input WIDTHxHEIGHT (default: the rectified-view size)")
+    g.add_argument("--min-size", type=args.size, help="(default: the model's multiple)")
+    g.add_argument("--max-size", type=args.size, help="(default: the rectified-view size)")
     g.add_argument("--calib", type=Path, help="folder of map-tile images for INT8 calibration")
-    g.add_argument("--cache-dir", type=Path, help="engine cache (default ~/.cache/skyfix)")
+    g.add_argument("--cache-dir", type=Path,
+                   help="engine cache (default: encoder.engine_cache_dir)")
     g.set_defaults(func=cmd_models_engine)
     k = mo.add_parser("bench", help="encoder latency/throughput/memory benchmark to JSON")
     k.add_argument("--out", type=Path, default=Path("out/bench/models.json"))

@@ -5,6 +5,13 @@ entropy calibrator fed from map tiles) and cached on disk under a key made of
 the ONNX sha256, the TensorRT version, the GPU name, the precision and the
 shape profile, so a JetPack upgrade or another GPU never loads a stale engine.
 
+The profile is checked against the ONNX graph's declared inputs before TensorRT
+is imported (`check_engine_inputs`, through ONNX Runtime on the CPU), so a bad
+profile is one line on any machine, not a failed build minutes into it. In flight
+the profile is `view_profile`: views from [1, 1, m, m] up to the rectified-view
+size [1, 1, S, S] (S = rectify.max_view_px rounded up to the model's multiple m),
+the same tensors ONNX Runtime sees, so flight features match the map's.
+
 TensorRT comes from JetPack (or NVIDIA's wheels) and is never installed by
 skyfix; `tensorrt` and the CUDA bindings are imported only inside this
 module's functions. Device memory goes through cuda-python
@@ -17,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +40,7 @@ Precision = Literal["fp32", "fp16", "int8"]
 ShapeProfile = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "skyfix" / "engines"
+MAX_DIM = 8192  # largest dynamic dim of a profile (rectify.max_view_px's own limit)
 
 
 def import_tensorrt() -> Any:
@@ -261,6 +269,62 @@ def image_profile(input_name: str, min_wh: tuple[int, int], opt_wh: tuple[int, i
     return {input_name: tuple((1, 1, h, w) for w, h in sizes)}
 
 
+def view_profile(input_name: str, view_px: int, multiple: int) -> ShapeProfile:
+    """Profile for north-up views of at most `view_px` a side padded to `multiple`:
+    min [1, 1, m, m], opt = max [1, 1, S, S] with S = `view_px` rounded up to m."""
+    side = -(-view_px // multiple) * multiple
+    return image_profile(input_name, (multiple, multiple), (side, side), (side, side))
+
+
+def check_profile(inputs: Sequence[TensorSpec], shapes: ShapeProfile, multiple: int = 1) -> None:
+    """Raise a one-line SkyfixError unless `shapes` fits the model inputs `inputs`: one
+    (min, opt, max) entry per dynamic input and none for an unknown name, each of the
+    input's rank, static dims as declared, min <= opt <= max, dynamic dims multiples of
+    `multiple` from `multiple` to MAX_DIM."""
+    declared = {spec.name: spec for spec in inputs}
+    unknown = sorted(set(shapes) - set(declared))
+    if unknown:
+        raise SkyfixError(f"engine profile names input(s) {', '.join(unknown)} the model does "
+                          f"not have (inputs: {', '.join(declared)})")
+    for name, spec in declared.items():
+        if name not in shapes:
+            if None in spec.shape:
+                raise SkyfixError(f"input {spec.describe()} has dynamic dims and no engine "
+                                  "profile: give shapes={name: (min, opt, max)}")
+            continue
+        triple = shapes[name]
+        if len(triple) != 3 or any(len(s) != len(spec.shape) for s in triple):
+            raise SkyfixError(f"engine profile of {name} must be 3 shapes (min, opt, max) of "
+                              f"rank {len(spec.shape)} like {spec.describe()}, got {triple}")
+        for axis, want in enumerate(spec.shape):
+            dims = [s[axis] for s in triple]
+            if want is not None:
+                if dims != [want] * 3:
+                    raise SkyfixError(f"engine profile of {name} dim {axis} (min/opt/max) is "
+                                      f"{'/'.join(map(str, dims))}, the model fixes it at "
+                                      f"{want} ({spec.describe()})")
+                continue
+            if not dims[0] <= dims[1] <= dims[2]:
+                raise SkyfixError(f"engine profile of {name} dim {axis} must grow min <= opt "
+                                  f"<= max, got {'/'.join(map(str, dims))}")
+            if dims[0] < multiple or dims[2] > MAX_DIM or any(d % multiple for d in dims):
+                raise SkyfixError(f"engine profile of {name} dim {axis} (min/opt/max) is "
+                                  f"{'/'.join(map(str, dims))}: each must be a multiple of "
+                                  f"{multiple} from {multiple} to {MAX_DIM}")
+
+
+def check_engine_inputs(onnx_path: Path, shapes: ShapeProfile | None, multiple: int = 1) -> None:
+    """`check_profile` against the inputs the ONNX graph at `onnx_path` declares (read by
+    ONNX Runtime on the CPU; nothing is run). TensorRT is not needed."""
+    from skyfix.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    graph = OnnxRuntimeRunner(Path(onnx_path), "cpu", intra_op_threads=1)
+    try:
+        check_profile(graph.inputs, shapes or {}, multiple)
+    finally:
+        graph.close()
+
+
 def calibration_images(folder: Path, input_name: str, size_wh: tuple[int, int],
                        limit: int = 64) -> list[dict[str, np.ndarray]]:
     """INT8 calibration feeds from map-tile images in `folder`: gray, resized to
@@ -284,10 +348,11 @@ def calibration_images(folder: Path, input_name: str, size_wh: tuple[int, int],
 def build_cached_engine(onnx_path: Path, precision: Precision = "fp16",
                         shapes: ShapeProfile | None = None,
                         calibration_feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
-                        cache_dir: Path | None = None) -> Path:
+                        cache_dir: Path | None = None, input_multiple: int = 1) -> Path:
     """Build (or find in the cache) the engine of `onnx_path`; returns its path."""
     runner = TensorRTRunner(onnx_path, precision=precision, shapes=shapes,
-                            calibration_feeds=calibration_feeds, cache_dir=cache_dir)
+                            calibration_feeds=calibration_feeds, cache_dir=cache_dir,
+                            input_multiple=input_multiple)
     try:
         return runner.engine_path
     finally:
@@ -298,7 +363,12 @@ def build_cached_engine(onnx_path: Path, precision: Precision = "fp16",
 
 
 class TensorRTRunner(Runner):
-    """An ONNX model (built and cached) or a serialized `.engine`/`.plan` on TensorRT."""
+    """An ONNX model (built and cached) or a serialized `.engine`/`.plan` on TensorRT.
+
+    For an ONNX model, `shapes` (checked against the graph before TensorRT is imported,
+    dynamic dims multiples of `input_multiple`) is the engine's optimisation profile; an
+    INT8 engine without `calibration_feeds` must already be in `cache_dir`.
+    """
 
     backend = "tensorrt"
 
@@ -306,13 +376,15 @@ class TensorRTRunner(Runner):
                  shapes: ShapeProfile | None = None,
                  calibration_feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
                  cache_dir: Path | None = None, device_id: int = 0,
-                 workspace_bytes: int = 1 << 30) -> None:
-        trt = import_tensorrt()
+                 workspace_bytes: int = 1 << 30, input_multiple: int = 1) -> None:
         if precision not in ("fp32", "fp16", "int8"):
             raise SkyfixError(f"unknown TensorRT precision {precision!r} (fp32, fp16, int8)")
         model_path = Path(model_path)
         if not model_path.exists():
             raise SkyfixError(f"model file not found: {model_path}")
+        if model_path.suffix not in (".engine", ".plan"):
+            check_engine_inputs(model_path, shapes, input_multiple)
+        trt = import_tensorrt()
         self.trt = trt
         self.device = open_device(device_id)
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -358,7 +430,12 @@ class TensorRTRunner(Runner):
                 return engine
             log.warning("cached engine %s does not load; rebuilding", self.engine_path)
         calibrator = None
-        if precision == "int8" and calibration_feeds is not None:
+        if precision == "int8":
+            if calibration_feeds is None:
+                raise SkyfixError(
+                    f"no INT8 engine {self.engine_path} and no calibration data to build one "
+                    "(map packs hold no tile images): build it once with `skyfix models "
+                    "engine --config CONFIG --calib TILE_IMAGES`, or use trt_precision fp16")
             calibrator = make_calibrator(self.trt, self.device, calibration_feeds,
                                          self.engine_path.with_suffix(".calib"))
         log.info("building TensorRT %s engine for %s (takes minutes on Jetson)",

@@ -79,13 +79,20 @@ class Section:
 
 @dataclass(frozen=True)
 class EncoderConfig(Section):
-    """The encoder itself is the one the map pack was built with (its manifest names it)."""
+    """The encoder itself is the one the map pack was built with (its manifest names it). A
+    TensorRT engine takes views up to rectify.max_view_px a side (rounded up to the model's
+    multiple, e.g. 1024 -> [1, 1, 1024, 1024]); it is built on first use, then cached."""
 
     backend: str = key("onnxruntime", "network runner", choices=("onnxruntime", "tensorrt"))
     provider: str = key("cpu", "onnxruntime provider (auto: cuda when it really loads)",
                         choices=("cpu", "cuda", "auto"))
     threads: int = key(0, "onnxruntime intra-op threads (0: onnxruntime decides)", ge=0, le=256)
     max_features: int = key(2048, "keypoints per frame for learned encoders", ge=16, le=100_000)
+    trt_precision: str = key("fp16", "TensorRT engine precision (int8: build the engine first "
+                             "with skyfix models engine --calib)",
+                             choices=("fp32", "fp16", "int8"))
+    engine_cache_dir: str = key("", "TensorRT engine cache folder (empty: "
+                                "~/.cache/skyfix/engines)")
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ def open_map(pack: Path | MapPack, cfg: Config) -> tuple[MapPack, Encoder, Local
     """The pack (opened, verified and, with trust.public_key set, signature-checked when
     given as a path), the encoder it was built with, and the local frame at its centre."""
     if isinstance(pack, MapPack):
-        encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder)
+        encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder,
+                                 cfg.rectify.max_view_px)
     else:
         pack, encoder = open_pack_and_encoder(Path(pack), cfg)
     return pack, encoder, local_frame(pack)

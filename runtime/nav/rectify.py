@@ -90,7 +90,9 @@ def rectify(frame: Frame, tel: Telemetry, camera: CameraModel, gsd_m: float,
     half = cfg.max_view_px * gsd_m / 2
     lo = np.maximum(footprint.min(0), centre_en - half)
     hi = np.minimum(footprint.max(0), centre_en + half)
-    size = np.ceil((hi - lo) / gsd_m).astype(int)
+    # at most max_view_px: (c + half) - (c - half) can round to a hair over 2 half, and a
+    # TensorRT engine takes no larger view
+    size = np.minimum(np.ceil((hi - lo) / gsd_m), cfg.max_view_px).astype(int)
     if (size < 32).any():
         return None
     x0, y1 = lo[0], hi[1]

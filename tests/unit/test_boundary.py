@@ -6,6 +6,7 @@ one line naming a crash report (traceback, version, config) and status 70."""
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import re
 import shutil
@@ -132,6 +133,43 @@ def test_inputs_of_the_wrong_kind_are_one_line(argv, inputs, tmp_path, capfd, mo
     argv = [next((a.replace(k, v) for k, v in subs.items() if k in a), a) for a in argv]
     code, err = run_cli(argv, capfd)
     assert code == EXIT_ERROR and len(err) == 1 and err[0].startswith("skyfix: error:"), err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
+                    reason="TensorRT is installed here")
+@pytest.mark.parametrize("command", ["run", "replay"])
+def test_tensorrt_configured_but_absent_is_one_line(command, inputs, tmp_path, capfd,
+                                                    monkeypatch):
+    """encoder.backend: tensorrt in a real config file, an XFeat pack, no TensorRT: the
+    daemon and replay stop with one line saying so (the profile was checked first)."""
+    from skyfix.maps.build import build_pack
+    from skyfix.models.registry import make_encoder
+
+    monkeypatch.setenv("SKYFIX_CRASH_DIR", str(tmp_path / "crash"))
+    pack = build_pack([inputs["ortho"]], tmp_path / "xfeat-pack", make_encoder("xfeat"),
+                      tile_px=256, progress=False)
+    config = tmp_path / "trt.yaml"
+    config.write_text(f"encoder:\n  backend: tensorrt\n  trt_precision: fp16\n"
+                      f"  engine_cache_dir: {tmp_path / 'engines'}\n"
+                      f"daemon:\n  map: {pack}\ncamera:\n  calibration: {inputs['camera']}\n")
+    argv = {"run": ["run", "--config", str(config), "--duration", "1"],
+            "replay": ["replay", str(inputs["flight"]), "--map", str(pack), "--out",
+                       str(tmp_path / "out"), "--config", str(config)]}[command]
+    code, err = run_cli(argv, capfd)
+    assert code == EXIT_ERROR and len(err) == 1, err
+    assert err[0].startswith("skyfix: error: TensorRT is not installed"), err
+    assert not (tmp_path / "crash").exists() and not (tmp_path / "engines").exists()
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--size", "1000x1000"], "dim 2 (min/opt/max) is 32/1000/1024: each must be a multiple "
+                               "of 32"),
+    (["--precision", "int8"], "int8 needs --calib FOLDER"),
+    *([] if importlib.util.find_spec("tensorrt") else [([], "TensorRT is not installed")]),
+])
+def test_models_engine_checks_the_graph_then_needs_tensorrt(argv, words, capfd):
+    code, err = run_cli(["models", "engine", *argv], capfd)
+    assert code == EXIT_ERROR and len(err) == 1 and words in err[0], err
 
 
 @pytest.mark.parametrize("exc, words", [

@@ -97,6 +97,19 @@ def test_rectify_refuses_steep_attitude_and_unknown_height(ortho, scene):
     assert rectify(frame, no_height, CAM, 0.3, RectifyConfig()) is None
 
 
+@pytest.mark.parametrize("gsd_m", [0.1, 0.15, 0.3, 0.6])
+def test_a_cropped_view_is_never_larger_than_max_view_px(ortho, scene, gsd_m):
+    """A TensorRT engine takes views up to max_view_px: ceil((c + half) - (c - half)) / gsd
+    came out max_view_px + 1 for about a third of positions before the clamp."""
+    frame, tel = render(ortho, scene, 150.0, 0.1, -0.05, 2.0)
+    for max_view_px in (64, 100, 128, 333):
+        for shift in np.linspace(0.0, 1.0, 7):
+            moved = Telemetry(0, tel.roll_rad + shift * 1e-3, tel.pitch_rad, tel.yaw_rad,
+                              tel.agl_m, tel.alt_amsl_m)
+            view = rectify(frame, moved, CAM, gsd_m, RectifyConfig(max_view_px=max_view_px))
+            assert view is not None and max(view.image.shape) <= max_view_px
+
+
 def test_rectified_view_is_north_up_at_map_scale(ortho, scene):
     frame, tel = render(ortho, scene, 150.0, 0.1, -0.05, 2.0)
     view = rectify(frame, tel, CAM, 0.3, RectifyConfig())
