@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +51,17 @@ def small_pack(root: Path, size_px: int) -> Path:
         out.write(data)
     return build_pack([root / "crop.tif"], root / "pack", RootSiftEncoder(), tile_px=256,
                       progress=False)
+
+
+def restamp(flight: Path, dst: Path, stamps) -> Path:
+    """A copy of `flight` whose frames.csv stamps are `stamps(t)` of the original ones."""
+    shutil.copytree(flight, dst)
+    with open(flight / "frames.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    times = stamps([int(r["t_ns"]) for r in rows])
+    with open(dst / "frames.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r, t in zip(rows, times, strict=True):
+            w.writerow({**r, "t_ns": str(t)})
+    return dst

@@ -63,6 +63,7 @@ def _print_summary(report, files) -> None:
         ("max fix error (m)", report.max_err_m),
         ("gross errors (>30 m)", report.gross_errors),
         ("integrity violations (>3 sigma)", report.integrity_violations),
+        ("wrong claims sent (>3 sigma)", report.claims_beyond_3sigma),
         ("frame latency p50 / p95 (ms)",
          f"{report.frame_latency_p50_ms} / {report.frame_latency_p95_ms}"),
         ("rejections", ", ".join(f"{k} {v}" for k, v in report.rejections.items()) or "none"),

@@ -10,7 +10,9 @@ time. Errors are also split along and across the reference track's direction of 
 (cross-track positive to the right). A fix is an integrity violation when its error
 exceeds 3 times its reported horizontal 1-sigma (root of the larger covariance
 eigenvalue) combined (root-sum-square) with the reference's own 1-sigma: zero for a
-simulation's truth, the receiver's reported accuracy for a log's GNSS.
+simulation's truth, the receiver's reported accuracy for a log's GNSS. A sent message
+is a wrong claim when it claims a 3D fix and its error exceeds 3 times its own 1-sigma
+(combined the same way): what the autopilot was told with too small an error bar.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Report:
     est_cross_track_rms_m: float | None
     gross_errors: int
     integrity_violations: int
+    claims_beyond_3sigma: int
     frame_latency_p50_ms: float
     frame_latency_p95_ms: float
     rejections: dict[str, int]
@@ -132,6 +135,9 @@ def write_outputs(out: Path, pack: MapPack, frame: LocalFrame, truth: Truth | No
     est_en = np.array([frame.ned_to_map(s.estimate.north_m, s.estimate.east_m)
                        for s in claimed]).reshape(-1, 2)
     es = _score(truth, est_t, est_en)
+    est_sig_all = np.array([s.estimate.horiz_sigma_m for s in claimed])
+    est_sig = (np.hypot(est_sig_all[truth.covers(est_t)], truth.sigma_at(es.t_ns))
+               if truth is not None else np.zeros(0))
     lat = np.array([r.latency_ms for r in results if r.latency_ms > 0])
 
     report = Report(
@@ -145,6 +151,7 @@ def write_outputs(out: Path, pack: MapPack, frame: LocalFrame, truth: Truth | No
         est_along_track_rms_m=_rms(es.along), est_cross_track_rms_m=_rms(es.cross),
         gross_errors=int((fs.err > GROSS_ERROR_M).sum()),
         integrity_violations=int((fs.err > 3 * fix_sig).sum()),
+        claims_beyond_3sigma=int((es.err > 3 * est_sig).sum()),
         frame_latency_p50_ms=_pct(lat, 50) or 0.0, frame_latency_p95_ms=_pct(lat, 95) or 0.0,
         rejections=dict(sorted(rejections.items())),
     )

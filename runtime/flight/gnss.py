@@ -35,7 +35,8 @@ comparisons (no jump, C below the limit). A disagreement before that is blamed o
 visual side (a camera clock seconds off, a wrong mount or a wrong map give a confident
 track that is consistently off): the hand-over marks the visual estimate disputed, no
 position is sent, and the dispute holds (also after GNSS is lost) until the two agree
-again for `verify_s`. A GNSS spoofed from before the first fix is therefore never caught;
+again for `verify_s`. While a receiver reports, no fix is sent before the first
+comparison. A GNSS spoofed from before the first fix is therefore never caught;
 a wrong visual track is never sent while a healthy GNSS says otherwise.
 
 States, best to worst: healthy < degraded (few satellites, high HDOP/h_acc, jamming
@@ -122,6 +123,7 @@ class GnssMonitor:
         self._ekf_set = cfg.ekf_source_gnss  # assume the autopilot starts on GNSS
         self._agreed_s = 0.0  # comparison time in agreement since the last disagreement
         self._disputed = ""  # why the visual estimate is blamed, "" when it is not
+        self._compared = False  # an estimate has been compared with a receiver
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -197,7 +199,7 @@ class GnssMonitor:
         # C_k = min(max(0, C_{k-1} + (NIS_k - drift) dt_k), 2 limit)
         rx.cusum = min(max(0.0, rx.cusum + (nis - cfg.spoof_cusum_drift) * dt_k),
                        2 * cfg.spoof_cusum_limit)
-        rx.last_nis, rx.compared_t_ns = nis, t_ns
+        rx.last_nis, rx.compared_t_ns, self._compared = nis, t_ns, True
         if nis <= cfg.spoof_gate and rx.cusum <= cfg.spoof_cusum_limit:
             self._agreed_s += dt_k
             if self._agreed_s >= cfg.verify_s:
@@ -267,7 +269,10 @@ class GnssMonitor:
         state = self._held
         gnss_out = state in ("lost", "spoofed")
         mode = self.cfg.mode
-        send = (gnss_out if mode == "on-loss" else True) and not self._disputed
+        # while a receiver reports, no fix is sent before the first comparison
+        unchecked = (visual_ok and self._est is not None and not self._compared
+                     and not gnss_out and bool(self._rx))
+        send = (gnss_out if mode == "on-loss" else True) and not (self._disputed or unchecked)
         switch_to: int | None = None
         if mode == "ekf-source":
             wanted = self._ekf_set

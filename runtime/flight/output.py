@@ -181,7 +181,7 @@ class SendPolicy:
             bad = decision.state in ("lost", "spoofed")
             out.append(statustext(f"skyfix: GNSS {decision.state} ({decision.reason})",
                                   _WARN if bad else _INFO))
-        if decision.disputed != (before.disputed if before is not None else ""):
+        if bool(decision.disputed) != bool(before is not None and before.disputed):
             out.append(statustext(f"skyfix: held, {decision.disputed}", _WARN)
                        if decision.disputed else
                        statustext("skyfix: visual agrees with GNSS again", _INFO))

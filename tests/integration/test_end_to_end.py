@@ -17,7 +17,7 @@ from skyfix.sim.flight import FlightSpec, simulate_flight
 
 REPORT_KEYS = {"frames", "fixes", "availability", "fix_cep50_m", "fix_cep95_m", "est_cep50_m",
                "est_cep95_m", "max_err_m", "gross_errors", "integrity_violations",
-               "frame_latency_p50_ms", "frame_latency_p95_ms"}
+               "claims_beyond_3sigma", "frame_latency_p50_ms", "frame_latency_p95_ms"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_report_meets_the_foundation_targets(replayed):
     assert report["frames"] == 40
     assert report["availability"] >= 0.8
     assert report["gross_errors"] == 0
-    assert report["integrity_violations"] == 0
+    assert report["integrity_violations"] == 0 and report["claims_beyond_3sigma"] == 0
     assert report["est_cep95_m"] <= 10.0
     assert report["fix_cep95_m"] <= 5.0
     assert result.report.fixes == report["fixes"]

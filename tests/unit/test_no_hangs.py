@@ -4,15 +4,13 @@ limit, and a map build that would make an absurd number of tiles asks for --forc
 
 from __future__ import annotations
 
-import csv
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import small_pack
+from conftest import restamp, small_pack
 from link_support import RawPeer, make_daemon
 
 from skyfix.maps.build import build_pack
@@ -34,20 +32,6 @@ def flight_and_pack(tmp_path_factory) -> tuple[Path, Path]:
                              progress=False)
     del flight
     return root / "flight", small_pack(root, 300)
-
-
-def restamp(flight: Path, dst: Path, stamps) -> Path:
-    """A copy of `flight` whose frames.csv stamps are `stamps(t)` of the original ones."""
-    shutil.copytree(flight, dst)
-    with open(flight / "frames.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    times = stamps([int(r["t_ns"]) for r in rows])
-    with open(dst / "frames.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r, t in zip(rows, times, strict=True):
-            w.writerow({**r, "t_ns": str(t)})
-    return dst
 
 
 CASES = {
