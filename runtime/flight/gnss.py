@@ -105,6 +105,7 @@ class _Receiver:
     cusum: float = 0.0
     last_nis: float = 0.0
     compared_t_ns: int | None = None
+    last_fix: tuple[int, float, float] | None = None  # (t_ns, lat, lon) of the last good fix
 
 
 class GnssMonitor:
@@ -143,8 +144,14 @@ class GnssMonitor:
             rx.integrity_t_ns = t_ns
 
     def observe_estimate(self, est: Estimate, t_ns: int) -> None:
-        """Our latest estimate, valid at `t_ns` (the monitor's clock)."""
+        """Our latest estimate, valid at `t_ns` (the monitor's clock). The first one is
+        compared at once with each receiver's last good fix (later ones as fixes come)."""
         self._est = (est, int(t_ns))
+        if not self._compared:
+            for rx in self._rx.values():
+                if rx.last_fix is not None:
+                    t_fix, lat, lon = rx.last_fix
+                    self._compare(rx, lat, lon, t_fix)
 
     def _observe_raw(self, msg: Any, inst: int, t_ns: int) -> None:
         hdop = msg.eph / 100.0 if msg.eph != _EPH_UNKNOWN else float("nan")
@@ -169,7 +176,7 @@ class GnssMonitor:
         rx.last_t_ns = t_ns
         rx.fix_type, rx.satellites, rx.hdop, rx.h_acc_m = fix_type, satellites, hdop, h_acc_m
         if rx.fix_type >= self.cfg.min_fix_type:
-            rx.good_t_ns = t_ns
+            rx.good_t_ns, rx.last_fix = t_ns, (t_ns, lat_deg, lon_deg)
             self._compare(rx, lat_deg, lon_deg, t_ns)
 
     def _gnss_sigma_m(self, rx: _Receiver) -> float:

@@ -54,7 +54,7 @@ def test_export_without_torch_says_make_train_deps(tmp_path):
 
 def test_engine_rejects_sizes_the_model_cannot_take():
     proc = run_cli("models", "engine", "--size", "650x480", "--max-size", "1280x1024")
-    assert_one_line_error(proc, "not a multiple of 32")
+    assert_one_line_error(proc, "must be a multiple of 32")
     proc = run_cli("models", "engine", "--size", "1920x1088")
     assert_one_line_error(proc, "min <= opt <= max")
 
