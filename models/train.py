@@ -50,7 +50,7 @@ class TrainConfig:
     output: Path
     data: tuple[Source, ...]
     seed: int = 0
-    steps: int = 1600
+    steps: int = 4000
     batch: int = 8
     crop_px: int = 256
     lr: float = 1e-3
