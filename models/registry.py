@@ -35,15 +35,20 @@ def make_encoder(name: str, cfg: EncoderConfig = DEFAULTS) -> Encoder:
 def encoder_for_id(encoder_id: str, cfg: EncoderConfig = DEFAULTS) -> Encoder:
     """The encoder whose `id` is `encoder_id` (as recorded in a map pack's manifest)."""
     for name in ENCODER_NAMES:
-        if _ids()[name] == encoder_id:
+        if _id_of(name) == encoder_id:
             return make_encoder(name, cfg)
     raise SkyfixError(f"map pack encoder {encoder_id!r} is not one this skyfix provides "
-                      f"({', '.join(_ids().values())})")
+                      f"({', '.join(_id_of(n) for n in ENCODER_NAMES)})")
 
 
-def _ids() -> dict[str, str]:
-    from skyfix.models.manifest import load_manifest
+def _id_of(name: str) -> str:
+    """An encoder's id; the trained one's is in its manifest (read only when asked)."""
     from skyfix.models.xfeat import XD_MODEL, XFEAT_ID
 
-    return {"rootsift": RootSiftEncoder.id, "xfeat": XFEAT_ID,
-            "xfeat-xd": load_manifest(XD_MODEL, verify=False).model_id}
+    if name == "rootsift":
+        return RootSiftEncoder.id
+    if name == "xfeat":
+        return XFEAT_ID
+    from skyfix.models.manifest import load_manifest
+
+    return load_manifest(XD_MODEL, verify=False).model_id

@@ -162,7 +162,7 @@ def _git_commit() -> str:
 
 def _lr(cfg: TrainConfig, step: int) -> float:
     """Cosine decay from lr to 0 over the run."""
-    return cfg.lr * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
+    return float(cfg.lr * 0.5 * (1 + np.cos(np.pi * step / cfg.steps)))
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
