@@ -26,8 +26,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from skyfix.models.pair_sets import read_bgr, read_pair_set
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.sim.pairs import read_bgr, read_pair_set
 
 Kind = Literal["series", "pairs", "ortho"]
 KINDS: tuple[Kind, ...] = ("series", "pairs", "ortho")
