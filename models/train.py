@@ -165,8 +165,11 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return float(cfg.lr * 0.5 * (1 + np.cos(np.pi * step / cfg.steps)))
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train (resuming from `cfg.output`/checkpoint.pt when there is one), then export."""
+def train(cfg: TrainConfig, progress: bool = True,
+          max_minutes: float | None = None) -> TrainResult:
+    """Train (resuming from `cfg.output`/checkpoint.pt when there is one), then export.
+    `max_minutes`: stop at the first checkpoint after that long and export the weights so
+    far (`TrainResult.steps` says how many); running again continues the same run."""
     from skyfix.models.export import TRAIN_DEPS, require_export_deps
 
     require_export_deps(TRAIN_DEPS, "training")
@@ -227,6 +230,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     recent: list[float] = []
     loss_avg, val = float("nan"), None
     net.train()
+    done = start
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train",
                disable=not progress, unit="step")
     with open(out / "log.jsonl", "a") as log:
@@ -252,14 +256,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 log.write(json.dumps({"step": done, "loss": loss_avg, "val_loss": val}) + "\n")
                 log.flush()
                 recent = []
+                if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+                    break
+    bar.close()
     wall = time.perf_counter() - t0
     net = net.cpu().eval()
     torch.save(net.head.state_dict(), out / "head.pt")
-    onnx_path = export_trained(net, cfg, out, weights, commit)
-    return TrainResult(onnx_path, cfg.steps, wall, loss_avg, val)
+    onnx_path = export_trained(net, cfg, out, weights, commit, done)
+    return TrainResult(onnx_path, done, wall, loss_avg, val)
 
 
-def export_trained(net, cfg: TrainConfig, out: Path, weights: Path, commit: str) -> Path:
+def export_trained(net, cfg: TrainConfig, out: Path, weights: Path, commit: str,
+                   steps_done: int) -> Path:
     """ONNX of backbone + head (XFeat's input and outputs plus `global`) and its manifest."""
     import torch
 
@@ -284,7 +292,7 @@ def export_trained(net, cfg: TrainConfig, out: Path, weights: Path, commit: str)
                 "weights_file": "xfeat.pt (frozen backbone)",
                 "weights_sha256": file_sha256(weights), "licence": "Apache-2.0",
                 "trained_by": "skyfix.models.train", "git_commit": commit,
-                "steps": str(cfg.steps), "seed": str(cfg.seed),
+                "steps": f"{steps_done} of {cfg.steps}", "seed": str(cfg.seed),
                 "config_sha256": cfg.fingerprint(), "exporter": f"torch {torch.__version__}"},
         training_data=tuple({"kind": s.kind, "name": f"{s.path.parent.name}/{s.path.name}",
                              "licence": s.licence, "split": s.split} for s in cfg.data),

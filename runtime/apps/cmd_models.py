@@ -21,7 +21,7 @@ def cmd_models_export(a: argparse.Namespace) -> None:
 def cmd_models_train(a: argparse.Namespace) -> None:
     from skyfix.models.train import load_config, train
 
-    result = train(load_config(a.config), progress=not a.quiet)
+    result = train(load_config(a.config), progress=not a.quiet, max_minutes=a.max_minutes)
     val = "-" if result.val_loss is None else f"{result.val_loss:.4f}"
     print(f"trained {result.steps} steps in {result.wall_s:.0f} s (loss {result.loss:.4f}, "
           f"validation {val}): wrote {result.onnx} and {result.onnx.name}.json")
@@ -93,6 +93,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--config", required=True, type=Path, metavar="FILE",
                    help="training config (YAML, e.g. configs/train.yaml)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--max-minutes", type=float, metavar="MIN",
+                   help="stop at the first checkpoint after MIN minutes and export what there "
+                        "is (running again continues)")
     t.set_defaults(func=cmd_models_train)
     n = mo.add_parser("info", help="a model's manifest, with its sha256 verified")
     n.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,

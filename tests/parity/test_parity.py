@@ -163,7 +163,7 @@ def test_trained_model_onnx_matches_torch(gray, tmp_path):
     torch.nn.init.normal_(head.project.weight, std=0.2)  # not the identity it starts as
     net = xd_net.XDNetwork(backbone, head).eval()
     cfg = TrainConfig(model_id="parity-xd", output=tmp_path, data=(), global_dim=48)
-    path = export_trained(net, cfg, tmp_path, weights, "test")
+    path = export_trained(net, cfg, tmp_path, weights, "test", 0)
     runner = get_runner("onnxruntime", path)
     for h, w in SIZES:
         x = (gray[100:100 + h, 200:200 + w].astype(np.float32) / 255)[None, None]
