@@ -111,7 +111,7 @@ def _appearance(x: torch.Tensor, rng: np.random.Generator, strong: np.ndarray) -
     k = torch.from_numpy
     amp = np.where(strong, 1.0, 0.4)[:, None]
     gain = 1 + rng.uniform(-0.25, 0.25, (n, 3)) * amp
-    mix = np.eye(3) + rng.normal(0, 0.12, (n, 3, 3)) * (strong[:, None, None] * 1.0)
+    mix = np.eye(3) + rng.normal(0, 0.12, (n, 3, 3)) * strong[:, None, None]
     x = torch.einsum("bij,bjhw->bihw", k(mix * gain[:, :, None]).float(), x)
     field = rng.normal(0, 0.35, (n, 1, 4, 4)) * strong[:, None, None, None]
     x = x * torch.exp(F.interpolate(k(field).float(), size=(s, s), mode="bicubic",
