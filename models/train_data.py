@@ -4,7 +4,7 @@ Three kinds of source (a `data:` entry of the training config, see skyfix.models
 
     series: FOLDER   co-registered GeoTIFFs of one place at several dates (any two form a
                      pair; cropped to the smallest common size, e.g. the NAIP series)
-    pairs:  FOLDER   a pair set (pairs.csv + meta.json, format of skyfix.sim.pairs)
+    pairs:  FOLDER   a pair set (pairs.csv + meta.json, skyfix.models.pair_sets)
     ortho:  FILE     one image; the second date is synthetic appearance change
 
 Every source says its `licence` and `split` (train or val: validation is split by source,

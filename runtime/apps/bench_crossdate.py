@@ -1,5 +1,5 @@
 """`skyfix bench crossdate`: the product localising views of one date against a map pack of
-another, on two-date pair sets (format and view protocol: skyfix.sim.pairs).
+another, on two-date pair sets (format: skyfix.models.pair_sets; views: skyfix.sim.pairs).
 
 For each pair and method (encoder): image `a` gets a made-up georeference at the set's
 gsd_m (UTM 33N, an arbitrary origin) and becomes a map pack through `maps build`'s own
