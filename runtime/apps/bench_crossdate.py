@@ -1,5 +1,5 @@
 """`skyfix bench crossdate`: the product localising views of one date against a map pack of
-another, on two-date pair sets (format and view protocol: skyfix.sim.pairs).
+another, on two-date pair sets (format: skyfix.models.pair_sets; views: skyfix.sim.pairs).
 
 For each pair and method (encoder): image `a` gets a made-up georeference at the set's
 gsd_m (UTM 33N, an arbitrary origin) and becomes a map pack through `maps build`'s own
@@ -31,6 +31,7 @@ from rasterio.crs import CRS
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
+from skyfix.models.pair_sets import Pair, PairSet, read_bgr, read_pair_set
 from skyfix.models.registry import ENCODER_NAMES, make_encoder
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
@@ -39,7 +40,7 @@ from skyfix.runtime.core.types import Fix, Frame, Telemetry
 from skyfix.runtime.flight.assembly import build_chain
 from skyfix.runtime.nav.navigator import Localizer, Look
 from skyfix.runtime.nav.retrieve import Prior
-from skyfix.sim.pairs import Pair, PairSet, SyntheticView, make_views, read_bgr, read_pair_set
+from skyfix.sim.pairs import SyntheticView, make_views
 
 PLACED_PX = 3.0
 WRONG_PX = 10.0

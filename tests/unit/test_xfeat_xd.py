@@ -1,0 +1,97 @@
+"""The shipped cross-date encoder (models/weights/xfeat-xd.onnx) through the registry, with
+no torch; packs of another encoder refused; models without XFeat's outputs refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from skyfix.maps.build import build_pack
+from skyfix.maps.pack import MapPack
+from skyfix.models.manifest import load_manifest, manifest_path
+from skyfix.models.registry import encoder_for_id, make_encoder
+from skyfix.models.xfeat import DEFAULT_MODEL, XD_MODEL, XFEAT_ID, XFeatEncoder
+from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import file_sha256
+from skyfix.sim.sample import sample_ortho
+
+
+def test_shipped_model_and_its_manifest():
+    manifest = load_manifest(XD_MODEL)  # sha256 verified
+    assert manifest.model_id == "skyfix-xd-v1" and manifest.sha256 == file_sha256(XD_MODEL)
+    assert [t.name for t in manifest.outputs] == ["descriptors", "keypoint_logits",
+                                                  "reliability", "global"]
+    assert manifest.descriptor_dim == 64 and manifest.global_dim == 256
+    assert XD_MODEL.stat().st_size < 8_000_000
+    trained = [d for d in manifest.training_data if d["split"] == "train"]
+    assert trained and all(("public domain" in d["licence"] or "CC BY 4.0" in d["licence"])
+                           for d in trained), "shipped weights from data that may not ship"
+    assert len(manifest.source["git_commit"]) == 40
+
+
+def test_registry_loads_it_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np\n"
+            "from skyfix.models.registry import make_encoder\n"
+            "e = make_encoder('xfeat-xd')\n"
+            "f = e.extract(np.random.default_rng(0).integers(0, 255, (96, 128), np.uint8))\n"
+            "print(e.id, f.descriptors.shape[1], len(f) > 0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["skyfix-xd-v1", "64", "True"]
+
+
+def test_same_keypoints_as_xfeat_other_descriptors(ortho):
+    """The backbone is XFeat's, frozen: the same keypoints; the head changes descriptors."""
+    gray = cv2.cvtColor(ortho[0], cv2.COLOR_BGR2GRAY)[200:680, 300:940]
+    base = XFeatEncoder(max_features=512).extract(gray)
+    xd = XFeatEncoder(max_features=512, model_path=XD_MODEL).extract(gray)
+    same = np.all(xd.keypoints[:, None] == base.keypoints[None], axis=2)
+    assert same.any(axis=1).mean() >= 0.99  # scores tied at the top-k cut may swap
+    i, j = np.nonzero(same)
+    cosine = np.sum(xd.descriptors[i] * base.descriptors[j], axis=1)
+    assert 0.3 < np.median(cosine) < 0.999
+
+
+@pytest.fixture(scope="module")
+def xfeat_pack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("xfeat_pack")
+    with rasterio.open(sample_ortho()) as src:
+        win = Window(400, 500, 256, 256)
+        profile = dict(driver="GTiff", width=256, height=256, count=src.count,
+                       dtype=src.dtypes[0], crs=src.crs, transform=src.window_transform(win))
+        data = src.read(window=win)
+    with rasterio.open(root / "crop.tif", "w", **profile) as out:
+        out.write(data)
+    return build_pack([root / "crop.tif"], root / "pack", make_encoder("xfeat"), tile_px=256,
+                      progress=False)
+
+
+def test_pack_of_another_encoder_is_refused(xfeat_pack):
+    xd = encoder_for_id("skyfix-xd-v1")
+    assert xd.id == "skyfix-xd-v1" and xd.model_path == XD_MODEL
+    assert encoder_for_id(XFEAT_ID).model_path == DEFAULT_MODEL
+    with pytest.raises(SkyfixError, match="built with encoder 'xfeat-onnx-v1'") as exc:
+        MapPack.open(xfeat_pack, encoder_id=xd.id)
+    assert "\n" not in str(exc.value)
+    assert MapPack.open(xfeat_pack, encoder_id=XFEAT_ID).manifest.encoder_id == XFEAT_ID
+
+
+def test_a_model_without_xfeat_outputs_is_refused(tmp_path):
+    model = tmp_path / "other.onnx"
+    shutil.copy(DEFAULT_MODEL, model)
+    raw = json.loads(manifest_path(DEFAULT_MODEL).read_text())
+    raw["outputs"][0]["name"] = "features"
+    manifest_path(model).write_text(json.dumps(raw))
+    with pytest.raises(SkyfixError, match="does not have XFeat's outputs") as exc:
+        XFeatEncoder(model_path=model)
+    assert "\n" not in str(exc.value)
