@@ -100,7 +100,7 @@ train-deps: $(CORE)
 # The shipped cross-date encoder (skyfix-xd-v1): ~35 min on 2 CPU cores; resumes when rerun.
 # Then copy out/train/skyfix-xd-v1/xfeat-xd.onnx(.json) to models/weights/ to ship it.
 .PHONY: train
-train: $(CORE)
+train: train-deps
 	$(BIN)/skyfix models train --config $(TRAIN_CONFIG)
 
 # The fuzz properties of tests/fuzz with FUZZ_LONG_FACTOR (50) times the suite's examples.
