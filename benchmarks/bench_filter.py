@@ -8,8 +8,9 @@ with the sensors of the simulator, measurement by measurement (no images):
 
 - IMU at --imu-hz (100): truth + noise, power-on bias and bias drift (sim/imu.py ImuSpec);
 - the autopilot's attitude at 25 Hz: truth + Gauss-Markov error (roll/pitch 0.3 deg,
-  5 s; yaw 1 deg, 20 s; as sim/trajectory.write_tlog), interpolated to each IMU sample
-  as the daemon does (runtime/io/telemetry.attitude_at);
+  5 s; yaw 1 deg, 20 s; as sim/trajectory.write_tlog; --tilt-deg and --yaw-deg set the
+  sigmas, e.g. 0 to see what the autopilot's attitude error alone costs), interpolated
+  to each IMU sample as the daemon does (runtime/io/telemetry.attitude_at);
 - frames at 10 Hz; for the first --fix-s seconds each frame gives a fix (truth + white
   0.5 m per axis, claimed as such) that arrives 200 ms after its capture;
 - visual odometry on every frame: the displacement between frames as a camera sees it
@@ -56,7 +57,7 @@ from skyfix.sim.trajectory import Trajectory, TrajectoryState, Wobble, gauss_mar
 
 SPEED_MPS, AGL_M, FPS = 12.0, 120.0, 10.0
 FIX_SIGMA_M, FIX_LATENCY_S, ODO_LATENCY_S, ODO_FIT_M = 0.5, 0.2, 0.1, 0.05
-TILT_DEG, TILT_TAU_S, YAW_DEG, YAW_TAU_S = 0.3, 5.0, 1.0, 20.0
+TILT_TAU_S, YAW_TAU_S = 5.0, 20.0  # the attitude error's sigmas are --tilt-deg, --yaw-deg
 DRIFT_S = (10.0, 30.0, 60.0)
 VARIANTS = ("imu_odo", "imu", "cv", "odo_dr")
 NS = 1_000_000_000
@@ -68,7 +69,8 @@ def rotations(rpy: np.ndarray) -> np.ndarray:
     return TrajectoryState(z[:, 0], z[:, :2], z[:, 0], z, z, rpy, z).R_ned_body()
 
 
-def make_flight(seed: int, fix_s: float, gap_s: float, imu_hz: float) -> dict:
+def make_flight(seed: int, fix_s: float, gap_s: float, imu_hz: float,
+                att_deg: tuple[float, float] = (0.3, 1.0)) -> dict:
     """Truth and every measurement of one run, with arrival times (ns)."""
     rng = np.random.default_rng(seed)
     total = fix_s + gap_s + 1.0
@@ -83,7 +85,7 @@ def make_flight(seed: int, fix_s: float, gap_s: float, imu_hz: float) -> dict:
     err = np.concatenate([gauss_markov(rng, len(t_att), 0.04, TILT_TAU_S, 1.0, 2),
                           gauss_markov(rng, len(t_att), 0.04, YAW_TAU_S, 1.0, 1)], 1)
     att = np.column_stack([t_att * NS, traj.sample(t_att).rpy_rad
-                           + err * np.radians([TILT_DEG, TILT_DEG, YAW_DEG])])
+                           + err * np.radians([att_deg[0], att_deg[0], att_deg[1]])])
     R_ap = rotations(attitude_at(att, t_imu * NS))
 
     t_f = np.arange(1, int(total * FPS)) / FPS
@@ -227,11 +229,11 @@ def dead_reckoning(fl: dict, x_last: np.ndarray, fix_s: float) -> list[float]:
     return errs
 
 
-def one_run(args: tuple[int, float, float, float]) -> dict:
+def one_run(args: tuple[int, float, float, float, tuple[float, float]]) -> dict:
     """All variants on one seeded flight; imu and imu_odo share everything before the gap."""
-    seed, fix_s, gap_s, imu_hz = args
+    seed, fix_s, gap_s, imu_hz, att_deg = args
     cfg = Config()
-    fl = make_flight(seed, fix_s, gap_s, imu_hz)
+    fl = make_flight(seed, fix_s, gap_s, imu_hz, att_deg)
     ev, checks = events(fl, True, fix_s)
     split = max(j for j, e in enumerate(ev) if e[2] == "frame" and fl["t_f"][e[3]] <= checks[0])
     split += 1
@@ -322,12 +324,17 @@ def main() -> None:
     ap.add_argument("--gap-s", type=float, default=62.0, help="seconds without (> 61)")
     ap.add_argument("--seed0", type=int, default=1)
     ap.add_argument("--imu-hz", type=float, default=100.0, help="IMU rate (>= 50)")
+    ap.add_argument("--tilt-deg", type=float, default=0.3,
+                    help="1-sigma roll/pitch error of the autopilot's attitude (tau 5 s)")
+    ap.add_argument("--yaw-deg", type=float, default=1.0,
+                    help="1-sigma heading error of the autopilot's attitude (tau 20 s)")
     a = ap.parse_args()
     if a.gap_s < max(DRIFT_S) + 1 or a.fix_s < 10 or a.runs < 2 or a.imu_hz < 50:
         ap.error("need --gap-s >= 61, --fix-s >= 10, --runs >= 2 and --imu-hz >= 50")
     load0 = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
-    jobs = [(a.seed0 + i, a.fix_s, a.gap_s, a.imu_hz) for i in range(a.runs)]
+    jobs = [(a.seed0 + i, a.fix_s, a.gap_s, a.imu_hz, (a.tilt_deg, a.yaw_deg))
+            for i in range(a.runs)]
     with ProcessPoolExecutor(max_workers=a.workers) as pool:
         runs = list(pool.map(one_run, jobs, chunksize=4))
     rep = summarise(runs)
@@ -336,6 +343,7 @@ def main() -> None:
     rep["setup"] = {"runs": a.runs, "seeds": [a.seed0, a.seed0 + a.runs - 1], "fix_s": a.fix_s,
                     "gap_s": a.gap_s, "speed_mps": SPEED_MPS, "agl_m": AGL_M, "fps": FPS,
                     "imu_hz": a.imu_hz, "fix_sigma_m": FIX_SIGMA_M,
+                    "attitude_error_deg": {"tilt": a.tilt_deg, "yaw": a.yaw_deg},
                     "fix_latency_s": FIX_LATENCY_S, "odo_latency_s": ODO_LATENCY_S,
                     "filter": {k: v for k, v in vars(replace(Config().filter)).items()}}
     rep["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
