@@ -244,6 +244,9 @@ class OutputConfig(Section):
     refuse_unsigned: bool = key(False, "with a key: drop unsigned input (bad signatures "
                                 "always are)")
     signing_link_id: int = key(0, "link id stamped into our signatures", ge=0, le=255)
+    signing_state: str = key("", "file keeping our signing timestamp across restarts (empty: "
+                             "$STATE_DIRECTORY/signing_timestamp under systemd, else "
+                             "~/.local/state/skyfix/signing_timestamp)")
 
 
 @dataclass(frozen=True)

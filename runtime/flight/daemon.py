@@ -20,7 +20,9 @@ samples up to each frame's capture time to the Navigator before the frame, and l
 filter runs (cv or imu) whenever that changes.
 
 With output.signing_key everything sent is MAVLink 2 signed (and unsigned input is
-refused with output.refuse_unsigned); refused input counts as bad messages.
+refused with output.refuse_unsigned); refused input counts as bad messages. Our signing
+timestamp is kept in output.signing_state (about every 10 s) and each link starts past
+it, so it never goes backwards across a restart or a wall clock stepped back.
 
 The output thread only reads the last published filter state (swapped in under a
 short lock after each frame), so a slow frame delays the next fix, never a send. SIGTERM
@@ -59,6 +61,7 @@ from skyfix.runtime.io.mavlink import (
     set_message_interval,
 )
 from skyfix.runtime.io.recorder import FlightRecorder
+from skyfix.runtime.io.signature import PersistedStamp
 from skyfix.runtime.io.telemetry import TelemetryBuffer, device_and_baud, open_link
 from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import PositionFilter, estimate_at
@@ -107,6 +110,16 @@ class _Published:
     last_fix_t_ns: int | None
 
 
+def signing_state_path(configured: str) -> Path:
+    """Where the signing timestamp is kept: `configured`, else systemd's state directory,
+    else ~/.local/state/skyfix."""
+    if configured:
+        return Path(configured).expanduser()
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    root = Path(state) if state else Path.home() / ".local" / "state" / "skyfix"
+    return root / "signing_timestamp"
+
+
 class Daemon:
     """Runs `chain` on the frames of `queue` and talks MAVLink on `link` (see module doc)."""
 
@@ -120,6 +133,8 @@ class Daemon:
         self.telemetry = TelemetryBuffer()
         out = cfg.output
         self._key = load_signing_key(Path(out.signing_key)) if out.signing_key else None
+        self._stamp = (PersistedStamp(signing_state_path(out.signing_state), log.warning)
+                       if self._key is not None else None)
         self.stats = DaemonStats()
         self.listeners: list[Listener] = []
         self.sent_listeners: list[Listener] = []  # (message sent, Unix ns), e.g. a recorder
@@ -204,6 +219,9 @@ class Daemon:
                     stop.wait(1.0)
                     continue
                 failures = 0
+                if self._stamp is not None:  # ahead of all we signed before a restart
+                    signing = conn.mav.signing
+                    signing.timestamp = max(signing.timestamp, self._stamp.resume())
                 with self._send_lock:
                     self._conn = conn
                 self._last_rx_ns = time.time_ns()
@@ -361,9 +379,11 @@ class Daemon:
             if self._conn is None or not self._heard or not getattr(self._conn, "ready", True):
                 return False  # (a UDP server answers only the autopilot, once it is known)
             try:
-                if self._key is not None:
+                if self._stamp is not None:
                     advance_signing_clock(self._conn, time.time_ns())
                 self._conn.mav.send(msg)
+                if self._stamp is not None:
+                    self._stamp.seen(self._conn.mav.signing.timestamp)
             except OSError as exc:
                 log.warning("link %s: send failed (%s)", self.link, exc)
                 return False

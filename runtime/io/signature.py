@@ -7,13 +7,17 @@ restart. `check_signature` below compares the signature first (in constant time)
 only then applies the replay rules (timestamps per (link id, system, component) stream
 must increase; a new stream may start at most one minute behind our clock) and moves
 any state. `install` puts it on a pymavlink MAVLink object in place of the method.
+`PersistedStamp` keeps our own outgoing timestamp moving forward across restarts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import types
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 _NEW_STREAM_SLACK = 6_000_000  # 1 min in signing units (10 us): how far a new stream may lag
@@ -52,3 +56,44 @@ def check_signature(mav: Any, msgbuf: bytearray, src_system: int, src_component:
 def install(mav: Any) -> None:
     """Make the pymavlink MAVLink object `mav` check signatures with `check_signature`."""
     mav.check_signature = types.MethodType(check_signature, mav)
+
+
+SAVE_EVERY = 1_000_000  # signing units (10 s of the wall clock) between saves
+RESUME_MARGIN = 2 * SAVE_EVERY  # what may have been sent after the last save, and more
+
+
+class PersistedStamp:
+    """Our own signing timestamp kept in the file `path` across restarts: a receiver
+    refuses a stream whose timestamps go backwards, and after a restart with the wall
+    clock behind (a companion computer without a real-time clock, a clock stepped back)
+    they would. `resume()` is where to start: RESUME_MARGIN past the last saved stamp (0
+    when there is none); `seen(stamp)` saves about every SAVE_EVERY. A file that cannot
+    be read or written costs only this protection: it is logged, never fatal."""
+
+    def __init__(self, path: Path, log: Callable[[str], None]) -> None:
+        self.path, self._log = path, log
+        self._saved = 0
+        try:
+            text = path.read_text(encoding="ascii").strip() if path.exists() else ""
+            self._saved = int(text) if text else 0
+            if not 0 <= self._saved < 2**48:
+                raise ValueError(f"out of range: {self._saved}")
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            self._saved = 0
+            log(f"signing stamp {path}: unreadable ({exc}); starting from the wall clock")
+
+    def resume(self) -> int:
+        return self._saved + RESUME_MARGIN if self._saved else 0
+
+    def seen(self, stamp: int) -> None:
+        """The link's signing timestamp after a send: saved when SAVE_EVERY past the last."""
+        if stamp < self._saved + SAVE_EVERY:
+            return
+        self._saved = stamp
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(f"{stamp}\n", encoding="ascii")
+            os.replace(tmp, self.path)  # a crash leaves the old file or the new one
+        except OSError as exc:
+            self._log(f"signing stamp {self.path}: cannot save ({exc})")

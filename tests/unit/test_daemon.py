@@ -3,6 +3,7 @@ and the live telemetry buffer against the recorded-log reader."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -21,6 +22,8 @@ from skyfix.runtime.core.types import Frame
 from skyfix.runtime.flight.assembly import assemble
 from skyfix.runtime.flight.daemon import Daemon
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue, source_kind
+from skyfix.runtime.io.mavlink import signing_timestamp
+from skyfix.runtime.io.signature import PersistedStamp
 from skyfix.runtime.io.telemetry import TelemetryBuffer, TelemetryLog, open_link
 from skyfix.sim.closed_loop import free_udp_port
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower, write_tlog
@@ -252,7 +255,8 @@ def test_signed_link_signs_output_and_refuses_unsigned_input(tmp_path):
     key_file.write_bytes(bytes(range(32)))
     key_file.chmod(0o600)
     port = free_udp_port()
-    daemon = _daemon(port, signing_key=str(key_file), refuse_unsigned=True)
+    daemon = _daemon(port, signing_key=str(key_file), refuse_unsigned=True,
+                     signing_state=str(tmp_path / "stamp"))
     signed_peer = _Peer(port)
     signed_peer.conn = open_link(f"udpout:127.0.0.1:{port}", 1, 1, bytes(range(32)))
     unsigned_peer = _Peer(port)
@@ -266,6 +270,45 @@ def test_signed_link_signs_output_and_refuses_unsigned_input(tmp_path):
     got = signed_peer.of("GPS_INPUT")
     assert got and all(m._signed for _, m in got)
     assert not unsigned_peer.of("GPS_INPUT")  # never answered: it was never heard
+
+
+def _stamp_of(msg) -> int:
+    """The signing timestamp of a received signed MAVLink 2 message."""
+    return int.from_bytes(msg.get_msgbuf()[-12:-6], "little")
+
+
+def test_signing_timestamps_never_go_back_across_a_restart(tmp_path):
+    """A restart with the wall clock an hour behind what we signed before (no real-time
+    clock, a clock stepped back; the autopilot signs with the true time): the new daemon
+    starts past the saved stamp."""
+    key_file = tmp_path / "key"
+    key_file.write_bytes(bytes(range(32)))
+    key_file.chmod(0o600)
+    state = tmp_path / "state" / "signing_timestamp"
+    ahead = signing_timestamp(time.time_ns()) + 360_000_000  # an hour ahead of the clock
+    state.parent.mkdir()
+    state.write_text(f"{ahead}\n")
+    port = free_udp_port()
+    daemon = _daemon(port, signing_key=str(key_file), signing_state=str(state))
+    peer = _Peer(port)
+    peer.conn = open_link(f"udpout:127.0.0.1:{port}", 1, 1, bytes(range(32)))
+    peer.conn.mav.signing.timestamp = ahead + 3_000_000  # the autopilot's clock is right
+    _run_with_filter(daemon, lambda: peer.pump(0.8))
+    got = [m for _, m in peer.of("GPS_INPUT")]
+    assert got and all(m._signed and _stamp_of(m) > ahead for m in got)
+    assert int(state.read_text()) > ahead  # saved again, further on
+
+
+def test_an_unusable_signing_state_costs_only_that_protection(tmp_path, caplog):
+    state = tmp_path / "stamp"
+    state.write_bytes(b"\xff\x00 not a number")
+    stamp = PersistedStamp(state, logging.getLogger("t").warning)
+    assert stamp.resume() == 0 and "unreadable" in caplog.text
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    stamp = PersistedStamp(blocked / "stamp", logging.getLogger("t").warning)
+    stamp.seen(5_000_000)  # its folder is a file: logged, not raised
+    assert "cannot save" in caplog.text
 
 
 def test_px4_gets_global_position_sensor_instead_of_gps_input():

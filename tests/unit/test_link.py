@@ -34,7 +34,8 @@ def signed(daemon: Daemon, tmp_path, refuse_unsigned: bool = True) -> Daemon:
     path.chmod(0o600)
     cfg = daemon.cfg
     cfg = replace(cfg, output=replace(cfg.output, signing_key=str(path),
-                                      refuse_unsigned=refuse_unsigned))
+                                      refuse_unsigned=refuse_unsigned,
+                                      signing_state=str(tmp_path / "signing_timestamp")))
     return Daemon(assemble(cfg, None, daemon.chain.frame, None), daemon.queue)
 
 
