@@ -32,7 +32,8 @@ import numpy as np
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.distributed import build_pack_ray
-from skyfix.maps.shards import ShardedPack, synthetic_region, write_shards
+from skyfix.maps.shard_write import synthetic_region, write_shards
+from skyfix.maps.shards import ShardedPack
 from skyfix.sim.sample import sample_ortho
 
 DIM = 32

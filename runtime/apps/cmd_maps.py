@@ -30,7 +30,7 @@ def cmd_maps_build(a: argparse.Namespace) -> None:
 
 
 def cmd_maps_shard(a: argparse.Namespace) -> None:
-    from skyfix.maps.shards import shard_pack
+    from skyfix.maps.shard_write import shard_pack
 
     print(f"sharded map pack written to {shard_pack(a.pack, a.out, a.cell_m)}")
 

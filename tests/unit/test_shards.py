@@ -13,13 +13,8 @@ from rasterio.windows import Window
 from skyfix.maps.build import build_pack
 from skyfix.maps.index import search
 from skyfix.maps.pack import MapPack
-from skyfix.maps.shards import (
-    SHARDS_MANIFEST,
-    ShardedPack,
-    shard_pack,
-    synthetic_region,
-    write_shards,
-)
+from skyfix.maps.shard_write import shard_pack, synthetic_region, write_shards
+from skyfix.maps.shards import SHARDS_MANIFEST, ShardedPack
 from skyfix.runtime.core.errors import SkyfixError
 
 
