@@ -278,6 +278,24 @@ class ShardedPack(TileMap):
         return pack.tile_features(local)
 
 
+def verify_sharded(path: Path) -> list[str]:
+    """Every problem found in the sharded pack at `path` (empty list = OK), each a line
+    naming the pack: its manifest and top-level files, then every shard's files (hashes,
+    shapes, values), loaded one at a time."""
+    try:
+        pack = ShardedPack.open(Path(path), budget_bytes=1 << 62)
+    except SkyfixError as e:
+        return [str(e)]
+    pack.budget_bytes = max(s.resident_bytes for s in pack.manifest.shards)  # one at a time
+    problems = []
+    for i in range(len(pack.manifest.shards)):
+        try:
+            pack.shard(i)
+        except SkyfixError as e:
+            problems.append(str(e))
+    return problems
+
+
 def open_map_pack(path: Path, budget_bytes: int = DEFAULT_BUDGET_BYTES, verify: bool = True,
                   trusted_key: Path | None = None) -> TileMap:
     """The map at `path` opened for flight: a sharded pack (it has shards.json; shards
