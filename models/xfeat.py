@@ -65,7 +65,8 @@ class XFeatEncoder:
         if self.manifest.model_id != XFEAT_ID or self.manifest.descriptor_dim != XFEAT_DIM:
             raise SkyfixError(f"{self.model_path.name} is {self.manifest.model_id!r} "
                               f"(dim {self.manifest.descriptor_dim}), not {XFEAT_ID}")
-        self.runner: Runner = get_runner(backend, self.model_path, **(backend_opts or {}))
+        self.backend_opts = dict(backend_opts or {})  # what another process needs to redo it
+        self.runner: Runner = get_runner(backend, self.model_path, **self.backend_opts)
         self._input = self.manifest.inputs[0].name
         self._outputs = [t.name for t in self.manifest.outputs]  # descriptors, logits, reliability
 
