@@ -91,7 +91,7 @@ def fly(path: Path, budget_mb: int) -> dict:
     """In a fresh process: open the sharded pack and search along a track; RSS figures."""
     rss0 = _status_kb("VmRSS")
     pack = ShardedPack.open(path, budget_bytes=budget_mb << 20, verify=False)
-    b = pack.base.bounds_en
+    b = pack.region.bounds_en
     rng = np.random.default_rng(1)
     t0 = time.perf_counter()
     lat = []
