@@ -2,7 +2,7 @@
 the flying process's resident memory against the shard budget.
 
     python benchmarks/bench_region.py --out out/bench/region.json [--ortho PATH]
-        [--flight-s 30] [--cell-m 100] [--tight-shards 4] [--repeats 3] [--work DIR]
+        [--flight-s 30] [--cell-m 100] [--tight-shards 9] [--repeats 3] [--work DIR]
 
 A sim flight (sim.flight, 120 m AGL, 2 fps) is rendered from the ortho (default: the
 bundled Vienna crop), a map pack is built from it (maps.build defaults) and cut into cells
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--ortho", type=Path, default=None)
     ap.add_argument("--flight-s", type=float, default=30.0)
     ap.add_argument("--cell-m", type=float, default=100.0)
-    ap.add_argument("--tight-shards", type=int, default=4)
+    ap.add_argument("--tight-shards", type=int, default=9)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: tmp)")
     ap.add_argument("--fly", nargs=3, help=argparse.SUPPRESS)  # child: FLIGHT PACK BUDGET

@@ -130,6 +130,7 @@ class ShardedPack(TileMap):
         self.centre_en = np.array(manifest.centre_en if manifest.centre_en is not None
                                   else (0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3])), np.float64)
         self._cache: OrderedDict[int, tuple[MapPack, int]] = OrderedDict()  # pack, bytes
+        self._checked: set[int] = set()  # shards whose files were hashed and scanned
         self.resident_bytes = 0
         self.loads = 0
 
@@ -137,8 +138,10 @@ class ShardedPack(TileMap):
     def open(cls, path: Path, budget_bytes: int = DEFAULT_BUDGET_BYTES,
              verify: bool = True, trusted_key: Path | None = None) -> ShardedPack:
         """Open the manifest and coarse index; `verify` hashes the top-level files now and
-        each shard's files when it is first loaded. With `trusted_key`, shards.json must
-        carry a valid signature by it (it lists the sha256 of every shard file)."""
+        each shard's files (and scans their values) when it is first loaded; a shard loaded
+        again after an eviction gets the checks a plain pack's files get while in use
+        (tile table, sizes). With `trusted_key`, shards.json must carry a valid signature
+        by it (it lists the sha256 of every shard file)."""
         path = Path(path)
         if trusted_key is not None:
             check_manifest_signature(path / SHARDS_MANIFEST, trusted_key, f"sharded pack {path}")
@@ -175,7 +178,8 @@ class ShardedPack(TileMap):
             _, (_, nbytes) = self._cache.popitem(last=False)
             self.resident_bytes -= nbytes
         folder = self.path / info.name
-        if self.verify:
+        check = self.verify and index not in self._checked
+        if check:
             _verify(self.path, self.manifest.files, [f"{info.name}/{n}" for n in SHARD_FILES])
         try:
             tiles = np.load(folder / "tiles.npy", allow_pickle=False)
@@ -191,12 +195,13 @@ class ShardedPack(TileMap):
         m = replace(self.region, tile_count=counts, n_features=info.n_features, files={},
                     index_levels=(), dem_gsd_m=None, structure_gsds_m=())
         problems = tile_problems(m, tiles) or (array_problems(m, kps, local, desc, self.codebook)
-                                               if self.verify else [])
+                                               if check else [])
         if problems:
             raise SkyfixError(f"sharded pack {self.path}: {info.name}: {problems[0]}")
         pack = MapPack(folder, m, tiles, kps, local, desc, self.codebook)
         pack._mapped = [(folder / n, (folder / n).stat().st_size)  # size-checked before use
                         for n in ("keypoints.npy", "local_descriptors.npy")]
+        self._checked.add(index)
         self._cache[index] = (pack, tiles.nbytes + desc.nbytes)
         self.resident_bytes += tiles.nbytes + desc.nbytes
         self.loads += 1
