@@ -15,7 +15,8 @@ with their telemetry, no GNSS prior):
 - sharded_tight: a budget of `--tight-shards` times the largest shard's resident bytes, so
   that shards are dropped and loaded again in flight (the region-larger-than-memory case).
 Configurations run interleaved, `--repeats` times each. Per run: vision-step latency per
-frame (Chain.on_frame wall time) p50/p95/mean, fixes, shard loads, and RSS: after the
+frame (Chain.on_frame wall time) p50/p95/mean and its CPU time (process_time, all threads:
+less swayed by other processes than wall time), fixes, shard loads, and RSS: after the
 chain is built, at the end, and the peak (VmHWM). The machine's load average is recorded
 (other processes on a 2-core machine skew timings).
 """
@@ -64,20 +65,23 @@ def fly(flight: Path, pack_path: Path, budget_mb: float | None) -> dict:
             if budget_mb is not None else pack_path)
     chain = build_chain(cfg, pack, inputs.camera)
     rss_built = _status_mb("VmRSS")
-    lat, fixes = [], 0
+    lat, cpu, fixes = [], [], 0
     for item in inputs.frames.frames():
         if not isinstance(item, Frame):
             continue
         tel = inputs.telemetry.at(item.t_ns)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step = chain.on_frame(item, item.t_ns, tel, None)
         lat.append(1e3 * (time.perf_counter() - t0))
+        cpu.append(1e3 * (time.process_time() - c0))
         fixes += isinstance(step.result.result, Fix)
-    lat_a = np.array(lat[1:])  # the first frame pays one-off costs (sessions, first loads)
+    lat_a, cpu_a = np.array(lat[1:]), np.array(cpu[1:])  # the first frame: one-off costs
     out = {"frames": len(lat), "fixes": fixes,
            "latency_p50_ms": round(float(np.percentile(lat_a, 50)), 1),
            "latency_p95_ms": round(float(np.percentile(lat_a, 95)), 1),
            "latency_mean_ms": round(float(lat_a.mean()), 1),
+           "cpu_p50_ms": round(float(np.percentile(cpu_a, 50)), 1),
+           "cpu_mean_ms": round(float(cpu_a.mean()), 1),
            "first_frame_ms": round(lat[0], 1),
            "rss_built_mb": rss_built, "rss_end_mb": _status_mb("VmRSS"),
            "rss_peak_mb": _status_mb("VmHWM")}
@@ -90,7 +94,8 @@ def fly(flight: Path, pack_path: Path, budget_mb: float | None) -> dict:
 
 def _summary(runs: dict[str, list[dict]]) -> dict:
     med = {c: {k: float(np.median([r[k] for r in runs[c]]))
-               for k in ("latency_p50_ms", "latency_p95_ms", "latency_mean_ms", "rss_peak_mb")}
+               for k in ("latency_p50_ms", "latency_p95_ms", "latency_mean_ms", "cpu_mean_ms",
+                         "rss_peak_mb")}
            for c in CONFIGS}
     base = med["plain"]
     out = {}
@@ -99,6 +104,7 @@ def _summary(runs: dict[str, list[dict]]) -> dict:
                                                 / base["latency_p50_ms"] - 1, 3),
                   "latency_mean_vs_plain": round(med[c]["latency_mean_ms"]
                                                  / base["latency_mean_ms"] - 1, 3),
+                  "cpu_mean_vs_plain": round(med[c]["cpu_mean_ms"] / base["cpu_mean_ms"] - 1, 3),
                   "rss_peak_mb": med[c]["rss_peak_mb"],
                   "rss_peak_minus_budget_mb": round(med[c]["rss_peak_mb"]
                                                     - runs[c][0]["budget_mb"], 1)}
