@@ -94,7 +94,7 @@ def fly(flight: Path, pack_path: Path, budget_mb: float | None) -> dict:
 
 
 def _summary(runs: dict[str, list[dict]]) -> dict:
-    med = {c: {k: float(np.median([r[k] for r in runs[c]]))
+    med = {c: {k: round(float(np.median([r[k] for r in runs[c]])), 2)
                for k in ("latency_p50_ms", "latency_p95_ms", "latency_mean_ms", "cpu_mean_ms",
                          "rss_peak_mb")}
            for c in CONFIGS}
