@@ -64,6 +64,11 @@ bench-scale: $(DEV)
 	$(BIN)/python benchmarks/bench_scale.py --out $(OUT)/bench/scale.json $(SCALE_ARGS)
 
 # The product on real two-date image pairs (reads ../shared/data/multidate_pairs).
+# Region packs in flight: frame latency plain vs sharded pack, RSS vs the shard budget.
+.PHONY: bench-region
+bench-region: $(CORE)
+	$(BIN)/python benchmarks/bench_region.py --out $(OUT)/bench/region.json $(REGION_ARGS)
+
 .PHONY: bench-crossdate
 bench-crossdate: $(CORE)
 	$(BIN)/skyfix bench crossdate --pairs ../shared/data/multidate_pairs/*/ --views 10 \

@@ -32,7 +32,8 @@ import numpy as np
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.distributed import build_pack_ray
-from skyfix.maps.shards import ShardedPack, synthetic_region, write_shards
+from skyfix.maps.shard_write import synthetic_region, write_shards
+from skyfix.maps.shards import ShardedPack
 from skyfix.sim.sample import sample_ortho
 
 DIM = 32
@@ -90,7 +91,7 @@ def fly(path: Path, budget_mb: int) -> dict:
     """In a fresh process: open the sharded pack and search along a track; RSS figures."""
     rss0 = _status_kb("VmRSS")
     pack = ShardedPack.open(path, budget_bytes=budget_mb << 20, verify=False)
-    b = pack.base.bounds_en
+    b = pack.region.bounds_en
     rng = np.random.default_rng(1)
     t0 = time.perf_counter()
     lat = []

@@ -23,7 +23,6 @@ functions here, never at import time.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -83,32 +82,37 @@ def ray_session(address: str | None, workers: int | None = None) -> Iterator[Any
 
 def encoder_recipe(encoder: Encoder, threads: int = 1) -> tuple:
     """What a worker needs to make the same encoder itself: an inference session (ONNX
-    Runtime, TensorRT) cannot be sent to another process. XFeat travels as its settings;
-    an encoder of plain Python objects (RootSIFT) travels as it is."""
+    Runtime, TensorRT) cannot be sent to another process. XFeat travels as its settings
+    (ONNX Runtime: the provider it really runs on, `threads` intra-op threads; TensorRT:
+    the same engine options, so each worker loads the cached engine or builds the same
+    one); an encoder of plain Python objects (RootSIFT) travels as it is."""
     from skyfix.models.xfeat import XFeatEncoder
 
     if isinstance(encoder, XFeatEncoder):
         runner = encoder.runner
-        opts: tuple = ()
+        opts = dict(encoder.backend_opts)
         if runner.backend == "onnxruntime":
             provider = "cuda" if "CUDA" in str(getattr(runner, "provider", "")) else "cpu"
-            opts = (("provider", provider), ("intra_op_threads", max(1, threads)))
+            opts = {"provider": provider, "intra_op_threads": max(1, threads)}
         return ("xfeat", encoder.max_features, encoder.detection_threshold,
                 str(encoder.model_path), runner.backend, opts, encoder.nms_size)
     return ("object", encoder)
 
 
-@functools.lru_cache(maxsize=2)
-def _make_encoder(recipe: tuple) -> Encoder:
-    """The worker's own encoder of `recipe`, made once per worker process."""
-    from skyfix.models.xfeat import XFeatEncoder
-
-    _, max_features, threshold, model, backend, opts, nms = recipe
-    return XFeatEncoder(max_features, threshold, model, backend, dict(opts), nms)
+_ENCODERS: dict[str, Encoder] = {}  # a worker process's own encoders, by recipe
 
 
 def _worker_encoder(recipe: tuple) -> Encoder:
-    return recipe[1] if recipe[0] == "object" else _make_encoder(recipe)
+    """The worker's own encoder of `recipe`, made once per worker process."""
+    if recipe[0] == "object":
+        return recipe[1]
+    key = repr(recipe)
+    if key not in _ENCODERS:
+        from skyfix.models.xfeat import XFeatEncoder
+
+        _, max_features, threshold, model, backend, opts, nms = recipe
+        _ENCODERS[key] = XFeatEncoder(max_features, threshold, model, backend, dict(opts), nms)
+    return _ENCODERS[key]
 
 
 def _encode_task(ortho: str, grid: Grid, specs: Sequence[TileSpec], tile_px: int,

@@ -20,12 +20,16 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from skyfix.maps.pack import MapPack
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.types import TileHit
+
+if TYPE_CHECKING:
+    from skyfix.maps.pack import MapPack
+    from skyfix.maps.tilemap import TileMap
 
 NPROBE_MIN = 16
 NPROBE_SHARE = 0.08
@@ -62,7 +66,7 @@ def in_window(pack: MapPack, centre_en: np.ndarray, cov_en: np.ndarray) -> np.nd
     return _inside(pack.tile_center_en, pack.tile_bounds_en, centre, cov)
 
 
-def window_ids(pack: MapPack, centre_en: np.ndarray, cov_en: np.ndarray) -> np.ndarray:
+def window_ids(pack: TileMap, centre_en: np.ndarray, cov_en: np.ndarray) -> np.ndarray:
     """[n] int64 ascending ids of the tiles `in_window` selects, without touching every tile."""
     centre = np.asarray(centre_en, np.float64).reshape(2)
     cov = np.asarray(cov_en, np.float64).reshape(2, 2)
@@ -70,7 +74,7 @@ def window_ids(pack: MapPack, centre_en: np.ndarray, cov_en: np.ndarray) -> np.n
         return np.zeros(0, np.int64)
     half = np.sqrt(np.clip(np.diag(cov), 0, None)) if np.all(np.isfinite(cov)) else (0, 0)
     ids = pack.tiles_near(centre, float(half[0]), float(half[1]))
-    return ids[_inside(pack.tile_center_en[ids], pack.tile_bounds_en[ids], centre, cov)]
+    return ids[_inside(pack.tile_centers(ids), pack.tile_bounds(ids), centre, cov)]
 
 
 def search(pack: MapPack, query: np.ndarray, level: int, top_k: int,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from tokenize import TokenError
@@ -39,18 +38,14 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds
 
-from skyfix.maps.dem import DEM_FILE, dem_shape, terrain_lookup
+from skyfix.maps.dem import DEM_FILE, dem_shape
 from skyfix.maps.pack_checks import array_problems, manifest_problems, tile_problems
-from skyfix.maps.structure import (
-    StructureWindow,
-    crop_structure,
-    structure_file,
-    structure_shape,
-)
-from skyfix.models.features import vlad
+from skyfix.maps.structure import structure_file, structure_shape
+from skyfix.maps.tilemap import TileMap
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
 from skyfix.runtime.core.provenance import check_manifest_signature
+from skyfix.runtime.core.types import TileHit
 
 FORMAT = "skyfix-pack/2"  # /2: structure channels for matching across dates
 MAX_MANIFEST_BYTES = 16_000_000
@@ -247,8 +242,8 @@ def _check_arrays(m: Manifest, tiles, kps, local, desc, codebook) -> list[str]:
     return problems or tile_problems(m, tiles)
 
 
-class MapPack:
-    """An opened map pack. Use `MapPack.open(path)`.
+class MapPack(TileMap):
+    """An opened map pack (the skyfix.maps.tilemap surface). Use `MapPack.open(path)`.
 
     `tile_level`: [T] int; `tile_gsd_m`: [T] float64; `tile_center_en`: [T, 2] float64;
     `tile_bounds_en`: [T, 4] float64 (min E, min N, max E, max N); `descriptors`: [T, K * D]
@@ -258,7 +253,7 @@ class MapPack:
 
     def __init__(self, path: Path, manifest: Manifest, tiles: np.ndarray, keypoints: np.ndarray,
                  local_descriptors: np.ndarray, descriptors: np.ndarray, codebook: np.ndarray):
-        self.path, self.manifest = path, manifest
+        self.path, self.manifest, self.region = path, manifest, manifest
         self.crs = CRS.from_wkt(manifest.crs_wkt)
         self.n_tiles = len(tiles)
         self.levels: tuple[float, ...] = manifest.gsds_m
@@ -266,6 +261,8 @@ class MapPack:
         self.tile_gsd_m = np.asarray(tiles["gsd_m"], np.float64)
         self.tile_center_en = np.asarray(tiles["center_en"], np.float64)
         self.tile_bounds_en = np.asarray(tiles["bounds_en"], np.float64)
+        self.centre_en = (self.tile_center_en.mean(0) if self.n_tiles
+                          else np.zeros(2, np.float64))
         self._feat_offset = np.asarray(tiles["feat_offset"], np.int64)
         self._feat_count = np.asarray(tiles["feat_count"], np.int64)
         self._keypoints, self._local = keypoints, local_descriptors
@@ -335,35 +332,13 @@ class MapPack:
         except CRSError as e:
             raise SkyfixError(f"map pack {path}: {MANIFEST} has an unusable CRS ({e})") from None
         pack._mapped = mapped
-        if manifest.dem_gsd_m:
-            pack.dem = _load(path, DEM_FILE)
-            want = dem_shape(manifest.bounds_en, manifest.dem_gsd_m)
-            if pack.dem.shape != want or pack.dem.dtype != np.float32:
-                raise SkyfixError(f"map pack {path}: {DEM_FILE} has shape {pack.dem.shape}"
-                                  f" {pack.dem.dtype}, the manifest says {want} float32")
-            pack.dem = pack._keep(pack.dem, path / DEM_FILE, in_ram_max_bytes)
-        for level, sgsd in enumerate(manifest.structure_gsds_m):
-            arr = _load(path, structure_file(level))
-            want = structure_shape(manifest.bounds_en, sgsd)
-            if arr.shape != want or arr.dtype != np.uint8:
-                raise SkyfixError(f"map pack {path}: {structure_file(level)} has shape"
-                                  f" {arr.shape} {arr.dtype}, the manifest says {want} uint8")
-            pack.structure.append(pack._keep(arr, path / structure_file(level), in_ram_max_bytes))
+        dem, structure = region_grids(path, manifest)
+        pack.dem = None if dem is None else pack._keep(dem, path / DEM_FILE, in_ram_max_bytes)
+        pack.structure = [pack._keep(a, path / structure_file(lv), in_ram_max_bytes)
+                          for lv, a in enumerate(structure)]
         for level in manifest.index_levels:
             pack.indexes[level] = _read_index(path, index_file(level), pack.descriptors.shape[1])
         return pack
-
-    def terrain_m(self, east_m, north_m) -> np.ndarray:
-        """Terrain height (metres, the DEM's vertical datum) at map points, bilinear in the
-        pack's DEM; NaN where unknown (no DEM, outside it, or a nodata neighbour).
-
-        `east_m`, `north_m`: scalars or arrays of one shape; returns float64 of that shape.
-        """
-        e, n = np.broadcast_arrays(np.asarray(east_m, np.float64), np.asarray(north_m, np.float64))
-        if self.dem is None or self.manifest.dem_gsd_m is None:
-            return np.full(e.shape, np.nan)
-        b = self.manifest.bounds_en
-        return terrain_lookup(self.dem, (b[0], b[3]), self.manifest.dem_gsd_m, e, n)
 
     def tiles_near(self, centre_en: np.ndarray, half_e_m: float, half_n_m: float) -> np.ndarray:
         """[n] int64 ids (ascending) of the tiles whose bounds can reach the box
@@ -385,16 +360,6 @@ class MapPack:
         north = self.tile_center_en[ids, 1]
         return np.sort(ids[np.abs(north - cn) <= half_n_m + reach_n])
 
-    def structure_window(self, level: int, centre_en: np.ndarray, half_m: float
-                         ) -> StructureWindow | None:
-        """`level`'s structure channels in the square centre_en +- half_m (zeros outside
-        the map), or None when the pack has none."""
-        if level >= len(self.structure):
-            return None
-        b = self.manifest.bounds_en
-        return crop_structure(self.structure[level], self.manifest.structure_gsds_m[level],
-                              (b[0], b[3]), centre_en, half_m)
-
     def tile_features(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         """([n, 2] float64 absolute map (E, N), [n, D] float32 descriptors) of one tile,
         strongest keypoint first."""
@@ -406,23 +371,42 @@ class MapPack:
         en = self.tile_center_en[tile_id] + np.asarray(self._keypoints[a:b], np.float64)
         return en, np.asarray(self._local[a:b], np.float32)
 
-    def level_for_gsd(self, gsd_m: float) -> int:
-        """The level to rectify a frame of ground resolution `gsd_m` to.
+    def tile_levels(self, ids: np.ndarray) -> np.ndarray:
+        return self.tile_level[ids]
 
-        The finest level whose GSD is at least 0.9 * gsd_m: the view is then never
-        upsampled by more than ~10 % (upsampling adds pixels but no detail). When every
-        level is finer than that, the coarsest level. A non-finite or non-positive gsd_m
-        selects the finest level (the frame is rejected downstream anyway).
-        """
-        gsds = np.asarray(self.levels)
-        if not math.isfinite(gsd_m) or gsd_m <= 0:
-            return int(gsds.argmin())
-        ok = np.flatnonzero(gsds >= 0.9 * gsd_m)
-        return int(ok[gsds[ok].argmin()]) if len(ok) else int(gsds.argmax())
+    def tile_centers(self, ids: np.ndarray) -> np.ndarray:
+        return self.tile_center_en[ids]
 
-    def global_descriptor(self, descriptors: np.ndarray) -> np.ndarray:
-        """[K * D] float32 VLAD of [N, D] local descriptors with the pack's codebook."""
-        return vlad(np.asarray(descriptors, np.float32), self.codebook)
+    def tile_bounds(self, ids: np.ndarray) -> np.ndarray:
+        return self.tile_bounds_en[ids]
+
+    def search(self, query: np.ndarray, level: int, top_k: int,
+               window: tuple[np.ndarray, np.ndarray] | None = None) -> list[TileHit]:
+        """skyfix.maps.index.search on this pack."""
+        from skyfix.maps.index import search
+
+        return search(self, query, level, top_k, window)
+
+
+def region_grids(path: Path, m: Manifest) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """The memory-mapped whole-region grids of the map at `path` that manifest `m` lists:
+    (dem.npy or None, [structure_l{L}.npy per level]), each checked against its shape."""
+    dem = None
+    if m.dem_gsd_m:
+        dem = _load(path, DEM_FILE)
+        want = dem_shape(m.bounds_en, m.dem_gsd_m)
+        if dem.shape != want or dem.dtype != np.float32:
+            raise SkyfixError(f"map pack {path}: {DEM_FILE} has shape {dem.shape}"
+                              f" {dem.dtype}, the manifest says {want} float32")
+    structure = []
+    for level, sgsd in enumerate(m.structure_gsds_m):
+        arr = _load(path, structure_file(level))
+        want = structure_shape(m.bounds_en, sgsd)
+        if arr.shape != want or arr.dtype != np.uint8:
+            raise SkyfixError(f"map pack {path}: {structure_file(level)} has shape"
+                              f" {arr.shape} {arr.dtype}, the manifest says {want} uint8")
+        structure.append(arr)
+    return dem, structure
 
 
 def _read_index(path: Path, name: str, dim: int) -> Any:

@@ -74,7 +74,8 @@ class XFeatEncoder:
                               f"does not have XFeat's outputs ({', '.join(XFEAT_OUTPUTS)}, "
                               f"dim {XFEAT_DIM})")
         self.id: str = self.manifest.model_id
-        self.runner: Runner = get_runner(backend, self.model_path, **(backend_opts or {}))
+        self.backend_opts = dict(backend_opts or {})  # what another process needs to redo it
+        self.runner: Runner = get_runner(backend, self.model_path, **self.backend_opts)
         self._input = self.manifest.inputs[0].name
 
     @property

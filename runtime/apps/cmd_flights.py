@@ -100,7 +100,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="intrinsics: OpenCV YAML or cuav JSON (default: guess from EXIF)")
     r.add_argument("--time-offset", type=float, default=0.0, metavar="SECONDS",
                    help="added to frame times to put them on the log's clock (default 0)")
-    r.add_argument("--map", required=True, type=Path, help="map pack folder")
+    r.add_argument("--map", required=True, type=Path, help="map pack folder (plain or sharded)")
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--config", type=Path, help="YAML configuration (defaults otherwise)")
     r.add_argument("--gnss-off-at", type=float, default=0.0, metavar="SECONDS",

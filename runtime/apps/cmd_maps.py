@@ -30,34 +30,42 @@ def cmd_maps_build(a: argparse.Namespace) -> None:
 
 
 def cmd_maps_shard(a: argparse.Namespace) -> None:
-    from skyfix.maps.shards import shard_pack
+    from skyfix.maps.shard_write import shard_pack
 
     print(f"sharded map pack written to {shard_pack(a.pack, a.out, a.cell_m)}")
 
 
-def cmd_maps_verify(a: argparse.Namespace) -> None:
+def _pack_problems(path: Path) -> tuple[Path, list[str]]:
+    """(the manifest file, every problem as a line naming the pack) of a plain or sharded
+    map pack."""
     from skyfix.maps.pack import MANIFEST, verify_pack
+    from skyfix.maps.shards import SHARDS_MANIFEST, verify_sharded
+
+    if (path / SHARDS_MANIFEST).is_file():
+        return path / SHARDS_MANIFEST, verify_sharded(path)
+    return path / MANIFEST, [f"map pack {path}: {p}" for p in verify_pack(path)]
+
+
+def cmd_maps_verify(a: argparse.Namespace) -> None:
     from skyfix.runtime.core.provenance import check_manifest_signature
 
+    manifest, problems = _pack_problems(a.pack)
     if a.trusted_key:
-        check_manifest_signature(a.pack / MANIFEST, a.trusted_key, f"map pack {a.pack}")
-    problems = verify_pack(a.pack)
+        check_manifest_signature(manifest, a.trusted_key, f"map pack {a.pack}")
     if problems:
-        raise SkyfixError(f"map pack {a.pack}: {problems[0]}"
-                          + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+        raise SkyfixError(problems[0] + (f" (+{len(problems) - 1} more)"
+                                         if len(problems) > 1 else ""))
     print(f"map pack {a.pack}: OK")
 
 
 def cmd_sign(a: argparse.Namespace) -> None:
-    from skyfix.maps.pack import MANIFEST, verify_pack
     from skyfix.models.manifest import load_manifest, manifest_path
     from skyfix.runtime.core.provenance import sign_manifest
 
     if a.command == "maps":
-        problems = verify_pack(a.target)  # never sign a pack that fails its own checks
+        manifest, problems = _pack_problems(a.target)  # never sign a pack that fails
         if problems:
-            raise SkyfixError(f"map pack {a.target}: {problems[0]}; not signed")
-        manifest = a.target / MANIFEST
+            raise SkyfixError(f"{problems[0]}; not signed")
     else:
         load_manifest(a.target, verify=True)
         manifest = manifest_path(a.target)
@@ -105,12 +113,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--cell-m", type=float, required=True, help="cell size, metres")
     sh.add_argument("--out", required=True, type=Path)
     sh.set_defaults(func=cmd_maps_shard)
-    v = msub.add_parser("verify", help="re-hash every file of a pack against its manifest")
+    v = msub.add_parser("verify", help="re-hash every file of a pack (plain or sharded) "
+                        "against its manifest")
     v.add_argument("pack", type=Path)
     v.add_argument("--trusted-key", type=Path, metavar="PEM",
                    help="also require an Ed25519 signature by this public key")
     v.set_defaults(func=cmd_maps_verify)
-    sg = msub.add_parser("sign", help="sign a pack's manifest with an Ed25519 private key")
+    sg = msub.add_parser("sign", help="sign a pack's manifest (plain or sharded) with an "
+                         "Ed25519 private key")
     sg.add_argument("target", type=Path, metavar="PACK")
     sg.add_argument("--key", required=True, type=Path, metavar="PEM", help="private key")
     sg.set_defaults(func=cmd_sign)

@@ -98,11 +98,11 @@ def read_terrain_labels(path: Path) -> dict[str, str]:
 
 
 def _relief_class(pack_path: Path, truth_en: np.ndarray | None) -> str:
-    from skyfix.maps.pack import MapPack
+    from skyfix.maps.shards import open_map_pack
 
     if truth_en is None or not len(truth_en):
         return "unknown"
-    pack = MapPack.open(pack_path, verify=False)
+    pack = open_map_pack(pack_path, verify=False)
     h = pack.terrain_m(truth_en[:, 0], truth_en[:, 1])
     h = h[np.isfinite(h)]
     if not len(h):

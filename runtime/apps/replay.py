@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from skyfix.maps.tilemap import TileMap
 from skyfix.runtime.apps.report import Report, SentEstimate, write_outputs
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
@@ -43,11 +44,12 @@ class ReplayResult:
     frames: tuple[FrameResult, ...] = ()  # what each frame gave (fix, innovation, ...)
 
 
-def replay(flight: Path | ReplayInputs, pack_path: Path, out: Path, cfg: Config,
+def replay(flight: Path | ReplayInputs, pack: Path | TileMap, out: Path, cfg: Config,
            gnss_off_at_s: float = 0.0, progress: bool = True) -> ReplayResult:
-    """Replay `flight` (a recorded-flight folder, or inputs from `open_inputs`)."""
+    """Replay `flight` (a recorded-flight folder, or inputs from `open_inputs`) over the
+    map `pack` (a plain or sharded pack's folder, or one already open)."""
     inputs = flight if isinstance(flight, ReplayInputs) else open_inputs(Path(flight))
-    chain = build_chain(cfg, pack_path, inputs.camera)
+    chain = build_chain(cfg, pack, inputs.camera)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     times = inputs.frames.frame_times_ns

@@ -30,7 +30,7 @@ import simplekml
 from matplotlib.figure import Figure
 from rasterio.warp import transform as crs_transform
 
-from skyfix.maps.pack import MapPack
+from skyfix.maps.tilemap import TileMap
 from skyfix.runtime.core.geo import LocalFrame
 from skyfix.runtime.core.types import Estimate, Fix, sigma_max
 from skyfix.runtime.io.sources import Truth
@@ -112,7 +112,7 @@ def _score(truth: Truth | None, t_ns: np.ndarray, en: np.ndarray) -> _Scored:
     return _Scored(t, en, np.linalg.norm(d, axis=1), along, cross)
 
 
-def write_outputs(out: Path, pack: MapPack, frame: LocalFrame, truth: Truth | None,
+def write_outputs(out: Path, pack: TileMap, frame: LocalFrame, truth: Truth | None,
                   results: list[FrameResult], sent: list[SentEstimate],
                   rejections: dict[str, int], reference: str = "truth.csv"
                   ) -> tuple[Report, tuple[Path, ...]]:
@@ -175,7 +175,7 @@ def _finite_rows(a: np.ndarray) -> np.ndarray:
     return a[np.isfinite(a).all(1)]
 
 
-def _truth_in(truth: Truth, pack: MapPack) -> Truth:
+def _truth_in(truth: Truth, pack: TileMap) -> Truth:
     """The reference track in the pack's CRS."""
     if truth.crs == pack.crs:
         return truth
@@ -217,14 +217,14 @@ def _write_csv(path: Path, results: list[FrameResult], ref: np.ndarray,
             w.writerow(row)
 
 
-def _lonlat(pack: MapPack, en: np.ndarray) -> list[list[float]]:
+def _lonlat(pack: TileMap, en: np.ndarray) -> list[list[float]]:
     if not len(en):
         return []
     lon, lat = crs_transform(pack.crs, "EPSG:4326", en[:, 0].tolist(), en[:, 1].tolist())
     return [[round(a, 8), round(b, 8)] for a, b in zip(lon, lat, strict=True)]
 
 
-def _write_geojson(path: Path, pack: MapPack, ref: np.ndarray, fix_en: np.ndarray,
+def _write_geojson(path: Path, pack: TileMap, ref: np.ndarray, fix_en: np.ndarray,
                    fix_sig: np.ndarray, est_en: np.ndarray, fs: _Scored) -> None:
     feats = [
         {"type": "Feature", "properties": {"name": "reference"},
@@ -273,7 +273,7 @@ def _write_gpx(path: Path, est: list[list[float]], alt: np.ndarray, t_ns: np.nda
     path.write_text(gpx.to_xml(version="1.1"))
 
 
-def _plot(path: Path, pack: MapPack, t: np.ndarray, ref: np.ndarray, fix_t: np.ndarray,
+def _plot(path: Path, pack: TileMap, t: np.ndarray, ref: np.ndarray, fix_t: np.ndarray,
           fix_en: np.ndarray, fs: _Scored, est_en: np.ndarray, es: _Scored,
           reference: str) -> None:
     fig = Figure(figsize=(14, 6.5))  # no pyplot: no global backend, nothing kept alive

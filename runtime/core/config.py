@@ -295,7 +295,10 @@ class CameraConfig(Section):
 
 @dataclass(frozen=True)
 class DaemonConfig(Section):
-    map: str = key("", "map pack folder; required by skyfix run")
+    map: str = key("", "map pack folder (plain or sharded); required by skyfix run")
+    map_budget_mb: int = key(256, "memory a sharded map pack's loaded shards may hold; "
+                             "the least recently used shard is dropped first", ge=16,
+                             le=65_536)
     link: str = key("udpin:0.0.0.0:14550", "pymavlink connection: udpin:host:port | "
                     "/dev/ttyTHS1,921600 | tcp:host:port")
     peer: str = key("", "autopilot address (host:port) a udpin link answers; empty: the "

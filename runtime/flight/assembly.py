@@ -1,7 +1,8 @@
 """The one place the in-flight chain is put together, for every program that flies it.
 
     build_chain(cfg, pack, camera) -> Chain:
-        map pack + its encoder (both signature-checked when a key is trusted)
+        map pack (plain or sharded) + its encoder (both signature-checked when a key is
+        trusted)
         -> Localizer -> Navigator (in a local frame at the pack's centre) ;
         FrameGate ; GnssMonitor -> SendPolicy
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skyfix.maps.pack import MapPack
+from skyfix.maps.tilemap import TileMap
 from skyfix.maps.trusted import open_pack_and_encoder
 from skyfix.models.features import Encoder
 from skyfix.models.registry import encoder_for_id
@@ -48,7 +49,7 @@ class Chain:
     """The in-flight chain over one map pack (its parts hold state; the chain does not)."""
 
     cfg: Config
-    pack: MapPack | None
+    pack: TileMap | None
     frame: LocalFrame
     navigator: Navigator
     gate: FrameGate
@@ -91,30 +92,30 @@ class Chain:
         return self.navigator.rejections
 
 
-def local_frame(pack: MapPack) -> LocalFrame:
+def local_frame(pack: TileMap) -> LocalFrame:
     """The local NED frame every program flies in: at the centre of the pack's tiles."""
-    cx, cy = np.asarray(pack.tile_center_en).mean(0)
+    cx, cy = np.asarray(pack.centre_en, np.float64)
     return LocalFrame.at(pack.crs, float(cx), float(cy))
 
 
-def open_map(pack: Path | MapPack, cfg: Config) -> tuple[MapPack, Encoder, LocalFrame]:
-    """The pack (opened, verified and, with trust.public_key set, signature-checked when
-    given as a path), the encoder it was built with, and the local frame at its centre."""
-    if isinstance(pack, MapPack):
-        encoder = encoder_for_id(pack.manifest.encoder_id, cfg.encoder,
-                                 cfg.rectify.max_view_px)
+def open_map(pack: Path | TileMap, cfg: Config) -> tuple[TileMap, Encoder, LocalFrame]:
+    """The pack, plain or sharded (opened, verified and, with trust.public_key set,
+    signature-checked when given as a path), the encoder it was built with, and the local
+    frame at its centre."""
+    if isinstance(pack, TileMap):
+        encoder = encoder_for_id(pack.encoder_id, cfg.encoder, cfg.rectify.max_view_px)
     else:
         pack, encoder = open_pack_and_encoder(Path(pack), cfg)
     return pack, encoder, local_frame(pack)
 
 
-def build_chain(cfg: Config, pack: Path | MapPack, camera: CameraModel) -> Chain:
+def build_chain(cfg: Config, pack: Path | TileMap, camera: CameraModel) -> Chain:
     """The whole in-flight chain over the map pack `pack` for a camera `camera`."""
     pack, encoder, frame = open_map(pack, cfg)
     return assemble(cfg, pack, frame, Localizer(pack, camera, encoder, cfg))
 
 
-def assemble(cfg: Config, pack: MapPack | None, frame: LocalFrame,
+def assemble(cfg: Config, pack: TileMap | None, frame: LocalFrame,
              localizer: Localizer | None) -> Chain:
     """The chain around a given localizer (None: a chain that is never fed frames, e.g. a
     daemon tested on its MAVLink side alone; the benchmarks pass their own)."""

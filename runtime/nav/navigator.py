@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from skyfix.maps.pack import MapPack
+from skyfix.maps.tilemap import TileMap
 from skyfix.models.features import Encoder, LocalFeatures
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
@@ -79,14 +79,15 @@ def with_height_above_ground(tel: Telemetry, ground_m: float) -> Telemetry:
 class Localizer:
     """rectify -> features -> retrieve -> match, for one frame at a time."""
 
-    def __init__(self, pack: MapPack, camera: CameraModel, encoder: Encoder, cfg: Config):
+    def __init__(self, pack: TileMap, camera: CameraModel, encoder: Encoder, cfg: Config):
         self.pack, self.camera, self.encoder, self.cfg = pack, camera, encoder, cfg
         self._tile = lru_cache(maxsize=128)(self._load_tile)
 
     def _load_tile(self, tile_id: int) -> Candidate:
         en, desc = self.pack.tile_features(tile_id)
         heights = self.pack.terrain_m(en[:, 0], en[:, 1]) if self.pack.dem is not None else None
-        return Candidate(int(tile_id), int(self.pack.tile_level[tile_id]), en, desc, heights)
+        level = int(self.pack.tile_levels(np.array([tile_id]))[0])
+        return Candidate(int(tile_id), level, en, desc, heights)
 
     def look(self, frame: Frame, tel: Telemetry, prior: Prior = NO_PRIOR) -> Look | Rejection:
         """Rectify the frame at the pack level nearest its ground resolution; extract features.
@@ -123,9 +124,9 @@ class Localizer:
                 return locate(look.view, feats, [self._tile(h.tile_id) for h in hits],
                               self.cfg.match)
             # no prior: each retrieved tile is a window for the coarse stage
-            half = 0.5 * self.pack.manifest.tile_px * self.pack.levels[look.level]
-            windows = [Prior(self.pack.tile_center_en[h.tile_id], half**2 * np.eye(2), "none")
-                       for h in hits]
+            half = 0.5 * self.pack.tile_px * self.pack.levels[look.level]
+            centres = self.pack.tile_centers(np.array([h.tile_id for h in hits]))
+            windows = [Prior(c, half**2 * np.eye(2), "none") for c in centres]
         near = self.match_near(look, windows)
         return near if isinstance(near, Rejection) else judge_near(look.view, near,
                                                                    self.cfg.match)
@@ -151,8 +152,8 @@ class Localizer:
         for coarse in places:
             centre = np.array([coarse.east_m, coarse.north_m])
             ids = self.pack.tiles_near(centre, reach, reach)
-            ids = ids[self.pack.tile_level[ids] == look.level]
-            ids = ids[np.argsort(np.hypot(*(self.pack.tile_center_en[ids] - centre).T))][:4]
+            ids = ids[self.pack.tile_levels(ids) == look.level]
+            ids = self.pack.nearest_first(ids, centre)[0][:4]
             near = match_near(view, look.feats, [self._tile(int(i)) for i in ids], coarse, cfg)
             if near is None:
                 continue
@@ -167,7 +168,8 @@ class Localizer:
             for prior in windows:
                 radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
                 ids = self.pack.tiles_near(prior.centre_en, radius + reach, radius + reach)
-                ids = ids[self.pack.tile_level[ids] == look.level]
+                ids = self.pack.nearest_first(ids[self.pack.tile_levels(ids) == look.level],
+                                              prior.centre_en)[0]
                 blind = CoarseMatch(float(prior.centre_en[0]), float(prior.centre_en[1]), 0.0,
                                     0.0, 0.0)
                 near = match_near(view, look.feats, [self._tile(int(i)) for i in ids], blind,

@@ -20,8 +20,8 @@ from typing import Literal
 
 import numpy as np
 
-from skyfix.maps.index import search, window_ids
-from skyfix.maps.pack import MapPack
+from skyfix.maps.index import window_ids
+from skyfix.maps.tilemap import TileMap
 from skyfix.runtime.core.config import RetrieveConfig
 from skyfix.runtime.core.types import TileHit
 
@@ -49,21 +49,20 @@ def window_prior(centre_en: np.ndarray, cov_en_m2: np.ndarray, source: PriorSour
     return Prior(np.asarray(centre_en, np.float64), window, source)
 
 
-def retrieve(pack: MapPack, query: np.ndarray, level: int, prior: Prior,
+def retrieve(pack: TileMap, query: np.ndarray, level: int, prior: Prior,
              cfg: RetrieveConfig) -> list[TileHit]:
     """Candidate tiles of `level` for a view with global descriptor `query`, best first."""
     if prior.source == "none":
-        return search(pack, query, level, cfg.top_k)
-    tile_half = 0.5 * pack.manifest.tile_px * pack.levels[level]
+        return pack.search(query, level, cfg.top_k)
+    tile_half = 0.5 * pack.tile_px * pack.levels[level]
     radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
     if radius <= tile_half:
         return _nearest_tiles(pack, level, prior, cfg.tracking_k)
-    return search(pack, query, level, cfg.top_k, (prior.centre_en, prior.window_cov))
+    return pack.search(query, level, cfg.top_k, (prior.centre_en, prior.window_cov))
 
 
-def _nearest_tiles(pack: MapPack, level: int, prior: Prior, k: int) -> list[TileHit]:
+def _nearest_tiles(pack: TileMap, level: int, prior: Prior, k: int) -> list[TileHit]:
     ids = window_ids(pack, prior.centre_en, prior.window_cov)
-    ids = ids[pack.tile_level[ids] == level]
-    dist = np.linalg.norm(pack.tile_center_en[ids] - prior.centre_en, axis=1)
-    order = np.argsort(dist, kind="stable")[:k]
-    return [TileHit(int(ids[i]), level, float(-dist[i])) for i in order]
+    ids = ids[pack.tile_levels(ids) == level]
+    ids, dist = pack.nearest_first(ids, prior.centre_en)
+    return [TileHit(int(i), level, float(-d)) for i, d in zip(ids[:k], dist[:k], strict=True)]

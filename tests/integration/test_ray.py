@@ -99,3 +99,17 @@ def test_fleet_replay_writes_reports_and_a_summary(cluster, ortho_path, tmp_path
     assert float(rows[("flight", "high")]["fix_cep50_m"]) == pytest.approx(
         high["fix_cep50_m"], abs=0.01)
     assert int(rows[("terrain", "unknown")]["flights"]) == 2  # "high" and the failed one
+
+
+def test_a_worker_makes_its_own_xfeat_session_once():
+    from skyfix.maps.distributed import _worker_encoder, encoder_recipe
+    from skyfix.models.registry import make_encoder
+
+    driver = make_encoder("xfeat")
+    recipe = encoder_recipe(driver, threads=1)
+    worker = _worker_encoder(recipe)
+    assert worker is not driver and worker.runner is not driver.runner
+    assert worker is _worker_encoder(recipe)  # one session per worker process
+    assert worker.backend_opts == {"provider": "cpu", "intra_op_threads": 1}
+    assert (worker.max_features, worker.nms_size, worker.model_path) == (
+        driver.max_features, driver.nms_size, driver.model_path)

@@ -4,6 +4,7 @@ synthetic region (lazy loading within the memory budget, coarse-first global sea
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,15 +12,11 @@ import rasterio
 from rasterio.windows import Window
 
 from skyfix.maps.build import build_pack
-from skyfix.maps.index import search
+from skyfix.maps.index import search, window_ids
 from skyfix.maps.pack import MapPack
-from skyfix.maps.shards import (
-    SHARDS_MANIFEST,
-    ShardedPack,
-    shard_pack,
-    synthetic_region,
-    write_shards,
-)
+from skyfix.maps.shard_write import shard_pack, synthetic_region, write_shards
+from skyfix.maps.shards import SHARDS_MANIFEST, ShardedPack
+from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
 
 
@@ -94,8 +91,6 @@ def test_global_search_finds_the_tile_through_the_coarse_index(packs):
 
 def test_a_tampered_shard_is_refused_when_loaded(packs, tmp_path):
     _, path = packs
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(path, copy)
     name = json.loads((copy / SHARDS_MANIFEST).read_text())["shards"][2]["name"]
@@ -139,3 +134,56 @@ def test_region_pack_stays_within_its_memory_budget(tmp_path):
     assert sharded.loads > 4  # shards were evicted and reloaded, not all kept
     with pytest.raises(SkyfixError, match="memory budget"):
         ShardedPack.open(tmp_path / "region", budget_bytes=biggest - 1)
+
+
+def test_the_tile_map_surface_answers_as_the_plain_pack(packs):
+    pack, path = packs
+    sharded = ShardedPack.open(path, budget_bytes=1 << 20)
+    # the same tiles under other ids: compare by centre
+    order_a = np.lexsort(pack.tile_center_en.T[::-1])
+    ids = np.arange(sharded.n_tiles)
+    order_b = np.lexsort(sharded.tile_centers(ids).T[::-1])
+    np.testing.assert_array_equal(pack.tile_center_en[order_a],
+                                  sharded.tile_centers(ids[order_b]))
+    np.testing.assert_array_equal(pack.tile_bounds_en[order_a], sharded.tile_bounds(order_b))
+    np.testing.assert_array_equal(pack.tile_level[order_a], sharded.tile_levels(order_b))
+    np.testing.assert_allclose(sharded.centre_en, pack.centre_en, atol=1e-6)
+    assert len(sharded.structure) == len(pack.structure) > 0 and sharded.dem is None
+    cov = np.diag([40.0, 25.0]) ** 2
+    for centre in pack.tile_center_en[::7]:
+        a, b = window_ids(pack, centre, cov), window_ids(sharded, centre, cov)
+        a = pack.nearest_first(a[pack.tile_levels(a) == 0], centre + 3.0)[0]
+        b = sharded.nearest_first(b[sharded.tile_levels(b) == 0], centre + 3.0)[0]
+        assert len(a)
+        np.testing.assert_array_equal(pack.tile_centers(a), sharded.tile_centers(b))
+        w_a, w_b = pack.structure_window(0, centre, 50.0), sharded.structure_window(0, centre,
+                                                                                    50.0)
+        np.testing.assert_array_equal(w_a.channels, w_b.channels)
+    with pytest.raises(IndexError):
+        sharded.tile_centers(np.array([sharded.n_tiles]))
+
+
+def test_sharded_packs_are_signed_verified_and_refused_unsigned(packs, tmp_path, capfd):
+    from test_provenance import key_pair, trusting
+
+    from skyfix.maps.trusted import open_pack_and_encoder
+    from skyfix.runtime.apps.cli import main
+
+    _, path = packs
+    private, public = key_pair(tmp_path, "maker")
+    copy = tmp_path / "sharded"
+    shutil.copytree(path, copy)
+    with pytest.raises(SkyfixError, match="not signed"):
+        open_pack_and_encoder(copy, trusting(public))
+    assert main(["maps", "sign", str(copy), "--key", str(private)]) == 0
+    assert (copy / (SHARDS_MANIFEST + ".sig")).is_file()
+    pack, _ = open_pack_and_encoder(copy, trusting(public))
+    assert isinstance(pack, ShardedPack)
+    assert pack.budget_bytes == Config().daemon.map_budget_mb << 20
+    assert main(["maps", "verify", str(copy), "--trusted-key", str(public)]) == 0
+    victim = copy / pack.manifest.shards[-1].name / "keypoints.npy"
+    victim.write_bytes(victim.read_bytes()[:-8] + b"\x00" * 8)
+    capfd.readouterr()
+    assert main(["maps", "verify", str(copy)]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keypoints.npy does not match its manifest" in err[0], err

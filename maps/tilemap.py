@@ -1,0 +1,137 @@
+"""What the in-flight localiser reads of a map: the surface a plain map pack
+(skyfix.maps.pack.MapPack) and a sharded region pack (skyfix.maps.shards.ShardedPack)
+share, so that runtime/nav works on either without knowing which.
+
+Tile ids are the map's own (a sharded pack numbers its tiles across shards). Lookups go
+by id arrays, never through a whole-map tile table, so a region too large for memory
+answers them by loading only the shards the ids fall in.
+
+    region          Manifest describing the whole map: CRS, bounds, levels, tile size,
+                    encoder, terrain and structure grids
+    tiles_near      ids of the tiles that can reach a box (a superset; exact tests follow)
+    tile_levels / tile_centers / tile_bounds      per-id tile table columns
+    tile_features   one tile's cached local features
+    search          retrieval: the best tiles of a level for a global descriptor
+    terrain_m, structure_window, level_for_gsd, global_descriptor   (shared here)
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from rasterio.crs import CRS
+
+from skyfix.maps.dem import terrain_lookup
+from skyfix.maps.structure import StructureWindow, crop_structure
+from skyfix.models.features import vlad
+from skyfix.runtime.core.types import TileHit
+
+if TYPE_CHECKING:
+    from skyfix.maps.pack import Manifest
+
+
+class TileMap(ABC):
+    """A map opened for flight. Subclasses set `path`, `region`, `crs`, `levels`,
+    `codebook` ([K, D] float32), `dem` ([H, W] float32 or None, on the region grid at
+    `region.dem_gsd_m`), `structure` (per level [C, Hs, Ws] uint8) and `centre_en`
+    ([2] float64 mean of the tile centres: where the local frame of a flight sits)."""
+
+    path: Path
+    region: Manifest
+    crs: CRS
+    levels: tuple[float, ...]
+    codebook: np.ndarray
+    dem: np.ndarray | None
+    structure: list[np.ndarray]
+    centre_en: np.ndarray
+
+    @property
+    def tile_px(self) -> int:
+        return self.region.tile_px
+
+    @property
+    def encoder_id(self) -> str:
+        return self.region.encoder_id
+
+    @abstractmethod
+    def tiles_near(self, centre_en: np.ndarray, half_e_m: float, half_n_m: float) -> np.ndarray:
+        """[n] int64 ascending ids of the tiles whose bounds can reach the box
+        centre_en +- (half_e_m, half_n_m) (a superset: exact window tests follow)."""
+
+    @abstractmethod
+    def tile_levels(self, ids: np.ndarray) -> np.ndarray:
+        """[n] int64 level of each tile of [n] int ids."""
+
+    @abstractmethod
+    def tile_centers(self, ids: np.ndarray) -> np.ndarray:
+        """[n, 2] float64 map (E, N) centre of each tile of [n] int ids."""
+
+    @abstractmethod
+    def tile_bounds(self, ids: np.ndarray) -> np.ndarray:
+        """[n, 4] float64 (min E, min N, max E, max N) of each tile of [n] int ids."""
+
+    @abstractmethod
+    def tile_features(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """([n, 2] float64 absolute map (E, N), [n, D] float32 descriptors) of one tile,
+        strongest keypoint first."""
+
+    @abstractmethod
+    def search(self, query: np.ndarray, level: int, top_k: int,
+               window: tuple[np.ndarray, np.ndarray] | None = None) -> list[TileHit]:
+        """The `top_k` tiles of `level` most similar to the [K * D] global descriptor
+        `query`, best first, inside `window` (centre_en [2], cov_en [2, 2], as
+        skyfix.maps.index.in_window) or over the whole level."""
+
+    def nearest_first(self, ids: np.ndarray, centre_en: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """([n] ids, [n] float64 distances) of tiles [n] `ids` ordered by the distance of
+        their centres to `centre_en`, ties by east then north (an order that depends on the
+        map's geography only, not on how its tiles are numbered)."""
+        c = self.tile_centers(ids)
+        dist = np.hypot(c[:, 0] - centre_en[0], c[:, 1] - centre_en[1])
+        order = np.lexsort((c[:, 1], c[:, 0], dist))
+        return ids[order], dist[order]
+
+    def terrain_m(self, east_m, north_m) -> np.ndarray:
+        """Terrain height (metres, the DEM's vertical datum) at map points, bilinear in the
+        map's DEM; NaN where unknown (no DEM, outside it, or a nodata neighbour).
+
+        `east_m`, `north_m`: scalars or arrays of one shape; returns float64 of that shape.
+        """
+        e, n = np.broadcast_arrays(np.asarray(east_m, np.float64), np.asarray(north_m, np.float64))
+        if self.dem is None or self.region.dem_gsd_m is None:
+            return np.full(e.shape, np.nan)
+        b = self.region.bounds_en
+        return terrain_lookup(self.dem, (b[0], b[3]), self.region.dem_gsd_m, e, n)
+
+    def structure_window(self, level: int, centre_en: np.ndarray, half_m: float
+                         ) -> StructureWindow | None:
+        """`level`'s structure channels in the square centre_en +- half_m (zeros outside
+        the map), or None when the map has none."""
+        if level >= len(self.structure):
+            return None
+        b = self.region.bounds_en
+        return crop_structure(self.structure[level], self.region.structure_gsds_m[level],
+                              (b[0], b[3]), centre_en, half_m)
+
+    def level_for_gsd(self, gsd_m: float) -> int:
+        """The level to rectify a frame of ground resolution `gsd_m` to.
+
+        The finest level whose GSD is at least 0.9 * gsd_m: the view is then never
+        upsampled by more than ~10 % (upsampling adds pixels but no detail). When every
+        level is finer than that, the coarsest level. A non-finite or non-positive gsd_m
+        selects the finest level (the frame is rejected downstream anyway).
+        """
+        gsds = np.asarray(self.levels)
+        if not math.isfinite(gsd_m) or gsd_m <= 0:
+            return int(gsds.argmin())
+        ok = np.flatnonzero(gsds >= 0.9 * gsd_m)
+        return int(ok[gsds[ok].argmin()]) if len(ok) else int(gsds.argmax())
+
+    def global_descriptor(self, descriptors: np.ndarray) -> np.ndarray:
+        """[K * D] float32 VLAD of [N, D] local descriptors with the map's codebook."""
+        return vlad(np.asarray(descriptors, np.float32), self.codebook)
