@@ -1,10 +1,12 @@
-"""A camera whose clock is seconds off (issue: images shifted against the log). The visual
-track it gives is confident and consistently wrong, and no check of one fix against the
-next can see it; the honest GNSS of the first part of the flight can. Replay must then
-send no 3D fix that is more than 3 sigma off, also after the GNSS is gone."""
+"""Frames that lie about time: a camera whose clock is seconds off (images shifted against
+the log), frames stamped backwards, a frozen camera. A shifted camera gives a confident,
+consistently wrong track that no check of one fix against the next can see; the honest
+GNSS of the first part of the flight can. Replay must send no 3D fix that is more than
+3 sigma off in any of them, also after the GNSS is gone."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -57,3 +59,26 @@ def test_the_same_flight_on_time_is_sent(flight_and_pack, tmp_path):
     assert report["claims_beyond_3sigma"] == 0 and report["est_cep95_m"] is not None
     said = texts(tmp_path / "out" / "gps_input.tlog")
     assert not any("unverified visual" in t for t in said), said
+
+
+def frozen_after(flight, dst, k: int = 10):
+    """A copy of `flight` whose camera freezes at frame `k`: every later row shows its image."""
+    copy = restamp(flight, dst, lambda t: t)
+    with open(copy / "frames.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(copy / "frames.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "file": rows[min(i, k)]["file"]} for i, r in enumerate(rows))
+    return copy
+
+
+@pytest.mark.parametrize("case", ["backwards", "frozen"])
+def test_frames_backwards_or_frozen_send_no_wrong_fix(case, flight_and_pack, tmp_path):
+    flight, pack = flight_and_pack
+    odd = (restamp(flight, tmp_path / "odd", lambda t: t[::-1]) if case == "backwards"
+           else frozen_after(flight, tmp_path / "odd"))
+    replay(odd, pack, tmp_path / "out", Config(), GNSS_OFF_S, progress=False)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["claims_beyond_3sigma"] == 0, report
+    assert sum(report["rejections"].values()) > 0  # what the frame checks refused
