@@ -4,10 +4,12 @@
 what the daemon sends (GPS_INPUT), keeping time-stamped arrays (arrival Unix ns):
 
     truth    SIM_STATE            t, lat, lon, alt                       the simulator's truth
+             (PX4: HIL_STATE_QUATERNION)
     ekf      GLOBAL_POSITION_INT  t, lat, lon, alt, relative_alt        the autopilot's EKF
-    status   EKF_STATUS_REPORT    t, flags
+    status   EKF_STATUS_REPORT    t, flags  (PX4: ESTIMATOR_STATUS, the same flag bits)
     gps1/2   GPS_RAW_INT/GPS2_RAW t, fix_type, satellites
     sent     GPS_INPUT (ours)     t, lat, lon, fix_type, horiz_accuracy
+             (PX4: GLOBAL_POSITION_SENSOR, fix_type 3 unless flagged unhealthy, eph)
     mode     HEARTBEAT            t, custom_mode, armed
 
 `figures` turns them into report.json's numbers; errors are horizontal, in metres of
@@ -60,7 +62,7 @@ class FlightRecord:
         elif kind == "GLOBAL_POSITION_INT" and (msg.lat or msg.lon):  # 0, 0: no origin yet
             self._add("ekf", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3,
                               msg.relative_alt * 1e-3))
-        elif kind == "EKF_STATUS_REPORT":
+        elif kind in ("EKF_STATUS_REPORT", "ESTIMATOR_STATUS"):
             self._add("status", (t_ns, msg.flags))
         elif kind in ("GPS_RAW_INT", "GPS2_RAW"):
             self._add("gps1" if kind == "GPS_RAW_INT" else "gps2",
@@ -77,6 +79,9 @@ class FlightRecord:
         if msg.get_type() == "GPS_INPUT":
             self._add("sent", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.fix_type,
                                msg.horiz_accuracy))
+        elif msg.get_type() == "GLOBAL_POSITION_SENSOR":
+            fix = 0 if msg.flags & mav2.GLOBAL_POSITION_UNHEALTHY else FIX_3D
+            self._add("sent", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, fix, msg.eph))
         elif msg.get_type() == "STATUSTEXT":
             with self._lock:
                 self._texts.append((t_ns, msg.text))
@@ -256,6 +261,8 @@ def figures(rec: FlightRecord, tl: Timeline, crs, home_en: np.ndarray,
     out["ekf_error_camera_blank"] = _stats(e_ekf[after & blank])
     out["ekf_error_before_gnss_loss"] = _stats(e_ekf[(t_ekf < (t_off or np.inf)) & airborne])
     # when the EKF had an absolute position with skyfix as the only GNSS-like source
+    # (skyfix's GPS: GPS2_RAW on ArduPilot; PX4 reports none, so the fixes skyfix sent)
+    gps2 = sent[:, [0, 3]] if not gps2.size and sent.size else gps2
     if t_off is not None and status.size and gps1.size and gps2.size:
         abs_ok = (status[:, 1].astype(int) & mav2.EKF_POS_HORIZ_ABS) != 0
         const = (status[:, 1].astype(int) & mav2.EKF_CONST_POS_MODE) != 0
