@@ -83,7 +83,11 @@ def free_px4_instance() -> int:
 
 def px4_params(spec: SitlSpec, home: tuple[float, float], gps_id: int) -> dict[str, float]:
     """Boot parameters (also in the README): SIH's home over the map at 0 m AMSL; skyfix
-    as EKF2 auxiliary global position slot 0 (id = output.gps_id, horizontal position);
+    as EKF2 auxiliary global position slot 0 (id = output.gps_id, horizontal position),
+    its noise at least 3 m (EKF2 takes max(eph, EKF2_AGP0_NOISE); skyfix's fixes are off
+    by up to ~5 m at the 95th percentile, more than the eph it claims) and its
+    innovation gate 5 sigma (as ArduPilot's EK3_POS_I_GATE; PX4's default 3 rejects
+    whole runs of fixes after a few seconds without any);
     the mission's height and speeds; a quick landing (the camera cannot localise below
     about 20 m). SIH's default drag (SIH_KDV 1 N per m/s on its 1 kg quad) tilts it by
     about 30 degrees at 6 m/s, and the camera with it; 0.2 flies 5 m/s at about 6 degrees,
@@ -91,6 +95,7 @@ def px4_params(spec: SitlSpec, home: tuple[float, float], gps_id: int) -> dict[s
     return {"SIH_LOC_LAT0": home[0], "SIH_LOC_LON0": home[1], "SIH_LOC_H0": 0.0,
             "SIH_KDV": 0.2,
             "EKF2_AGP0_ID": gps_id, "EKF2_AGP0_CTRL": 1,
+            "EKF2_AGP0_NOISE": 3.0, "EKF2_AGP0_GATE": 5.0,
             "MIS_TAKEOFF_ALT": spec.agl_m, "RTL_RETURN_ALT": spec.agl_m,
             "MPC_XY_CRUISE": spec.speed_mps, "MPC_TKO_SPEED": 3.0,
             "MPC_Z_VEL_MAX_DN": 3.0, "MPC_Z_V_AUTO_DN": 3.0,
@@ -153,6 +158,9 @@ def run_sitl_px4(ortho: Path, out: Path, spec: SitlSpec, cfg: Config | None = No
     if spec.spoof_mps > 0 or spec.gps_delay_ms:
         raise SkyfixError("--spoof and --gps-delay-ms need ArduPilot's simulated GNSS "
                           "(--autopilot arducopter)")
+    if cfg is not None and cfg.gnss.mode == "ekf-source":
+        raise SkyfixError("--gnss-mode ekf-source switches ArduPilot's EKF3 source sets; PX4 "
+                          "has none (use always)")
     root = root or default_root()
     if root is None:
         raise SkyfixError(f"no PX4 SITL: give --binary PATH (a folder with bin/px4 and "
