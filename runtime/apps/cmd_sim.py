@@ -61,7 +61,12 @@ def cmd_sim_sitl(a: argparse.Namespace) -> None:
                     blanks=tuple(a.blank), gps_delay_ms=a.gps_delay_ms,
                     spoof_after_s=a.spoof[0] if a.spoof else 0.0,
                     spoof_mps=a.spoof[1] if a.spoof else 0.0)
-    cfg = load_config(a.config)
+    if a.autopilot == "px4" and a.config is None:
+        from skyfix.sim.sitl_px4 import sim_config
+
+        cfg = sim_config()
+    else:
+        cfg = load_config(a.config)
     mode = a.gnss_mode or ("always" if a.autopilot == "px4" else "ekf-source")
     cfg = replace(cfg, gnss=replace(cfg.gnss, mode=mode))
     result = run_sitl(a.ortho, a.out, spec, cfg, a.map, a.binary, a.autopilot)
