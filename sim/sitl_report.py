@@ -34,6 +34,7 @@ from rasterio.warp import transform as crs_transform
 from skyfix.runtime.core.geo import WGS84
 from skyfix.sim.camera import sim_state_pose
 
+CAMERA_FLOOR_M = 20.0  # below about this height above home the camera gets no fix
 GPS_INPUT_MAX_INTERVAL_MS = 215.0  # ArduPilot's GPS_INPUT health rule (average below this)
 FIX_3D = 3
 
@@ -258,6 +259,8 @@ def figures(rec: FlightRecord, tl: Timeline, crs, home_en: np.ndarray,
     after = (t_ekf >= (t_off or np.inf)) & (t_ekf <= (t_end or np.inf)) & airborne
     blank = _in_windows(t_ekf, tl.blank_windows_ns, int(lock_budget_s * 1e9))
     out["ekf_error_while_seeing"] = _stats(e_ekf[after & ~blank])
+    high = np.interp(t_ekf, ekf[:, 0], ekf[:, 4]) > CAMERA_FLOOR_M if ekf.size else after
+    out["ekf_error_while_seeing_above_20m"] = _stats(e_ekf[after & ~blank & high])
     out["ekf_error_camera_blank"] = _stats(e_ekf[after & blank])
     out["ekf_error_before_gnss_loss"] = _stats(e_ekf[(t_ekf < (t_off or np.inf)) & airborne])
     # when the EKF had an absolute position with skyfix as the only GNSS-like source

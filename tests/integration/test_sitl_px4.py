@@ -7,10 +7,10 @@ heading has settled on GNSS velocity. skyfix is EKF2 auxiliary global position s
 (GLOBAL_POSITION_SENSOR, id 1), configured by sim_config(). Targets: EKF2 fuses it and
 not the GNSS during the loss (its own control flags); ESTIMATOR_STATUS says absolute
 horizontal position within 10 s of the loss and for 85 % of the rest; GLOBAL_POSITION_INT
-against the simulator's truth p95 <= 10 m, max <= 15 m while the camera sees (one flight
-here: 4.8 m, 6.3 m); landed and disarmed within 40 m of home (two flights: 10 m, 24 m;
-below about 20 m the camera cannot fix and EKF2 dead-reckons); a message every 100 ms on
-average, no gap over 500 ms, no claimed fix beyond 3 sigma.
+against the simulator's truth p95 <= 10 m, max <= 15 m while the camera sees, above
+20 m; landed and disarmed within 40 m of home (two flights: 10 m, 24 m; below about 20 m
+the camera cannot fix and EKF2 dead-reckons); a message every 100 ms on average, no gap
+over 500 ms, no claimed fix beyond 3 sigma.
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ def test_ekf2_fuses_skyfix_not_the_lost_gnss(flown):
 
 
 def test_ekf_follows_truth_while_the_camera_sees(flown):
+    """Above 20 m: below, the camera gets no fix and EKF2 dead-reckons the rest of the
+    descent (it drifted ~3 m/s there: 29 m in one flight)."""
     _, r = flown
-    err = r["ekf_error_while_seeing"]
+    err = r["ekf_error_while_seeing_above_20m"]
     assert err["n"] > 500  # 10 Hz over the ~2 minutes after the GNSS loss
     assert err["p95_m"] <= 10.0
     assert err["max_m"] <= 15.0
