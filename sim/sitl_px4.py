@@ -178,6 +178,8 @@ def run_sitl_px4(ortho: Path, out: Path, spec: SitlSpec, cfg: Config | None = No
     if root is None:
         raise SkyfixError(f"no PX4 SITL: give --binary PATH (a folder with bin/px4 and "
                           f"etc/; {SHARED_SITL / 'px4'} has none)")
+    if not (Path(root) / "bin" / "px4").is_file():
+        raise SkyfixError(f"PX4 SITL not found: {Path(root) / 'bin' / 'px4'}")
     cfg = cfg or sim_config()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
