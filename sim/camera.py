@@ -1,7 +1,7 @@
 """The simulated camera: frames rendered from the orthophoto at the pose the simulator
-itself reports (SIM_STATE: true position, altitude and attitude), in real time. It serves
-the real ArduPilot SITL (sim/sitl.py) and skyfix's autopilot emulator (sim/closed_loop.py)
-alike.
+itself reports (SIM_STATE, or PX4's HIL_STATE_QUATERNION: true position, altitude and
+attitude), in real time. It serves the real ArduPilot and PX4 SITLs (sim/sitl.py,
+sim/sitl_px4.py) and skyfix's autopilot emulator (sim/closed_loop.py) alike.
 
     SIM_STATE (arrival Unix ns, lat/lon, alt AMSL, roll/pitch/yaw)  -> on_message
     thread, `fps` times a second: render at the latest true pose -> Frame(t_ns = that
@@ -17,6 +17,7 @@ old (the link is down), it renders at `truth`'s pose now.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +46,15 @@ class TruePose:
 
 def sim_state_pose(msg, t_ns: int) -> TruePose | None:
     """TruePose of a SIM_STATE message (ArduPilot fills lat/lon in 1e-7 degrees and the
-    lat_int/lon_int extensions; MAVLink says degrees), None for any other message."""
+    lat_int/lon_int extensions; MAVLink says degrees) or of a HIL_STATE_QUATERNION (PX4
+    SIH streams its ground truth so: 1e-7 degrees, mm AMSL, attitude quaternion w, x,
+    y, z), None for any other message."""
+    if msg.get_type() == "HIL_STATE_QUATERNION":
+        w, x, y, z = (float(v) for v in msg.attitude_quaternion)
+        rpy = (math.atan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y)),
+               math.asin(max(-1.0, min(1.0, 2 * (w * y - z * x)))),
+               math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+        return TruePose(t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3, rpy)
     if msg.get_type() != "SIM_STATE":
         return None
     lat, lon = float(msg.lat), float(msg.lon)

@@ -155,10 +155,14 @@ def _check_fits(renderer: PoseRenderer, spec: SitlSpec) -> None:
 def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | None = None,
              pack: Path | None = None, binary: Path | None = None,
              autopilot: str = "arducopter") -> dict:
-    """Fly the closed loop of the module doc; returns (and writes) report.json."""
+    """Fly the closed loop of the module doc (PX4: sim/sitl_px4.py); returns (and writes)
+    report.json."""
+    if autopilot == "px4":
+        from skyfix.sim.sitl_px4 import run_sitl_px4
+
+        return run_sitl_px4(ortho, out, spec, cfg, pack, binary)
     if autopilot != "arducopter":
-        raise SkyfixError(f"--autopilot {autopilot}: only arducopter flies the closed loop "
-                          f"here (see the README's SITL section for PX4)")
+        raise SkyfixError(f"--autopilot {autopilot}: arducopter or px4")
     binary = binary or default_binary()
     if binary is None:
         raise SkyfixError(f"no SITL binary: give --binary PATH/arducopter ({SHARED_SITL} "
@@ -170,13 +174,7 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
     flight = FlightSpec(agl_m=spec.agl_m, fps=spec.fps, seed=spec.seed)
     with PoseRenderer(ortho, flight) as renderer:
         _check_fits(renderer, spec)
-        b = renderer.bounds_en
-        centre = np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2])
-
-        def to_lla(de: float, dn: float) -> tuple[float, float]:
-            lon, lat = crs_transform(renderer.crs, WGS84, [centre[0] + de], [centre[1] + dn])
-            return lat[0], lon[0]
-
+        centre, to_lla = map_frame(renderer)
         home = to_lla(0.0, 0.0)
         defaults = Path(binary).parent / "copter.parm"
         with SitlProcess(binary, out / "sitl", (*home, 0.0, 0.0),
@@ -184,35 +182,53 @@ def run_sitl(ortho: Path, out: Path, spec: SitlSpec = SitlSpec(), cfg: Config | 
                          vehicle_params(spec, cfg.gnss.mode),
                          free_instance()) as proc:
             with GcPauses() as gc_pauses:
-                timeline, rec, daemon, camera = _fly(proc, renderer, home, to_lla, spec, cfg,
-                                                     pack, out)
+                timeline, loop = _fly(proc, renderer, home, to_lla, spec, cfg, pack, out)
         sitl = {"pid": proc.proc.pid, "exit_status": proc.proc.returncode}
-    report = {
-        "spec": asdict(spec), "autopilot": autopilot, "binary": str(binary), "sitl": sitl,
-        "home_lat_lon": list(home), "gnss_mode": cfg.gnss.mode,
-        "params": {**vehicle_params(spec, cfg.gnss.mode), **AFTER_ARMING},
-        "timeline_unix_ns": {"armed": timeline.mission_start_ns,
-                             "gnss_off": timeline.gnss_off_ns, "landed": timeline.landed_ns},
-        "timeline_s": {k: (None if v is None else round((v - timeline.mission_start_ns) * 1e-9, 2))
+        report = {"spec": asdict(spec), "autopilot": autopilot, "binary": str(binary),
+                  "sitl": sitl, "home_lat_lon": list(home), "gnss_mode": cfg.gnss.mode,
+                  "params": {**vehicle_params(spec, cfg.gnss.mode), **AFTER_ARMING},
+                  **flight_report(loop, timeline, renderer, centre, spec, cfg, gc_pauses)}
+    if spec.spoof_mps > 0 and timeline.mission_start_ns is not None:
+        report["spoof"] = _spoof_figures(loop.rec, timeline.mission_start_ns, spec)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def map_frame(renderer: PoseRenderer):
+    """(centre [2] map metres, to_lla(e, n) -> (lat, lon) of metres from the centre)."""
+    b = renderer.bounds_en
+    centre = np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2])
+
+    def to_lla(de: float, dn: float) -> tuple[float, float]:
+        lon, lat = crs_transform(renderer.crs, WGS84, [centre[0] + de], [centre[1] + dn])
+        return lat[0], lon[0]
+
+    return centre, to_lla
+
+
+def flight_report(loop: Loop, timeline: Timeline, renderer: PoseRenderer, centre: np.ndarray,
+                  spec: SitlSpec, cfg: Config, gc_pauses: GcPauses) -> dict:
+    """The figures every SITL report has; writes truth.csv and plot.png beside them."""
+    rec = loop.rec
+    t0 = timeline.mission_start_ns
+    rec.write_truth(loop.out / "truth.csv")
+    plot_flight(rec, timeline, renderer.crs, loop.out / "plot.png")
+    return {
+        "timeline_unix_ns": {"armed": t0, "gnss_off": timeline.gnss_off_ns,
+                             "landed": timeline.landed_ns},
+        "timeline_s": {k: (None if v is None else round((v - t0) * 1e-9, 2))
                        for k, v in (("gnss_off", timeline.gnss_off_ns),
-                                    ("landed", timeline.landed_ns))}
-        if timeline.mission_start_ns else {},
+                                    ("landed", timeline.landed_ns))} if t0 else {},
         **figures(rec, timeline, renderer.crs, centre, cfg.output.lock_budget_s,
                   1.0 / spec.fps),
-        "camera": {"fps": spec.fps, "rendered": camera.rendered,
-                   "render_ms_p50": _p50(camera.render_ms)},
-        "daemon": asdict(daemon.stats),
+        "camera": {"fps": spec.fps, "rendered": loop.camera.rendered,
+                   "render_ms_p50": _p50(loop.camera.render_ms)},
+        "daemon": asdict(loop.daemon.stats),
         "gc_pauses": gc_pauses.figures(),
         "memory": memory_figures(rec),
         "scheduling": runqueue_figures(rec),
         "load_average": list(os.getloadavg()),
     }
-    if spec.spoof_mps > 0 and timeline.mission_start_ns is not None:
-        report["spoof"] = _spoof_figures(rec, timeline.mission_start_ns, spec)
-    rec.write_truth(out / "truth.csv")
-    plot_flight(rec, timeline, renderer.crs, out / "plot.png")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 def _until_landed(vehicle: Vehicle, spec: SitlSpec, t_start: int) -> int | None:
@@ -258,25 +274,50 @@ def _p50(values: list[float]) -> float | None:
     return round(float(np.median(values)), 1) if values else None
 
 
+class Loop:
+    """skyfix's side of a SITL flight, wired as on an aircraft: the daemon on `link`, the
+    simulated camera fed by the vehicle's truth messages, the flight record, and what
+    `skyfix run --record` writes (OUT/recording). `start()` runs the daemon and the
+    camera; `close()` stops them and closes the files."""
+
+    def __init__(self, vehicle: Vehicle, renderer: PoseRenderer, spec: SitlSpec, cfg: Config,
+                 pack: Path, out: Path, link: str) -> None:
+        self.out = out
+        self.rec = rec = FlightRecord(out / "sent.tlog")
+        chain = build_chain(cfg, pack, renderer.spec.camera)
+        queue = LatestFrameQueue(cfg.camera.queue)
+        self.daemon = daemon = Daemon(chain, queue, link=link)
+        self.camera = SimCamera(renderer, queue, spec.fps)
+        vehicle.listeners += [self.camera.on_message, rec.on_vehicle]
+        daemon.sent_listeners.append(rec.on_sent)
+        self.recording = recording = FlightRecorder(out / "recording", renderer.spec.camera)
+        daemon.frame_listeners.append(recording.on_frame)
+        daemon.listeners.append(recording.on_message)
+        daemon.sent_listeners.append(recording.on_sent)
+        daemon.result_listeners.append(recording.on_result)
+        self.stop = threading.Event()
+        self.runner = threading.Thread(target=daemon.run, args=(self.stop,),
+                                       name="skyfix-daemon", daemon=True)
+
+    def start(self) -> None:
+        self.runner.start()
+        self.camera.start(self.stop)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.runner.is_alive():
+            self.runner.join(timeout=10.0)
+        self.camera.join()
+        self.rec.close()
+        self.recording.close()
+
+
 def _fly(proc: SitlProcess, renderer: PoseRenderer, home, to_lla, spec: SitlSpec, cfg: Config,
-         pack: Path, out: Path):
-    """The flight itself, on a running simulator; (Timeline, record, daemon, camera)."""
-    rec = FlightRecord(out / "sent.tlog")
-    vehicle = Vehicle(proc.port(0), out / "flight.tlog", proc.check_alive)
-    chain = build_chain(cfg, pack, renderer.spec.camera)
-    queue = LatestFrameQueue(cfg.camera.queue)
-    daemon = Daemon(chain, queue, link=f"tcp:127.0.0.1:{proc.port(1)}")
-    camera = SimCamera(renderer, queue, spec.fps)
-    vehicle.listeners += [camera.on_message, rec.on_vehicle]
-    daemon.sent_listeners.append(rec.on_sent)
-    recording = FlightRecorder(out / "recording", renderer.spec.camera)  # as `run --record`
-    daemon.frame_listeners.append(recording.on_frame)
-    daemon.listeners.append(recording.on_message)
-    daemon.sent_listeners.append(recording.on_sent)
-    daemon.result_listeners.append(recording.on_result)
-    stop = threading.Event()
-    runner = threading.Thread(target=daemon.run, args=(stop,), name="skyfix-daemon",
-                              daemon=True)
+         pack: Path, out: Path) -> tuple[Timeline, Loop]:
+    """The flight itself, on a running simulator."""
+    vehicle = Vehicle(f"tcp:127.0.0.1:{proc.port(0)}", out / "flight.tlog", proc.check_alive)
+    loop = Loop(vehicle, renderer, spec, cfg, pack, out, f"tcp:127.0.0.1:{proc.port(1)}")
+    camera = loop.camera
     t_start = t_off = t_landed = None
     try:
         vehicle.wait(lambda: getattr(vehicle.latest("HEARTBEAT"), "system_status", 0)
@@ -288,8 +329,7 @@ def _fly(proc: SitlProcess, renderer: PoseRenderer, home, to_lla, spec: SitlSpec
                                 (mav2.MAVLINK_MSG_ID_GPS2_RAW, 5.0)):
             vehicle.set_message_rate(msg_id, rate_hz)
         vehicle.check_params(vehicle_params(spec, cfg.gnss.mode))
-        runner.start()
-        camera.start(stop)
+        loop.start()
         vehicle.upload_mission(plan_mission(home, to_lla, spec))
         vehicle.set_mode(COPTER_AUTO)
         vehicle.arm(spec.arm_timeout_s)
@@ -301,12 +341,6 @@ def _fly(proc: SitlProcess, renderer: PoseRenderer, home, to_lla, spec: SitlSpec
         t_off = _until_landed(vehicle, spec, t_start)
         t_landed = time.time_ns()
     finally:
-        stop.set()
-        if runner.is_alive():
-            runner.join(timeout=10.0)
-        camera.join()
         vehicle.close()
-        rec.close()
-        recording.close()
-    blanks = tuple(camera.blank_windows_ns)
-    return Timeline(t_start, t_off, t_landed, blanks), rec, daemon, camera
+        loop.close()
+    return Timeline(t_start, t_off, t_landed, tuple(camera.blank_windows_ns)), loop

@@ -4,10 +4,12 @@
 what the daemon sends (GPS_INPUT), keeping time-stamped arrays (arrival Unix ns):
 
     truth    SIM_STATE            t, lat, lon, alt                       the simulator's truth
+             (PX4: HIL_STATE_QUATERNION)
     ekf      GLOBAL_POSITION_INT  t, lat, lon, alt, relative_alt        the autopilot's EKF
-    status   EKF_STATUS_REPORT    t, flags
+    status   EKF_STATUS_REPORT    t, flags  (PX4: ESTIMATOR_STATUS, the same flag bits)
     gps1/2   GPS_RAW_INT/GPS2_RAW t, fix_type, satellites
     sent     GPS_INPUT (ours)     t, lat, lon, fix_type, horiz_accuracy
+             (PX4: GLOBAL_POSITION_SENSOR, fix_type 3 unless flagged unhealthy, eph)
     mode     HEARTBEAT            t, custom_mode, armed
 
 `figures` turns them into report.json's numbers; errors are horizontal, in metres of
@@ -32,6 +34,7 @@ from rasterio.warp import transform as crs_transform
 from skyfix.runtime.core.geo import WGS84
 from skyfix.sim.camera import sim_state_pose
 
+CAMERA_FLOOR_M = 20.0  # below about this height above home the camera gets no fix
 GPS_INPUT_MAX_INTERVAL_MS = 215.0  # ArduPilot's GPS_INPUT health rule (average below this)
 FIX_3D = 3
 
@@ -60,7 +63,7 @@ class FlightRecord:
         elif kind == "GLOBAL_POSITION_INT" and (msg.lat or msg.lon):  # 0, 0: no origin yet
             self._add("ekf", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3,
                               msg.relative_alt * 1e-3))
-        elif kind == "EKF_STATUS_REPORT":
+        elif kind in ("EKF_STATUS_REPORT", "ESTIMATOR_STATUS"):
             self._add("status", (t_ns, msg.flags))
         elif kind in ("GPS_RAW_INT", "GPS2_RAW"):
             self._add("gps1" if kind == "GPS_RAW_INT" else "gps2",
@@ -77,6 +80,9 @@ class FlightRecord:
         if msg.get_type() == "GPS_INPUT":
             self._add("sent", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, msg.fix_type,
                                msg.horiz_accuracy))
+        elif msg.get_type() == "GLOBAL_POSITION_SENSOR":
+            fix = 0 if msg.flags & mav2.GLOBAL_POSITION_UNHEALTHY else FIX_3D
+            self._add("sent", (t_ns, msg.lat * 1e-7, msg.lon * 1e-7, fix, msg.eph))
         elif msg.get_type() == "STATUSTEXT":
             with self._lock:
                 self._texts.append((t_ns, msg.text))
@@ -253,9 +259,13 @@ def figures(rec: FlightRecord, tl: Timeline, crs, home_en: np.ndarray,
     after = (t_ekf >= (t_off or np.inf)) & (t_ekf <= (t_end or np.inf)) & airborne
     blank = _in_windows(t_ekf, tl.blank_windows_ns, int(lock_budget_s * 1e9))
     out["ekf_error_while_seeing"] = _stats(e_ekf[after & ~blank])
+    high = np.interp(t_ekf, ekf[:, 0], ekf[:, 4]) > CAMERA_FLOOR_M if ekf.size else after
+    out["ekf_error_while_seeing_above_20m"] = _stats(e_ekf[after & ~blank & high])
     out["ekf_error_camera_blank"] = _stats(e_ekf[after & blank])
     out["ekf_error_before_gnss_loss"] = _stats(e_ekf[(t_ekf < (t_off or np.inf)) & airborne])
     # when the EKF had an absolute position with skyfix as the only GNSS-like source
+    # (skyfix's GPS: GPS2_RAW on ArduPilot; PX4 reports none, so the fixes skyfix sent)
+    gps2 = sent[:, [0, 3]] if not gps2.size and sent.size else gps2
     if t_off is not None and status.size and gps1.size and gps2.size:
         abs_ok = (status[:, 1].astype(int) & mav2.EKF_POS_HORIZ_ABS) != 0
         const = (status[:, 1].astype(int) & mav2.EKF_CONST_POS_MODE) != 0

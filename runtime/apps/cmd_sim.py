@@ -61,8 +61,14 @@ def cmd_sim_sitl(a: argparse.Namespace) -> None:
                     blanks=tuple(a.blank), gps_delay_ms=a.gps_delay_ms,
                     spoof_after_s=a.spoof[0] if a.spoof else 0.0,
                     spoof_mps=a.spoof[1] if a.spoof else 0.0)
-    cfg = load_config(a.config)
-    cfg = replace(cfg, gnss=replace(cfg.gnss, mode=a.gnss_mode))
+    if a.autopilot == "px4" and a.config is None:
+        from skyfix.sim.sitl_px4 import sim_config
+
+        cfg = sim_config()
+    else:
+        cfg = load_config(a.config)
+    mode = a.gnss_mode or ("always" if a.autopilot == "px4" else "ekf-source")
+    cfg = replace(cfg, gnss=replace(cfg.gnss, mode=mode))
     result = run_sitl(a.ortho, a.out, spec, cfg, a.map, a.binary, a.autopilot)
     print(json.dumps({k: v for k, v in result.items() if k not in ("daemon", "params")},
                      indent=2))
@@ -117,11 +123,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cl.add_argument("--out", required=True, type=Path)
     cl.set_defaults(func=cmd_sim_closed_loop)
     st = ssub.add_parser("sitl", help="closed loop with a real autopilot SITL: AUTO mission, "
-                                      "GNSS switched off, skyfix as GPS 2; writes report.json")
+                                      "GNSS switched off, skyfix as GPS 2 (PX4: EKF2 "
+                                      "auxiliary global position); writes report.json")
     st.add_argument("--ortho", required=True, type=Path, help="map orthophoto (GeoTIFF)")
     st.add_argument("--autopilot", default="arducopter", choices=("arducopter", "px4"))
     st.add_argument("--binary", type=Path,
-                    help="SITL binary (default: ../shared/sitl/ardupilot/arducopter)")
+                    help="SITL binary (default: ../shared/sitl/ardupilot/arducopter); for "
+                         "px4 the folder with bin/px4 and etc/ (default: ../shared/sitl/px4)")
     st.add_argument("--map", type=Path, help="map pack of the ortho (built if not given)")
     st.add_argument("--config", type=Path, help="YAML configuration (defaults otherwise)")
     st.add_argument("--agl", type=float, default=80.0, help="mission height above ground, m")
@@ -134,8 +142,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--gps-delay-ms", type=int, default=0, help="GPS2_DELAY_MS to set")
     st.add_argument("--spoof", type=args.pair, metavar="START:MPS",
                     help="from START s after arming the simulated GNSS drifts north at MPS m/s")
-    st.add_argument("--gnss-mode", default="ekf-source", choices=("always", "ekf-source"),
-                    help="hand-over: ekf-source also switches EKF3 to source set 2 (position "
-                         "from skyfix, no GPS velocity) on GNSS loss")
+    st.add_argument("--gnss-mode", choices=("always", "ekf-source"),
+                    help="hand-over: ekf-source (arducopter's default) also switches EKF3 "
+                         "to source set 2 (position from skyfix, no GPS velocity) on GNSS "
+                         "loss; px4 has no source sets (default always)")
     st.add_argument("--out", required=True, type=Path)
     st.set_defaults(func=cmd_sim_sitl)

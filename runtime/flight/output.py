@@ -12,7 +12,8 @@ Two gates stand between the navigator and the autopilot:
                  decision (STATUSTEXT on a change of state, MAV_CMD_SET_EKF_SOURCE_SET when
                  a switch is due), the position message whenever the hand-over says to
                  send: GPS_INPUT for ArduPilot (with the visual yaw and the fix count of
-                 flight/aids.py), GLOBAL_POSITION_SENSOR for PX4, and for ArduPlane
+                 flight/aids.py), GLOBAL_POSITION_SENSOR for PX4 (only while a fix is
+                 claimed: PX4 ignores its flags), and for ArduPlane
                  MAV_CMD_EXTERNAL_POSITION_ESTIMATE once per EXTERNAL_POSITION_PERIOD_S
                  while a fix is claimed (a dead-reckoning reset, not a GPS stream),
                  fix_type 0 when there is no position at all, a STATUSTEXT when the claimed
@@ -162,8 +163,11 @@ class SendPolicy:
         if autopilot == "ardupilot":
             return gps_input(est, out, now_ns, satellites=self.aids.satellites(now_ns),
                              yaw_deg=self.aids.yaw_deg(now_ns, heading_deg))
-        if autopilot == "px4":
-            return global_position_sensor(est, out, now_ns)
+        if autopilot == "px4":  # only claimed fixes: PX4 (main, 2026-03) publishes every
+            # GLOBAL_POSITION_SENSOR to uORB aux_global_position whatever its flags, even
+            # INT32_MAX coordinates, and EKF2 may reset its position to one (README, PX4)
+            fixed = fix_type_for(est, out) >= FIX_3D
+            return global_position_sensor(est, out, now_ns) if fixed else None
         last = self._last_reset_ns  # ardupilot-plane: an occasional reset
         if last is not None and 0 <= now_ns - last < EXTERNAL_POSITION_PERIOD_S * 1e9:
             return None

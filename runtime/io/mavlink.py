@@ -163,7 +163,8 @@ def global_position_sensor(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
     alt_ellipsoid are NaN (not estimated); alt is the autopilot's altitude AMSL passed
     through (NaN when unknown). Whenever `fix_type_for` would not claim a fix the message
     carries GLOBAL_POSITION_UNHEALTHY, and invalid coordinates are INT32_MAX (the field's
-    "invalid" value), so PX4 never fuses a position we do not have.
+    "invalid" value). PX4 (main, 2026-03) ignores both and hands EKF2 the coordinates as
+    they are, so the send policy sends PX4 only messages that claim a fix.
     """
     healthy = fix_type_for(est, cfg) >= FIX_3D
     coords_ok = bool(est.valid and np.isfinite(est.lat_deg) and np.isfinite(est.lon_deg))

@@ -332,6 +332,19 @@ def test_global_position_sensor_fields() -> None:
     assert (invalid.lat, invalid.lon) == (2**31 - 1, 2**31 - 1) and np.isnan(invalid.eph)
 
 
+
+def test_px4_is_sent_only_claimed_fixes() -> None:
+    """PX4 hands every GLOBAL_POSITION_SENSOR to EKF2 whatever its flags (seen in SIH):
+    without a fix to claim, nothing goes to PX4."""
+    cfg = Config(output=CFG)
+    cfg = replace(cfg, daemon=replace(cfg.daemon, autopilot="px4"))
+    policy = SendPolicy(cfg, GnssMonitor(cfg.gnss, own_instance=CFG.gps_id),
+                        OutputAids(CFG.lock_budget_s, CFG.satellites))
+    sent = policy._position(make_estimate(3, 0.2), T0, None)
+    assert sent.get_type() == "GLOBAL_POSITION_SENSOR" and sent.flags == 0
+    for est in (make_estimate(3, 1.5), make_estimate(3, 0.2, valid=False), Estimate.none(T0)):
+        assert policy._position(est, T0, None) is None
+
 # -- MAVLink 2 signing ---------------------------------------------------------------------
 
 KEY = bytes(range(1, 33))
