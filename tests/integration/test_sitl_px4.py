@@ -7,8 +7,8 @@ heading has settled on GNSS velocity. skyfix is EKF2 auxiliary global position s
 (GLOBAL_POSITION_SENSOR, id 1), configured by sim_config(). Targets: EKF2 fuses it and
 not the GNSS during the loss (its own control flags); ESTIMATOR_STATUS says absolute
 horizontal position within 10 s of the loss and for 75 % of the rest (84-92 %); GLOBAL_POSITION_INT
-against the simulator's truth p95 <= 10 m, max <= 15 m while the camera sees, above
-20 m; landed and disarmed within 40 m of home (flights: 10-28 m; below about 20 m
+against the simulator's truth p95 <= 5 m (the issue's target), max <= 15 m while the
+camera sees, above 20 m; landed and disarmed within 40 m of home (flights: 10-28 m; below about 20 m
 the camera cannot fix and EKF2 dead-reckons); a message every 100 ms on average, no gap
 over 1 s (the machine's scheduling: up to 0.6 s seen), no claimed fix beyond 3 sigma.
 """
@@ -72,7 +72,7 @@ def test_ekf_follows_truth_while_the_camera_sees(flown):
     _, r = flown
     err = r["ekf_error_while_seeing_above_20m"]
     assert err["n"] > 500  # 10 Hz over the ~2 minutes after the GNSS loss
-    assert err["p95_m"] <= 10.0
+    assert err["p95_m"] <= 5.0  # the target (measured 2.9-4.8 m)
     assert err["max_m"] <= 15.0
 
 
