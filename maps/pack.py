@@ -148,6 +148,7 @@ class PackInfo:
     size_bytes: int
     dem_gsd_m: float | None = None  # None: the pack has no terrain model
     faiss_index_levels: tuple[int, ...] = ()
+    shards: int = 0  # 0: a plain pack
 
 
 def manifest_digest(d: dict[str, Any]) -> str:
@@ -449,14 +450,14 @@ def verify_pack(path: Path, encoder_id: str | None = None) -> list[str]:
     return problems
 
 
-def pack_info(path: Path) -> PackInfo:
-    """Summary of the pack at `path` (opened without re-hashing)."""
-    pack = MapPack.open(Path(path), verify=False)
-    m = pack.manifest
-    size = sum(p.stat().st_size for p in pack.path.iterdir() if p.is_file())
+def pack_info(pack: TileMap) -> PackInfo:
+    """Summary of the map `pack` (a plain or a sharded pack, opened without re-hashing)."""
+    m = pack.region
+    size = sum(p.stat().st_size for p in pack.path.rglob("*") if p.is_file())
     w, s, e, n = transform_bounds(pack.crs, "EPSG:4326", *m.bounds_en, densify_pts=21)
     area = (m.bounds_en[2] - m.bounds_en[0]) * (m.bounds_en[3] - m.bounds_en[1]) * 1e-6
     crs = f"EPSG:{m.crs_epsg}" if m.crs_epsg else pack.crs.to_string()
     return PackInfo(str(pack.path), m.format, m.encoder_id, crs, m.bounds_en,
                     (float(w), float(s), float(e), float(n)), float(area), m.gsds_m,
-                    m.tile_count, m.n_features, int(size), m.dem_gsd_m, m.index_levels)
+                    m.tile_count, m.n_features, int(size), m.dem_gsd_m, m.index_levels,
+                    pack.shard_count)

@@ -168,6 +168,10 @@ class ShardedPack(TileMap):
             _verify(path, m.files, [n for n in m.files if "/" not in n])
         return cls(path, m, budget_bytes, verify)
 
+    @property
+    def shard_count(self) -> int:
+        return len(self.manifest.shards)
+
     def shard(self, index: int) -> MapPack:
         """Shard `index` as a plain MapPack (local tile ids), loading it if needed."""
         if index in self._cache:

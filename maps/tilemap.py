@@ -54,6 +54,11 @@ class TileMap(ABC):
         return self.region.tile_px
 
     @property
+    def shard_count(self) -> int:
+        """Shards the map is cut into (0: one plain pack)."""
+        return 0
+
+    @property
     def encoder_id(self) -> str:
         return self.region.encoder_id
 

@@ -74,8 +74,9 @@ def cmd_sign(a: argparse.Namespace) -> None:
 
 def cmd_maps_info(a: argparse.Namespace) -> None:
     from skyfix.maps.pack import pack_info
+    from skyfix.maps.shards import open_map_pack
 
-    info = pack_info(a.pack)
+    info = pack_info(open_map_pack(a.pack, verify=False))
     for key, value in vars(info).items():
         print(f"{key:>18}: {value}")
 

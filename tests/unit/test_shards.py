@@ -13,9 +13,10 @@ from rasterio.windows import Window
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.index import search, window_ids
-from skyfix.maps.pack import MapPack
+from skyfix.maps.pack import MapPack, pack_info
 from skyfix.maps.shard_write import shard_pack, synthetic_region, write_shards
 from skyfix.maps.shards import SHARDS_MANIFEST, ShardedPack
+from skyfix.runtime.apps.cli import main
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
 
@@ -187,3 +188,14 @@ def test_sharded_packs_are_signed_verified_and_refused_unsigned(packs, tmp_path,
     assert main(["maps", "verify", str(copy)]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "keypoints.npy does not match its manifest" in err[0], err
+
+
+def test_maps_info_reads_a_sharded_pack(packs, capsys):
+    plain, sharded = packs
+    assert main(["maps", "info", str(sharded)]) == 0
+    out = {k.strip(): v.strip() for k, v in (line.split(": ", 1) for line in
+                                              capsys.readouterr().out.strip().splitlines())}
+    info = pack_info(plain)
+    assert int(out["shards"]) == ShardedPack.open(sharded).shard_count > 1
+    assert out["tiles_per_level"] == str(info.tiles_per_level)
+    assert out["encoder_id"] == info.encoder_id and info.shards == 0
