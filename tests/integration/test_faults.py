@@ -29,7 +29,9 @@ FLIGHTS = {
     "camera": (30.0, 4.0, 120.0, ("black@6:12", "blur@14:20", "saturated@22:28")),
     "stale": (24.0, 4.0, 120.0, ("freeze@6:10", "clock-back@12:15", "clock-forward@17:20")),
     "link": (24.0, 4.0, 120.0, ("telemetry-gap@6:10", "link-loss@13:18")),
-    "spoof": (26.0, 24.0, 120.0, ("spoof-drift@4:22",)),
+    # the drag starts once the visual estimate has agreed with the GNSS for gnss.verify_s
+    # (10 s): a disagreement before that is blamed on the visual side (flight/gnss.py)
+    "spoof": (34.0, 32.0, 120.0, ("spoof-drift@14:32",)),
     # lower: a smaller footprint, so less of the map is painted over
     "terrain": (38.0, 4.0, 80.0, ("featureless@14:18", "repetitive@30:34")),
     "wrong-map": (18.0, 4.0, 120.0, ("wrong-map@0:18",)),
