@@ -190,6 +190,19 @@ class Localizer:
         return best
 
 
+def feed_imu(filt: ImuFilter, t_ns: np.ndarray, accel_mps2: np.ndarray,
+             gyro_radps: np.ndarray, rpy_rad: np.ndarray) -> int | None:
+    """Hand IMU samples (as `Navigator.on_imu` takes them) to `filt`; rows with a NaN
+    attitude are skipped. Returns the time of the last sample handed over (None: none)."""
+    last = None
+    for t, f, w, rpy in zip(np.asarray(t_ns, np.int64).tolist(), accel_mps2, gyro_radps,
+                            rpy_rad, strict=True):
+        if np.all(np.isfinite(rpy)):
+            filt.on_imu(t, f, w, R_ned_body(*rpy))
+            last = t
+    return last
+
+
 class Navigator:
     """Fuses fixes into estimates and chooses each frame's search prior."""
 
@@ -228,11 +241,8 @@ class Navigator:
         """IMU samples in time order: `t_ns` [K], specific force `accel_mps2` [K, 3] and
         rate `gyro_radps` [K, 3] (body), the autopilot's attitude `rpy_rad` [K, 3] at each
         (rows with a NaN attitude are skipped)."""
-        for t, f, w, rpy in zip(np.asarray(t_ns, np.int64).tolist(), accel_mps2, gyro_radps,
-                                rpy_rad, strict=True):
-            if np.all(np.isfinite(rpy)):
-                self._imu_filter.on_imu(t, f, w, R_ned_body(*rpy))
-                self._imu_t_ns = t
+        last = feed_imu(self._imu_filter, t_ns, accel_mps2, gyro_radps, rpy_rad)
+        self._imu_t_ns = self._imu_t_ns if last is None else last
 
     def on_frame(self, frame: Frame, tel: Telemetry, gnss: GnssSample | None) -> FrameResult:
         start = time.perf_counter()
