@@ -152,7 +152,7 @@ class Daemon:
         self._latencies_ms: deque[float] = deque(maxlen=100)
         self._last_sent_tick: int | None = None  # monotonic time of the last position sent
         self._imu_fed_ns = 0  # time of the last IMU sample handed to the Navigator
-        self._filter_kind = ""  # the filter last announced in the log
+        self._filter_said = ("", "")  # the filter (kind, note) last announced in the log
         self._failure: BaseException | None = None  # what ended a thread, if anything did
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -345,9 +345,11 @@ class Daemon:
             self.stats.frame_ms_p50, self.stats.frame_ms_p95 = (
                 float(v) for v in np.percentile(self._latencies_ms, [50, 95]))
         self.stats.fixes += isinstance(result.result, Fix)
-        if self.nav.filter_kind != self._filter_kind:
-            self._filter_kind = self.nav.filter_kind
-            log.info("filter: %s (filter.kind %s)", self._filter_kind, self.cfg.filter.kind)
+        said = (self.nav.filter_kind, self.nav.filter_note)
+        if said != self._filter_said:
+            self._filter_said = said
+            log.info("filter: %s (filter.kind %s)%s", said[0], self.cfg.filter.kind,
+                     f": {said[1]}" if said[1] else "")
         self.publish()
 
     def frame_latencies_ms(self) -> list[float]:

@@ -278,6 +278,22 @@ class ImuFilter:
         self._q_cache[dt_ns] = Q
         return Q
 
+    def noise_density(self) -> tuple[float, float]:
+        """(accelerometer m/s^2/rtHz, gyro rad/s/rtHz) white-noise densities measured on the
+        buffered IMU samples, the noisiest axis: each sample against the mean of its two
+        neighbours, d = n_k - (n_k-1 + n_k+1) / 2, var d = 1.5 sigma^2 for white noise
+        (the motion barely bends over two IMU intervals), sigma from the median absolute d
+        (robust to manoeuvres), density = sigma sqrt(median interval). NaN with fewer than
+        10 samples."""
+        if len(self._imu) < 10:
+            return float("nan"), float("nan")
+        t = np.array([s[0] for s in self._imu], np.float64)
+        fw = np.array([np.r_[s[1][0], s[1][1]] for s in self._imu])  # [K, 6]
+        d = fw[1:-1] - 0.5 * (fw[:-2] + fw[2:])
+        sigma = 1.4826 * np.median(np.abs(d), axis=0) / np.sqrt(1.5)
+        density = sigma * np.sqrt(np.median(np.diff(t)) * 1e-9)
+        return float(density[:3].max()), float(density[3:].max())
+
     # -- measurements ---------------------------------------------------------------------
 
     def update_position(self, t_ns: int, z_ne: np.ndarray, R: np.ndarray) -> Innovation:

@@ -203,6 +203,9 @@ def feed_imu(filt: ImuFilter, t_ns: np.ndarray, accel_mps2: np.ndarray,
     return last
 
 
+_NOISE_MARGIN = 3.0  # filter.kind auto: an IMU this much noisier than configured -> cv
+
+
 class Navigator:
     """Fuses fixes into estimates and chooses each frame's search prior."""
 
@@ -210,6 +213,7 @@ class Navigator:
         self.localizer, self.frame, self.cfg = localizer, frame, cfg
         self.filter: PositionFilter | ImuFilter = PositionFilter(cfg.filter)
         self.filter_kind = "cv"  # which filter runs: cv | imu
+        self.filter_note = ""  # why auto did not choose the IMU filter it could have run
         self._imu_filter = ImuFilter(cfg.filter)  # buffers IMU samples until it runs
         self._imu_t_ns: int | None = None  # time of the last IMU sample
         self._alt_t_ns: int | None = None  # time of the last altitude fused
@@ -351,11 +355,24 @@ class Navigator:
         return fix
 
     def _choose_filter(self, t_ns: int) -> None:
-        """filter.kind, with auto: imu when an IMU sample came within a second of `t_ns`."""
-        kind = self.cfg.filter.kind
+        """filter.kind, with auto: imu when an IMU sample came within a second of `t_ns`,
+        unless the stream is noisier than the IMU filter assumes (more than _NOISE_MARGIN
+        times filter.accel_noise_mps2_rthz or gyro_noise_radps_rthz): it would then trust
+        itself over the fixes and drift beyond its covariance (PX4 SIH's HIGHRES_IMU: one
+        ~5 ms average per 20 ms, 0.17 m/s^2/rtHz and 0.014 rad/s/rtHz measured, against
+        0.01 and 0.001; ArduPilot SITL's SCALED_IMU 0.002 and 1e-4). `filter_note` says why."""
+        kind, fc = self.cfg.filter.kind, self.cfg.filter
+        self.filter_note = ""
         if kind == "auto":
             recent = self._imu_t_ns is not None and abs(t_ns - self._imu_t_ns) <= 1_000_000_000
             kind = "imu" if recent else "cv"
+            acc, gyro = self._imu_filter.noise_density()
+            if recent and not (acc <= _NOISE_MARGIN * fc.accel_noise_mps2_rthz
+                               and gyro <= _NOISE_MARGIN * fc.gyro_noise_radps_rthz):
+                kind = "cv"
+                self.filter_note = (f"IMU noise {acc:.3g} m/s^2/rtHz, {gyro:.3g} rad/s/rtHz: "
+                                    f"over {_NOISE_MARGIN:g} x filter.accel_noise_mps2_rthz "
+                                    f"or gyro_noise_radps_rthz")
         if kind != self.filter_kind:
             self.filter = self._imu_filter if kind == "imu" else PositionFilter(self.cfg.filter)
             self.filter_kind = kind

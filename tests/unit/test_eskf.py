@@ -202,3 +202,17 @@ def test_an_imu_gap_is_bridged_at_constant_velocity():
     assert filt.t_ns == 4_000_000_000
     np.testing.assert_allclose(filt.x[:2], [10.5, 0.0], atol=1e-6)
     np.testing.assert_allclose(filt.x[6:9], e, atol=1e-9)
+
+
+def test_noise_density_is_measured_on_the_stream():
+    rng = np.random.default_rng(1)
+    filt = ImuFilter(FilterConfig())
+    assert np.isnan(filt.noise_density()[0])  # no samples yet
+    for k in range(250):  # 5 s at 50 Hz, turning and accelerating: the motion is no noise
+        t = k * 0.02
+        filt.on_imu(k * 20_000_000, np.array([np.sin(t), 0.0, 0.0]) - G
+                    + rng.normal(0.0, 0.5, 3), np.array([0.0, 0.0, 0.3 * t])
+                    + rng.normal(0.0, 0.02, 3), np.eye(3))
+    acc, gyro = filt.noise_density()
+    assert acc == pytest.approx(0.5 * np.sqrt(0.02), rel=0.2)
+    assert gyro == pytest.approx(0.02 * np.sqrt(0.02), rel=0.2)

@@ -62,6 +62,23 @@ def test_the_filter_that_runs(kind, imu, expect):
         0.0, abs=1.0) and est.ve_mps == pytest.approx(12.0, abs=1.5)
 
 
+def test_auto_refuses_an_imu_noisier_than_the_filter_assumes():
+    """PX4 SIH's HIGHRES_IMU (one ~5 ms average per 20 ms): about 1 m/s^2 and 0.1 rad/s of
+    noise per sample, 0.14 m/s^2/rtHz and 0.014 rad/s/rtHz, against the 0.01 and 0.001 the
+    filter assumes; the IMU filter trusted itself over the fixes and drifted 10-70 m beyond
+    its covariance. auto runs the constant-velocity filter instead, and says why."""
+    cfg = Config()
+    nav = Navigator(None, FRAME, cfg)
+    rng = np.random.default_rng(0)
+    t = T0 + np.arange(50) * 20_000_000
+    nav.on_imu(t, [0.0, 0.0, -G] + rng.normal(0.0, 1.0, (50, 3)),
+               rng.normal(0.0, 0.1, (50, 3)), np.zeros((50, 3)))
+    for t_s in (0.8, 0.9):
+        nav.fuse(_fix(t_s))
+    assert isinstance(nav.filter, PositionFilter) and nav.filter.initialized
+    assert nav.filter_kind == "cv" and "IMU noise" in nav.filter_note
+
+
 def test_unknown_filter_kind_is_refused():
     with pytest.raises(SkyfixError, match="filter.kind"):
         FilterConfig(kind="ukf")
