@@ -13,10 +13,11 @@ and reset (back to a global search) when it keeps refusing fixes.
 
 The filter is the constant-velocity `PositionFilter` or the IMU-aided `ImuFilter`
 (filter.kind; auto: the IMU filter when IMU samples came within the last second at the
-filter's start). The Navigator uses either through the same few methods: initialize,
-reset, update_position, horizontal_at (and estimate_at on top); odometry goes to the CV
-filter as a velocity (update_velocity), to the IMU filter as a displacement between frames
-it marks (mark, update_displacement), with the autopilot's altitude (update_altitude).
+filter's start, and no noisier than the filter assumes). The Navigator uses either through
+the same few methods: initialize, reset, update_position, horizontal_at (and estimate_at
+on top); odometry goes to the CV filter as a velocity (update_velocity), to the IMU filter
+as a displacement between frames it marks (mark, update_displacement), with the
+autopilot's altitude (update_altitude).
 """
 
 from __future__ import annotations
