@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import systemd_state_dir
 
 EXIT_ERROR = 2
 EXIT_BUG = 70  # sysexits.h EX_SOFTWARE
@@ -80,9 +81,8 @@ def crash_dir() -> Path:
     """Where crash reports go (see the module doc)."""
     if os.environ.get("SKYFIX_CRASH_DIR"):
         return Path(os.environ["SKYFIX_CRASH_DIR"])
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "crash"
-    return Path(tempfile.gettempdir()) / "skyfix-crash"
+    state = systemd_state_dir()
+    return state / "crash" if state else Path(tempfile.gettempdir()) / "skyfix-crash"
 
 
 def _version() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,9 @@ def read_csv(path: Path, what: str, max_bytes: int = 256_000_000
                           f"{exc.start})") from None
     except csv.Error as exc:
         raise SkyfixError(f"{what} {path} is not readable CSV ({exc})") from None
+
+
+def systemd_state_dir() -> Path | None:
+    """The service's state directory when systemd gives one (StateDirectory=), else None."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) if state else None

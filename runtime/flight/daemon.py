@@ -49,6 +49,7 @@ from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import load_config
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.files import systemd_state_dir
 from skyfix.runtime.core.types import Estimate, Fix, Frame, Rejection
 from skyfix.runtime.flight.assembly import Chain, build_chain
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue
@@ -115,8 +116,7 @@ def signing_state_path(configured: str) -> Path:
     else ~/.local/state/skyfix."""
     if configured:
         return Path(configured).expanduser()
-    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    root = Path(state) if state else Path.home() / ".local" / "state" / "skyfix"
+    root = systemd_state_dir() or Path.home() / ".local" / "state" / "skyfix"
     return root / "signing_timestamp"
 
 
