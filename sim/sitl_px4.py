@@ -85,7 +85,8 @@ def sim_config() -> Config:
     """skyfix's configuration for this loop: the defaults, with `gnss.mode` always (PX4 has
     no EKF source sets), `filter.kind` cv and `match.max_rotation_deg` 15. Seen here: the
     IMU-aided filter on PX4's HIGHRES_IMU drifted 30-40 m within 3 s without fixes
-    (claimed errors to 60 m, 42 beyond 3 sigma in one flight; cv: 12 m, none), and SIH's
+    (claimed errors to 60 m, 42 beyond 3 sigma in one flight; cv: 12 m, none; auto now
+    refuses SIH's IMU as too noisy, see Navigator._choose_filter), and SIH's
     EKF2 heading is up to 13 degrees off its ground truth while hovering and after the
     GNSS loss, so views rotated up to that much are matched rather than refused."""
     cfg = Config()

@@ -5,9 +5,10 @@ folder or a video, with a tlog/.bin/.ulg/track CSV or the photos' own EXIF/XMP).
 is the daemon's (flight/assembly.py): the same frame gate, navigator, GNSS monitor and send
 policy. Frames and telemetry are fed in time order, each frame arriving at its capture
 time with the log's IMU samples up to that time (for the IMU filter; the daemon hands
-them over the same way). The recorded GNSS reaches the GNSS monitor and serves as a
-search prior only before `gnss_off_at_s` (seconds after the first frame; 0 = never), and
-otherwise only scores.
+them over the same way), and each send slot with those up to its time (the daemon's output
+thread carries its copy of the filter through them). The recorded GNSS reaches the GNSS
+monitor and serves as a search prior only before `gnss_off_at_s` (seconds after the first
+frame; 0 = never), and otherwise only scores.
 Every 1 / filter.rate_hz the send policy runs on the estimate predicted to that time, and
 every message it gives (GPS_INPUT or GLOBAL_POSITION_SENSOR, STATUSTEXT, HEARTBEAT, EKF
 source commands) goes to OUT/gps_input.tlog: what the autopilot would have received. Of a
@@ -101,10 +102,7 @@ class _Flight:
         if tel is not None:
             self.alt_amsl_m = tel.alt_amsl_m
         gnss = self.inputs.telemetry.gnss_at(t) if t < self.t_off_ns else None
-        imu, rpy = self.inputs.telemetry.imu_between(self._imu_fed_ns, t)
-        if len(imu):
-            self.chain.navigator.on_imu(imu[:, 0], imu[:, 1:4], imu[:, 4:7], rpy)
-        self._imu_fed_ns = max(self._imu_fed_ns, t)
+        self._feed_imu(t)
         step = self.chain.on_frame(item, t, tel, gnss)
         for msg in step.messages:
             self.writer.write(msg, t)
@@ -123,6 +121,7 @@ class _Flight:
             self._feed_gnss(now)
             tel = self.inputs.telemetry.at(now)  # the autopilot's heading, for the visual yaw
             heading = None if tel is None else float(np.degrees(tel.yaw_rad))
+            self._feed_imu(now)  # as the daemon's output thread carries its filter along
             slot = self.chain.tick(now, self.chain.navigator.estimate(now, self.alt_amsl_m),
                                    heading_deg=heading)
             for msg in slot.messages:
@@ -130,6 +129,13 @@ class _Flight:
             if slot.position is not None:
                 self.sent.append(SentEstimate(now, slot.estimate, slot.fix_type))
             self.next_send += self.step_ns
+
+    def _feed_imu(self, t_ns: int) -> None:
+        """The log's IMU samples received up to `t_ns` to the Navigator."""
+        imu, rpy = self.inputs.telemetry.imu_between(self._imu_fed_ns, t_ns)
+        if len(imu):
+            self.chain.navigator.on_imu(imu[:, 0], imu[:, 1:4], imu[:, 4:7], rpy)
+        self._imu_fed_ns = max(self._imu_fed_ns, t_ns)
 
     def _feed_gnss(self, t_ns: int) -> None:
         """The log's GNSS reports received up to `t_ns` (before the GNSS-off time) to the

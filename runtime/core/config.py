@@ -201,7 +201,8 @@ class FilterConfig(Section):
                                       "global search", ge=1, le=1000)
     kind: str = key("auto", "cv: 2-D constant velocity (nav/filter.py); imu: IMU-aided 3-D "
                     "error-state filter (nav/eskf.py); auto: imu when the autopilot streams an "
-                    "IMU at filter start, else cv", choices=("auto", "cv", "imu"))
+                    "IMU at filter start no noisier than 3 x accel_noise_mps2_rthz and "
+                    "gyro_noise_radps_rthz, else cv", choices=("auto", "cv", "imu"))
     imu_rate_hz: float = key(100.0, "IMU stream rate requested (MAV_CMD_SET_MESSAGE_INTERVAL)",
                              ge=1, le=1000)
     history_s: float = key(5.0, "late measurements up to this old are fused at their capture "

@@ -6,7 +6,8 @@ Three threads share one Navigator's output and never wait on each other:
               after `daemon.link_timeout_s` of silence or a link error
     vision    latest frame -> Chain.on_frame (frame gate, then the Navigator) ->
               publishes the filter's state (`snapshot`: no history)
-    output    every 1 / filter.rate_hz: the published filter predicted to the send time
+    output    every 1 / filter.rate_hz: the published filter (the IMU filter carried
+              through the IMU samples received since) predicted to the send time
               -> Chain.tick (hand-over, position message, STATUSTEXT, HEARTBEAT: see
               flight/output.py) -> the link; NAMED_VALUE_FLOAT diagnostics; a health
               summary in the log
@@ -16,8 +17,9 @@ The chain comes from flight/assembly.py, exactly as replay builds it.
 IMU: unless filter.kind is cv, the daemon asks the autopilot (MAV_CMD_SET_MESSAGE_INTERVAL,
 when it is first heard on a link) to stream its IMU at filter.imu_rate_hz (SCALED_IMU from
 ArduPilot, HIGHRES_IMU from PX4) and ATTITUDE at up to 50 Hz; the vision step hands the
-samples up to each frame's capture time to the Navigator before the frame, and logs which
-filter runs (cv or imu) whenever that changes.
+samples up to each frame's capture time to the Navigator before the frame (and the output
+thread those received since to its copy, see `Daemon.estimate`), and logs which filter runs
+(cv or imu) whenever that changes.
 
 With output.signing_key everything sent is MAVLink 2 signed (and unsigned input is
 refused with output.refuse_unsigned); refused input counts as bad messages. Our signing
@@ -66,7 +68,7 @@ from skyfix.runtime.io.signature import PersistedStamp
 from skyfix.runtime.io.telemetry import TelemetryBuffer, device_and_baud, open_link
 from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import PositionFilter, estimate_at
-from skyfix.runtime.nav.navigator import FrameResult
+from skyfix.runtime.nav.navigator import FrameResult, feed_imu
 
 log = logging.getLogger("skyfix.daemon")
 
@@ -150,7 +152,7 @@ class Daemon:
         self._latencies_ms: deque[float] = deque(maxlen=100)
         self._last_sent_tick: int | None = None  # monotonic time of the last position sent
         self._imu_fed_ns = 0  # time of the last IMU sample handed to the Navigator
-        self._filter_kind = ""  # the filter last announced in the log
+        self._filter_said = ("", "")  # the filter (kind, note) last announced in the log
         self._failure: BaseException | None = None  # what ended a thread, if anything did
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -343,9 +345,11 @@ class Daemon:
             self.stats.frame_ms_p50, self.stats.frame_ms_p95 = (
                 float(v) for v in np.percentile(self._latencies_ms, [50, 95]))
         self.stats.fixes += isinstance(result.result, Fix)
-        if self.nav.filter_kind != self._filter_kind:
-            self._filter_kind = self.nav.filter_kind
-            log.info("filter: %s (filter.kind %s)", self._filter_kind, self.cfg.filter.kind)
+        said = (self.nav.filter_kind, self.nav.filter_note)
+        if said != self._filter_said:
+            self._filter_said = said
+            log.info("filter: %s (filter.kind %s)%s", said[0], self.cfg.filter.kind,
+                     f": {said[1]}" if said[1] else "")
         self.publish()
 
     def frame_latencies_ms(self) -> list[float]:
@@ -361,13 +365,23 @@ class Daemon:
             self._published = published
 
     def estimate(self, t_ns: int) -> Estimate | None:
-        """The latest published filter predicted to `t_ns`; None before the first fix."""
+        """The latest published filter predicted to `t_ns`; None before the first fix.
+
+        The IMU filter is first carried through the IMU samples received since its last
+        one (up to `t_ns`): the Navigator's own gets them only with the next frame, seconds
+        away when frames queue or are dropped, and a prediction across that holds one
+        sample's acceleration. The published copy is the output thread's alone (the
+        vision thread publishes a new one), so it is advanced in place."""
         with self._lock:
             pub = self._published
-        if pub.filter is None:
+        filt = pub.filter
+        if isinstance(filt, ImuFilter) and filt.initialized:
+            imu, rpy = self.telemetry.imu_after(filt.t_ns)
+            keep = imu[:, 0] <= t_ns
+            feed_imu(filt, imu[keep, 0], imu[keep, 1:4], imu[keep, 4:7], rpy[keep])
+        if filt is None or not filt.initialized:  # (or reset: diverged numerically)
             return None
-        return estimate_at(pub.filter, t_ns, self.nav.frame, self._alt_amsl_m,
-                           pub.last_fix_t_ns)
+        return estimate_at(filt, t_ns, self.nav.frame, self._alt_amsl_m, pub.last_fix_t_ns)
 
     # -- MAVLink out ----------------------------------------------------------------------
 

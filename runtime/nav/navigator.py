@@ -13,10 +13,11 @@ and reset (back to a global search) when it keeps refusing fixes.
 
 The filter is the constant-velocity `PositionFilter` or the IMU-aided `ImuFilter`
 (filter.kind; auto: the IMU filter when IMU samples came within the last second at the
-filter's start). The Navigator uses either through the same few methods: initialize,
-reset, update_position, horizontal_at (and estimate_at on top); odometry goes to the CV
-filter as a velocity (update_velocity), to the IMU filter as a displacement between frames
-it marks (mark, update_displacement), with the autopilot's altitude (update_altitude).
+filter's start, and no noisier than the filter assumes). The Navigator uses either through
+the same few methods: initialize, reset, update_position, horizontal_at (and estimate_at
+on top); odometry goes to the CV filter as a velocity (update_velocity), to the IMU filter
+as a displacement between frames it marks (mark, update_displacement), with the
+autopilot's altitude (update_altitude).
 """
 
 from __future__ import annotations
@@ -190,6 +191,22 @@ class Localizer:
         return best
 
 
+def feed_imu(filt: ImuFilter, t_ns: np.ndarray, accel_mps2: np.ndarray,
+             gyro_radps: np.ndarray, rpy_rad: np.ndarray) -> int | None:
+    """Hand IMU samples (as `Navigator.on_imu` takes them) to `filt`; rows with a NaN
+    attitude are skipped. Returns the time of the last sample handed over (None: none)."""
+    last = None
+    for t, f, w, rpy in zip(np.asarray(t_ns, np.int64).tolist(), accel_mps2, gyro_radps,
+                            rpy_rad, strict=True):
+        if np.all(np.isfinite(rpy)):
+            filt.on_imu(t, f, w, R_ned_body(*rpy))
+            last = t
+    return last
+
+
+_NOISE_MARGIN = 3.0  # filter.kind auto: an IMU this much noisier than configured -> cv
+
+
 class Navigator:
     """Fuses fixes into estimates and chooses each frame's search prior."""
 
@@ -197,6 +214,7 @@ class Navigator:
         self.localizer, self.frame, self.cfg = localizer, frame, cfg
         self.filter: PositionFilter | ImuFilter = PositionFilter(cfg.filter)
         self.filter_kind = "cv"  # which filter runs: cv | imu
+        self.filter_note = ""  # why auto did not choose the IMU filter it could have run
         self._imu_filter = ImuFilter(cfg.filter)  # buffers IMU samples until it runs
         self._imu_t_ns: int | None = None  # time of the last IMU sample
         self._alt_t_ns: int | None = None  # time of the last altitude fused
@@ -228,11 +246,8 @@ class Navigator:
         """IMU samples in time order: `t_ns` [K], specific force `accel_mps2` [K, 3] and
         rate `gyro_radps` [K, 3] (body), the autopilot's attitude `rpy_rad` [K, 3] at each
         (rows with a NaN attitude are skipped)."""
-        for t, f, w, rpy in zip(np.asarray(t_ns, np.int64).tolist(), accel_mps2, gyro_radps,
-                                rpy_rad, strict=True):
-            if np.all(np.isfinite(rpy)):
-                self._imu_filter.on_imu(t, f, w, R_ned_body(*rpy))
-                self._imu_t_ns = t
+        last = feed_imu(self._imu_filter, t_ns, accel_mps2, gyro_radps, rpy_rad)
+        self._imu_t_ns = self._imu_t_ns if last is None else last
 
     def on_frame(self, frame: Frame, tel: Telemetry, gnss: GnssSample | None) -> FrameResult:
         start = time.perf_counter()
@@ -341,11 +356,24 @@ class Navigator:
         return fix
 
     def _choose_filter(self, t_ns: int) -> None:
-        """filter.kind, with auto: imu when an IMU sample came within a second of `t_ns`."""
-        kind = self.cfg.filter.kind
+        """filter.kind, with auto: imu when an IMU sample came within a second of `t_ns`,
+        unless the stream is noisier than the IMU filter assumes (more than _NOISE_MARGIN
+        times filter.accel_noise_mps2_rthz or gyro_noise_radps_rthz): it would then trust
+        itself over the fixes and drift beyond its covariance (PX4 SIH's HIGHRES_IMU: one
+        ~5 ms average per 20 ms, 0.17 m/s^2/rtHz and 0.014 rad/s/rtHz measured, against
+        0.01 and 0.001; ArduPilot SITL's SCALED_IMU 0.002 and 1e-4). `filter_note` says why."""
+        kind, fc = self.cfg.filter.kind, self.cfg.filter
+        self.filter_note = ""
         if kind == "auto":
             recent = self._imu_t_ns is not None and abs(t_ns - self._imu_t_ns) <= 1_000_000_000
             kind = "imu" if recent else "cv"
+            acc, gyro = self._imu_filter.noise_density()
+            if recent and not (acc <= _NOISE_MARGIN * fc.accel_noise_mps2_rthz
+                               and gyro <= _NOISE_MARGIN * fc.gyro_noise_radps_rthz):
+                kind = "cv"
+                self.filter_note = (f"IMU noise {acc:.3g} m/s^2/rtHz, {gyro:.3g} rad/s/rtHz: "
+                                    f"over {_NOISE_MARGIN:g} x filter.accel_noise_mps2_rthz "
+                                    f"or gyro_noise_radps_rthz")
         if kind != self.filter_kind:
             self.filter = self._imu_filter if kind == "imu" else PositionFilter(self.cfg.filter)
             self.filter_kind = kind

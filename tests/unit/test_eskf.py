@@ -177,3 +177,42 @@ def test_snapshot_predicts_as_the_filter_did_and_keeps_no_history():
         np.testing.assert_array_equal(got, want)
     assert len(snap._steps) == 1 and not snap._applied
     assert not np.allclose(filt.horizontal_at(t_send)[0], before[0])
+
+
+def test_an_imu_gap_is_bridged_at_constant_velocity():
+    """No IMU for 3 s (a stalled stream) after samples of 3 m/s^2 north: the prediction,
+    and a fix's step across the gap, go on at the last velocity instead of extrapolating
+    that one sample's acceleration (13.5 m more) or its rate (the attitude correction)."""
+    a, w_b = np.array([3.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.3])  # accelerating, turning
+
+    def sample(k: int) -> tuple:
+        R_ap = Rz(0.3 * k * 0.02)
+        return R_ap.T @ (a - G), w_b, R_ap
+
+    filt = ImuFilter(quiet_cfg())
+    filt.on_imu(0, *sample(0))
+    filt.initialize(0, np.zeros(2), np.eye(2), np.zeros(2), np.eye(2))
+    for k in range(1, 51):  # 1 s at 50 Hz
+        filt.on_imu(k * 20_000_000, *sample(k))
+    e = filt.x[6:9].copy()
+    x, P = filt.horizontal_at(4_000_000_000)
+    np.testing.assert_allclose(x, [1.5 + 3.0 * 3.0, 0.0, 3.0, 0.0], atol=1e-6)
+    assert P[0, 0] > 3.0 ** 2 * filt.P[0, 0]  # with the constant-velocity noise
+    filt.update_altitude(4_000_000_000, 0.0, 1.0)  # a measurement after the gap
+    assert filt.t_ns == 4_000_000_000
+    np.testing.assert_allclose(filt.x[:2], [10.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(filt.x[6:9], e, atol=1e-9)
+
+
+def test_noise_density_is_measured_on_the_stream():
+    rng = np.random.default_rng(1)
+    filt = ImuFilter(FilterConfig())
+    assert np.isnan(filt.noise_density()[0])  # no samples yet
+    for k in range(250):  # 5 s at 50 Hz, turning and accelerating: the motion is no noise
+        t = k * 0.02
+        filt.on_imu(k * 20_000_000, np.array([np.sin(t), 0.0, 0.0]) - G
+                    + rng.normal(0.0, 0.5, 3), np.array([0.0, 0.0, 0.3 * t])
+                    + rng.normal(0.0, 0.02, 3), np.eye(3))
+    acc, gyro = filt.noise_density()
+    assert acc == pytest.approx(0.5 * np.sqrt(0.02), rel=0.2)
+    assert gyro == pytest.approx(0.02 * np.sqrt(0.02), rel=0.2)
