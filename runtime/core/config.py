@@ -272,6 +272,10 @@ class GnssConfig(Section):
                                    "visual) ...", ge=0, le=1e6)
     spoof_cusum_limit: float = key(60.0, "... above this (NIS s) -> spoofed (slow drift)",
                                    gt=0, le=1e9)
+    max_fix_age_s: float = key(0.5, "a GNSS report's position is up to this old when it "
+                               "arrives (receiver latency plus the autopilot's stream "
+                               "period); the estimate is compared at half this age, the "
+                               "rest counts as uncertainty along the velocity", ge=0, le=5)
     verify_s: float = key(10.0, "seconds the visual estimate must agree with a healthy GNSS "
                           "before a disagreement is blamed on the GNSS; before that it is "
                           "blamed on the visual side (camera clock, mount, map) and no "

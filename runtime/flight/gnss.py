@@ -10,11 +10,14 @@ positions with our visual estimate:
 - any message with `jamming_state` / `spoofing_state` fields and an `id` instance:
   in pymavlink 2.4.50 that is GNSS_INTEGRITY, defined only in the development dialect
   (GPS_RAW_INT and GPS2_RAW carry no such fields in common or ardupilotmega).
-- divergence between a receiver's position g and our estimate p (predicted to the GNSS
-  sample time with its velocity), both [2] north/east metres:
+- divergence between a receiver's position g and our estimate p, both [2] north/east
+  metres. A report's position is older than its arrival: the receiver's latency plus up
+  to one period of the autopilot's stream, some age a in [0, A], A = cfg.max_fix_age_s.
+  With a uniform on that interval, p is predicted with its velocity v to the arrival
+  time minus A / 2, and the rest of a enters as variance along v:
 
-      d = g - p                                     [2]
-      S = P_est + sigma_gnss^2 I                    [2, 2]
+      d = g - (p + v (t_gnss - A / 2 - t_est))      [2]
+      S = P_est + sigma_gnss^2 I + (A^2 / 12) v v^T [2, 2]
       NIS = d^T S^-1 d                              ~ chi-square(2) when both agree
       C_k = min(max(0, C_{k-1} + (NIS_k - drift) dt_k), 2 limit)    (CUSUM, NIS x s)
 
@@ -194,14 +197,17 @@ class GnssMonitor:
                 or not np.all(np.isfinite(est.cov_ne_m2))
                 or not np.isfinite(est.lat_deg + est.lon_deg)):
             return
-        dt_s = (t_ns - t_est) * 1e-9
+        age_s = self.cfg.max_fix_age_s
+        dt_s = (t_ns - t_est) * 1e-9 - age_s / 2  # to the middle of the fix's possible age
+        v = np.array([est.vn_mps, est.ve_mps])
         # local north/east offset of the GNSS fix from the estimate's geodetic position
         g_ne = geodesic_ne_m(est.lat_deg, est.lon_deg, lat_deg, lon_deg)
-        d = g_ne - dt_s * np.array([est.vn_mps, est.ve_mps])  # d = g - p
-        S = est.cov_ne_m2 + self._gnss_sigma_m(rx) ** 2 * np.eye(2)  # S = P_est + sigma^2 I
+        d = g_ne - dt_s * v  # d = g - (p + v dt)
+        # S = P_est + sigma^2 I + (A^2 / 12) v v^T
+        S = (est.cov_ne_m2 + self._gnss_sigma_m(rx) ** 2 * np.eye(2)
+             + age_s ** 2 / 12 * np.outer(v, v))
         nis = float(d @ np.linalg.solve(S, d))  # NIS = d^T S^-1 d
         cfg = self.cfg
-        # C_k = min(max(0, C_{k-1} + NIS_k - drift), 2 limit)
         dt_k = 0.0 if rx.compared_t_ns is None else min((t_ns - rx.compared_t_ns) * 1e-9, 1.0)
         # C_k = min(max(0, C_{k-1} + (NIS_k - drift) dt_k), 2 limit)
         rx.cusum = min(max(0.0, rx.cusum + (nis - cfg.spoof_cusum_drift) * dt_k),

@@ -3,6 +3,8 @@ spoofing drift, fed with real pymavlink-encoded GPS_RAW_INT / GPS2_RAW / GNSS_IN
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import replace
 
 import numpy as np
@@ -181,15 +183,17 @@ SIG_EST_M, SIG_GNSS_M = 3.0, 1.5
 
 
 def spoof_flight(seed: int, drift_mps: float, duration_s: float, onset_s: float = 20.0,
-                 mode: str = "always", tau_est_s: float = 3.0):
+                 mode: str = "always", tau_est_s: float = 3.0, sig_est_m: float = SIG_EST_M,
+                 sig_gnss_m: float = SIG_GNSS_M, max_age_s: float = 0.0):
     """A straight 12 m/s flight. Our estimate: truth + Gauss-Markov error (sigma 3 m, its
     covariance says 3 m); GNSS: truth + Gauss-Markov error (sigma 1.5 m, tau 30 s, h_acc
-    says 1.5 m) + a drift of `drift_mps` from `onset_s`, across track. Returns
+    says 1.5 m) + a drift of `drift_mps` from `onset_s`, across track; each report's
+    position is a uniform [0, max_age_s] older than its arrival. Returns
     ([(t_s, Handover)], drift_m at each decision)."""
     rng = np.random.default_rng(seed)
     n = int(round(duration_s / DECIDE_DT_S)) + 1
-    e_est = gauss_markov(rng, n, DECIDE_DT_S, tau_est_s, SIG_EST_M, 2)
-    e_gnss = gauss_markov(rng, n, DECIDE_DT_S, 30.0, SIG_GNSS_M, 2)
+    e_est = gauss_markov(rng, n, DECIDE_DT_S, tau_est_s, sig_est_m, 2)
+    e_gnss = gauss_markov(rng, n, DECIDE_DT_S, 30.0, sig_gnss_m, 2)
     across = np.array([-SPEED[1], SPEED[0]]) / np.linalg.norm(SPEED)
     mon = GnssMonitor(replace(CFG, mode=mode))
     out, drift = [], []
@@ -197,11 +201,11 @@ def spoof_flight(seed: int, drift_mps: float, duration_s: float, onset_s: float 
         t_s = k * DECIDE_DT_S
         truth = SPEED * t_s
         d_m = drift_mps * max(0.0, t_s - onset_s)
-        est = estimate_at(*(truth + e_est[k]), *SPEED, sigma_m=SIG_EST_M)
+        est = estimate_at(*(truth + e_est[k]), *SPEED, sigma_m=sig_est_m)
         mon.observe_estimate(est, int(t_s * S_NS))
         if k % 2 == 0:
-            g = truth + e_gnss[k] + d_m * across
-            mon.observe(raw(t_s, north_m=g[0], east_m=g[1], h_acc_m=SIG_GNSS_M),
+            g = SPEED * (t_s - rng.uniform(0.0, max_age_s)) + e_gnss[k] + d_m * across
+            mon.observe(raw(t_s, north_m=g[0], east_m=g[1], h_acc_m=sig_gnss_m),
                         int(t_s * S_NS))
         out.append((t_s, mon.decide(int(t_s * S_NS), True)))
         drift.append(d_m)
@@ -226,7 +230,17 @@ def test_honest_gnss_is_not_called_spoofed() -> None:
     """Five minutes of honest, time-correlated errors on both sides: no alarm."""
     for seed in range(3):
         d, _ = spoof_flight(100 + seed, 0.0, duration_s=300.0)
-        assert {h.state for _, h in d} == {"healthy"}, seed
+        assert {(h.state, h.disputed) for _, h in d} == {("healthy", "")}, seed
+
+
+def test_late_gnss_reports_beside_a_tight_estimate_are_not_called_spoofed() -> None:
+    """An IMU-aided estimate claims 0.3 m; the receiver claims 0.5 m, but each report's
+    position is up to 0.45 s old when it arrives (receiver latency, stream period): 5 m
+    along track at 12 m/s. That age is the GNSS's, not a spoof."""
+    for seed in range(3):
+        d, _ = spoof_flight(200 + seed, 0.0, duration_s=300.0, sig_est_m=0.3,
+                            sig_gnss_m=0.5, max_age_s=0.45)
+        assert {(h.state, h.disputed) for _, h in d} == {("healthy", "")}, seed
 
 
 def test_ekf_source_mode_switches_once_each_way() -> None:
@@ -283,7 +297,10 @@ def test_visual_off_before_it_was_verified_is_blamed_not_the_gnss() -> None:
     d = shifted_camera_flight()
     assert "spoofed" not in {h.state for _, h in d}
     t_blamed = first(d, lambda h: h.disputed)
-    assert t_blamed <= 0.5 and "48 m off GNSS" in d[int(round(t_blamed / DECIDE_DT_S))][1].disputed
+    why = d[int(round(t_blamed / DECIDE_DT_S))][1].disputed
+    off_m = float(re.fullmatch(r"unverified visual (\d+) m off GNSS", why).group(1))
+    # 48 m, less the 12 m/s x max_fix_age_s / 2 that a report's age may explain
+    assert t_blamed <= 0.5 and abs(off_m - (48 - 12 * CFG.max_fix_age_s / 2)) <= 1
     after = [h for t, h in d if t >= t_blamed]
     assert not any(h.send_gps_input for h in after)
     assert {h.state for t, h in d if t > 35.0} == {"lost"}  # GNSS gone: still held
