@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -42,7 +43,13 @@ from skyfix.runtime.io.camera_source import LatestFrameQueue
 from skyfix.runtime.io.recorder import FlightRecorder
 from skyfix.sim.camera import SimCamera
 from skyfix.sim.flight import FlightSpec, PoseRenderer
-from skyfix.sim.sitl_link import MissionItem, SitlProcess, Vehicle, free_instance
+from skyfix.sim.sitl_link import (
+    MissionItem,
+    SitlProcess,
+    Vehicle,
+    fly_schedule,
+    free_instance,
+)
 from skyfix.sim.sitl_plot import plot_flight
 from skyfix.sim.sitl_report import (
     FlightRecord,
@@ -235,28 +242,25 @@ def _until_landed(vehicle: Vehicle, spec: SitlSpec, t_start: int) -> int | None:
     """Run the flight's schedule until the vehicle disarms: the simulated GNSS off at
     `gnss_off_after_s`, and from `spoof_after_s` for `spoof_for_s` its position pulled
     north at `spoof_mps` (SIM_GPS1_GLTCH_X, degrees of latitude, updated each second),
-    then released. Returns
-    the Unix ns the GNSS went off (None if it did not)."""
-    t_off = None
-    next_spoof_s = spec.spoof_after_s if spec.spoof_mps > 0 else float("inf")
-    gnss_off_s = spec.gnss_off_after_s if spec.gnss_off_after_s >= 0 else float("inf")
-    deadline = time.monotonic() + spec.mission_timeout_s * max(spec.laps, 1)
-    while vehicle.armed():
-        elapsed_s = (time.time_ns() - t_start) * 1e-9
-        if t_off is None and elapsed_s >= gnss_off_s:
-            vehicle.set_param("SIM_GPS1_ENABLE", 0)
-            t_off = time.time_ns()
-            log.info("simulated GNSS off")
-        if elapsed_s >= next_spoof_s:
-            spoofing_s = elapsed_s - spec.spoof_after_s
-            pull_m = spec.spoof_mps * spoofing_s if spoofing_s < spec.spoof_for_s else 0.0
-            vehicle.set_param("SIM_GPS1_GLTCH_X", pull_m / METRES_PER_DEG_LAT)
-            next_spoof_s = next_spoof_s + 1.0 if pull_m else float("inf")
-        due_s = min(gnss_off_s if t_off is None else float("inf"), next_spoof_s)
-        vehicle.wait(lambda due_s=due_s: not vehicle.armed()
-                     or (time.time_ns() - t_start) * 1e-9 >= due_s,
-                     "landing (disarm)", max(deadline - time.monotonic(), 0.1))
-    return t_off
+    then released. Returns the Unix ns the GNSS went off (None if it did not)."""
+    t_off: list[int] = []
+
+    def gnss_off(_elapsed_s: float) -> float:
+        vehicle.set_param("SIM_GPS1_ENABLE", 0)
+        t_off.append(time.time_ns())
+        log.info("simulated GNSS off")
+        return math.inf
+
+    def spoof(elapsed_s: float) -> float:
+        spoofing_s = elapsed_s - spec.spoof_after_s
+        pull_m = spec.spoof_mps * spoofing_s if spoofing_s < spec.spoof_for_s else 0.0
+        vehicle.set_param("SIM_GPS1_GLTCH_X", pull_m / METRES_PER_DEG_LAT)
+        return elapsed_s + 1.0 if pull_m else math.inf
+
+    fly_schedule(vehicle, t_start, spec.mission_timeout_s * max(spec.laps, 1), [
+        (spec.gnss_off_after_s if spec.gnss_off_after_s >= 0 else math.inf, gnss_off),
+        (spec.spoof_after_s if spec.spoof_mps > 0 else math.inf, spoof)])
+    return t_off[0] if t_off else None
 
 
 def _spoof_figures(rec: FlightRecord, t_start_ns: int, spec: SitlSpec) -> dict:

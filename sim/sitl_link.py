@@ -59,6 +59,28 @@ def free_instance() -> int:
     raise SkyfixError("no free ArduPilot SITL instance (TCP ports 5760..6155 all busy)")
 
 
+Action = Callable[[float], float]  # called when due, with the seconds since the start;
+# returns when it is next due (inf: done)
+
+
+def fly_schedule(vehicle: Vehicle, t_start_ns: int, timeout_s: float,
+                 schedule: Sequence[tuple[float, Action]]) -> None:
+    """Until the vehicle disarms, call each (due_s, action) of `schedule` when `due_s`
+    seconds since `t_start_ns` (Unix ns) have passed, then when it says it is next due;
+    SkyfixError if the vehicle is still armed after `timeout_s`."""
+    due = [d for d, _ in schedule]
+    deadline = time.monotonic() + timeout_s
+    while vehicle.armed():
+        elapsed_s = (time.time_ns() - t_start_ns) * 1e-9
+        for i, (_, action) in enumerate(schedule):
+            if elapsed_s >= due[i]:
+                due[i] = action(elapsed_s)
+        next_s = min(due, default=math.inf)
+        vehicle.wait(lambda next_s=next_s: not vehicle.armed()
+                     or (time.time_ns() - t_start_ns) * 1e-9 >= next_s,
+                     "landing (disarm)", max(deadline - time.monotonic(), 0.1))
+
+
 class SimulatorProcess:
     """A simulator subprocess (`proc`) logging into `workdir`/`log_name`; a context manager
     that always stops it (SIGTERM, then SIGKILL)."""

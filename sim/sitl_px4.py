@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -48,7 +49,7 @@ from skyfix.sim.sitl import (
     map_frame,
     plan_mission,
 )
-from skyfix.sim.sitl_link import SimulatorProcess, Vehicle
+from skyfix.sim.sitl_link import SimulatorProcess, Vehicle, fly_schedule
 from skyfix.sim.sitl_report import GcPauses, Timeline
 
 log = logging.getLogger("skyfix.sim.sitl")
@@ -254,23 +255,23 @@ def _until_landed(vehicle: Vehicle, proc: Px4Process, spec: SitlSpec, t_start: i
                   ) -> tuple[int | None, dict]:
     """Cut the GNSS at `gnss_off_after_s`, read EKF2's flags FLAGS_READ_AFTER_S later,
     wait for the disarm. (Unix ns of the cut or None, {flag: text} or {})."""
-    t_off, flags = None, {}
-    off_s = spec.gnss_off_after_s if spec.gnss_off_after_s >= 0 else float("inf")
-    deadline = time.monotonic() + spec.mission_timeout_s * max(spec.laps, 1)
-    while vehicle.armed():
-        elapsed_s = (time.time_ns() - t_start) * 1e-9
-        if t_off is None and elapsed_s >= off_s:
-            vehicle.set_param("SIM_GPS_USED", 0)
-            t_off = time.time_ns()
-            log.info("simulated GNSS off")
-        elif t_off is not None and not flags and elapsed_s >= off_s + FLAGS_READ_AFTER_S:
-            got = proc.listener("estimator_status_flags")
-            flags = {k: got.get(k) for k in ("cs_aux_gpos", "cs_gnss_pos",
-                                             "cs_inertial_dead_reckoning")}
-            log.info("EKF2 flags %s", flags)
-        due_s = (off_s if t_off is None else off_s + FLAGS_READ_AFTER_S if not flags
-                 else float("inf"))
-        vehicle.wait(lambda due_s=due_s: not vehicle.armed()
-                     or (time.time_ns() - t_start) * 1e-9 >= due_s,
-                     "landing (disarm)", max(deadline - time.monotonic(), 0.1))
-    return t_off, flags
+    t_off: list[int] = []
+    flags: dict = {}
+
+    def gnss_off(_elapsed_s: float) -> float:
+        vehicle.set_param("SIM_GPS_USED", 0)
+        t_off.append(time.time_ns())
+        log.info("simulated GNSS off")
+        return math.inf
+
+    def read_flags(_elapsed_s: float) -> float:
+        got = proc.listener("estimator_status_flags")
+        flags.update({k: got.get(k) for k in ("cs_aux_gpos", "cs_gnss_pos",
+                                               "cs_inertial_dead_reckoning")})
+        log.info("EKF2 flags %s", flags)
+        return math.inf
+
+    off_s = spec.gnss_off_after_s if spec.gnss_off_after_s >= 0 else math.inf
+    fly_schedule(vehicle, t_start, spec.mission_timeout_s * max(spec.laps, 1),
+                 [(off_s, gnss_off), (off_s + FLAGS_READ_AFTER_S, read_flags)])
+    return (t_off[0] if t_off else None), flags
