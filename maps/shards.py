@@ -27,6 +27,7 @@ coarse index first and searches only the `probe` best shards.
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -45,6 +46,8 @@ from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
 from skyfix.runtime.core.provenance import check_manifest_signature
 from skyfix.runtime.core.types import TileHit
+
+log = logging.getLogger("skyfix.maps")
 
 SHARDS_FORMAT = "skyfix-shards/1"
 SHARDS_MANIFEST = "shards.json"
@@ -133,6 +136,7 @@ class ShardedPack(TileMap):
         self._checked: set[int] = set()  # shards whose files were hashed and scanned
         self.resident_bytes = 0
         self.loads = 0
+        self.over_budget_windows = 0  # windows whose shards did not all fit the budget
 
     @classmethod
     def open(cls, path: Path, budget_bytes: int = DEFAULT_BUDGET_BYTES,
@@ -218,8 +222,18 @@ class ShardedPack(TileMap):
                               & (b[:, 1] <= n + half_n_m) & (b[:, 3] >= n - half_n_m))
 
     def tiles_near(self, centre_en: np.ndarray, half_e_m: float, half_n_m: float) -> np.ndarray:
+        near = self.shards_near(centre_en, half_e_m, half_n_m)
+        need = sum(self.manifest.shards[int(s)].resident_bytes for s in near)
+        if need > self.budget_bytes:
+            # each frame would evict what the next one needs again: it works, slowly
+            if not self.over_budget_windows:
+                log.warning("map budget %.1f MiB is below the %.1f MiB one search window "
+                            "needs (%d shards): shards are reloaded every frame; raise "
+                            "daemon.map_budget_mb", self.budget_bytes / 2**20, need / 2**20,
+                            len(near))
+            self.over_budget_windows += 1
         parts = [self.first_ids[s] + self.shard(int(s)).tiles_near(centre_en, half_e_m, half_n_m)
-                 for s in self.shards_near(centre_en, half_e_m, half_n_m)]
+                 for s in near]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def _column(self, ids: np.ndarray, column: str, shape: tuple[int, ...], dtype

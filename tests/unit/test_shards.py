@@ -4,6 +4,7 @@ synthetic region (lazy loading within the memory budget, coarse-first global sea
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -135,6 +136,28 @@ def test_region_pack_stays_within_its_memory_budget(tmp_path):
     assert sharded.loads > 4  # shards were evicted and reloaded, not all kept
     with pytest.raises(SkyfixError, match="memory budget"):
         ShardedPack.open(tmp_path / "region", budget_bytes=biggest - 1)
+
+
+def test_a_window_larger_than_the_budget_is_warned_once(tmp_path, caplog):
+    """A budget that cannot hold one frame's search window still works (shards are
+    reloaded), but the log says so, once, naming the key to raise."""
+    manifest, blocks = synthetic_region(20_000, dim=16, tile_m=10.0, seed=3)
+    write_shards(blocks, tmp_path / "region", manifest, np.zeros((1, 16), np.float32), 500.0,
+                 progress=False)
+    info = json.loads((tmp_path / "region" / SHARDS_MANIFEST).read_text())
+    biggest = max(s["resident_bytes"] for s in info["shards"])
+    centre = np.concatenate([b.tiles["center_en"] for b in blocks()]).mean(0)
+    roomy = ShardedPack.open(tmp_path / "region", budget_bytes=64 * biggest, verify=False)
+    roomy.tiles_near(centre, 300.0, 300.0)
+    assert roomy.over_budget_windows == 0
+    tight = ShardedPack.open(tmp_path / "region", budget_bytes=biggest, verify=False)
+    with caplog.at_level(logging.WARNING, logger="skyfix.maps"):
+        for _ in range(3):
+            ids = tight.tiles_near(centre, 300.0, 300.0)
+    assert len(ids) == len(roomy.tiles_near(centre, 300.0, 300.0)) > 0
+    assert tight.over_budget_windows == 3
+    warned = [r for r in caplog.records if "daemon.map_budget_mb" in r.getMessage()]
+    assert len(warned) == 1
 
 
 def test_the_tile_map_surface_answers_as_the_plain_pack(packs):
