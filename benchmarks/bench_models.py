@@ -108,7 +108,7 @@ def bench_one(name: str, runs: int, warmup: int, threads: int | None,
 
         model = XD_MODEL if name == "xfeat-xd-onnx" else DEFAULT_MODEL
         if name == "xfeat-tensorrt":
-            from skyfix.runtime.backends.tensorrt import image_profile
+            from skyfix.runtime.backends.trt_profile import image_profile
 
             # one profile covers every frame size and the 512 px tiles
             profile = image_profile("image", (480, 480), (640, 480), (1024, 768))

@@ -52,7 +52,8 @@ def engine_options(cfg: EncoderConfig, model: Path, view_px: int) -> dict:
     profile of views up to `view_px` a side, and the model's input multiple (from its
     manifest)."""
     from skyfix.models.manifest import load_manifest
-    from skyfix.runtime.backends.tensorrt import DEFAULT_CACHE_DIR, view_profile
+    from skyfix.runtime.backends.tensorrt import DEFAULT_CACHE_DIR
+    from skyfix.runtime.backends.trt_profile import view_profile
 
     manifest = load_manifest(model, verify=False)
     multiple = manifest.input_multiple

@@ -42,6 +42,7 @@ def cmd_models_engine(a: argparse.Namespace) -> None:
     from skyfix.models.manifest import load_manifest
     from skyfix.models.registry import engine_options
     from skyfix.runtime.backends import tensorrt as trt_backend
+    from skyfix.runtime.backends.trt_profile import image_profile
     from skyfix.runtime.core.config import load_config
 
     load_manifest(a.model, verify=True)
@@ -50,7 +51,7 @@ def cmd_models_engine(a: argparse.Namespace) -> None:
     (name, profile), = opts["shapes"].items()
     low, opt, high = ((shape[3], shape[2]) for shape in profile)  # ... unless told otherwise
     size = a.size or opt
-    shapes = trt_backend.image_profile(name, a.min_size or low, size, a.max_size or high)
+    shapes = image_profile(name, a.min_size or low, size, a.max_size or high)
     precision = a.precision or opts["precision"]
     cache_dir = a.cache_dir or opts["cache_dir"]
     if precision == "int8" and a.calib is None:

@@ -6,17 +6,15 @@ the ONNX sha256, the TensorRT version, the GPU name, the precision and the
 shape profile, so a JetPack upgrade or another GPU never loads a stale engine.
 
 The profile is checked against the ONNX graph's declared inputs before TensorRT
-is imported (`check_engine_inputs`, through ONNX Runtime on the CPU), so a bad
-profile is one line on any machine, not a failed build minutes into it. In flight
-the profile is `view_profile`: views from [1, 1, m, m] up to the rectified-view
-size [1, 1, S, S] (S = rectify.max_view_px rounded up to the model's multiple m),
-the same tensors ONNX Runtime sees, so flight features match the map's.
+is imported (backends/trt_profile.py), so a bad profile is one line on any machine,
+not a failed build minutes into it. In flight the profile is `view_profile`: views
+from [1, 1, m, m] up to the rectified-view size [1, 1, S, S] (S = rectify.max_view_px
+rounded up to the model's multiple m), the same tensors ONNX Runtime sees, so flight
+features match the map's.
 
 TensorRT comes from JetPack (or NVIDIA's wheels) and is never installed by
 skyfix; `tensorrt` and the CUDA bindings are imported only inside this
-module's functions. Device memory goes through cuda-python
-(`cuda.bindings.runtime`, or the older `cuda.cudart`); pycuda is used only if
-it is what is installed.
+module's functions. Device memory goes through backends/cuda_device.py.
 """
 
 from __future__ import annotations
@@ -24,23 +22,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from skyfix.runtime.backends.base import Runner, TensorSpec, static_dim
+from skyfix.runtime.backends.cuda_device import CudaDevice, open_device
+from skyfix.runtime.backends.trt_profile import ShapeProfile, check_engine_inputs
 from skyfix.runtime.core.errors import SkyfixError
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "int8"]
-# input name -> (min, opt, max) shapes of the optimisation profile
-ShapeProfile = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "skyfix" / "engines"
-MAX_DIM = 8192  # largest dynamic dim of a profile (rectify.max_view_px's own limit)
 
 
 def import_tensorrt() -> Any:
@@ -67,117 +64,10 @@ def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, precisio
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-# ---------------------------------------------------------------- device memory
-
-
-class _CudaPython:
-    """Device buffers and a stream through cuda-python's runtime bindings."""
-
-    def __init__(self, device_id: int) -> None:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart  # cuda-python < 12.6
-        self.rt = cudart
-        self._check(cudart.cudaSetDevice(device_id), "cudaSetDevice")
-        self.stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        props = self._check(cudart.cudaGetDeviceProperties(device_id), "cudaGetDeviceProperties")
-        name = props.name
-        self.gpu_name = (name.decode(errors="replace") if isinstance(name, bytes)
-                         else str(name)).strip("\x00 ")
-
-    def _check(self, result: tuple, what: str) -> Any:
-        err, *rest = result
-        if int(err) != 0:
-            raise SkyfixError(f"CUDA error in {what}: {err}")
-        return rest[0] if len(rest) == 1 else (rest or None)
-
-    def malloc(self, nbytes: int) -> int:
-        return int(self._check(self.rt.cudaMalloc(max(nbytes, 1)), "cudaMalloc"))
-
-    def free(self, ptr: int) -> None:
-        self.rt.cudaFree(ptr)
-
-    def htod(self, dst: int, host: np.ndarray) -> None:
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._check(self.rt.cudaMemcpyAsync(dst, host.ctypes.data, host.nbytes, kind,
-                                            self.stream), "cudaMemcpyAsync H2D")
-
-    def dtoh(self, host: np.ndarray, src: int) -> None:
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._check(self.rt.cudaMemcpyAsync(host.ctypes.data, src, host.nbytes, kind,
-                                            self.stream), "cudaMemcpyAsync D2H")
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self.stream)
-
-    def synchronize(self) -> None:
-        self._check(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-
-    def close(self) -> None:
-        self.rt.cudaStreamDestroy(self.stream)
-
-
-class _PyCuda:
-    """The same operations through pycuda (only when that is what is installed)."""
-
-    def __init__(self, device_id: int) -> None:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        self.cuda = cuda
-        device = cuda.Device(device_id)
-        self.gpu_name = device.name()
-        self.context = device.retain_primary_context()
-        self.context.push()
-        self.stream = cuda.Stream()
-        self._allocations: dict[int, Any] = {}
-
-    def malloc(self, nbytes: int) -> int:
-        allocation = self.cuda.mem_alloc(max(nbytes, 1))
-        self._allocations[int(allocation)] = allocation
-        return int(allocation)
-
-    def free(self, ptr: int) -> None:
-        allocation = self._allocations.pop(ptr, None)
-        if allocation is not None:
-            allocation.free()
-
-    def htod(self, dst: int, host: np.ndarray) -> None:
-        self.cuda.memcpy_htod_async(dst, host, self.stream)
-
-    def dtoh(self, host: np.ndarray, src: int) -> None:
-        self.cuda.memcpy_dtoh_async(host, src, self.stream)
-
-    @property
-    def stream_handle(self) -> int:
-        return self.stream.handle
-
-    def synchronize(self) -> None:
-        self.stream.synchronize()
-
-    def close(self) -> None:
-        self.context.pop()
-
-
-def open_device(device_id: int = 0) -> _CudaPython | _PyCuda:
-    """CUDA memory/stream helper: cuda-python if importable, else pycuda, else SkyfixError."""
-    try:
-        return _CudaPython(device_id)
-    except ImportError:
-        pass
-    try:
-        return _PyCuda(device_id)
-    except ImportError:
-        raise SkyfixError("TensorRT needs CUDA bindings: pip install cuda-python "
-                          "(or have pycuda installed)") from None
-
-
 # ---------------------------------------------------------------- engine build
 
 
-def make_calibrator(trt: Any, device: _CudaPython | _PyCuda,
+def make_calibrator(trt: Any, device: CudaDevice,
                     feeds: Iterable[Mapping[str, np.ndarray]], cache_path: Path) -> Any:
     """INT8 entropy calibrator over `feeds` (e.g. preprocessed map tiles, batch 1, all
     shaped like the profile's `opt` shape); the calibration table is cached at `cache_path`."""
@@ -257,72 +147,6 @@ def build_engine(trt: Any, onnx_path: Path, precision: Precision, shapes: ShapeP
         raise SkyfixError(f"TensorRT failed to build an engine for {onnx_path.name} "
                           "(see the TensorRT log above)")
     return bytes(serialized)
-
-
-def image_profile(input_name: str, min_wh: tuple[int, int], opt_wh: tuple[int, int],
-                  max_wh: tuple[int, int]) -> ShapeProfile:
-    """Profile for a [1, 1, H, W] image input from (width, height) sizes."""
-    sizes = (min_wh, opt_wh, max_wh)
-    if any(w0 > w1 or h0 > h1 for (w0, h0), (w1, h1) in zip(sizes[:-1], sizes[1:], strict=True)):
-        raise SkyfixError(f"engine sizes must grow min <= opt <= max, got "
-                          f"{' / '.join(f'{w}x{h}' for w, h in sizes)}")
-    return {input_name: tuple((1, 1, h, w) for w, h in sizes)}
-
-
-def view_profile(input_name: str, view_px: int, multiple: int) -> ShapeProfile:
-    """Profile for north-up views of at most `view_px` a side padded to `multiple`:
-    min [1, 1, m, m], opt = max [1, 1, S, S] with S = `view_px` rounded up to m."""
-    side = -(-view_px // multiple) * multiple
-    return image_profile(input_name, (multiple, multiple), (side, side), (side, side))
-
-
-def check_profile(inputs: Sequence[TensorSpec], shapes: ShapeProfile, multiple: int = 1) -> None:
-    """Raise a one-line SkyfixError unless `shapes` fits the model inputs `inputs`: one
-    (min, opt, max) entry per dynamic input and none for an unknown name, each of the
-    input's rank, static dims as declared, min <= opt <= max, dynamic dims multiples of
-    `multiple` from `multiple` to MAX_DIM."""
-    declared = {spec.name: spec for spec in inputs}
-    unknown = sorted(set(shapes) - set(declared))
-    if unknown:
-        raise SkyfixError(f"engine profile names input(s) {', '.join(unknown)} the model does "
-                          f"not have (inputs: {', '.join(declared)})")
-    for name, spec in declared.items():
-        if name not in shapes:
-            if None in spec.shape:
-                raise SkyfixError(f"input {spec.describe()} has dynamic dims and no engine "
-                                  "profile: give shapes={name: (min, opt, max)}")
-            continue
-        triple = shapes[name]
-        if len(triple) != 3 or any(len(s) != len(spec.shape) for s in triple):
-            raise SkyfixError(f"engine profile of {name} must be 3 shapes (min, opt, max) of "
-                              f"rank {len(spec.shape)} like {spec.describe()}, got {triple}")
-        for axis, want in enumerate(spec.shape):
-            dims = [s[axis] for s in triple]
-            if want is not None:
-                if dims != [want] * 3:
-                    raise SkyfixError(f"engine profile of {name} dim {axis} (min/opt/max) is "
-                                      f"{'/'.join(map(str, dims))}, the model fixes it at "
-                                      f"{want} ({spec.describe()})")
-                continue
-            if not dims[0] <= dims[1] <= dims[2]:
-                raise SkyfixError(f"engine profile of {name} dim {axis} must grow min <= opt "
-                                  f"<= max, got {'/'.join(map(str, dims))}")
-            if dims[0] < multiple or dims[2] > MAX_DIM or any(d % multiple for d in dims):
-                raise SkyfixError(f"engine profile of {name} dim {axis} (min/opt/max) is "
-                                  f"{'/'.join(map(str, dims))}: each must be a multiple of "
-                                  f"{multiple} from {multiple} to {MAX_DIM}")
-
-
-def check_engine_inputs(onnx_path: Path, shapes: ShapeProfile | None, multiple: int = 1) -> None:
-    """`check_profile` against the inputs the ONNX graph at `onnx_path` declares (read by
-    ONNX Runtime on the CPU; nothing is run). TensorRT is not needed."""
-    from skyfix.runtime.backends.onnxruntime import OnnxRuntimeRunner
-
-    graph = OnnxRuntimeRunner(Path(onnx_path), "cpu", intra_op_threads=1)
-    try:
-        check_profile(graph.inputs, shapes or {}, multiple)
-    finally:
-        graph.close()
 
 
 def calibration_images(folder: Path, input_name: str, size_wh: tuple[int, int],

@@ -16,9 +16,11 @@ from skyfix.runtime.backends import Runner, TensorSpec, available_backends, get_
 from skyfix.runtime.backends.tensorrt import (
     DEFAULT_CACHE_DIR,
     calibration_images,
+    engine_cache_key,
+)
+from skyfix.runtime.backends.trt_profile import (
     check_engine_inputs,
     check_profile,
-    engine_cache_key,
     image_profile,
     view_profile,
 )

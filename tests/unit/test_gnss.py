@@ -4,7 +4,6 @@ spoofing drift, fed with real pymavlink-encoded GPS_RAW_INT / GPS2_RAW / GNSS_IN
 from __future__ import annotations
 
 import re
-
 from dataclasses import replace
 
 import numpy as np
