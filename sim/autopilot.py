@@ -39,8 +39,9 @@ from skyfix.runtime.flight.daemon import raise_thread_priority
 from skyfix.runtime.io.telemetry import open_link
 from skyfix.sim.camera import TruePose
 from skyfix.sim.faults import FaultSchedule
-from skyfix.sim.flight import FlightSpec, PoseRenderer, _ground_offsets, _to_lla
+from skyfix.sim.flight import FlightSpec, PoseRenderer
 from skyfix.sim.imu import ImuSensor, ImuSpec, scaled_imu
+from skyfix.sim.render import ground_offsets, to_lla
 from skyfix.sim.trajectory import (
     Trajectory,
     TrajectoryState,
@@ -96,7 +97,7 @@ class AutopilotEmulator:
         with PoseRenderer(ortho, fs) as r:  # opens and checks the map; bounds and CRS
             self.crs, bounds = r.crs, r.bounds_en
         rng = np.random.default_rng(fs.seed)
-        corners = _ground_offsets(fs.camera, fs.agl_m)
+        corners = ground_offsets(fs.camera, fs.agl_m)
         plan = plan_lawnmower(bounds, float(np.hypot(*corners.T).max()),
                               float(np.ptp(corners[:, 1])), fs.speed_mps,
                               fs.speed_mps * spec.duration_s + 1.0, rng)
@@ -134,7 +135,7 @@ class AutopilotEmulator:
 
     def to_lla(self, en_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """([N] lat_deg, [N] lon_deg) of [N, 2] map points."""
-        return _to_lla(self.crs, np.atleast_2d(en_m))
+        return to_lla(self.crs, np.atleast_2d(en_m))
 
     # -- running --------------------------------------------------------------------------
 

@@ -54,7 +54,8 @@ from skyfix.sim.faults import (
     fault_ortho,
     fault_outcomes,
 )
-from skyfix.sim.flight import FlightSpec, PoseRenderer, _ground_offsets
+from skyfix.sim.flight import FlightSpec, PoseRenderer
+from skyfix.sim.render import ground_offsets
 
 log = logging.getLogger("skyfix.sim")
 
@@ -92,7 +93,7 @@ def _fault_maps(ortho: Path, out: Path, spec: ClosedLoopSpec, emulator: Autopilo
     world = ortho
     if terrain:
         fs = emulator.spec.flight  # footprint radius: the camera sees only the fault's ground
-        radius_m = float(np.hypot(*_ground_offsets(fs.camera, fs.agl_m).T).max()) + 10.0
+        radius_m = float(np.hypot(*ground_offsets(fs.camera, fs.agl_m).T).max()) + 10.0
         world = fault_ortho(ortho, out, schedule,
                             lambda t: emulator.trajectory.sample(t).en_m, radius_m, "world")
     map_ortho = fault_ortho(world, out, schedule, None, 0.0, "wrong-map") \

@@ -20,7 +20,8 @@ from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body
 from skyfix.runtime.io.sources import RecordedFlight
-from skyfix.sim.flight import FlightSpec, _ground_hits, _Terrain, simulate_flight
+from skyfix.sim.flight import FlightSpec, simulate_flight
+from skyfix.sim.render import Terrain, ground_hits
 from skyfix.sim.trajectory import Trajectory, Wobble, plan_lawnmower
 
 SMALL_CAM = CameraModel.from_fov(320, 240, 70.0, dist=(-0.08, 0.02, 0.0, 0.0, 0.0))
@@ -278,7 +279,7 @@ def test_same_seed_same_flight(ortho_path, tmp_path):
 def test_rays_above_the_horizon_miss_the_ground():
     xy = SMALL_CAM.pixel_rays().astype(np.float32)
     R = R_ned_body(0.0, np.radians(75.0), 0.0) @ R_BODY_CAM_NADIR  # nose up: camera looks ahead
-    de, dn, hit = _ground_hits(xy, R, np.array([0.0, 0.0]), 100.0, _Terrain.flat())
+    de, dn, hit = ground_hits(xy, R, np.array([0.0, 0.0]), 100.0, Terrain.flat())
     assert 0.2 < hit.mean() < 0.8 and not hit[0].any() and hit[-1].all()  # sky at the top
     ray = np.concatenate([xy, np.ones((*xy.shape[:2], 1))], -1) @ R.T  # [H, W, 3] NED
     expected = 100.0 * np.hypot(ray[..., 0], ray[..., 1]) / ray[..., 2]
