@@ -118,7 +118,9 @@ def synthetic_pack(dst: Path, n: int, index: bool, seed: int = 0) -> Path:
     from rasterio.transform import from_origin
 
     from skyfix.maps.index import write_index
-    from skyfix.maps.pack import FORMAT, MANIFEST, TILE_DTYPE, Manifest, file_sha256, index_file
+    from skyfix.maps.manifest import FORMAT, MANIFEST, Manifest
+    from skyfix.maps.pack import TILE_DTYPE, index_file
+    from skyfix.runtime.core.files import file_sha256
 
     dst.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -151,7 +153,7 @@ def synthetic_pack(dst: Path, n: int, index: bool, seed: int = 0) -> Path:
                  index_levels=(0,) if index else (), index_nprobe=nprobe)
     d = m.to_dict()
     d["crs_wkt"] = rasterio.crs.CRS.from_epsg(32633).to_wkt()
-    from skyfix.maps.pack import manifest_digest
+    from skyfix.maps.manifest import manifest_digest
 
     d["manifest_sha256"] = manifest_digest(d)
     (dst / MANIFEST).write_text(json.dumps(d))

@@ -54,7 +54,8 @@ from skyfix.maps.crs import pack_crs
 from skyfix.maps.dem import DEM_FILE, write_dem
 from skyfix.maps.fetch import input_credits
 from skyfix.maps.index import write_index
-from skyfix.maps.pack import FORMAT, MANIFEST, Manifest, index_file
+from skyfix.maps.manifest import FORMAT, MANIFEST, Manifest
+from skyfix.maps.pack import index_file
 from skyfix.maps.structure import STRUCTURE_FACTOR, structure_file, write_structure
 from skyfix.maps.tiles import (
     CHUNK_TILES,

@@ -26,9 +26,7 @@ edit to the manifest is caught as surely as one to the files it lists.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from tokenize import TokenError
 from typing import Any
@@ -39,7 +37,8 @@ from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds
 
 from skyfix.maps.dem import DEM_FILE, dem_shape
-from skyfix.maps.pack_checks import array_problems, manifest_problems, tile_problems
+from skyfix.maps.manifest import MANIFEST, Manifest, read_manifest
+from skyfix.maps.pack_checks import array_problems, tile_problems
 from skyfix.maps.structure import structure_file, structure_shape
 from skyfix.maps.tilemap import TileMap
 from skyfix.runtime.core.errors import SkyfixError
@@ -47,10 +46,7 @@ from skyfix.runtime.core.files import file_sha256
 from skyfix.runtime.core.provenance import check_manifest_signature
 from skyfix.runtime.core.types import TileHit
 
-FORMAT = "skyfix-pack/2"  # /2: structure channels for matching across dates
-MAX_MANIFEST_BYTES = 16_000_000
 IN_RAM_MAX_BYTES = 64 << 20  # arrays up to this size are copied to memory at open
-MANIFEST = "manifest.json"
 PACK_FILES = ("tiles.npy", "keypoints.npy", "local_descriptors.npy", "descriptors.npy",
               "codebook.npy", "ortho.tif")
 TILE_DTYPE = np.dtype([
@@ -63,71 +59,6 @@ TILE_DTYPE = np.dtype([
     ("feat_count", "<i4"),
     ("valid_fraction", "<f4"),  # share of the tile's pixels that hold imagery
 ])
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The typed content of manifest.json (`files`: {file name: sha256 hex})."""
-
-    format: str
-    crs_wkt: str
-    crs_epsg: int | None
-    bounds_en: tuple[float, float, float, float]
-    gsds_m: tuple[float, ...]
-    tile_px: int
-    overlap: float
-    tile_count: tuple[int, ...]
-    encoder_id: str
-    encoder_sha256: str
-    local_dim: int
-    codebook_k: int
-    n_features: int
-    sources: tuple[str, ...]
-    build: dict[str, Any]
-    files: dict[str, str]
-    created_utc: str
-    dem_gsd_m: float | None = None  # set when the pack holds dem.npy
-    index_levels: tuple[int, ...] = ()  # levels with a FAISS index file
-    index_nprobe: int = 0  # IVF lists probed per global search
-    structure_gsds_m: tuple[float, ...] = ()  # per level: GSD of structure_l{L}.npy (or none)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        """Parse and type-check; raises ValueError naming the first bad or missing key."""
-        missing = [f.name for f in fields(cls)
-                   if f.name not in d and f.default is MISSING]
-        if missing:
-            raise ValueError(f"missing key {missing[0]!r}")
-        try:
-            m = cls(
-                format=str(d["format"]), crs_wkt=str(d["crs_wkt"]),
-                crs_epsg=None if d["crs_epsg"] is None else int(d["crs_epsg"]),
-                bounds_en=tuple(float(v) for v in d["bounds_en"]),  # type: ignore[arg-type]
-                gsds_m=tuple(float(v) for v in d["gsds_m"]), tile_px=int(d["tile_px"]),
-                overlap=float(d["overlap"]), tile_count=tuple(int(v) for v in d["tile_count"]),
-                encoder_id=str(d["encoder_id"]), encoder_sha256=str(d["encoder_sha256"]),
-                local_dim=int(d["local_dim"]), codebook_k=int(d["codebook_k"]),
-                n_features=int(d["n_features"]), sources=tuple(str(s) for s in d["sources"]),
-                build=dict(d["build"]), files={str(k): str(v) for k, v in d["files"].items()},
-                created_utc=str(d["created_utc"]),
-                dem_gsd_m=None if d.get("dem_gsd_m") is None else float(d["dem_gsd_m"]),
-                index_levels=tuple(int(v) for v in d.get("index_levels", ())),
-                index_nprobe=int(d.get("index_nprobe", 0)),
-                structure_gsds_m=tuple(float(v) for v in d.get("structure_gsds_m", ())),
-            )
-        except (TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"a value has the wrong type ({e})") from None
-        if len(m.bounds_en) != 4 or len(m.tile_count) != len(m.gsds_m) or not m.gsds_m:
-            raise ValueError("bounds_en, gsds_m and tile_count are inconsistent")
-        if m.structure_gsds_m and len(m.structure_gsds_m) != len(m.gsds_m):
-            raise ValueError("structure_gsds_m and gsds_m are inconsistent")
-        return m
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict including its own `manifest_sha256`."""
-        d = asdict(self)
-        d["manifest_sha256"] = manifest_digest(d)
-        return d
 
 
 @dataclass(frozen=True)
@@ -149,48 +80,6 @@ class PackInfo:
     dem_gsd_m: float | None = None  # None: the pack has no terrain model
     faiss_index_levels: tuple[int, ...] = ()
     shards: int = 0  # 0: a plain pack
-
-
-def manifest_digest(d: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a manifest dict, `manifest_sha256` left out."""
-    body = {k: v for k, v in d.items() if k != "manifest_sha256"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-
-def _read_manifest(path: Path) -> tuple[Manifest | None, list[str]]:
-    """The manifest of the pack at `path`, or None and the reason."""
-    if not path.is_dir():
-        return None, ["not a map pack (no such folder)"]
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        return None, [f"not a map pack (no {MANIFEST})"]
-    try:
-        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ValueError(f"larger than {MAX_MANIFEST_BYTES // 1_000_000} MB")
-        raw = json.loads(mpath.read_text(encoding="utf-8"))
-        if not isinstance(raw, dict):
-            raise ValueError("not a JSON object")
-    except RecursionError:
-        return None, [f"{MANIFEST} is unparsable (nested too deeply)"]
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        return None, [f"{MANIFEST} is unparsable ({str(e).splitlines()[0]})"]
-    if raw.get("format") != FORMAT:
-        return None, [f"{MANIFEST} has format {raw.get('format')!r}; this skyfix reads {FORMAT!r}"
-                      " (rebuild the pack with `skyfix maps build`)"]
-    try:
-        digest = manifest_digest(raw)
-    except RecursionError:
-        return None, [f"{MANIFEST} is unparsable (nested too deeply)"]
-    if raw.get("manifest_sha256") != digest:
-        return None, [f"{MANIFEST} does not match its own checksum (edited or corrupt)"]
-    try:
-        manifest = Manifest.from_dict(raw)
-    except (ValueError, RecursionError) as e:
-        return None, [f"{MANIFEST} is unparsable ({e})"]
-    problems = manifest_problems(manifest)
-    return (None, [f"{MANIFEST}: {problems[0]}"]) if problems else (manifest, [])
 
 
 def _check_files(path: Path, m: Manifest, rehash: bool) -> list[str]:
@@ -310,7 +199,7 @@ class MapPack(TileMap):
         path = Path(path)
         if trusted_key is not None and (path / MANIFEST).is_file():
             check_manifest_signature(path / MANIFEST, trusted_key, f"map pack {path}")
-        manifest, problems = _read_manifest(path)
+        manifest, problems = read_manifest(path)
         if manifest is None:
             raise SkyfixError(f"map pack {path}: {problems[0]}")
         problems = _encoder_problems(manifest, encoder_id) + _check_files(path, manifest, verify)
@@ -436,7 +325,7 @@ def verify_pack(path: Path, encoder_id: str | None = None) -> list[str]:
     """Every problem found in the pack at `path` (empty list = OK): manifest, encoder,
     missing files, sha256 mismatches, array shapes."""
     path = Path(path)
-    manifest, problems = _read_manifest(path)
+    manifest, problems = read_manifest(path)
     if manifest is None:
         return problems
     problems = _encoder_problems(manifest, encoder_id) + _check_files(path, manifest, True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from skyfix.maps.pack import Manifest
+    from skyfix.maps.manifest import Manifest
 
 _CHUNK_ROWS = 1 << 18  # rows checked at a time: bounded memory on memory-mapped arrays
 

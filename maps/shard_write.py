@@ -22,7 +22,8 @@ from rasterio.crs import CRS
 from tqdm import tqdm
 
 from skyfix.maps.dem import DEM_FILE
-from skyfix.maps.pack import FORMAT, TILE_DTYPE, Manifest, MapPack
+from skyfix.maps.manifest import FORMAT, Manifest
+from skyfix.maps.pack import TILE_DTYPE, MapPack
 from skyfix.maps.shards import SHARDS_FORMAT, SHARDS_MANIFEST, ShardInfo, ShardsManifest
 from skyfix.maps.structure import structure_file
 from skyfix.maps.tiles import _write_npy

@@ -38,7 +38,8 @@ from rasterio.crs import CRS
 
 from skyfix.maps.dem import DEM_FILE
 from skyfix.maps.index import search as pack_search
-from skyfix.maps.pack import Manifest, MapPack, manifest_digest, region_grids
+from skyfix.maps.manifest import Manifest, manifest_digest
+from skyfix.maps.pack import MapPack, region_grids
 from skyfix.maps.pack_checks import array_problems, tile_problems
 from skyfix.maps.structure import structure_file
 from skyfix.maps.tilemap import TileMap

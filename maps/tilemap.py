@@ -31,7 +31,7 @@ from skyfix.models.features import vlad
 from skyfix.runtime.core.types import TileHit
 
 if TYPE_CHECKING:
-    from skyfix.maps.pack import Manifest
+    from skyfix.maps.manifest import Manifest
 
 
 class TileMap(ABC):

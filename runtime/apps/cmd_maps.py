@@ -38,7 +38,8 @@ def cmd_maps_shard(a: argparse.Namespace) -> None:
 def _pack_problems(path: Path) -> tuple[Path, list[str]]:
     """(the manifest file, every problem as a line naming the pack) of a plain or sharded
     map pack."""
-    from skyfix.maps.pack import MANIFEST, verify_pack
+    from skyfix.maps.manifest import MANIFEST
+    from skyfix.maps.pack import verify_pack
     from skyfix.maps.shards import SHARDS_MANIFEST, verify_sharded
 
     if (path / SHARDS_MANIFEST).is_file():

@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from skyfix.maps.pack import MANIFEST, PACK_FILES, MapPack, manifest_digest, verify_pack
+from skyfix.maps.manifest import MANIFEST, manifest_digest
+from skyfix.maps.pack import PACK_FILES, MapPack, verify_pack
 from skyfix.runtime.core.errors import SkyfixError
 
 NPY_FILES = [n for n in PACK_FILES if n.endswith(".npy")]

@@ -12,7 +12,7 @@ from rasterio.windows import Window
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.distributed import build_pack_ray, ray_session
-from skyfix.maps.pack import MANIFEST
+from skyfix.maps.manifest import MANIFEST
 from skyfix.runtime.apps.fleet import SUMMARY_CSV, SUMMARY_JSON, fleet_replay
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.files import file_sha256

@@ -18,7 +18,8 @@ from rasterio.windows import Window
 from rasterio.windows import from_bounds as window_from_bounds
 
 from skyfix.maps.build import build_pack
-from skyfix.maps.pack import PACK_FILES, MapPack, manifest_digest, pack_info, verify_pack
+from skyfix.maps.manifest import manifest_digest
+from skyfix.maps.pack import PACK_FILES, MapPack, pack_info, verify_pack
 from skyfix.maps.structure import N_ORIENT, structure_channels
 from skyfix.models.features import RootSiftEncoder, match_mutual
 from skyfix.runtime.core.errors import SkyfixError

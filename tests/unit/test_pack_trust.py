@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import small_pack
 
-from skyfix.maps.pack import MANIFEST, MapPack, manifest_digest, verify_pack
+from skyfix.maps.manifest import MANIFEST, manifest_digest
+from skyfix.maps.pack import MapPack, verify_pack
 from skyfix.runtime.apps.cli import main
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256

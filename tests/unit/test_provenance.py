@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from skyfix.maps.build import build_pack
-from skyfix.maps.pack import MANIFEST, MapPack, manifest_digest, verify_pack
+from skyfix.maps.manifest import MANIFEST, manifest_digest
+from skyfix.maps.pack import MapPack, verify_pack
 from skyfix.maps.trusted import open_pack_and_encoder
 from skyfix.models.features import RootSiftEncoder
 from skyfix.runtime.apps.cli import main
