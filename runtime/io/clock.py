@@ -222,7 +222,8 @@ class AutopilotClock:
             self._refit()
         elif k == self._bucket[0] and y < self._bucket[2]:
             self._bucket = (k, x, y)
-        self._update_state()
+        if self._bucket[1] == x or self._state.source != "autopilot":
+            self._update_state()  # once locked, as each bucket opens (a snapshot)
 
     def _restart(self, tau: int, u: int, why: str) -> None:
         self.epochs += 1
