@@ -161,3 +161,40 @@ def test_what_is_not_a_clock_keeps_the_arrival_time():
         t = OFFSET_NS + k * 20 * MS
         assert off.stamp(_attitude(k * 20), t + 7 * MS) == t + 7 * MS
     assert off.state().source == "arrival" and "arrival" in off.state().summary()
+
+
+def test_stamps_lie_between_the_truth_and_the_arrival_through_steps_and_stalls():
+    """The emulator's stale flight (its clock 5 s back at 12..15 s, 5 s ahead at 17..20 s),
+    TIMESYNC answered on the stepped clock, and a receiver starved now and then for up to
+    1.5 s (messages queue, then arrive in a burst): no stamp is ever earlier than the
+    message's true time, none later than its arrival."""
+    rng = np.random.default_rng(8)
+    stalls = sorted(zip(rng.uniform(0, 24e9, 15).astype(np.int64),
+                        rng.uniform(0, 1.5e9, 15).astype(np.int64), strict=True))
+
+    def skew(t_ns: int) -> int:
+        return -5000 * MS if 12e9 <= t_ns < 15e9 else 5000 * MS if 17e9 <= t_ns < 20e9 else 0
+
+    def arrival(t_ns: int) -> int:
+        a = t_ns + int(rng.uniform(0.2, 2.0) * MS)
+        for w, s in stalls:
+            a = w + s if w <= a < w + s else a
+        return a
+
+    clock, pending, early, late = AutopilotClock(), [], 0, 0
+    for k in range(24 * 100):  # 100 Hz for 24 s (local times from the autopilot's boot)
+        t = k * 10 * MS
+        if k % 100 == 0:  # a TIMESYNC round trip each second
+            t_ap = t + int(rng.uniform(0.2, 2.0) * MS)
+            ts1 = timesync_request(OFFSET_NS + t, 191).ts1
+            pending.append((OFFSET_NS + arrival(t_ap),
+                            _wire(mav2.MAVLink_timesync_message(t_ap + skew(t_ap), ts1))))
+        a = OFFSET_NS + arrival(t)
+        for p in [p for p in pending if p[0] <= a]:
+            clock.stamp(p[1], p[0])
+        pending = [p for p in pending if p[0] > a]
+        s = clock.stamp(_attitude((t + skew(t)) // MS), a)
+        early += s < OFFSET_NS + t - MS  # (time_boot_ms truncates to whole ms)
+        late += s > a
+    assert early == 0 and late == 0
+    assert clock.state().source == "autopilot" and clock.state().epochs >= 4
