@@ -20,7 +20,10 @@ link loss (nothing sent, nothing heard), clock steps of the time fields and a GN
 position that a spoofer drags away while it still reports a healthy fix.
 
 MAV_CMD_SET_MESSAGE_INTERVAL for SCALED_IMU or ATTITUDE sets that stream's rate, as an
-autopilot does (the commands are recorded with what else it receives).
+autopilot does (the commands are recorded with what else it receives). Its messages carry
+time_boot_ms of its boot clock (the start of the mission, clock faults included), and a
+TIMESYNC request (tc1 = 0) is answered as ArduPilot does: tc1 = that clock in ns when the
+request is read, ts1 echoed.
 """
 
 from __future__ import annotations
@@ -167,6 +170,12 @@ class AutopilotEmulator:
 
     def _receive(self, keep: bool = True) -> None:
         while (msg := self._conn.recv_msg()) is not None:
+            if keep and msg.get_type() == "TIMESYNC" and msg.tc1 == 0:
+                now = time.time_ns()
+                boot_ns = now - self.start_ns + self.spec.faults.clock_step_ns(
+                    (now - self.start_ns) * 1e-9)
+                self._conn.mav.send(self._conn.mav.timesync_encode(boot_ns, msg.ts1))
+                self.sent += 1
             if (keep and msg.get_type() == "COMMAND_LONG"
                     and msg.command == mav2.MAV_CMD_SET_MESSAGE_INTERVAL
                     and int(msg.param1) in _STREAM_OF and msg.param2 > 0):

@@ -19,6 +19,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
 def cmd_replay(a: argparse.Namespace) -> None:
     from skyfix.runtime.apps.replay import replay
     from skyfix.runtime.core.config import load_config
+    from skyfix.runtime.io.clock import AutopilotClock
     from skyfix.runtime.io.sources import open_inputs
 
     cfg = load_config(a.config)
@@ -41,7 +42,8 @@ def cmd_replay(a: argparse.Namespace) -> None:
         return
     inputs = open_inputs(a.flight, frames=a.frames, frame_times=a.frame_times, video=a.video,
                          video_start=a.video_start, video_fps=a.video_fps,
-                         telemetry=a.telemetry, camera=a.camera, time_offset_s=a.time_offset)
+                         telemetry=a.telemetry, camera=a.camera, time_offset_s=a.time_offset,
+                         clock=AutopilotClock.from_config(cfg))
     result = replay(inputs, a.map, a.out, cfg, a.gnss_off_at)
     _print_summary(result.report, result.files)
 

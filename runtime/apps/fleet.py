@@ -121,11 +121,12 @@ def replay_one(flight: Path, pack: Path, out: Path, cfg: Config, gnss_off_at_s: 
                terrain: str | None) -> FlightRun:
     """Replay one flight into `out` and describe it for the fleet summary."""
     from skyfix.runtime.apps.replay import replay
+    from skyfix.runtime.io.clock import AutopilotClock
     from skyfix.runtime.io.sources import open_inputs
 
     name = out.name
     try:
-        inputs = open_inputs(Path(flight))
+        inputs = open_inputs(Path(flight), clock=AutopilotClock.from_config(cfg))
         t = inputs.frames.frame_times_ns
         agl = [s.agl_m for s in (inputs.telemetry.at(int(x)) for x in t) if s is not None]
         agl_m = float(np.median(agl)) if agl else float("nan")

@@ -30,6 +30,7 @@ from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.types import Frame, FrameItem, Rejection
 from skyfix.runtime.flight.assembly import Chain, build_chain
+from skyfix.runtime.io.clock import AutopilotClock
 from skyfix.runtime.io.sources import ReplayInputs, open_inputs
 from skyfix.runtime.io.telemetry import gnss_sample
 from skyfix.runtime.io.tlog import TlogWriter
@@ -48,8 +49,11 @@ class ReplayResult:
 def replay(flight: Path | ReplayInputs, pack: Path | TileMap, out: Path, cfg: Config,
            gnss_off_at_s: float = 0.0, progress: bool = True) -> ReplayResult:
     """Replay `flight` (a recorded-flight folder, or inputs from `open_inputs`) over the
-    map `pack` (a plain or sharded pack's folder, or one already open)."""
-    inputs = flight if isinstance(flight, ReplayInputs) else open_inputs(Path(flight))
+    map `pack` (a plain or sharded pack's folder, or one already open). A recorded
+    flight's .tlog is stamped as telemetry.clock says (runtime/io/clock.py), as the daemon
+    stamped it live."""
+    inputs = (flight if isinstance(flight, ReplayInputs)
+              else open_inputs(Path(flight), clock=AutopilotClock.from_config(cfg)))
     chain = build_chain(cfg, pack, inputs.camera)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -325,6 +325,19 @@ class DaemonConfig(Section):
 
 
 @dataclass(frozen=True)
+class TelemetryConfig(Section):
+    """Time stamps of the autopilot's telemetry (runtime/io/clock.py)."""
+
+    clock: str = key("auto", "auto: stamp samples at their autopilot time (time_boot_ms mapped "
+                     "to our clock) once locked, arrival time before | arrival: always the "
+                     "arrival time", choices=("auto", "arrival"))
+    clock_window_s: float = key(60.0, "autopilot-to-our clock fit over this much recent time",
+                                ge=5, le=3600)
+    timesync_hz: float = key(1.0, "TIMESYNC requests a second (with clock auto; 0: none)",
+                             ge=0, le=10)
+
+
+@dataclass(frozen=True)
 class TrustConfig(Section):
     """Provenance: with a key set, map packs and models must carry an Ed25519 signature by
     it over their manifest (`skyfix maps build --sign-key`, `skyfix models sign`)."""
@@ -345,6 +358,7 @@ class Config:
     gnss: GnssConfig = field(default_factory=GnssConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
 
 

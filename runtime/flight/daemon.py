@@ -14,6 +14,12 @@ Three threads share one Navigator's output and never wait on each other:
 
 The chain comes from flight/assembly.py, exactly as replay builds it.
 
+Time: telemetry is stamped at the autopilot's time of each message (its time_boot_ms
+mapped to our clock by runtime/io/clock.py, with a TIMESYNC request every
+1 / telemetry.timesync_hz) once that mapping is locked, and at its arrival before (or with
+telemetry.clock arrival); the log says which whenever that changes, and the health summary
+carries it (clock=...). The GNSS monitor and the listeners (a recorder) get the arrival.
+
 IMU: unless filter.kind is cv, the daemon asks the autopilot (MAV_CMD_SET_MESSAGE_INTERVAL,
 when it is first heard on a link) to stream its IMU at filter.imu_rate_hz (SCALED_IMU from
 ArduPilot, HIGHRES_IMU from PX4) and ATTITUDE at up to 50 Hz; the vision step hands the
@@ -55,6 +61,7 @@ from skyfix.runtime.core.files import systemd_state_dir
 from skyfix.runtime.core.types import Estimate, Fix, Frame, Rejection
 from skyfix.runtime.flight.assembly import Chain, build_chain
 from skyfix.runtime.io.camera_source import CameraSource, LatestFrameQueue
+from skyfix.runtime.io.clock import AutopilotClock, timesync_request
 from skyfix.runtime.io.dialects import decode_other
 from skyfix.runtime.io.link import parse_host_port
 from skyfix.runtime.io.mavlink import (
@@ -132,7 +139,8 @@ class Daemon:
         device_and_baud(self.link)  # a malformed link string fails here, not in a thread
         if cfg.daemon.peer:
             parse_host_port(cfg.daemon.peer, "daemon.peer")
-        self.telemetry = TelemetryBuffer()
+        self.telemetry = TelemetryBuffer(clock=AutopilotClock.from_config(cfg))
+        self._clock_said = ""  # the telemetry clock's source last announced in the log
         out = cfg.output
         self._key = load_signing_key(Path(out.signing_key)) if out.signing_key else None
         self._stamp = (PersistedStamp(signing_state_path(out.signing_state), log.warning)
@@ -266,6 +274,10 @@ class Daemon:
         if first:
             self._request_streams()
         self.telemetry.add(msg, t_ns)
+        clock = self.telemetry.clock.state()
+        if clock.source != self._clock_said:
+            self._clock_said = clock.source
+            log.info("telemetry stamped with %s", clock.summary())
         with self._lock:
             self.chain.policy.gnss.observe(msg, t_ns)
         for listener in self.listeners:
@@ -413,7 +425,9 @@ class Daemon:
         d = self.cfg.daemon
         period_ns = int(1e9 / self.cfg.filter.rate_hz)
         tick = time.monotonic_ns()
-        due = {"diag": 0, "health": tick + int(d.health_period_s * 1e9)}
+        due = {"diag": 0, "health": tick + int(d.health_period_s * 1e9), "timesync": 0}
+        tel = self.cfg.telemetry
+        timesync = tel.clock == "auto" and tel.timesync_hz > 0
         next_tick = tick
         while not stop.is_set():
             tick = time.monotonic_ns()
@@ -426,6 +440,9 @@ class Daemon:
             if d.diagnostics_hz > 0 and tick >= due["diag"]:
                 self._send_diagnostics(est, now)
                 due["diag"] = tick + int(1e9 / d.diagnostics_hz)
+            if timesync and tick >= due["timesync"]:  # answered with tc1: its boot time
+                self.send(timesync_request(time.time_ns(), self.cfg.output.component_id))
+                due["timesync"] = tick + int(1e9 / tel.timesync_hz)
             if tick >= due["health"]:
                 self._log_health()
                 due["health"] = tick + int(d.health_period_s * 1e9)
@@ -467,6 +484,7 @@ class Daemon:
         s["rejections"] = dict(self.nav.rejections)
         handover = self.chain.policy.handover
         s["gnss"] = None if handover is None else handover.state
+        s["clock"] = self.telemetry.clock.state().summary()
         log.info("health: %s", " ".join(f"{k}={v}" for k, v in s.items()))
 
 

@@ -32,21 +32,23 @@ from defusedxml import DefusedXmlException
 
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import R_ned_body, euler_from_R_ned_body, geodesic_ne_m
+from skyfix.runtime.io.clock import AutopilotClock
 from skyfix.runtime.io.telemetry import TelemetryLog
 
 LOG_SUFFIXES = (".tlog", ".bin", ".log", ".ulg", ".csv")
 _MIN_COURSE_SPEED_MPS = 0.5  # slower than this, the course keeps its previous value
 
 
-def read_telemetry(path: Path) -> TelemetryLog:
-    """Any supported log, chosen by suffix."""
+def read_telemetry(path: Path, clock: AutopilotClock | None = None) -> TelemetryLog:
+    """Any supported log, chosen by suffix; a .tlog's rows stamped by `clock` (see
+    `TelemetryLog.from_tlog`)."""
     path = Path(path)
     if not path.is_file():
         raise SkyfixError(f"telemetry log not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".tlog":
         try:
-            return TelemetryLog.from_tlog(path)
+            return TelemetryLog.from_tlog(path, clock)
         except (AttributeError, IndexError, ValueError, struct.error) as exc:
             # pymavlink's memory-mapped reader fails on a record cut short
             raise SkyfixError(f"{path}: unreadable MAVLink log ({exc})") from None

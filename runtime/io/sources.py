@@ -29,6 +29,7 @@ from skyfix.runtime.core.files import read_csv, read_json_object
 from skyfix.runtime.core.geo import WGS84
 from skyfix.runtime.core.limits import T_MAX_NS, T_MIN_NS, check_time_ns
 from skyfix.runtime.core.types import Frame, FrameItem, UnreadableFrame
+from skyfix.runtime.io.clock import AutopilotClock
 from skyfix.runtime.io.logs import (
     ImageMeta,
     read_image_meta,
@@ -372,11 +373,12 @@ def open_inputs(flight: Path | None = None, *, frames: Path | None = None,
                 frame_times: Path | None = None, video: Path | None = None,
                 video_start: str | None = None, video_fps: float = 2.0,
                 telemetry: Path | None = None, camera: Path | None = None,
-                time_offset_s: float = 0.0) -> ReplayInputs:
+                time_offset_s: float = 0.0, clock: AutopilotClock | None = None) -> ReplayInputs:
     """Open a flight from a recorded-flight folder, an image folder or a video.
 
     `time_offset_s` is added to the frame times (camera clock -> log clock). Without a
-    `telemetry` log, an image folder's own EXIF GPS + DJI XMP serve as telemetry.
+    `telemetry` log, an image folder's own EXIF GPS + DJI XMP serve as telemetry. A .tlog's
+    rows are stamped by `clock` (default: AutopilotClock(), as telemetry.clock auto).
     """
     given = [x for x in (flight, frames, video) if x is not None]
     if len(given) != 1:
@@ -393,7 +395,7 @@ def open_inputs(flight: Path | None = None, *, frames: Path | None = None,
         rec = RecordedFlight.open(flight)
         src: RecordedFlight | ImageFolder | VideoFrames = replace(
             rec, frame_times_ns=rec.frame_times_ns + offset_ns)
-        log = read_telemetry(telemetry or rec.telemetry_path)
+        log = read_telemetry(telemetry or rec.telemetry_path, clock)
         cam = load_camera(camera) if camera else rec.camera
         if rec.truth is not None:
             _check_overlap(src.frame_times_ns, log, str(flight))
@@ -405,7 +407,7 @@ def open_inputs(flight: Path | None = None, *, frames: Path | None = None,
         own = src.telemetry() if telemetry is None else None
         if telemetry is None and own is None:
             raise SkyfixError(f"{frames}: the images carry no GPS/attitude; pass --telemetry")
-        log = own if own is not None else read_telemetry(telemetry)
+        log = own if own is not None else read_telemetry(telemetry, clock)
         first = src.metas[0]
         cam = (load_camera(camera) if camera
                else camera_from_exif(first, str(src.frame_files[0])))
@@ -419,7 +421,7 @@ def open_inputs(flight: Path | None = None, *, frames: Path | None = None,
         vid = VideoFrames.open(video, video_start, video_fps)  # type: ignore[arg-type]
         src = replace(vid, start_ns=vid.start_ns + offset_ns,
                       frame_times_ns=vid.frame_times_ns + offset_ns)
-        log = read_telemetry(telemetry)
+        log = read_telemetry(telemetry, clock)
         cam = fit_camera(load_camera(camera), vid.width, vid.height, str(video))
         name = str(video)
     _check_overlap(src.frame_times_ns, log, name)

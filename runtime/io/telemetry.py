@@ -6,6 +6,12 @@ daemon, fed pymavlink messages as they arrive and keeping the last few seconds. 
 turn messages into rows with `parse_message` and answer with the same functions.
 `open_link` opens the live MAVLink connection (serial, UDP or TCP) pinned to MAVLink 2.
 
+Time stamps: each row is stamped by an `AutopilotClock` (runtime/io/clock.py): at the
+autopilot time of the message (its time_boot_ms mapped to the clock of the arrival stamps)
+once that mapping is locked, else at its arrival. The log reader runs the same clock over
+the .tlog's receive stamps in file order, so a replay stamps each row exactly as the
+daemon did when it received it (telemetry.clock: arrival keeps the receive stamps).
+
 Height above ground comes from GLOBAL_POSITION_INT's
 relative_alt (height above home) plus the home ground height minus the ground height
 under the aircraft when a terrain model is given, so on flat terrain it is
@@ -14,6 +20,7 @@ relative_alt itself.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,11 +32,14 @@ from pymavlink import mavutil
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.limits import plausible_time_ns
 from skyfix.runtime.core.types import GnssSample, Telemetry
+from skyfix.runtime.io.clock import AutopilotClock
 from skyfix.runtime.io.link import AutopilotUDP, check_link_spec
 from skyfix.runtime.io.mavlink import UERE_M, pin_mavlink2, setup_signing
 
 _MAX_GAP_NS = 2_000_000_000  # no attitude within 2 s of a frame -> no telemetry for it
 _MAX_RANGE_AGE_NS = 300_000_000  # a rangefinder reading older than this is not used
+_REORDER_NS = 500_000_000  # live rows stamped earlier than the newest by up to this are
+# put in order (autopilot stamps undo the link's reordering); older ones: a clock step
 _DOWNWARD = 25  # MAV_SENSOR_ROTATION_PITCH_270: a DISTANCE_SENSOR looking down
 WIDTHS = {"att": 4, "pos": 8, "gnss": 7, "rng": 2, "imu": 8}  # row widths of the arrays
 IMU_MESSAGES = ("HIGHRES_IMU", "SCALED_IMU", "RAW_IMU")  # the source column of an imu row
@@ -57,8 +67,11 @@ class TelemetryLog:
     imu: np.ndarray = field(default_factory=lambda: np.zeros((0, 8)))
 
     @classmethod
-    def from_tlog(cls, path: Path) -> TelemetryLog:
+    def from_tlog(cls, path: Path, clock: AutopilotClock | None = None) -> TelemetryLog:
+        """The log at `path`, rows stamped by `clock` (default: a fresh AutopilotClock)
+        fed the receive stamps in file order (see the module doc)."""
         path = Path(path)
+        clock = AutopilotClock() if clock is None else clock
         if not path.is_file():
             raise SkyfixError(f"telemetry log not found: {path}")
         try:  # the memory-mapped reader indexes the whole file here
@@ -69,7 +82,7 @@ class TelemetryLog:
         rows: dict[str, list] = {k: [] for k in WIDTHS}
         n = bad_stamps = 0
         wanted = ["ATTITUDE", "GLOBAL_POSITION_INT", "GPS_RAW_INT", "DISTANCE_SENSOR",
-                  "RANGEFINDER", *IMU_MESSAGES]
+                  "RANGEFINDER", *IMU_MESSAGES, "SYSTEM_TIME", "TIMESYNC"]
         while True:
             try:
                 msg = conn.recv_match(type=wanted)
@@ -82,7 +95,7 @@ class TelemetryLog:
             if not plausible_time_ns(t_ns):  # a broken record stamp (year 586524, say)
                 bad_stamps += 1
                 continue
-            parsed = parse_message(msg, int(round(t_ns)))
+            parsed = parse_message(msg, clock.stamp(msg, int(round(t_ns))))
             if parsed is not None:
                 rows[parsed[0]].append(parsed[1])
         if not rows["att"]:
@@ -228,25 +241,30 @@ def gnss_sample(row: np.ndarray) -> GnssSample:
 
 class TelemetryBuffer:
     """Live telemetry: `add` each received pymavlink message with its arrival time (Unix
-    ns); `at` / `gnss_at` answer like `TelemetryLog` from the last `window_s` seconds.
-    Thread-safe: the MAVLink receiver adds while the vision thread asks."""
+    ns); rows are stamped by `clock` (see the module doc); `at` / `gnss_at` answer like
+    `TelemetryLog` from the last `window_s` seconds. Thread-safe: the MAVLink receiver
+    (the only caller of `add`, and so of the clock) adds while the vision thread asks."""
 
-    def __init__(self, window_s: float = 10.0) -> None:
+    def __init__(self, window_s: float = 10.0, clock: AutopilotClock | None = None) -> None:
         self.window_ns = int(window_s * 1e9)
+        self.clock = AutopilotClock() if clock is None else clock
         self._rows: dict[str, deque] = {k: deque() for k in WIDTHS}
         self._lock = threading.Lock()
         self.messages = 0
 
     def add(self, msg, t_ns: int) -> None:
-        parsed = parse_message(msg, int(t_ns))
+        parsed = parse_message(msg, self.clock.stamp(msg, int(t_ns)))
         with self._lock:
             self.messages += 1
             if parsed is None:
                 return
-            rows = self._rows[parsed[0]]
-            if rows and parsed[1][0] < rows[-1][0]:
-                return  # out of order (clock step): keep the arrays sorted
-            rows.append(parsed[1])
+            rows, row = self._rows[parsed[0]], parsed[1]
+            if rows and row[0] < rows[-1][0]:
+                if row[0] < rows[-1][0] - _REORDER_NS:
+                    return  # a clock step: keep the arrays sorted
+                rows.insert(bisect.bisect_right(rows, row[0], key=lambda r: r[0]), row)
+            else:
+                rows.append(row)
             while rows and rows[0][0] < t_ns - self.window_ns:
                 rows.popleft()
 

@@ -14,6 +14,7 @@ from rasterio.warp import transform as crs_transform
 
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import WGS84
+from skyfix.runtime.io.clock import timesync_request
 from skyfix.runtime.io.telemetry import open_link
 from skyfix.sim.autopilot import AutopilotEmulator, AutopilotSpec
 from skyfix.sim.camera import sim_state_pose
@@ -42,6 +43,7 @@ def flown(ortho_path):
                 120.5, 0.8, 0.0, 1.0, 2.0, 0.0, 0.3, 1.5, 0.0, 10, 0)
             companion.mav.send(msg)
             sent.append((time.time_ns(), msg))
+            companion.mav.send(timesync_request(time.time_ns(), 191))
     runner.join()
     companion.close()
     return emulator, got, sent
@@ -63,6 +65,19 @@ def test_streams_come_at_autopilot_rates(flown):
     assert n["HEARTBEAT"] >= 2 and n["SYSTEM_TIME"] >= 2
     hb = _of(got, "HEARTBEAT")[0][1]
     assert hb.type == mav2.MAV_TYPE_QUADROTOR and hb.get_srcSystem() == 1
+
+
+def test_timesync_is_answered_with_the_boot_clock_like_ardupilot(flown):
+    emulator, got, _ = flown
+    replies = _of(got, "TIMESYNC")
+    assert len(replies) >= 3
+    boot_ms = [m.time_boot_ms for _, m in _of(got, "ATTITUDE")]
+    for t4, m in replies:
+        assert m.ts1 % 1000 == 191  # our request's ts1, echoed
+        assert 0 <= t4 - m.ts1 < 0.5e9  # a round trip on this machine
+        # tc1: its boot clock in ns (the clock of time_boot_ms) when it read the request
+        assert m.ts1 - 2e6 <= emulator.start_ns + m.tc1 <= t4 + 2e6
+        assert boot_ms[0] * 1e6 <= m.tc1 <= boot_ms[-1] * 1e6 + 0.5e9
 
 
 def test_gnss_is_cut_at_the_chosen_time(flown):

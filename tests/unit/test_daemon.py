@@ -178,6 +178,36 @@ def test_daemon_sends_gps_input_heartbeat_and_drops_the_fix(tmp_path):
     assert hb and hb[0][1].type == mav2.MAV_TYPE_ONBOARD_CONTROLLER
     assert {m.name for _, m in peer.of("NAMED_VALUE_FLOAT")} >= {"SF_SIGMA_M", "SF_FIXAGE"}
     assert daemon.stats.bad_messages > 0 and daemon.stats.messages > 0
+    sync = peer.of("TIMESYNC")  # requests for the autopilot's clock, marked as ours
+    assert len(sync) >= 2 and all(m.tc1 == 0 and m.ts1 % 1000 == 191 for _, m in sync)
+
+
+@pytest.mark.parametrize("clock", ["auto", "arrival"])
+def test_a_delayed_attitude_is_stamped_at_its_autopilot_time(clock):
+    cfg = _daemon(free_udp_port()).cfg
+    daemon = Daemon(assemble(replace(cfg, telemetry=replace(cfg.telemetry, clock=clock)),
+                             None, LocalFrame.at(CRS_31256, 0.0, 340000.0), None),
+                    LatestFrameQueue(2))
+    mav = mav2.MAVLink(None, srcSystem=1, srcComponent=1)
+
+    def receive(msg, t_ns: int) -> None:
+        daemon.on_message(mav2.MAVLink(None).decode(bytearray(msg.pack(mav))), t_ns)
+
+    rng = np.random.default_rng(0)
+    t0, ms = time.time_ns(), 1_000_000  # our clock at the autopilot's boot
+    for k in range(200):  # 4 s at 50 Hz, 2..12 ms on the link; then one held 300 ms
+        roll, delay = (0.3, 300 * ms) if k == 150 else (0.0, 2 * ms + rng.integers(10 * ms))
+        receive(mav2.MAVLink_attitude_message(20 * k, roll, 0, 0, 0, 0, 0),
+                t0 + 20 * k * ms + delay)
+        if k % 5 == 0:
+            receive(mav2.MAVLink_global_position_int_message(20 * k, 0, 0, 0, 100_000, 0,
+                                                             0, 0, 0), t0 + 20 * k * ms + delay)
+    roll = daemon.telemetry.at(t0 + 3000 * ms + 2 * ms).roll_rad  # measured at 3.000 s
+    state = daemon.telemetry.clock.state()
+    if clock == "auto":
+        assert state.source == "autopilot" and roll == pytest.approx(0.3, abs=0.03)
+    else:  # on its arrival, 300 ms late, it is not where it was measured
+        assert state.source == "arrival" and roll < 0.03
 
 
 def test_daemon_reconnects_after_silence_and_counts_bad_frames():

@@ -9,7 +9,9 @@ import pytest
 from conftest import shared_file
 from pymavlink.dialects.v20 import ardupilotmega as mav
 
+from skyfix.runtime.core.config import Config, TelemetryConfig
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.io.clock import AutopilotClock
 from skyfix.runtime.io.mavlink import UERE_M
 from skyfix.runtime.io.telemetry import TelemetryLog
 from skyfix.runtime.io.tlog import TlogWriter
@@ -117,3 +119,25 @@ def test_downward_rangefinder_gives_height_above_ground(tmp_path):
     no_rangefinder = with_height_above_ground(replace(tel, range_m=None), ground_m=120.0)
     assert no_rangefinder.agl_m == pytest.approx(250.0 - 120.0)
     assert log.at(T0 + 2_400_000_000).range_m is None  # 0.5 s old: stale, no range
+
+
+def test_a_tlog_is_stamped_at_autopilot_time_as_the_daemon_stamped_it(tmp_path):
+    """Replay runs the daemon's clock over the log's receive stamps: a radio link that held
+    every 10th ATTITUDE 400 ms does not move it in time; telemetry.clock: arrival does."""
+    p = tmp_path / "jitter.tlog"
+    rng = np.random.default_rng(7)
+    with TlogWriter(p, 1, 1) as w:
+        for k in range(200):  # 20 Hz for 10 s, 5..25 ms on the link, every 10th +400 ms
+            delay = 5_000_000 + int(rng.integers(20_000_000)) + 400_000_000 * (k % 10 == 5)
+            w.write(mav.MAVLink_attitude_message(50 * k, 0.01 * k, 0, 0, 0, 0, 0),
+                    T0 + k * 50_000_000 + delay)
+            w.write(mav.MAVLink_global_position_int_message(
+                50 * k, 481858700, 163131600, 200_000, 100_000, 0, 0, 0, 0),
+                T0 + k * 50_000_000 + delay)
+    log = TelemetryLog.from_tlog(p)
+    late = log.att[np.isclose(log.att[:, 1], 0.01 * 155)][0]  # held 400 ms
+    assert 5e6 <= late[0] - (T0 + 155 * 50_000_000) <= 6e6  # the smallest delay: 5 ms
+    arrival = AutopilotClock.from_config(Config(telemetry=TelemetryConfig(clock="arrival")))
+    raw = TelemetryLog.from_tlog(p, arrival)
+    late = raw.att[np.isclose(raw.att[:, 1], 0.01 * 155)][0]
+    assert late[0] - (T0 + 155 * 50_000_000) >= 405e6
