@@ -1,9 +1,10 @@
 """Structure from motion of a GNSS-tagged nadir survey (pycolmap), georeferenced by the GNSS.
 
     photos --SIFT at <= SFM_MAX_PX--> features --pairs within the footprint of each other's
-    GNSS position (spatial matching)--> verified matches --incremental mapping with the GNSS
-    positions as position priors--> cameras + sparse points --similarity onto the GNSS-->
-    SurveyModel in the survey's projected CRS
+    GNSS position (spatial matching)--> verified matches --incremental mapping, pass 1:
+    geometry alone--> camera + the camera clock's offset --pass 2: mapping again with the
+    GNSS positions at the corrected times as position priors--> cameras + sparse points
+    --similarity onto the GNSS--> SurveyModel in the survey's projected CRS
 
 One camera is shared by all photos (SIMPLE_RADIAL: f, cx, cy, k1), its focal length and
 distortion refined by the bundle adjustment from the first guess given. Positions are
@@ -36,13 +37,13 @@ from rasterio.crs import CRS
 
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body, euler_from_R_ned_body
 
 SFM_MAX_PX = 1024  # features are found on the photo scaled to this longest side
 SFM_MAX_FEATURES = 4096  # SIFT features per photo
 PRIOR_SIGMA_M = 3.0  # 1-sigma error of a GNSS position prior (each axis)
 MIN_FRAMES = 5  # a survey of fewer photos is refused
 MIN_REGISTERED_SHARE = 0.6  # SfM must place at least this share of the photos
-REFOCUS_RATIO = 0.1  # a focal length this far from the first guess: map a second time
 MAX_TIME_OFFSET_S = 5.0  # a larger camera clock offset is not estimated, only reported as 0
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class SurveyFrames:
     files: tuple[Path, ...]
     enu_m: np.ndarray
     vel_enu_mps: np.ndarray
+    rpy_rad: np.ndarray  # [N, 3] the telemetry's body attitude (roll, pitch, yaw in NED)
     crs: CRS
     camera: CameraModel
     agl_m: float  # typical height above the ground, for the matching radius
@@ -98,6 +100,7 @@ class GeorefError:
     k1: float
     time_offset_s: float  # photo time + this = GNSS time of the photo (see _time_offset)
     horizontal_rms_before_offset_m: float  # the fit at the photo times as given
+    mount_rpy_deg: tuple[float, float, float]  # camera mount against the telemetry's body
 
 
 @dataclass(frozen=True)
@@ -153,48 +156,68 @@ def _reconstruct(pycolmap, frames: SurveyFrames, work: Path, threads: int,
     pycolmap.extract_features(db_path, root, names, camera_mode=pycolmap.CameraMode.SINGLE,
                               reader_options=reader, extraction_options=extract)
     steps.update()
-    cov = np.eye(3) * PRIOR_SIGMA_M**2
     with pycolmap.Database.open(db_path) as db:
         # an EXIF focal length can be far off (the ZR10 writes one 2.2x too long): trusted
         # as a prior, it would make the two-view verification throw good pairs away
         camera = next(iter(db.read_all_cameras()))
         camera.has_prior_focal_length = frames.camera_calibrated
         db.update_camera(camera)
-        db.clear_pose_priors()  # the photos' own EXIF GPS, if any: ours are the telemetry's
-        for image in db.read_all_images():
-            db.write_pose_prior(pycolmap.PosePrior(
-                position=prior[names.index(image.name)], position_covariance=cov,
-                coordinate_system=pycolmap.PosePriorCoordinateSystem.CARTESIAN,
-                corr_data_id=image.data_id))
+    _write_priors(pycolmap, db_path, names, prior)  # spatial matching pairs by them
     pairing = pycolmap.SpatialPairingOptions()
-    # photos whose footprints can overlap: the footprint's diagonal at the survey height
-    pairing.max_distance = float(2 * frames.agl_m * np.hypot(cam.width, cam.height) / 2 / cam.fx
-                                 * 1.5)
+    # photos whose footprints can overlap: 1.5 x the footprint's diagonal at the survey height
+    pairing.max_distance = float(1.5 * frames.agl_m * np.hypot(cam.width, cam.height) / cam.fx)
     pairing.num_threads = threads
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = threads
     pycolmap.match_spatial(db_path, matching_options=matching, pairing_options=pairing)
     steps.update()
     options = pycolmap.IncrementalPipelineOptions()
-    options.use_prior_position = True
     options.num_threads = threads
     options.multiple_models = False
     options.random_seed = 0
-    rec = _map(pycolmap, db_path, root, work, options, len(names))
-    f0, f1 = cam.fx, float(next(iter(rec.cameras.values())).params[0])
-    if abs(f1 / f0 - 1) > REFOCUS_RATIO and rec.num_reg_images() < len(names):
-        # a poor first guess (a wrong EXIF focal length, say) costs photos: map again from
-        # the focal length the first pass found
-        log.info("SfM focal length %.0f px, first guess %.0f px: mapping again", f1, f0)
-        with pycolmap.Database.open(db_path) as db:
-            camera = next(iter(db.read_all_cameras()))
-            camera.params = next(iter(rec.cameras.values())).params
-            db.update_camera(camera)
-        again = _map(pycolmap, db_path, root, work, options, len(names))
-        rec = max((rec, again), key=lambda r: r.num_reg_images())
+    # Pass 1, geometry alone: GNSS positions at the photo times are off along the track by
+    # the camera clock's offset, and as priors they would bend a flat-ground survey (camera
+    # shifted along the track + tilted back fits the photos about as well). Its cameras give
+    # the offset; pass 2 maps again from its camera with the GNSS priors at the corrected
+    # times.
+    options.use_prior_position = False
+    first = _map(pycolmap, db_path, root, work, options, len(names))
+    idx, centres = _centres(first, names)
+    dt = (_time_offset(centres, prior[idx], frames.vel_enu_mps[idx])[0]
+          if len(idx) >= MIN_FRAMES else 0.0)
+    log.info("SfM pass 1 placed %d of %d photos; camera clock %+.2f s", len(idx), len(names),
+             dt)
+    with pycolmap.Database.open(db_path) as db:
+        camera = next(iter(db.read_all_cameras()))
+        camera.params = next(iter(first.cameras.values())).params
+        db.update_camera(camera)
+    _write_priors(pycolmap, db_path, names, prior + dt * frames.vel_enu_mps)
+    options.use_prior_position = True
+    second = _map(pycolmap, db_path, root, work, options, len(names))
+    rec = second if second.num_reg_images() >= first.num_reg_images() else first
     steps.update()
     steps.close()
-    return _georeference(rec, names, frames, origin)
+    return _georeference(rec, names, frames, origin, dt)
+
+
+def _write_priors(pycolmap, db_path: Path, names: list[str], positions: np.ndarray) -> None:
+    """GNSS position priors [N, 3] (relative to the origin) of every photo in the database,
+    replacing any (the photos' own EXIF GPS, an earlier pass)."""
+    cov = np.eye(3) * PRIOR_SIGMA_M**2
+    with pycolmap.Database.open(db_path) as db:
+        db.clear_pose_priors()
+        for image in db.read_all_images():
+            db.write_pose_prior(pycolmap.PosePrior(
+                position=positions[names.index(image.name)], position_covariance=cov,
+                coordinate_system=pycolmap.PosePriorCoordinateSystem.CARTESIAN,
+                corr_data_id=image.data_id))
+
+
+def _centres(rec, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """([K] photo indices, [K, 3] camera centres) of the photos `rec` placed."""
+    images = sorted(rec.images.values(), key=lambda im: names.index(im.name))
+    return (np.array([names.index(im.name) for im in images], np.int64),
+            np.array([im.projection_center() for im in images]).reshape(-1, 3))
 
 
 def _map(pycolmap, db_path: Path, root: Path, work: Path, options, n: int):
@@ -206,21 +229,24 @@ def _map(pycolmap, db_path: Path, root: Path, work: Path, options, n: int):
     return max(recs.values(), key=lambda r: r.num_reg_images())
 
 
-def _georeference(rec, names: list[str], frames: SurveyFrames,
-                  origin: np.ndarray) -> SurveyModel:
+def _georeference(rec, names: list[str], frames: SurveyFrames, origin: np.ndarray,
+                  dt0: float) -> SurveyModel:
+    """The model of `rec` on the GNSS positions at the photo times + `dt0` (+ what is left
+    of the clock offset, fitted again)."""
     n = len(names)
     images = sorted(rec.images.values(), key=lambda im: names.index(im.name))
     if len(images) < max(MIN_FRAMES, MIN_REGISTERED_SHARE * n):
         raise SkyfixError(f"SfM placed {len(images)} of {n} photos (at least "
                           f"{MIN_REGISTERED_SHARE:.0%} needed): too little overlap or texture")
-    idx = np.array([names.index(im.name) for im in images])
-    centres = np.array([im.projection_center() for im in images])
+    idx, centres = _centres(rec, names)
     gnss0 = frames.enu_m[idx] - origin
     s, R, t = _robust_similarity(centres, gnss0)
     r0 = centres @ (s * R).T + t - gnss0
     rms0 = float(np.sqrt(np.mean(r0[:, 0] ** 2 + r0[:, 1] ** 2)))
-    dt, s, R, t = _time_offset(centres, gnss0, frames.vel_enu_mps[idx])
-    gnss = gnss0 + dt * frames.vel_enu_mps[idx]
+    vel = frames.vel_enu_mps[idx]
+    dt, s, R, t = _time_offset(centres, gnss0 + dt0 * vel, vel)
+    dt += dt0
+    gnss = gnss0 + dt * vel
     # world' = s R world + t: camera rotations turn by R^T, centres and points map through it
     poses = []
     for k, im in enumerate(images):
@@ -238,7 +264,7 @@ def _georeference(rec, names: list[str], frames: SurveyFrames,
     georef = GeorefError(n, len(images), float(np.sqrt(np.mean(h**2))),
                          float(np.percentile(h, 50)), float(np.percentile(h, 95)),
                          float(h.max()), float(np.sqrt(np.mean(res[:, 2] ** 2))), float(s), f,
-                         k1, dt, rms0)
+                         k1, dt, rms0, _mount(poses, frames.rpy_rad[idx]))
     log.info("SfM placed %d of %d photos; georeferencing error %.2f m RMS", len(images), n,
              georef.horizontal_rms_m)
     return SurveyModel(frames.crs, camera, tuple(poses), points, georef)
@@ -256,6 +282,26 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.
     R = U @ E @ Vt
     s = float(np.trace(np.diag(D) @ E) / var)
     return s, R, mu_d - s * R @ mu_s
+
+
+# NED axes in ENU world coordinates: v_ned = P v_enu
+_NED_FROM_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+
+
+def _mount(poses: list[SurveyPose], rpy_rad: np.ndarray) -> tuple[float, float, float]:
+    """(roll, pitch, yaw) deg of the camera mount (runtime/core/geo.mount_rotation, the
+    `rectify.mount_*_deg` options) that the SfM cameras show against the telemetry's body
+    attitude: R_body_cam_i = R_ned_body_i^T P R_cam_world_i^T, its turn away from the
+    nadir mount M_i = R_body_cam_i R_BODY_CAM_NADIR^T, averaged over the photos (the
+    chordal mean: the rotation nearest sum M_i)."""
+    acc = np.zeros((3, 3))
+    for pose, rpy in zip(poses, rpy_rad, strict=True):
+        R_body_cam = R_ned_body(*rpy).T @ _NED_FROM_ENU @ pose.R_cam_world.T
+        acc += R_body_cam @ R_BODY_CAM_NADIR.T
+    U, _, Vt = np.linalg.svd(acc)
+    M = U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+    roll, pitch, yaw = np.degrees(euler_from_R_ned_body(M))
+    return float(roll), float(pitch), float(yaw)
 
 
 def _time_offset(centres: np.ndarray, gnss: np.ndarray, vel: np.ndarray

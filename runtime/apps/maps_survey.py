@@ -65,7 +65,9 @@ def open_survey(frames_dir: Path, telemetry: Path | None, camera: Path | None = 
     east, north = Transformer.from_crs(WGS84.to_wkt(), crs.to_wkt(), always_xy=True).transform(
         lonlat[:, 0], lonlat[:, 1])
     enu = np.column_stack([east, north, alt])
-    survey = SurveyFrames(files, enu, vel, crs, inputs.camera, float(np.nanmedian(agl)),
+    rpy = np.array([(0.0, 0.0, 0.0) if s is None else (s.roll_rad, s.pitch_rad, s.yaw_rad)
+                    for s in states], np.float64)
+    survey = SurveyFrames(files, enu, vel, rpy, crs, inputs.camera, float(np.nanmedian(agl)),
                           camera is not None)
     return SurveyTrack(survey, t, split_lines(east, north))
 
@@ -84,8 +86,8 @@ def select(track: SurveyTrack, lines: str | None, exclude: list[str] | None) -> 
         keep &= np.array([f.name not in exclude for f in track.frames.files])
     f = track.frames
     return SurveyFrames(tuple(p for p, k in zip(f.files, keep, strict=True) if k),
-                        f.enu_m[keep], f.vel_enu_mps[keep], f.crs, f.camera, f.agl_m,
-                        f.camera_calibrated)
+                        f.enu_m[keep], f.vel_enu_mps[keep], f.rpy_rad[keep], f.crs,
+                        f.camera, f.agl_m, f.camera_calibrated)
 
 
 def cmd_maps_survey(a: argparse.Namespace) -> None:
@@ -105,7 +107,9 @@ def cmd_maps_survey(a: argparse.Namespace) -> None:
           f"{g.horizontal_rms_m:.2f} m RMS, {g.horizontal_max_m:.2f} m max horizontal, "
           f"{g.vertical_rms_m:.2f} m RMS vertical")
     print(f"camera: focal length {g.focal_px:.0f} px, k1 {g.k1:.3f}; its clock is "
-          f"{g.time_offset_s:+.2f} s off the GNSS (add it to --time-offset when replaying)")
+          f"{g.time_offset_s:+.2f} s off the GNSS (add it to --time-offset when replaying); "
+          "mount against the log's attitude: roll {:.1f}, pitch {:.1f}, yaw {:.1f} deg".format(
+              *g.mount_rpy_deg))
     print(f"map pack written to {result.pack}; mosaic, camera and report in {result.side}")
 
 

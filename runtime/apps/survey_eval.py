@@ -6,7 +6,7 @@ against the GNSS track. `make bench-survey` and the ZR10 integration test run th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from skyfix.maps.survey import SurveyResult, build_survey_pack, side_folder
@@ -53,13 +53,17 @@ def leave_lines_out(frames_dir: Path, telemetry: Path, out: Path, map_lines: str
         old.unlink()
     for f in test_files:
         (folder / f.name).symlink_to(f.resolve())
-    # the repeat flight's camera is the survey's: its intrinsics and clock offset as the
-    # survey measured them
+    # the repeat flight's camera is the survey's: its intrinsics, clock offset and mount as
+    # the survey measured them
     inputs = open_inputs(frames=folder, telemetry=telemetry,
                          camera=side_folder(out / "pack") / "camera.yaml",
                          time_offset_s=time_offset_s + survey.georef.time_offset_s)
+    cfg = cfg or Config()
+    roll, pitch, yaw = survey.georef.mount_rpy_deg
+    cfg = replace(cfg, rectify=replace(cfg.rectify, mount_roll_deg=roll, mount_pitch_deg=pitch,
+                                       mount_yaw_deg=yaw))
     t0 = time.perf_counter()
-    result = replay(inputs, out / "pack", out / "replay", cfg or Config(), progress=progress)
+    result = replay(inputs, out / "pack", out / "replay", cfg, progress=progress)
     return LeaveLinesOut(track.lines.count, keep, test, len(frames.files), len(test_files),
                          survey, result.report, time.perf_counter() - t0)
 
@@ -77,6 +81,7 @@ def summary(r: LeaveLinesOut) -> dict:
         "georef_vertical_rms_m": round(g.vertical_rms_m, 3),
         "camera_focal_px": round(g.focal_px, 1), "camera_k1": round(g.k1, 4),
         "camera_time_offset_s": round(g.time_offset_s, 3),
+        "camera_mount_rpy_deg": [round(v, 2) for v in g.mount_rpy_deg],
         "georef_horizontal_rms_before_time_offset_m": round(g.horizontal_rms_before_offset_m,
                                                             3),
         "availability": round(rep.availability, 4), "fixes": rep.fixes,

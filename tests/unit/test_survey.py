@@ -93,6 +93,19 @@ def test_camera_clock_offset_from_lines_flown_both_ways():
     np.testing.assert_allclose(sfm @ (s * R).T + t, true, atol=1e-3)
 
 
+def test_camera_mount_against_the_body_attitude():
+    from skyfix.maps.survey_sfm import _NED_FROM_ENU, _mount
+    from skyfix.runtime.core.geo import R_ned_body, mount_rotation
+
+    rpy = np.radians([[2.0, -3.0, 62.0], [-1.0, 4.0, -118.0], [0.0, 0.0, 10.0]])
+    poses = []
+    for r in rpy:
+        R_ned_cam = R_ned_body(*r) @ mount_rotation(1.0, -6.0, 2.0)
+        poses.append(SurveyPose(Path("p.jpg"), R_ned_cam.T @ _NED_FROM_ENU, np.zeros(3),
+                                np.zeros(3)))
+    assert _mount(poses, rpy) == pytest.approx((1.0, -6.0, 2.0), abs=1e-6)
+
+
 def test_plane_through_points_with_outliers():
     rng = np.random.default_rng(3)
     e, n = rng.uniform(0, 200, 500), rng.uniform(0, 200, 500)
@@ -147,7 +160,7 @@ def test_mosaic_puts_the_ground_back_where_it_was(tmp_path):
         pose = _pose(E0 + 20 + de, N0 - 80 + dn, 30.0, yaw, path)
         cv2.imwrite(str(path), _render(tex, cam, pose))
         poses.append(pose)
-    georef = GeorefError(4, 4, 0, 0, 0, 0, 0, 1.0, cam.fx, cam.dist[0], 0.0, 0.0)
+    georef = GeorefError(4, 4, 0, 0, 0, 0, 0, 1.0, cam.fx, cam.dist[0], 0.0, 0.0, (0, 0, 0))
     model = SurveyModel(CRS_UTM, cam, tuple(poses), np.zeros((0, 3)), georef)
     grid = grid_for(model, 0.0, GSD)
     ground = ground_surface(model, grid, (0.0, 0.0, 0.0))
@@ -167,3 +180,19 @@ def test_mosaic_puts_the_ground_back_where_it_was(tmp_path):
     g2 = cv2.cvtColor(ref, cv2.COLOR_BGR2GRAY).astype(np.float32) * inner
     (dx, dy), _ = cv2.phaseCorrelate(g1, g2)
     assert np.hypot(dx, dy) < 0.3  # pixels of 0.1 m: georeferenced within 3 cm
+
+
+def test_refused_surveys(tmp_path):
+    from skyfix.maps.survey import build_survey_pack
+    from skyfix.maps.survey_sfm import SurveyFrames, reconstruct
+
+    cam = CameraModel.from_fov(640, 360, 60.0)
+    few = SurveyFrames(tuple(tmp_path / f"{k}.jpg" for k in range(3)), np.zeros((3, 3)),
+                       np.zeros((3, 3)), np.zeros((3, 3)), CRS_UTM, cam, 70.0)
+    with pytest.raises(SkyfixError, match="3 photos are too few"):
+        reconstruct(few, tmp_path / "sfm", progress=False)
+    with pytest.raises(SkyfixError, match="--gsd 0: expected"):
+        build_survey_pack(few, tmp_path / "pack", gsd_m=0.0, progress=False)
+    (tmp_path / "pack").mkdir()
+    with pytest.raises(SkyfixError, match="exists"):
+        build_survey_pack(few, tmp_path / "pack", progress=False)
