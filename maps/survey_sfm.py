@@ -44,6 +44,7 @@ SFM_MAX_FEATURES = 4096  # SIFT features per photo
 PRIOR_SIGMA_M = 3.0  # 1-sigma error of a GNSS position prior (each axis)
 MIN_FRAMES = 5  # a survey of fewer photos is refused
 MIN_REGISTERED_SHARE = 0.6  # SfM must place at least this share of the photos
+MIN_POSE_INLIERS = 15  # a photo is placed on this many 2D-3D inliers (COLMAP: 30)
 MAX_TIME_OFFSET_S = 5.0  # a larger camera clock offset is not estimated, only reported as 0
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,9 @@ def _reconstruct(pycolmap, frames: SurveyFrames, work: Path, threads: int,
     options.num_threads = threads
     options.multiple_models = False
     options.random_seed = 0
+    # sparse surveys (30 % forward overlap, every other line) leave a photo few points
+    options.mapper.abs_pose_min_num_inliers = MIN_POSE_INLIERS
+    options.mapper.abs_pose_min_inlier_ratio = 0.15
     # Pass 1, geometry alone: GNSS positions at the photo times are off along the track by
     # the camera clock's offset, and as priors they would bend a flat-ground survey (camera
     # shifted along the track + tilted back fits the photos about as well). Its cameras give
