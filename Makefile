@@ -19,7 +19,7 @@ $(CORE): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(DEV): $(CORE)
-	$(BIN)/pip install -q -e '.[dev,scale]'
+	$(BIN)/pip install -q -e '.[dev,scale,survey]'
 	touch $@
 
 install: $(CORE)
@@ -134,3 +134,9 @@ bench-filter: $(CORE)
 .PHONY: bench-link
 bench-link: $(CORE)
 	$(BIN)/python benchmarks/bench_link.py --out $(OUT)/bench/link.json $(LINK_ARGS)
+
+# Survey-built map (teach and repeat) on the ZR10 survey in ../shared/data: the map from
+# every other flight line, the other lines replayed against it (JSON; ~10 min on 2 cores)
+.PHONY: bench-survey
+bench-survey: $(DEV)
+	$(BIN)/python benchmarks/bench_survey.py --out $(OUT)/bench/survey.json $(SURVEY_ARGS)

@@ -110,6 +110,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from skyfix.runtime.apps.maps_fetch import add_parser as add_fetch_parser
 
     add_fetch_parser(msub)
+    from skyfix.runtime.apps.maps_survey import add_parser as add_survey_parser
+
+    add_survey_parser(msub)
     sh = msub.add_parser("shard", help="cut a map pack into geographic cells for lazy loading")
     sh.add_argument("pack", type=Path, help="map pack folder")
     sh.add_argument("--cell-m", type=float, required=True, help="cell size, metres")
