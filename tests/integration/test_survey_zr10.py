@@ -41,15 +41,6 @@ def test_zr10_map_from_every_other_line_holds_the_measured_level(zr10):
     assert rep.availability >= 0.30, rep
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 targets not met yet: availability ~42 %, "
-                   "CEP50 ~5 m (README, maps survey)")
-def test_zr10_map_from_every_other_line_meets_the_issue_targets(zr10):
-    rep = zr10.report
-    assert rep.availability >= 0.80, rep
-    assert rep.fix_cep50_m is not None and rep.fix_cep50_m <= 3.0, rep
-    assert rep.gross_errors == 0, rep
-
-
 def test_survey_cli_refuses_photos_without_gnss(tmp_path):
     """One line, no traceback: the ZR10 camera had no GPS receiver."""
     root = shared_file("zr10_px4_survey_2026-01-13")
