@@ -36,7 +36,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -125,7 +125,7 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
                on_progress: Callable[[BuildProgress], None] | None = None,
                extract: Callable[..., list[Path]] = extract_chunks,
                min_valid_fraction: float = MIN_VALID_FRACTION,
-               sign_key: Path | None = None) -> Path:
+               sign_key: Path | None = None, georef_sigma_m: float = 0.0) -> Path:
     """Write the map pack of `orthos` to the folder `out` and return `out`.
 
     `gsds_m`: ground resolution of each level, metres/pixel (default: native, 2 x native);
@@ -139,6 +139,9 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     tile short of it is first moved up to a quarter tile towards its imagery); what is left
     out is logged and counted in the manifest (build.tile_usage).
     `sign_key`: Ed25519 private key (PEM) to sign the manifest with (manifest.json.sig).
+    `georef_sigma_m`: the orthophoto's own 1-sigma horizontal error against the world, per
+    axis, as its producer states it (0: not stated); every estimate flown on the pack
+    claims it on top of the filter's covariance (runtime/nav/filter.estimate_at).
     Raises SkyfixError (one line) for unusable input.
     """
     out, paths = Path(out), [Path(p) for p in orthos]
@@ -148,6 +151,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     _check_args(paths, gsds_m, tile_px, overlap, codebook_k, dem, index_min_tiles)
     if not 0.0 < min_valid_fraction <= 1.0:
         raise SkyfixError(f"valid-fraction threshold must be 0..1, got {min_valid_fraction}")
+    if not 0.0 <= georef_sigma_m <= 10_000:  # (NaN fails too)
+        raise SkyfixError(f"georeferencing sigma must be 0..10000 m, got {georef_sigma_m}")
     _check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial"
@@ -164,6 +169,7 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
             manifest = _build(work, paths, dem, encoder, gsds_m, tile_px, overlap, codebook_k,
                               index_min_tiles, progress, on_progress, extract,
                               min_valid_fraction, force)
+        manifest = replace(manifest, georef_sigma_m=float(georef_sigma_m))
         (work / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         if sign_key is not None:
             sign_manifest(work / MANIFEST, sign_key)

@@ -42,6 +42,8 @@ class Manifest:
     index_levels: tuple[int, ...] = ()  # levels with a FAISS index file
     index_nprobe: int = 0  # IVF lists probed per global search
     structure_gsds_m: tuple[float, ...] = ()  # per level: GSD of structure_l{L}.npy (or none)
+    georef_sigma_m: float = 0.0  # stated 1-sigma horizontal error of the map against the
+    # world, metres, per axis (0: not stated); added to what is claimed, not to each fix
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
@@ -66,6 +68,7 @@ class Manifest:
                 index_levels=tuple(int(v) for v in d.get("index_levels", ())),
                 index_nprobe=int(d.get("index_nprobe", 0)),
                 structure_gsds_m=tuple(float(v) for v in d.get("structure_gsds_m", ())),
+                georef_sigma_m=float(d.get("georef_sigma_m", 0.0)),
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"a value has the wrong type ({e})") from None

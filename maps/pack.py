@@ -80,6 +80,7 @@ class PackInfo:
     dem_gsd_m: float | None = None  # None: the pack has no terrain model
     faiss_index_levels: tuple[int, ...] = ()
     shards: int = 0  # 0: a plain pack
+    georef_sigma_m: float = 0.0  # the map's stated error against the world (0: not stated)
 
 
 def _check_files(path: Path, m: Manifest, rehash: bool) -> list[str]:
@@ -349,4 +350,4 @@ def pack_info(pack: TileMap) -> PackInfo:
     return PackInfo(str(pack.path), m.format, m.encoder_id, crs, m.bounds_en,
                     (float(w), float(s), float(e), float(n)), float(area), m.gsds_m,
                     m.tile_count, m.n_features, int(size), m.dem_gsd_m, m.index_levels,
-                    pack.shard_count)
+                    pack.shard_count, m.georef_sigma_m)

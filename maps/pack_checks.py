@@ -43,6 +43,8 @@ def manifest_problems(m: Manifest) -> list[str]:
         problems.append(f"dem_gsd_m {m.dem_gsd_m} must be positive")
     if any(not 0 <= lv < len(m.gsds_m) for lv in m.index_levels) or m.index_nprobe < 0:
         problems.append("index_levels / index_nprobe do not fit the levels")
+    if not (math.isfinite(m.georef_sigma_m) and 0 <= m.georef_sigma_m <= 10_000):
+        problems.append(f"georef_sigma_m {m.georef_sigma_m} must be 0..10000 metres")
     return problems
 
 

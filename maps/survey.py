@@ -68,7 +68,10 @@ def build_survey_pack(frames: SurveyFrames, out: Path, gsd_m: float = DEFAULT_GS
     model.camera.save(side / "camera.yaml")
     t0 = time.perf_counter()
     # ragged edges: a survey mosaic is not a rectangle, so tiles may be a quarter imagery
-    build_pack([ortho], out, force=force, progress=progress, min_valid_fraction=0.25)
+    # the map's own error against the world (its camera centres against the GNSS, 2-D RMS,
+    # taken per axis: on the safe side) is claimed by every position flown on it
+    build_pack([ortho], out, force=force, progress=progress, min_valid_fraction=0.25,
+               georef_sigma_m=model.georef.horizontal_rms_m)
     wall["pack_s"] = time.perf_counter() - t0
     report = {
         "format": REPORT_FORMAT,

@@ -16,7 +16,7 @@ def cmd_maps_build(a: argparse.Namespace) -> None:
 
     kwargs = dict(encoder=make_encoder(a.encoder), gsds_m=a.gsd, tile_px=a.tile,
                   overlap=a.overlap, force=a.force, dem=a.dem, min_valid_fraction=a.min_valid,
-                  sign_key=a.sign_key,
+                  sign_key=a.sign_key, georef_sigma_m=a.georef_sigma,
                   index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
                   else a.index_min_tiles)
     if a.ray is not None:
@@ -98,6 +98,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
                    help="local-feature encoder the runtime will match with (default rootsift)")
     b.add_argument("--dem", type=Path, help="terrain model (GeoTIFF) to resample into the pack")
+    b.add_argument("--georef-sigma", type=float, default=0.0, metavar="M",
+                   help="the orthophoto's stated 1-sigma horizontal error against the world, "
+                        "metres; every position flown on the pack claims it (default 0: not "
+                        "stated)")
     b.add_argument("--min-valid", type=float, default=0.5, metavar="FRACTION",
                    help="least share of imagery in a tile (default 0.5); ragged drone orthos"
                         " may want less")

@@ -9,7 +9,8 @@ frame's capture time; estimate errors over the stream actually sent to the autop
 time. Errors are also split along and across the reference track's direction of travel
 (cross-track positive to the right). A fix is an integrity violation when its error
 exceeds 3 times its reported horizontal 1-sigma (root of the larger covariance
-eigenvalue) combined (root-sum-square) with the reference's own 1-sigma: zero for a
+eigenvalue; with the map's stated georeferencing sigma, since a fix is a position in the
+map) combined (root-sum-square) with the reference's own 1-sigma: zero for a
 simulation's truth, the receiver's reported accuracy for a log's GNSS. A sent message
 is a wrong claim when it claims a 3D fix and its error exceeds 3 times its own 1-sigma
 (combined the same way): what the autopilot was told with too small an error bar.
@@ -123,7 +124,9 @@ def write_outputs(out: Path, pack: TileMap, frame: LocalFrame, truth: Truth | No
     fixes = [(i, r.result) for i, r in enumerate(results) if isinstance(r.result, Fix)]
     fix_en = np.array([[f.east_m, f.north_m] for _, f in fixes]).reshape(-1, 2)
     fix_t = np.array([f.t_ns for _, f in fixes], np.int64)
-    fix_sig_all = np.array([sigma_max(f.cov_en_m2) for _, f in fixes])
+    # a fix is a position in the map: against the world it also carries the map's own error
+    fix_sig_all = np.hypot([sigma_max(f.cov_en_m2) for _, f in fixes],
+                           pack.region.georef_sigma_m)
     fs = _score(truth, fix_t, fix_en)
     # A GNSS reference errs too: a fix is only called wrong beyond 3 sigma of both.
     covered = truth.covers(fix_t) if truth is not None else np.zeros(len(fix_t), bool)

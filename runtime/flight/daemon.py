@@ -393,7 +393,8 @@ class Daemon:
             feed_imu(filt, imu[keep, 0], imu[keep, 1:4], imu[keep, 4:7], rpy[keep])
         if filt is None or not filt.initialized:  # (or reset: diverged numerically)
             return None
-        return estimate_at(filt, t_ns, self.nav.frame, self._alt_amsl_m, pub.last_fix_t_ns)
+        return estimate_at(filt, t_ns, self.nav.frame, self._alt_amsl_m, pub.last_fix_t_ns,
+                           self.nav.map_sigma_m)
 
     # -- MAVLink out ----------------------------------------------------------------------
 

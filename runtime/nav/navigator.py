@@ -212,6 +212,8 @@ class Navigator:
 
     def __init__(self, localizer: Localizer, frame: LocalFrame, cfg: Config):
         self.localizer, self.frame, self.cfg = localizer, frame, cfg
+        # the map's stated 1-sigma error against the world, claimed on top (estimate_at)
+        self.map_sigma_m = 0.0 if localizer is None else localizer.pack.region.georef_sigma_m
         self.filter: PositionFilter | ImuFilter = PositionFilter(cfg.filter)
         self.filter_kind = "cv"  # which filter runs: cv | imu
         self.filter_note = ""  # why auto did not choose the IMU filter it could have run
@@ -383,4 +385,6 @@ class Navigator:
         """The filter's estimate predicted to `t_ns`, or None before the filter has started."""
         if not self.filter.initialized:
             return None
-        return estimate_at(self.filter, t_ns, self.frame, alt_amsl_m, self.last_fix_t_ns)
+        return estimate_at(self.filter, t_ns, self.frame, alt_amsl_m, self.last_fix_t_ns,
+                           self.map_sigma_m)
+

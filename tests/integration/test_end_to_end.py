@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 from pymavlink import mavutil
 
 from skyfix.maps.build import build_pack
+from skyfix.maps.manifest import MANIFEST, manifest_digest
 from skyfix.runtime.apps.replay import replay
 from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.types import Fix
 from skyfix.sim.flight import FlightSpec, simulate_flight
 
 REPORT_KEYS = {"frames", "fixes", "availability", "fix_cep50_m", "fix_cep95_m", "est_cep50_m",
@@ -81,3 +84,38 @@ def test_outputs_are_written(replayed):
     geo = json.loads((root / "out" / "trajectory.geojson").read_text())
     lon, lat = geo["features"][0]["geometry"]["coordinates"][0]
     assert 16.30 < lon < 16.32 and 48.18 < lat < 48.19  # Schoenbrunn
+
+
+def _gps_inputs(path) -> dict[int, object]:
+    conn = mavutil.mavlink_connection(str(path), dialect="ardupilotmega")
+    out = {}
+    while (m := conn.recv_match(type="GPS_INPUT")) is not None:
+        out[m.time_usec] = m
+    return out
+
+
+def test_a_map_stated_off_by_3_m_makes_every_claim_carry_it(replayed):
+    """The same flight on the same pack whose manifest states a 3 m georeferencing error
+    (a survey-built map, say): every fix and the filter are as before (the error is one
+    bias shared by all fixes, not noise in each), and every message sent claims it on top:
+    sigma' = sqrt(sigma^2 + 3^2)."""
+    root, result = replayed
+    stated = root / "pack_3m"
+    shutil.copytree(root / "pack", stated)
+    manifest = json.loads((stated / MANIFEST).read_text())
+    manifest["georef_sigma_m"] = 3.0
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (stated / MANIFEST).write_text(json.dumps(manifest))
+    again = replay(root / "flight", stated, root / "out_3m", Config(), 0.0, progress=False)
+    fixes = [(r.t_ns, r.result.east_m, r.result.north_m) for r in result.frames
+             if isinstance(r.result, Fix)]
+    assert fixes and fixes == [(r.t_ns, r.result.east_m, r.result.north_m)
+                               for r in again.frames if isinstance(r.result, Fix)]
+    before = _gps_inputs(root / "out" / "gps_input.tlog")
+    after = _gps_inputs(root / "out_3m" / "gps_input.tlog")
+    both = [t for t in before if t in after and before[t].fix_type == 3 == after[t].fix_type]
+    assert len(both) >= 100
+    for t in both:
+        assert (after[t].lat, after[t].lon) == (before[t].lat, before[t].lon)
+        assert after[t].horiz_accuracy == pytest.approx(
+            np.hypot(before[t].horiz_accuracy, 3.0), rel=1e-3)

@@ -247,6 +247,12 @@ def test_estimate_at_fills_estimate() -> None:
     assert est.alt_amsl_m == 312.5
     assert est.last_fix_age_s == pytest.approx(0.2)
     assert estimate_at(filt, t, frame, 0.0, None).last_fix_age_s == float("inf")
+    # the map's own error (its manifest's georef_sigma_m) is claimed on top, nothing else
+    stated = estimate_at(filt, t, frame, 312.5, filt.t_ns, map_sigma_m=3.0)
+    np.testing.assert_allclose(stated.cov_ne_m2, P[:2, :2] + 9.0 * np.eye(2))
+    assert stated.horiz_sigma_m == pytest.approx(np.hypot(est.horiz_sigma_m, 3.0))
+    assert (stated.north_m, stated.east_m, stated.vn_mps, stated.ve_mps) == tuple(x)
+    np.testing.assert_array_equal(stated.vel_cov_ne_m2s2, P[2:, 2:])
 
 
 def sim_flight_nees(seed: int, speed_mps: float, cfg: FilterConfig,

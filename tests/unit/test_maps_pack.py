@@ -186,6 +186,27 @@ def test_pack_info(pack_path):
     assert info.size_bytes > 1e6
 
 
+def test_the_maps_stated_error_is_kept_and_checked(pack_path, crop, tmp_path):
+    """A pack built without one states no georeferencing error (0); a stated one is kept
+    in the manifest and shown by `maps info`; an impossible one is refused in one line,
+    at build time and in a re-sealed manifest."""
+    assert pack_info(MapPack.open(pack_path, verify=False)).georef_sigma_m == 0.0
+    with pytest.raises(SkyfixError, match="georeferencing sigma must be 0..10000 m"):
+        build_pack([crop], tmp_path / "neg", georef_sigma_m=-1.0, progress=False)
+    stated = tmp_path / "stated"
+    shutil.copytree(pack_path, stated)
+    m = json.loads((stated / "manifest.json").read_text())
+    m["georef_sigma_m"] = 2.5
+    m["manifest_sha256"] = manifest_digest(m)
+    (stated / "manifest.json").write_text(json.dumps(m))
+    assert pack_info(MapPack.open(stated)).georef_sigma_m == 2.5
+    m["georef_sigma_m"] = float("nan")
+    m["manifest_sha256"] = manifest_digest(m)
+    (stated / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(SkyfixError, match="georef_sigma_m nan must be 0..10000 metres"):
+        MapPack.open(stated)
+
+
 def test_bad_inputs_are_one_line_errors(crop, tmp_path):
     plain = tmp_path / "plain.tif"
     with warnings.catch_warnings():
