@@ -49,6 +49,7 @@ from skyfix.sim.sitl_link import (
     Vehicle,
     fly_schedule,
     free_instance,
+    gnss_cut,
 )
 from skyfix.sim.sitl_plot import plot_flight
 from skyfix.sim.sitl_report import (
@@ -245,12 +246,6 @@ def _until_landed(vehicle: Vehicle, spec: SitlSpec, t_start: int) -> int | None:
     then released. Returns the Unix ns the GNSS went off (None if it did not)."""
     t_off: list[int] = []
 
-    def gnss_off(_elapsed_s: float) -> float:
-        vehicle.set_param("SIM_GPS1_ENABLE", 0)
-        t_off.append(time.time_ns())
-        log.info("simulated GNSS off")
-        return math.inf
-
     def spoof(elapsed_s: float) -> float:
         spoofing_s = elapsed_s - spec.spoof_after_s
         pull_m = spec.spoof_mps * spoofing_s if spoofing_s < spec.spoof_for_s else 0.0
@@ -258,7 +253,8 @@ def _until_landed(vehicle: Vehicle, spec: SitlSpec, t_start: int) -> int | None:
         return elapsed_s + 1.0 if pull_m else math.inf
 
     fly_schedule(vehicle, t_start, spec.mission_timeout_s * max(spec.laps, 1), [
-        (spec.gnss_off_after_s if spec.gnss_off_after_s >= 0 else math.inf, gnss_off),
+        (spec.gnss_off_after_s if spec.gnss_off_after_s >= 0 else math.inf,
+         gnss_cut(vehicle, "SIM_GPS1_ENABLE", t_off)),
         (spec.spoof_after_s if spec.spoof_mps > 0 else math.inf, spoof)])
     return t_off[0] if t_off else None
 

@@ -63,6 +63,17 @@ Action = Callable[[float], float]  # called when due, with the seconds since the
 # returns when it is next due (inf: done)
 
 
+def gnss_cut(vehicle: Vehicle, param: str, t_off: list[int]) -> Action:
+    """The action that switches the simulator's GNSS off (`param` = 0) and appends the Unix
+    ns it did so to `t_off`."""
+    def cut(_elapsed_s: float) -> float:
+        vehicle.set_param(param, 0)
+        t_off.append(time.time_ns())
+        log.info("simulated GNSS off")
+        return math.inf
+    return cut
+
+
 def fly_schedule(vehicle: Vehicle, t_start_ns: int, timeout_s: float,
                  schedule: Sequence[tuple[float, Action]]) -> None:
     """Until the vehicle disarms, call each (due_s, action) of `schedule` when `due_s`

@@ -49,7 +49,7 @@ from skyfix.sim.sitl import (
     map_frame,
     plan_mission,
 )
-from skyfix.sim.sitl_link import SimulatorProcess, Vehicle, fly_schedule
+from skyfix.sim.sitl_link import SimulatorProcess, Vehicle, fly_schedule, gnss_cut
 from skyfix.sim.sitl_report import GcPauses, Timeline
 
 log = logging.getLogger("skyfix.sim.sitl")
@@ -258,12 +258,6 @@ def _until_landed(vehicle: Vehicle, proc: Px4Process, spec: SitlSpec, t_start: i
     t_off: list[int] = []
     flags: dict = {}
 
-    def gnss_off(_elapsed_s: float) -> float:
-        vehicle.set_param("SIM_GPS_USED", 0)
-        t_off.append(time.time_ns())
-        log.info("simulated GNSS off")
-        return math.inf
-
     def read_flags(_elapsed_s: float) -> float:
         got = proc.listener("estimator_status_flags")
         flags.update({k: got.get(k) for k in ("cs_aux_gpos", "cs_gnss_pos",
@@ -273,5 +267,6 @@ def _until_landed(vehicle: Vehicle, proc: Px4Process, spec: SitlSpec, t_start: i
 
     off_s = spec.gnss_off_after_s if spec.gnss_off_after_s >= 0 else math.inf
     fly_schedule(vehicle, t_start, spec.mission_timeout_s * max(spec.laps, 1),
-                 [(off_s, gnss_off), (off_s + FLAGS_READ_AFTER_S, read_flags)])
+                 [(off_s, gnss_cut(vehicle, "SIM_GPS_USED", t_off)),
+                  (off_s + FLAGS_READ_AFTER_S, read_flags)])
     return (t_off[0] if t_off else None), flags
