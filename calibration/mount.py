@@ -44,7 +44,12 @@ from skyfix.models.features import Encoder, match_mutual
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body, euler_from_R_ned_body
+from skyfix.runtime.core.geo import (
+    R_BODY_CAM_NADIR,
+    R_ned_body,
+    euler_from_R_ned_body,
+    mean_rotation,
+)
 from skyfix.runtime.core.types import Frame, Telemetry
 from skyfix.runtime.flight.assembly import open_map
 from skyfix.runtime.io.sources import RecordedFlight
@@ -216,13 +221,6 @@ def estimate_time_offset(t_ns: np.ndarray, centres_en: np.ndarray, track: Track,
         cov = s2 * np.linalg.inv((A * sw[:, None]).T @ (A * sw[:, None]))
         sigma = float(np.sqrt(cov[0, 0]))
     return offset, sigma, bias, w
-
-
-def mean_rotation(Rs: np.ndarray) -> np.ndarray:
-    """[3, 3] chordal L2 mean of rotations [N, 3, 3]."""
-    U, _, Vt = np.linalg.svd(Rs.sum(0))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    return U @ D @ Vt
 
 
 def _angle_deg(R: np.ndarray) -> np.ndarray:

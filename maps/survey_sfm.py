@@ -37,7 +37,12 @@ from rasterio.crs import CRS
 
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body, euler_from_R_ned_body
+from skyfix.runtime.core.geo import (
+    R_BODY_CAM_NADIR,
+    R_ned_body,
+    euler_from_R_ned_body,
+    mean_rotation,
+)
 
 SFM_MAX_PX = 1024  # features are found on the photo scaled to this longest side
 SFM_MAX_FEATURES = 4096  # SIFT features per photo
@@ -298,12 +303,9 @@ def _mount(poses: list[SurveyPose], rpy_rad: np.ndarray) -> tuple[float, float, 
     attitude: R_body_cam_i = R_ned_body_i^T P R_cam_world_i^T, its turn away from the
     nadir mount M_i = R_body_cam_i R_BODY_CAM_NADIR^T, averaged over the photos (the
     chordal mean: the rotation nearest sum M_i)."""
-    acc = np.zeros((3, 3))
-    for pose, rpy in zip(poses, rpy_rad, strict=True):
-        R_body_cam = R_ned_body(*rpy).T @ _NED_FROM_ENU @ pose.R_cam_world.T
-        acc += R_body_cam @ R_BODY_CAM_NADIR.T
-    U, _, Vt = np.linalg.svd(acc)
-    M = U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+    M = mean_rotation(np.array([
+        R_ned_body(*rpy).T @ _NED_FROM_ENU @ pose.R_cam_world.T @ R_BODY_CAM_NADIR.T
+        for pose, rpy in zip(poses, rpy_rad, strict=True)]))
     roll, pitch, yaw = np.degrees(euler_from_R_ned_body(M))
     return float(roll), float(pitch), float(yaw)
 

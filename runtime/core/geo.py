@@ -64,6 +64,13 @@ def mount_rotation(roll_deg: float = 0.0, pitch_deg: float = 0.0,
     return R_ned_body(*np.radians([roll_deg, pitch_deg, yaw_deg])) @ R_BODY_CAM_NADIR
 
 
+def mean_rotation(Rs: np.ndarray) -> np.ndarray:
+    """[3, 3] chordal L2 mean of rotations [N, 3, 3]: the rotation nearest their sum."""
+    U, _, Vt = np.linalg.svd(Rs.sum(0))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    return U @ D @ Vt
+
+
 def euler_from_R_ned_body(R: np.ndarray) -> tuple[float, float, float]:
     """(roll, pitch, yaw) in radians of a body-to-NED rotation."""
     pitch = -np.arcsin(np.clip(R[2, 0], -1.0, 1.0))
