@@ -32,6 +32,14 @@ def ortho_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ortho_pack(tmp_path_factory, ortho_path: Path) -> Path:
+    """The map pack of the bundled orthophoto as `maps build` makes it by default, built
+    once for the whole session: its users read it, or spoil a copy."""
+    return build_pack([ortho_path], tmp_path_factory.mktemp("ortho_pack") / "pack",
+                      progress=False)
+
+
+@pytest.fixture(scope="session")
 def ortho(ortho_path: Path) -> tuple[np.ndarray, rasterio.Affine]:
     """([H, W, 3] uint8 BGR, affine transform) of the bundled orthophoto."""
     with rasterio.open(ortho_path) as src:

@@ -13,7 +13,6 @@ import pytest
 from conftest import restamp
 from pymavlink import mavutil
 
-from skyfix.maps.build import build_pack
 from skyfix.runtime.apps.replay import replay
 from skyfix.runtime.core.config import Config
 from skyfix.sim.flight import FlightSpec, simulate_flight
@@ -23,12 +22,11 @@ GNSS_OFF_S = 20.0
 
 
 @pytest.fixture(scope="module")
-def flight_and_pack(tmp_path_factory, ortho_path):
+def flight_and_pack(tmp_path_factory, ortho_path, ortho_pack):
     root = tmp_path_factory.mktemp("clock")
     simulate_flight(ortho_path, root / "flight",
                     FlightSpec(agl_m=120.0, duration_s=40.0, fps=2.0, seed=11), progress=False)
-    build_pack([ortho_path], root / "pack", progress=False)
-    return root / "flight", root / "pack"
+    return root / "flight", ortho_pack
 
 
 def texts(tlog) -> list[str]:

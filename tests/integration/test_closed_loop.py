@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 from pymavlink import mavutil
 
-from skyfix.maps.build import build_pack
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.io.telemetry import open_link
 from skyfix.sim.closed_loop import ClosedLoopSpec, free_udp_port, run_closed_loop
@@ -35,10 +34,9 @@ MAX_FRAME_MS_FOR_ACCURACY = 600.0
 
 
 @pytest.fixture(scope="module")
-def looped(tmp_path_factory, ortho_path):
+def looped(tmp_path_factory, ortho_path, ortho_pack):
     out = tmp_path_factory.mktemp("closed_loop")
-    pack = build_pack([ortho_path], out / "pack", progress=False)
-    result = run_closed_loop(ortho_path, out, SPEC, Config(), pack, progress=False)
+    result = run_closed_loop(ortho_path, out, SPEC, Config(), ortho_pack, progress=False)
     return out, result
 
 
@@ -93,7 +91,7 @@ def test_received_stream_decodes(looped):
     assert kinds.get("HEARTBEAT", 0) >= 30 and kinds.get("STATUSTEXT", 0) >= 2
 
 
-def test_skyfix_run_talks_mavlink_and_stops_cleanly_on_sigterm(looped, tmp_path):
+def test_skyfix_run_talks_mavlink_and_stops_cleanly_on_sigterm(looped, ortho_pack, tmp_path):
     out, _ = looped
     video = tmp_path / "camera.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
@@ -104,7 +102,7 @@ def test_skyfix_run_talks_mavlink_and_stops_cleanly_on_sigterm(looped, tmp_path)
     port = free_udp_port()
     (tmp_path / "run.yaml").write_text(
         f"camera:\n  source: {video}\n  calibration: {tmp_path / 'camera.yaml'}\n"
-        f"daemon:\n  map: {out / 'pack'}\n  link: udpin:127.0.0.1:{port}\n")
+        f"daemon:\n  map: {ortho_pack}\n  link: udpin:127.0.0.1:{port}\n")
     proc = subprocess.Popen([sys.executable, "-m", "skyfix.runtime.apps.cli", "run", "--config",
                              str(tmp_path / "run.yaml")], stderr=subprocess.PIPE, text=True)
     autopilot = open_link(f"udpout:127.0.0.1:{port}", 1, 1)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from pymavlink import mavutil
 
-from skyfix.maps.build import build_pack
 from skyfix.maps.manifest import MANIFEST, manifest_digest
 from skyfix.runtime.apps.replay import replay
 from skyfix.runtime.core.config import Config
@@ -24,12 +23,11 @@ REPORT_KEYS = {"frames", "fixes", "availability", "fix_cep50_m", "fix_cep95_m", 
 
 
 @pytest.fixture(scope="module")
-def replayed(tmp_path_factory, ortho_path):
+def replayed(tmp_path_factory, ortho_path, ortho_pack):
     root = tmp_path_factory.mktemp("e2e")
     spec = FlightSpec(agl_m=120.0, duration_s=20.0, fps=2.0, seed=3)
     simulate_flight(ortho_path, root / "flight", spec, progress=False)
-    build_pack([ortho_path], root / "pack", progress=False)
-    result = replay(root / "flight", root / "pack", root / "out", Config(), 0.0, progress=False)
+    result = replay(root / "flight", ortho_pack, root / "out", Config(), 0.0, progress=False)
     return root, result
 
 
@@ -94,14 +92,14 @@ def _gps_inputs(path) -> dict[int, object]:
     return out
 
 
-def test_a_map_stated_off_by_3_m_makes_every_claim_carry_it(replayed):
+def test_a_map_stated_off_by_3_m_makes_every_claim_carry_it(replayed, ortho_pack):
     """The same flight on the same pack whose manifest states a 3 m georeferencing error
     (a survey-built map, say): every fix and the filter are as before (the error is one
     bias shared by all fixes, not noise in each), and every message sent claims it on top:
     sigma' = sqrt(sigma^2 + 3^2)."""
     root, result = replayed
     stated = root / "pack_3m"
-    shutil.copytree(root / "pack", stated)
+    shutil.copytree(ortho_pack, stated)
     manifest = json.loads((stated / MANIFEST).read_text())
     manifest["georef_sigma_m"] = 3.0
     manifest["manifest_sha256"] = manifest_digest(manifest)

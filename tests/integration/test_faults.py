@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
@@ -44,11 +43,6 @@ MAX_FRAME_MS_FOR_REPORTS = 1500.0
 # Spoofing shows as GNSS leaving the visual estimate's uncertainty: with frames slower
 # than this the estimate is too loose for a 2 m/s drift to stand out within the flight.
 MAX_FRAME_MS_FOR_SPOOFING = 600.0
-
-
-@pytest.fixture(scope="module")
-def base_pack(tmp_path_factory, ortho_path):
-    return build_pack([ortho_path], tmp_path_factory.mktemp("faults") / "pack", progress=False)
 
 
 _FLOWN: dict[str, dict] = {}
@@ -89,9 +83,9 @@ def needs_vision(r: dict, limit_ms: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def flights(base_pack, ortho_path, tmp_path_factory):
+def flights(ortho_pack, ortho_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("flights")
-    return lambda name: fly(name, ortho_path, base_pack, tmp)
+    return lambda name: fly(name, ortho_path, ortho_pack, tmp)
 
 
 FLIGHT_PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in OWN_MAP else n
@@ -183,16 +177,16 @@ def test_map_of_the_wrong_area_gives_no_fix_after_gnss_loss(flights):
     assert r["integrity_violations_after_gnss_loss"] == 0
 
 
-def test_corrupted_map_pack_is_refused_with_one_line(base_pack, ortho_path, tmp_path):
+def test_corrupted_map_pack_is_refused_with_one_line(ortho_pack, ortho_path, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "skyfix.runtime.apps.cli", "sim", "closed-loop", "--ortho",
-         str(ortho_path), "--map", str(base_pack), "--duration", "10", "--gnss-off-at", "2",
+         str(ortho_path), "--map", str(ortho_pack), "--duration", "10", "--gnss-off-at", "2",
          "--fault", "corrupt-map", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert "sha256 mismatch" in lines[-1] and "Traceback" not in proc.stderr
-    MapPack.open(base_pack)  # the user's pack is untouched: a copy was corrupted
+    MapPack.open(ortho_pack)  # the user's pack is untouched: a copy was corrupted
 
 
 def test_fault_names_and_windows_are_checked():

@@ -8,7 +8,6 @@ import pytest
 from pymavlink import mavutil
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
-from skyfix.maps.build import build_pack
 from skyfix.runtime.apps.replay import replay
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.flight.assembly import build_chain
@@ -67,19 +66,18 @@ def flown(tmp_path_factory, ortho_path):
     root = tmp_path_factory.mktemp("equivalence")
     simulate_flight(ortho_path, root / "flight",
                     FlightSpec(agl_m=120.0, duration_s=12.0, fps=2.0, seed=5), progress=False)
-    build_pack([ortho_path], root / "pack", progress=False)
     return root
 
 
-def test_replay_sends_what_the_daemon_sends(flown):
+def test_replay_sends_what_the_daemon_sends(flown, ortho_pack):
     cfg = Config()
-    replay(flown / "flight", flown / "pack", flown / "out", cfg, 0.0, progress=False)
+    replay(flown / "flight", ortho_pack, flown / "out", cfg, 0.0, progress=False)
     log = mavutil.mavlink_connection(str(flown / "out" / "gps_input.tlog"),
                                      dialect="ardupilotmega")
     replayed = []
     while (msg := log.recv_match(type="GPS_INPUT")) is not None:
         replayed.append(msg)
-    flown_msgs = _fly_daemon(flown / "flight", flown / "pack", cfg)
+    flown_msgs = _fly_daemon(flown / "flight", ortho_pack, cfg)
     assert len(replayed) == len(flown_msgs) > 100
     assert any(m.fix_type == 3 for m in replayed) and any(m.fix_type == 0 for m in replayed)
     wire = mavlink2.MAVLink(None)  # the daemon's messages as the autopilot decodes them

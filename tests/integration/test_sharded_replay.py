@@ -11,7 +11,6 @@ import shutil
 import numpy as np
 import pytest
 
-from skyfix.maps.build import build_pack
 from skyfix.maps.shard_write import shard_pack
 from skyfix.maps.shards import ShardedPack
 from skyfix.runtime.apps.cli import main
@@ -25,14 +24,13 @@ CELL_M = 120.0  # several shards over the bundled orthophoto
 
 
 @pytest.fixture(scope="module")
-def region(tmp_path_factory, ortho_path):
+def region(tmp_path_factory, ortho_path, ortho_pack):
     """(root, plain replay result): a flight, its pack, and the pack sharded."""
     root = tmp_path_factory.mktemp("region")
     spec = FlightSpec(agl_m=120.0, duration_s=12.0, fps=2.0, seed=5)
     simulate_flight(ortho_path, root / "flight", spec, progress=False)
-    build_pack([ortho_path], root / "pack", progress=False)
-    shard_pack(root / "pack", root / "sharded", CELL_M, progress=False)
-    plain = replay(root / "flight", root / "pack", root / "out_plain", Config(), 0.0,
+    shard_pack(ortho_pack, root / "sharded", CELL_M, progress=False)
+    plain = replay(root / "flight", ortho_pack, root / "out_plain", Config(), 0.0,
                    progress=False)
     return root, plain
 
