@@ -67,6 +67,7 @@ class FlightSpec:
     mount_error_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     camera_time_offset_s: float = 0.0  # frame time stamps minus true capture times
     imu_hz: float = 100.0  # SCALED_IMU rate (noise, bias and drift: sim/imu.py ImuSpec)
+    alt_bias_m: float = 0.0  # the autopilot's reported altitude minus the true one
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def simulate_flight(ortho: Path, out: Path, spec: FlightSpec, render_from: Path 
     write_tlog(out / "telemetry.tlog", traj, start_ns, spec.duration_s,
                lambda en: to_lla(crs, en), home_ground, spec.attitude_noise_deg,
                spec.yaw_noise_deg, spec.gnss_sigma_m, np.random.default_rng([spec.seed, 3]),
-               ImuSpec(rate_hz=spec.imu_hz))
+               ImuSpec(rate_hz=spec.imu_hz), spec.alt_bias_m)
     meta = {
         "format": FLIGHT_FORMAT, "crs": crs.to_wkt(), "ortho": str(ortho),
         "render_from": None if render_from is None else str(render_from),

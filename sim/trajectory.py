@@ -231,11 +231,12 @@ def write_tlog(path: Path, traj: Trajectory, start_ns: int, duration_s: float,
                to_lla: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                home_alt_amsl_m: float, attitude_sigma_deg: float, yaw_sigma_deg: float,
                gnss_sigma_m: float, rng: np.random.Generator,
-               imu: ImuSpec | None = None) -> None:
+               imu: ImuSpec | None = None, alt_bias_m: float = 0.0) -> None:
     """Write the telemetry of `traj` from `start_ns` (boot time) for `duration_s`, in time
     order, as system 1 / component 1: HEARTBEAT and SYSTEM_TIME 1 Hz, ATTITUDE 25 Hz,
     SCALED_IMU at imu.rate_hz (sim/imu.py: noise, bias, bias drift), GLOBAL_POSITION_INT
-    10 Hz (truth), GPS_RAW_INT 5 Hz (truth + error).
+    10 Hz (truth; its altitudes `alt_bias_m` off, as a barometer's offset makes them),
+    GPS_RAW_INT 5 Hz (truth + error).
 
     Reported attitude = truth + Gauss-Markov error (1-sigma `attitude_sigma_deg` roll/pitch,
     `yaw_sigma_deg` yaw, correlation 5 s / 20 s); GNSS = truth + Gauss-Markov error
@@ -280,8 +281,8 @@ def write_tlog(path: Path, traj: Trajectory, start_ns: int, duration_s: float,
         for i, ti in enumerate(t.tolist()):
             records.append((ti, 4, mav.global_position_int_encode(
                 ti // 1000, int(round(lat[i] * 1e7)), int(round(lon[i] * 1e7)),
-                int(round(st.alt_amsl_m[i] * 1000)),
-                int(round((st.alt_amsl_m[i] - home_alt_amsl_m) * 1000)),
+                int(round((st.alt_amsl_m[i] + alt_bias_m) * 1000)),
+                int(round((st.alt_amsl_m[i] + alt_bias_m - home_alt_amsl_m) * 1000)),
                 *vel_cms[i].tolist(), int(hdg[i]))))
 
         t = times_us(5.0)

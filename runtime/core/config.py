@@ -143,6 +143,8 @@ class MatchConfig(Section):
     lens_sigma: float = key(0.05, "prior 1-sigma of radial lens error k (p -> p (1 + k "
                             "|p|^2))", ge=0, le=1)
     sigma_floor_m: float = key(0.5, "smallest 1-sigma a fix may claim", gt=0, le=10_000)
+    focal_sigma: float = key(0.02, "1-sigma relative error of the camera's focal length: "
+                             "scales the height a fix measures", ge=0, le=1)
     # With a prior and a pack that has structure channels: coarse structural search of the
     # prior window, then features matched near its answer (runtime/nav/coarse.py, fine.py)
     coarse: bool = key(True, "coarse structural search before feature matching, where the "

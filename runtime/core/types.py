@@ -141,6 +141,8 @@ class Fix:
     inliers: int
     tile_id: int
     level: int
+    alt_amsl_m: float = float("nan")  # camera altitude from the pose over the pack's DEM
+    alt_sigma_m: float = float("nan")  # its 1-sigma (both NaN without a DEM)
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,8 @@ class Estimate:
     """Filter output at one instant: local NED position/velocity and geodetic position.
 
     `cov_ne_m2`: [2, 2] horizontal position covariance; `vel_cov_ne_m2s2`: [2, 2].
+    `alt_amsl_m` is the autopilot's own altitude unless `alt_sigma_m` is finite, which
+    marks an altitude skyfix measured (flight/aids.py) and is its 1-sigma.
     """
 
     t_ns: int
@@ -169,6 +173,7 @@ class Estimate:
     lat_deg: float = float("nan")
     lon_deg: float = float("nan")
     alt_amsl_m: float = float("nan")
+    alt_sigma_m: float = float("nan")
     vd_mps: float = 0.0
     valid: bool = True
     last_fix_age_s: float = float("inf")

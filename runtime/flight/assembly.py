@@ -74,7 +74,8 @@ class Chain:
         result = self.navigator.on_frame(frame, tel, prior)
         fix, innovation = result.result, result.innovation
         if isinstance(fix, Fix) and innovation is not None and innovation.accepted:
-            self.policy.aids.on_fix(fix.t_ns, fix.heading_err_deg)  # visual yaw, fix count
+            self.policy.aids.on_fix(fix.t_ns, fix.heading_err_deg,  # yaw, altitude, count
+                                    fix.alt_amsl_m - tel.alt_amsl_m, fix.alt_sigma_m)
         return Step(result, messages)
 
     def _refuse(self, t_ns: int, reason: str, detail: str) -> FrameResult:
@@ -120,6 +121,7 @@ def assemble(cfg: Config, pack: TileMap | None, frame: LocalFrame,
     """The chain around a given localizer (None: a chain that is never fed frames, e.g. a
     daemon tested on its MAVLink side alone; the benchmarks pass their own)."""
     gnss = GnssMonitor(cfg.gnss, own_instance=cfg.output.gps_id)
-    aids = OutputAids(cfg.output.lock_budget_s, cfg.output.satellites)
-    return Chain(cfg, pack, frame, Navigator(localizer, frame, cfg),
+    navigator = Navigator(localizer, frame, cfg)
+    aids = OutputAids(cfg.output.lock_budget_s, cfg.output.satellites, navigator.map_sigma_m)
+    return Chain(cfg, pack, frame, navigator,
                  FrameGate(cfg.daemon.max_frame_age_s), SendPolicy(cfg, gnss, aids))

@@ -11,9 +11,9 @@ Two gates stand between the navigator and the autopilot:
     SendPolicy   estimate at a send time -> messages.  The GNSS monitor's hand-over
                  decision (STATUSTEXT on a change of state, MAV_CMD_SET_EKF_SOURCE_SET when
                  a switch is due), the position message whenever the hand-over says to
-                 send: GPS_INPUT for ArduPilot (with the visual yaw and the fix count of
-                 flight/aids.py), GLOBAL_POSITION_SENSOR for PX4 (only while a fix is
-                 claimed: PX4 ignores its flags), and for ArduPlane
+                 send: GPS_INPUT for ArduPilot (with the visual yaw, the altitude and the
+                 fix count of flight/aids.py), GLOBAL_POSITION_SENSOR for PX4 (only while
+                 a fix is claimed: PX4 ignores its flags), and for ArduPlane
                  MAV_CMD_EXTERNAL_POSITION_ESTIMATE once per EXTERNAL_POSITION_PERIOD_S
                  while a fix is claimed (a dead-reckoning reset, not a GPS stream),
                  fix_type 0 when there is no position at all, a STATUSTEXT when the claimed
@@ -141,7 +141,8 @@ class SendPolicy:
         fix_type = 0 if est is None else fix_type_for(est, self.cfg.output)
         if heard:
             self._hand_over(est, fix_type, now_ns, out)
-        est = Estimate.none(now_ns) if est is None else est  # say "no fix" rather than nothing
+        # say "no fix" rather than nothing; skyfix's own altitude where it has one
+        est = Estimate.none(now_ns) if est is None else self.aids.with_altitude(est, now_ns)
         position = None
         if heard and self.handover is not None and self.handover.send_gps_input:
             position = self._position(est, now_ns, heading_deg)

@@ -50,10 +50,11 @@ IGNORE_SPEED_ACC = mavlink2.GPS_INPUT_IGNORE_FLAG_SPEED_ACCURACY  # 32: speed_ac
 IGNORE_HORIZ_ACC = mavlink2.GPS_INPUT_IGNORE_FLAG_HORIZONTAL_ACCURACY  # 64: horiz_accuracy
 IGNORE_VERT_ACC = mavlink2.GPS_INPUT_IGNORE_FLAG_VERTICAL_ACCURACY  # 128: vert_accuracy
 
-# Always ignored, because the horizontal filter does not estimate them: a vertical
-# velocity, a vertical accuracy and hence a VDOP. (`alt` is the autopilot's own altitude
-# passed through; it is ignored too when unknown.)
-IGNORE_ALWAYS = IGNORE_VDOP | IGNORE_VEL_VERT | IGNORE_VERT_ACC
+# Always ignored, because skyfix does not estimate them: a vertical velocity and a VDOP.
+# `alt` is skyfix's own altitude with its vert_accuracy where it measured one
+# (flight/aids.py), else the autopilot's own altitude passed through with vert_accuracy
+# ignored; alt is ignored too when unknown.
+IGNORE_ALWAYS = IGNORE_VDOP | IGNORE_VEL_VERT
 
 
 def gps_week_ms(t_unix_ns: int) -> tuple[int, int]:
@@ -96,16 +97,20 @@ def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
 
     Accuracies are 1-sigma: horiz_accuracy is the root of the larger eigenvalue of the
     position covariance (the worst direction: conservative), speed_accuracy the same of
-    the velocity covariance. hdop = sqrt(trace P_ne) / UERE_M, capped at MAX_DOP.
+    the velocity covariance, vert_accuracy `est.alt_sigma_m` (ignored when NaN: `alt` is
+    then the autopilot's own). hdop = sqrt(trace P_ne) / UERE_M, capped at MAX_DOP.
     With no fix the message still carries the estimate, with 0 satellites.
     """
     fix = fix_type_for(est, cfg)
     week, week_ms = (0, 0) if gps_time_unix_ns is None else gps_week_ms(gps_time_unix_ns)
     flags = IGNORE_ALWAYS
-    alt = est.alt_amsl_m
+    alt, vert_acc = est.alt_amsl_m, est.alt_sigma_m
     if not np.isfinite(alt):
         flags |= IGNORE_ALT
         alt = 0.0
+    if flags & IGNORE_ALT or not np.isfinite(vert_acc):
+        flags |= IGNORE_VERT_ACC
+        vert_acc = 0.0
     vel = np.array([est.vn_mps, est.ve_mps], dtype=np.float64)
     if not np.all(np.isfinite(vel)):
         flags |= IGNORE_VEL_HORIZ
@@ -137,7 +142,7 @@ def gps_input(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
         vd=_finite(est.vd_mps),  # ignored (IGNORE_VEL_VERT)
         speed_accuracy=float(speed_acc),
         horiz_accuracy=float(horiz_acc),
-        vert_accuracy=0.0,  # ignored (IGNORE_VERT_ACC)
+        vert_accuracy=float(vert_acc),
         satellites_visible=(min(cfg.satellites, cfg.satellites if satellites is None
                                 else max(int(satellites), 0)) if fix >= FIX_3D else 0),
         yaw=_yaw_cdeg(yaw_deg) if fix >= FIX_3D else 0,
@@ -159,12 +164,13 @@ def global_position_sensor(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
 
     source VISION, id = cfg.gps_id, time_usec = `t_unix_ns` (Unix time); processing_time is
     the age of the measurement the position stands for (0 when `est` is predicted to the
-    send time). eph is the same conservative 1-sigma as GPS_INPUT's horiz_accuracy; epv and
-    alt_ellipsoid are NaN (not estimated); alt is the autopilot's altitude AMSL passed
-    through (NaN when unknown). Whenever `fix_type_for` would not claim a fix the message
-    carries GLOBAL_POSITION_UNHEALTHY, and invalid coordinates are INT32_MAX (the field's
-    "invalid" value). PX4 (main, 2026-03) ignores both and hands EKF2 the coordinates as
-    they are, so the send policy sends PX4 only messages that claim a fix.
+    send time). eph is the same conservative 1-sigma as GPS_INPUT's horiz_accuracy;
+    alt_ellipsoid is NaN (not estimated); alt AMSL and epv as GPS_INPUT's alt and
+    vert_accuracy (epv NaN when alt is the autopilot's own, or unknown). Whenever
+    `fix_type_for` would not claim a fix the message carries GLOBAL_POSITION_UNHEALTHY,
+    and invalid coordinates are INT32_MAX (the field's "invalid" value). PX4 (main,
+    2026-03) ignores both and hands EKF2 the coordinates as they are, so the send policy
+    sends PX4 only messages that claim a fix.
     """
     healthy = fix_type_for(est, cfg) >= FIX_3D
     coords_ok = bool(est.valid and np.isfinite(est.lat_deg) and np.isfinite(est.lon_deg))
@@ -182,7 +188,7 @@ def global_position_sensor(est: Estimate, cfg: OutputConfig, t_unix_ns: int,
         alt_ellipsoid=float("nan"),
         alt=float(est.alt_amsl_m),
         eph=sigma_max(est.cov_ne_m2) if coords_ok else float("nan"),
-        epv=float("nan"),
+        epv=float(est.alt_sigma_m),
     )
 
 

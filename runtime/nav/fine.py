@@ -35,7 +35,7 @@ from skyfix.models.features import LocalFeatures
 from skyfix.runtime.core.config import MatchConfig
 from skyfix.runtime.core.types import Fix, Rejection, View
 from skyfix.runtime.nav.coarse import CoarseMatch
-from skyfix.runtime.nav.match import Candidate, TileMatch, pose_match, robust_similarity
+from skyfix.runtime.nav.match import Candidate, TileMatch, fix_from, pose_match, robust_similarity
 from skyfix.runtime.nav.rectify import view_px_to_offset_m
 
 _MIN_FIT = 8  # fewer inliers: no match at all (acceptance asks for min_inliers)
@@ -185,8 +185,4 @@ def judge_near(view: View, near: NearMatch | None, cfg: MatchConfig) -> Fix | Re
     for ok, reason, detail in checks:
         if not ok:
             return Rejection(view.t_ns, reason, detail)  # type: ignore[arg-type]
-    return Fix(
-        t_ns=view.t_ns, east_m=m.east_m, north_m=m.north_m, cov_en_m2=m.cov_en_m2,
-        agl_m=view.agl_m * m.scale, heading_err_deg=m.rotation_deg, tilt_err_deg=m.tilt_deg,
-        inliers=m.inliers, tile_id=m.tile_id, level=m.level,
-    )
+    return fix_from(view, m)

@@ -63,6 +63,7 @@ class TileMatch:
     rotation_deg: float  # estimated minus reported heading
     tilt_deg: float  # estimated against reported camera axis
     residual_rms_m: float
+    height_sigma_m: float  # 1-sigma of the camera's height above ground from the pose
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,13 +144,34 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
     excess = max(0.0, tilt - 2 * np.radians(cfg.attitude_sigma_deg))
     cov = (CORRELATION_INFLATION * pose.cov_en_m2
            + ((view.agl_m * np.tan(excess)) ** 2 + cfg.sigma_floor_m**2) * np.eye(2))
+    # The height: the same inflation and floor, and the focal length's own error, which
+    # scales the whole view and so the height (the position does not depend on it).
+    height = float(-pose.C_ned_m[2])
+    height_var = (CORRELATION_INFLATION * pose.cov[5, 5] + cfg.sigma_floor_m**2
+                  + (cfg.focal_sigma * height) ** 2)
     return TileMatch(
         tile_id=tile_id, level=level, inliers=len(src),
         east_m=float(pose.C_ned_m[1] + origin[0]), north_m=float(pose.C_ned_m[0] + origin[1]),
-        cov_en_m2=cov, scale=float(-pose.C_ned_m[2] / view.agl_m),
+        cov_en_m2=cov, scale=height / view.agl_m,
         rotation_deg=float(np.degrees(pose.w_rad[2])),
         tilt_deg=float(np.degrees(tilt)),
         residual_rms_m=float(np.sqrt((fit.residuals**2).sum(1).mean())),
+        height_sigma_m=float(np.sqrt(height_var)),
+    )
+
+
+def fix_from(view: View, m: TileMatch) -> Fix:
+    """The Fix a trusted match gives. Its altitude: the camera's height from the pose over
+    the ground the view's points were measured from (`view.ground_m`, the pack's DEM), so
+    NaN on packs without a DEM, where that ground's own altitude is unknown."""
+    agl = view.agl_m * m.scale
+    on_dem = bool(np.isfinite(view.ground_m))
+    return Fix(
+        t_ns=view.t_ns, east_m=m.east_m, north_m=m.north_m, cov_en_m2=m.cov_en_m2,
+        agl_m=agl, heading_err_deg=m.rotation_deg, tilt_err_deg=m.tilt_deg,
+        inliers=m.inliers, tile_id=m.tile_id, level=m.level,
+        alt_amsl_m=view.ground_m + agl if on_dem else float("nan"),
+        alt_sigma_m=m.height_sigma_m if on_dem else float("nan"),
     )
 
 
@@ -196,12 +218,7 @@ def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejec
             detail = f"tile {rivals[0].tile_id}: {rivals[0].inliers} vs {best.inliers} inliers"
     if reason is not None:
         return Rejection(view.t_ns, reason, detail)
-    return Fix(
-        t_ns=view.t_ns, east_m=best.east_m, north_m=best.north_m, cov_en_m2=best.cov_en_m2,
-        agl_m=view.agl_m * best.scale, heading_err_deg=best.rotation_deg,
-        tilt_err_deg=best.tilt_deg,
-        inliers=best.inliers, tile_id=best.tile_id, level=best.level,
-    )
+    return fix_from(view, best)
 
 
 def locate(view: View, feats: LocalFeatures, candidates: list[Candidate],

@@ -138,12 +138,13 @@ def test_similarity_covariance_matches_known_noise():
 def _tm(inliers, e, n, scale=1.0, rot=0.0, tid=0):
     from skyfix.runtime.nav.match import TileMatch
 
-    return TileMatch(tid, 0, inliers, e, n, np.eye(2), scale, rot, 0.0, 0.3)
+    return TileMatch(tid, 0, inliers, e, n, np.eye(2), scale, rot, 0.0, 0.3, 1.0)
 
 
 class _View:
     t_ns = 5
     agl_m = 100.0
+    ground_m = float("nan")  # a pack without a DEM
 
 
 @pytest.mark.parametrize("matches, reason", [
@@ -161,6 +162,16 @@ def test_rejection_rules(matches, reason):
 def test_nearby_second_tile_is_agreement_not_ambiguity():
     out = judge(_View(), [_tm(100, 0, 0), _tm(95, 5, 0, tid=1)], MatchConfig())
     assert isinstance(out, Fix) and out.tile_id == 0
+    assert np.isnan(out.alt_amsl_m) and np.isnan(out.alt_sigma_m)  # no DEM: no altitude
+
+
+def test_fix_altitude_is_the_pose_height_over_the_dem_ground():
+    class OnDem(_View):
+        ground_m = 180.0  # the DEM's height where the view's points were lifted from
+
+    out = judge(OnDem(), [_tm(100, 0, 0, scale=1.04)], MatchConfig())
+    assert isinstance(out, Fix) and out.agl_m == pytest.approx(104.0)
+    assert (out.alt_amsl_m, out.alt_sigma_m) == (pytest.approx(284.0), 1.0)
 
 
 def test_configured_mount_turns_the_camera_like_the_body_would(ortho, scene):
