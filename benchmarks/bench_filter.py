@@ -12,7 +12,10 @@ with the sensors of the simulator, measurement by measurement (no images):
   sigmas, e.g. 0 to see what the autopilot's attitude error alone costs), interpolated
   to each IMU sample as the daemon does (runtime/io/telemetry.attitude_at);
 - frames at 10 Hz; for the first --fix-s seconds each frame gives a fix (truth + white
-  0.5 m per axis, claimed as such) that arrives 200 ms after its capture;
+  0.5 m per axis, claimed as such) that arrives 200 ms after its capture, and with it the
+  heading error the image measures (truth + a constant 0.15 deg, the camera mount's yaw
+  error left after calibration, + white 0.1 deg; claimed as match.heading_floor_deg),
+  fused by the IMU filter when filter.fuse_heading (--no-heading: not);
 - visual odometry on every frame: the displacement between frames as a camera sees it
   when the views are rectified with the autopilot's attitude (the change of the
   roll/pitch error times the height, the displacement turned by the yaw error) plus
@@ -57,6 +60,7 @@ from skyfix.sim.trajectory import Trajectory, TrajectoryState, Wobble, gauss_mar
 
 SPEED_MPS, AGL_M, FPS = 12.0, 120.0, 10.0
 FIX_SIGMA_M, FIX_LATENCY_S, ODO_LATENCY_S, ODO_FIT_M = 0.5, 0.2, 0.1, 0.05
+HEADING_BIAS_DEG, HEADING_WHITE_DEG = 0.15, 0.1  # a fix's heading: mount bias, image noise
 TILT_TAU_S, YAW_TAU_S = 5.0, 20.0  # the attitude error's sigmas are --tilt-deg, --yaw-deg
 DRIFT_S = (10.0, 30.0, 60.0)
 VARIANTS = ("imu_odo", "imu", "cv", "odo_dr")
@@ -101,8 +105,11 @@ def make_flight(seed: int, fix_s: float, gap_s: float, imu_hz: float,
     D_m = (D + np.column_stack([ez * D[:, 1], -ez * D[:, 0]]) + offset[:-1] - offset[1:]
            + rng.normal(0.0, ODO_FIT_M, D.shape))
     fixes = p_ne + rng.normal(0.0, FIX_SIGMA_M, p_ne.shape)
+    heading = (e[:, 2] + np.radians(rng.normal(0.0, HEADING_BIAS_DEG))
+               + np.radians(rng.normal(0.0, HEADING_WHITE_DEG, len(t_f))))
     return {"traj": traj, "t_imu": t_imu, "acc": acc, "gyro": gyro, "R_ap": R_ap, "t_f": t_f,
-            "p_ne": p_ne, "v_ne": sf.vel_ned_mps[:, :2], "fixes": fixes, "D_m": D_m, "D": D,
+            "heading": heading, "p_ne": p_ne, "v_ne": sf.vel_ned_mps[:, :2], "fixes": fixes,
+            "D_m": D_m, "D": D,
             "alt": sf.alt_amsl_m + rng.normal(0.0, 0.3, len(t_f))}
 
 
@@ -208,6 +215,9 @@ class Run:
             return
         c = time.thread_time()
         inn = filt.update_position(tc, z, R)
+        if imu and inn.accepted and self.cfg.filter.fuse_heading:  # as the Navigator
+            filt.update_heading(tc, self.fl["heading"][i],
+                                np.radians(self.cfg.match.heading_floor_deg) ** 2)
         self.out["fix_s"].append(time.thread_time() - c)
         self.out["nis_fix"].append(inn.nis)
         self.gated = 0 if inn.accepted else self.gated + 1
@@ -229,10 +239,11 @@ def dead_reckoning(fl: dict, x_last: np.ndarray, fix_s: float) -> list[float]:
     return errs
 
 
-def one_run(args: tuple[int, float, float, float, tuple[float, float]]) -> dict:
+def one_run(args: tuple[int, float, float, float, tuple[float, float], bool]) -> dict:
     """All variants on one seeded flight; imu and imu_odo share everything before the gap."""
-    seed, fix_s, gap_s, imu_hz, att_deg = args
+    seed, fix_s, gap_s, imu_hz, att_deg, heading = args
     cfg = Config()
+    cfg = replace(cfg, filter=replace(cfg.filter, fuse_heading=heading))
     fl = make_flight(seed, fix_s, gap_s, imu_hz, att_deg)
     ev, checks = events(fl, True, fix_s)
     split = max(j for j, e in enumerate(ev) if e[2] == "frame" and fl["t_f"][e[3]] <= checks[0])
@@ -328,13 +339,15 @@ def main() -> None:
                     help="1-sigma roll/pitch error of the autopilot's attitude (tau 5 s)")
     ap.add_argument("--yaw-deg", type=float, default=1.0,
                     help="1-sigma heading error of the autopilot's attitude (tau 20 s)")
+    ap.add_argument("--no-heading", action="store_true",
+                    help="the IMU filter does not fuse the fixes' headings")
     a = ap.parse_args()
     if a.gap_s < max(DRIFT_S) + 1 or a.fix_s < 10 or a.runs < 2 or a.imu_hz < 50:
         ap.error("need --gap-s >= 61, --fix-s >= 10, --runs >= 2 and --imu-hz >= 50")
     load0 = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
-    jobs = [(a.seed0 + i, a.fix_s, a.gap_s, a.imu_hz, (a.tilt_deg, a.yaw_deg))
-            for i in range(a.runs)]
+    jobs = [(a.seed0 + i, a.fix_s, a.gap_s, a.imu_hz, (a.tilt_deg, a.yaw_deg),
+             not a.no_heading) for i in range(a.runs)]
     with ProcessPoolExecutor(max_workers=a.workers) as pool:
         runs = list(pool.map(one_run, jobs, chunksize=4))
     rep = summarise(runs)
@@ -345,6 +358,9 @@ def main() -> None:
                     "imu_hz": a.imu_hz, "fix_sigma_m": FIX_SIGMA_M,
                     "attitude_error_deg": {"tilt": a.tilt_deg, "yaw": a.yaw_deg},
                     "fix_latency_s": FIX_LATENCY_S, "odo_latency_s": ODO_LATENCY_S,
+                    "heading": {"fused": not a.no_heading, "bias_deg": HEADING_BIAS_DEG,
+                                "white_deg": HEADING_WHITE_DEG,
+                                "claimed_deg": Config().match.heading_floor_deg},
                     "filter": {k: v for k, v in vars(replace(Config().filter)).items()}}
     rep["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                       "loadavg_start": load0, "loadavg_end": [round(x, 2)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from skyfix.models.features import RootSiftEncoder
 from skyfix.runtime.core.config import Config
+from skyfix.runtime.core.geo import grid_convergence_deg
 from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.runtime.io.telemetry import TelemetryLog
 from skyfix.runtime.nav.filter import PositionFilter
@@ -43,13 +44,15 @@ def drift_one(flight: RecordedFlight, cfg: Config) -> dict:
     enc, vo, pf = RootSiftEncoder(), VisualOdometry(cfg.odometry), PositionFilter(cfg.filter)
     t0 = int(flight.frame_times_ns[0])
     truth = flight.truth
+    grid = grid_convergence_deg(truth.crs, *truth.en[0])  # views north-up in the map grid
     p0, p1 = truth.at(np.array([t0, t0 + 100_000_000]))
     pf.initialize(t0, p0[::-1], 0.01 * np.eye(2), (p1 - p0)[::-1] / 0.1, 0.01 * np.eye(2))
     errors, vel_err, pairs, used = [], [], 0, 0
     for frame in tqdm(flight.frames(), total=len(flight.frame_files), desc="odometry",
                       unit="frame", leave=False):
         tel = log.at(frame.t_ns)
-        view = None if tel is None else rectify(frame, tel, flight.camera, GSD_M, cfg.rectify)
+        view = None if tel is None else rectify(frame, tel, flight.camera, GSD_M, cfg.rectify,
+                                                grid)
         if view is None:
             vo.reset()
             continue

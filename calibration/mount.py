@@ -24,9 +24,9 @@ takes the nominal nadir mount (skyfix.runtime.core.geo.R_BODY_CAM_NADIR) to it. 
 yaw is only as good as the autopilot's heading: a heading bias and a mount yaw are the
 same thing to any camera.
 
-As in the rest of the runtime, map grid (easting, northing) is taken as local (east,
-north); grid convergence (a fraction of a degree near a projection's central meridian)
-shows up as mount yaw.
+The poses are in the map grid's axes (easting, northing, down), so the autopilot's
+attitude is turned into them too (its yaw reduced by the grid convergence, about a degree
+away from a projection's central meridian), which would otherwise show up as mount yaw.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from skyfix.runtime.core.geo import (
     R_BODY_CAM_NADIR,
     R_ned_body,
     euler_from_R_ned_body,
+    grid_convergence_deg,
     mean_rotation,
 )
 from skyfix.runtime.core.types import Frame, Telemetry
@@ -112,7 +113,8 @@ def match_pose(frame: Frame, tel: Telemetry, prior_en: np.ndarray, camera: Camer
     the one with most MAGSAC inliers wins.
     """
     level = pack.level_for_gsd(tel.agl_m / camera.fx)
-    view = rectify(frame, tel, camera, pack.levels[level], cfg.rectify)
+    view = rectify(frame, tel, camera, pack.levels[level], cfg.rectify,
+                   grid_convergence_deg(pack.crs, *pack.centre_en))
     if view is None:
         return None
     feats = encoder.extract(view.image, view.mask)
@@ -277,7 +279,8 @@ def calibrate_mount(flight_dir: Path, pack_path: Path, cfg: Config, min_frames: 
     if len(use) < min_frames:
         raise SkyfixError(f"only {len(use)} frames agree with the GNSS track "
                           f"(need at least {min_frames})")
-    R_nb = np.array([R_ned_body(tels[i].roll_rad, tels[i].pitch_rad, tels[i].yaw_rad)
+    grid = np.radians(grid_convergence_deg(pack.crs, *pack.centre_en))  # poses: grid axes
+    R_nb = np.array([R_ned_body(tels[i].roll_rad, tels[i].pitch_rad, tels[i].yaw_rad - grid)
                      for i in use])
     R_nc = np.array([poses[i].R_ned_cam for i in use])
     R_bc, rot_rms, kept = estimate_mount(R_nb, R_nc)

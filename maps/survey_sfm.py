@@ -41,6 +41,7 @@ from skyfix.runtime.core.geo import (
     R_BODY_CAM_NADIR,
     R_ned_body,
     euler_from_R_ned_body,
+    grid_convergence_deg,
     mean_rotation,
 )
 
@@ -273,7 +274,8 @@ def _georeference(rec, names: list[str], frames: SurveyFrames, origin: np.ndarra
     georef = GeorefError(n, len(images), float(np.sqrt(np.mean(h**2))),
                          float(np.percentile(h, 50)), float(np.percentile(h, 95)),
                          float(h.max()), float(np.sqrt(np.mean(res[:, 2] ** 2))), float(s), f,
-                         k1, dt, rms0, _mount(poses, frames.rpy_rad[idx]))
+                         k1, dt, rms0, _mount(poses, frames.rpy_rad[idx], grid_convergence_deg(
+                             frames.crs, *frames.enu_m[:, :2].mean(0))))
     log.info("SfM placed %d of %d photos; georeferencing error %.2f m RMS", len(images), n,
              georef.horizontal_rms_m)
     return SurveyModel(frames.crs, camera, tuple(poses), points, georef)
@@ -297,15 +299,18 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.
 _NED_FROM_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
 
-def _mount(poses: list[SurveyPose], rpy_rad: np.ndarray) -> tuple[float, float, float]:
+def _mount(poses: list[SurveyPose], rpy_rad: np.ndarray, convergence_deg: float
+           ) -> tuple[float, float, float]:
     """(roll, pitch, yaw) deg of the camera mount (runtime/core/geo.mount_rotation, the
     `rectify.mount_*_deg` options) that the SfM cameras show against the telemetry's body
     attitude: R_body_cam_i = R_ned_body_i^T P R_cam_world_i^T, its turn away from the
     nadir mount M_i = R_body_cam_i R_BODY_CAM_NADIR^T, averaged over the photos (the
-    chordal mean: the rotation nearest sum M_i)."""
+    chordal mean: the rotation nearest sum M_i). The cameras are in the map grid's axes,
+    so the attitude's yaw is reduced by the grid convergence `convergence_deg`."""
+    grid = np.radians(convergence_deg)
     M = mean_rotation(np.array([
-        R_ned_body(*rpy).T @ _NED_FROM_ENU @ pose.R_cam_world.T @ R_BODY_CAM_NADIR.T
-        for pose, rpy in zip(poses, rpy_rad, strict=True)]))
+        R_ned_body(rpy[0], rpy[1], rpy[2] - grid).T @ _NED_FROM_ENU @ pose.R_cam_world.T
+        @ R_BODY_CAM_NADIR.T for pose, rpy in zip(poses, rpy_rad, strict=True)]))
     roll, pitch, yaw = np.degrees(euler_from_R_ned_body(M))
     return float(roll), float(pitch), float(yaw)
 

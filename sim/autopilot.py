@@ -98,7 +98,7 @@ class AutopilotEmulator:
         self.spec, self.link = spec, link
         fs = spec.flight
         with PoseRenderer(ortho, fs) as r:  # opens and checks the map; bounds and CRS
-            self.crs, bounds = r.crs, r.bounds_en
+            self.crs, bounds, self.convergence_rad = r.crs, r.bounds_en, r.convergence_rad
         rng = np.random.default_rng(fs.seed)
         corners = ground_offsets(fs.camera, fs.agl_m)
         plan = plan_lawnmower(bounds, float(np.hypot(*corners.T).max()),
@@ -124,10 +124,14 @@ class AutopilotEmulator:
     # -- truth ----------------------------------------------------------------------------
 
     def true_state(self, t_ns: int) -> TrajectoryState:
-        """The true state at Unix time `t_ns` (one instant: arrays of length 1)."""
+        """The true state at Unix time `t_ns` (one instant: arrays of length 1), about true
+        north as an autopilot reports it (position in the map grid)."""
         if self.start_ns is None:
             raise RuntimeError("the emulator has not started")
-        return self.trajectory.sample(np.array([(t_ns - self.start_ns) * 1e-9]))
+        return self._state((t_ns - self.start_ns) * 1e-9)
+
+    def _state(self, t_s: float) -> TrajectoryState:
+        return self.trajectory.sample(np.array([t_s])).in_true_north(self.convergence_rad)
 
     def true_pose(self, t_ns: int) -> TruePose:
         """The true pose at Unix time `t_ns`, as the camera takes it from SIM_STATE."""
@@ -190,7 +194,7 @@ class AutopilotEmulator:
         t_s = (t_ns - self.start_ns) * 1e-9
         skew_ns = self.spec.faults.clock_step_ns(t_s)  # the autopilot's clocks, not the truth
         boot_ms = int(t_s * 1e3) + skew_ns // 1_000_000
-        st = self.trajectory.sample(np.array([t_s]))
+        st = self._state(t_s)
         gap = self.spec.faults.active("telemetry-gap", t_s)
         msgs = []
         if stream == "heartbeat":

@@ -4,11 +4,12 @@ with the MAVLink telemetry an ArduPilot copter would log and the true pose per f
 Output (the recorded-flight layout that skyfix.runtime.io.sources.RecordedFlight reads):
 flight.json, camera.yaml, frames/NNNNNN.jpg + frames.csv, telemetry.tlog, truth.csv.
 
-Approximation, stated once: rendering and truth treat the map grid (easting, northing)
-as the local NED frame (east = easting, north = northing, metres = metres). Grid
-convergence and the projection's scale factor (a fraction of a degree and < 0.1 % over
-a city-sized map in a local transverse Mercator) and the Earth's curvature are ignored;
-the localiser is scored in the same map grid, so the frames and the truth agree exactly.
+Frames: the trajectory is planned, rendered and written to truth.csv in the map grid
+(east = easting, north = northing, metres = metres; yaw and velocities about grid north).
+The telemetry is about true north, as an autopilot reports it: grid north lies the grid
+convergence (runtime/core/geo.grid_convergence_deg, at the map's centre) east of true
+north, about a degree on a UTM map away from its central meridian. The projection's scale
+factor (< 0.1 % over a city-sized map) and the Earth's curvature are ignored.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
-from skyfix.runtime.core.geo import R_ned_body, mount_rotation
+from skyfix.runtime.core.geo import R_ned_body, grid_convergence_deg, mount_rotation
 from skyfix.sim.imu import ImuSpec
 from skyfix.sim.render import (
     MapSource,
@@ -116,6 +117,7 @@ def simulate_flight(ortho: Path, out: Path, spec: FlightSpec, render_from: Path 
                               float(np.ptp(corners[:, 1])), spec.speed_mps,
                               spec.speed_mps * spec.duration_s + 1.0, rng)
         e0, n0 = plan.sample(np.zeros(1))[:2]
+        grid = np.radians(grid_convergence_deg(crs, *_centre(bounds)))
         home_ground = float(terrain.height(e0, n0)[0])
         traj = Trajectory(plan, Wobble.random(spec.wobble_deg, rng), spec.speed_mps,
                           home_ground + spec.agl_m)
@@ -166,7 +168,7 @@ def simulate_flight(ortho: Path, out: Path, spec: FlightSpec, render_from: Path 
     write_tlog(out / "telemetry.tlog", traj, start_ns, spec.duration_s,
                lambda en: to_lla(crs, en), home_ground, spec.attitude_noise_deg,
                spec.yaw_noise_deg, spec.gnss_sigma_m, np.random.default_rng([spec.seed, 3]),
-               ImuSpec(rate_hz=spec.imu_hz), spec.alt_bias_m)
+               ImuSpec(rate_hz=spec.imu_hz), spec.alt_bias_m, grid)
     meta = {
         "format": FLIGHT_FORMAT, "crs": crs.to_wkt(), "ortho": str(ortho),
         "render_from": None if render_from is None else str(render_from),
@@ -189,8 +191,9 @@ def simulate_flight(ortho: Path, out: Path, spec: FlightSpec, render_from: Path 
 class PoseRenderer:
     """Renders one camera frame at a time from `ortho` over flat ground at 0 m AMSL, for
     a live simulator: `render(en_m, alt_amsl_m, rpy_rad, index)` -> [H, W, 3] uint8 BGR,
-    with the flight's photometric model of `spec` (camera, noise, appearance change).
-    Use as a context manager (it keeps the raster open)."""
+    with the flight's photometric model of `spec` (camera, noise, appearance change); the
+    attitude `rpy_rad` is about true north, as a simulator gives it, turned into the map
+    grid by `convergence_rad`. Use as a context manager (it keeps the raster open)."""
 
     def __init__(self, ortho: Path, spec: FlightSpec = FlightSpec()) -> None:
         self.spec = spec
@@ -201,6 +204,7 @@ class PoseRenderer:
             raise SkyfixError(f"ortho {ortho} is not in a projected metric CRS (e.g. UTM)")
         self.crs = ds.crs
         self.bounds_en = tuple(float(v) for v in ds.bounds)
+        self.convergence_rad = np.radians(grid_convergence_deg(ds.crs, *_centre(self.bounds_en)))
         self._source = MapSource(ds, ds.crs, self._stack)
         self._xy = spec.camera.pixel_rays().astype(np.float32)
         self._looks = Photometric(spec)
@@ -208,9 +212,10 @@ class PoseRenderer:
 
     def render(self, en_m: np.ndarray, alt_amsl_m: float, rpy_rad: np.ndarray,
                index: int = 0) -> np.ndarray:
-        R_ned_cam = R_ned_body(*rpy_rad) @ self._R_body_cam
+        roll, pitch, yaw = rpy_rad
+        R_grid_cam = R_ned_body(roll, pitch, yaw - self.convergence_rad) @ self._R_body_cam
         en = np.asarray(en_m, np.float64)
-        de, dn, hit = ground_hits(self._xy, R_ned_cam, en, float(alt_amsl_m), Terrain.flat())
+        de, dn, hit = ground_hits(self._xy, R_grid_cam, en, float(alt_amsl_m), Terrain.flat())
         image, valid = self._source.render(en, de, dn, hit)
         return self._looks.apply(image, valid, index)
 
@@ -222,6 +227,11 @@ class PoseRenderer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _centre(bounds: tuple[float, ...]) -> tuple[float, float]:
+    """(easting, northing) centre of (west, south, east, north) bounds."""
+    return 0.5 * (bounds[0] + bounds[2]), 0.5 * (bounds[1] + bounds[3])
 
 
 def _check_spec(spec: FlightSpec) -> None:

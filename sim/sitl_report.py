@@ -22,6 +22,7 @@ import csv
 import gc
 import os
 import struct
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ from rasterio.warp import transform as crs_transform
 from skyfix.runtime.core.geo import WGS84
 from skyfix.sim.camera import sim_state_pose
 
+# row width of each kind (module docstring), plus the daemon's memory (rss: t, MB) and
+# its output thread's run-queue wait (runq: t, ms per s)
+_WIDTH = {"truth": 4, "ekf": 5, "status": 2, "gps1": 3, "gps2": 3, "sent": 5, "mode": 3,
+          "rss": 2, "runq": 2}
 CAMERA_FLOOR_M = 20.0  # below about this height above home the camera gets no fix
 GPS_INPUT_MAX_INTERVAL_MS = 215.0  # ArduPilot's GPS_INPUT health rule (average below this)
 FIX_3D = 3
@@ -44,16 +49,18 @@ class FlightRecord:
     What skyfix sent is also written to `sent_tlog` as it goes."""
 
     def __init__(self, sent_tlog: Path) -> None:
-        self._rows: dict[str, list[tuple[float, ...]]] = {
-            k: [] for k in ("truth", "ekf", "status", "gps1", "gps2", "sent", "mode", "rss",
-                                 "runq")}
+        # Rows go to anonymous files as float64, not to lists in memory: the record shares
+        # the daemon's process, and 30 minutes of Python tuples (about 20 MB) would be
+        # counted as the daemon's memory growth.
+        self._rows = {k: tempfile.TemporaryFile() for k in _WIDTH}  # noqa: SIM115
         self._texts: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._sent_file = open(sent_tlog, "wb")  # noqa: SIM115 (closed in close)
 
     def _add(self, kind: str, row: tuple[float, ...]) -> None:
+        data = struct.pack(f"<{_WIDTH[kind]}d", *row)
         with self._lock:
-            self._rows[kind].append(row)
+            self._rows[kind].write(data)
 
     def on_vehicle(self, msg, t_ns: int) -> None:
         kind = msg.get_type()
@@ -93,10 +100,14 @@ class FlightRecord:
             return list(self._texts)
 
     def array(self, kind: str) -> np.ndarray:
+        """[N, width] float64 rows of `kind` so far."""
         with self._lock:
-            rows = list(self._rows[kind])
-        width = len(rows[0]) if rows else 1
-        return np.array(rows, dtype=np.float64).reshape(-1, width)
+            f = self._rows[kind]
+            f.flush()
+            f.seek(0)
+            data = f.read()
+            f.seek(0, os.SEEK_END)
+        return np.frombuffer(data, "<f8").reshape(-1, _WIDTH[kind]).copy()
 
     def write_truth(self, path: Path) -> None:
         with open(path, "w", newline="") as f:
@@ -106,6 +117,7 @@ class FlightRecord:
                 w.writerow([int(t), f"{lat:.8f}", f"{lon:.8f}", f"{alt:.3f}"])
 
     def close(self) -> None:
+        """Closes the sent .tlog; the rows stay readable."""
         with self._lock:
             self._sent_file.close()
 

@@ -13,7 +13,7 @@ Everything is analytic, so any instant can be sampled exactly and deterministica
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +174,21 @@ class TrajectoryState:
                          dp * np.cos(r) + dy * np.cos(p) * np.sin(r),
                          -dp * np.sin(r) + dy * np.cos(p) * np.cos(r)], -1)
 
+    def in_true_north(self, convergence_rad: float) -> TrajectoryState:
+        """This state with its yaw and NED vectors turned from the map grid, in which the
+        simulator plans and renders, to true north, as an autopilot reports them: grid north
+        lies `convergence_rad` east of true north (runtime/core/geo.grid_convergence_deg).
+        `en_m` stays in the map grid."""
+        c, s = np.cos(convergence_rad), np.sin(convergence_rad)
+
+        def turn(v: np.ndarray) -> np.ndarray:
+            return np.stack([c * v[:, 0] - s * v[:, 1], s * v[:, 0] + c * v[:, 1], v[:, 2]], -1)
+
+        rpy = self.rpy_rad.copy()
+        rpy[:, 2] = (rpy[:, 2] + convergence_rad + np.pi) % (2 * np.pi) - np.pi
+        return replace(self, vel_ned_mps=turn(self.vel_ned_mps),
+                       acc_ned_mps2=turn(self.acc_ned_mps2), rpy_rad=rpy)
+
     def specific_force_body_mps2(self) -> np.ndarray:
         """[N, 3] what an accelerometer reads: body-axes (acceleration - gravity);
         (0, 0, -g) when level and unaccelerated."""
@@ -231,12 +246,14 @@ def write_tlog(path: Path, traj: Trajectory, start_ns: int, duration_s: float,
                to_lla: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                home_alt_amsl_m: float, attitude_sigma_deg: float, yaw_sigma_deg: float,
                gnss_sigma_m: float, rng: np.random.Generator,
-               imu: ImuSpec | None = None, alt_bias_m: float = 0.0) -> None:
+               imu: ImuSpec | None = None, alt_bias_m: float = 0.0,
+               convergence_rad: float = 0.0) -> None:
     """Write the telemetry of `traj` from `start_ns` (boot time) for `duration_s`, in time
     order, as system 1 / component 1: HEARTBEAT and SYSTEM_TIME 1 Hz, ATTITUDE 25 Hz,
     SCALED_IMU at imu.rate_hz (sim/imu.py: noise, bias, bias drift), GLOBAL_POSITION_INT
     10 Hz (truth; its altitudes `alt_bias_m` off, as a barometer's offset makes them),
-    GPS_RAW_INT 5 Hz (truth + error).
+    GPS_RAW_INT 5 Hz (truth + error). Attitudes, velocities and headings are about true
+    north (`traj`'s grid states turned by `convergence_rad`, TrajectoryState.in_true_north).
 
     Reported attitude = truth + Gauss-Markov error (1-sigma `attitude_sigma_deg` roll/pitch,
     `yaw_sigma_deg` yaw, correlation 5 s / 20 s); GNSS = truth + Gauss-Markov error
@@ -262,7 +279,7 @@ def write_tlog(path: Path, traj: Trajectory, start_ns: int, duration_s: float,
             records.append((t, 1, mav.system_time_encode(start_us + t, t // 1000)))
 
         t = times_us(25.0)
-        st = traj.sample(t * 1e-6)
+        st = traj.sample(t * 1e-6).in_true_north(convergence_rad)
         sig = np.radians([attitude_sigma_deg, attitude_sigma_deg, yaw_sigma_deg])
         err = np.concatenate([gauss_markov(rng, len(t), 0.04, 5.0, 1.0, 2),
                               gauss_markov(rng, len(t), 0.04, 20.0, 1.0, 1)], 1) * sig
@@ -274,7 +291,7 @@ def write_tlog(path: Path, traj: Trajectory, start_ns: int, duration_s: float,
                                                        *map(float, gyro[i]))))
 
         t = times_us(10.0)
-        st = traj.sample(t * 1e-6)
+        st = traj.sample(t * 1e-6).in_true_north(convergence_rad)
         lat, lon = to_lla(st.en_m)
         vel_cms = np.round(st.vel_ned_mps * 100).astype(np.int64)
         hdg = cdeg(st.rpy_rad[:, 2])
@@ -286,7 +303,7 @@ def write_tlog(path: Path, traj: Trajectory, start_ns: int, duration_s: float,
                 *vel_cms[i].tolist(), int(hdg[i]))))
 
         t = times_us(5.0)
-        st = traj.sample(t * 1e-6)
+        st = traj.sample(t * 1e-6).in_true_north(convergence_rad)
         pos_err = gauss_markov(rng, len(t), 0.2, 30.0, gnss_sigma_m, 3) * [1.0, 1.0, 1.5]
         lat, lon = to_lla(st.en_m + pos_err[:, :2])
         vel = st.vel_ned_mps[:, :2] + rng.normal(0, 0.1, (len(t), 2))
@@ -302,7 +319,7 @@ def write_tlog(path: Path, traj: Trajectory, start_ns: int, duration_s: float,
 
         imu = imu or ImuSpec()
         t = times_us(imu.rate_hz)
-        st = traj.sample(t * 1e-6)
+        st = traj.sample(t * 1e-6).in_true_north(convergence_rad)
         sensor = ImuSensor(imu, np.random.default_rng(rng.integers(2**63)))
         acc, gyro = sensor.measure(t * 1e-6, st.specific_force_body_mps2(),
                                    st.body_rates_radps())

@@ -145,6 +145,8 @@ class MatchConfig(Section):
     sigma_floor_m: float = key(0.5, "smallest 1-sigma a fix may claim", gt=0, le=10_000)
     focal_sigma: float = key(0.02, "1-sigma relative error of the camera's focal length: "
                              "scales the height a fix measures", ge=0, le=1)
+    heading_floor_deg: float = key(0.2, "smallest 1-sigma a fix's heading may claim (the "
+                                   "camera mount's yaw error)", gt=0, le=180)
     # With a prior and a pack that has structure channels: coarse structural search of the
     # prior window, then features matched near its answer (runtime/nav/coarse.py, fine.py)
     coarse: bool = key(True, "coarse structural search before feature matching, where the "
@@ -226,8 +228,10 @@ class FilterConfig(Section):
     yaw_tau_s: float = key(20.0, "... and its correlation time", gt=0, le=86_400)
     alt_sigma_m: float = key(1.0, "1-sigma of the autopilot's altitude (barometer)", gt=0,
                              le=10_000)
-    alt_nis_gate: float = key(10.83, "chi-square gate on altitudes, 1 dof (10.83: 99.9 %)",
-                              gt=0, le=1e6)
+    alt_nis_gate: float = key(10.83, "chi-square gate on altitudes and headings, 1 dof "
+                              "(10.83: 99.9 %)", gt=0, le=1e6)
+    fuse_heading: bool = key(True, "imu: fuse the heading each fix measures (the image's "
+                             "rotation against the map)")
 
 
 @dataclass(frozen=True)

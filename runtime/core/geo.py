@@ -128,11 +128,25 @@ class LocalFrame:
                              np.atleast_1d(lat_deg).tolist())
         return self.map_to_ned(np.asarray(x), np.asarray(y))
 
+    @property
+    def convergence_deg(self) -> float:
+        """Grid convergence: the true azimuth of grid north, degrees (positive east). A
+        direction at grid azimuth b points at true azimuth b + convergence_deg."""
+        dn, de = self.J_ned_map[:, 1]  # a step in northing, in (north, east)
+        return float(np.degrees(np.arctan2(de, dn)))
+
     def lla_to_map(self, lat_deg, lon_deg) -> np.ndarray:
         """[N, 2] (easting, northing) of geodetic points."""
         x, y = crs_transform(WGS84, self.crs, np.atleast_1d(lon_deg).tolist(),
                              np.atleast_1d(lat_deg).tolist())
         return np.stack([np.asarray(x), np.asarray(y)], -1)
+
+
+def grid_convergence_deg(crs: CRS, east_m: float, north_m: float) -> float:
+    """The grid convergence of `crs` at map point (east_m, north_m): see
+    LocalFrame.convergence_deg. An attitude about true north (an autopilot's) is one about
+    the map grid after its yaw is reduced by it."""
+    return LocalFrame.at(crs, float(east_m), float(north_m)).convergence_deg
 
 
 def skew(a: np.ndarray) -> np.ndarray:

@@ -143,6 +143,7 @@ class Fix:
     level: int
     alt_amsl_m: float = float("nan")  # camera altitude from the pose over the pack's DEM
     alt_sigma_m: float = float("nan")  # its 1-sigma (both NaN without a DEM)
+    heading_sigma_deg: float = float("nan")  # 1-sigma of heading_err_deg from the image alone
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ Measurements at time t_m, between IMU samples t_k <= t_m < t_k+1 (tau_m = t_m - 
 
     position (north, east) fix:  h = p_ne + v_ne tau_m           H: dp_ne, tau_m dv_ne
     altitude (barometer / autopilot, or rangefinder over known ground): h = p_d
+    heading error a fix's image measures (the pose's yaw against the reported one, which
+        rotates the reported attitude like e does): h = e_z              H: de_z
     odometry displacement, frame t0 -> t1: each frame's `mark` clones c = (p_n, p_e, e_x,
         e_y) into the state (constant in propagation). A view rectified with R_ap sees the
         point below the camera shifted by agl o(e), o(e) = (-e_y, e_x), and displacements
@@ -48,7 +50,8 @@ Measurements at time t_m, between IMU samples t_k <= t_m < t_k+1 (tau_m = t_m - 
     y = z - h, S = H P H^T + R, NIS = y^T S^-1 y, K = P H^T S^-1, dx = K y (injected),
     P+ = (I - K H) P (I - K H)^T + K R K^T
 
-Gates (NIS, 99.9 % chi-square): cfg.nis_gate (fixes, displacements), cfg.alt_nis_gate.
+Gates (NIS, 99.9 % chi-square): cfg.nis_gate (fixes, displacements), cfg.alt_nis_gate
+(altitudes, headings).
 A late measurement is fused at its own time: the filter keeps, for cfg.history_s, each
 IMU sample with the state after it and the measurements applied; it rewinds to the last
 sample at or before the measurement, applies it, and replays samples and measurements
@@ -90,7 +93,7 @@ class _Step:  # one IMU sample and the state right after it (before measurements
 @dataclass(frozen=True)
 class _Meas:
     t_ns: int
-    kind: str  # "pos" | "alt" | "disp" | "mark"
+    kind: str  # "pos" | "alt" | "hdg" | "disp" | "mark"
     z: np.ndarray
     R: np.ndarray
     seq: int  # arrival order, to keep it among equal capture times
@@ -113,7 +116,8 @@ class ImuFilter:
         self.gap_ns = int(cfg.imu_gap_s * 1e9)
         self._sig_e = np.radians([cfg.tilt_sigma_deg, cfg.tilt_sigma_deg, cfg.yaw_sigma_deg])
         self._tau_s = np.array([cfg.tilt_tau_s, cfg.tilt_tau_s, cfg.yaw_tau_s])
-        self._gates = {"pos": cfg.nis_gate, "disp": cfg.nis_gate, "alt": cfg.alt_nis_gate}
+        self._gates = {"pos": cfg.nis_gate, "disp": cfg.nis_gate, "alt": cfg.alt_nis_gate,
+                       "hdg": cfg.alt_nis_gate}
         self._seq = 0
         self._q_cache: dict[int, np.ndarray] = {}
         self._imu: deque[tuple[int, tuple]] = deque()  # (t_ns, sample), kept before a start
@@ -304,6 +308,11 @@ class ImuFilter:
         """Fuse a height as NED down (-altitude AMSL), variance `var_m2`, at `t_ns`."""
         return self._measure("alt", t_ns, [down_m], [[var_m2]])
 
+    def update_heading(self, t_ns: int, err_rad: float, var_rad2: float) -> Innovation:
+        """Fuse a measured heading error `err_rad` (true minus the autopilot's heading,
+        rad, about down), variance `var_rad2`, at `t_ns`."""
+        return self._measure("hdg", t_ns, [err_rad], [[var_rad2]])
+
     def mark(self, t_ns: int) -> None:
         """Clone position and roll/pitch error at frame time `t_ns` (replacing the last
         clone), for the displacement that starts at this frame."""
@@ -374,6 +383,9 @@ class ImuFilter:
             H[:, 0:2], H[:, 3:5] = np.eye(2), tau * np.eye(2)
             return x[0:2] + x[3:5] * tau, H
         H = np.zeros((1, n))
+        if m.kind == "hdg":
+            H[0, 8] = 1.0
+            return x[8:9].copy(), H
         H[0, 2], H[0, 5] = 1.0, tau
         return np.array([x[2] + x[5] * tau]), H
 

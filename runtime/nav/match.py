@@ -64,6 +64,8 @@ class TileMatch:
     tilt_deg: float  # estimated against reported camera axis
     residual_rms_m: float
     height_sigma_m: float  # 1-sigma of the camera's height above ground from the pose
+    heading_deg: float = float("nan")  # rotation_deg as the image alone measures it
+    heading_sigma_deg: float = float("nan")  # its 1-sigma (NaN: the image does not pin it)
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -149,6 +151,17 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
     height = float(-pose.C_ned_m[2])
     height_var = (CORRELATION_INFLATION * pose.cov[5, 5] + cfg.sigma_floor_m**2
                   + (cfg.focal_sigma * height) ** 2)
+    # The heading the image measures, for a filter that has the reported one already: the
+    # pose's yaw without its prior, where the image pins it at least 3 x better than that
+    # prior (1-D: the prior shrank the yaw by v / (v + p), so it is scaled back by 1 + v/p);
+    # the same inflation, and a floor for the camera mount's own yaw error.
+    prior_var = np.radians(cfg.yaw_sigma_deg) ** 2
+    yaw_var = pose.yaw_var_image
+    heading = heading_sigma = float("nan")
+    if np.isfinite(yaw_var) and yaw_var < prior_var / 9:
+        heading = float(np.degrees(pose.w_rad[2]) * (1 + yaw_var / prior_var))
+        heading_sigma = float(np.hypot(np.degrees(np.sqrt(CORRELATION_INFLATION * yaw_var)),
+                                       cfg.heading_floor_deg))
     return TileMatch(
         tile_id=tile_id, level=level, inliers=len(src),
         east_m=float(pose.C_ned_m[1] + origin[0]), north_m=float(pose.C_ned_m[0] + origin[1]),
@@ -157,18 +170,22 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
         tilt_deg=float(np.degrees(tilt)),
         residual_rms_m=float(np.sqrt((fit.residuals**2).sum(1).mean())),
         height_sigma_m=float(np.sqrt(height_var)),
+        heading_deg=heading, heading_sigma_deg=heading_sigma,
     )
 
 
 def fix_from(view: View, m: TileMatch) -> Fix:
     """The Fix a trusted match gives. Its altitude: the camera's height from the pose over
     the ground the view's points were measured from (`view.ground_m`, the pack's DEM), so
-    NaN on packs without a DEM, where that ground's own altitude is unknown."""
+    NaN on packs without a DEM, where that ground's own altitude is unknown. Its heading
+    error: the image's own where it pins it (with heading_sigma_deg), else the pose's."""
     agl = view.agl_m * m.scale
     on_dem = bool(np.isfinite(view.ground_m))
+    measured = bool(np.isfinite(m.heading_sigma_deg))
     return Fix(
         t_ns=view.t_ns, east_m=m.east_m, north_m=m.north_m, cov_en_m2=m.cov_en_m2,
-        agl_m=agl, heading_err_deg=m.rotation_deg, tilt_err_deg=m.tilt_deg,
+        agl_m=agl, heading_err_deg=m.heading_deg if measured else m.rotation_deg,
+        tilt_err_deg=m.tilt_deg, heading_sigma_deg=m.heading_sigma_deg,
         inliers=m.inliers, tile_id=m.tile_id, level=m.level,
         alt_amsl_m=view.ground_m + agl if on_dem else float("nan"),
         alt_sigma_m=m.height_sigma_m if on_dem else float("nan"),

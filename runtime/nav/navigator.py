@@ -33,7 +33,7 @@ from skyfix.maps.tilemap import TileMap
 from skyfix.models.features import Encoder, LocalFeatures
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
-from skyfix.runtime.core.geo import LocalFrame, R_ned_body
+from skyfix.runtime.core.geo import LocalFrame, R_ned_body, grid_convergence_deg
 from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
 from skyfix.runtime.nav.coarse import CoarseMatch, coarse_search
 from skyfix.runtime.nav.eskf import ImuFilter
@@ -82,6 +82,7 @@ class Localizer:
 
     def __init__(self, pack: TileMap, camera: CameraModel, encoder: Encoder, cfg: Config):
         self.pack, self.camera, self.encoder, self.cfg = pack, camera, encoder, cfg
+        self.convergence_deg = grid_convergence_deg(pack.crs, *pack.centre_en)
         self._tile = lru_cache(maxsize=128)(self._load_tile)
 
     def _load_tile(self, tile_id: int) -> Candidate:
@@ -100,7 +101,8 @@ class Localizer:
             ground = float(self.pack.terrain_m(*prior.centre_en))
         tel = with_height_above_ground(tel, ground)
         level = self.pack.level_for_gsd(tel.agl_m / self.camera.fx)
-        view = rectify(frame, tel, self.camera, self.pack.levels[level], self.cfg.rectify)
+        view = rectify(frame, tel, self.camera, self.pack.levels[level], self.cfg.rectify,
+                       self.convergence_deg)
         if view is None:
             return Rejection(frame.t_ns, "no_view", "attitude or height above ground unusable")
         view = replace(view, ground_m=ground)
@@ -330,7 +332,17 @@ class Navigator:
             return Rejection(fix.t_ns, "gated", f"NIS {innovation.nis:.1f}"), innovation
         self._gated_streak = 0
         self.last_fix_t_ns = fix.t_ns
+        self._fuse_heading(fix)
         return fix, innovation
+
+    def _fuse_heading(self, fix: Fix) -> None:
+        """The heading error a fused fix measures, for the IMU filter (filter.fuse_heading):
+        while fixes come it pins the heading and the gyro's bias, which no fix or odometry
+        can see and which decide the drift once fixes stop."""
+        if (self.filter_kind == "imu" and self.cfg.filter.fuse_heading
+                and np.isfinite(fix.heading_sigma_deg) and np.isfinite(fix.heading_err_deg)):
+            self.filter.update_heading(fix.t_ns, np.radians(fix.heading_err_deg),
+                                       np.radians(fix.heading_sigma_deg) ** 2)
 
     def _start(self, fix: Fix, z: np.ndarray, R: np.ndarray) -> Fix | Rejection:
         """Start the filter from two fixes that agree; a lone fix waits as a candidate."""

@@ -24,7 +24,9 @@ and the covariance says so. With J the whitened Jacobian of all residuals,
     sigma_px^2 = sum(r^2) / (2N - unknowns)                         (re-estimated)
 
 and the covariance of C's horizontal part is what the fix reports (before the
-caller's inflation for correlated feature errors).
+caller's inflation for correlated feature errors). The yaw's variance is also given
+without its prior (the information less 1 / yaw_sigma^2): what the image alone measures
+of the heading, for a filter that has the reported heading already.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Pose:
     cov: np.ndarray
     sigma_norm: float
     lens_k: float = 0.0
+    yaw_var_image: float = float("nan")  # rad^2: the yaw's variance without its prior
 
     @property
     def cov_en_m2(self) -> np.ndarray:
@@ -124,4 +127,11 @@ def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.nda
         return None
     if not np.all(np.isfinite(cov)):
         return None
-    return Pose(params[3:6].copy(), params[:3].copy(), cov[:6, :6], sigma, float(params[6]))
+    # what the image alone says of the yaw: the same information less the yaw's prior
+    A[2, 2] -= 1.0 / yaw_sigma_rad**2
+    try:
+        yaw_var = float(np.linalg.inv(A)[2, 2])
+    except np.linalg.LinAlgError:
+        yaw_var = float("nan")
+    return Pose(params[3:6].copy(), params[:3].copy(), cov[:6, :6], sigma, float(params[6]),
+                yaw_var if yaw_var > 0 else float("nan"))

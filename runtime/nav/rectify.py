@@ -15,6 +15,8 @@ the map then only has to cope with appearance change and the attitude's small er
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 
@@ -66,17 +68,22 @@ def ground_footprint(camera: CameraModel, R_nc: np.ndarray, agl_m: float) -> np.
 
 
 def rectify(frame: Frame, tel: Telemetry, camera: CameraModel, gsd_m: float,
-            cfg: RectifyConfig) -> View | None:
+            cfg: RectifyConfig, convergence_deg: float = 0.0) -> View | None:
     """The north-up view of `frame` at `gsd_m` metres/pixel, or None when it cannot be made.
 
-    None when the height above ground is unknown or not positive, the attitude is not
-    finite, or the camera looks more than `cfg.max_off_nadir_deg` away from straight down.
+    North is the map grid's: `tel`'s attitude is about true north, and grid north lies
+    `convergence_deg` east of it (core/geo.grid_convergence_deg; about 1 degree in Vienna
+    on UTM 33N), so the view is made with the yaw reduced by it and its R_ned_cam is in
+    grid axes. None when the height above ground is unknown or not positive, the attitude
+    is not finite, or the camera looks more than `cfg.max_off_nadir_deg` away from
+    straight down.
     """
     agl = tel.agl_m
     if not np.isfinite(agl) or agl <= 0:
         return None
     if not np.isfinite([tel.roll_rad, tel.pitch_rad, tel.yaw_rad]).all():
         return None
+    tel = replace(tel, yaw_rad=tel.yaw_rad - np.radians(convergence_deg))
     R_nc = R_ned_cam(tel, mount_rotation(cfg.mount_roll_deg, cfg.mount_pitch_deg,
                                          cfg.mount_yaw_deg))
     off_nadir = np.degrees(np.arccos(np.clip(R_nc[2, 2], -1.0, 1.0)))

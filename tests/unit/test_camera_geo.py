@@ -12,6 +12,7 @@ from skyfix.runtime.core.geo import (
     LocalFrame,
     R_ned_body,
     euler_from_R_ned_body,
+    grid_convergence_deg,
 )
 
 CAM = CameraModel(640, 480, 500.0, 502.0, 321.0, 239.0, (-0.1, 0.03, 0.001, -0.002, 0.0))
@@ -74,6 +75,20 @@ def test_local_frame_round_trips_and_is_metric(epsg, e, n):
     assert np.allclose(f.lla_to_ned(lat, lon), [[100.0, -50.0]], atol=0.01)
     # a grid step is a metre on the ground within the projection's scale factor
     assert np.allclose(np.linalg.norm(f.J_ned_map, axis=0), 1.0, atol=1.5e-3)
+
+
+def test_grid_convergence_is_the_true_azimuth_of_grid_north():
+    # UTM 33N at 16.33 E, 48.18 N: 1.33 deg east of the central meridian, so grid north
+    # lies about 1.33 sin(48.18) = 0.99 deg east of true north; west of it, west; and on
+    # the meridian, none
+    east = grid_convergence_deg(CRS.from_epsg(32633), 600000.0, 5337000.0)
+    assert east == pytest.approx(0.99, abs=0.02)
+    assert grid_convergence_deg(CRS.from_epsg(32633), 400000.0, 5337000.0) == pytest.approx(
+        -east, abs=0.02)
+    assert abs(grid_convergence_deg(CRS.from_epsg(32633), 500000.0, 5337000.0)) < 1e-3
+    f = LocalFrame.at(CRS.from_epsg(32633), 600000.0, 5337000.0)
+    n, e = f.map_to_ned(600000.0, 5337100.0)  # 100 m up the grid: true azimuth = convergence
+    assert np.degrees(np.arctan2(e, n)) == pytest.approx(east, abs=1e-6)
 
 
 def test_local_frame_north_is_true_north():

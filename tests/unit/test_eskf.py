@@ -155,6 +155,32 @@ def test_gates_per_measurement_type():
     assert filt.update_altitude(0, -100.0 + 2 * s, 1.0).accepted
 
 
+def test_a_measured_heading_corrects_the_heading_and_pins_the_gyro_bias():
+    """The autopilot reports 1 deg too much heading, and the gyro reads 0.002 rad/s of
+    z-bias: fixes' headings (true minus reported, -1 deg, 0.2 deg) pull the correction e_z
+    to -1 deg and, as the reported heading does not drift with the integrated gyro, the
+    bias out; a heading 4 sigma off is gated."""
+    cfg = replace(FilterConfig(), accel_noise_mps2_rthz=0.0, accel_bias_sigma_mps2=0.0,
+                  accel_bias_rw_mps2_rths=0.0, gyro_noise_radps_rthz=1e-4)
+    filt = ImuFilter(cfg)
+    R_ap = Rz(np.radians(1.0))
+    filt.on_imu(0, R_ap.T @ -G, Z, R_ap)
+    filt.initialize(0, np.zeros(2), np.eye(2), np.zeros(2), 0.01 * np.eye(2))
+    var = np.radians(0.2) ** 2
+    for k in range(1, 3001):  # 30 s at 100 Hz, a heading with each fix at 10 Hz
+        t = k * 10_000_000
+        filt.on_imu(t, R_ap.T @ -G, np.array([0.0, 0.0, 0.002]), R_ap)
+        if k % 10 == 0:
+            assert filt.update_heading(t, -np.radians(1.0), var).accepted
+    assert np.degrees(filt.x[8]) == pytest.approx(-1.0, abs=0.05)
+    assert filt.x[14] == pytest.approx(0.002, abs=2e-4)  # gyro z-bias, body = NED here
+    s = np.sqrt(filt.P[8, 8] + var)
+    x0 = filt.x.copy()
+    far = filt.update_heading(30 * 10**9, filt.x[8] + 4 * s, var)
+    assert not far.accepted and far.nis == pytest.approx(16.0, rel=1e-6)
+    np.testing.assert_array_equal(filt.x, x0)
+
+
 def test_non_finite_measurement_is_an_error():
     filt = ImuFilter(FilterConfig())
     filt.on_imu(0, -G, Z, np.eye(3))

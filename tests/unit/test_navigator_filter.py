@@ -62,6 +62,22 @@ def test_the_filter_that_runs(kind, imu, expect):
         0.0, abs=1.0) and est.ve_mps == pytest.approx(12.0, abs=1.5)
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_a_fused_fix_hands_its_measured_heading_to_the_imu_filter(fuse):
+    nav = _navigator("imu", True)
+    if not fuse:
+        nav.cfg = replace(nav.cfg, filter=replace(nav.cfg.filter, fuse_heading=False))
+    before = nav.filter.x[8]
+    fix = replace(_fix(0.95), heading_err_deg=-2.0, heading_sigma_deg=0.2)
+    assert nav.fuse(fix)[1].accepted
+    moved = np.degrees(nav.filter.x[8] - before)
+    assert (moved < -1.0) if fuse else moved == 0.0  # the 1-deg prior yields to 0.2 deg
+    unmeasured = replace(_fix(0.99), heading_err_deg=-2.0)  # no heading_sigma_deg: skipped
+    before = nav.filter.x[8]
+    nav.fuse(unmeasured)
+    assert nav.filter.x[8] == pytest.approx(before, abs=1e-4)
+
+
 def test_auto_refuses_an_imu_noisier_than_the_filter_assumes():
     """PX4 SIH's HIGHRES_IMU (one ~5 ms average per 20 ms): about 1 m/s^2 and 0.1 rad/s of
     noise per sample, 0.14 m/s^2/rtHz and 0.014 rad/s/rtHz, against the 0.01 and 0.001 the

@@ -349,3 +349,30 @@ def test_bad_input_raises_one_line_errors(ortho_path, tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     fails("not empty", out=tmp_path / "full")
     assert not (tmp_path / "o").exists()  # nothing written on bad input
+
+
+def test_telemetry_is_about_true_north_off_the_central_meridian(dots_tif, tmp_path):
+    """The dots map is in UTM 33N 1.3 deg east of its central meridian: grid north lies
+    0.99 deg east of true north. The truth is in the grid the frames are rendered in; an
+    autopilot reports heading and velocity about true north."""
+    from skyfix.runtime.core.geo import grid_convergence_deg
+
+    spec = small_spec(duration_s=6.0, attitude_noise_deg=0.0, yaw_noise_deg=0.0, **CLEAN)
+    simulate_flight(dots_tif, tmp_path / "f", spec, progress=False)
+    with rasterio.open(dots_tif) as ds:
+        b = ds.bounds
+    gamma = grid_convergence_deg(UTM33, 0.5 * (b.left + b.right), 0.5 * (b.bottom + b.top))
+    assert gamma == pytest.approx(0.99, abs=0.03)
+    truth = read_truth(tmp_path / "f")
+    conn = mavutil.mavlink_connection(str(tmp_path / "f" / "telemetry.tlog"))
+    gpi = {}
+    while (m := conn.recv_match(type="GLOBAL_POSITION_INT")) is not None:
+        gpi[round(m._timestamp, 3)] = m
+    c, s = np.cos(np.radians(gamma)), np.sin(np.radians(gamma))
+    for row in truth:
+        g = gpi[round(row["t_ns"] * 1e-9, 3)]
+        assert (g.hdg / 100 - row["yaw_deg"] - gamma + 180) % 360 - 180 == pytest.approx(
+            0.0, abs=0.01)
+        vn, ve = row["vn_mps"], row["ve_mps"]
+        assert (g.vx, g.vy) == pytest.approx((100 * (c * vn - s * ve), 100 * (s * vn + c * ve)),
+                                             abs=1.0)
