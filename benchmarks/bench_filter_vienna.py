@@ -1,6 +1,6 @@
 """Both filters on the whole chain: sim flights over the bundled Vienna orthophoto,
 replayed from the pixels with filter.kind cv and imu (the flight's tlog carries the
-simulated 100 Hz IMU).
+simulated 100 Hz IMU), and imu without the fixes' headings (filter.fuse_heading false).
 
     python benchmarks/bench_filter_vienna.py --out out/bench/filter_vienna.json
         [--flights 2] [--duration 20] [--fps 2]
@@ -30,7 +30,8 @@ from skyfix.runtime.core.config import Config
 from skyfix.sim.flight import FlightSpec, simulate_flight
 from skyfix.sim.sample import sample_ortho
 
-KINDS = ("cv", "imu")
+KINDS = {"cv": {"kind": "cv"}, "imu": {"kind": "imu"},
+         "imu_no_heading": {"kind": "imu", "fuse_heading": False}}  # filter settings
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
             simulate_flight(ortho, root / f"flight{seed}", spec, progress=False)
             for kind in KINDS:
                 cfg = Config()
-                cfg = replace(cfg, filter=replace(cfg.filter, kind=kind))
+                cfg = replace(cfg, filter=replace(cfg.filter, **KINDS[kind]))
                 res = replay(root / f"flight{seed}", pack, root / f"out_{kind}{seed}", cfg, 0.0,
                              progress=False)
                 r = res.report
