@@ -33,7 +33,6 @@ from skyfix.maps.pack import MapPack
 from skyfix.models.features import LocalFeatures
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
-from skyfix.runtime.core.geo import grid_convergence_deg
 from skyfix.runtime.core.types import Fix, Frame, Rejection, Telemetry, View
 from skyfix.runtime.nav.navigator import Look
 from skyfix.runtime.nav.rectify import rectify
@@ -142,7 +141,7 @@ class BaselineLocalizer:
         """The frame rectified at the pack level nearest its ground resolution."""
         level = self.pack.level_for_gsd(tel.agl_m / self.camera.fx)
         view = rectify(frame, tel, self.camera, self.pack.levels[level], self.cfg.rectify,
-                       grid_convergence_deg(self.pack.crs, *self.pack.centre_en))
+                       self.pack.convergence_deg)
         if view is None:
             return Rejection(frame.t_ns, "no_view", "attitude or height above ground unusable")
         return level, view

@@ -45,7 +45,7 @@ from skyfix.models.metrics import retrieval_metrics
 from skyfix.models.registry import make_encoder
 from skyfix.runtime.apps.replay import replay
 from skyfix.runtime.core.config import Config
-from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body, grid_convergence_deg
+from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body
 from skyfix.runtime.core.types import Frame
 from skyfix.runtime.flight.assembly import open_map
 from skyfix.runtime.io.sources import RecordedFlight
@@ -130,7 +130,7 @@ def retrieval(flight_dir: Path, pack_path: Path) -> dict:
             continue
         level = pack.level_for_gsd(tel.agl_m / flight.camera.fx)
         view = rectify(frame, tel, flight.camera, pack.levels[level], cfg.rectify,
-                       grid_convergence_deg(pack.crs, *pack.centre_en))
+                       pack.convergence_deg)
         if view is None:
             continue
         t = truth[i]

@@ -48,7 +48,6 @@ from skyfix.runtime.core.geo import (
     R_BODY_CAM_NADIR,
     R_ned_body,
     euler_from_R_ned_body,
-    grid_convergence_deg,
     mean_rotation,
 )
 from skyfix.runtime.core.types import Frame, Telemetry
@@ -113,8 +112,7 @@ def match_pose(frame: Frame, tel: Telemetry, prior_en: np.ndarray, camera: Camer
     the one with most MAGSAC inliers wins.
     """
     level = pack.level_for_gsd(tel.agl_m / camera.fx)
-    view = rectify(frame, tel, camera, pack.levels[level], cfg.rectify,
-                   grid_convergence_deg(pack.crs, *pack.centre_en))
+    view = rectify(frame, tel, camera, pack.levels[level], cfg.rectify, pack.convergence_deg)
     if view is None:
         return None
     feats = encoder.extract(view.image, view.mask)
@@ -279,7 +277,7 @@ def calibrate_mount(flight_dir: Path, pack_path: Path, cfg: Config, min_frames: 
     if len(use) < min_frames:
         raise SkyfixError(f"only {len(use)} frames agree with the GNSS track "
                           f"(need at least {min_frames})")
-    grid = np.radians(grid_convergence_deg(pack.crs, *pack.centre_en))  # poses: grid axes
+    grid = np.radians(pack.convergence_deg)  # the poses are in grid axes
     R_nb = np.array([R_ned_body(tels[i].roll_rad, tels[i].pitch_rad, tels[i].yaw_rad - grid)
                      for i in use])
     R_nc = np.array([poses[i].R_ned_cam for i in use])

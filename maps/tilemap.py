@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from rasterio.crs import CRS
 from skyfix.maps.dem import terrain_lookup
 from skyfix.maps.structure import StructureWindow, crop_structure
 from skyfix.models.features import vlad
+from skyfix.runtime.core.geo import grid_convergence_deg
 from skyfix.runtime.core.types import TileHit
 
 if TYPE_CHECKING:
@@ -52,6 +54,12 @@ class TileMap(ABC):
     @property
     def tile_px(self) -> int:
         return self.region.tile_px
+
+    @cached_property
+    def convergence_deg(self) -> float:
+        """Grid convergence at `centre_en` (runtime/core/geo.grid_convergence_deg): how far
+        the map's grid north lies east of true north, which views are turned by."""
+        return grid_convergence_deg(self.crs, *self.centre_en)
 
     @property
     def shard_count(self) -> int:

@@ -33,7 +33,7 @@ from skyfix.maps.tilemap import TileMap
 from skyfix.models.features import Encoder, LocalFeatures
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
-from skyfix.runtime.core.geo import LocalFrame, R_ned_body, grid_convergence_deg
+from skyfix.runtime.core.geo import LocalFrame, R_ned_body
 from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
 from skyfix.runtime.nav.coarse import CoarseMatch, coarse_search
 from skyfix.runtime.nav.eskf import ImuFilter
@@ -82,7 +82,6 @@ class Localizer:
 
     def __init__(self, pack: TileMap, camera: CameraModel, encoder: Encoder, cfg: Config):
         self.pack, self.camera, self.encoder, self.cfg = pack, camera, encoder, cfg
-        self.convergence_deg = grid_convergence_deg(pack.crs, *pack.centre_en)
         self._tile = lru_cache(maxsize=128)(self._load_tile)
 
     def _load_tile(self, tile_id: int) -> Candidate:
@@ -102,7 +101,7 @@ class Localizer:
         tel = with_height_above_ground(tel, ground)
         level = self.pack.level_for_gsd(tel.agl_m / self.camera.fx)
         view = rectify(frame, tel, self.camera, self.pack.levels[level], self.cfg.rectify,
-                       self.convergence_deg)
+                       self.pack.convergence_deg)
         if view is None:
             return Rejection(frame.t_ns, "no_view", "attitude or height above ground unusable")
         view = replace(view, ground_m=ground)
@@ -399,4 +398,3 @@ class Navigator:
             return None
         return estimate_at(self.filter, t_ns, self.frame, alt_amsl_m, self.last_fix_t_ns,
                            self.map_sigma_m)
-
