@@ -16,11 +16,15 @@ with the sensors of the simulator, measurement by measurement (no images):
   heading error the image measures (truth + a constant 0.15 deg, the camera mount's yaw
   error left after calibration, + white 0.1 deg; claimed as match.heading_floor_deg),
   fused by the IMU filter when filter.fuse_heading (--no-heading: not);
-- visual odometry on every frame: the displacement between frames as a camera sees it
-  when the views are rectified with the autopilot's attitude (the change of the
-  roll/pitch error times the height, the displacement turned by the yaw error) plus
-  0.05 m of fit noise per axis, with the covariance runtime/nav/odometry.py gives it;
-  arrives 100 ms after the frame; fused only on frames without a fix (as the Navigator);
+- visual odometry on every frame: the displacement from its reference view as a camera
+  sees it when the views are rectified with the autopilot's attitude (the change of the
+  roll/pitch error times the height, the displacement turned by the yaw error) plus fit
+  noise, 0.05 m per axis between consecutive frames, growing as 1/sqrt(overlap) of the
+  views (footprint: the sim's 640 x 480, 70 deg camera at 120 m); a new draw for every
+  measurement; with the covariance runtime/nav/odometry.py gives it; arrives 100 ms
+  after the frame; fused only on frames without a fix (as the Navigator). The reference
+  is the frame before for the CV filter, a keyframe for the IMU filter, kept and renewed
+  as runtime/nav/odometry.py does (keeps_reference), and marked as the Navigator does;
 - the autopilot's altitude with every frame (truth + 0.3 m), for the IMU filter;
 - the filters start from two fixes and are reset after filter.divergence_after_gated
   gated fixes in a row, as the Navigator does (counted as "resets").
@@ -51,10 +55,12 @@ from statistics import NormalDist
 
 import numpy as np
 
+from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.io.telemetry import attitude_at
 from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import PositionFilter
+from skyfix.runtime.nav.odometry import keeps_reference
 from skyfix.sim.imu import ImuSensor, ImuSpec
 from skyfix.sim.trajectory import Trajectory, TrajectoryState, Wobble, gauss_markov, plan_lawnmower
 
@@ -65,6 +71,8 @@ TILT_TAU_S, YAW_TAU_S = 5.0, 20.0  # the attitude error's sigmas are --tilt-deg,
 DRIFT_S = (10.0, 30.0, 60.0)
 VARIANTS = ("imu_odo", "imu", "cv", "odo_dr")
 NS = 1_000_000_000
+_CAM = CameraModel.from_fov(640, 480, 70.0)  # the sim's camera (sim/flight.py)
+FOOTPRINT_M = float(np.sqrt(_CAM.width * _CAM.height)) * AGL_M / _CAM.fx  # view extent
 
 
 def rotations(rpy: np.ndarray) -> np.ndarray:
@@ -101,7 +109,7 @@ def make_flight(seed: int, fix_s: float, gap_s: float, imu_hz: float,
                         E[:, 1, 0] - E[:, 0, 1]], 1)
     offset = AGL_M * np.column_stack([-e[:, 1], e[:, 0]])  # where the nadir appears
     D = np.diff(p_ne, axis=0)
-    ez = 0.5 * (e[1:, 2] + e[:-1, 2])
+    ez = e[:-1, 2]  # read in the earlier view's axes, turned by its yaw error
     D_m = (D + np.column_stack([ez * D[:, 1], -ez * D[:, 0]]) + offset[:-1] - offset[1:]
            + rng.normal(0.0, ODO_FIT_M, D.shape))
     fixes = p_ne + rng.normal(0.0, FIX_SIGMA_M, p_ne.shape)
@@ -109,8 +117,21 @@ def make_flight(seed: int, fix_s: float, gap_s: float, imu_hz: float,
                + np.radians(rng.normal(0.0, HEADING_WHITE_DEG, len(t_f))))
     return {"traj": traj, "t_imu": t_imu, "acc": acc, "gyro": gyro, "R_ap": R_ap, "t_f": t_f,
             "heading": heading, "p_ne": p_ne, "v_ne": sf.vel_ned_mps[:, :2], "fixes": fixes,
-            "D_m": D_m, "D": D,
+            "D_m": D_m, "D": D, "e": e, "offset": offset,
             "alt": sf.alt_amsl_m + rng.normal(0.0, 0.3, len(t_f))}
+
+
+def displacement(fl: dict, r: int, i: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, float]:
+    """(measured displacement [2] (north, east) from frame r to frame i, its fit's 1-sigma
+    per axis): as make_flight's D_m for consecutive frames, for any reference frame r."""
+    D = fl["p_ne"][i] - fl["p_ne"][r]
+    ez = fl["e"][r, 2]  # read in the reference view's axes, turned by its yaw error
+    overlap = max(1.0 - float(np.hypot(*D)) / FOOTPRINT_M, 0.05)
+    sigma = ODO_FIT_M / np.sqrt(overlap)
+    d = (D + np.array([ez * D[1], -ez * D[0]]) + fl["offset"][r] - fl["offset"][i]
+         + rng.normal(0.0, sigma, 2))
+    return d, sigma
 
 
 def odometry_cov(D_m: np.ndarray, cfg: Config) -> np.ndarray:
@@ -145,8 +166,10 @@ def events(fl: dict, use_imu: bool, fix_s: float) -> tuple[list, list]:
 class Run:
     """One filter fed events in arrival order, collecting errors, NEES, NIS, CPU time."""
 
-    def __init__(self, fl: dict, filt, cfg: Config, checks: list[float]) -> None:
+    def __init__(self, fl: dict, filt, cfg: Config, checks: list[float], seed: int) -> None:
         self.fl, self.filt, self.cfg, self.checks = fl, filt, cfg, checks
+        self.rng = np.random.default_rng(seed)  # the IMU filter's odometry fit noise
+        self.ref: int | None = None  # the odometry's reference frame (IMU filter)
         self.first: tuple | None = None
         self.gated = 0  # gated fixes in a row
         self.out = {"out_err": [], "out_turn": [], "nis_fix": [], "nis_odo": [], "imu_s": [],
@@ -161,17 +184,10 @@ class Run:
                 c = time.thread_time()
                 filt.on_imu(t_ns, fl["acc"][i], fl["gyro"][i], fl["R_ap"][i])
                 out["imu_s"].append(time.thread_time() - c)
-            elif kind == "frame" and t_f[i] <= self.checks[0]:
-                self._fix(int(round(t_f[i] * NS)), i, imu)
-                if imu and filt.initialized:
-                    filt.mark(int(round(t_f[i] * NS)))
+            elif kind == "frame":
+                self._frame(i, imu, odometry)
             elif not filt.initialized:
                 continue
-            elif kind == "frame":
-                if odometry:
-                    self._odometry(i, imu)
-                if imu:
-                    filt.mark(int(round(t_f[i] * NS)))
             elif kind == "alt":
                 filt.update_altitude(t_ns - 1, -fl["alt"][i], cfg.filter.alt_sigma_m**2)
             elif kind == "out" and 5.0 < t_f[i] < self.checks[0]:
@@ -189,18 +205,35 @@ class Run:
                 if i == 0:
                     out["x_last"] = x[:2].copy()
 
-    def _odometry(self, i: int, imu: bool) -> None:
-        """The displacement from frame i-1 to i: to the IMU filter as a displacement with
-        the fit's covariance (the attitude errors are in its model), to the CV filter as
-        the velocity runtime/nav/odometry.py makes of it."""
-        d, t0, t1 = self.fl["D_m"][i - 1], *(int(round(self.fl["t_f"][j] * NS)) for j in
-                                               (i - 1, i))
-        if imu:
-            R = (ODO_FIT_M**2 + (self.cfg.odometry.sigma_floor_mps / FPS) ** 2) * np.eye(2)
-            inn = self.filt.update_displacement(t0, t1, d, R, AGL_M)
-        else:
-            inn = self.filt.update_velocity((t0 + t1) // 2, d * FPS, odometry_cov(d, self.cfg))
-        self.out["nis_odo"].append(inn.nis)
+    def _frame(self, i: int, imu: bool, odometry: bool) -> None:
+        """Frame i as the Navigator takes it: a fix while fixes come, else odometry (the
+        displacement from the reference frame to the IMU filter, with the fit's covariance,
+        the attitude errors being in its model; the velocity runtime/nav/odometry.py makes
+        of the step from frame i-1 to the CV filter); the reference renewed and marked."""
+        fl, filt, t = self.fl, self.filt, (lambda j: int(round(self.fl["t_f"][j] * NS)))
+        obs = None
+        if imu and self.ref is not None:
+            obs = displacement(fl, self.ref, i, self.rng)
+        if fl["t_f"][i] <= self.checks[0]:
+            self._fix(t(i), i, imu)
+        elif filt.initialized and odometry:
+            if imu:
+                span = (t(i) - t(self.ref)) * 1e-9
+                R = (obs[1] ** 2 + (self.cfg.odometry.sigma_floor_mps * span) ** 2) * np.eye(2)
+                inn = filt.update_displacement(t(self.ref), t(i), obs[0], R, AGL_M)
+            else:
+                d = fl["D_m"][i - 1]
+                inn = filt.update_velocity((t(i - 1) + t(i)) // 2, d * FPS,
+                                           odometry_cov(d, self.cfg))
+            self.out["nis_odo"].append(inn.nis)
+        if not imu:
+            return
+        if obs is None or not keeps_reference(t(self.ref), t(i - 1), t(i), obs[0],
+                                              FOOTPRINT_M, self.cfg.odometry):
+            self.ref = i
+        if filt.initialized and filt.clone_t_ns != t(self.ref):
+            self.ref = i
+            filt.mark(t(i))
 
     def _fix(self, tc: int, i: int, imu: bool) -> None:
         filt, z, R = self.filt, self.fl["fixes"][i], FIX_SIGMA_M**2 * np.eye(2)
@@ -248,13 +281,13 @@ def one_run(args: tuple[int, float, float, float, tuple[float, float], bool]) ->
     ev, checks = events(fl, True, fix_s)
     split = max(j for j, e in enumerate(ev) if e[2] == "frame" and fl["t_f"][e[3]] <= checks[0])
     split += 1
-    imu_odo = Run(fl, ImuFilter(cfg.filter), cfg, checks)
+    imu_odo = Run(fl, ImuFilter(cfg.filter), cfg, checks, seed + 1_000_000)
     imu_odo.feed(ev[:split])
     imu_only = copy.deepcopy(imu_odo)
     imu_odo.feed(ev[split:])
     imu_only.feed(ev[split:], odometry=False)
     ev_cv, _ = events(fl, False, fix_s)
-    cv = Run(fl, PositionFilter(cfg.filter), cfg, checks)
+    cv = Run(fl, PositionFilter(cfg.filter), cfg, checks, seed + 1_000_000)
     cv.feed(ev_cv)
     res = {"imu_odo": imu_odo.out, "imu": imu_only.out, "cv": cv.out,
            "odo_dr": {"check_err": dead_reckoning(fl, cv.out["x_last"], fix_s)}}

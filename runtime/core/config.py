@@ -170,7 +170,7 @@ class MatchConfig(Section):
 
 @dataclass(frozen=True)
 class OdometryConfig(Section):
-    """Frame-to-frame motion of consecutive rectified views -> velocity for the filter."""
+    """Motion between rectified views -> velocity or displacement for the filter."""
 
     ratio: float = key(0.85, "Lowe ratio for mutual nearest-neighbour matches", gt=0, le=1)
     ransac_px: float = key(3.0, "MAGSAC threshold in view pixels", gt=0, le=100)
@@ -187,6 +187,10 @@ class OdometryConfig(Section):
                                gt=0, le=180)
     sigma_floor_mps: float = key(0.05, "smallest 1-sigma a velocity may claim, per axis",
                                  gt=0, le=100)
+    keyframe_fraction: float = key(0.1, "imu filter: a view stays the reference of later ones "
+                                   "until the aircraft has moved this fraction of its ground "
+                                   "footprint (0: every frame against the one before)", ge=0,
+                                   lt=1)
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,15 @@ Measurements at time t_m, between IMU samples t_k <= t_m < t_k+1 (tau_m = t_m - 
     altitude (barometer / autopilot, or rangefinder over known ground): h = p_d
     heading error a fix's image measures (the pose's yaw against the reported one, which
         rotates the reported attitude like e does): h = e_z              H: de_z
-    odometry displacement, frame t0 -> t1: each frame's `mark` clones c = (p_n, p_e, e_x,
-        e_y) into the state (constant in propagation). A view rectified with R_ap sees the
-        point below the camera shifted by agl o(e), o(e) = (-e_y, e_x), and displacements
-        turned by the yaw error:  h = M D - agl (o(e) - o(c_e)),  D = p_ne + v_ne tau_m - c_p,
-        M = [[1, e_z], [-e_z, 1]]; H: M on dp_ne, tau_m M on dv_ne, (D_e, -D_n) on de_z,
-        (agl, -agl) on (de_y, de_x), -M on dc_p, (-agl, agl) on (dc_e_y, dc_e_x). The
-        roll/pitch errors of both frames are modelled, so they cancel along the chain.
+    odometry displacement, frame t0 -> t1: `mark` at the reference frame t0 clones
+        c = (p_n, p_e, e_x, e_y, e_z) into the state (constant in propagation; later
+        displacements from the same reference share it). A view rectified with R_ap sees the
+        point below the camera shifted by agl o(e), o(e) = (-e_y, e_x), and the displacement
+        is read in the reference view's axes, turned by its yaw error:
+        h = M D - agl (o(e) - o(c_e)),  D = p_ne + v_ne tau_m - c_p,
+        M = [[1, c_ez], [-c_ez, 1]]; H: M on dp_ne, tau_m M on dv_ne, (agl, -agl) on
+        (de_y, de_x), -M on dc_p, (-agl, agl) on (dc_e_y, dc_e_x), (D_e, -D_n) on dc_ez.
+        The roll/pitch errors of both frames are modelled, so they cancel along the chain.
 
     y = z - h, S = H P H^T + R, NIS = y^T S^-1 y, K = P H^T S^-1, dx = K y (injected),
     P+ = (I - K H) P (I - K H)^T + K R K^T
@@ -72,7 +74,7 @@ from skyfix.runtime.nav.filter import Innovation
 
 G_MPS2 = 9.80665
 _GRAVITY = np.array([0.0, 0.0, G_MPS2])
-_N = 18  # error-state size, without the clone of `mark` (4 more when there is one)
+_N = 18  # error-state size, without the clone of `mark` (5 more when there is one)
 _P, _V, _E, _B, _W, _U = (slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12), slice(12, 15),
                           slice(15, 18))
 _TIE_NS = 100_000_000  # e = -u is enforced this often
@@ -85,8 +87,8 @@ _HORIZONTAL = [0, 1, 3, 4]  # north, east, vn, ve
 class _Step:  # one IMU sample and the state right after it (before measurements)
     t_ns: int
     sample: tuple  # (f_b [3] specific force, w_b [3] rate, R_ap [3, 3] autopilot attitude)
-    x: np.ndarray  # [18] nominal state (+ [4] clone)
-    P: np.ndarray  # [18, 18] (or [22, 22])
+    x: np.ndarray  # [18] nominal state (+ [5] clone)
+    P: np.ndarray  # [18, 18] (or [23, 23])
     clone_t_ns: int | None  # time of the clone, None without one
 
 
@@ -125,7 +127,7 @@ class ImuFilter:
 
     def reset(self) -> None:
         """Forget the state (the IMU samples stay); `initialize` must be called again."""
-        self.x: np.ndarray | None = None  # [18] (+ [4] clone)
+        self.x: np.ndarray | None = None  # [18] (+ [5] clone)
         self.P: np.ndarray | None = None
         self.t_ns: int | None = None  # time of the state: the last IMU sample's
         self.clone_t_ns: int | None = None  # time of the last `mark`
@@ -369,10 +371,10 @@ class ImuFilter:
         if m.kind == "disp":
             e, c = x[_E], x[_N:]
             D = x[0:2] + x[3:5] * tau - c[0:2]
-            M = np.array([[1.0, e[2]], [-e[2], 1.0]])
+            M = np.array([[1.0, c[4]], [-c[4], 1.0]])
             a = m.agl_m
             H = np.zeros((2, n))
-            H[:, 0:2], H[:, 3:5], H[:, 8] = M, tau * M, (D[1], -D[0])
+            H[:, 0:2], H[:, 3:5], H[:, _N + 4] = M, tau * M, (D[1], -D[0])
             H[0, 7], H[1, 6] = a, -a
             H[:, _N:_N + 2] = -M
             H[0, _N + 3], H[1, _N + 2] = -a, a
@@ -390,14 +392,15 @@ class ImuFilter:
         return np.array([x[2] + x[5] * tau]), H
 
     def _clone(self, m: _Meas) -> Innovation:
-        """x <- [x_12, p_n, p_e, e_x, e_y] (predicted to the mark's time), P <- J P J^T."""
+        """x <- [x_18, p_n, p_e, e_x, e_y, e_z] (predicted to the mark's time),
+        P <- J P J^T."""
         tau = (m.t_ns - self.t_ns) * 1e-9
-        J = np.zeros((_N + 4, _N))
+        J = np.zeros((_N + 5, _N))
         J[:_N] = np.eye(_N)
         J[_N:_N + 2, 0:2], J[_N:_N + 2, 3:5] = np.eye(2), tau * np.eye(2)
-        J[_N + 2, 6], J[_N + 3, 7] = 1.0, 1.0
+        J[_N + 2:_N + 5, _E] = _I3
         x = self.x[:_N]
-        self.x = np.concatenate([x, x[0:2] + x[3:5] * tau, x[6:8]])
+        self.x = np.concatenate([x, x[0:2] + x[3:5] * tau, x[_E]])
         self.P = J @ self.P[:_N, :_N] @ J.T
         self.clone_t_ns = m.t_ns
         self._applied.append(m)

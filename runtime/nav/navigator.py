@@ -5,8 +5,8 @@
                                   features -> odometry -> velocity -> filter
 
 `Localizer` turns one frame into a view and its features (`look`), then a fix or a
-counted rejection given a prior (`locate`); `Navigator` feeds frame-to-frame motion of
-the views to the filter as velocity, and decides the prior: the filter's own
+counted rejection given a prior (`locate`); `Navigator` feeds the views' motion (visual
+odometry) to the filter, and decides the prior: the filter's own
 estimate while it is tracking, the aircraft's GNSS while that may be used, else a
 search of the whole pack. A filter is started only by two fixes that agree with each other,
 and reset (back to a global search) when it keeps refusing fixes.
@@ -15,9 +15,10 @@ The filter is the constant-velocity `PositionFilter` or the IMU-aided `ImuFilter
 (filter.kind; auto: the IMU filter when IMU samples came within the last second at the
 filter's start, and no noisier than the filter assumes). The Navigator uses either through
 the same few methods: initialize, reset, update_position, horizontal_at (and estimate_at
-on top); odometry goes to the CV filter as a velocity (update_velocity), to the IMU filter
-as a displacement between frames it marks (mark, update_displacement), with the
-autopilot's altitude (update_altitude).
+on top); odometry goes to the CV filter as a velocity between consecutive frames
+(update_velocity), to the IMU filter as a displacement from the odometry's reference view,
+which the filter marks (mark, update_displacement), with the autopilot's altitude
+(update_altitude).
 """
 
 from __future__ import annotations
@@ -262,15 +263,18 @@ class Navigator:
         look = self.localizer.look(frame, tel, prior)
         result, innovation, velocity = look, None, None
         if isinstance(look, Look):
-            velocity = self.odometry.update(look.view, look.feats)
+            velocity = self.odometry.update(look.view, look.feats,
+                                            keyframes=self.filter_kind == "imu")
             self._agl_m = look.view.agl_m
             result = self.localizer.locate(look, prior)
         if isinstance(result, Fix):
             result, innovation = self.fuse(result)
         if not isinstance(result, Fix):
             self._fuse_velocity(velocity)  # only where no fix: its errors are time-correlated
-        if isinstance(look, Look) and self.filter_kind == "imu" and self.filter.initialized:
-            self.filter.mark(look.view.t_ns)  # where the next frame's displacement starts
+        if (isinstance(look, Look) and self.filter_kind == "imu" and self.filter.initialized
+                and self.filter.clone_t_ns != self.odometry.reference_t_ns):
+            self.odometry.rebase()  # a new reference view (or a filter without its clone):
+            self.filter.mark(look.view.t_ns)  # later displacements start here
         if isinstance(result, Rejection):
             self.rejections[result.reason] += 1
         latency = (time.perf_counter() - start) * 1e3
@@ -287,7 +291,8 @@ class Navigator:
         self._alt_t_ns = t_ns
 
     def _fuse_velocity(self, obs: VelocityObservation | None) -> None:
-        """Frame-to-frame motion as a velocity measurement, to bridge frames without fixes.
+        """Visual odometry as a velocity (or displacement) measurement, to bridge frames
+        without fixes.
 
         Not fused beside a fix: its error follows the attitude error, which is correlated
         from frame to frame, so fusing it every frame makes the filter overconfident

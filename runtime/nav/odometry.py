@@ -1,5 +1,15 @@
-"""Frame-to-frame visual odometry: the aircraft's horizontal velocity from two
-consecutive rectified views, for `PositionFilter.update_velocity`.
+"""Visual odometry: the aircraft's horizontal displacement between two rectified views,
+as a velocity for `PositionFilter.update_velocity` or a displacement for
+`ImuFilter.update_displacement`.
+
+Each view is compared with a reference view. For the constant-velocity filter the
+reference is the view before (`keyframes=False`): its velocity measurements must not
+share an image. For the IMU filter, which clones its state at the reference's time and
+so models a chain of displacements from one view, the reference is kept (a keyframe)
+while the aircraft has moved less than `keyframe_fraction` of the view's ground
+footprint and the next frame can still be compared with it (`max_gap_s`): a
+displacement's fit error then enters the position once per keyframe, not once per
+frame (measured with benchmarks/bench_filter.py, 30 s without fixes).
 
 Both views are north-up and metric, with pixel offsets measured from the point below
 the camera (skyfix.runtime.nav.rectify). A ground point G seen at offset o_k = G - p_k in
@@ -66,6 +76,7 @@ class _Keyframe:
     offsets_m: np.ndarray  # [N, 2] (east, north) from nadir
     descriptors: np.ndarray  # [N, D]
     gsd_m: float
+    extent_m: float  # square root of the view's valid ground area
 
 
 def velocity_between(prev: View, prev_feats: LocalFeatures, view: View, feats: LocalFeatures,
@@ -76,7 +87,8 @@ def velocity_between(prev: View, prev_feats: LocalFeatures, view: View, feats: L
 
 def _keyframe(view: View, feats: LocalFeatures) -> _Keyframe:
     offsets = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
-    return _Keyframe(view.t_ns, offsets, feats.descriptors, view.gsd_m)
+    extent = float(np.sqrt(np.count_nonzero(view.mask))) * view.gsd_m
+    return _Keyframe(view.t_ns, offsets, feats.descriptors, view.gsd_m, extent)
 
 
 def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
@@ -119,29 +131,54 @@ def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
     )
 
 
+def keeps_reference(ref_t_ns: int, last_t_ns: int, t_ns: int, d_m: np.ndarray,
+                    extent_m: float, cfg: OdometryConfig) -> bool:
+    """Whether the reference view (at `ref_t_ns`) also serves the frame after the one at
+    `t_ns` (whose displacement from it is `d_m` [2], the frame before at `last_t_ns`, the
+    view `extent_m` across): moved less than cfg.keyframe_fraction of the extent, and the
+    next frame, at this frame rate, within cfg.max_gap_s of it."""
+    next_dt_s = (2 * t_ns - last_t_ns - ref_t_ns) * 1e-9
+    return (next_dt_s <= cfg.max_gap_s
+            and float(np.hypot(*d_m)) < cfg.keyframe_fraction * extent_m)
+
+
 class VisualOdometry:
-    """Keeps the previous view's features; `update` gives the velocity since then."""
+    """Keeps the reference view's features; `update` gives the motion since then."""
 
     def __init__(self, cfg: OdometryConfig) -> None:
         self.cfg = cfg
-        self._prev: _Keyframe | None = None
+        self._ref: _Keyframe | None = None
+        self._last: _Keyframe | None = None  # the latest view
         self.last_reason = ""  # why the last update gave no velocity ("" when it did)
 
-    def reset(self) -> None:
-        self._prev = None
+    @property
+    def reference_t_ns(self) -> int | None:
+        """Time of the view the next `update` is compared with (None before the first)."""
+        return None if self._ref is None else self._ref.t_ns
 
-    def update(self, view: View, feats: LocalFeatures) -> VelocityObservation | None:
-        """Velocity from the previous view to `view` (None for the first view, after a
-        gap, or when the pair does not match; `last_reason` says why). `view` becomes
-        the previous view either way."""
+    def reset(self) -> None:
+        self._ref = self._last = None
+
+    def rebase(self) -> None:
+        """Make the latest view the reference."""
+        self._ref = self._last
+
+    def update(self, view: View, feats: LocalFeatures,
+               keyframes: bool = False) -> VelocityObservation | None:
+        """Motion from the reference view to `view` (None for the first view, after a
+        gap, or when the pair does not match; `last_reason` says why). `view` becomes the
+        reference unless `keyframes` and the reference can still serve the next frame."""
         cur = _keyframe(view, feats)
-        prev, self._prev = self._prev, cur
-        if prev is None:
-            self.last_reason = "first view"
+        ref, last, self._last = self._ref, self._last, cur
+        if ref is None:
+            self._ref, self.last_reason = cur, "first view"
             return None
-        out = _velocity(prev, cur, view.agl_m, self.cfg)
+        out = _velocity(ref, cur, view.agl_m, self.cfg)
         if isinstance(out, str):
-            self.last_reason = out
+            self._ref, self.last_reason = cur, out
             return None
+        if not (keyframes and keeps_reference(ref.t_ns, last.t_ns, cur.t_ns, out.d_en_m,
+                                              cur.extent_m, self.cfg)):
+            self._ref = cur
         self.last_reason = ""
         return out

@@ -122,6 +122,28 @@ def _run(late: bool) -> ImuFilter:
     return filt
 
 
+def test_displacements_from_one_reference_are_read_in_its_axes():
+    """Two displacements from one marked reference view share its clone, and each is
+    turned by the heading error the reference view was rectified with (0.02 rad), not by
+    the current one (-0.01 rad): flying east at 10 m/s, 1 m and 2 m east read as
+    (0.02, 1) and (0.04, 2) m (north, east)."""
+    filt = ImuFilter(FilterConfig())
+    filt.on_imu(0, -G, Z, np.eye(3))
+    filt.initialize(0, np.zeros(2), 0.01 * np.eye(2), np.array([0.0, 10.0]), 0.01 * np.eye(2))
+    filt.x[8], filt.x[17] = 0.02, -0.02  # heading correction e_z and the autopilot's error
+    filt.mark(0)
+    filt.x[8], filt.x[17] = -0.01, 0.01
+    for k in range(1, 21):
+        filt.on_imu(k * 10_000_000, -G, Z, np.eye(3))
+        if k % 10 == 0:
+            east = k / 10
+            inn = filt.update_displacement(0, k * 10_000_000, np.array([0.02 * east, east]),
+                                           1e-4 * np.eye(2), 120.0)
+            assert inn.accepted
+            np.testing.assert_allclose(inn.y, 0.0, atol=1e-3)
+    assert filt.clone_t_ns == 0
+
+
 def test_late_fix_equals_in_order_processing():
     in_order, late = _run(late=False), _run(late=True)
     np.testing.assert_allclose(late.x, in_order.x, atol=1e-9)

@@ -52,6 +52,33 @@ def test_gap_and_first_view_give_no_velocity(ortho):
     assert vo.update(b, ENC.extract(b.image)) is None and "apart" in vo.last_reason
 
 
+@pytest.mark.parametrize("keyframes, fraction, max_gap_s, renewed_at", [
+    (False, 0.11, 2.0, list(range(1, 11))),  # the frame before, always
+    (True, 0.11, 2.0, [9]),  # 27 m >= 0.11 x 240 m: frame 9 is the next reference
+    (True, 0.5, 0.45, [4, 8]),  # the frame after 4 would be 0.5 s from the reference
+])
+def test_reference_view_is_kept_while_it_can_serve(ortho, keyframes, fraction, max_gap_s,
+                                                    renewed_at):
+    """Views 3 m apart at 10 Hz (240 m across): each displacement is measured from the
+    reference view, exactly, and the reference moves on as odometry.keyframe_fraction and
+    max_gap_s say."""
+    vo = VisualOdometry(OdometryConfig(keyframe_fraction=fraction, max_gap_s=max_gap_s))
+    ref = 0
+    for k in range(11):
+        v = crop_view(ortho, 300 + 10 * k, 300, k * 100_000_000)
+        obs = vo.update(v, ENC.extract(v.image), keyframes=keyframes)
+        if k == 0:
+            assert obs is None and vo.reference_t_ns == 0
+            continue
+        assert obs is not None, vo.last_reason
+        assert obs.t0_ns == ref * 100_000_000 and obs.dt_s == pytest.approx(0.1 * (k - ref))
+        assert np.allclose(obs.d_en_m, [3.0 * (k - ref), 0.0], atol=0.1)
+        ref = k if k in renewed_at else ref
+        assert vo.reference_t_ns == ref * 100_000_000
+    vo.rebase()  # the latest view becomes the reference on demand
+    assert vo.reference_t_ns == 1_000_000_000
+
+
 def test_unrelated_views_are_refused(ortho):
     a, b = crop_view(ortho, 0, 0, 0), crop_view(ortho, 850, 850, 500_000_000)
     out = velocity_between(a, ENC.extract(a.image), b, ENC.extract(b.image), OdometryConfig())
