@@ -109,9 +109,7 @@ def make_flight(seed: int, fix_s: float, gap_s: float, imu_hz: float,
                         E[:, 1, 0] - E[:, 0, 1]], 1)
     offset = AGL_M * np.column_stack([-e[:, 1], e[:, 0]])  # where the nadir appears
     D = np.diff(p_ne, axis=0)
-    ez = e[:-1, 2]  # read in the earlier view's axes, turned by its yaw error
-    D_m = (D + np.column_stack([ez * D[:, 1], -ez * D[:, 0]]) + offset[:-1] - offset[1:]
-           + rng.normal(0.0, ODO_FIT_M, D.shape))
+    D_m = seen(D, e[:-1, 2], offset[:-1], offset[1:]) + rng.normal(0.0, ODO_FIT_M, D.shape)
     fixes = p_ne + rng.normal(0.0, FIX_SIGMA_M, p_ne.shape)
     heading = (e[:, 2] + np.radians(rng.normal(0.0, HEADING_BIAS_DEG))
                + np.radians(rng.normal(0.0, HEADING_WHITE_DEG, len(t_f))))
@@ -121,16 +119,24 @@ def make_flight(seed: int, fix_s: float, gap_s: float, imu_hz: float,
             "alt": sf.alt_amsl_m + rng.normal(0.0, 0.3, len(t_f))}
 
 
+def seen(D: np.ndarray, ez: np.ndarray, offset_r: np.ndarray, offset_i: np.ndarray
+         ) -> np.ndarray:
+    """[..., 2] the true displacements `D` (north, east) from views r to views i as the
+    views show them, without fit noise: read in view r's axes, turned by its yaw error
+    `ez` (rad), and moved by where each view's nadir appears (`offset_*`, the roll/pitch
+    errors times the height)."""
+    turned = np.stack([D[..., 0] + ez * D[..., 1], D[..., 1] - ez * D[..., 0]], -1)
+    return turned + offset_r - offset_i
+
+
 def displacement(fl: dict, r: int, i: int, rng: np.random.Generator
                  ) -> tuple[np.ndarray, float]:
     """(measured displacement [2] (north, east) from frame r to frame i, its fit's 1-sigma
     per axis): as make_flight's D_m for consecutive frames, for any reference frame r."""
     D = fl["p_ne"][i] - fl["p_ne"][r]
-    ez = fl["e"][r, 2]  # read in the reference view's axes, turned by its yaw error
     overlap = max(1.0 - float(np.hypot(*D)) / FOOTPRINT_M, 0.05)
     sigma = ODO_FIT_M / np.sqrt(overlap)
-    d = (D + np.array([ez * D[1], -ez * D[0]]) + fl["offset"][r] - fl["offset"][i]
-         + rng.normal(0.0, sigma, 2))
+    d = seen(D, fl["e"][r, 2], fl["offset"][r], fl["offset"][i]) + rng.normal(0.0, sigma, 2)
     return d, sigma
 
 
@@ -166,9 +172,10 @@ def events(fl: dict, use_imu: bool, fix_s: float) -> tuple[list, list]:
 class Run:
     """One filter fed events in arrival order, collecting errors, NEES, NIS, CPU time."""
 
-    def __init__(self, fl: dict, filt, cfg: Config, checks: list[float], seed: int) -> None:
+    def __init__(self, fl: dict, filt, cfg: Config, checks: list[float],
+                 rng: np.random.Generator | None = None) -> None:
         self.fl, self.filt, self.cfg, self.checks = fl, filt, cfg, checks
-        self.rng = np.random.default_rng(seed)  # the IMU filter's odometry fit noise
+        self.rng = rng  # the IMU filter's odometry fit noise
         self.ref: int | None = None  # the odometry's reference frame (IMU filter)
         self.first: tuple | None = None
         self.gated = 0  # gated fixes in a row
@@ -281,13 +288,13 @@ def one_run(args: tuple[int, float, float, float, tuple[float, float], bool]) ->
     ev, checks = events(fl, True, fix_s)
     split = max(j for j, e in enumerate(ev) if e[2] == "frame" and fl["t_f"][e[3]] <= checks[0])
     split += 1
-    imu_odo = Run(fl, ImuFilter(cfg.filter), cfg, checks, seed + 1_000_000)
+    imu_odo = Run(fl, ImuFilter(cfg.filter), cfg, checks, np.random.default_rng(seed + 10**6))
     imu_odo.feed(ev[:split])
     imu_only = copy.deepcopy(imu_odo)
     imu_odo.feed(ev[split:])
     imu_only.feed(ev[split:], odometry=False)
     ev_cv, _ = events(fl, False, fix_s)
-    cv = Run(fl, PositionFilter(cfg.filter), cfg, checks, seed + 1_000_000)
+    cv = Run(fl, PositionFilter(cfg.filter), cfg, checks)
     cv.feed(ev_cv)
     res = {"imu_odo": imu_odo.out, "imu": imu_only.out, "cv": cv.out,
            "odo_dr": {"check_err": dead_reckoning(fl, cv.out["x_last"], fix_s)}}

@@ -37,7 +37,7 @@ from skyfix.runtime.core.geo import grid_convergence_deg
 from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.runtime.io.telemetry import TelemetryLog
 from skyfix.runtime.nav.filter import PositionFilter
-from skyfix.runtime.nav.odometry import VisualOdometry
+from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
 from skyfix.runtime.nav.rectify import rectify
 from skyfix.sim.flight import FlightSpec, simulate_flight
 from skyfix.sim.sample import sample_ortho
@@ -48,7 +48,8 @@ GSD_M = 0.3
 def drift_one(flight: RecordedFlight, cfg: Config) -> dict:
     log = TelemetryLog.from_tlog(flight.telemetry_path)
     enc, vo, pf = RootSiftEncoder(), VisualOdometry(cfg.odometry), PositionFilter(cfg.filter)
-    chains = {"chain_frames": _Chain(cfg, False), "chain_keyframes": _Chain(cfg, True)}
+    key_vo = VisualOdometry(cfg.odometry)  # the same views, against keyframes
+    chains = {"chain_frames": _Chain(), "chain_keyframes": _Chain()}
     t0 = int(flight.frame_times_ns[0])
     truth = flight.truth
     grid = grid_convergence_deg(truth.crs, *truth.en[0])  # views north-up in the map grid
@@ -62,12 +63,14 @@ def drift_one(flight: RecordedFlight, cfg: Config) -> dict:
                                                 grid)
         if view is None:
             vo.reset()
+            key_vo.reset()
             continue
         feats = enc.extract(view.image, view.mask)
         true_ne = truth.at(np.array([frame.t_ns]))[0][::-1]
-        for chain in chains.values():
-            chain.update(view, feats, true_ne)
         obs = vo.update(view, feats)
+        chains["chain_frames"].add(view.t_ns, obs, true_ne)
+        chains["chain_keyframes"].add(view.t_ns, key_vo.update(view, feats, keyframes=True),
+                                      true_ne)
         pairs += frame.index > 0
         if obs is not None:
             used += 1
@@ -97,22 +100,21 @@ class _Chain:
     its reference view's plus the measured displacement (a view without one restarts the
     chain from the truth, counted)."""
 
-    def __init__(self, cfg: Config, keyframes: bool) -> None:
-        self.vo, self.keyframes = VisualOdometry(cfg.odometry), keyframes
+    def __init__(self) -> None:
         self.pos: dict[int, np.ndarray] = {}  # (north, east) of the views, by time
         self.errors: list[float] = []
         self.refs: set[int] = set()
         self.restarts = -1  # the first view starts it
 
-    def update(self, view, feats, true_ne: np.ndarray) -> None:
-        obs = self.vo.update(view, feats, keyframes=self.keyframes)
+    def add(self, t_ns: int, obs: VelocityObservation | None, true_ne: np.ndarray) -> None:
+        """The view at `t_ns` with its odometry `obs` (None: none), truth `true_ne`."""
         if obs is None or obs.t0_ns not in self.pos:
-            self.pos = {view.t_ns: true_ne}
+            self.pos = {t_ns: true_ne}
             self.restarts += 1
         else:
-            self.pos[view.t_ns] = self.pos[obs.t0_ns] + obs.d_en_m[::-1]
+            self.pos[t_ns] = self.pos[obs.t0_ns] + obs.d_en_m[::-1]
             self.refs.add(obs.t0_ns)
-        self.errors.append(float(np.hypot(*(self.pos[view.t_ns] - true_ne))))
+        self.errors.append(float(np.hypot(*(self.pos[t_ns] - true_ne))))
 
     def summary(self) -> dict:
         return {"end_error_m": round(self.errors[-1], 2),
