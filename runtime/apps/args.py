@@ -44,6 +44,19 @@ def size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def add_pack_options(p: argparse.ArgumentParser) -> None:
+    """The map-pack options of every command that builds a pack (maps build, maps fetch
+    --build): the encoder it is built for and the map's stated georeferencing error."""
+    from skyfix.models.registry import ENCODER_NAMES
+
+    p.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
+                   help="local-feature encoder the runtime will match with (default rootsift)")
+    p.add_argument("--georef-sigma", type=float, default=0.0, metavar="M",
+                   help="the orthophoto's stated 1-sigma horizontal error against the world, "
+                        "metres; every position flown on the pack claims it (default 0: not "
+                        "stated)")
+
+
 def log_to_stderr(verbose: bool = False) -> None:
     import logging
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from skyfix.models.registry import ENCODER_NAMES
 from skyfix.runtime.apps import args
 from skyfix.runtime.core.errors import SkyfixError
 
@@ -95,13 +94,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
     b.add_argument("--sign-key", type=Path, metavar="PEM",
                    help="sign the manifest with this Ed25519 private key (manifest.json.sig)")
-    b.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
-                   help="local-feature encoder the runtime will match with (default rootsift)")
+    args.add_pack_options(b)
     b.add_argument("--dem", type=Path, help="terrain model (GeoTIFF) to resample into the pack")
-    b.add_argument("--georef-sigma", type=float, default=0.0, metavar="M",
-                   help="the orthophoto's stated 1-sigma horizontal error against the world, "
-                        "metres; every position flown on the pack claims it (default 0: not "
-                        "stated)")
     b.add_argument("--min-valid", type=float, default=0.5, metavar="FRACTION",
                    help="least share of imagery in a tile (default 0.5); ragged drone orthos"
                         " may want less")

@@ -196,19 +196,21 @@ def test_track_files_and_zoom_choice(tmp_path):
     assert gsds[:2] == (0.2, 0.4) and gsds[-1] >= 0.75 * 400.0 / cam.fx
 
 
-def test_cli_fetch_and_build_records_attribution_in_the_pack(tmp_path, ortho_path,
+def test_cli_fetch_and_build_records_attribution_and_accuracy_in_the_pack(tmp_path, ortho_path,
                                                             small_area, capsys):
     lon, lat = small_area.centre_deg
     with TileServer(ortho_path, max_zoom=18) as srv:
         code = main(["maps", "fetch", "--point", f"{lat},{lon}", "--radius", "60",
                      "--url", srv.url, "--attribution", "Stadt Wien", "--terms", "CC BY 4.0",
                      "--gsd", "0.6", "--rate", "500", "--cache", str(tmp_path / "c"),
-                     "--out", str(tmp_path / "m.tif"), "--build", str(tmp_path / "pack")])
+                     "--out", str(tmp_path / "m.tif"), "--build", str(tmp_path / "pack"),
+                     "--georef-sigma", "2.5"])
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((tmp_path / "pack" / "manifest.json").read_text())
     credit = manifest["build"]["credits"][0]
     assert credit["attribution"] == "Stadt Wien" and credit["terms"] == "CC BY 4.0"
     assert manifest["crs_epsg"] == 32633
+    assert manifest["georef_sigma_m"] == 2.5  # the provider's stated accuracy, claimed
     assert main(["maps", "fetch", "--bbox", "16.3,48.2,16.2,48.3", "--url", srv.url,
                  "--attribution", "x", "--out", str(tmp_path / "x.tif")]) == 2
     assert "W < E" in capsys.readouterr().err
