@@ -385,6 +385,9 @@ class Navigator:
         if kind == "auto":
             recent = self._imu_t_ns is not None and abs(t_ns - self._imu_t_ns) <= 1_000_000_000
             kind = "imu" if recent else "cv"
+            if not recent:
+                self.filter_note = ("no IMU sample yet" if self._imu_t_ns is None else
+                                    "no IMU sample in the last second")
             acc, gyro = self._imu_filter.noise_density()
             if recent and not (acc <= _NOISE_MARGIN * fc.accel_noise_mps2_rthz
                                and gyro <= _NOISE_MARGIN * fc.gyro_noise_radps_rthz):

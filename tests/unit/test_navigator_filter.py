@@ -95,6 +95,18 @@ def test_auto_refuses_an_imu_noisier_than_the_filter_assumes():
     assert nav.filter_kind == "cv" and "IMU noise" in nav.filter_note
 
 
+def test_auto_says_why_it_runs_the_constant_velocity_filter_without_an_imu():
+    nav = Navigator(None, FRAME, Config())
+    for t_s in (0.8, 0.9):  # the filter starts from two fixes
+        nav.fuse(_fix(t_s))
+    assert nav.filter_kind == "cv" and nav.filter_note == "no IMU sample yet"
+    nav = Navigator(None, FRAME, Config())
+    nav.on_imu(np.array([T0]), [[0.0, 0.0, -G]], [[0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0]])
+    for t_s in (2.4, 2.5):  # the only sample is 2.5 s old
+        nav.fuse(_fix(t_s))
+    assert nav.filter_kind == "cv" and nav.filter_note == "no IMU sample in the last second"
+
+
 def test_unknown_filter_kind_is_refused():
     with pytest.raises(SkyfixError, match="filter.kind"):
         FilterConfig(kind="ukf")
