@@ -18,7 +18,8 @@ with the sensors of the simulator, measurement by measurement (no images):
   fused by the IMU filter when filter.fuse_heading (--no-heading: not);
 - visual odometry on every frame: the displacement from its reference view as a camera
   sees it when the views are rectified with the autopilot's attitude (the change of the
-  roll/pitch error times the height, the displacement turned by the yaw error) plus fit
+  roll/pitch error times the height, the displacement turned by the reference view's
+  heading error: the autopilot's yaw error plus the mount's, as a fix measures it) plus fit
   noise, 0.05 m per axis between consecutive frames, growing as 1/sqrt(overlap) of the
   views (footprint: the sim's 640 x 480, 70 deg camera at 120 m); a new draw for every
   measurement; with the covariance runtime/nav/odometry.py gives it; arrives 100 ms
@@ -109,20 +110,22 @@ def make_flight(seed: int, fix_s: float, gap_s: float, imu_hz: float,
                         E[:, 1, 0] - E[:, 0, 1]], 1)
     offset = AGL_M * np.column_stack([-e[:, 1], e[:, 0]])  # where the nadir appears
     D = np.diff(p_ne, axis=0)
-    D_m = seen(D, e[:-1, 2], offset[:-1], offset[1:]) + rng.normal(0.0, ODO_FIT_M, D.shape)
+    fit = rng.normal(0.0, ODO_FIT_M, D.shape)
     fixes = p_ne + rng.normal(0.0, FIX_SIGMA_M, p_ne.shape)
-    heading = (e[:, 2] + np.radians(rng.normal(0.0, HEADING_BIAS_DEG))
-               + np.radians(rng.normal(0.0, HEADING_WHITE_DEG, len(t_f))))
+    # a view's heading error: the autopilot's and the camera mount's (what a fix measures)
+    view_yaw = e[:, 2] + np.radians(rng.normal(0.0, HEADING_BIAS_DEG))
+    heading = view_yaw + np.radians(rng.normal(0.0, HEADING_WHITE_DEG, len(t_f)))
+    D_m = seen(D, view_yaw[:-1], offset[:-1], offset[1:]) + fit
     return {"traj": traj, "t_imu": t_imu, "acc": acc, "gyro": gyro, "R_ap": R_ap, "t_f": t_f,
             "heading": heading, "p_ne": p_ne, "v_ne": sf.vel_ned_mps[:, :2], "fixes": fixes,
-            "D_m": D_m, "D": D, "e": e, "offset": offset,
+            "D_m": D_m, "D": D, "view_yaw": view_yaw, "offset": offset,
             "alt": sf.alt_amsl_m + rng.normal(0.0, 0.3, len(t_f))}
 
 
 def seen(D: np.ndarray, ez: np.ndarray, offset_r: np.ndarray, offset_i: np.ndarray
          ) -> np.ndarray:
     """[..., 2] the true displacements `D` (north, east) from views r to views i as the
-    views show them, without fit noise: read in view r's axes, turned by its yaw error
+    views show them, without fit noise: read in view r's axes, turned by its heading error
     `ez` (rad), and moved by where each view's nadir appears (`offset_*`, the roll/pitch
     errors times the height)."""
     turned = np.stack([D[..., 0] + ez * D[..., 1], D[..., 1] - ez * D[..., 0]], -1)
@@ -136,7 +139,7 @@ def displacement(fl: dict, r: int, i: int, rng: np.random.Generator
     D = fl["p_ne"][i] - fl["p_ne"][r]
     overlap = max(1.0 - float(np.hypot(*D)) / FOOTPRINT_M, 0.05)
     sigma = ODO_FIT_M / np.sqrt(overlap)
-    d = seen(D, fl["e"][r, 2], fl["offset"][r], fl["offset"][i]) + rng.normal(0.0, sigma, 2)
+    d = seen(D, fl["view_yaw"][r], fl["offset"][r], fl["offset"][i]) + rng.normal(0.0, sigma, 2)
     return d, sigma
 
 

@@ -9,6 +9,7 @@ captures as one 2x2 matrix measured at the reference point.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,12 +156,18 @@ def skew(a: np.ndarray) -> np.ndarray:
 
 
 def so3_exp(r: np.ndarray) -> np.ndarray:
-    """[3, 3] rotation of the rotation vector `r` [3] (Rodrigues)."""
-    th = float(np.sqrt(r @ r))
-    K = skew(r)
-    if th < 1e-9:
-        return np.eye(3) + K
-    return np.eye(3) + np.sin(th) / th * K + (1 - np.cos(th)) / th**2 * (K @ K)
+    """[3, 3] rotation of the rotation vector `r` [3] (Rodrigues: I + a K + b K^2, K =
+    skew(r)); in scalars, as the IMU filter calls it twice per sample."""
+    x, y, z = np.asarray(r, np.float64).tolist()
+    th2 = x * x + y * y + z * z
+    if th2 < 1e-18:
+        a, b = 1.0, 0.0
+    else:
+        th = math.sqrt(th2)
+        a, b = math.sin(th) / th, (1.0 - math.cos(th)) / th2
+    return np.array([[1.0 - b * (y * y + z * z), b * x * y - a * z, b * x * z + a * y],
+                     [b * x * y + a * z, 1.0 - b * (x * x + z * z), b * y * z - a * x],
+                     [b * x * z - a * y, b * y * z + a * x, 1.0 - b * (x * x + y * y)]])
 
 
 def so3_log(R: np.ndarray) -> np.ndarray:

@@ -121,7 +121,7 @@ class ImuFilter:
         self._gates = {"pos": cfg.nis_gate, "disp": cfg.nis_gate, "alt": cfg.alt_nis_gate,
                        "hdg": cfg.alt_nis_gate}
         self._seq = 0
-        self._q_cache: dict[int, np.ndarray] = {}
+        self._q_cache: dict[int, tuple] = {}
         self._imu: deque[tuple[int, tuple]] = deque()  # (t_ns, sample), kept before a start
         self.reset()
 
@@ -200,45 +200,31 @@ class ImuFilter:
     def _propagate(self, x: np.ndarray, P: np.ndarray, dt_ns: int, s0: tuple, s1: tuple
                    ) -> tuple[np.ndarray, np.ndarray]:
         dt = dt_ns * 1e-9
-        if dt_ns > self.gap_ns:
-            return self._bridge(x, P, dt_ns)
+        Phi, Q, decay = self._constants(dt_ns)
+        x = x.copy()
+        x[_U] *= decay
+        if dt_ns > self.gap_ns:  # bridged at constant velocity (Phi: I, Phi_pv, Phi_uu)
+            x[_P] += x[_V] * dt
+            return x, self._covariance(P, Phi, Q)
         (f0, w0, Rap0), (f1, w1, Rap1) = s0, s1
         R0 = so3_exp(x[_E]) @ Rap0
         R1 = R0 @ so3_exp((0.5 * (w0 + w1) - x[_W]) * dt)
         f_n = R0 @ (f0 - x[_B])
         a0, a1 = f_n + _GRAVITY, R1 @ (f1 - x[_B]) + _GRAVITY
-        x = x.copy()
         x[_P] += x[_V] * dt + (2 * a0 + a1) * dt * dt / 6
         x[_V] += (a0 + a1) * dt / 2
         x[_E] = so3_log(R1 @ Rap1.T)
-        decay = np.exp(-dt / self._tau_s)
-        x[_U] *= decay
-        Phi = np.eye(_N)
-        Phi[_P, _V] = dt * _I3
-        Phi[_V, _E] = -skew(f_n) * dt
-        Phi[_V, _B] = -R0 * dt
-        Phi[_E, _W] = -R0 * dt
-        Phi[_P, _E] = Phi[_V, _E] * dt / 2
-        Phi[_P, _B] = Phi[_V, _B] * dt / 2
-        Phi[_U, _U] = np.diag(decay)
-        return x, self._covariance(P, Phi, dt_ns)
+        Phi = Phi.copy()
+        Phi[_V, _E] = ve = -skew(f_n) * dt
+        Phi[_V, _B] = vb = -R0 * dt
+        Phi[_E, _W] = vb
+        Phi[_P, _E] = ve * (dt / 2)
+        Phi[_P, _B] = vb * (dt / 2)
+        return x, self._covariance(P, Phi, Q)
 
-    def _bridge(self, x: np.ndarray, P: np.ndarray, dt_ns: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """Constant velocity across an IMU gap (see the module docstring)."""
-        dt = dt_ns * 1e-9
-        decay = np.exp(-dt / self._tau_s)
-        x = x.copy()
-        x[_P] += x[_V] * dt
-        x[_U] *= decay
-        Phi = np.eye(_N)
-        Phi[_P, _V] = dt * _I3
-        Phi[_U, _U] = np.diag(decay)
-        return x, self._covariance(P, Phi, dt_ns)
-
-    def _covariance(self, P: np.ndarray, Phi: np.ndarray, dt_ns: int) -> np.ndarray:
+    @staticmethod
+    def _covariance(P: np.ndarray, Phi: np.ndarray, Q: np.ndarray) -> np.ndarray:
         """P+ = Phi P Phi^T + Q; a clone stays: P_ac = Phi P_ac, P_cc as is."""
-        Q = self._noise(dt_ns)
         if len(P) == _N:
             P = Phi @ P @ Phi.T + Q
         else:
@@ -260,16 +246,21 @@ class ImuFilter:
         P = A @ self.P @ A.T + _TIE_VAR * (K @ K.T)
         self.P = 0.5 * (P + P.T)
 
-    def _noise(self, dt_ns: int) -> np.ndarray:
-        """Q [18, 18] over `dt_ns`; the last few are cached (the IMU comes at a steady rate,
-        so the same step recurs)."""
-        Q = self._q_cache.get(dt_ns)
-        if Q is not None:
-            return Q
+    def _constants(self, dt_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Phi's constant part [18, 18]: I, Phi_pv, Phi_uu; Q [18, 18]; d [3]) over
+        `dt_ns`; the last few are cached (the IMU comes at a steady rate, so the same step
+        recurs)."""
+        hit = self._q_cache.get(dt_ns)
+        if hit is not None:
+            return hit
         c, dt = self.cfg, dt_ns * 1e-9
         q = c.accel_noise_mps2_rthz**2
         if dt_ns > self.gap_ns:
             q += c.accel_sigma_mps2**2  # no IMU in between: constant-velocity noise
+        decay = np.exp(-dt / self._tau_s)
+        Phi = np.eye(_N)
+        Phi[_P, _V] = dt * _I3
+        Phi[_U, _U] = np.diag(decay)
         Q = np.zeros((_N, _N))
         Q[_P, _P] = q * dt**3 / 3 * _I3
         Q[_P, _V] = Q[_V, _P] = q * dt**2 / 2 * _I3
@@ -278,11 +269,11 @@ class ImuFilter:
             np.full(3, c.gyro_noise_radps_rthz**2 * dt),
             np.full(3, c.accel_bias_rw_mps2_rths**2 * dt),
             np.full(3, c.gyro_bias_rw_radps_rths**2 * dt),
-            self._sig_e**2 * (1 - np.exp(-2 * dt / self._tau_s))]))
+            self._sig_e**2 * (1 - decay**2)]))
         if len(self._q_cache) >= 16:
             self._q_cache.clear()
-        self._q_cache[dt_ns] = Q
-        return Q
+        self._q_cache[dt_ns] = (Phi, Q, decay)
+        return Phi, Q, decay
 
     def noise_density(self) -> tuple[float, float]:
         """(accelerometer m/s^2/rtHz, gyro rad/s/rtHz) white-noise densities measured on the
