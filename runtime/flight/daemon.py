@@ -369,28 +369,35 @@ class Daemon:
         return list(self._latencies_ms)
 
     def publish(self) -> None:
-        """Hand the navigator's filter state to the output thread (after each frame)."""
+        """Hand the navigator's filter state to the output thread (after each frame), first
+        carried through the IMU samples received since the frame's capture: here, in the
+        vision thread, so that a send slot never has to catch up on a frame's latency of
+        IMU (1-2 s, 100-200 samples, on a slow CPU: 100-150 ms, which late sends)."""
         nav = self.nav
-        published = _Published(nav.filter.snapshot() if nav.filter.initialized else None,
-                               nav.last_fix_t_ns)
+        filt = nav.filter.snapshot() if nav.filter.initialized else None
+        self._advance(filt, time.time_ns())
         with self._lock:
-            self._published = published
+            self._published = _Published(filt, nav.last_fix_t_ns)
 
-    def estimate(self, t_ns: int) -> Estimate | None:
-        """The latest published filter predicted to `t_ns`; None before the first fix.
-
-        The IMU filter is first carried through the IMU samples received since its last
-        one (up to `t_ns`): the Navigator's own gets them only with the next frame, seconds
-        away when frames queue or are dropped, and a prediction across that holds one
-        sample's acceleration. The published copy is the output thread's alone (the
-        vision thread publishes a new one), so it is advanced in place."""
-        with self._lock:
-            pub = self._published
-        filt = pub.filter
+    def _advance(self, filt: PositionFilter | ImuFilter | None, t_ns: int) -> None:
+        """Carry an IMU filter through the IMU samples received after its last one, up to
+        `t_ns`: the Navigator's own gets them only with the next frame, seconds away when
+        frames queue or are dropped, and a prediction across that holds one sample's
+        acceleration. Nothing for the constant-velocity filter."""
         if isinstance(filt, ImuFilter) and filt.initialized:
             imu, rpy = self.telemetry.imu_after(filt.t_ns)
             keep = imu[:, 0] <= t_ns
             feed_imu(filt, imu[keep, 0], imu[keep, 1:4], imu[keep, 4:7], rpy[keep])
+
+    def estimate(self, t_ns: int) -> Estimate | None:
+        """The latest published filter, carried through the IMU samples received since it
+        was published (`_advance`) and predicted to `t_ns`; None before the first fix. The
+        published copy is the output thread's alone (the vision thread publishes a new
+        one), so it is advanced in place."""
+        with self._lock:
+            pub = self._published
+        filt = pub.filter
+        self._advance(filt, t_ns)
         if filt is None or not filt.initialized:  # (or reset: diverged numerically)
             return None
         return estimate_at(filt, t_ns, self.nav.frame, self._alt_amsl_m, pub.last_fix_t_ns,
