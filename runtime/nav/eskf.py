@@ -121,7 +121,7 @@ class ImuFilter:
         self._gates = {"pos": cfg.nis_gate, "disp": cfg.nis_gate, "alt": cfg.alt_nis_gate,
                        "hdg": cfg.alt_nis_gate}
         self._seq = 0
-        self._q_cache: dict[int, tuple] = {}
+        self._step_cache: dict[int, tuple] = {}
         self._imu: deque[tuple[int, tuple]] = deque()  # (t_ns, sample), kept before a start
         self.reset()
 
@@ -250,7 +250,7 @@ class ImuFilter:
         """(Phi's constant part [18, 18]: I, Phi_pv, Phi_uu; Q [18, 18]; d [3]) over
         `dt_ns`; the last few are cached (the IMU comes at a steady rate, so the same step
         recurs)."""
-        hit = self._q_cache.get(dt_ns)
+        hit = self._step_cache.get(dt_ns)
         if hit is not None:
             return hit
         c, dt = self.cfg, dt_ns * 1e-9
@@ -270,9 +270,11 @@ class ImuFilter:
             np.full(3, c.accel_bias_rw_mps2_rths**2 * dt),
             np.full(3, c.gyro_bias_rw_radps_rths**2 * dt),
             self._sig_e**2 * (1 - decay**2)]))
-        if len(self._q_cache) >= 16:
-            self._q_cache.clear()
-        self._q_cache[dt_ns] = (Phi, Q, decay)
+        if len(self._step_cache) >= 16:
+            self._step_cache.clear()
+        for a in (Phi, Q, decay):  # shared by every step of this length: read-only
+            a.flags.writeable = False
+        self._step_cache[dt_ns] = (Phi, Q, decay)
         return Phi, Q, decay
 
     def noise_density(self) -> tuple[float, float]:
@@ -449,7 +451,7 @@ class ImuFilter:
         snap = copy.copy(self)
         snap._steps = deque([_Step(self.t_ns, self._last, self.x.copy(), self.P.copy(),
                                    self.clone_t_ns)])
-        snap._applied, snap._imu, snap._q_cache = [], deque(), {}
+        snap._applied, snap._imu, snap._step_cache = [], deque(), {}
         return snap
 
     def _require(self) -> None:
