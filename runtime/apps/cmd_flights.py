@@ -106,7 +106,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--config", type=Path, help="YAML configuration (defaults otherwise)")
     r.add_argument("--gnss-off-at", type=float, default=0.0, metavar="SECONDS",
-                   help="the log's GNSS may serve as a search prior before this time (default 0)")
+                   help="seconds after the first frame before which the log's GNSS may serve "
+                        "as a search prior (default 0: not at all)")
     r.add_argument("--flights", type=Path, nargs="+", metavar="DIR",
                    help="several recorded-flight folders: per-flight reports + fleet summary")
     r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",

@@ -8,7 +8,7 @@ time with the log's IMU samples up to that time (for the IMU filter; the daemon 
 them over the same way), and each send slot with those up to its time (the daemon's output
 thread carries its copy of the filter through them). The recorded GNSS reaches the GNSS
 monitor and serves as a search prior only before `gnss_off_at_s` (seconds after the first
-frame; 0 = never), and otherwise only scores.
+frame; 0: not at all), and otherwise only scores.
 Every 1 / filter.rate_hz the send policy runs on the estimate predicted to that time, and
 every message it gives (GPS_INPUT or GLOBAL_POSITION_SENSOR, STATUSTEXT, HEARTBEAT, EKF
 source commands) goes to OUT/gps_input.tlog: what the autopilot would have received. Of a

@@ -71,7 +71,9 @@ def flown(tmp_path_factory, ortho_path):
 
 def test_replay_sends_what_the_daemon_sends(flown, ortho_pack):
     cfg = Config()
-    replay(flown / "flight", ortho_pack, flown / "out", cfg, 0.0, progress=False)
+    # the daemon hears the log's GPS_RAW_INT: replay's GNSS serves (as a prior, to the
+    # monitor) past the flight's end too, or the two search with different priors
+    replay(flown / "flight", ortho_pack, flown / "out", cfg, 60.0, progress=False)
     log = mavutil.mavlink_connection(str(flown / "out" / "gps_input.tlog"),
                                      dialect="ardupilotmega")
     replayed = []
