@@ -63,6 +63,7 @@ sample at or before the measurement, applies it, and replays samples and measure
 from __future__ import annotations
 
 import copy
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -103,6 +104,12 @@ class _Meas:
     agl_m: float = 0.0  # "disp": height above ground
 
 
+def _finite(*arrays: np.ndarray) -> bool:
+    """Every element of `arrays` finite: one sum each (a NaN or an infinity makes it
+    non-finite; so does an overflow, a diverged state's as much as any)."""
+    return all(math.isfinite(a.sum()) for a in arrays)
+
+
 def _refused(m: _Meas) -> Innovation:
     d = len(m.z)
     return Innovation(m.t_ns, np.full(d, np.nan), np.full((d, d), np.nan), float("inf"), False)
@@ -121,7 +128,7 @@ class ImuFilter:
         self._gates = {"pos": cfg.nis_gate, "disp": cfg.nis_gate, "alt": cfg.alt_nis_gate,
                        "hdg": cfg.alt_nis_gate}
         self._seq = 0
-        self._step_cache: dict[int, tuple] = {}
+        self._step_cache: dict[tuple[int, int], tuple] = {}
         self._imu: deque[tuple[int, tuple]] = deque()  # (t_ns, sample), kept before a start
         self.reset()
 
@@ -172,7 +179,7 @@ class ImuFilter:
         `gyro_b_radps` [3] at `t_ns`, with the autopilot's attitude `R_ap` [3, 3] (body ->
         NED) at that time. Samples not newer than the last one, or not finite, are dropped."""
         sample = tuple(np.asarray(a, np.float64) for a in (accel_b_mps2, gyro_b_radps, R_ap))
-        if not all(np.isfinite(a).all() for a in sample):
+        if not _finite(*sample):
             return
         if self._imu and t_ns <= self._imu[-1][0]:
             return
@@ -181,7 +188,7 @@ class ImuFilter:
             self._imu.popleft()
         if self.x is not None and t_ns > self.t_ns:
             self._step(int(t_ns), sample)
-            if not (np.all(np.isfinite(self.x)) and np.all(np.isfinite(self.P))):
+            if not _finite(self.x, self.P):
                 self.reset()  # diverged numerically: the Navigator restarts from fixes
 
     def _step(self, t_ns: int, sample: tuple) -> None:
@@ -200,7 +207,7 @@ class ImuFilter:
     def _propagate(self, x: np.ndarray, P: np.ndarray, dt_ns: int, s0: tuple, s1: tuple
                    ) -> tuple[np.ndarray, np.ndarray]:
         dt = dt_ns * 1e-9
-        Phi, Q, decay = self._constants(dt_ns)
+        Phi, Q, decay = self._constants(dt_ns, len(x))
         x = x.copy()
         x[_U] *= decay
         if dt_ns > self.gap_ns:  # bridged at constant velocity (Phi: I, Phi_pv, Phi_uu)
@@ -224,14 +231,9 @@ class ImuFilter:
 
     @staticmethod
     def _covariance(P: np.ndarray, Phi: np.ndarray, Q: np.ndarray) -> np.ndarray:
-        """P+ = Phi P Phi^T + Q; a clone stays: P_ac = Phi P_ac, P_cc as is."""
-        if len(P) == _N:
-            P = Phi @ P @ Phi.T + Q
-        else:
-            P = P.copy()
-            P[:_N, :_N] = Phi @ P[:_N, :_N] @ Phi.T + Q
-            P[:_N, _N:] = Phi @ P[:_N, _N:]
-            P[_N:, :_N] = P[:_N, _N:].T
+        """P+ = Phi P Phi^T + Q (a clone's rows of Phi are the identity's, of Q zero: the
+        clone stays, P_ac = Phi P_ac)."""
+        P = Phi @ P @ Phi.T + Q
         return 0.5 * (P + P.T)
 
     def _tie(self) -> None:
@@ -246,11 +248,12 @@ class ImuFilter:
         P = A @ self.P @ A.T + _TIE_VAR * (K @ K.T)
         self.P = 0.5 * (P + P.T)
 
-    def _constants(self, dt_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(Phi's constant part [18, 18]: I, Phi_pv, Phi_uu; Q [18, 18]; d [3]) over
-        `dt_ns`; the last few are cached (the IMU comes at a steady rate, so the same step
+    def _constants(self, dt_ns: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Phi's constant part [n, n]: I, Phi_pv, Phi_uu; Q [n, n]; d [3]) over `dt_ns`
+        for a state of `n` (18, or 23 with a clone: its rows are the identity's and
+        zero); the last few are cached (the IMU comes at a steady rate, so the same step
         recurs)."""
-        hit = self._step_cache.get(dt_ns)
+        hit = self._step_cache.get((dt_ns, n))
         if hit is not None:
             return hit
         c, dt = self.cfg, dt_ns * 1e-9
@@ -258,14 +261,14 @@ class ImuFilter:
         if dt_ns > self.gap_ns:
             q += c.accel_sigma_mps2**2  # no IMU in between: constant-velocity noise
         decay = np.exp(-dt / self._tau_s)
-        Phi = np.eye(_N)
+        Phi = np.eye(n)
         Phi[_P, _V] = dt * _I3
         Phi[_U, _U] = np.diag(decay)
-        Q = np.zeros((_N, _N))
+        Q = np.zeros((n, n))
         Q[_P, _P] = q * dt**3 / 3 * _I3
         Q[_P, _V] = Q[_V, _P] = q * dt**2 / 2 * _I3
         Q[_V, _V] = q * dt * _I3
-        Q[6:, 6:] = np.diag(np.concatenate([  # e, b, g, u
+        Q[6:_N, 6:_N] = np.diag(np.concatenate([  # e, b, g, u
             np.full(3, c.gyro_noise_radps_rthz**2 * dt),
             np.full(3, c.accel_bias_rw_mps2_rths**2 * dt),
             np.full(3, c.gyro_bias_rw_radps_rths**2 * dt),
@@ -274,7 +277,7 @@ class ImuFilter:
             self._step_cache.clear()
         for a in (Phi, Q, decay):  # shared by every step of this length: read-only
             a.flags.writeable = False
-        self._step_cache[dt_ns] = (Phi, Q, decay)
+        self._step_cache[dt_ns, n] = (Phi, Q, decay)
         return Phi, Q, decay
 
     def noise_density(self) -> tuple[float, float]:
