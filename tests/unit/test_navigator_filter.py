@@ -97,6 +97,7 @@ def test_auto_refuses_an_imu_noisier_than_the_filter_assumes():
 
 def test_auto_says_why_it_runs_the_constant_velocity_filter_without_an_imu():
     nav = Navigator(None, FRAME, Config())
+    assert nav.filter_kind == "cv" and nav.filter_note == "chosen at the first fix"
     for t_s in (0.8, 0.9):  # the filter starts from two fixes
         nav.fuse(_fix(t_s))
     assert nav.filter_kind == "cv" and nav.filter_note == "no IMU sample yet"
