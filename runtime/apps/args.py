@@ -46,7 +46,7 @@ def size(text: str) -> tuple[int, int]:
 
 def add_pack_options(p: argparse.ArgumentParser) -> None:
     """The map-pack options of every command that builds a pack (maps build, maps fetch
-    --build): the encoder it is built for and the map's stated georeferencing error."""
+    --build); `pack_options` turns them into build_pack's arguments."""
     from skyfix.models.registry import ENCODER_NAMES
 
     p.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
@@ -55,6 +55,24 @@ def add_pack_options(p: argparse.ArgumentParser) -> None:
                    help="the orthophoto's stated 1-sigma horizontal error against the world, "
                         "metres; every position flown on the pack claims it (default 0: not "
                         "stated)")
+    p.add_argument("--sign-key", type=Path, metavar="PEM",
+                   help="sign the manifest with this Ed25519 private key (manifest.json.sig)")
+    p.add_argument("--min-valid", type=float, default=0.5, metavar="FRACTION",
+                   help="least share of imagery in a tile (default 0.5); ragged drone orthos"
+                        " may want less")
+    p.add_argument("--index-min-tiles", type=int, metavar="N",
+                   help="build a FAISS index for levels with at least N tiles (default 5000)")
+
+
+def pack_options(a: argparse.Namespace) -> dict:
+    """build_pack's keyword arguments from the options of `add_pack_options`."""
+    from skyfix.maps.build import INDEX_MIN_TILES
+    from skyfix.models.registry import make_encoder
+
+    return dict(encoder=make_encoder(a.encoder), georef_sigma_m=a.georef_sigma,
+                sign_key=a.sign_key, min_valid_fraction=a.min_valid,
+                index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
+                else a.index_min_tiles)
 
 
 def log_to_stderr(verbose: bool = False) -> None:

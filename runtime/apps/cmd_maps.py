@@ -10,14 +10,10 @@ from skyfix.runtime.core.errors import SkyfixError
 
 
 def cmd_maps_build(a: argparse.Namespace) -> None:
-    from skyfix.maps.build import INDEX_MIN_TILES, build_pack
-    from skyfix.models.registry import make_encoder
+    from skyfix.maps.build import build_pack
 
-    kwargs = dict(encoder=make_encoder(a.encoder), gsds_m=a.gsd, tile_px=a.tile,
-                  overlap=a.overlap, force=a.force, dem=a.dem, min_valid_fraction=a.min_valid,
-                  sign_key=a.sign_key, georef_sigma_m=a.georef_sigma,
-                  index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
-                  else a.index_min_tiles)
+    kwargs = dict(gsds_m=a.gsd, tile_px=a.tile, overlap=a.overlap, force=a.force, dem=a.dem,
+                  **args.pack_options(a))
     if a.ray is not None:
         from skyfix.maps.distributed import build_pack_ray
 
@@ -92,15 +88,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     b.add_argument("--overlap", type=float, default=0.5, help="tile overlap 0..0.9 (default 0.5)")
     b.add_argument("--force", action="store_true", help="replace an existing output folder")
-    b.add_argument("--sign-key", type=Path, metavar="PEM",
-                   help="sign the manifest with this Ed25519 private key (manifest.json.sig)")
     args.add_pack_options(b)
     b.add_argument("--dem", type=Path, help="terrain model (GeoTIFF) to resample into the pack")
-    b.add_argument("--min-valid", type=float, default=0.5, metavar="FRACTION",
-                   help="least share of imagery in a tile (default 0.5); ragged drone orthos"
-                        " may want less")
-    b.add_argument("--index-min-tiles", type=int, metavar="N",
-                   help="build a FAISS index for levels with at least N tiles (default 5000)")
     b.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="compute tile features on Ray (a local cluster, or ADDRESS)")
     b.add_argument("--workers", type=int, help="CPUs of a local Ray cluster (default: all)")

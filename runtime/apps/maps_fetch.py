@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from skyfix.runtime.apps.args import add_pack_options
+from skyfix.runtime.apps.args import add_pack_options, pack_options
 from skyfix.runtime.core.errors import SkyfixError
 
 DEFAULT_CACHE = Path.home() / ".cache" / "skyfix" / "tiles"
@@ -133,9 +133,8 @@ def cmd_maps_fetch(a: argparse.Namespace) -> None:
         print(f"wrote {dem}")
     if a.build:
         from skyfix.maps.build import build_pack
-        from skyfix.models.registry import make_encoder
 
         gsds = areas.pack_gsds_m(r.gsd_m, max(agl), camera)
-        path = build_pack([a.out], a.build, encoder=make_encoder(a.encoder), gsds_m=gsds,
-                          dem=dem, force=a.force, georef_sigma_m=a.georef_sigma)
+        path = build_pack([a.out], a.build, gsds_m=gsds, dem=dem, force=a.force,
+                          **pack_options(a))
         print(f"map pack written to {path} (levels {', '.join(f'{g:g}' for g in gsds)} m/px)")

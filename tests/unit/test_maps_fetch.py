@@ -198,14 +198,18 @@ def test_track_files_and_zoom_choice(tmp_path):
 
 def test_cli_fetch_and_build_records_attribution_and_accuracy_in_the_pack(tmp_path, ortho_path,
                                                             small_area, capsys):
+    from test_provenance import key_pair
+
+    private, public = key_pair(tmp_path, "maker")
     lon, lat = small_area.centre_deg
     with TileServer(ortho_path, max_zoom=18) as srv:
         code = main(["maps", "fetch", "--point", f"{lat},{lon}", "--radius", "60",
                      "--url", srv.url, "--attribution", "Stadt Wien", "--terms", "CC BY 4.0",
                      "--gsd", "0.6", "--rate", "500", "--cache", str(tmp_path / "c"),
                      "--out", str(tmp_path / "m.tif"), "--build", str(tmp_path / "pack"),
-                     "--georef-sigma", "2.5"])
+                     "--georef-sigma", "2.5", "--sign-key", str(private)])
     assert code == 0, capsys.readouterr().err
+    assert main(["maps", "verify", str(tmp_path / "pack"), "--trusted-key", str(public)]) == 0
     manifest = json.loads((tmp_path / "pack" / "manifest.json").read_text())
     credit = manifest["build"]["credits"][0]
     assert credit["attribution"] == "Stadt Wien" and credit["terms"] == "CC BY 4.0"
