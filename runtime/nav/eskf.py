@@ -6,7 +6,9 @@ same e turns the specific force and the views, so odometry is modelled with it. 
 
     p, v [3] NED position (m, down = -altitude AMSL), velocity; e [3] correction (rad, NED)
     b, g [3] accelerometer, gyro bias (body); u [3] the autopilot's attitude error (Gauss-
-    Markov, cfg.tilt/yaw_sigma_deg and _tau_s)
+    Markov, cfg.tilt/yaw_sigma_deg and _tau_s). Its roll/pitch part is the vehicle's own
+    (an AHRS levels against its accelerometer: a bias b gives a tilt error b / g in body
+    axes), so in NED it turns with the heading: after a U-turn it has changed sign.
 
 error state dx = [dp, dv, de, db, dg, du], P [18, 18]. Every 0.1 s the tie e = -u
 (R_ap = Exp(u) R_true) is applied (h = e + u, z = 0, 1e-8 rad^2): the gyro gives the
@@ -19,19 +21,22 @@ Propagation, IMU sample k -> k+1 (dt), specific force f_m and rate w_m (body) at
     a_k = R_k (f_m,k - b) + G,  G = (0, 0, 9.80665),  v+ = v + (a_k + a_k+1) dt / 2
     p+ = p + v dt + (2 a_k + a_k+1) dt^2 / 6      (exact for a linear in time)
 
-    u+ = diag(d) u, d = exp(-dt / tau);  errors (f_n = R (f_m - b)): dp' = dv,
+    u+ = diag(d) Rz(dpsi) u, d = exp(-dt / tau), dpsi = (R_k w)_z dt the heading's step
+        (w = (w_m,k + w_m,k+1) / 2 - g; Rz: a rotation about down);
+    errors (f_n = R (f_m - b)): dp' = dv,
     dv' = -[f_n]x de - R db - R n_a, de' = -R dg - R n_w, db' = w_b, dg' = w_g (walks)
     Phi = I + A dt: Phi_pv = I dt, Phi_ve = -[f_n]x dt, Phi_vb = -R dt, Phi_eg = -R dt,
-          Phi_pe = Phi_ve dt/2, Phi_pb = Phi_vb dt/2, Phi_uu = diag(d)
+          Phi_pe = Phi_ve dt/2, Phi_pb = Phi_vb dt/2, Phi_uu = diag(d) Rz(dpsi)
     Q: accel noise (density s_a): Q_pp = s_a^2 dt^3/3, Q_pv = s_a^2 dt^2/2, Q_vv = s_a^2 dt;
        gyro noise Q_ee = s_w^2 dt; bias random walks Q_bb = s_b^2 dt, Q_gg = s_g^2 dt;
        Q_uu = diag(sigma_u^2 (1 - d^2))
     P+ = Phi P Phi^T + Q
     A step longer than cfg.imu_gap_s (no sample in between, or a prediction past the last
     one) is bridged at constant velocity: p+ = p + v dt, v, e, b, g kept (Phi = I but
-    Phi_pv, Phi_uu), Q also gets cfg.accel_sigma_mps2; one sample's specific force and
-    rate held for seconds would be extrapolated instead (PX4's HIGHRES_IMU sample is one
-    ~5 ms average picked at 50 Hz: in SIH 1 m/s^2 of noise, up to 5, beside manoeuvres).
+    Phi_pv, Phi_uu = diag(d)), Q also gets cfg.accel_sigma_mps2; one sample's specific
+    force and rate held for seconds would be extrapolated instead (PX4's HIGHRES_IMU
+    sample is one ~5 ms average picked at 50 Hz: in SIH 1 m/s^2 of noise, up to 5, beside
+    manoeuvres).
 
 Measurements at time t_m, between IMU samples t_k <= t_m < t_k+1 (tau_m = t_m - t_k):
 
@@ -102,6 +107,12 @@ class _Meas:
     seq: int  # arrival order, to keep it among equal capture times
     t0_ns: int = 0  # "disp": the frame the displacement starts from
     agl_m: float = 0.0  # "disp": height above ground
+
+
+def _yaw_turn(dpsi: float) -> np.ndarray:
+    """[3, 3] rotation about NED down by `dpsi` rad."""
+    c, s = math.cos(dpsi), math.sin(dpsi)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def _finite(*arrays: np.ndarray) -> bool:
@@ -215,7 +226,10 @@ class ImuFilter:
             return x, self._covariance(P, Phi, Q)
         (f0, w0, Rap0), (f1, w1, Rap1) = s0, s1
         R0 = so3_exp(x[_E]) @ Rap0
-        R1 = R0 @ so3_exp((0.5 * (w0 + w1) - x[_W]) * dt)
+        w = 0.5 * (w0 + w1) - x[_W]
+        R1 = R0 @ so3_exp(w * dt)
+        turn = _yaw_turn(float(R0[2] @ w) * dt)  # u turns with the heading (Rz(dpsi))
+        x[_U] = turn @ x[_U]
         f_n = R0 @ (f0 - x[_B])
         a0, a1 = f_n + _GRAVITY, R1 @ (f1 - x[_B]) + _GRAVITY
         x[_P] += x[_V] * dt + (2 * a0 + a1) * dt * dt / 6
@@ -227,6 +241,7 @@ class ImuFilter:
         Phi[_E, _W] = vb
         Phi[_P, _E] = ve * (dt / 2)
         Phi[_P, _B] = vb * (dt / 2)
+        Phi[_U, _U] = decay[:, None] * turn
         return x, self._covariance(P, Phi, Q)
 
     @staticmethod

@@ -64,6 +64,40 @@ def test_constant_turn_rate_follows_the_circle():
                                atol=1e-3)
 
 
+def Rx(phi: float) -> np.ndarray:
+    c, s = np.cos(phi), np.sin(phi)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def test_the_autopilots_tilt_error_turns_with_the_vehicle():
+    """The autopilot reports a roll 0.3 deg off, in body axes (as an accelerometer bias
+    makes it), through a U-turn: its error in NED, modelled by u and known at the start,
+    has changed sign at the end; the filter's attitude still follows the truth (no
+    phantom acceleration), and u and e agree (the tie pulls nothing)."""
+    v, w, dt, roll = 12.0, 0.4, 0.01, np.radians(0.3)
+    filt = ImuFilter(quiet_cfg(tilt_sigma_deg=0.3, tilt_tau_s=86400.0, yaw_sigma_deg=1.0,
+                               yaw_tau_s=86400.0))
+
+    def sample(t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        psi = w * t
+        acc = v * w * np.array([-np.sin(psi), np.cos(psi), 0.0])
+        R = Rz(psi)
+        return R.T @ (acc - G), np.array([0.0, 0.0, w]), R @ Rx(roll)
+
+    filt.on_imu(0, *sample(0.0))
+    filt.initialize(0, np.zeros(2), np.eye(2), np.array([v, 0.0]), np.eye(2))
+    filt.x[6:9], filt.x[15:18] = [-roll, 0.0, 0.0], [roll, 0.0, 0.0]  # known at the start
+    n = round(np.pi / w / dt)  # half a circle
+    for k in range(1, n + 1):
+        filt.on_imu(round(k * dt * 1e9), *sample(k * dt))
+    psi = w * n * dt
+    u = roll * np.array([np.cos(psi), np.sin(psi), 0.0])  # R_ap = Exp(u) R_true
+    np.testing.assert_allclose(filt.x[15:18], u, atol=1e-6)
+    np.testing.assert_allclose(filt.x[6:9], -u, atol=1e-6)
+    np.testing.assert_allclose(filt.x[3:5], v * np.array([np.cos(psi), np.sin(psi)]),
+                               atol=1e-3)
+
+
 def test_gyro_carries_the_attitude_through_the_autopilots_steps():
     """The autopilot's heading jumps by 1 deg (a compass correction) while the gyro says
     nothing turned: the correction e takes the step, the attitude used stays put."""
