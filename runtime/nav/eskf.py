@@ -109,12 +109,6 @@ class _Meas:
     agl_m: float = 0.0  # "disp": height above ground
 
 
-def _yaw_turn(dpsi: float) -> np.ndarray:
-    """[3, 3] rotation about NED down by `dpsi` rad."""
-    c, s = math.cos(dpsi), math.sin(dpsi)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
 def _finite(*arrays: np.ndarray) -> bool:
     """Every element of `arrays` finite: one sum each (a NaN or an infinity makes it
     non-finite; so does an overflow, a diverged state's as much as any)."""
@@ -228,7 +222,7 @@ class ImuFilter:
         R0 = so3_exp(x[_E]) @ Rap0
         w = 0.5 * (w0 + w1) - x[_W]
         R1 = R0 @ so3_exp(w * dt)
-        turn = _yaw_turn(float(R0[2] @ w) * dt)  # u turns with the heading (Rz(dpsi))
+        turn = so3_exp((0.0, 0.0, float(R0[2] @ w) * dt))  # Rz(dpsi): u turns along
         x[_U] = turn @ x[_U]
         f_n = R0 @ (f0 - x[_B])
         a0, a1 = f_n + _GRAVITY, R1 @ (f1 - x[_B]) + _GRAVITY

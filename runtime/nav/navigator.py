@@ -218,7 +218,7 @@ class Navigator:
         self.map_sigma_m = 0.0 if localizer is None else localizer.pack.region.georef_sigma_m
         self.filter: PositionFilter | ImuFilter = PositionFilter(cfg.filter)
         self.filter_kind = "cv"  # which filter runs: cv | imu
-        # why auto did not choose the IMU filter it could have run
+        # filter.kind auto: why it runs cv, or that it chooses at the first fix
         self.filter_note = "chosen at the first fix" if cfg.filter.kind == "auto" else ""
         self._imu_filter = ImuFilter(cfg.filter)  # buffers IMU samples until it runs
         self._imu_t_ns: int | None = None  # time of the last IMU sample
