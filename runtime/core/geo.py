@@ -151,13 +151,15 @@ def grid_convergence_deg(crs: CRS, east_m: float, north_m: float) -> float:
 
 
 def skew(a: np.ndarray) -> np.ndarray:
-    """[3, 3] cross-product matrix: skew(a) @ b == a x b."""
-    return np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
+    """[3, 3] cross-product matrix: skew(a) @ b == a x b (in scalars: the IMU filter
+    builds one per sample)."""
+    x, y, z = np.asarray(a, np.float64).tolist()
+    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
 
 
 def so3_exp(r: np.ndarray) -> np.ndarray:
     """[3, 3] rotation of the rotation vector `r` [3] (Rodrigues: I + a K + b K^2, K =
-    skew(r)); in scalars, as the IMU filter calls it twice per sample."""
+    skew(r)); in scalars, as the IMU filter calls it three times per sample."""
     x, y, z = np.asarray(r, np.float64).tolist()
     th2 = x * x + y * y + z * z
     if th2 < 1e-18:
@@ -171,7 +173,10 @@ def so3_exp(r: np.ndarray) -> np.ndarray:
 
 
 def so3_log(R: np.ndarray) -> np.ndarray:
-    """[3] rotation vector of a rotation `R` [3, 3] within 90 degrees of the identity."""
-    w = 0.5 * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-    s = float(np.sqrt(w @ w))
-    return w if s < 1e-12 else w * (np.arcsin(min(s, 1.0)) / s)
+    """[3] rotation vector of a rotation `R` [3, 3] within 90 degrees of the identity,
+    from its antisymmetric part (in scalars, as so3_exp)."""
+    (_, r01, r02), (r10, _, r12), (r20, r21, _) = np.asarray(R, np.float64).tolist()
+    x, y, z = 0.5 * (r21 - r12), 0.5 * (r02 - r20), 0.5 * (r10 - r01)
+    s = math.sqrt(x * x + y * y + z * z)
+    k = 1.0 if s < 1e-12 else math.asin(min(s, 1.0)) / s
+    return np.array([x * k, y * k, z * k])

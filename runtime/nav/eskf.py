@@ -110,9 +110,9 @@ class _Meas:
 
 
 def _finite(*arrays: np.ndarray) -> bool:
-    """Every element of `arrays` finite: one sum each (a NaN or an infinity makes it
-    non-finite; so does an overflow, a diverged state's as much as any)."""
-    return all(math.isfinite(a.sum()) for a in arrays)
+    """Every element of `arrays` finite: one sum of squares each (a NaN or an infinity
+    makes it non-finite; so does an overflow, a diverged state's as much as any)."""
+    return all(math.isfinite(np.vdot(a, a)) for a in arrays)
 
 
 def _refused(m: _Meas) -> Innovation:
@@ -146,6 +146,7 @@ class ImuFilter:
         self._steps: deque[_Step] = deque()
         self._applied: list[_Meas] = []
         self._last = (-_GRAVITY, np.zeros(3), _I3)  # last sample: level, unaccelerated
+        self._carry: tuple | None = None  # (x, R, a) of the last step: see _propagate
 
     @property
     def initialized(self) -> bool:
@@ -183,7 +184,8 @@ class ImuFilter:
         """One IMU sample: specific force `accel_b_mps2` [3] (body FRD, m/s^2) and rate
         `gyro_b_radps` [3] at `t_ns`, with the autopilot's attitude `R_ap` [3, 3] (body ->
         NED) at that time. Samples not newer than the last one, or not finite, are dropped."""
-        sample = tuple(np.asarray(a, np.float64) for a in (accel_b_mps2, gyro_b_radps, R_ap))
+        sample = (np.asarray(accel_b_mps2, np.float64), np.asarray(gyro_b_radps, np.float64),
+                  np.asarray(R_ap, np.float64))
         if not _finite(*sample):
             return
         if self._imu and t_ns <= self._imu[-1][0]:
@@ -198,70 +200,75 @@ class ImuFilter:
 
     def _step(self, t_ns: int, sample: tuple) -> None:
         tie = t_ns // _TIE_NS != self.t_ns // _TIE_NS
-        self.x, self.P = self._propagate(self.x, self.P, t_ns - self.t_ns, self._last, sample)
+        self.x, self.P, end = self._propagate(self.x, self.P, t_ns - self.t_ns, self._last,
+                                              sample, self._carry)
+        self._carry = (self.x, *end) if end else None
         self.t_ns, self._last = t_ns, sample
         if tie:
             self._tie()
-        self._steps.append(_Step(t_ns, sample, self.x.copy(), self.P.copy(), self.clone_t_ns))
+        self._steps.append(_Step(t_ns, sample, self.x, self.P, self.clone_t_ns))
         while len(self._steps) > 1 and self._steps[1].t_ns <= t_ns - self.history_ns:
             self._steps.popleft()
         oldest = self._steps[0].t_ns
         if self._applied and self._applied[0].t_ns < oldest:
             self._applied = [m for m in self._applied if m.t_ns >= oldest]
 
-    def _propagate(self, x: np.ndarray, P: np.ndarray, dt_ns: int, s0: tuple, s1: tuple
-                   ) -> tuple[np.ndarray, np.ndarray]:
+    def _propagate(self, x: np.ndarray, P: np.ndarray, dt_ns: int, s0: tuple, s1: tuple,
+                   carried: tuple | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """(x, P, (R_k+1, a_k+1)) one step of `dt_ns` on, from sample `s0` to `s1` (the
+        pair is () across a gap), in new arrays: the filter never changes a state's arrays
+        in place, its steps keep them. `carried` is (x', R, a) of the step that returned
+        x': while x is x', R_k = Exp(e) R_ap,k and a_k are that R and a (Exp(Log(R
+        R_ap^T)) R_ap = R), not computed again; a measurement or the tie makes a new x.
+        P+ = Phi P Phi^T + Q (a clone's rows of Phi are the identity's, of Q zero: the
+        clone stays, P_ac = Phi P_ac); made symmetric again by measurements and the tie."""
         dt = dt_ns * 1e-9
-        Phi, Q, decay = self._constants(dt_ns, len(x))
-        x = x.copy()
-        x[_U] *= decay
+        Phi, Q, decay, pv = self._constants(dt_ns, len(x))
         if dt_ns > self.gap_ns:  # bridged at constant velocity (Phi: I, Phi_pv, Phi_uu)
+            x = x.copy()
+            x[_U] *= decay
             x[_P] += x[_V] * dt
-            return x, self._covariance(P, Phi, Q)
+            return x, Phi @ P @ Phi.T + Q, ()
         (f0, w0, Rap0), (f1, w1, Rap1) = s0, s1
-        R0 = so3_exp(x[_E]) @ Rap0
+        if carried is not None and carried[0] is x:
+            R0, a0 = carried[1:]
+        else:
+            R0 = so3_exp(x[_E]) @ Rap0
+            a0 = R0 @ (f0 - x[_B]) + _GRAVITY
         w = 0.5 * (w0 + w1) - x[_W]
         R1 = R0 @ so3_exp(w * dt)
-        turn = so3_exp((0.0, 0.0, float(R0[2] @ w) * dt))  # Rz(dpsi): u turns along
-        x[_U] = turn @ x[_U]
-        f_n = R0 @ (f0 - x[_B])
-        a0, a1 = f_n + _GRAVITY, R1 @ (f1 - x[_B]) + _GRAVITY
-        x[_P] += x[_V] * dt + (2 * a0 + a1) * dt * dt / 6
-        x[_V] += (a0 + a1) * dt / 2
+        a1 = R1 @ (f1 - x[_B]) + _GRAVITY
+        x = x.copy()
+        x[:6] += (pv @ np.array((x[_V], a0, a1))).ravel()  # p, v
         x[_E] = so3_log(R1 @ Rap1.T)
+        dpsi = float(R0[2] @ w) * dt  # the heading's step
+        c, s = math.cos(dpsi), math.sin(dpsi)
+        d, _, dz = decay.tolist()
+        uu = np.array(((d * c, -d * s, 0.0), (d * s, d * c, 0.0), (0.0, 0.0, dz)))  # Phi_uu
+        x[_U] = uu @ x[_U]  # diag(d) Rz(dpsi) u (written out: a third of so3_exp and a product)
         Phi = Phi.copy()
-        Phi[_V, _E] = ve = -skew(f_n) * dt
-        Phi[_V, _B] = vb = -R0 * dt
-        Phi[_E, _W] = vb
-        Phi[_P, _E] = ve * (dt / 2)
-        Phi[_P, _B] = vb * (dt / 2)
-        Phi[_U, _U] = decay[:, None] * turn
-        return x, self._covariance(P, Phi, Q)
-
-    @staticmethod
-    def _covariance(P: np.ndarray, Phi: np.ndarray, Q: np.ndarray) -> np.ndarray:
-        """P+ = Phi P Phi^T + Q (a clone's rows of Phi are the identity's, of Q zero: the
-        clone stays, P_ac = Phi P_ac)."""
-        P = Phi @ P @ Phi.T + Q
-        return 0.5 * (P + P.T)
+        vevb = np.concatenate((skew(a0 - _GRAVITY), R0), axis=1) * -dt  # [Phi_ve, Phi_vb]
+        Phi[_V, 6:12] = vevb
+        Phi[_P, 6:12] = vevb * (dt / 2)  # [Phi_pe, Phi_pb]
+        Phi[_E, _W] = vevb[:, 3:]
+        Phi[_U, _U] = uu
+        return x, Phi @ P @ Phi.T + Q, (R1, a1)
 
     def _tie(self) -> None:
-        """Apply e + u = 0 (see the module docstring), Joseph form, ungated."""
-        n = len(self.x)
-        H = np.zeros((3, n))
-        H[:, _E], H[:, _U] = _I3, _I3
-        S = H @ self.P @ H.T + _TIE_VAR * _I3
-        K = self.P @ H.T @ np.linalg.inv(S)
+        """Apply e + u = 0 (see the module docstring), ungated; H picks e and u, so
+        P H^T = P_:e + P_:u, and P+ = P - K (P H^T)^T (K optimal, R tiny: no Joseph form
+        needed, the symmetric part kept)."""
+        PH = self.P[:, _E] + self.P[:, _U]  # P H^T
+        K = PH @ np.linalg.inv(PH[_E] + PH[_U] + _TIE_VAR * _I3)  # S = H P H^T + R
         self.x = self.x - K @ (self.x[_E] + self.x[_U])
-        A = np.eye(n) - K @ H
-        P = A @ self.P @ A.T + _TIE_VAR * (K @ K.T)
+        P = self.P - K @ PH.T
         self.P = 0.5 * (P + P.T)
 
-    def _constants(self, dt_ns: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(Phi's constant part [n, n]: I, Phi_pv, Phi_uu; Q [n, n]; d [3]) over `dt_ns`
-        for a state of `n` (18, or 23 with a clone: its rows are the identity's and
-        zero); the last few are cached (the IMU comes at a steady rate, so the same step
-        recurs)."""
+    def _constants(self, dt_ns: int, n: int) -> tuple[np.ndarray, ...]:
+        """(Phi's constant part [n, n]: I, Phi_pv, Phi_uu; Q [n, n]; d [3]; the p, v step
+        [2, 3] on (v, a_k, a_k+1)) over `dt_ns` for a state of `n` (18, or 23 with a
+        clone: its rows are the identity's and zero); the last few are cached (the IMU
+        comes at a steady rate, so the same step recurs)."""
         hit = self._step_cache.get((dt_ns, n))
         if hit is not None:
             return hit
@@ -282,12 +289,13 @@ class ImuFilter:
             np.full(3, c.accel_bias_rw_mps2_rths**2 * dt),
             np.full(3, c.gyro_bias_rw_radps_rths**2 * dt),
             self._sig_e**2 * (1 - decay**2)]))
+        pv = np.array(((dt, dt * dt / 3, dt * dt / 6), (0.0, dt / 2, dt / 2)))
         if len(self._step_cache) >= 16:
             self._step_cache.clear()
-        for a in (Phi, Q, decay):  # shared by every step of this length: read-only
+        for a in (Phi, Q, decay, pv):  # shared by every step of this length: read-only
             a.flags.writeable = False
-        self._step_cache[dt_ns, n] = (Phi, Q, decay)
-        return Phi, Q, decay
+        self._step_cache[dt_ns, n] = (Phi, Q, decay, pv)
+        return Phi, Q, decay, pv
 
     def noise_density(self) -> tuple[float, float]:
         """(accelerometer m/s^2/rtHz, gyro rad/s/rtHz) white-noise densities measured on the
@@ -448,7 +456,7 @@ class ImuFilter:
             x, P, t0, s = st.x, st.P, st.t_ns, st.sample
         if t_ns <= t0:
             return x.copy(), P.copy()
-        return self._propagate(x, P, t_ns - t0, s, s)
+        return self._propagate(x, P, t_ns - t0, s, s)[:2]
 
     def horizontal_at(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """(x [4] (north, east, vn, ve), P [4, 4]) at `t_ns`: the Navigator's view."""
