@@ -71,27 +71,32 @@ class OutputAids:
                 self._fix_t.popleft()
             return min(len(self._fix_t), self.max_satellites)
 
+    def _fresh_pair(self, last_two: deque, t_ns: int) -> list | None:
+        """The two measurements in `last_two` (oldest first) when the newer one is fresh at
+        `t_ns` (within the lock budget), else None."""
+        with self._lock:
+            pair = list(last_two)
+        if len(pair) < 2 or t_ns - pair[-1][0] > self.budget_ns:
+            return None
+        return pair
+
     def yaw_deg(self, t_ns: int, heading_deg: float | None) -> float | None:
         """The visual heading, degrees [0, 360), or None when not trustworthy now."""
-        with self._lock:
-            heading = list(self._heading)
-        yaw = heading_deg if heading_deg is not None and math.isfinite(heading_deg) else None
-        if yaw is None or len(heading) < 2 or t_ns - heading[-1][0] > self.budget_ns:
+        pair = self._fresh_pair(self._heading, t_ns)
+        if pair is None or heading_deg is None or not math.isfinite(heading_deg):
             return None
-        (_, a), (_, b) = heading
+        (_, a), (_, b) = pair
         if abs((b - a + 180.0) % 360.0 - 180.0) > HEADING_AGREE_DEG:
             return None
-        return (yaw + b) % 360.0
+        return (heading_deg + b) % 360.0
 
     def with_altitude(self, est: Estimate, t_ns: int) -> Estimate:
         """`est` (carrying the autopilot's altitude at `t_ns`) with skyfix's own altitude
         and its 1-sigma when there is a trustworthy one now, else `est` unchanged."""
-        with self._lock:
-            height = list(self._height)
-        if (not math.isfinite(est.alt_amsl_m) or len(height) < 2
-                or t_ns - height[-1][0] > self.budget_ns):
+        pair = self._fresh_pair(self._height, t_ns)
+        if pair is None or not math.isfinite(est.alt_amsl_m):
             return est
-        (_, a, sa), (_, b, sb) = height
+        (_, a, sa), (_, b, sb) = pair
         if abs(b - a) > HEIGHT_AGREE_SIGMA * math.hypot(sa, sb):
             return est
         return replace(est, alt_amsl_m=est.alt_amsl_m + b,
