@@ -33,10 +33,10 @@ from skyfix.runtime.core.config import Config
 from skyfix.sim.flight import FlightSpec, simulate_flight
 from skyfix.sim.sample import sample_ortho
 
+# each variant: {config section: settings}
 KINDS = {"cv": {"filter": {"kind": "cv"}}, "imu": {"filter": {"kind": "imu"}},
          "imu_no_heading": {"filter": {"kind": "imu", "fuse_heading": False}},
          "imu_floor_5cm": {"filter": {"kind": "imu"}, "match": {"sigma_floor_m": 0.05}}}
-# each: {config section: settings}
 
 
 def main() -> None:
