@@ -11,6 +11,9 @@ the protocol's prior window. Scored: placed (accepted and the fix within PLACED_
 truth), accepted, wrong (accepted and more than WRONG_PX off), the median error of the
 placed views, view-side milliseconds (look + locate, one thread) and a PNG sheet of the
 failures per set (view | prior window of `a`, truth boxed | `a` where it was placed).
+Reachable: the views whose features the fine stage, seeded at the true place, matches with
+at least min_inliers inliers; a view that is not cannot be placed by any search, so the
+share tells a search or acceptance failure from one of the features.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.types import Fix, Frame, Telemetry
 from skyfix.runtime.flight.assembly import build_chain
+from skyfix.runtime.nav.coarse import CoarseMatch
 from skyfix.runtime.nav.navigator import Localizer, Look
 from skyfix.runtime.nav.retrieve import Prior
 from skyfix.sim.pairs import SyntheticView, make_views
@@ -63,6 +67,7 @@ class ViewResult:
     err_px: float  # NaN when rejected
     reason: str  # "" when accepted
     ms: float
+    reachable: bool  # the fine stage at the true place finds min_inliers (see run_view)
 
 
 def _georeference(image_bgr: np.ndarray, gsd_m: float, dst: Path) -> None:
@@ -116,12 +121,20 @@ def run_view(loc: Localizer, view: SyntheticView, gsd_m: float, set_name: str
     look = loc.look(frame, tel, prior)
     result = loc.locate(look, prior) if isinstance(look, Look) else look
     ms = (time.perf_counter() - t0) * 1e3
+    # What the features allow: the fine stage seeded at the true place and rotation. A view
+    # it cannot match there (< min_inliers) has too little in common with the map for the
+    # local features, whatever the search does.
+    # (make_views turns the view clockwise in image b by heading_deg: counter-clockwise on
+    # the north-up map by -heading_deg, the coarse stage's sense)
+    truth = CoarseMatch(*px_to_en(*view.truth_px, gsd_m), -view.heading_deg, 0.0, 0.0)
+    at_truth = loc.match_at(look, truth) if isinstance(look, Look) else None
+    reachable = at_truth is not None and at_truth.match.inliers >= loc.cfg.match.min_inliers
     if not isinstance(result, Fix):
         return ViewResult(set_name, view.pair_id, view.index, False, float("nan"),
-                          result.reason, ms), None
+                          result.reason, ms, reachable), None
     placed = en_to_px(result.east_m, result.north_m, gsd_m)
     err = float(np.hypot(placed[0] - view.truth_px[0], placed[1] - view.truth_px[1]))
-    return ViewResult(set_name, view.pair_id, view.index, True, err, "", ms), placed
+    return ViewResult(set_name, view.pair_id, view.index, True, err, "", ms, reachable), placed
 
 
 def _crop(image: np.ndarray, cx: float, cy: float, half: int) -> np.ndarray:
@@ -145,6 +158,8 @@ def _sheet_row(view: SyntheticView, image_a: np.ndarray, placed: tuple[float, fl
     else:
         where = _crop(image_a, *placed, half)
         text = f"placed {res.err_px:.0f} px off"
+    if not res.reachable:
+        text += ", unreachable"
     row = np.concatenate([view.image, win, where], axis=1)
     cv2.putText(row, f"{res.pair_id}#{res.index} {text}", (6, 22), cv2.FONT_HERSHEY_SIMPLEX,
                 0.6, (0, 255, 255), 2, cv2.LINE_AA)
@@ -156,6 +171,7 @@ def _summary(results: list[ViewResult], gsd_m: float | None) -> dict:
     acc = [r for r in results if r.accepted]
     placed = [r for r in acc if r.err_px <= PLACED_PX]
     wrong = [r for r in acc if r.err_px > WRONG_PX]
+    reach = [r for r in results if r.reachable]
     errs = np.array([r.err_px for r in placed])
     ms = np.array([r.ms for r in results])
     reasons: dict[str, int] = {}
@@ -170,6 +186,10 @@ def _summary(results: list[ViewResult], gsd_m: float | None) -> dict:
         "median_err_px": round(float(np.median(errs)), 2) if len(errs) else None,
         "median_err_m": (round(float(np.median(errs)) * gsd_m, 2)
                          if len(errs) and gsd_m else None),
+        "reachable_pct": round(100 * len(reach) / n, 1) if n else None,
+        "placed_of_reachable_pct": (round(100 * sum(r.accepted and r.err_px <= PLACED_PX
+                                                    for r in reach) / len(reach), 1)
+                                    if reach else None),
         "view_ms_median": round(float(np.median(ms)), 1) if n else None,
         "view_ms_p95": round(float(np.percentile(ms, 95)), 1) if n else None,
         "rejections": reasons,
@@ -215,7 +235,7 @@ def run_method(method: str, sets: list[PairSet], views: int, seed: int, work: Pa
 
 def _short(d: dict) -> dict:
     keys = ("views", "placed_pct", "accepted_pct", "wrong_among_accepted_pct",
-            "median_err_px", "view_ms_median")
+            "reachable_pct", "median_err_px", "view_ms_median")
     return {k: d[k] for k in keys}
 
 

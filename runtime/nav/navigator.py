@@ -78,6 +78,11 @@ def with_height_above_ground(tel: Telemetry, ground_m: float) -> Telemetry:
     return tel
 
 
+def _half_diagonal_m(view: View) -> float:
+    """The view's half-diagonal on the ground: how far its pixels reach from its centre."""
+    return float(np.hypot(*view.image.shape)) * view.gsd_m / 2
+
+
 class Localizer:
     """rectify -> features -> retrieve -> match, for one frame at a time."""
 
@@ -134,6 +139,18 @@ class Localizer:
         return near if isinstance(near, Rejection) else judge_near(look.view, near,
                                                                    self.cfg.match)
 
+    def match_at(self, look: Look, place: CoarseMatch) -> NearMatch | None:
+        """The fine match of the view's features near `place` (the 4 tiles of the view's
+        level nearest it), or None."""
+        view = look.view
+        reach = _half_diagonal_m(view)
+        centre = np.array([place.east_m, place.north_m])
+        ids = self.pack.tiles_near(centre, reach, reach)
+        ids = ids[self.pack.tile_levels(ids) == look.level]
+        ids = self.pack.nearest_first(ids, centre)[0][:4]
+        return match_near(view, look.feats, [self._tile(int(i)) for i in ids], place,
+                          self.cfg.match)
+
     def match_near(self, look: Look, windows: list[Prior]) -> NearMatch | None | Rejection:
         """Coarse search of each window, then the fine match near each of its
         `match.hypotheses` best places: the one the fine stage supports best (None: none
@@ -141,7 +158,7 @@ class Localizer:
         place, away from the best, is supported nearly as well. The other places are not
         tried when the best coarse place agrees with 4 x min_inliers fine inliers."""
         view, cfg = look.view, self.cfg.match
-        reach = float(np.hypot(*view.image.shape)) * view.gsd_m / 2  # view half-diagonal
+        reach = _half_diagonal_m(view)
         places = []
         for prior in windows:
             radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
@@ -153,11 +170,7 @@ class Localizer:
             return Rejection(view.t_ns, "no_tiles", "no place for the view in the window")
         found = []
         for coarse in places:
-            centre = np.array([coarse.east_m, coarse.north_m])
-            ids = self.pack.tiles_near(centre, reach, reach)
-            ids = ids[self.pack.tile_levels(ids) == look.level]
-            ids = self.pack.nearest_first(ids, centre)[0][:4]
-            near = match_near(view, look.feats, [self._tile(int(i)) for i in ids], coarse, cfg)
+            near = self.match_at(look, coarse)
             if near is None:
                 continue
             found.append(near)

@@ -1,5 +1,6 @@
 """`skyfix bench crossdate` end to end on a small two-date set cut from the bundled Vienna
-orthophoto (date b: the same place with a brightness change), plus a broken pair."""
+orthophoto (date b: the same place with a brightness change; a pair whose b is another
+place, which nothing can place), plus a broken pair."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def pair_set(ortho, tmp_path):
     cv2.imwrite(str(root / "A" / "p1.png"), a)
     cv2.imwrite(str(root / "B" / "p1.png"), b)
     cv2.imwrite(str(root / "B" / "small.png"), b[:400, :400])
-    (root / "pairs.csv").write_text("id,a,b\np1,A/p1.png,B/p1.png\nbad,A/p1.png,B/small.png\n")
+    cv2.imwrite(str(root / "B" / "elsewhere.png"), image[1100:1612, 1100:1612])
+    (root / "pairs.csv").write_text("id,a,b\np1,A/p1.png,B/p1.png\nbad,A/p1.png,B/small.png\n"
+                                    "other,A/p1.png,B/elsewhere.png\n")
     (root / "meta.json").write_text(json.dumps({"gsd_m": None, "rgb_bands": [1, 2, 3],
                                                 "registered": True, "licence": "CC BY 4.0"}))
     return root
@@ -41,9 +44,12 @@ def test_bench_crossdate_runs_the_product_and_reports(pair_set, tmp_path, capsys
                                        " (512x512 vs 400x400)"]
     assert "loadavg_1m_start" in report["machine"]
     s = report["methods"]["rootsift"]["sets"]["vienna_pairs"]
-    assert s["views"] == 3 and s["pairs"] == 1 and s["gsd_assumed"] and s["gsd_m"] == 0.5
-    # same place, brightness changed: every view placed within 3 px, nothing wrong
-    assert s["placed"] == 3 and s["wrong"] == 0 and s["median_err_px"] < 3
+    assert s["views"] == 6 and s["pairs"] == 2 and s["gsd_assumed"] and s["gsd_m"] == 0.5
+    # same place, brightness changed: every view placed within 3 px; views of another
+    # place: not one accepted, and the features cannot match them at the "true" place
+    assert s["placed"] == 3 and s["accepted"] == 3 and s["wrong"] == 0
+    assert s["median_err_px"] < 3
+    assert s["reachable_pct"] == 50.0 and s["placed_of_reachable_pct"] == 100.0
     assert report["methods"]["rootsift"]["overall"]["placed"] == 3
 
 
