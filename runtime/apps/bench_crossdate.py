@@ -11,9 +11,9 @@ the protocol's prior window. Scored: placed (accepted and the fix within PLACED_
 truth), accepted, wrong (accepted and more than WRONG_PX off), the median error of the
 placed views, view-side milliseconds (look + locate, one thread) and a PNG sheet of the
 failures per set (view | prior window of `a`, truth boxed | `a` where it was placed).
-Reachable: the views whose features the fine stage, seeded at the true place, matches with
-at least min_inliers inliers; a view that is not cannot be placed by any search, so the
-share tells a search or acceptance failure from one of the features.
+Reachable: the views whose features the fine stage, seeded at the true place and rotation,
+matches with at least min_inliers inliers; a view that is not cannot be placed by any
+search, so the share tells a search or acceptance failure from one of the features.
 """
 
 from __future__ import annotations
@@ -121,11 +121,10 @@ def run_view(loc: Localizer, view: SyntheticView, gsd_m: float, set_name: str
     look = loc.look(frame, tel, prior)
     result = loc.locate(look, prior) if isinstance(look, Look) else look
     ms = (time.perf_counter() - t0) * 1e3
-    # What the features allow: the fine stage seeded at the true place and rotation. A view
-    # it cannot match there (< min_inliers) has too little in common with the map for the
-    # local features, whatever the search does.
-    # (make_views turns the view clockwise in image b by heading_deg: counter-clockwise on
-    # the north-up map by -heading_deg, the coarse stage's sense)
+    # What the features allow: the fine stage seeded at the true place and rotation (the
+    # view is turned clockwise in image b by heading_deg, so by -heading_deg in the coarse
+    # stage's counter-clockwise, north-up sense). A view it cannot match there with
+    # min_inliers has too little in common with the map, whatever the search does.
     truth = CoarseMatch(*px_to_en(*view.truth_px, gsd_m), -view.heading_deg, 0.0, 0.0)
     at_truth = loc.match_at(look, truth) if isinstance(look, Look) else None
     reachable = at_truth is not None and at_truth.match.inliers >= loc.cfg.match.min_inliers
