@@ -152,8 +152,9 @@ class MatchConfig(Section):
     coarse: bool = key(True, "coarse structural search before feature matching, where the "
                        "pack has structure channels")
     hypotheses: int = key(3, "coarse places given to the fine stage, best first", ge=1, le=100)
-    window_fallback: bool = key(True, "no strong match near the coarse places: features "
-                                "matched across the whole window, accepted on their own strength")
+    window_fallback: bool = key(True, "no strong match near the coarse places: the places "
+                                "the features vote for across the whole window, matched near "
+                                "and accepted on their own strength")
     near_radius_px: float = key(40.0, "features matched within this of the coarse prediction",
                                 gt=0, le=10_000)
     min_spread: float = key(0.45, "inliers' hull: sqrt(area / view area) below this -> "

@@ -7,6 +7,9 @@ stage (skyfix.runtime.nav.coarse) put the view, then the shared robust fit and p
        prediction (no ratio test: nearby repeated structure is what the radius removes)
     -> MAGSAC + similarity + pose (robust_similarity, pose_match)
 
+Where the coarse stage found no place the features support strongly, `vote_places` gives
+the places the features alone point to across the whole window, to match near the same way.
+
 Acceptance (`judge_near`): a fix must pass all of
     inliers          >= min_inliers
     scale, heading   as for any fix (skyfix.runtime.nav.match.judge)
@@ -39,6 +42,7 @@ from skyfix.runtime.nav.match import Candidate, TileMatch, fix_from, pose_match,
 from skyfix.runtime.nav.rectify import view_px_to_offset_m
 
 _MIN_FIT = 8  # fewer inliers: no match at all (acceptance asks for min_inliers)
+VOTES_PER_POINT = 3  # vote_places: map keypoints each view keypoint votes with
 
 
 @dataclass(frozen=True)
@@ -112,11 +116,45 @@ def mutual_best(vi: np.ndarray, mj: np.ndarray, sim: np.ndarray) -> tuple[np.nda
     return vi[both], mj[both]
 
 
+def vote_places(view: View, feats: LocalFeatures, tiles: list[Candidate],
+                centre_en: np.ndarray, radius_m: float, cfg: MatchConfig) -> list[CoarseMatch]:
+    """Places for the view in a window, found by its features alone: each view keypoint's
+    VOTES_PER_POINT most similar map keypoints of `tiles` vote for where the view's nadir
+    lies (map point less the keypoint's offset, the view taken as north-up), if inside
+    the circle of `radius_m` about `centre_en`, on a grid of cells of side
+    `near_radius_px`. Up to `hypotheses` places, most votes (over 3 x 3 cells) first, each
+    at the median of those votes and away from the ones before; peak_ratio 0, as they
+    are no structural answer."""
+    if not tiles or len(feats) < _MIN_FIT:
+        return []
+    xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
+    en, desc, _, _ = _union(tiles, view.gsd_m)
+    k = min(VOTES_PER_POINT, len(en))
+    best = np.argpartition(-(feats.descriptors @ desc.T), k - 1, axis=1)[:, :k]
+    votes = (en[best] - xy[:, None, :]).reshape(-1, 2)
+    votes = votes[np.hypot(*(votes - centre_en).T) <= radius_m]
+    if len(votes) < _MIN_FIT:
+        return []
+    side = cfg.near_radius_px * view.gsd_m
+    cell = np.floor((votes - votes.min(0)) / side).astype(np.int64)
+    grid = np.zeros(tuple(cell.max(0) + 3), np.int64)  # a cell of margin on each side
+    np.add.at(grid, (cell[:, 0] + 1, cell[:, 1] + 1), 1)
+    box = sum(np.roll(grid, (dx, dy), (0, 1)) for dx in (-1, 0, 1) for dy in (-1, 0, 1))
+    places: list[CoarseMatch] = []
+    for flat in np.argsort(box, axis=None)[::-1]:
+        if len(places) == cfg.hypotheses or box.flat[flat] < _MIN_FIT:
+            break
+        cx, cy = np.unravel_index(flat, box.shape)
+        mine = votes[(np.abs(cell[:, 0] + 1 - cx) <= 1) & (np.abs(cell[:, 1] + 1 - cy) <= 1)]
+        e, n = np.median(mine, axis=0)
+        if all(np.hypot(e - p.east_m, n - p.north_m) > 2 * side for p in places):
+            places.append(CoarseMatch(float(e), float(n), 0.0, float(box.flat[flat]), 0.0))
+    return places
+
+
 def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse: CoarseMatch,
-               cfg: MatchConfig, radius_m: float | None = None) -> NearMatch | None:
-    """The fine match of the view near the coarse answer (module docstring), or None.
-    `radius_m`: instead of `near_radius_px` (a whole window: features matched without the
-    coarse stage's help)."""
+               cfg: MatchConfig) -> NearMatch | None:
+    """The fine match of the view near the coarse answer (module docstring), or None."""
     if not tiles or len(feats) < _MIN_FIT:
         return None
     xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
@@ -124,7 +162,7 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
     R = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
     pred = xy @ R.T + [coarse.east_m, coarse.north_m]
     en, desc, heights, tile_id = _union(tiles, view.gsd_m)
-    radius = cfg.near_radius_px * view.gsd_m if radius_m is None else radius_m
+    radius = cfg.near_radius_px * view.gsd_m
     lo, hi = pred.min(0) - radius, pred.max(0) + radius
     near = np.flatnonzero(((en >= lo) & (en <= hi)).all(1))
     if len(near) < _MIN_FIT:
@@ -132,13 +170,8 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
     en, desc = en[near], desc[near]
     heights = None if heights is None else heights[near]
     sim = feats.descriptors @ desc.T  # [N, M]; one BLAS product beats gathering rows
-    if radius_m is None:
-        vi, mi = near_pairs(pred, en, radius)
-        vi, mi = mutual_best(vi, mi, sim[vi, mi])
-    else:  # the whole window: plain mutual nearest neighbours
-        mi = sim.argmax(1)
-        vi = np.flatnonzero(sim.argmax(0)[mi] == np.arange(len(mi)))
-        mi = mi[vi]
+    vi, mi = near_pairs(pred, en, radius)
+    vi, mi = mutual_best(vi, mi, sim[vi, mi])
     origin = np.array([coarse.east_m, coarse.north_m])
     src, dst = xy[vi], en[mi] - origin
     fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m, _MIN_FIT)

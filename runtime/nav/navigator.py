@@ -39,7 +39,7 @@ from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejectio
 from skyfix.runtime.nav.coarse import CoarseMatch, coarse_search
 from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
-from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near
+from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near, vote_places
 from skyfix.runtime.nav.match import Candidate, locate
 from skyfix.runtime.nav.motion import MotionGate
 from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
@@ -156,7 +156,9 @@ class Localizer:
         `match.hypotheses` best places: the one the fine stage supports best (None: none
         found); a Rejection when the coarse stage finds no place at all, or when a second
         place, away from the best, is supported nearly as well. The other places are not
-        tried when the best coarse place agrees with 4 x min_inliers fine inliers."""
+        tried when the best coarse place agrees with 4 x min_inliers fine inliers; when none
+        has 2 x min_inliers, the places the features vote for (`window_fallback`) are tried
+        too."""
         view, cfg = look.view, self.cfg.match
         reach = _half_diagonal_m(view)
         places = []
@@ -179,19 +181,18 @@ class Localizer:
                 break  # the best coarse place, confirmed many times over: no rival can win
         if cfg.window_fallback and not any(
                 n.match.inliers >= 2 * cfg.min_inliers for n in found):
-            # The coarse stage may have missed: the features alone, across each window; a
-            # match found so can only be accepted on its own strength (2 x min_inliers).
+            # The coarse stage may have missed: places the features alone vote for across
+            # each window; a match found so can only be accepted on its own strength
+            # (2 x min_inliers).
             for prior in windows:
                 radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
                 ids = self.pack.tiles_near(prior.centre_en, radius + reach, radius + reach)
-                ids = self.pack.nearest_first(ids[self.pack.tile_levels(ids) == look.level],
-                                              prior.centre_en)[0]
-                blind = CoarseMatch(float(prior.centre_en[0]), float(prior.centre_en[1]), 0.0,
-                                    0.0, 0.0)
-                near = match_near(view, look.feats, [self._tile(int(i)) for i in ids], blind,
-                                  cfg, radius_m=radius + reach)
-                if near is not None:
-                    found.append(near)
+                ids = ids[self.pack.tile_levels(ids) == look.level]
+                for place in vote_places(view, look.feats, [self._tile(int(i)) for i in ids],
+                                         prior.centre_en, radius, cfg):
+                    near = self.match_at(look, place)
+                    if near is not None:
+                        found.append(near)
         if not found:
             return None
         found.sort(key=lambda n: n.match.inliers, reverse=True)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from skyfix.maps.structure import StructureWindow, downsample, structure_channels
+from skyfix.models.features import LocalFeatures
 from skyfix.runtime.core.config import MatchConfig
 from skyfix.runtime.core.types import Fix, View
 from skyfix.runtime.nav.coarse import CoarseMatch, coarse_search
-from skyfix.runtime.nav.fine import NearMatch, judge_near, mutual_best, near_pairs
-from skyfix.runtime.nav.match import TileMatch
+from skyfix.runtime.nav.fine import NearMatch, judge_near, mutual_best, near_pairs, vote_places
+from skyfix.runtime.nav.match import Candidate, TileMatch
 
 GSD = 0.5  # m per map pixel; the channels are at 2 x that
 
@@ -191,3 +192,45 @@ def test_near_pairs_and_mutual_best_against_brute_force():
     mutual = full[:, best].argmax(0) == rows
     assert sorted(zip(bv.tolist(), bm.tolist(), strict=True)) == sorted(
         zip(rows[mutual].tolist(), best[mutual].tolist(), strict=True))
+
+
+def _features_and_map(truth_en: np.ndarray, seed: int = 2):
+    """A view's 150 keypoints, the map keypoints they show (at `truth_en` plus their
+    offsets, 0.3 m of noise, descriptors noisy copies of the view's) and 3000 unrelated
+    map keypoints with random descriptors over a 400 m square about the origin."""
+    rng = np.random.default_rng(seed)
+    px = rng.uniform(0, 200, (150, 2))
+    unit = rng.normal(size=(150, 32))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    feats = LocalFeatures(px.astype(np.float32), unit.astype(np.float32), np.ones(150, np.float32))
+    offsets = np.column_stack([(px[:, 0] - 99.5) * GSD, (99.5 - px[:, 1]) * GSD])
+    shown = truth_en + offsets + rng.normal(0, 0.3, offsets.shape)
+    noisy = unit + rng.normal(0, 0.1, unit.shape)
+    others = rng.normal(size=(3000, 32))
+    desc = np.concatenate([noisy, others])
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    en = np.concatenate([shown, rng.uniform(-200, 200, (3000, 2))])
+    return feats, [Candidate(1, 0, en, desc.astype(np.float32), None)]
+
+
+def test_the_features_vote_for_the_true_place():
+    """Without a coarse answer, the place most view keypoints' look-alikes point to is the
+    view's: the first place lies within one vote cell (near_radius_px) of the truth."""
+    truth = np.array([37.0, -52.0])
+    feats, tiles = _features_and_map(truth)
+    places = vote_places(_view(), feats, tiles, np.zeros(2), 150.0, CFG)
+    assert 1 <= len(places) <= CFG.hypotheses
+    assert np.hypot(places[0].east_m - truth[0], places[0].north_m - truth[1]) < 1.0
+    assert places[0].peak_ratio == 0.0  # no structural answer: acceptance asks for strength
+    spread = [np.hypot(a.east_m - b.east_m, a.north_m - b.north_m)
+              for i, a in enumerate(places) for b in places[i + 1:]]
+    assert all(d > 2 * CFG.near_radius_px * GSD for d in spread)
+
+
+def test_votes_outside_the_prior_circle_do_not_count():
+    truth = np.array([37.0, -52.0])
+    feats, tiles = _features_and_map(truth)
+    places = vote_places(_view(), feats, tiles, np.array([-100.0, 100.0]), 60.0, CFG)
+    assert all(np.hypot(p.east_m + 100, p.north_m - 100) <= 60.0 + CFG.near_radius_px * GSD
+               for p in places)
+    assert all(np.hypot(p.east_m - truth[0], p.north_m - truth[1]) > 50 for p in places)
