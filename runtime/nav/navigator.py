@@ -161,9 +161,9 @@ class Localizer:
         too."""
         view, cfg = look.view, self.cfg.match
         reach = _half_diagonal_m(view)
+        radii = [float(np.sqrt(np.linalg.eigvalsh(p.window_cov).max())) for p in windows]
         places = []
-        for prior in windows:
-            radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
+        for prior, radius in zip(windows, radii, strict=True):
             window = self.pack.structure_window(look.level, prior.centre_en, radius + reach)
             places += [] if window is None else coarse_search(
                 view.image, view.mask, view.origin_px, window, prior.centre_en, radius,
@@ -184,8 +184,7 @@ class Localizer:
             # The coarse stage may have missed: places the features alone vote for across
             # each window; a match found so can only be accepted on its own strength
             # (2 x min_inliers).
-            for prior in windows:
-                radius = float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
+            for prior, radius in zip(windows, radii, strict=True):
                 ids = self.pack.tiles_near(prior.centre_en, radius + reach, radius + reach)
                 ids = ids[self.pack.tile_levels(ids) == look.level]
                 for place in vote_places(view, look.feats, [self._tile(int(i)) for i in ids],
