@@ -130,7 +130,8 @@ class MatchConfig(Section):
                            ge=4, le=100_000)
     max_scale_err: float = key(0.15, "|match scale - 1| above this -> rejected (scale)",
                                gt=0, le=10)
-    max_rotation_deg: float = key(8.0, "view-to-map rotation above this -> rejected (heading)",
+    max_rotation_deg: float = key(8.0, "view-to-map rotation above this (after the compass "
+                                  "correction the last fixes measured) -> rejected (heading)",
                                   gt=0, le=180)
     ambiguity_ratio: float = key(0.8, "a distant second tile with this share of inliers -> "
                                  "ambiguous", gt=0, le=10)

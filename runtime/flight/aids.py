@@ -1,13 +1,11 @@
 """What GPS_INPUT carries besides the position: a visual heading, an altitude and a
 satellite count.
 
-yaw: each accepted fix measures the autopilot's heading error (Fix.heading_err_deg, the
-visual minus the reported heading, from the pose of that frame). While the last such
-measurement is fresh (within output.lock_budget_s) and agrees with the one before within
-`HEADING_AGREE_DEG` (two frames, a consistent correction, not one odd pose), the visual
-heading is the autopilot's heading at the send time (ATTITUDE) plus that correction. A bad
-compass shows up as a large, steady correction; ArduPilot can compare it with its own yaw
-(and fuse it with EK3_SRCn_YAW = GPS). Otherwise no yaw is sent (GPS_INPUT yaw 0).
+yaw: while the autopilot's heading error that skyfix's fixes measure is trustworthy
+(nav/heading.py: fresh, the last two agreeing), the visual heading is the autopilot's
+heading at the send time (ATTITUDE) plus that correction. A bad compass shows up as a
+large, steady correction; ArduPilot can compare it with its own yaw (and fuse it with
+EK3_SRCn_YAW = GPS). Otherwise no yaw is sent (GPS_INPUT yaw 0).
 
 altitude: on a pack with a DEM each accepted fix measures the camera's altitude (the
 pose's height over the DEM, Fix.alt_amsl_m, with its 1-sigma) and hence the offset of the
@@ -35,33 +33,32 @@ from collections import deque
 from dataclasses import replace
 
 from skyfix.runtime.core.types import Estimate
+from skyfix.runtime.nav.heading import HeadingCorrection
 
-HEADING_AGREE_DEG = 5.0
 HEIGHT_AGREE_SIGMA = 3.0
 
 
 class OutputAids:
     """Fed with accepted fixes (`on_fix`, the chain's vision step); read at each send slot
-    (`yaw_deg`, `satellites`). Times are Unix ns."""
+    (`yaw_deg`, `satellites`). Times are Unix ns. `heading`: the navigator's heading
+    correction (fed with the same fixes)."""
 
-    def __init__(self, lock_budget_s: float, max_satellites: int,
+    def __init__(self, lock_budget_s: float, max_satellites: int, heading: HeadingCorrection,
                  map_sigma_m: float = 0.0) -> None:
         self.budget_ns = int(lock_budget_s * 1e9)
         self.max_satellites = max_satellites
         self.map_sigma_m = map_sigma_m
+        self.heading = heading
         self._fix_t: deque[int] = deque()
-        self._heading: deque[tuple[int, float]] = deque(maxlen=2)  # (t_ns, correction deg)
         self._height: deque[tuple[int, float, float]] = deque(maxlen=2)  # (t_ns, offset, sigma)
         self._lock = threading.Lock()
 
-    def on_fix(self, t_ns: int, heading_err_deg: float, alt_offset_m: float = math.nan,
+    def on_fix(self, t_ns: int, alt_offset_m: float = math.nan,
                alt_sigma_m: float = math.nan) -> None:
         """A fix the filter accepted, taken at `t_ns`; `alt_offset_m`: its altitude minus
         the autopilot's then (NaN when the fix has none), 1-sigma `alt_sigma_m`."""
         with self._lock:
             self._fix_t.append(int(t_ns))
-            if math.isfinite(heading_err_deg):
-                self._heading.append((int(t_ns), float(heading_err_deg)))
             if math.isfinite(alt_offset_m) and math.isfinite(alt_sigma_m):
                 self._height.append((int(t_ns), float(alt_offset_m), float(alt_sigma_m)))
 
@@ -82,13 +79,10 @@ class OutputAids:
 
     def yaw_deg(self, t_ns: int, heading_deg: float | None) -> float | None:
         """The visual heading, degrees [0, 360), or None when not trustworthy now."""
-        pair = self._fresh_pair(self._heading, t_ns)
-        if pair is None or heading_deg is None or not math.isfinite(heading_deg):
+        correction = self.heading.at(t_ns)
+        if correction is None or heading_deg is None or not math.isfinite(heading_deg):
             return None
-        (_, a), (_, b) = pair
-        if abs((b - a + 180.0) % 360.0 - 180.0) > HEADING_AGREE_DEG:
-            return None
-        return (heading_deg + b) % 360.0
+        return (heading_deg + correction) % 360.0
 
     def with_altitude(self, est: Estimate, t_ns: int) -> Estimate:
         """`est` (carrying the autopilot's altitude at `t_ns`) with skyfix's own altitude

@@ -74,7 +74,7 @@ class Chain:
         result = self.navigator.on_frame(frame, tel, prior)
         fix, innovation = result.result, result.innovation
         if isinstance(fix, Fix) and innovation is not None and innovation.accepted:
-            self.policy.aids.on_fix(fix.t_ns, fix.heading_err_deg,  # yaw, altitude, count
+            self.policy.aids.on_fix(fix.t_ns,  # altitude, count (the yaw: navigator.heading)
                                     fix.alt_amsl_m - tel.alt_amsl_m, fix.alt_sigma_m)
         return Step(result, messages)
 
@@ -122,6 +122,7 @@ def assemble(cfg: Config, pack: TileMap | None, frame: LocalFrame,
     daemon tested on its MAVLink side alone; the benchmarks pass their own)."""
     gnss = GnssMonitor(cfg.gnss, own_instance=cfg.output.gps_id)
     navigator = Navigator(localizer, frame, cfg)
-    aids = OutputAids(cfg.output.lock_budget_s, cfg.output.satellites, navigator.map_sigma_m)
+    aids = OutputAids(cfg.output.lock_budget_s, cfg.output.satellites, navigator.heading,
+                      navigator.map_sigma_m)
     return Chain(cfg, pack, frame, navigator,
                  FrameGate(cfg.daemon.max_frame_age_s), SendPolicy(cfg, gnss, aids))

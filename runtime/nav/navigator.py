@@ -40,6 +40,7 @@ from skyfix.runtime.nav.coarse import CoarseMatch, coarse_search
 from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
 from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near, vote_places
+from skyfix.runtime.nav.heading import HeadingCorrection
 from skyfix.runtime.nav.match import Candidate, locate
 from skyfix.runtime.nav.motion import MotionGate
 from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
@@ -242,6 +243,7 @@ class Navigator:
         self.motion = MotionGate(gate=cfg.filter.nis_gate)  # fixes vs the autopilot's motion
         self.rejections: Counter[str] = Counter()
         self.last_fix_t_ns: int | None = None
+        self.heading = HeadingCorrection(cfg.output.lock_budget_s)  # the compass's error
         self._candidate: Fix | None = None  # a first fix waiting for a second to agree
         self._gated_streak = 0
 
@@ -274,15 +276,20 @@ class Navigator:
         if tel.vel_ned_mps is not None:
             self.motion.observe(frame.t_ns, tel.vel_ned_mps[0], tel.vel_ned_mps[1])
         prior = self.prior(frame.t_ns, gnss)
-        look = self.localizer.look(frame, tel, prior)
+        correction = self.heading.at(frame.t_ns) or 0.0  # the compass's error (nav/heading.py)
+        turned = replace(tel, yaw_rad=tel.yaw_rad + np.radians(correction))
+        look = self.localizer.look(frame, turned, prior)
         result, innovation, velocity = look, None, None
         if isinstance(look, Look):
             velocity = self.odometry.update(look.view, look.feats,
                                             keyframes=self.filter_kind == "imu")
             self._agl_m = look.view.agl_m
             result = self.localizer.locate(look, prior)
-        if isinstance(result, Fix):
+        if isinstance(result, Fix):  # its heading error against the reported heading
+            result = replace(result, heading_err_deg=result.heading_err_deg + correction)
             result, innovation = self.fuse(result)
+            if isinstance(result, Fix):
+                self.heading.add(result.t_ns, result.heading_err_deg)
         if not isinstance(result, Fix):
             self._fuse_velocity(velocity)  # only where no fix: its errors are time-correlated
         if (isinstance(look, Look) and self.filter_kind == "imu" and self.filter.initialized

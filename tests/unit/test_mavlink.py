@@ -38,6 +38,7 @@ from skyfix.runtime.io.mavlink import (
 )
 from skyfix.runtime.io.tlog import TlogWriter
 from skyfix.runtime.nav.filter import PositionFilter, estimate_at
+from skyfix.runtime.nav.heading import HeadingCorrection
 
 CFG = OutputConfig(system_id=7, component_id=191, gps_id=1, satellites=12,
                    lock_budget_s=1.0, max_sigma_m=20.0)
@@ -52,7 +53,8 @@ class _Recorder:
     def __init__(self, path: Path) -> None:
         cfg = Config(output=CFG)
         self.policy = SendPolicy(cfg, GnssMonitor(cfg.gnss, own_instance=CFG.gps_id),
-                                 OutputAids(CFG.lock_budget_s, CFG.satellites))
+                                 OutputAids(CFG.lock_budget_s, CFG.satellites,
+                                            HeadingCorrection(CFG.lock_budget_s)))
         self.writer = TlogWriter(path, CFG.system_id, CFG.component_id)
         self._fixes: set[int] = set()
 
@@ -61,7 +63,7 @@ class _Recorder:
             t_fix = t_ns - int(round(est.last_fix_age_s * 1e9))  # them (flight/aids.py)
             if t_fix not in self._fixes:
                 self._fixes.add(t_fix)
-                self.policy.aids.on_fix(t_fix, float("nan"))
+                self.policy.aids.on_fix(t_fix)
         slot = self.policy.tick(t_ns, est)
         for msg in slot.messages:
             self.writer.write(msg, t_ns)
@@ -339,7 +341,8 @@ def test_px4_is_sent_only_claimed_fixes() -> None:
     cfg = Config(output=CFG)
     cfg = replace(cfg, daemon=replace(cfg.daemon, autopilot="px4"))
     policy = SendPolicy(cfg, GnssMonitor(cfg.gnss, own_instance=CFG.gps_id),
-                        OutputAids(CFG.lock_budget_s, CFG.satellites))
+                        OutputAids(CFG.lock_budget_s, CFG.satellites,
+                                            HeadingCorrection(CFG.lock_budget_s)))
     sent = policy._position(make_estimate(3, 0.2), T0, None)
     assert sent.get_type() == "GLOBAL_POSITION_SENSOR" and sent.flags == 0
     for est in (make_estimate(3, 1.5), make_estimate(3, 0.2, valid=False), Estimate.none(T0)):
