@@ -141,6 +141,10 @@ class MatchConfig(Section):
                                     "prior)", gt=0, le=90)
     yaw_sigma_deg: float = key(3.0, "1-sigma error of the autopilot's heading (pose prior)",
                                gt=0, le=180)
+    unmeasured_tilt_sigma_deg: float = key(5.0, "1-sigma roll/pitch of a camera whose "
+                                           "telemetry has no attitude (a level camera along "
+                                           "the course stands in): what it moves the position "
+                                           "is claimed", ge=0, le=45)
     lens_sigma: float = key(0.05, "prior 1-sigma of radial lens error k (p -> p (1 + k "
                             "|p|^2))", ge=0, le=1)
     sigma_floor_m: float = key(0.5, "smallest 1-sigma a fix may claim", gt=0, le=10_000)

@@ -90,6 +90,8 @@ class Telemetry:
     alt_amsl_m: float
     vel_ned_mps: tuple[float, float, float] | None = None
     range_m: float | None = None  # downward rangefinder distance along the body's down axis
+    # False: the source has no attitude, and a level camera along the course stands in
+    attitude_measured: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ class View:
     north = -(v - origin_px[1]) * gsd_m from the point straight below the camera.
     `image`: [H, W] uint8 gray; `mask`: [H, W] bool valid pixels;
     `footprint_m`: [4, 2] float64 (east, north) offsets of the frame corners;
-    `R_ned_cam`: [3, 3] the reported camera attitude the view was made with.
+    `R_ned_cam`: [3, 3] the reported camera attitude the view was made with;
+    `attitude_measured`: False when that attitude is a stand-in (Telemetry).
     """
 
     t_ns: int
@@ -113,6 +116,7 @@ class View:
     yaw_rad: float
     R_ned_cam: np.ndarray
     ground_m: float = float("nan")  # terrain height under the aircraft that agl_m is over
+    attitude_measured: bool = True
 
 
 @dataclass(frozen=True)

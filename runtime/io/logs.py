@@ -13,7 +13,9 @@
 
 A source without attitude (track CSV, images without gimbal angles) gets a level
 camera whose heading is the course over ground: right for a nadir gimbal that follows a
-multirotor flying along its track, which is how survey flights are flown. Height above
+multirotor flying along its track, which is how survey flights are flown. It is marked
+unmeasured (`attitude_measured`), and fixes made with it claim the tilt it may be off by
+(`match.unmeasured_tilt_sigma_deg`). Height above
 ground without a terrain model is height above the first position sample (take-off).
 """
 
@@ -109,8 +111,10 @@ def _track_log(t_ns: np.ndarray, lat: np.ndarray, lon: np.ndarray, alt: np.ndarr
     pos = np.stack([t_ns, lat, lon, alt, rel, vn, ve, vd], -1)
     ones = np.ones_like(lat)
     gnss = np.stack([t_ns, lat, lon, alt, 3 * ones, 0 * ones, np.nan * ones], -1)
-    att = _course_attitude(t_ns, lat, lon) if att is None else att[order]
-    return TelemetryLog(att, pos, gnss, n, 0)
+    if att is None:
+        return TelemetryLog(_course_attitude(t_ns, lat, lon), pos, gnss, n, 0,
+                            attitude_measured=False)
+    return TelemetryLog(att[order], pos, gnss, n, 0)
 
 
 # --- ArduPilot DataFlash ---------------------------------------------------------------

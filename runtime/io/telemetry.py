@@ -55,7 +55,8 @@ class TelemetryLog:
     rel_alt_m, vn, ve, vd); gnss: [G, 7] (t_ns, lat, lon, alt, fix, sats, eph_m);
     rng: [R, 2] (t_ns, range_m) of a downward rangefinder, along the body's down axis;
     imu: [I, 8] (t_ns, ax, ay, az m/s^2 specific force, gx, gy, gz rad/s, body FRD, source:
-    index into IMU_MESSAGES), see `imu_rows`.
+    index into IMU_MESSAGES), see `imu_rows`. `attitude_measured`: False when `att` is a
+    stand-in (a level camera along the course, for a source without attitude).
     """
 
     att: np.ndarray
@@ -65,6 +66,7 @@ class TelemetryLog:
     bad_bytes: int
     rng: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     imu: np.ndarray = field(default_factory=lambda: np.zeros((0, 8)))
+    attitude_measured: bool = True
 
     @classmethod
     def from_tlog(cls, path: Path, clock: AutopilotClock | None = None) -> TelemetryLog:
@@ -111,7 +113,7 @@ class TelemetryLog:
 
     def at(self, t_ns: int) -> Telemetry | None:
         """Interpolated state at `t_ns`, or None when the log does not cover that time."""
-        return state_at(self.att, self.pos, t_ns, self.rng)
+        return state_at(self.att, self.pos, t_ns, self.rng, self.attitude_measured)
 
     def gnss_at(self, t_ns: int, max_age_ns: int = 1_000_000_000) -> GnssSample | None:
         """The latest GNSS sample at or before `t_ns`, if not older than `max_age_ns`."""
@@ -193,8 +195,8 @@ def attitude_at(att: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
     return out
 
 
-def state_at(att: np.ndarray, pos: np.ndarray, t_ns: int,
-             rng: np.ndarray | None = None) -> Telemetry | None:
+def state_at(att: np.ndarray, pos: np.ndarray, t_ns: int, rng: np.ndarray | None = None,
+             attitude_measured: bool = True) -> Telemetry | None:
     """Telemetry at `t_ns` interpolated from `att` [N, 4], `pos` [M, 8] and `rng` [R, 2]
     (TelemetryLog layout), or None when they do not cover that time."""
     if not len(att) or not len(pos):
@@ -220,6 +222,7 @@ def state_at(att: np.ndarray, pos: np.ndarray, t_ns: int,
         t_ns=t_ns, roll_rad=float(roll), pitch_rad=float(pitch),
         yaw_rad=float((yaw + np.pi) % (2 * np.pi) - np.pi),
         agl_m=rel, alt_amsl_m=alt, vel_ned_mps=(vn, ve, vd), range_m=range_m,
+        attitude_measured=attitude_measured,
     )
 
 

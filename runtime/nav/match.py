@@ -144,8 +144,13 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
     # that much tilt would move the position as uncertainty.
     tilt = float(np.hypot(pose.w_rad[0], pose.w_rad[1]))
     excess = max(0.0, tilt - 2 * np.radians(cfg.attitude_sigma_deg))
+    # Without a measured attitude the level camera stays the pose's prior (a view this
+    # narrow hardly tells a tilt from a shift: freed, the tilt follows the map's own
+    # distortions), and the position claims what the unknown tilt can move it.
+    unmeasured = 0.0 if view.attitude_measured else np.radians(cfg.unmeasured_tilt_sigma_deg)
     cov = (CORRELATION_INFLATION * pose.cov_en_m2
-           + ((view.agl_m * np.tan(excess)) ** 2 + cfg.sigma_floor_m**2) * np.eye(2))
+           + ((view.agl_m * np.tan(excess)) ** 2 + (view.agl_m * np.tan(unmeasured)) ** 2
+              + cfg.sigma_floor_m**2) * np.eye(2))
     # The height: the same inflation and floor, and the focal length's own error, which
     # scales the whole view and so the height (the position does not depend on it).
     height = float(-pose.C_ned_m[2])

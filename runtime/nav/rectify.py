@@ -129,6 +129,7 @@ def rectify(frame: Frame, tel: Telemetry, camera: CameraModel, gsd_m: float,
         t_ns=frame.t_ns, image=view, mask=mask, gsd_m=gsd_m,
         origin_px=(float(-x0 / gsd_m), float(y1 / gsd_m)),
         footprint_m=footprint, agl_m=agl, yaw_rad=tel.yaw_rad, R_ned_cam=R_nc,
+        attitude_measured=tel.attitude_measured,
     )
 
 

@@ -6,6 +6,8 @@ camera at a known pose, so the answer is known without the simulator.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -87,6 +89,28 @@ def test_pose_from_the_match_removes_the_reported_attitude_error(ortho, scene, a
     assert abs(fix.agl_m - agl) < 0.02 * agl
     sigma = np.sqrt(np.linalg.eigvalsh(fix.cov_en_m2).max())
     assert err < 3 * sigma
+
+
+def test_a_stand_in_attitude_claims_the_tilt_it_may_be_off_by(ortho, scene):
+    """A source without attitude (a GPS track, photos without gimbal angles) gets a level
+    camera along the course as a stand-in: the fix from it is the same position, but it
+    claims what the configured unmeasured tilt would move the camera at that height."""
+    frame, tel = render(ortho, scene, 120.0, 0.04, -0.03, 0.7)
+    cfg = MatchConfig()
+    fixes = []
+    for measured in (True, False):
+        view = rectify(frame, replace(tel, attitude_measured=measured), CAM, 0.3,
+                       RectifyConfig())
+        assert view is not None and view.attitude_measured == measured
+        fixes.append(locate(view, ENC.extract(view.image, view.mask),
+                            tile_candidates(ortho, scene), cfg))
+    known, stand_in = fixes
+    assert isinstance(known, Fix) and isinstance(stand_in, Fix)
+    assert (stand_in.east_m, stand_in.north_m) == (known.east_m, known.north_m)
+    tilt_m = 120.0 * np.tan(np.radians(cfg.unmeasured_tilt_sigma_deg))  # 10.5 m
+    sigma = [np.sqrt(np.linalg.eigvalsh(f.cov_en_m2).max()) for f in fixes]
+    assert sigma[0] < 0.2 * tilt_m
+    assert sigma[1] >= tilt_m
 
 
 def test_rectify_refuses_steep_attitude_and_unknown_height(ortho, scene):

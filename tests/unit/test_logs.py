@@ -39,6 +39,7 @@ def test_ardupilot_dataflash_bin():
     assert datetime.fromtimestamp(log.gnss[0, 0] * 1e-9, timezone.utc).year == 2015
     assert log.pos[:, 4].max() < 20.0  # baro max ~12 m above home
     assert (log.gnss[:, 5] >= 4).all()  # satellites
+    assert log.attitude_measured and log.at(int(log.att[100, 0])).attitude_measured
 
 
 @pytest.mark.parametrize("name, lat0, lon0, year", [
@@ -98,6 +99,7 @@ def test_track_csv_heading_follows_the_course(tmp_path):
     path.write_text("\n".join(rows) + "\n")
     log = read_telemetry(path)
     tel = log.at(int(1.7e18 + 1e9))
+    assert not log.attitude_measured and not tel.attitude_measured  # a stand-in, marked
     assert np.degrees(tel.yaw_rad) == pytest.approx(0.0, abs=1.0)
     assert tel.agl_m == pytest.approx(1.0, abs=1e-6)  # above the first sample
     assert tel.vel_ned_mps[0] == pytest.approx(5.0, rel=0.02)
@@ -148,6 +150,7 @@ def test_exif_gps_time_and_dji_xmp(tmp_path):
     tel = log.at(0)
     assert tel.agl_m == 85.3 and np.degrees(tel.yaw_rad) == pytest.approx(-45.5)
     assert abs(tel.roll_rad) < 1e-9 and abs(tel.pitch_rad) < 1e-9  # nadir
+    assert tel.attitude_measured  # the gimbal's own angles
 
 
 def test_zero_exif_gps_means_no_receiver(tmp_path):
