@@ -111,10 +111,9 @@ def _track_log(t_ns: np.ndarray, lat: np.ndarray, lon: np.ndarray, alt: np.ndarr
     pos = np.stack([t_ns, lat, lon, alt, rel, vn, ve, vd], -1)
     ones = np.ones_like(lat)
     gnss = np.stack([t_ns, lat, lon, alt, 3 * ones, 0 * ones, np.nan * ones], -1)
-    if att is None:
-        return TelemetryLog(_course_attitude(t_ns, lat, lon), pos, gnss, n, 0,
-                            attitude_measured=False)
-    return TelemetryLog(att[order], pos, gnss, n, 0)
+    measured = att is not None
+    att = att[order] if measured else _course_attitude(t_ns, lat, lon)
+    return TelemetryLog(att, pos, gnss, n, 0, attitude_measured=measured)
 
 
 # --- ArduPilot DataFlash ---------------------------------------------------------------
