@@ -109,7 +109,7 @@ def match_pose(frame: Frame, tel: Telemetry, prior_en: np.ndarray, camera: Camer
 
     The frame is rectified with the nominal mount and `tel`; tiles whose centre lies
     within the view's reach of `prior_en` ([2] map E/N, the logged position) are tried,
-    the one with most MAGSAC inliers wins.
+    the one with most RANSAC inliers wins.
     """
     level = pack.level_for_gsd(tel.agl_m / camera.fx)
     view = rectify(frame, tel, camera, pack.levels[level], cfg.rectify, pack.convergence_deg)

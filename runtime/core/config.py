@@ -125,7 +125,7 @@ class RetrieveConfig(Section):
 @dataclass(frozen=True)
 class MatchConfig(Section):
     ratio: float = key(0.85, "Lowe ratio for mutual nearest-neighbour matches", gt=0, le=1)
-    ransac_px: float = key(3.0, "MAGSAC threshold in view pixels", gt=0, le=100)
+    ransac_px: float = key(3.0, "RANSAC inlier threshold in view pixels", gt=0, le=100)
     min_inliers: int = key(25, "fewer consistent matches -> rejected (few_inliers)",
                            ge=4, le=100_000)
     max_scale_err: float = key(0.15, "|match scale - 1| above this -> rejected (scale)",
@@ -179,7 +179,7 @@ class OdometryConfig(Section):
     """Motion between rectified views -> velocity or displacement for the filter."""
 
     ratio: float = key(0.85, "Lowe ratio for mutual nearest-neighbour matches", gt=0, le=1)
-    ransac_px: float = key(3.0, "MAGSAC threshold in view pixels", gt=0, le=100)
+    ransac_px: float = key(3.0, "RANSAC inlier threshold in view pixels", gt=0, le=100)
     min_inliers: int = key(20, "fewer consistent matches -> no velocity from this pair",
                            ge=3, le=100_000)
     max_gap_s: float = key(2.0, "frames further apart are not compared", gt=0, le=3600)

@@ -69,6 +69,25 @@ def _pool(x: np.ndarray) -> np.ndarray:
                    + x[..., 1::2, 1::2])
 
 
+class _View:
+    """A view's channels [C, h, w] (zero-mean inside the mask), its mask [h, w] float32,
+    and their spectra at each DFT size asked for (the places refined share them)."""
+
+    def __init__(self, channels: np.ndarray, mask: np.ndarray):
+        self.channels, self.mask = channels, mask
+        self.norm = float(np.sqrt((channels**2).sum()))
+        self._spectra: dict[tuple[int, int], tuple[list[np.ndarray], np.ndarray]] = {}
+
+    def pooled(self) -> _View:
+        return _View(_pool(self.channels), _pool(self.mask))
+
+    def spectra(self, fh: int, fw: int) -> tuple[list[np.ndarray], np.ndarray]:
+        if (fh, fw) not in self._spectra:
+            self._spectra[fh, fw] = ([_dft(c, fh, fw) for c in self.channels],
+                                     _dft(self.mask, fh, fw))
+        return self._spectra[fh, fw]
+
+
 class _Map:
     """A window's channels ready for correlation: their spectra and energy spectrum.
 
@@ -83,22 +102,23 @@ class _Map:
         E = ((M - M.mean((1, 2), keepdims=True)) ** 2).sum(0)
         self.energy = _dft(E, self.fh, self.fw)
 
-    def scores(self, v: np.ndarray, m: np.ndarray) -> np.ndarray:
-        """[sh, sw] normalised correlation of view channels v [C, hv, wv] (zero-mean inside
-        the mask m [hv, wv]) at every shift that keeps the view inside the window."""
+    def scores(self, v: _View) -> np.ndarray:
+        """[sh, sw] normalised correlation of the view at every shift that keeps it inside
+        the window."""
         idft = cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE
-        prod = sum(cv2.mulSpectrums(Mc, _dft(vc, self.fh, self.fw), 0, conjB=True)
-                   for Mc, vc in zip(self.spectra, v, strict=True))
+        channels, mask = v.spectra(self.fh, self.fw)
+        prod = sum(cv2.mulSpectrums(Mc, vc, 0, conjB=True)
+                   for Mc, vc in zip(self.spectra, channels, strict=True))
         num = cv2.idft(prod, flags=idft)[:self.sh, :self.sw]
-        en = cv2.mulSpectrums(self.energy, _dft(m, self.fh, self.fw), 0, conjB=True)
+        en = cv2.mulSpectrums(self.energy, mask, 0, conjB=True)
         den = cv2.idft(en, flags=idft)[:self.sh, :self.sw]
-        return num / (np.sqrt(np.maximum(den, 1e-9)) * np.sqrt(float((v**2).sum())) + 1e-9)
+        return num / (np.sqrt(np.maximum(den, 1e-9)) * v.norm + 1e-9)
 
 
 def _view_channels(vg: np.ndarray, vm: np.ndarray, o: tuple[float, float], rot_deg: float
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
+                   ) -> _View | None:
     """Structure channels of the coarse view turned by rot_deg about o, zero-mean inside
-    its (eroded) mask: ([C, h, w], [h, w] float32 mask), or None when too little is valid."""
+    its (eroded) mask, or None when too little is valid."""
     h, w = vg.shape
     R = cv2.getRotationMatrix2D(o, rot_deg, 1.0)
     g = cv2.warpAffine(vg, R, (w, h), flags=cv2.INTER_LINEAR)
@@ -108,7 +128,7 @@ def _view_channels(vg: np.ndarray, vm: np.ndarray, o: tuple[float, float], rot_d
     if cnt < MIN_VALID_SHARE * h * w:
         return None
     ch = structure_channels(g)
-    return (ch - (ch * m).sum((1, 2), keepdims=True) / cnt) * m, m
+    return _View((ch - (ch * m).sum((1, 2), keepdims=True) / cnt) * m, m)
 
 
 def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, float],
@@ -134,7 +154,8 @@ def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, f
         return []
     # Pass 1, at half the channels' resolution: every shift, every rotation.
     M4 = _pool(M)
-    h4, w4 = _pool(views[next(i for i, v in enumerate(views) if v)][1]).shape
+    pooled = [None if v is None else v.pooled() for v in views]
+    h4, w4 = next(v for v in pooled if v is not None).mask.shape
     coarse_map = _Map(M4, h4, w4)
     py, px = np.mgrid[0:coarse_map.sh, 0:coarse_map.sw]
     gsd4 = 2 * window.gsd_m
@@ -143,8 +164,8 @@ def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, f
     inside = np.hypot(e - prior_en[0], n - prior_en[1]) <= prior_radius_m
     if not inside.any():
         return []
-    S = np.stack([np.where(inside, coarse_map.scores(_pool(v[0]), _pool(v[1])), -np.inf)
-                  if v is not None else np.full(inside.shape, -np.inf) for v in views])
+    S = np.stack([np.where(inside, coarse_map.scores(v), -np.inf)
+                  if v is not None else np.full(inside.shape, -np.inf) for v in pooled])
     # Peaks of pass 1, best first, each at least SEPARATION_PX from the others; the first
     # one's ratio is against the best score at least EXCLUDE_PX from it, the others' against
     # the first one's score.
@@ -169,7 +190,7 @@ def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, f
     return out
 
 
-def _refine(views: list, M: np.ndarray, hv: int, wv: int, xi: int, yi: int,
+def _refine(views: list[_View | None], M: np.ndarray, hv: int, wv: int, xi: int, yi: int,
             o: tuple[float, float], window: StructureWindow, rotations_deg: tuple[float, ...],
             ratio: float) -> CoarseMatch:
     """Pass 2 around pass 1's shift (xi, yi) (pass-1 pixels)."""
@@ -177,7 +198,7 @@ def _refine(views: list, M: np.ndarray, hv: int, wv: int, xi: int, yi: int,
     x1 = min(M.shape[2], 2 * xi + REFINE_PX + wv)
     y1 = min(M.shape[1], 2 * yi + REFINE_PX + hv)
     fine_map = _Map(M[:, y0:y1, x0:x1], hv, wv)
-    S2 = np.stack([fine_map.scores(*v) if v is not None
+    S2 = np.stack([fine_map.scores(v) if v is not None
                    else np.full((fine_map.sh, fine_map.sw), -np.inf) for v in views])
     ri, yj, xj = np.unravel_index(int(np.argmax(S2)), S2.shape)
     best = float(S2[ri, yj, xj])

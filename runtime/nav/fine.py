@@ -5,7 +5,7 @@ stage (skyfix.runtime.nav.coarse) put the view, then the shared robust fit and p
     coarse answer (E, N, rotation) -> predicted map point of every view keypoint
     -> mutual best descriptor match among the map keypoints within `near_radius_px` of the
        prediction (no ratio test: nearby repeated structure is what the radius removes)
-    -> MAGSAC + similarity + pose (robust_similarity, pose_match)
+    -> RANSAC similarity + pose (robust_similarity, pose_match)
 
 Where the coarse stage found no place the features support strongly, `vote_places` gives
 the places the features alone point to across the whole window, to match near the same way.
@@ -50,7 +50,7 @@ class NearMatch:
     """The fine match and the signals acceptance weighs. `agreement_px`: distance between
     the fine and the coarse position of the nadir in view pixels; `rotation_gap_deg`: between
     their rotations; `spread`: see the module docstring;
-    `candidates`: matches given to MAGSAC."""
+    `candidates`: matches given to RANSAC."""
 
     match: TileMatch
     coarse: CoarseMatch
@@ -75,45 +75,39 @@ def _union(tiles: list[Candidate], gsd_m: float
 
 
 def near_pairs(pred: np.ndarray, en: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """([P], [P]) index pairs (view i, map j) with |pred[i] - en[j]| <= radius: a grid of
-    cells of side `radius`, each prediction against the 3 x 3 cells around its own."""
+    """([P], [P]) index pairs (view i, map j) with |pred[i] - en[j]| <= radius: map points
+    sorted by cells of side `radius`, each prediction against the 3 x 3 cells around its
+    own, a row of 3 cells being one run of the sorted keys."""
     lo = np.minimum(pred.min(0), en.min(0))
-    cp = np.floor((pred - lo) / radius).astype(np.int64)
-    cm = np.floor((en - lo) / radius).astype(np.int64)
-    width = int(max(cp[:, 0].max(), cm[:, 0].max())) + 3
-    key_m = (cm[:, 1] + 1) * width + cm[:, 0] + 1
+    p, m = (pred - lo) / radius, (en - lo) / radius  # in radii, >= 0
+    cp, cm = p.astype(np.int64) + 1, m.astype(np.int64) + 1  # cells, one of margin
+    width = int(max(cp[:, 0].max(), cm[:, 0].max())) + 2
+    key_m = cm[:, 1] * width + cm[:, 0]
     order = np.argsort(key_m, kind="stable")
     sorted_keys = key_m[order]
-    vi_all, mj_all = [], []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            key = (cp[:, 1] + 1 + dy) * width + cp[:, 0] + 1 + dx
-            a = np.searchsorted(sorted_keys, key, side="left")
-            b = np.searchsorted(sorted_keys, key, side="right")
-            counts = b - a
-            vi = np.repeat(np.arange(len(pred)), counts)
-            start = np.repeat(a - np.cumsum(counts) + counts, counts)
-            mj = order[start + np.arange(len(vi))]
-            vi_all.append(vi)
-            mj_all.append(mj)
-    vi, mj = np.concatenate(vi_all), np.concatenate(mj_all)
-    ok = ((pred[vi] - en[mj]) ** 2).sum(1) <= radius**2
-    return vi[ok], mj[ok]
+    row = np.concatenate([(cp[:, 1] + dy) * width + cp[:, 0] for dy in (-1, 0, 1)])
+    a = np.searchsorted(sorted_keys, row - 1, side="left")
+    counts = np.searchsorted(sorted_keys, row + 1, side="right") - a
+    vi = np.repeat(np.tile(np.arange(len(p)), 3), counts)
+    j = np.arange(len(vi)) + np.repeat(a - np.cumsum(counts) + counts, counts)
+    m = m[order]
+    ok = (m[j, 0] - p[vi, 0]) ** 2 + (m[j, 1] - p[vi, 1]) ** 2 <= 1.0
+    return vi[ok], order[j[ok]]
 
 
 def mutual_best(vi: np.ndarray, mj: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate pairs (vi, mj) with similarities `sim` (of unit descriptors, in
-    [-1, 1]) that are each other's best: the best map point of view point vi whose best
-    view point is vi."""
+    """The candidate pairs (vi, mj) with similarities `sim` that are each other's best: the
+    best map point of view point vi whose best view point is vi (ties: the first pair)."""
     if len(vi) == 0:
         return vi, mj
-    rank = 1.0 - np.clip(sim, -1.0, 1.0)  # in [0, 2]: unit descriptors
-    firsts = []
-    for group in (vi, mj):
-        o = np.argsort(group * 4.0 + rank, kind="stable")  # by point, best first
-        firsts.append(o[np.r_[True, group[o][1:] != group[o][:-1]]])
-    both = np.intersect1d(*firsts)
-    return vi[both], mj[both]
+    best_v = np.full(int(vi.max()) + 1, -np.inf, sim.dtype)
+    best_m = np.full(int(mj.max()) + 1, -np.inf, sim.dtype)
+    np.maximum.at(best_v, vi, sim)
+    np.maximum.at(best_m, mj, sim)
+    k = np.flatnonzero((sim >= best_v[vi]) & (sim >= best_m[mj]))
+    k = k[np.unique(vi[k], return_index=True)[1]]
+    k = np.sort(k[np.unique(mj[k], return_index=True)[1]])
+    return vi[k], mj[k]
 
 
 def vote_places(view: View, feats: LocalFeatures, tiles: list[Candidate],
@@ -129,9 +123,12 @@ def vote_places(view: View, feats: LocalFeatures, tiles: list[Candidate],
         return []
     xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
     en, desc, _, _ = _union(tiles, view.gsd_m)
-    k = min(VOTES_PER_POINT, len(en))
-    best = np.argpartition(-(feats.descriptors @ desc.T), k - 1, axis=1)[:, :k]
-    votes = (en[best] - xy[:, None, :]).reshape(-1, 2)
+    sim = feats.descriptors @ desc.T
+    rows, best = np.arange(len(sim)), []
+    for _ in range(min(VOTES_PER_POINT, len(en))):  # a row's argmax is far cheaper than a partition
+        best.append(sim.argmax(1))
+        sim[rows, best[-1]] = -np.inf
+    votes = (en[np.stack(best, 1)] - xy[:, None, :]).reshape(-1, 2)
     votes = votes[np.hypot(*(votes - centre_en).T) <= radius_m]
     if len(votes) < _MIN_FIT:
         return []

@@ -18,7 +18,7 @@ view k and o_{k-1} = G - p_{k-1} in the view before gives
     p_k - p_{k-1} = o_{k-1} - o_k
 
 so the displacement is the translation t of the similarity o_{k-1} = s R o_k + t fitted
-(skyfix.runtime.nav.match.robust_similarity: MAGSAC inliers, least squares) of mutual
+(skyfix.runtime.nav.match.robust_similarity: RANSAC inliers, least squares) of mutual
 feature matches. s and R should be 1 and 0: a pair whose scale or rotation disagrees
 is refused. The velocity is t / dt, stamped at the middle of the interval (the filter
 accepts late measurements).

@@ -16,7 +16,7 @@ from skyfix.models.features import RootSiftEncoder
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import MatchConfig, RectifyConfig
 from skyfix.runtime.core.types import Fix, Frame, Rejection, Telemetry
-from skyfix.runtime.nav.match import Candidate, fit_similarity, judge, locate
+from skyfix.runtime.nav.match import Candidate, fit_similarity, judge, locate, robust_similarity
 from skyfix.runtime.nav.rectify import R_ned_cam, rectify
 
 CAM = CameraModel.from_fov(640, 480, 70.0)
@@ -157,6 +157,30 @@ def test_similarity_covariance_matches_known_noise():
     assert np.allclose(params, [1, 0, 3, -2], atol=0.1)
     # LSQ translation sigma for centred points ~ sigma / sqrt(N)
     assert np.sqrt(cov[2, 2]) == pytest.approx(0.5 / np.sqrt(400), rel=0.2)
+
+
+def test_robust_similarity_finds_a_few_per_cent_of_inliers_under_perspective():
+    # What matching across dates leaves: 20 true pairs among 600 candidates, the others
+    # anywhere within 40 px of the prediction, and the view's corners moved by up to 2 %
+    # (perspective that rectification leaves). The fit must take (nearly) all 20.
+    rng = np.random.default_rng(3)
+    src = rng.uniform(-192, 192, (600, 2))
+    corners = np.array([[-192, -192], [192, -192], [192, 192], [-192, 192]], np.float32)
+    moved = corners + rng.uniform(-7.7, 7.7, corners.shape).astype(np.float32)
+    H = cv2.getPerspectiveTransform(corners, moved)
+    t = np.radians(3.0)
+    S = 1.02 * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    true = cv2.perspectiveTransform(src[None], H)[0] @ S.T + [12.0, -7.0]
+    dst = src + rng.uniform(-40, 40, src.shape)
+    dst[:20] = true[:20] + rng.normal(0, 0.7, (20, 2))
+    fit = robust_similarity(src, dst, 3.0, 8)
+    assert fit is not None
+    assert len(np.intersect1d(fit.keep, np.arange(20))) >= 18
+    assert len(fit.keep) <= 26  # chance pairs within the threshold, not a wrong model
+    a, b, tx, ty = fit.params
+    assert np.hypot(a, b) == pytest.approx(1.02, abs=0.02)
+    at_origin = cv2.perspectiveTransform(np.zeros((1, 1, 2)), H)[0, 0] @ S.T + [12.0, -7.0]
+    assert np.hypot(tx - at_origin[0], ty - at_origin[1]) < 2.0  # the view's centre
 
 
 def _tm(inliers, e, n, scale=1.0, rot=0.0, tid=0):
