@@ -68,6 +68,15 @@ class ViewResult:
     reason: str  # "" when accepted
     ms: float
     reachable: bool  # the fine stage at the true place finds min_inliers (see run_view)
+    detail: str = ""  # the rejection's own words
+
+    def record(self) -> dict:
+        """The view's outcome for the JSON (no NaN: a rejected view's error is null)."""
+        return {"set": self.set_name, "pair": self.pair_id, "index": self.index,
+                "accepted": self.accepted,
+                "err_px": round(self.err_px, 2) if self.accepted else None,
+                "reason": self.reason, "detail": self.detail, "ms": round(self.ms, 1),
+                "reachable": self.reachable}
 
 
 def _georeference(image_bgr: np.ndarray, gsd_m: float, dst: Path) -> None:
@@ -130,7 +139,7 @@ def run_view(loc: Localizer, view: SyntheticView, gsd_m: float, set_name: str
     reachable = at_truth is not None and at_truth.match.inliers >= loc.cfg.match.min_inliers
     if not isinstance(result, Fix):
         return ViewResult(set_name, view.pair_id, view.index, False, float("nan"),
-                          result.reason, ms, reachable), None
+                          result.reason, ms, reachable, result.detail), None
     placed = en_to_px(result.east_m, result.north_m, gsd_m)
     err = float(np.hypot(placed[0] - view.truth_px[0], placed[1] - view.truth_px[1]))
     return ViewResult(set_name, view.pair_id, view.index, True, err, "", ms, reachable), placed
@@ -270,7 +279,8 @@ def bench_crossdate(pair_dirs: list[Path], out: Path, views: int = 10, seed: int
     }
     t0 = time.perf_counter()
     for m in methods:
-        report["methods"][m], _ = run_method(m, sets, views, seed, work, sheets, cfg)
+        report["methods"][m], results = run_method(m, sets, views, seed, work, sheets, cfg)
+        report["methods"][m]["per_view"] = [r.record() for r in results]
     report["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,12 @@ def test_bench_crossdate_runs_the_product_and_reports(pair_set, tmp_path, capsys
     assert s["median_err_px"] < 3
     assert s["reachable_pct"] == 50.0 and s["placed_of_reachable_pct"] == 100.0
     assert report["methods"]["rootsift"]["overall"]["placed"] == 3
+    # each view's outcome, to look into: the other place's views name why they failed
+    views = report["methods"]["rootsift"]["per_view"]
+    assert len(views) == 6 and {v["pair"] for v in views} == {"p1", "other"}
+    assert all(v["accepted"] and v["err_px"] < 3 for v in views if v["pair"] == "p1")
+    assert all(not v["accepted"] and v["err_px"] is None and v["reason"] and v["detail"]
+               for v in views if v["pair"] == "other")
 
 
 def test_bench_crossdate_bad_input_is_one_line(tmp_path, capsys):
