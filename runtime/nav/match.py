@@ -110,15 +110,16 @@ def robust_similarity(src: np.ndarray, dst: np.ndarray, thresh: float,
        2 `thresh`."""
     if len(src) < max(min_points, 4):
         return None
+    src32, dst32 = src.astype(np.float32), dst.astype(np.float32)
     cv2.setRNGSeed(0)  # the same pairs, the same inliers
-    _, inl = cv2.estimateAffinePartial2D(src.astype(np.float32), dst.astype(np.float32),
+    _, inl = cv2.estimateAffinePartial2D(src32, dst32,
                                          method=cv2.RANSAC, ransacReprojThreshold=thresh,
                                          maxIters=10_000, confidence=0.999, refineIters=0)
     if inl is None or inl.sum() < min_points:
         return None
     keep = np.flatnonzero(inl.ravel())
     for _ in range(2):
-        H, _ = cv2.findHomography(src[keep].astype(np.float32), dst[keep].astype(np.float32), 0)
+        H, _ = cv2.findHomography(src32[keep], dst32[keep], 0)
         if H is None:
             break
         proj = cv2.perspectiveTransform(src[None].astype(np.float64), H)[0]
