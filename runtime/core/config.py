@@ -147,6 +147,10 @@ class MatchConfig(Section):
                                            "is claimed", ge=0, le=45)
     lens_sigma: float = key(0.05, "prior 1-sigma of radial lens error k (p -> p (1 + k "
                             "|p|^2))", ge=0, le=1)
+    map_warp_px: float = key(1.0, "1-sigma of the map's own smooth distortion across a view "
+                             "(map pixels): the pose reads it as a tilt, which moves the fix "
+                             "by the height times its angle; the fix's covariance claims it",
+                             ge=0, le=100)
     sigma_floor_m: float = key(0.5, "smallest 1-sigma a fix may claim", gt=0, le=10_000)
     focal_sigma: float = key(0.02, "1-sigma relative error of the camera's focal length: "
                              "scales the height a fix measures", ge=0, le=1)

@@ -8,7 +8,7 @@ Transforms are named `T_a_b` (maps points in b to a); angles carry their unit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -132,7 +132,9 @@ class TileHit:
 class Fix:
     """An absolute position from one frame, in the map CRS, with its 1-sigma covariance.
 
-    `cov_en_m2`: [2, 2] covariance of (easting, northing) in m^2.
+    `cov_en_m2`: [2, 2] covariance of (easting, northing) in m^2; `shared_cov_en_m2`: the
+    part of it that consecutive fixes share (what the camera's tilt moves: the attitude's
+    error and the map's warp change slowly), which a filter averaging fixes cannot shrink.
     """
 
     t_ns: int
@@ -148,6 +150,7 @@ class Fix:
     alt_amsl_m: float = float("nan")  # camera altitude from the pose over the pack's DEM
     alt_sigma_m: float = float("nan")  # its 1-sigma (both NaN without a DEM)
     heading_sigma_deg: float = float("nan")  # 1-sigma of heading_err_deg from the image alone
+    shared_cov_en_m2: np.ndarray = field(default_factory=lambda: np.zeros((2, 2)))
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ class _Published:
 
     filter: PositionFilter | ImuFilter | None
     last_fix_t_ns: int | None
+    shared_ne_m2: np.ndarray  # Navigator.shared_ne_m2
 
 
 def signing_state_path(configured: str) -> Path:
@@ -150,7 +151,7 @@ class Daemon:
         self.sent_listeners: list[Listener] = []  # (message sent, Unix ns), e.g. a recorder
         self.frame_listeners: list[Callable[[Frame], None]] = []  # each frame taken
         self.result_listeners: list[Callable[[FrameResult], None]] = []  # each frame's outcome
-        self._published = _Published(None, None)
+        self._published = _Published(None, None, np.zeros((2, 2)))
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._conn = None
@@ -377,7 +378,7 @@ class Daemon:
         filt = nav.filter.snapshot() if nav.filter.initialized else None
         self._advance(filt, time.time_ns())
         with self._lock:
-            self._published = _Published(filt, nav.last_fix_t_ns)
+            self._published = _Published(filt, nav.last_fix_t_ns, nav.shared_ne_m2)
 
     def _advance(self, filt: PositionFilter | ImuFilter | None, t_ns: int) -> None:
         """Carry an IMU filter through the IMU samples received after its last one, up to
@@ -401,7 +402,7 @@ class Daemon:
         if filt is None or not filt.initialized:  # (or reset: diverged numerically)
             return None
         return estimate_at(filt, t_ns, self.nav.frame, self._alt_amsl_m, pub.last_fix_t_ns,
-                           self.nav.map_sigma_m)
+                           self.nav.map_sigma_m, pub.shared_ne_m2)
 
     # -- MAVLink out ----------------------------------------------------------------------
 

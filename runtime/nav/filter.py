@@ -271,7 +271,8 @@ class PositionFilter:
 
 
 def estimate_at(filt, t_ns: int, frame: LocalFrame, alt_amsl_m: float,
-                last_fix_t_ns: int | None, map_sigma_m: float = 0.0) -> Estimate:
+                last_fix_t_ns: int | None, map_sigma_m: float = 0.0,
+                shared_ne_m2: np.ndarray | None = None) -> Estimate:
     """The estimate of `filt` (any filter with `horizontal_at`: this module's or the IMU
     filter) predicted to `t_ns` (e.g. the send time) as an `Estimate`.
 
@@ -281,6 +282,9 @@ def estimate_at(filt, t_ns: int, frame: LocalFrame, alt_amsl_m: float,
     georef_sigma_m). The fixes are positions in the map, so that error is one bias shared
     by all of them, which no number of fixes averages away: it is added to the position
     covariance the estimate claims, cov = P_ne + map_sigma^2 I, never to a fix's.
+    `shared_ne_m2`: [2, 2] (north, east) the part of the last fused fix's covariance that
+    consecutive fixes share (Fix.shared_cov_en_m2), which fusing them does not shrink
+    either: added to the claim the same way.
     """
     x, P = filt.horizontal_at(t_ns)
     valid = bool(np.all(np.isfinite(x)) and np.all(np.isfinite(P)))
@@ -293,7 +297,9 @@ def estimate_at(filt, t_ns: int, frame: LocalFrame, alt_amsl_m: float,
     return Estimate(
         t_ns=int(t_ns), north_m=float(x[0]), east_m=float(x[1]),
         vn_mps=float(x[2]), ve_mps=float(x[3]),
-        cov_ne_m2=P[:2, :2] + map_sigma_m**2 * np.eye(2), vel_cov_ne_m2s2=P[2:, 2:].copy(),
+        cov_ne_m2=P[:2, :2] + map_sigma_m**2 * np.eye(2)
+        + (0.0 if shared_ne_m2 is None else shared_ne_m2),
+        vel_cov_ne_m2s2=P[2:, 2:].copy(),
         lat_deg=lat, lon_deg=lon, alt_amsl_m=float(alt_amsl_m),
         valid=valid, last_fix_age_s=age,
     )

@@ -20,7 +20,7 @@ or heading disagrees with telemetry, or a distant tile matches nearly as well.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -66,6 +66,8 @@ class TileMatch:
     height_sigma_m: float  # 1-sigma of the camera's height above ground from the pose
     heading_deg: float = float("nan")  # rotation_deg as the image alone measures it
     heading_sigma_deg: float = float("nan")  # its 1-sigma (NaN: the image does not pin it)
+    # the part of cov_en_m2 that consecutive fixes share (see Fix.shared_cov_en_m2)
+    shared_cov_en_m2: np.ndarray = field(default_factory=lambda: np.zeros((2, 2)))
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,7 +155,8 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
     pose = solve_pose(src, points, view.R_ned_cam, view.agl_m,
                       np.array([ty, tx, -view.agl_m * np.hypot(a, b)]),
                       np.radians(cfg.attitude_sigma_deg), np.radians(cfg.yaw_sigma_deg),
-                      view.gsd_m / view.agl_m, cfg.lens_sigma)
+                      view.gsd_m / view.agl_m, cfg.lens_sigma,
+                      cfg.map_warp_px * view.gsd_m / view.agl_m)
     if pose is None:
         return None
     # The pose turning the camera further from the reported attitude than the prior allows
@@ -166,9 +169,13 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
     # narrow hardly tells a tilt from a shift: freed, the tilt follows the map's own
     # distortions), and the position claims what the unknown tilt can move it.
     unmeasured = 0.0 if view.attitude_measured else np.radians(cfg.unmeasured_tilt_sigma_deg)
-    cov = (CORRELATION_INFLATION * pose.cov_en_m2
-           + ((view.agl_m * np.tan(excess)) ** 2 + (view.agl_m * np.tan(unmeasured)) ** 2
-              + cfg.sigma_floor_m**2) * np.eye(2))
+    # What the reported attitude's error leaves in the pose, the map's warp read as a tilt,
+    # and the excess and unmeasured tilt, consecutive fixes share: the attitude's error and
+    # the map's warp change slowly, so averaging fixes does not shrink it (Fix).
+    tilted = pose.warp_cov_en_m2 + ((view.agl_m * np.tan(excess)) ** 2
+                                    + (view.agl_m * np.tan(unmeasured)) ** 2) * np.eye(2)
+    shared = CORRELATION_INFLATION * pose.attitude_cov_en_m2 + tilted
+    cov = CORRELATION_INFLATION * pose.cov_en_m2 + tilted + cfg.sigma_floor_m**2 * np.eye(2)
     # The height: the same inflation and floor, and the focal length's own error, which
     # scales the whole view and so the height (the position does not depend on it).
     height = float(-pose.C_ned_m[2])
@@ -193,7 +200,7 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
         tilt_deg=float(np.degrees(tilt)),
         residual_rms_m=float(np.sqrt((fit.residuals**2).sum(1).mean())),
         height_sigma_m=float(np.sqrt(height_var)),
-        heading_deg=heading, heading_sigma_deg=heading_sigma,
+        heading_deg=heading, heading_sigma_deg=heading_sigma, shared_cov_en_m2=shared,
     )
 
 
@@ -212,6 +219,7 @@ def fix_from(view: View, m: TileMatch) -> Fix:
         inliers=m.inliers, tile_id=m.tile_id, level=m.level,
         alt_amsl_m=view.ground_m + agl if on_dem else float("nan"),
         alt_sigma_m=m.height_sigma_m if on_dem else float("nan"),
+        shared_cov_en_m2=m.shared_cov_en_m2,
     )
 
 

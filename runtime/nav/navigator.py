@@ -243,6 +243,8 @@ class Navigator:
         self.motion = MotionGate(gate=cfg.filter.nis_gate)  # fixes vs the autopilot's motion
         self.rejections: Counter[str] = Counter()
         self.last_fix_t_ns: int | None = None
+        # the last fused fix's shared covariance (Fix.shared_cov_en_m2), north/east
+        self.shared_ne_m2 = np.zeros((2, 2))
         self.heading = HeadingCorrection(cfg.output.lock_budget_s)  # the compass's error
         self._candidate: Fix | None = None  # a first fix waiting for a second to agree
         self._gated_streak = 0
@@ -357,6 +359,7 @@ class Navigator:
             return Rejection(fix.t_ns, "gated", f"NIS {innovation.nis:.1f}"), innovation
         self._gated_streak = 0
         self.last_fix_t_ns = fix.t_ns
+        self.shared_ne_m2 = self.frame.cov_map_to_ned(fix.shared_cov_en_m2)
         self._fuse_heading(fix)
         return fix, innovation
 
@@ -391,6 +394,7 @@ class Navigator:
         else:
             self.filter.initialize(fix.t_ns, z, R, vel, vel_cov)
         self.last_fix_t_ns = fix.t_ns
+        self.shared_ne_m2 = self.frame.cov_map_to_ned(fix.shared_cov_en_m2)
         self._candidate = None
         return fix
 
@@ -426,4 +430,4 @@ class Navigator:
         if not self.filter.initialized:
             return None
         return estimate_at(self.filter, t_ns, self.frame, alt_amsl_m, self.last_fix_t_ns,
-                           self.map_sigma_m)
+                           self.map_sigma_m, self.shared_ne_m2)

@@ -24,14 +24,19 @@ and the covariance says so. With J the whitened Jacobian of all residuals,
     sigma_px^2 = sum(r^2) / (2N - unknowns)                         (re-estimated)
 
 and the covariance of C's horizontal part is what the fix reports (before the
-caller's inflation for correlated feature errors). The yaw's variance is also given
-without its prior (the information less 1 / yaw_sigma^2): what the image alone measures
-of the heading, for a filter that has the reported heading already.
+caller's inflation for correlated feature errors), plus what a warp of the map adds:
+the map is not the world, and a smooth distortion of it across the view (`warp_norm`,
+`match.map_warp_px` map pixels) is read as a tilt where it looks like one, moving the
+position by the height times that tilt (`_warp_cov`); from high up, matches across
+dates would otherwise claim a tilt, and so a position, their map cannot give. The yaw's
+variance is also given without its prior (the information less 1 / yaw_sigma^2): what
+the image alone measures of the heading, for a filter that has the reported heading
+already.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -53,11 +58,26 @@ class Pose:
     sigma_norm: float
     lens_k: float = 0.0
     yaw_var_image: float = float("nan")  # rad^2: the yaw's variance without its prior
+    # [6, 6] of (w, C): what the map's warp adds to `cov` (_warp_cov)
+    warp_cov: np.ndarray = field(default_factory=lambda: np.zeros((6, 6)))
+    # [6, 6] of (w, C): the part of `cov` from the roll/pitch prior, cov L cov with L its
+    # information (the rest is the image's noise): the error the reported attitude leaves
+    attitude_cov: np.ndarray = field(default_factory=lambda: np.zeros((6, 6)))
 
     @property
     def cov_en_m2(self) -> np.ndarray:
         """[2, 2] covariance of the camera's (east, north)."""
         return self.cov[3:5, 3:5][::-1, ::-1].copy()
+
+    @property
+    def attitude_cov_en_m2(self) -> np.ndarray:
+        """[2, 2] the part of `cov_en_m2` the reported roll/pitch's error brings in."""
+        return self.attitude_cov[3:5, 3:5][::-1, ::-1].copy()
+
+    @property
+    def warp_cov_en_m2(self) -> np.ndarray:
+        """[2, 2] covariance of the camera's (east, north) from the map's warp."""
+        return self.warp_cov[3:5, 3:5][::-1, ::-1].copy()
 
 
 def _residuals(params: np.ndarray, R_rep: np.ndarray, P: np.ndarray,
@@ -73,9 +93,32 @@ def _residuals(params: np.ndarray, R_rep: np.ndarray, P: np.ndarray,
     return (p * (1 + params[6] * (p**2).sum(1, keepdims=True)) - obs).ravel()
 
 
+def _warp_cov(J: np.ndarray, cov: np.ndarray, sigma: float, warp_norm: float) -> np.ndarray:
+    """What a smooth warp of the map adds to the covariance of the parameters.
+
+    A map warp that displaces the points as a tilt would (beyond the shift a tilt also
+    makes, which the camera centre takes) is read as that tilt, and the tilt moves the
+    position by the height times its angle. Modelled as residual noise G g, g ~ N(0, I2),
+    with G the tilt's columns of J less their projection on the camera centre's, scaled
+    so that its largest displacement among the points is `warp_norm`. The estimate
+    weighs the points as independent (cov = A^-1); its error covariance under that noise
+    is the sandwich A^-1 (A + J^T G G^T J / sigma^4) A^-1, i.e. `cov` plus the result."""
+    m = len(cov)
+    if warp_norm <= 0:
+        return np.zeros((m, m))
+    Jw, Jc = J[:, :2], J[:, 3:6]
+    G = Jw - Jc @ np.linalg.lstsq(Jc, Jw, rcond=None)[0]
+    amp = float(np.sqrt((G.reshape(-1, 2, 2) ** 2).sum(1).max()))  # per point, per column
+    if not amp > 0:
+        return np.zeros((m, m))
+    K = cov @ (J.T @ G) * (warp_norm / amp / sigma**2)
+    return K @ K.T
+
+
 def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.ndarray,
                agl_m: float, C0_ned_m: np.ndarray, tilt_sigma_rad: float,
-               yaw_sigma_rad: float, sigma_norm0: float, lens_sigma: float = 0.0) -> Pose | None:
+               yaw_sigma_rad: float, sigma_norm0: float, lens_sigma: float = 0.0,
+               warp_norm: float = 0.0) -> Pose | None:
     """The camera pose explaining N >= 6 ground matches, or None if it does not converge.
 
     `offsets_en_m`: [N, 2] view offsets from nadir (east, north) under the reported
@@ -127,6 +170,8 @@ def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.nda
         return None
     if not np.all(np.isfinite(cov)):
         return None
+    warp = _warp_cov(J, cov, sigma, warp_norm)
+    attitude = cov[:, :2] @ cov[:2, :] / tilt_sigma_rad**2
     # what the image alone says of the yaw: the same information less the yaw's prior
     A[2, 2] -= 1.0 / yaw_sigma_rad**2
     try:
@@ -134,4 +179,4 @@ def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.nda
     except np.linalg.LinAlgError:
         yaw_var = float("nan")
     return Pose(params[3:6].copy(), params[:3].copy(), cov[:6, :6], sigma, float(params[6]),
-                yaw_var if yaw_var > 0 else float("nan"))
+                yaw_var if yaw_var > 0 else float("nan"), warp[:6, :6], attitude[:6, :6])

@@ -101,3 +101,47 @@ def test_unmodelled_lens_distortion_is_estimated_not_mistaken_for_a_tilt():
     assert np.linalg.norm(held.C_ned_m[:2] - C[:2]) > 1.0
     assert np.linalg.norm(free.C_ned_m[:2] - C[:2]) < 0.3
     assert free.lens_k == pytest.approx(k_true, abs=0.02)
+
+
+def test_a_map_warp_read_as_a_tilt_is_claimed_in_the_covariance():
+    """The map is not the world: a smooth warp of it moves the points as a tilt would, the
+    pose reads it as one, and the position moves by the height times that tilt. Precise
+    matches then claim centimetres while the fix is metres off. With the warp's size
+    stated (warp_norm), the covariance covers it; the estimate itself is unchanged."""
+    rng = np.random.default_rng(3)
+    agl, warp_m = 1000.0, 5.0
+    beyond = {0.0: 0, warp_m / agl: 0}
+    for _ in range(60):
+        offsets, P, R_rep, C = _case(rng, agl, 30.0, rng.normal(0, 0.3, 3), 2e-4, n=150)
+        q = P[:, :2] / np.abs(P[:, :2]).max()
+        d = np.column_stack([q[:, 0] ** 2, q[:, 0] * q[:, 1], q[:, 1] ** 2]) @ rng.normal(
+            0, warp_m / 2, (3, 2))  # a smooth warp, about warp_m at the corners
+        P[:, :2] += d - d.mean(0)  # and no shift: that is the map's georeferencing error
+        poses = []
+        for wn in beyond:
+            pose = solve_pose(offsets, P, R_rep, agl, np.array([3.0, -2.0, -1.05 * agl]),
+                              np.radians(0.5), np.radians(3.0), 2e-4, warp_norm=wn)
+            err = np.linalg.norm(pose.C_ned_m[:2] - C[:2])
+            sigma = np.sqrt(np.linalg.eigvalsh(pose.cov_en_m2 + pose.warp_cov_en_m2).max())
+            beyond[wn] += err > 3 * sigma
+            poses.append(pose)
+        np.testing.assert_allclose(poses[0].C_ned_m, poses[1].C_ned_m)
+        assert not poses[0].warp_cov_en_m2.any()
+    assert beyond[0.0] > 40  # without the warp term most claims are wrong
+    assert beyond[warp_m / agl] == 0
+
+
+def test_the_attitude_prior_share_of_the_position_variance():
+    """The part of the position's covariance the reported attitude's error brings in is
+    what consecutive fixes share (that error changes slowly): nearly all of it from a
+    narrow view, where the image hardly tells a tilt from a shift; little from a wide
+    view with precise points, where the image measures the tilt itself."""
+    rng = np.random.default_rng(4)
+    shares = []
+    for agl, half_fov in ((1000.0, 5.0), (150.0, 35.0)):
+        offsets, P, R_rep, C = _case(rng, agl, half_fov, (0.3, -0.2, 1.0), 1e-3, n=200)
+        pose = _solve(offsets, P, R_rep, agl, 1e-3)
+        own = pose.cov_en_m2 - pose.attitude_cov_en_m2
+        assert np.linalg.eigvalsh(own).min() > -1e-9  # a part of the covariance
+        shares.append(np.trace(pose.attitude_cov_en_m2) / np.trace(pose.cov_en_m2))
+    assert shares[0] > 0.8 and shares[1] < 0.1
