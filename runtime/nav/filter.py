@@ -284,7 +284,7 @@ def estimate_at(filt, t_ns: int, frame: LocalFrame, alt_amsl_m: float,
     covariance the estimate claims, cov = P_ne + map_sigma^2 I, never to a fix's.
     `shared_ne_m2`: [2, 2] (north, east) the part of the last fused fix's covariance that
     consecutive fixes share (Fix.shared_cov_en_m2), which fusing them does not shrink
-    either: added to the claim the same way.
+    either (the filter takes fixes without it): added to the claim the same way.
     """
     x, P = filt.horizontal_at(t_ns)
     valid = bool(np.all(np.isfinite(x)) and np.all(np.isfinite(P)))

@@ -341,7 +341,7 @@ class Navigator:
         A fix that disagrees with the autopilot's own motion since the last fix (nav/motion.py:
         a frozen or mis-stamped frame, a wrong tile) is refused first, as "motion"."""
         z = self.frame.map_to_ned(fix.east_m, fix.north_m)
-        R = self.frame.cov_map_to_ned(fix.cov_en_m2)
+        R = self._own_ned(fix)
         verdict = self.motion.check(fix.t_ns, z, R)
         if not verdict.accepted:
             return Rejection(fix.t_ns, "motion", f"disagrees with the autopilot's motion "
@@ -363,6 +363,13 @@ class Navigator:
         self._fuse_heading(fix)
         return fix, innovation
 
+    def _own_ned(self, fix: Fix) -> np.ndarray:
+        """The covariance (north, east) the filter takes a fix with: its own, less the part
+        consecutive fixes share (Fix.shared_cov_en_m2), which the estimate claims on top,
+        as the map's georef_sigma_m: fed to the filter as if it were each fix's own, it
+        would weigh every fix down and still be averaged away."""
+        return self.frame.cov_map_to_ned(fix.cov_en_m2 - fix.shared_cov_en_m2)
+
     def _fuse_heading(self, fix: Fix) -> None:
         """The heading error a fused fix measures, for the IMU filter (filter.fuse_heading):
         while fixes come it pins the heading and the gyro's bias, which no fix or odometry
@@ -380,7 +387,7 @@ class Navigator:
             return Rejection(fix.t_ns, "gated", "first fix, waiting for a second to agree")
         dt = (fix.t_ns - first.t_ns) * 1e-9
         z0 = self.frame.map_to_ned(first.east_m, first.north_m)
-        R0 = self.frame.cov_map_to_ned(first.cov_en_m2)
+        R0 = self._own_ned(first)
         gap = float(np.linalg.norm(z - z0))
         allowed = self.cfg.filter.max_speed_mps * dt + 3 * np.sqrt(np.trace(R + R0))
         if dt <= 0 or gap > allowed:

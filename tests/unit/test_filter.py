@@ -326,9 +326,10 @@ def test_snapshot_predicts_as_the_filter_did_and_keeps_no_history() -> None:
 
 def test_an_error_that_fixes_share_is_claimed_however_many_are_fused() -> None:
     """Fixes from a tilted camera share its error: the attitude's error and the map's warp
-    change slowly, so consecutive fixes are off the same way. Fusing 40 of them shrinks
-    the filter's covariance as if they were independent; the estimate claims the shared
-    part on top (Fix.shared_cov_en_m2), so its error stays within 3 sigma."""
+    change slowly, so consecutive fixes are off the same way. The filter takes each with
+    its own part (Navigator._own_ned) and shrinks its covariance by fusing 40 of them; the
+    estimate claims the shared part on top (Fix.shared_cov_en_m2), so its error stays
+    within 3 sigma."""
     crs = CRS.from_epsg(32633)
     frame = LocalFrame.at(crs, 600_000.0, 5_340_000.0)
     rng = np.random.default_rng(5)
@@ -336,7 +337,7 @@ def test_an_error_that_fixes_share_is_claimed_however_many_are_fused() -> None:
     beyond = {False: 0, True: 0}
     for _ in range(50):
         bias = rng.normal(0, shared_sigma, 2)  # one per flight: the fixes' common error
-        R = (shared_sigma**2 + own_sigma**2) * np.eye(2)  # each fix claims both
+        R = own_sigma**2 * np.eye(2)  # each fix's own part
         filt = PositionFilter(CFG)
         filt.initialize(0, bias + rng.normal(0, own_sigma, 2), R, np.array([10.0, 0.0]),
                         np.eye(2))
@@ -348,5 +349,5 @@ def test_an_error_that_fixes_share_is_claimed_however_many_are_fused() -> None:
                               shared_sigma**2 * np.eye(2) if claim_shared else None)
             err = np.hypot(est.north_m - 200.0, est.east_m)
             beyond[claim_shared] += err > 3 * est.horiz_sigma_m
-    assert beyond[False] >= 5  # alone, the filter claims less than the common error (1 % due)
+    assert beyond[False] > 25  # alone, the filter claims far less than the common error
     assert beyond[True] <= 1
