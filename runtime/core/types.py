@@ -133,8 +133,8 @@ class Fix:
     """An absolute position from one frame, in the map CRS, with its 1-sigma covariance.
 
     `cov_en_m2`: [2, 2] covariance of (easting, northing) in m^2; `shared_cov_en_m2`: the
-    part of it that consecutive fixes share (what the camera's tilt moves: the attitude's
-    error and the map's warp change slowly), which a filter averaging fixes cannot shrink.
+    part of it that consecutive fixes share (what the reported attitude's error and the
+    map's warp move it: both change slowly), which a filter averaging fixes cannot shrink.
     """
 
     t_ns: int

@@ -169,13 +169,14 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
     # narrow hardly tells a tilt from a shift: freed, the tilt follows the map's own
     # distortions), and the position claims what the unknown tilt can move it.
     unmeasured = 0.0 if view.attitude_measured else np.radians(cfg.unmeasured_tilt_sigma_deg)
-    # What the reported attitude's error leaves in the pose, the map's warp read as a tilt,
-    # and the excess and unmeasured tilt, consecutive fixes share: the attitude's error and
-    # the map's warp change slowly, so averaging fixes does not shrink it (Fix).
-    tilted = pose.warp_cov_en_m2 + ((view.agl_m * np.tan(excess)) ** 2
-                                    + (view.agl_m * np.tan(unmeasured)) ** 2) * np.eye(2)
-    shared = CORRELATION_INFLATION * pose.attitude_cov_en_m2 + tilted
-    cov = CORRELATION_INFLATION * pose.cov_en_m2 + tilted + cfg.sigma_floor_m**2 * np.eye(2)
+    # What the reported attitude's error leaves in the pose and the map's warp read as a
+    # tilt, consecutive fixes share: both change slowly, so averaging fixes does not
+    # shrink them (Fix). An unmeasured or excess tilt may change from frame to frame (a
+    # camera on its own gimbal): each fix's own.
+    shared = CORRELATION_INFLATION * pose.attitude_cov_en_m2 + pose.warp_cov_en_m2
+    cov = (CORRELATION_INFLATION * pose.cov_en_m2 + pose.warp_cov_en_m2
+           + ((view.agl_m * np.tan(excess)) ** 2 + (view.agl_m * np.tan(unmeasured)) ** 2
+              + cfg.sigma_floor_m**2) * np.eye(2))
     # The height: the same inflation and floor, and the focal length's own error, which
     # scales the whole view and so the height (the position does not depend on it).
     height = float(-pose.C_ned_m[2])
