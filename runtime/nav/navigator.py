@@ -358,10 +358,14 @@ class Navigator:
                 self._candidate = None
             return Rejection(fix.t_ns, "gated", f"NIS {innovation.nis:.1f}"), innovation
         self._gated_streak = 0
-        self.last_fix_t_ns = fix.t_ns
-        self.shared_ne_m2 = self.frame.cov_map_to_ned(fix.shared_cov_en_m2)
+        self._fused(fix)
         self._fuse_heading(fix)
         return fix, innovation
+
+    def _fused(self, fix: Fix) -> None:
+        """Keep what the estimate needs of the fix the filter has just taken."""
+        self.last_fix_t_ns = fix.t_ns
+        self.shared_ne_m2 = self.frame.cov_map_to_ned(fix.shared_cov_en_m2)
 
     def _own_ned(self, fix: Fix) -> np.ndarray:
         """The covariance (north, east) the filter takes a fix with: its own, less the part
@@ -400,8 +404,7 @@ class Navigator:
                                    self.cfg.filter.alt_sigma_m**2)
         else:
             self.filter.initialize(fix.t_ns, z, R, vel, vel_cov)
-        self.last_fix_t_ns = fix.t_ns
-        self.shared_ne_m2 = self.frame.cov_map_to_ned(fix.shared_cov_en_m2)
+        self._fused(fix)
         self._candidate = None
         return fix
 
