@@ -56,6 +56,7 @@ from skyfix.maps.fetch import input_credits
 from skyfix.maps.index import write_index
 from skyfix.maps.manifest import FORMAT, MANIFEST, Manifest
 from skyfix.maps.pack import index_file
+from skyfix.maps.pixels import ORTHO_FILE
 from skyfix.maps.structure import STRUCTURE_FACTOR, structure_file, write_structure
 from skyfix.maps.tiles import (
     CHUNK_TILES,
@@ -187,7 +188,7 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
            extract: Callable[..., list[Path]] = extract_chunks,
            min_valid: float = MIN_VALID_FRACTION, force: bool = False) -> Manifest:
     """Fill `work` with every pack file (resuming what is there) and return the manifest."""
-    ortho = work / "ortho.tif"
+    ortho = work / ORTHO_FILE
     if (work / ORTHO_DONE).is_file():
         with rasterio.open(ortho) as o:
             grid = Grid(o.crs, o.transform, o.width, o.height)

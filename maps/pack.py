@@ -39,6 +39,7 @@ from rasterio.warp import transform_bounds
 from skyfix.maps.dem import DEM_FILE, dem_shape
 from skyfix.maps.manifest import MANIFEST, Manifest, read_manifest
 from skyfix.maps.pack_checks import array_problems, tile_problems
+from skyfix.maps.pixels import ORTHO_FILE
 from skyfix.maps.structure import structure_file, structure_shape
 from skyfix.maps.tilemap import TileMap
 from skyfix.runtime.core.errors import SkyfixError
@@ -48,7 +49,7 @@ from skyfix.runtime.core.types import TileHit
 
 IN_RAM_MAX_BYTES = 64 << 20  # arrays up to this size are copied to memory at open
 PACK_FILES = ("tiles.npy", "keypoints.npy", "local_descriptors.npy", "descriptors.npy",
-              "codebook.npy", "ortho.tif")
+              "codebook.npy", ORTHO_FILE)
 TILE_DTYPE = np.dtype([
     ("id", "<i4"),
     ("level", "<i2"),

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from skyfix.maps.dem import DEM_FILE
 from skyfix.maps.manifest import FORMAT, Manifest
 from skyfix.maps.pack import TILE_DTYPE, MapPack
+from skyfix.maps.pixels import ORTHO_FILE
 from skyfix.maps.shards import SHARDS_FORMAT, SHARDS_MANIFEST, ShardInfo, ShardsManifest
 from skyfix.maps.structure import structure_file
 from skyfix.maps.tiles import _write_npy
@@ -177,7 +178,7 @@ def pack_blocks(pack: MapPack, block_tiles: int = BLOCK_TILES) -> Iterator[TileB
 def shard_pack(pack_path: Path, out: Path, cell_m: float, progress: bool = True) -> Path:
     """Cut the plain map pack at `pack_path` into a sharded pack at `out` (cells of `cell_m`)."""
     pack = MapPack.open(Path(pack_path))
-    names = ["ortho.tif", DEM_FILE, *(structure_file(lv) for lv in
+    names = [ORTHO_FILE, DEM_FILE, *(structure_file(lv) for lv in
                                       range(len(pack.manifest.structure_gsds_m)))]
     extra = [pack.path / n for n in names if (pack.path / n).is_file()]
     return write_shards(lambda: pack_blocks(pack), out, pack.manifest, pack.codebook, cell_m,

@@ -13,10 +13,12 @@ answers them by loading only the shards the ids fall in.
     tile_features   one tile's cached local features
     search          retrieval: the best tiles of a level for a global descriptor
     terrain_m, structure_window, level_for_gsd, global_descriptor   (shared here)
+    map_image       the map's own pixels around a place (ortho.tif), read on demand
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from functools import cached_property
@@ -24,9 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import rasterio
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
 
 from skyfix.maps.dem import terrain_lookup
+from skyfix.maps.pixels import ORTHO_FILE, MapImage, crop_map_image, read_map_image
 from skyfix.maps.structure import StructureWindow, crop_structure
 from skyfix.models.features import vlad
 from skyfix.runtime.core.geo import grid_convergence_deg
@@ -34,6 +39,10 @@ from skyfix.runtime.core.types import TileHit
 
 if TYPE_CHECKING:
     from skyfix.maps.manifest import Manifest
+
+log = logging.getLogger(__name__)
+PIXELS_CACHE_MB = 32  # GDAL's block cache while map_image reads
+PIXELS_MARGIN = 0.5  # map_image reads this share of the box's side more on every side
 
 
 class TileMap(ABC):
@@ -130,6 +139,49 @@ class TileMap(ABC):
         b = self.region.bounds_en
         return crop_structure(self.structure[level], self.region.structure_gsds_m[level],
                               (b[0], b[3]), centre_en, half_m)
+
+    _pixels_last: tuple[float, tuple[float, ...], MapImage | None] | None = None
+
+    @cached_property
+    def _ortho(self) -> rasterio.DatasetReader | None:
+        """The map's ortho.tif, opened on first use (None: the map has none, or it does not
+        open; said once in the log)."""
+        path = self.path / ORTHO_FILE
+        if not path.is_file():
+            return None
+        try:
+            return rasterio.open(path)
+        except RasterioError as e:
+            log.warning("%s does not open (%s): fixes are not refined on its pixels", path, e)
+            return None
+
+    def map_image(self, gsd_m: float, box_en: tuple[float, float, float, float]
+                  ) -> MapImage | None:
+        """The map's pixels at level GSD `gsd_m` over box_en (min E, min N, max E, max N),
+        or None where the map has no ortho.tif, the box misses it, or it cannot be read
+        (a damaged file: logged, and matching goes on without its pixels).
+
+        What was read last is kept, PIXELS_MARGIN wider than asked on every side, and
+        boxes inside it are cut from it: consecutive frames ask for nearly the same place,
+        and GDAL's block cache is held small (its default is 5 % of RAM)."""
+        ds = self._ortho
+        if ds is None:
+            return None
+        last = self._pixels_last
+        if (last is not None and last[0] == gsd_m and last[1][0] <= box_en[0]
+                and last[1][1] <= box_en[1] and box_en[2] <= last[1][2]
+                and box_en[3] <= last[1][3]):
+            return None if last[2] is None else crop_map_image(last[2], box_en)
+        m = PIXELS_MARGIN * max(box_en[2] - box_en[0], box_en[3] - box_en[1])
+        wide = (box_en[0] - m, box_en[1] - m, box_en[2] + m, box_en[3] + m)
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=PIXELS_CACHE_MB):
+                image = read_map_image(ds, gsd_m, wide)
+        except RasterioError as e:
+            log.warning("%s: cannot read %s (%s)", self.path / ORTHO_FILE, box_en, e)
+            return None
+        self._pixels_last = (gsd_m, wide, image)
+        return None if image is None else crop_map_image(image, box_en)
 
     def level_for_gsd(self, gsd_m: float) -> int:
         """The level to rectify a frame of ground resolution `gsd_m` to.

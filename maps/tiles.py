@@ -28,12 +28,11 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
-from rasterio.windows import Window
 from tqdm import tqdm
 
 from skyfix.maps.pack import TILE_DTYPE
+from skyfix.maps.pixels import read_level
 from skyfix.models.features import Encoder, vlad
 from skyfix.runtime.core.errors import SkyfixError
 
@@ -101,26 +100,6 @@ def tile_specs(grid: Grid, gsds: Sequence[float], tile_px: int, overlap: float,
     return specs
 
 
-def _read_tile(ds: rasterio.DatasetReader, x0: float, y0: float, scale: float,
-               tile_px: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """([tile_px, tile_px] uint8 gray, [tile_px, tile_px] bool valid, pixels of the tile
-    inside the map) of the tile whose top-left corner is level pixel (x0, y0); one level
-    pixel = `scale` ortho pixels."""
-    cols = min(tile_px, math.floor(ds.width / scale - x0 + 1e-6))
-    rows = min(tile_px, math.floor(ds.height / scale - y0 + 1e-6))
-    win = Window(x0 * scale, y0 * scale, cols * scale, rows * scale)
-    resampling = (Resampling.nearest if abs(scale - 1) < 1e-9
-                  else Resampling.average if scale > 1 else Resampling.bilinear)
-    px = ds.read(window=win, out_shape=(ds.count, rows, cols), resampling=resampling)
-    mask = ds.dataset_mask(window=win, out_shape=(rows, cols), resampling=Resampling.nearest)
-    gray = np.zeros((tile_px, tile_px), np.uint8)
-    valid = np.zeros((tile_px, tile_px), bool)
-    gray[:rows, :cols] = (cv2.cvtColor(np.ascontiguousarray(px.transpose(1, 2, 0)),
-                                       cv2.COLOR_RGB2GRAY) if ds.count == 3 else px[0])
-    valid[:rows, :cols] = mask > 0
-    return gray, valid, rows * cols
-
-
 def _adapt(ds: rasterio.DatasetReader, s: TileSpec, scale: float, tile_px: int,
            valid: np.ndarray) -> TileSpec | None:
     """`s` moved (at most a quarter tile, staying inside the map) towards the centroid of
@@ -150,12 +129,13 @@ def _encode_chunk(ds: rasterio.DatasetReader, grid: Grid, specs: Sequence[TileSp
     dim, skipped, shifted = 0, [], 0
     for s in specs:
         scale = s.gsd_m / grid.gsd_m
-        gray, valid, inside = _read_tile(ds, s.x0, s.y0, scale, tile_px)
+        gray, valid, inside = read_level(ds, s.x0, s.y0, scale, tile_px, tile_px)
         frac = float(valid.sum()) / max(inside, 1)
         if frac < s.min_valid:
             moved = _adapt(ds, s, scale, tile_px, valid)
             if moved is not None:
-                gray2, valid2, inside2 = _read_tile(ds, moved.x0, moved.y0, scale, tile_px)
+                gray2, valid2, inside2 = read_level(ds, moved.x0, moved.y0, scale,
+                                                    tile_px, tile_px)
                 if float(valid2.sum()) / max(inside2, 1) >= s.min_valid:
                     s, gray, valid, inside = moved, gray2, valid2, inside2
                     frac, shifted = float(valid.sum()) / max(inside, 1), shifted + 1

@@ -31,6 +31,7 @@ import simplekml
 from matplotlib.figure import Figure
 from rasterio.warp import transform as crs_transform
 
+from skyfix.maps.pixels import ORTHO_FILE
 from skyfix.maps.tilemap import TileMap
 from skyfix.runtime.core.geo import LocalFrame
 from skyfix.runtime.core.types import Estimate, Fix, sigma_max
@@ -281,7 +282,7 @@ def _plot(path: Path, pack: TileMap, t: np.ndarray, ref: np.ndarray, fix_t: np.n
           reference: str) -> None:
     fig = Figure(figsize=(14, 6.5))  # no pyplot: no global backend, nothing kept alive
     ax_map, ax_err = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.2]})
-    with rasterio.open(pack.path / "ortho.tif") as src:
+    with rasterio.open(pack.path / ORTHO_FILE) as src:
         scale = max(1, int(np.ceil(max(src.width, src.height) / 1200)))
         img = src.read(indexes=[1, 2, 3] if src.count >= 3 else [1, 1, 1],
                        out_shape=(3, src.height // scale, src.width // scale))

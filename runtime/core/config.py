@@ -151,6 +151,9 @@ class MatchConfig(Section):
                              "(map pixels): the pose reads it as a tilt, which moves the fix "
                              "by the height times its angle; the fix's covariance claims it",
                              ge=0, le=100)
+    refine: bool = key(True, "move each inlier pair to where the map's own pixels (the pack's "
+                       "ortho.tif) line up with the view's, to a fraction of a pixel, "
+                       "before the pose (runtime/nav/refine.py)")
     sigma_floor_m: float = key(0.5, "smallest 1-sigma a fix may claim", gt=0, le=10_000)
     focal_sigma: float = key(0.02, "1-sigma relative error of the camera's focal length: "
                              "scales the height a fix measures", ge=0, le=1)

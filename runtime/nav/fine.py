@@ -5,7 +5,8 @@ stage (skyfix.runtime.nav.coarse) put the view, then the shared robust fit and p
     coarse answer (E, N, rotation) -> predicted map point of every view keypoint
     -> mutual best descriptor match among the map keypoints within `near_radius_px` of the
        prediction (no ratio test: nearby repeated structure is what the radius removes)
-    -> RANSAC similarity + pose (robust_similarity, pose_match)
+    -> RANSAC similarity, pairs refined on the map's pixels, pose (robust_similarity,
+       pose_match)
 
 Where the coarse stage found no place the features support strongly, `vote_places` gives
 the places the features alone point to across the whole window, to match near the same way.
@@ -40,6 +41,7 @@ from skyfix.runtime.core.types import Fix, Rejection, View
 from skyfix.runtime.nav.coarse import CoarseMatch
 from skyfix.runtime.nav.match import Candidate, TileMatch, fix_from, pose_match, robust_similarity
 from skyfix.runtime.nav.rectify import view_px_to_offset_m
+from skyfix.runtime.nav.refine import MapPixels
 
 _MIN_FIT = 8  # fewer inliers: no match at all (acceptance asks for min_inliers)
 VOTES_PER_POINT = 3  # vote_places: map keypoints each view keypoint votes with
@@ -150,8 +152,9 @@ def vote_places(view: View, feats: LocalFeatures, tiles: list[Candidate],
 
 
 def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse: CoarseMatch,
-               cfg: MatchConfig) -> NearMatch | None:
-    """The fine match of the view near the coarse answer (module docstring), or None."""
+               cfg: MatchConfig, pixels: MapPixels | None = None) -> NearMatch | None:
+    """The fine match of the view near the coarse answer (module docstring), or None;
+    `pixels`: see skyfix.runtime.nav.match.pose_match."""
     if not tiles or len(feats) < _MIN_FIT:
         return None
     xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
@@ -176,7 +179,7 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
         return None
     h = None if heights is None else heights[mi[fit.keep]]
     m = pose_match(view, src[fit.keep], dst[fit.keep], origin, h, fit, tile_id,
-                   tiles[0].level, cfg)
+                   tiles[0].level, cfg, pixels)
     if m is None:
         return None
     hull = cv2.convexHull(feats.keypoints[vi[fit.keep]].astype(np.float32))

@@ -5,7 +5,9 @@ For each candidate tile:
 2. a RANSAC similarity between view offsets and map coordinates picks the inliers, and
    a least-squares similarity on them drops the rest
    (map = s R(theta) view + t, t being the point below the camera);
-3. the camera pose from the inliers (runtime/nav/pose.py), so that the position does not
+3. where the map's pixels are at hand, each inlier pair moved to where they line up with
+   the view's (runtime/nav/refine.py);
+4. the camera pose from the inliers (runtime/nav/pose.py), so that the position does not
    inherit the reported roll/pitch error: its centre is the fix, its height the
    height above ground, its rotation against the reported attitude the heading and
    tilt errors.
@@ -30,6 +32,7 @@ from skyfix.runtime.core.config import MatchConfig
 from skyfix.runtime.core.types import Fix, Rejection, RejectReason, View
 from skyfix.runtime.nav.pose import solve_pose
 from skyfix.runtime.nav.rectify import view_px_to_offset_m
+from skyfix.runtime.nav.refine import MapPixels, refine_pairs
 
 _MIN_POINTS = 8
 
@@ -138,12 +141,15 @@ def robust_similarity(src: np.ndarray, dst: np.ndarray, thresh: float,
 
 def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
                heights: np.ndarray | None, fit: SimilarityFit, tile_id: int, level: int,
-               cfg: MatchConfig) -> TileMatch | None:
+               cfg: MatchConfig, pixels: MapPixels | None) -> TileMatch | None:
     """The camera pose from the inliers of `fit` as a TileMatch (None if it fails).
 
     `src`: [K, 2] view offsets (E, N) metres from nadir; `dst`: [K, 2] their map points
-    minus `origin` ([2] map E/N); `heights`: [K] terrain heights of the map points or None.
+    minus `origin` ([2] map E/N); `heights`: [K] terrain heights of the map points or None;
+    `pixels`: the map's pixels to refine the pairs on (None: not refined).
     """
+    if pixels is not None:
+        src, dst, _ = refine_pairs(view, src, dst, origin, fit.params, pixels)
     a, b, tx, ty = fit.params
     # Ground points: down = 0 on the plane the view was rectified on; with a terrain
     # model, each point's height above the ground under the aircraft lifts it.
@@ -225,10 +231,10 @@ def fix_from(view: View, m: TileMatch) -> Fix:
 
 
 def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, view: View,
-               cfg: MatchConfig) -> TileMatch | None:
+               cfg: MatchConfig, pixels: MapPixels | None = None) -> TileMatch | None:
     """Match one tile; None when robust estimation finds fewer than 8 consistent points.
 
-    `view_xy_m`: [N, 2] (east, north) metres from nadir.
+    `view_xy_m`: [N, 2] (east, north) metres from nadir; `pixels`: see pose_match.
     """
     tile_id, level, tile_en, tile_desc, tile_h = (tile.tile_id, tile.level, tile.en_m,
                                                   tile.descriptors, tile.heights_m)
@@ -241,7 +247,7 @@ def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, vi
         return None
     heights = None if tile_h is None else tile_h[pairs[fit.keep, 1]]
     return pose_match(view, src[fit.keep], dst[fit.keep], origin, heights, fit, tile_id,
-                      level, cfg)
+                      level, cfg, pixels)
 
 
 def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejection:
@@ -271,11 +277,11 @@ def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejec
 
 
 def locate(view: View, feats: LocalFeatures, candidates: list[Candidate],
-           cfg: MatchConfig) -> Fix | Rejection:
-    """Match the view against each candidate tile."""
+           cfg: MatchConfig, pixels: MapPixels | None = None) -> Fix | Rejection:
+    """Match the view against each candidate tile (`pixels`: see pose_match)."""
     if len(feats) < cfg.min_inliers:
         return Rejection(view.t_ns, "few_features", f"{len(feats)} features in the view")
     xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
     matches = [m for tile in candidates
-               if (m := match_tile(xy, feats.descriptors, tile, view, cfg)) is not None]
+               if (m := match_tile(xy, feats.descriptors, tile, view, cfg, pixels)) is not None]
     return judge(view, matches, cfg)

@@ -90,6 +90,8 @@ class Localizer:
     def __init__(self, pack: TileMap, camera: CameraModel, encoder: Encoder, cfg: Config):
         self.pack, self.camera, self.encoder, self.cfg = pack, camera, encoder, cfg
         self._tile = lru_cache(maxsize=128)(self._load_tile)
+        # the map's own pixels, to refine matched pairs on (runtime/nav/refine.py)
+        self._pixels = pack.map_image if cfg.match.refine else None
 
     def _load_tile(self, tile_id: int) -> Candidate:
         en, desc = self.pack.tile_features(tile_id)
@@ -131,7 +133,7 @@ class Localizer:
                 return Rejection(t_ns, "no_tiles", f"no tile of level {look.level} in the window")
             if not coarse:
                 return locate(look.view, feats, [self._tile(h.tile_id) for h in hits],
-                              self.cfg.match)
+                              self.cfg.match, self._pixels)
             # no prior: each retrieved tile is a window for the coarse stage
             half = 0.5 * self.pack.tile_px * self.pack.levels[look.level]
             centres = self.pack.tile_centers(np.array([h.tile_id for h in hits]))
@@ -150,7 +152,7 @@ class Localizer:
         ids = ids[self.pack.tile_levels(ids) == look.level]
         ids = self.pack.nearest_first(ids, centre)[0][:4]
         return match_near(view, look.feats, [self._tile(int(i)) for i in ids], place,
-                          self.cfg.match)
+                          self.cfg.match, self._pixels)
 
     def match_near(self, look: Look, windows: list[Prior]) -> NearMatch | None | Rejection:
         """Coarse search of each window, then the fine match near each of its
