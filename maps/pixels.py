@@ -58,18 +58,28 @@ def read_level(ds: rasterio.DatasetReader, x0: float, y0: float, scale: float, w
     return gray, valid, rows * cols
 
 
+def _span(box_en: tuple[float, float, float, float], left: float, top: float, gsd_m: float,
+          width: int, height: int) -> tuple[int, int, int, int] | None:
+    """(col0, row0, col1, row1): the whole pixels of a [height, width] grid with its
+    top-left corner at map (left, top) that cover box_en, or None when it misses them."""
+    c0 = max(0, math.floor((box_en[0] - left) / gsd_m))
+    r0 = max(0, math.floor((top - box_en[3]) / gsd_m))
+    c1 = min(width, math.ceil((box_en[2] - left) / gsd_m))
+    r1 = min(height, math.ceil((top - box_en[1]) / gsd_m))
+    return None if c1 <= c0 or r1 <= r0 else (c0, r0, c1, r1)
+
+
 def read_map_image(ds: rasterio.DatasetReader, gsd_m: float,
                    box_en: tuple[float, float, float, float]) -> MapImage | None:
     """The pixels of the level of `gsd_m` covering box_en (min E, min N, max E, max N) of
     the ortho `ds`, or None when the box misses the map."""
     left, top = ds.transform.c, ds.transform.f
     scale = gsd_m / ds.transform.a
-    x0 = max(0, math.floor((box_en[0] - left) / gsd_m))
-    y0 = max(0, math.floor((top - box_en[3]) / gsd_m))
-    x1 = min(math.ceil((box_en[2] - left) / gsd_m), math.floor(ds.width / scale + 1e-6))
-    y1 = min(math.ceil((top - box_en[1]) / gsd_m), math.floor(ds.height / scale + 1e-6))
-    if x1 <= x0 or y1 <= y0:
+    span = _span(box_en, left, top, gsd_m, math.floor(ds.width / scale + 1e-6),
+                 math.floor(ds.height / scale + 1e-6))
+    if span is None:
         return None
+    x0, y0, x1, y1 = span
     gray, valid, _ = read_level(ds, x0, y0, scale, x1 - x0, y1 - y0)
     return MapImage(gray, valid, left + x0 * gsd_m, top - y0 * gsd_m, gsd_m)
 
@@ -79,11 +89,10 @@ def crop_map_image(image: MapImage, box_en: tuple[float, float, float, float]
     """The part of `image` covering box_en (whole pixels around it), or None when the box
     misses it."""
     g = image.gsd_m
-    c0 = max(0, math.floor((box_en[0] - image.left_e_m) / g))
-    r0 = max(0, math.floor((image.top_n_m - box_en[3]) / g))
-    c1 = min(image.gray.shape[1], math.ceil((box_en[2] - image.left_e_m) / g))
-    r1 = min(image.gray.shape[0], math.ceil((image.top_n_m - box_en[1]) / g))
-    if c1 <= c0 or r1 <= r0:
+    span = _span(box_en, image.left_e_m, image.top_n_m, g, image.gray.shape[1],
+                 image.gray.shape[0])
+    if span is None:
         return None
+    c0, r0, c1, r1 = span
     return MapImage(image.gray[r0:r1, c0:c1], image.valid[r0:r1, c0:c1],
                     image.left_e_m + c0 * g, image.top_n_m - r0 * g, g)
