@@ -40,7 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from skyfix.maps.build import build_pack
+from skyfix.maps.build import DEFAULT_ENCODER_NAME, build_pack
 from skyfix.models.metrics import retrieval_metrics
 from skyfix.models.registry import make_encoder
 from skyfix.runtime.apps.replay import replay
@@ -218,7 +218,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     p.add_argument("--work", type=Path, default=Path("out/bench/accuracy"))
     p.add_argument("--only", help="comma-separated scenario names")
-    p.add_argument("--encoder", default="rootsift", choices=("rootsift", "xfeat"))
+    p.add_argument("--encoder", default=DEFAULT_ENCODER_NAME, choices=("rootsift", "xfeat"))
     args = p.parse_args()
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skyfix.maps.build import DEFAULT_ENCODER_NAME
 from skyfix.maps.pack import MapPack
 from skyfix.models.registry import encoder_for_id
 from skyfix.runtime.core.config import Config
@@ -323,7 +324,7 @@ def _accuracy(args: argparse.Namespace) -> dict:
     import bench_accuracy
 
     ns = argparse.Namespace(data=args.data, only=args.accuracy, work=args.work / "accuracy",
-                            encoder="rootsift")
+                            encoder=DEFAULT_ENCODER_NAME)
     full = bench_accuracy.run(ns)
     keys = ("frames", "availability", "fix_cep50_m", "fix_cep95_m", "est_cep50_m",
             "est_cep95_m", "gross_errors", "integrity_violations", "wall_s")

@@ -56,6 +56,7 @@ from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.runtime.io.telemetry import TelemetryLog
 from skyfix.runtime.nav.match import robust_similarity
 from skyfix.runtime.nav.rectify import rectify, view_px_to_offset_m
+from skyfix.runtime.nav.refine import refine_pairs
 
 _MIN_INLIERS = 30
 _TILES_PER_FRAME = 3
@@ -109,7 +110,8 @@ def match_pose(frame: Frame, tel: Telemetry, prior_en: np.ndarray, camera: Camer
 
     The frame is rectified with the nominal mount and `tel`; tiles whose centre lies
     within the view's reach of `prior_en` ([2] map E/N, the logged position) are tried,
-    the one with most RANSAC inliers wins.
+    the one with most RANSAC inliers wins, its pairs refined on the map's pixels as in
+    flight (match.refine).
     """
     level = pack.level_for_gsd(tel.agl_m / camera.fx)
     view = rectify(frame, tel, camera, pack.levels[level], cfg.rectify, pack.convergence_deg)
@@ -123,7 +125,7 @@ def match_pose(frame: Frame, tel: Telemetry, prior_en: np.ndarray, camera: Camer
                           & (pack.tile_level == level))
     near = near[np.argsort(np.hypot(*(pack.tile_center_en[near] - prior_en).T))]
     src_all = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
-    best: tuple[np.ndarray, np.ndarray] | None = None
+    best: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     for tile_id in near[:_TILES_PER_FRAME]:
         en, desc = pack.tile_features(int(tile_id))
         pairs = match_mutual(feats.descriptors, desc, cfg.match.ratio)
@@ -132,10 +134,13 @@ def match_pose(frame: Frame, tel: Telemetry, prior_en: np.ndarray, camera: Camer
         src, dst = src_all[pairs[:, 0]], en[pairs[:, 1]] - prior_en
         fit = robust_similarity(src, dst, cfg.match.ransac_px * view.gsd_m, _MIN_INLIERS)
         if fit is not None and (best is None or len(fit.keep) > len(best[0])):
-            best = (src[fit.keep], dst[fit.keep])
+            best = (src[fit.keep], dst[fit.keep], fit.params)
     if best is None:
         return None
-    offsets, ground_en = best
+    offsets, ground_en, params = best
+    if cfg.match.refine:  # the pairs moved onto the map's own pixels, as in flight
+        offsets, ground_en, _ = refine_pairs(view, offsets, ground_en, prior_en, params,
+                                             pack.map_image)
     # View offsets (east, north) from nadir -> the image pixels the nominal warp took them from.
     R_nc = view.R_ned_cam
     rays = np.column_stack([offsets[:, 1], offsets[:, 0], np.full(len(offsets), tel.agl_m)])

@@ -73,13 +73,15 @@ from skyfix.maps.tiles import (
     tile_usage,
     write_descriptors,
 )
-from skyfix.models.features import Encoder, RootSiftEncoder, fit_codebook
+from skyfix.models.features import Encoder, fit_codebook
+from skyfix.models.registry import make_encoder
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
 from skyfix.runtime.core.provenance import load_private_key, sign_manifest
 
-DEFAULT_ENCODER = RootSiftEncoder()
-DEFAULT_ENCODER_NAME = "rootsift"  # the registry name of DEFAULT_ENCODER
+# the encoder a pack is built with unless told otherwise (skyfix.models.registry name): the
+# one that places most views across dates (README, "Matching across dates")
+DEFAULT_ENCODER_NAME = "xfeat"
 SEED = 0  # codebook sample and k-means
 CODEBOOK_SAMPLES = 50_000  # at most this many local descriptors go into k-means
 JPEG_QUALITY = 90
@@ -119,7 +121,7 @@ class _Source:
     stretch: tuple[float, float] | None  # (lo, hi) mapped to 0..255; None for uint8
 
 
-def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENCODER,
+def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder | None = None,
                gsds_m: Sequence[float] | None = None, tile_px: int = 512, overlap: float = 0.5,
                codebook_k: int = 32, force: bool = False, progress: bool = True,
                dem: Path | None = None, index_min_tiles: int = INDEX_MIN_TILES,
@@ -129,6 +131,7 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
                sign_key: Path | None = None, georef_sigma_m: float = 0.0) -> Path:
     """Write the map pack of `orthos` to the folder `out` and return `out`.
 
+    `encoder`: the local features (default: DEFAULT_ENCODER_NAME with its default settings);
     `gsds_m`: ground resolution of each level, metres/pixel (default: native, 2 x native);
     `overlap`: share of a tile shared with its neighbour (stride = tile_px * (1 - overlap)).
     `dem`: terrain model to resample into the pack. `index_min_tiles`: levels with at least
@@ -155,6 +158,7 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder = DEFAULT_ENC
     if not 0.0 <= georef_sigma_m <= 10_000:  # (NaN fails too)
         raise SkyfixError(f"georeferencing sigma must be 0..10000 m, got {georef_sigma_m}")
     _check_out(out, force)
+    encoder = make_encoder(DEFAULT_ENCODER_NAME) if encoder is None else encoder
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial"
     params = {"format": FORMAT, "inputs": [input_stamp(p) for p in paths],

@@ -90,14 +90,15 @@ def _fault_maps(ortho: Path, out: Path, spec: ClosedLoopSpec, emulator: Autopilo
     if own_map and pack is not None:
         raise SkyfixError("--map cannot be used with the wrong-map, featureless or repetitive "
                           "faults: they build their own map")
-    world = ortho
+    world = map_ortho = ortho
     if terrain:
         fs = emulator.spec.flight  # footprint radius: the camera sees only the fault's ground
         radius_m = float(np.hypot(*ground_offsets(fs.camera, fs.agl_m).T).max()) + 10.0
-        world = fault_ortho(ortho, out, schedule,
-                            lambda t: emulator.trajectory.sample(t).en_m, radius_m, "world")
-    map_ortho = fault_ortho(world, out, schedule, None, 0.0, "wrong-map") \
-        if schedule.has("wrong-map") else world
+        world, map_ortho = (fault_ortho(ortho, out, schedule,
+                                        lambda t: emulator.trajectory.sample(t).en_m,
+                                        radius_m, what) for what in ("world", "map"))
+    if schedule.has("wrong-map"):
+        map_ortho = fault_ortho(map_ortho, out, schedule, None, 0.0, "wrong-map")
     if pack is None:
         pack = build_pack([map_ortho], out / "pack", force=True, progress=progress)
     if schedule.has("corrupt-map"):

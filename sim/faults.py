@@ -48,6 +48,7 @@ SPOOF_DRIFT_MPS = 2.0  # east; ~ what the GNSS monitor's CUSUM is documented to 
 WRONG_FIX_M = 30.0  # integrity: no claimed fix this far off ...
 CONFIDENT_SIGMA_M = 10.0  # ... while claiming a 1-sigma below this
 _CORRUPTED_FILE = "local_descriptors.npy"
+_FIX_STATES = ("skyfix: 3D fix", "skyfix: no fix")  # how the daemon announces its fix state
 _FAULT_RE = re.compile(r"^([a-z-]+)(?:@([0-9.]+):([0-9.]+))?$")
 
 
@@ -173,8 +174,10 @@ def fault_ortho(ortho: Path, out: Path, schedule: FaultSchedule,
     """A copy of `ortho` as the map fault `what` sees the world, written under `out`.
 
     "wrong-map": mirrored east-west (another place's imagery on the same coordinates);
-    "world": with featureless / repetitive ground painted `radius_m` around the track
-    `track(t_s) -> [N, 2] map metres` during those faults' windows."""
+    "world" (what the camera sees) and "map" (what the pack is built from): with featureless
+    / repetitive ground painted `radius_m` around the track `track(t_s) -> [N, 2] map
+    metres` during those faults' windows. The car park is the same in both; the water's
+    ripples are not, as water never looks the same on two days."""
     with rasterio.open(ortho) as src:
         profile, rgb = src.profile, src.read()
     if rgb.shape[0] < 3 or rgb.dtype != np.uint8:
@@ -183,7 +186,7 @@ def fault_ortho(ortho: Path, out: Path, schedule: FaultSchedule,
     if what == "wrong-map":
         rgb = np.ascontiguousarray(rgb[:, :, ::-1])
     else:
-        rng = np.random.default_rng(7)
+        rng = np.random.default_rng(7 if what == "world" else 8)
         for f in schedule.faults:
             if f.name not in ("featureless", "repetitive"):
                 continue
@@ -227,7 +230,8 @@ class FaultOutcome:
     more than 30 m off; recovered_after_s: from the window's end to the first claimed fix
     within 10 m of the truth (None: not before the flight ended); statustext: what the
     daemon said from the start of the window to 5 s after it, statustext_at_s: when,
-    seconds after the window's start.
+    seconds after the window's start; fix_state: the last of its fix announcements ("3D
+    fix ...", "no fix ...") before the window's end, what the pilot reads then (None: none).
     """
 
     fault: str
@@ -240,6 +244,7 @@ class FaultOutcome:
     recovered_after_s: float | None
     statustext: tuple[str, ...]
     statustext_at_s: tuple[float, ...]
+    fix_state: str | None
 
 
 def confident_wrong(fix: np.ndarray, sigma_m: np.ndarray, err_m: np.ndarray) -> np.ndarray:
@@ -260,6 +265,7 @@ def fault_outcomes(faults: tuple[Fault, ...], arrive_s: np.ndarray, fix: np.ndar
         gaps = np.diff(arrive_s[inside]) * 1e3
         good = np.flatnonzero((arrive_s >= f.end_s) & (fix >= 3) & (err_m <= 10.0))
         said = [(a, t) for a, t in texts if f.start_s <= a < f.end_s + 5.0]
+        states = [t for a, t in texts if a < f.end_s and t.startswith(_FIX_STATES)]
         outcomes.append(FaultOutcome(
             str(f), f.start_s, f.end_s,
             round(float(claimed.sum() / max(inside.sum(), 1)), 3),
@@ -267,5 +273,6 @@ def fault_outcomes(faults: tuple[Fault, ...], arrive_s: np.ndarray, fix: np.ndar
             int((wrong & (arrive_s >= f.start_s)).sum()),
             round(float(gaps.max()), 1) if len(gaps) else None,
             round(float(arrive_s[good[0]] - f.end_s), 2) if len(good) else None,
-            tuple(t for a, t in said), tuple(round(a - f.start_s, 2) for a, _ in said)))
+            tuple(t for a, t in said), tuple(round(a - f.start_s, 2) for a, _ in said),
+            states[-1] if states else None))
     return outcomes

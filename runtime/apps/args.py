@@ -47,10 +47,12 @@ def size(text: str) -> tuple[int, int]:
 def add_pack_options(p: argparse.ArgumentParser) -> None:
     """The map-pack options of every command that builds a pack (maps build, maps fetch
     --build); `pack_options` turns them into build_pack's arguments."""
+    from skyfix.maps.build import DEFAULT_ENCODER_NAME
     from skyfix.models.registry import ENCODER_NAMES
 
-    p.add_argument("--encoder", choices=ENCODER_NAMES, default="rootsift",
-                   help="local-feature encoder the runtime will match with (default rootsift)")
+    p.add_argument("--encoder", choices=ENCODER_NAMES, default=DEFAULT_ENCODER_NAME,
+                   help="local-feature encoder the runtime will match with (default "
+                        f"{DEFAULT_ENCODER_NAME})")
     p.add_argument("--georef-sigma", type=float, default=0.0, metavar="M",
                    help="the orthophoto's stated 1-sigma horizontal error against the world, "
                         "metres; every position flown on the pack claims it (default 0: not "

@@ -38,7 +38,7 @@ def crop(ortho_path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pack(crop, tmp_path_factory) -> MapPack:
     path = tmp_path_factory.mktemp("pack") / "pack"
-    return MapPack.open(build_pack([crop], path, tile_px=256, progress=False))
+    return MapPack.open(build_pack([crop], path, ENC, tile_px=256, progress=False))
 
 
 def query_at(pack: MapPack, crop: Path, bounds, shift_m=(0.0, 0.0), size: int = 256):
@@ -122,7 +122,7 @@ def test_bad_arguments(pack):
 def indexed(crop, tmp_path_factory) -> MapPack:
     """The same pack as `pack`, with a FAISS index forced onto every level."""
     path = tmp_path_factory.mktemp("indexed") / "pack"
-    return MapPack.open(build_pack([crop], path, tile_px=256, index_min_tiles=0,
+    return MapPack.open(build_pack([crop], path, ENC, tile_px=256, index_min_tiles=0,
                                    progress=False))
 
 

@@ -48,7 +48,7 @@ def crop(ortho_path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pack_path(crop, tmp_path_factory) -> Path:
-    return build_pack([crop], tmp_path_factory.mktemp("pack") / "pack", tile_px=256,
+    return build_pack([crop], tmp_path_factory.mktemp("pack") / "pack", ENC, tile_px=256,
                       progress=False)
 
 
