@@ -237,7 +237,8 @@ class FilterConfig(Section):
     gyro_noise_radps_rthz: float = key(0.001, "gyro white noise density", ge=0, le=10)
     gyro_bias_sigma_radps: float = key(0.005, "initial 1-sigma gyro bias", ge=0, le=10)
     gyro_bias_rw_radps_rths: float = key(1e-4, "gyro bias random walk", ge=0, le=10)
-    tilt_sigma_deg: float = key(0.3, "1-sigma error of the autopilot's roll/pitch ...", ge=0,
+    tilt_sigma_deg: float = key(0.5, "1-sigma error of the autopilot's roll/pitch (the "
+                                "error match.attitude_sigma_deg gives the pose) ...", ge=0,
                                 le=90)
     tilt_tau_s: float = key(5.0, "... and its correlation time", gt=0, le=86_400)
     yaw_sigma_deg: float = key(1.0, "1-sigma error of the autopilot's heading ...", ge=0,
