@@ -48,7 +48,7 @@ SPOOF_DRIFT_MPS = 2.0  # east; ~ what the GNSS monitor's CUSUM is documented to 
 WRONG_FIX_M = 30.0  # integrity: no claimed fix this far off ...
 CONFIDENT_SIGMA_M = 10.0  # ... while claiming a 1-sigma below this
 _CORRUPTED_FILE = "local_descriptors.npy"
-_FIX_STATES = ("skyfix: 3D fix", "skyfix: no fix")  # how the daemon announces its fix state
+_FIX_STATES = ("skyfix: 3D fix", "skyfix: no fix")  # runtime/flight/output.py _fix_text
 _FAULT_RE = re.compile(r"^([a-z-]+)(?:@([0-9.]+):([0-9.]+))?$")
 
 
