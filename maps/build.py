@@ -79,9 +79,9 @@ from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
 from skyfix.runtime.core.provenance import load_private_key, sign_manifest
 
-# the encoder a pack is built with unless told otherwise (skyfix.models.registry name); XFeat
-# places more views across dates but is not the default yet (README, "Matching across dates")
-DEFAULT_ENCODER_NAME = "rootsift"
+# the encoder a pack is built with unless told otherwise (skyfix.models.registry name): the
+# one that places most views across dates (README, "Matching across dates")
+DEFAULT_ENCODER_NAME = "xfeat"
 SEED = 0  # codebook sample and k-means
 CODEBOOK_SAMPLES = 50_000  # at most this many local descriptors go into k-means
 JPEG_QUALITY = 90

@@ -135,6 +135,9 @@ class MatchConfig(Section):
                                   gt=0, le=180)
     ambiguity_ratio: float = key(0.8, "a distant second tile with this share of inliers -> "
                                  "ambiguous", gt=0, le=10)
+    max_self_similarity: float = key(0.9, "a view that matches itself elsewhere with this "
+                                     "share of its own score (ground that repeats: a car "
+                                     "park's bays, rows of panels) -> ambiguous", gt=0, le=1)
     ambiguity_radius_m: float = key(20.0, "second-best fixes closer than this agree, not "
                                     "compete", ge=0, le=100_000)
     attitude_sigma_deg: float = key(0.5, "1-sigma error of the autopilot's roll/pitch (pose "

@@ -20,7 +20,8 @@ RejectReason = Literal[
     "few_inliers",  # robust estimation found too few consistent matches
     "scale",  # match scale disagrees with the reported height above ground
     "heading",  # match rotation disagrees with the reported attitude
-    "ambiguous",  # a second, distant tile (or coarse peak) matches nearly as well
+    "ambiguous",  # a second, distant tile (or coarse peak) matches nearly as well, or the
+    # ground repeats within the view (or within the part of it the inliers lie on)
     "unconfirmed",  # the coarse and fine stages disagree, or the inliers cover too little
     "gated",  # the filter's NIS gate refused the fix
     "motion",  # disagrees with the autopilot's own motion since the last fix

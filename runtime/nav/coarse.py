@@ -18,6 +18,11 @@ The score is a normalised correlation (<= 1). Its confidence signals, for accept
 best other peak (at least EXCLUDE_PX channel pixels away, any rotation): a repeated pattern
 (a street grid, rows of a field) gives a ratio near 1. With `hypotheses` > 1 the next
 peaks are returned too (ratio < 1), for the fine stage to confirm or refute.
+
+`self_similarity` asks the same of the view against itself: how well its central half
+matches the view elsewhere (at least EXCLUDE_PX away), as a share of how it matches in place.
+Ground that repeats within the view (a car park's bays, rows of panels or trees) scores near
+1 whatever the map: no map can tell one period of it from the next.
 """
 
 from __future__ import annotations
@@ -131,30 +136,42 @@ def _view_channels(vg: np.ndarray, vm: np.ndarray, o: tuple[float, float], rot_d
     return _View((ch - (ch * m).sum((1, 2), keepdims=True) / cnt) * m, m)
 
 
-def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, float],
-                  window: StructureWindow, prior_en: np.ndarray, prior_radius_m: float,
-                  rotations_deg: tuple[float, ...] = ROTATIONS_DEG, hypotheses: int = 1
-                  ) -> list[CoarseMatch]:
-    """The view's likeliest places in `window` (see the module docstring), up to
-    `hypotheses` of them, best first; none when the view is too small or blank, or no shift
-    keeps the nadir inside the prior circle.
+class CoarseView:
+    """A view made ready for the coarse stage once, for every window it is searched in and
+    for `self_similarity`: its structure channels at each of `rotations_deg` (`views`, None
+    where too little is valid) and their 2 x 2 averages for pass 1 (`pooled`); `usable` is
+    False when the view is too small or blank for any answer.
 
     `image`: [H, W] uint8 view at the level's GSD, `mask`: [H, W] bool valid pixels,
-    `origin_px`: the view pixel (x, y) below the camera; `prior_en`: [2] map E/N."""
-    f = STRUCTURE_FACTOR
-    vg = downsample(image, f)
-    vm = downsample(mask.astype(np.float32), f) > 0.99
-    hv, wv = vg.shape
+    `origin_px`: the view pixel (x, y) below the camera."""
+
+    def __init__(self, image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, float],
+                 rotations_deg: tuple[float, ...] = ROTATIONS_DEG):
+        f = STRUCTURE_FACTOR
+        vg = downsample(image, f)
+        vm = downsample(mask.astype(np.float32), f) > 0.99
+        self.shape = vg.shape
+        self.origin = ((origin_px[0] + 0.5) / f - 0.5, (origin_px[1] + 0.5) / f - 0.5)
+        self.rotations_deg = tuple(rotations_deg)
+        big = min(vg.shape) >= 16 and vm.mean() >= MIN_VALID_SHARE
+        self.views = [_view_channels(vg, vm, self.origin, r) for r in self.rotations_deg] \
+            if big else []
+        self.pooled = [None if v is None else v.pooled() for v in self.views]
+        self.usable = any(v is not None for v in self.views)
+
+
+def coarse_search(view: CoarseView, window: StructureWindow, prior_en: np.ndarray,
+                  prior_radius_m: float, hypotheses: int = 1) -> list[CoarseMatch]:
+    """The view's likeliest places in `window` (see the module docstring), up to
+    `hypotheses` of them, best first; none when the view is too small or blank, or no shift
+    keeps the nadir inside the prior circle. `prior_en`: [2] map E/N."""
+    hv, wv = view.shape
     M = window.channels
-    if hv < 16 or wv < 16 or M.shape[1] < hv or M.shape[2] < wv or vm.mean() < MIN_VALID_SHARE:
+    if not view.usable or M.shape[1] < hv or M.shape[2] < wv:
         return []
-    o = ((origin_px[0] + 0.5) / f - 0.5, (origin_px[1] + 0.5) / f - 0.5)
-    views = [_view_channels(vg, vm, o, r) for r in rotations_deg]
-    if all(v is None for v in views):
-        return []
+    o, views, pooled = view.origin, view.views, view.pooled
     # Pass 1, at half the channels' resolution: every shift, every rotation.
     M4 = _pool(M)
-    pooled = [None if v is None else v.pooled() for v in views]
     h4, w4 = next(v for v in pooled if v is not None).mask.shape
     coarse_map = _Map(M4, h4, w4)
     py, px = np.mgrid[0:coarse_map.sh, 0:coarse_map.sw]
@@ -183,11 +200,43 @@ def coarse_search(image: np.ndarray, mask: np.ndarray, origin_px: tuple[float, f
     for k, (yi, xi, score) in enumerate(peaks):
         top = second if k == 0 else peaks[0][2]
         ratio = score / top if np.isfinite(top) and top > 1e-6 else np.inf
-        match = _refine(views, M, hv, wv, xi, yi, o, window, rotations_deg, ratio)
+        match = _refine(views, M, hv, wv, xi, yi, o, window, view.rotations_deg, ratio)
         if np.hypot(match.east_m - prior_en[0], match.north_m - prior_en[1]) \
                 <= prior_radius_m + 2 * gsd4:
             out.append(match)
     return out
+
+
+def self_similarity(view: CoarseView, region: np.ndarray | None = None) -> float:
+    """The view's self-similarity (module docstring) in [0, 1], from its channels as they
+    are (rotation 0), over the valid pixels inside `region` ([H, W] bool, the view's own
+    pixels; None: all of them): the central half of their bounding box against all of them.
+    NaN when the channels are not there or too little is valid."""
+    v = view.views[view.rotations_deg.index(0.0)] \
+        if view.views and 0.0 in view.rotations_deg else None
+    if v is None:
+        return float("nan")
+    m, channels = v.mask, v.channels
+    if region is not None:
+        m = m * (downsample(region.astype(np.float32), STRUCTURE_FACTOR) > 0.5)
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    if len(rows) < 16 or len(cols) < 16:
+        return float("nan")
+    box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    m, channels = m[box], channels[(slice(None), *box)]
+    h, w = m.shape
+    y0, x0, th, tw = h // 4, w // 4, h // 2, w // 2  # the central half
+    tm = m[y0:y0 + th, x0:x0 + tw]
+    cnt = float(tm.sum())
+    if cnt < MIN_VALID_SHARE * th * tw:
+        return float("nan")
+    channels = channels * m
+    tc = channels[:, y0:y0 + th, x0:x0 + tw]
+    tc = (tc - (tc * tm).sum((1, 2), keepdims=True) / cnt) * tm
+    scores = _Map(channels, th, tw).scores(_View(tc, tm))
+    py, px = np.mgrid[0:scores.shape[0], 0:scores.shape[1]]
+    away = np.hypot(px - x0, py - y0) > EXCLUDE_PX
+    return float(np.clip(scores[away].max() / max(float(scores[y0, x0]), 1e-9), 0.0, 1.0))
 
 
 def _refine(views: list[_View | None], M: np.ndarray, hv: int, wv: int, xi: int, yi: int,

@@ -51,8 +51,8 @@ VOTES_PER_POINT = 3  # vote_places: map keypoints each view keypoint votes with
 class NearMatch:
     """The fine match and the signals acceptance weighs. `agreement_px`: distance between
     the fine and the coarse position of the nadir in view pixels; `rotation_gap_deg`: between
-    their rotations; `spread`: see the module docstring;
-    `candidates`: matches given to RANSAC."""
+    their rotations; `spread`: see the module docstring; `hull_px`: [K, 2] the inliers'
+    convex hull in view pixels (x, y); `candidates`: matches given to RANSAC."""
 
     match: TileMatch
     coarse: CoarseMatch
@@ -60,6 +60,7 @@ class NearMatch:
     rotation_gap_deg: float
     spread: float
     candidates: int
+    hull_px: np.ndarray
 
 
 def _union(tiles: list[Candidate], gsd_m: float
@@ -190,7 +191,7 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
     a, b, tx, ty = fit.params
     agree = float(np.hypot(tx, ty)) / view.gsd_m
     rot_gap = abs((np.degrees(np.arctan2(b, a)) - coarse.rotation_deg + 180) % 360 - 180)
-    return NearMatch(m, coarse, agree, float(rot_gap), spread, len(vi))
+    return NearMatch(m, coarse, agree, float(rot_gap), spread, len(vi), hull.reshape(-1, 2))
 
 
 def judge_near(view: View, near: NearMatch | None, cfg: MatchConfig) -> Fix | Rejection:

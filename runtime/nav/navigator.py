@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from skyfix.maps.tilemap import TileMap
@@ -36,7 +37,13 @@ from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.geo import LocalFrame, R_ned_body
 from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejection, Telemetry, View
-from skyfix.runtime.nav.coarse import CoarseMatch, coarse_search
+from skyfix.runtime.nav.coarse import (
+    ROTATIONS_DEG,
+    CoarseMatch,
+    CoarseView,
+    coarse_search,
+    self_similarity,
+)
 from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
 from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near, vote_places
@@ -119,11 +126,21 @@ class Localizer:
     def locate(self, look: Look, prior: Prior) -> Fix | Rejection:
         """A fix from the view's features, searched for inside `prior`: coarse structural
         search then features matched near it when the prior is a window and the pack has
-        structure channels (`match.coarse`), else tiles retrieved and matched whole."""
+        structure channels (`match.coarse`), else tiles retrieved and matched whole. A view
+        of ground that repeats within it (coarse.self_similarity at or over
+        `match.max_self_similarity`) is refused first, as ambiguous: whatever the map, one
+        period of it looks like the next; and so is a match whose inliers all lie on such
+        ground (the rest of the view, which would tell the periods apart, unmatched)."""
         t_ns, feats = look.view.t_ns, look.feats
         if len(feats) < self.cfg.match.min_inliers:
             return Rejection(t_ns, "few_features", f"{len(feats)} features in the view")
         coarse = self.cfg.match.coarse and look.level < len(self.pack.structure)
+        view = look.view
+        structure = CoarseView(view.image, view.mask, view.origin_px,
+                               ROTATIONS_DEG if coarse else (0.0,))
+        repeats = self._repeats(structure, t_ns)
+        if repeats is not None:
+            return repeats
         if coarse and prior.source != "none":
             windows = [prior]
         else:
@@ -138,9 +155,27 @@ class Localizer:
             half = 0.5 * self.pack.tile_px * self.pack.levels[look.level]
             centres = self.pack.tile_centers(np.array([h.tile_id for h in hits]))
             windows = [Prior(c, half**2 * np.eye(2), "none") for c in centres]
-        near = self.match_near(look, windows)
-        return near if isinstance(near, Rejection) else judge_near(look.view, near,
-                                                                   self.cfg.match)
+        near = self.match_near(look, structure, windows)
+        if isinstance(near, Rejection):
+            return near
+        if near is not None:  # the ground the inliers lie on, alone, must not repeat either
+            region = np.zeros(view.mask.shape, np.uint8)
+            cv2.fillConvexPoly(region, np.round(near.hull_px).astype(np.int32), 1)
+            repeats = self._repeats(structure, t_ns, region.astype(bool))
+            if repeats is not None:
+                return repeats
+        return judge_near(view, near, self.cfg.match)
+
+    def _repeats(self, structure: CoarseView, t_ns: int, region: np.ndarray | None = None
+                 ) -> Rejection | None:
+        """An "ambiguous" Rejection when the view's ground (inside `region`, the view's
+        pixels, when given) repeats: self-similarity at or over match.max_self_similarity."""
+        repeats = self_similarity(structure, region)
+        if not repeats >= self.cfg.match.max_self_similarity:
+            return None
+        where = "the view" if region is None else "the inliers' part of the view"
+        return Rejection(t_ns, "ambiguous", f"the ground repeats within {where} "
+                         f"(self-similarity {repeats:.2f})")
 
     def match_at(self, look: Look, place: CoarseMatch) -> NearMatch | None:
         """The fine match of the view's features near `place` (the 4 tiles of the view's
@@ -154,14 +189,15 @@ class Localizer:
         return match_near(view, look.feats, [self._tile(int(i)) for i in ids], place,
                           self.cfg.match, self._pixels)
 
-    def match_near(self, look: Look, windows: list[Prior]) -> NearMatch | None | Rejection:
+    def match_near(self, look: Look, structure: CoarseView, windows: list[Prior]
+                   ) -> NearMatch | None | Rejection:
         """Coarse search of each window, then the fine match near each of its
         `match.hypotheses` best places: the one the fine stage supports best (None: none
         found); a Rejection when the coarse stage finds no place at all, or when a second
         place, away from the best, is supported nearly as well. The other places are not
         tried when the best coarse place agrees with 4 x min_inliers fine inliers; when none
         has 2 x min_inliers, the places the features vote for (`window_fallback`) are tried
-        too."""
+        too. `structure`: the view made ready for the coarse stage, once for all windows."""
         view, cfg = look.view, self.cfg.match
         reach = _half_diagonal_m(view)
         radii = [float(np.sqrt(np.linalg.eigvalsh(p.window_cov).max())) for p in windows]
@@ -169,8 +205,7 @@ class Localizer:
         for prior, radius in zip(windows, radii, strict=True):
             window = self.pack.structure_window(look.level, prior.centre_en, radius + reach)
             places += [] if window is None else coarse_search(
-                view.image, view.mask, view.origin_px, window, prior.centre_en, radius,
-                hypotheses=cfg.hypotheses)
+                structure, window, prior.centre_en, radius, hypotheses=cfg.hypotheses)
         if not places:
             return Rejection(view.t_ns, "no_tiles", "no place for the view in the window")
         found = []

@@ -11,13 +11,18 @@ import pytest
 
 from skyfix.maps.structure import StructureWindow, downsample, structure_channels
 from skyfix.models.features import LocalFeatures
-from skyfix.runtime.core.config import MatchConfig
-from skyfix.runtime.core.types import Fix, View
-from skyfix.runtime.nav.coarse import CoarseMatch, coarse_search
+from skyfix.runtime.core.config import Config, MatchConfig
+from skyfix.runtime.core.types import Fix, Frame, Rejection, Telemetry, View
+from skyfix.runtime.flight.assembly import build_chain
+from skyfix.runtime.nav.coarse import CoarseMatch, CoarseView, coarse_search, self_similarity
 from skyfix.runtime.nav.fine import NearMatch, judge_near, mutual_best, near_pairs, vote_places
 from skyfix.runtime.nav.match import Candidate, TileMatch
+from skyfix.runtime.nav.navigator import Look
+from skyfix.runtime.nav.retrieve import NO_PRIOR
+from skyfix.sim.flight import FlightSpec
 
 GSD = 0.5  # m per map pixel; the channels are at 2 x that
+CENTRE = (127.5, 127.5)  # the centre pixel of a 256 x 256 view
 
 
 def scene(seed: int = 0, size: int = 768) -> np.ndarray:
@@ -64,7 +69,8 @@ def test_coarse_finds_a_known_shift_and_rotation(cx, cy, rot):
     view = (255 * (1 - view / 255.0) ** 1.3).astype(np.uint8)
     origin = (127.5, 127.5)
     prior = en_of(cx, cy) + [30.0, -20.0]
-    (c,) = coarse_search(view, np.ones_like(view, bool), origin, window_of(img), prior, 100.0)
+    (c,) = coarse_search(CoarseView(view, np.ones_like(view, bool), origin), window_of(img),
+                         prior, 100.0)
     err_px = np.hypot(*(np.array([c.east_m, c.north_m]) - en_of(cx, cy))) / GSD
     assert err_px < 1.5
     assert c.rotation_deg == pytest.approx(-rot, abs=1.5)  # turning the view back aligns it
@@ -76,20 +82,21 @@ def test_coarse_respects_the_prior_and_refuses_blank_views():
     view = view_of(img, 300.0, 410.0, 0.0)
     ones = np.ones_like(view, bool)
     far = en_of(300.0, 410.0) + [150.0, 0.0]  # truth 150 m outside a 40 m prior circle
-    places = coarse_search(view, ones, (127.5, 127.5), window_of(img), far, 40.0, hypotheses=3)
+    places = coarse_search(CoarseView(view, ones, CENTRE), window_of(img), far, 40.0,
+                           hypotheses=3)
     assert len(places) == 3
     for c in places:
         assert np.hypot(c.east_m - far[0], c.north_m - far[1]) <= 40.0 + 4 * GSD
     blank = np.zeros_like(view, bool)
-    assert coarse_search(view, blank, (127.5, 127.5), window_of(img), far, 400.0) == []
+    assert coarse_search(CoarseView(view, blank, CENTRE), window_of(img), far, 400.0) == []
     outside = np.array([1e5, 1e5])
-    assert coarse_search(view, ones, (127.5, 127.5), window_of(img), outside, 10.0) == []
+    assert coarse_search(CoarseView(view, ones, CENTRE), window_of(img), outside, 10.0) == []
 
 
 def test_hypotheses_are_distinct_places_best_first():
     img = scene()
     view = view_of(img, 300.0, 410.0, 2.0)
-    places = coarse_search(view, np.ones_like(view, bool), (127.5, 127.5), window_of(img),
+    places = coarse_search(CoarseView(view, np.ones_like(view, bool), CENTRE), window_of(img),
                            en_of(300.0, 410.0), 100.0, hypotheses=3)
     assert len(places) == 3
     first, *others = places
@@ -105,9 +112,73 @@ def test_a_repeated_pattern_has_a_low_peak_ratio():
         grid[k:k + 6] = 200
         grid[:, k:k + 6] = 200
     view = view_of(grid, 380.0, 380.0, 0.0)
-    (c,) = coarse_search(view, np.ones_like(view, bool), (127.5, 127.5), window_of(grid),
+    (c,) = coarse_search(CoarseView(view, np.ones_like(view, bool), CENTRE), window_of(grid),
                          en_of(380.0, 380.0), 60.0)
     assert c.peak_ratio < 1.05
+
+
+def car_park(size: int = 768) -> np.ndarray:
+    """[size, size] uint8: asphalt with bay lines every 2.5 m, rows every 6 m (GSD)."""
+    yy, xx = np.mgrid[:size, :size] * GSD
+    line = ((xx % 2.5) < GSD) & ((yy % 6.0) < 5.0) | ((yy % 6.0) < GSD)
+    return np.where(line, 225, 85).astype(np.uint8)
+
+
+def repeats(image: np.ndarray, mask: np.ndarray) -> float:
+    return self_similarity(CoarseView(image, mask, CENTRE))
+
+
+def test_ground_that_repeats_is_self_similar_and_other_ground_is_not(ortho):
+    ones = np.ones((256, 256), bool)
+    limit = MatchConfig().max_self_similarity
+    park = car_park()
+    for cx, cy, rot in ((300.0, 410.0, 0.0), (451.3, 322.7, 3.0)):
+        assert repeats(view_of(park, cx, cy, rot), ones) > 0.95
+    grid = np.full((768, 768), 90, np.uint8)
+    for k in range(0, 768, 48):  # a street grid whose blocks repeat within the view
+        grid[k:k + 6] = 200
+        grid[:, k:k + 6] = 200
+    assert repeats(view_of(grid, 380.0, 380.0, 0.0), ones) > 0.95
+    for seed in range(3):  # ground that does not repeat
+        assert repeats(view_of(scene(seed), 380.0, 380.0, 0.0), ones) < 0.8
+    # the real orthophoto, at its own and at twice its pixel size
+    gray = cv2.cvtColor(ortho[0], cv2.COLOR_BGR2GRAY)
+    for image in (gray, cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)):
+        rng = np.random.default_rng(0)
+        corners = rng.integers(0, min(image.shape) - 256, (20, 2))
+        worst = max(repeats(image[y:y + 256, x:x + 256], ones) for y, x in corners)
+        assert worst < limit - 0.1
+    # half the view on a car park: what does not repeat still places it
+    mixed = scene(0)
+    mixed[:, 384:] = park[:, 384:]
+    assert repeats(view_of(mixed, 384.0, 400.0, 0.0), ones) < limit
+    # where the mask hides the rest, the part seen is what counts; so it is when only a
+    # region is asked about (the part of the view a match's inliers lie on)
+    half = ones.copy()
+    half[:, :128] = False
+    assert repeats(view_of(mixed, 384.0, 400.0, 0.0), half) > limit
+    structure = CoarseView(view_of(mixed, 384.0, 400.0, 0.0), ones, CENTRE)
+    assert self_similarity(structure, half) > limit
+    assert self_similarity(structure, ~half) < limit
+    assert np.isnan(self_similarity(structure, np.zeros_like(ones)))
+    assert repeats(np.zeros((256, 256), np.uint8), ones) == 0.0
+    assert np.isnan(repeats(view_of(park, 300.0, 410.0, 0.0), ~ones))
+
+
+def test_the_localizer_refuses_a_view_of_ground_that_repeats(ortho_pack):
+    """A camera frame of a car park, 120 m up: refused as ambiguous before any matching,
+    whatever the map holds (here the Vienna pack, which has no such car park)."""
+    spec = FlightSpec(agl_m=120.0)
+    localizer = build_chain(Config(), ortho_pack, spec.camera).navigator.localizer
+    gsd = 120.0 / spec.camera.fx
+    yy, xx = np.mgrid[:spec.camera.height, :spec.camera.width] * gsd
+    bays = ((xx % 2.5) < 0.15) & ((yy % 6.0) < 5.0) | ((yy % 6.0) < 0.15)
+    image = np.repeat(np.where(bays, 225, 85).astype(np.uint8)[..., None], 3, axis=2)
+    look = localizer.look(Frame(0, 1, image), Telemetry(1, 0.0, 0.0, 0.3, 120.0, 120.0))
+    assert isinstance(look, Look) and len(look.feats) >= localizer.cfg.match.min_inliers
+    result = localizer.locate(look, NO_PRIOR)
+    assert isinstance(result, Rejection) and result.reason == "ambiguous", result
+    assert "repeats" in result.detail
 
 
 def _view() -> View:
@@ -121,7 +192,8 @@ def _near(**changes) -> NearMatch:
                   cov_en_m2=np.eye(2), scale=1.01, rotation_deg=1.0, tilt_deg=0.1,
                   residual_rms_m=0.5, height_sigma_m=1.0)
     c = CoarseMatch(east_m=10.2, north_m=20.1, rotation_deg=1.2, score=0.4, peak_ratio=1.3)
-    near = NearMatch(m, c, agreement_px=1.0, rotation_gap_deg=0.5, spread=0.6, candidates=300)
+    near = NearMatch(m, c, agreement_px=1.0, rotation_gap_deg=0.5, spread=0.6, candidates=300,
+                     hull_px=np.array([[10, 10], [190, 10], [190, 190], [10, 190]], np.float32))
     for k, v in changes.items():
         if k in {f for f in TileMatch.__dataclass_fields__}:
             near = replace(near, match=replace(near.match, **{k: v}))
@@ -138,8 +210,8 @@ CFG = MatchConfig()
 def test_the_calibrated_thresholds():
     """Chosen once across all the shared two-date sets (README); a change must be deliberate."""
     assert (CFG.min_inliers, CFG.min_spread, CFG.coarse_agree_px, CFG.coarse_agree_deg,
-            CFG.min_peak_ratio, CFG.max_residual_px, CFG.near_radius_px, CFG.hypotheses) == (
-        25, 0.45, 6.0, 3.0, 1.0, 4.0, 40.0, 3)
+            CFG.min_peak_ratio, CFG.max_residual_px, CFG.near_radius_px, CFG.hypotheses,
+            CFG.max_self_similarity) == (25, 0.45, 6.0, 3.0, 1.0, 4.0, 40.0, 3, 0.9)
 
 
 def test_a_match_every_signal_supports_is_a_fix():

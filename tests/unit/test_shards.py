@@ -16,7 +16,7 @@ from skyfix.maps.build import build_pack
 from skyfix.maps.index import search, window_ids
 from skyfix.maps.pack import MapPack, pack_info
 from skyfix.maps.shard_write import shard_pack, synthetic_region, write_shards
-from skyfix.maps.shards import SHARDS_MANIFEST, ShardedPack
+from skyfix.maps.shards import SHARDS_MANIFEST, ShardedPack, open_map_pack
 from skyfix.runtime.apps.cli import main
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
@@ -201,7 +201,12 @@ def test_sharded_packs_are_signed_verified_and_refused_unsigned(packs, tmp_path,
         open_pack_and_encoder(copy, trusting(public))
     assert main(["maps", "sign", str(copy), "--key", str(private)]) == 0
     assert (copy / (SHARDS_MANIFEST + ".sig")).is_file()
-    pack, _ = open_pack_and_encoder(copy, trusting(public))
+    pack = open_map_pack(copy, 64 << 20, trusted_key=public)
+    assert isinstance(pack, ShardedPack) and pack.budget_bytes == 64 << 20
+    # the pack is signed, but its encoder's model (the shipped XFeat) is not: refused too
+    with pytest.raises(SkyfixError, match=r"model .*xfeat\.onnx: not signed"):
+        open_pack_and_encoder(copy, trusting(public))
+    pack, _ = open_pack_and_encoder(copy, Config())
     assert isinstance(pack, ShardedPack)
     assert pack.budget_bytes == Config().daemon.map_budget_mb << 20
     assert main(["maps", "verify", str(copy), "--trusted-key", str(public)]) == 0
