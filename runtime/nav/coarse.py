@@ -120,6 +120,13 @@ class _Map:
         return num / (np.sqrt(np.maximum(den, 1e-9)) * v.norm + 1e-9)
 
 
+def _centred(channels: np.ndarray, mask: np.ndarray, count: float) -> _View:
+    """`channels` [C, h, w] less their mean over `mask` [h, w] (`count` pixels), zero
+    outside it: a template for the normalised correlation."""
+    return _View((channels - (channels * mask).sum((1, 2), keepdims=True) / count) * mask,
+                 mask)
+
+
 def _view_channels(vg: np.ndarray, vm: np.ndarray, o: tuple[float, float], rot_deg: float
                    ) -> _View | None:
     """Structure channels of the coarse view turned by rot_deg about o, zero-mean inside
@@ -133,7 +140,7 @@ def _view_channels(vg: np.ndarray, vm: np.ndarray, o: tuple[float, float], rot_d
     if cnt < MIN_VALID_SHARE * h * w:
         return None
     ch = structure_channels(g)
-    return _View((ch - (ch * m).sum((1, 2), keepdims=True) / cnt) * m, m)
+    return _centred(ch, m, cnt)
 
 
 class CoarseView:
@@ -158,6 +165,9 @@ class CoarseView:
             if big else []
         self.pooled = [None if v is None else v.pooled() for v in self.views]
         self.usable = any(v is not None for v in self.views)
+        # the channels as the view is, unturned (None: no rotation 0, or too little valid)
+        self.upright = self.views[self.rotations_deg.index(0.0)] \
+            if self.views and 0.0 in self.rotations_deg else None
 
 
 def coarse_search(view: CoarseView, window: StructureWindow, prior_en: np.ndarray,
@@ -212,8 +222,7 @@ def self_similarity(view: CoarseView, region: np.ndarray | None = None) -> float
     are (rotation 0), over the valid pixels inside `region` ([H, W] bool, the view's own
     pixels; None: all of them): the central half of their bounding box against all of them.
     NaN when the channels are not there or too little is valid."""
-    v = view.views[view.rotations_deg.index(0.0)] \
-        if view.views and 0.0 in view.rotations_deg else None
+    v = view.upright
     if v is None:
         return float("nan")
     m, channels = v.mask, v.channels
@@ -231,9 +240,8 @@ def self_similarity(view: CoarseView, region: np.ndarray | None = None) -> float
     if cnt < MIN_VALID_SHARE * th * tw:
         return float("nan")
     channels = channels * m
-    tc = channels[:, y0:y0 + th, x0:x0 + tw]
-    tc = (tc - (tc * tm).sum((1, 2), keepdims=True) / cnt) * tm
-    scores = _Map(channels, th, tw).scores(_View(tc, tm))
+    template = _centred(channels[:, y0:y0 + th, x0:x0 + tw], tm, cnt)
+    scores = _Map(channels, th, tw).scores(template)
     py, px = np.mgrid[0:scores.shape[0], 0:scores.shape[1]]
     away = np.hypot(px - x0, py - y0) > EXCLUDE_PX
     return float(np.clip(scores[away].max() / max(float(scores[y0, x0]), 1e-9), 0.0, 1.0))
