@@ -312,7 +312,14 @@ def _sent_figures(truth: Truth, sent: np.ndarray, tl: Timeline, lock_budget_s: f
     sigma = claimed[truth.covers(claimed[:, 0]), 4] if claimed.size else np.zeros(0)
     after = t_c >= (tl.gnss_off_ns or t_c.max(initial=0) + 1)
     out["claimed_fix_error_after_gnss_loss"] = _stats(e_c[after])
-    out["claimed_fix_over_3_sigma"] = int((e_c > 3.0 * np.maximum(sigma, 1e-3)).sum())
+    over = e_c > 3.0 * np.maximum(sigma, 1e-3)
+    out["claimed_fix_over_3_sigma"] = int(over.sum())
+    # each of them (the first 10): seconds after arming, error, claimed sigma
+    t_ref = tl.mission_start_ns or (t_c.min() if t_c.size else 0)
+    out["claimed_fix_over_3_sigma_at"] = [
+        {"t_s": round((t - t_ref) * 1e-9, 2), "error_m": round(float(e), 2),
+         "sigma_m": round(float(s), 2)}
+        for t, e, s in zip(t_c[over][:10], e_c[over][:10], sigma[over][:10], strict=True)]
     out["claimed_fix_share_after_gnss_loss"] = (
         round(float(np.mean(sent[sent[:, 0] >= tl.gnss_off_ns, 3] >= FIX_3D)), 3)
         if tl.gnss_off_ns is not None and (sent[:, 0] >= tl.gnss_off_ns).any() else None)
