@@ -8,7 +8,7 @@ heading has settled on GNSS velocity. skyfix is EKF2 auxiliary global position s
 not the GNSS during the loss (its own control flags); ESTIMATOR_STATUS says absolute
 horizontal position within 10 s of the loss and for 75 % of the rest (84-92 %); GLOBAL_POSITION_INT
 against the simulator's truth p95 <= 5 m (the issue's target), max <= 15 m while the
-camera sees, above 20 m; landed and disarmed within 40 m of home (flights: 10-28 m; below about 20 m
+camera sees, above 20 m; landed and disarmed within 40 m of home (flights: 8-29 m; below about 20 m
 the camera cannot fix and EKF2 dead-reckons); a message every 100 ms on average, no gap
 over 1 s (GLOBAL_POSITION_SENSOR goes only while a fix is claimed, so a gap is the
 machine's scheduling, up to 0.6 s seen, or a lost fix), no claimed fix beyond 3 sigma.
