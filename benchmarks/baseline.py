@@ -191,7 +191,7 @@ class BaselineLocalizer:
         sigma = max(rms_m, self.cfg.match.sigma_floor_m)
         return Fix(t_ns=view.t_ns, east_m=float(east), north_m=float(north),
                    cov_en_m2=sigma**2 * np.eye(2), agl_m=view.agl_m * scale,
-                   heading_err_deg=rotation_deg, tilt_err_deg=0.0, inliers=inliers,
+                   heading_err_deg=rotation_deg, tilt_ne_deg=(0.0, 0.0), inliers=inliers,
                    tile_id=tile.tile_id, level=tile.level)
 
     # -- the Localizer interface ---------------------------------------------------------

@@ -198,7 +198,8 @@ class OdometryConfig(Section):
     max_rotation_deg: float = key(5.0, "rotation between the two views above this -> refused",
                                   gt=0, le=180)
     attitude_step_sigma_deg: float = key(0.1, "1-sigma change of the roll/pitch error frame "
-                                         "to frame", gt=0, le=90)
+                                         "to frame, at least (where consecutive fixes "
+                                         "measure a larger one, that)", gt=0, le=90)
     yaw_sigma_deg: float = key(1.0, "1-sigma heading error (turns the measured displacement)",
                                gt=0, le=180)
     sigma_floor_mps: float = key(0.05, "smallest 1-sigma a velocity may claim, per axis",

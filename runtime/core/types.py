@@ -144,7 +144,8 @@ class Fix:
     cov_en_m2: np.ndarray
     agl_m: float  # camera height above the matched ground, from the pose
     heading_err_deg: float  # estimated minus reported heading
-    tilt_err_deg: float  # angle between the estimated and the reported camera axis
+    tilt_ne_deg: tuple[float, float]  # rotation from the reported camera attitude to the
+    # one the image shows, about north and east: the reported roll/pitch's error
     inliers: int
     tile_id: int
     level: int
@@ -152,6 +153,11 @@ class Fix:
     alt_sigma_m: float = float("nan")  # its 1-sigma (both NaN without a DEM)
     heading_sigma_deg: float = float("nan")  # 1-sigma of heading_err_deg from the image alone
     shared_cov_en_m2: np.ndarray = field(default_factory=lambda: np.zeros((2, 2)))
+
+    @property
+    def tilt_err_deg(self) -> float:
+        """Angle between the estimated and the reported camera axis."""
+        return float(np.hypot(*self.tilt_ne_deg))
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,8 @@ class TileMatch:
     cov_en_m2: np.ndarray
     scale: float  # height above ground from the pose / reported height above ground
     rotation_deg: float  # estimated minus reported heading
-    tilt_deg: float  # estimated against reported camera axis
+    tilt_ne_deg: tuple[float, float]  # rotation from the reported camera attitude to the
+    # estimated one, about north and east (see Fix)
     residual_rms_m: float
     height_sigma_m: float  # 1-sigma of the camera's height above ground from the pose
     heading_deg: float = float("nan")  # rotation_deg as the image alone measures it
@@ -204,7 +205,7 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
         east_m=float(pose.C_ned_m[1] + origin[0]), north_m=float(pose.C_ned_m[0] + origin[1]),
         cov_en_m2=cov, scale=height / view.agl_m,
         rotation_deg=float(np.degrees(pose.w_rad[2])),
-        tilt_deg=float(np.degrees(tilt)),
+        tilt_ne_deg=(float(np.degrees(pose.w_rad[0])), float(np.degrees(pose.w_rad[1]))),
         residual_rms_m=float(np.sqrt((fit.residuals**2).sum(1).mean())),
         height_sigma_m=float(np.sqrt(height_var)),
         heading_deg=heading, heading_sigma_deg=heading_sigma, shared_cov_en_m2=shared,
@@ -222,7 +223,7 @@ def fix_from(view: View, m: TileMatch) -> Fix:
     return Fix(
         t_ns=view.t_ns, east_m=m.east_m, north_m=m.north_m, cov_en_m2=m.cov_en_m2,
         agl_m=agl, heading_err_deg=m.heading_deg if measured else m.rotation_deg,
-        tilt_err_deg=m.tilt_deg, heading_sigma_deg=m.heading_sigma_deg,
+        tilt_ne_deg=m.tilt_ne_deg, heading_sigma_deg=m.heading_sigma_deg,
         inliers=m.inliers, tile_id=m.tile_id, level=m.level,
         alt_amsl_m=view.ground_m + agl if on_dem else float("nan"),
         alt_sigma_m=m.height_sigma_m if on_dem else float("nan"),

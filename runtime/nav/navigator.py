@@ -403,6 +403,7 @@ class Navigator:
         """Keep what the estimate needs of the fix the filter has just taken."""
         self.last_fix_t_ns = fix.t_ns
         self.shared_ne_m2 = self.frame.cov_map_to_ned(fix.shared_cov_en_m2)
+        self.odometry.attitude.add(fix.t_ns, fix.tilt_ne_deg)  # how good the attitude is
 
     def _own_ned(self, fix: Fix) -> np.ndarray:
         """The covariance (north, east) the filter takes a fix with: its own, less the part

@@ -26,7 +26,8 @@ accepts late measurements).
 Covariance (m^2/s^2), the sum of
 - the fit: the least-squares covariance of t, inflated for correlated feature errors;
 - the change of the roll/pitch error between the frames: AGL tan(sigma_step) per
-  frame, two frames;
+  frame, two frames, where sigma_step is the configured one or, once the fixes have
+  measured it (AttitudeSteps), the larger of the two;
 - the heading error: it turns the displacement, |v| sigma_yaw across the track;
 - a floor;
 all divided by dt^2.
@@ -34,6 +35,7 @@ all divided by dt^2.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +72,41 @@ class VelocityObservation:
     fit_cov_en_m2: np.ndarray | None = None
 
 
+ATTITUDE_STEPS = 20  # AttitudeSteps: the last this many changes between fixes
+MIN_ATTITUDE_STEPS = 5  # fewer: no measurement, the configured change alone
+
+
+class AttitudeSteps:
+    """How much the error of the reported roll/pitch changes between frames, as the fixes
+    measure it. Each fix's pose finds the rotation from the reported camera attitude to
+    the one the image shows (Fix.tilt_ne_deg); between two fixes at most `max_gap_s`
+    apart, its change is the change of the reported attitude's error that odometry
+    between such frames suffers, plus the poses' own noise (which only makes it larger).
+    `sigma_deg`: the RMS change per axis over the last ATTITUDE_STEPS such pairs, NaN
+    before MIN_ATTITUDE_STEPS. An autopilot's attitude can be far worse than configured:
+    PX4 SIH's changes by 0.2-0.4 deg in half a second where ArduPilot SITL's changes by
+    0.02, and odometry claiming the configured 0.1 was off by 3-9 sigma on PX4."""
+
+    def __init__(self, max_gap_s: float) -> None:
+        self.max_gap_ns = int(max_gap_s * 1e9)
+        self._steps: deque[np.ndarray] = deque(maxlen=ATTITUDE_STEPS)
+        self._last: tuple[int, np.ndarray] | None = None
+
+    def add(self, t_ns: int, tilt_ne_deg: tuple[float, float]) -> None:
+        tilt = np.asarray(tilt_ne_deg, np.float64)
+        if not np.isfinite(tilt).all():
+            return
+        if self._last is not None and 0 < t_ns - self._last[0] <= self.max_gap_ns:
+            self._steps.append(tilt - self._last[1])
+        self._last = (t_ns, tilt)
+
+    @property
+    def sigma_deg(self) -> float:
+        if len(self._steps) < MIN_ATTITUDE_STEPS:
+            return float("nan")
+        return float(np.sqrt(np.mean(np.square(np.array(self._steps)))))
+
+
 @dataclass(frozen=True)
 class _Keyframe:
     t_ns: int
@@ -81,8 +118,10 @@ class _Keyframe:
 
 def velocity_between(prev: View, prev_feats: LocalFeatures, view: View, feats: LocalFeatures,
                      cfg: OdometryConfig) -> VelocityObservation | str:
-    """The velocity from `prev` to `view` (later), or the reason there is none."""
-    return _velocity(_keyframe(prev, prev_feats), _keyframe(view, feats), view.agl_m, cfg)
+    """The velocity from `prev` to `view` (later), or the reason there is none (the
+    configured change of the attitude's error)."""
+    return _velocity(_keyframe(prev, prev_feats), _keyframe(view, feats), view.agl_m, cfg,
+                     cfg.attitude_step_sigma_deg)
 
 
 def _keyframe(view: View, feats: LocalFeatures) -> _Keyframe:
@@ -91,8 +130,8 @@ def _keyframe(view: View, feats: LocalFeatures) -> _Keyframe:
     return _Keyframe(view.t_ns, offsets, feats.descriptors, view.gsd_m, extent)
 
 
-def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
-              cfg: OdometryConfig) -> VelocityObservation | str:
+def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float, cfg: OdometryConfig,
+              step_sigma_deg: float) -> VelocityObservation | str:
     dt = (b.t_ns - a.t_ns) * 1e-9
     if not 0 < dt <= cfg.max_gap_s:
         return f"frames {dt:.2f} s apart"
@@ -119,7 +158,7 @@ def _velocity(a: _Keyframe, b: _Keyframe, agl_m: float,
     sr = np.array([[a_, -b_], [b_, a_]])
     disp_en = np.array([tx, ty]) + (np.eye(2) - sr) @ c
     cov_en = fit_en = CORRELATION_INFLATION * cov[2:, 2:]
-    step = agl_m * np.tan(np.radians(cfg.attitude_step_sigma_deg))
+    step = agl_m * np.tan(np.radians(step_sigma_deg))
     cov_en = cov_en + 2 * step**2 * np.eye(2)
     across = np.array([-disp_en[1], disp_en[0]])  # |disp| long, perpendicular to it
     cov_en = cov_en + np.radians(cfg.yaw_sigma_deg) ** 2 * np.outer(across, across)
@@ -147,6 +186,7 @@ class VisualOdometry:
 
     def __init__(self, cfg: OdometryConfig) -> None:
         self.cfg = cfg
+        self.attitude = AttitudeSteps(cfg.max_gap_s)  # the autopilot's, kept over resets
         self._ref: _Keyframe | None = None
         self._last: _Keyframe | None = None  # the latest view
         self.last_reason = ""  # why the last update gave no velocity ("" when it did)
@@ -155,6 +195,12 @@ class VisualOdometry:
     def reference_t_ns(self) -> int | None:
         """Time of the view the next `update` is compared with (None before the first)."""
         return None if self._ref is None else self._ref.t_ns
+
+    @property
+    def step_sigma_deg(self) -> float:
+        """The change of the roll/pitch error between frames that odometry claims: the
+        configured one, or what the fixes measured (AttitudeSteps) where that is larger."""
+        return float(np.fmax(self.cfg.attitude_step_sigma_deg, self.attitude.sigma_deg))
 
     def reset(self) -> None:
         self._ref = self._last = None
@@ -173,7 +219,7 @@ class VisualOdometry:
         if ref is None:
             self._ref, self.last_reason = cur, "first view"
             return None
-        out = _velocity(ref, cur, view.agl_m, self.cfg)
+        out = _velocity(ref, cur, view.agl_m, self.cfg, self.step_sigma_deg)
         if isinstance(out, str):
             self._ref, self.last_reason = cur, out
             return None

@@ -189,7 +189,7 @@ def _view() -> View:
 
 def _near(**changes) -> NearMatch:
     m = TileMatch(tile_id=3, level=0, inliers=60, east_m=10.0, north_m=20.0,
-                  cov_en_m2=np.eye(2), scale=1.01, rotation_deg=1.0, tilt_deg=0.1,
+                  cov_en_m2=np.eye(2), scale=1.01, rotation_deg=1.0, tilt_ne_deg=(0.1, 0.0),
                   residual_rms_m=0.5, height_sigma_m=1.0)
     c = CoarseMatch(east_m=10.2, north_m=20.1, rotation_deg=1.2, score=0.4, peak_ratio=1.3)
     near = NearMatch(m, c, agreement_px=1.0, rotation_gap_deg=0.5, spread=0.6, candidates=300,

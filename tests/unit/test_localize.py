@@ -186,7 +186,7 @@ def test_robust_similarity_finds_a_few_per_cent_of_inliers_under_perspective():
 def _tm(inliers, e, n, scale=1.0, rot=0.0, tid=0):
     from skyfix.runtime.nav.match import TileMatch
 
-    return TileMatch(tid, 0, inliers, e, n, np.eye(2), scale, rot, 0.0, 0.3, 1.0)
+    return TileMatch(tid, 0, inliers, e, n, np.eye(2), scale, rot, (0.0, 0.0), 0.3, 1.0)
 
 
 class _View:

@@ -22,7 +22,7 @@ S = 1_000_000_000
 
 def fix(t_s: float, east_m: float, north_m: float, sigma_m: float = 1.0) -> Fix:
     return Fix(int(t_s * S), E0 + east_m, N0 + north_m, sigma_m**2 * np.eye(2), 120.0, 0.0,
-               0.0, 80, 0, 0)
+               (0.0, 0.0), 80, 0, 0)
 
 
 def navigator(**filter_cfg) -> Navigator:

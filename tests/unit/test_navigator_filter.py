@@ -34,7 +34,8 @@ G = 9.80665
 
 
 def _fix(t_s: float) -> Fix:
-    return Fix(T0 + int(t_s * 1e9), 12.0 * t_s, 340000.0, np.eye(2), 120.0, 0.0, 0.0, 100, 0, 0)
+    return Fix(T0 + int(t_s * 1e9), 12.0 * t_s, 340000.0, np.eye(2), 120.0, 0.0, (0.0, 0.0), 100,
+               0, 0)
 
 
 def _navigator(kind: str, imu: bool) -> Navigator:
@@ -167,7 +168,7 @@ def test_daemon_estimate_follows_the_imu_received_since_the_last_frame():
     daemon._feed_imu(T0 + 990_000_000)  # the last frame, still accelerating
     for t_s in (0.0, 0.1):  # two fixes on the track start the filter
         daemon.nav.fuse(Fix(T0 + int(t_s * 1e9), 0.0, 340000.0 + 1.5 * t_s**2, np.eye(2) * 0.01,
-                            120.0, 0.0, 0.0, 100, 0, 0))
+                            120.0, 0.0, (0.0, 0.0), 100, 0, 0))
     assert daemon.nav.filter_kind == "imu"
     daemon.publish()
     for k in range(1, 31):  # the send slots of the next 3 s, no frame in between
@@ -188,7 +189,7 @@ def test_replay_sends_estimates_carried_by_the_imu_between_frames():
     nav.on_imu(seen[:, 0], seen[:, 1:4], seen[:, 4:7], np.zeros((len(seen), 3)))
     for t_s in (0.0, 0.1):
         nav.fuse(Fix(T0 + int(t_s * 1e9), 0.0, 340000.0 + 1.5 * t_s**2, np.eye(2) * 0.01,
-                     120.0, 0.0, 0.0, 100, 0, 0))
+                     120.0, 0.0, (0.0, 0.0), 100, 0, 0))
     sent = []
 
     def tick(now_ns, est, heading_deg=None):

@@ -15,7 +15,12 @@ from skyfix.runtime.core.types import View
 from skyfix.runtime.io.sources import RecordedFlight
 from skyfix.runtime.io.telemetry import TelemetryLog
 from skyfix.runtime.nav.filter import PositionFilter
-from skyfix.runtime.nav.odometry import VisualOdometry, velocity_between
+from skyfix.runtime.nav.odometry import (
+    MIN_ATTITUDE_STEPS,
+    AttitudeSteps,
+    VisualOdometry,
+    velocity_between,
+)
 from skyfix.runtime.nav.rectify import rectify
 from skyfix.sim.flight import FlightSpec, simulate_flight
 
@@ -50,6 +55,54 @@ def test_gap_and_first_view_give_no_velocity(ortho):
     a, b = crop_view(ortho, 300, 300, 0), crop_view(ortho, 310, 300, 3_000_000_000)
     assert vo.update(a, ENC.extract(a.image)) is None and vo.last_reason == "first view"
     assert vo.update(b, ENC.extract(b.image)) is None and "apart" in vo.last_reason
+
+
+def test_attitude_steps_are_what_consecutive_fixes_measure():
+    """The pose's tilt against the reported attitude swinging between (0.3, 0.4) and
+    (-0.3, -0.4) deg from fix to fix, 0.5 s apart: changes of (0.6, 0.8), 0.707 deg RMS
+    per axis; pairs further apart than max_gap_s, and a tilt that is not finite, measure
+    nothing."""
+    steps = AttitudeSteps(max_gap_s=1.0)
+    sign = 1.0
+    for k in range(MIN_ATTITUDE_STEPS):
+        steps.add(k * 500_000_000, (0.3 * sign, 0.4 * sign))
+        sign = -sign
+        assert np.isnan(steps.sigma_deg)  # MIN_ATTITUDE_STEPS - 1 changes so far
+    steps.add(10_000_000_000, (5.0, 5.0))  # 7.5 s after the last: not a change
+    steps.add(10_100_000_000, (float("nan"), 0.0))  # no pose tilt: skipped
+    assert np.isnan(steps.sigma_deg)
+    steps.add(10_500_000_000, (5.6, 5.8))
+    assert steps.sigma_deg == pytest.approx(np.sqrt((0.6**2 + 0.8**2) / 2), rel=1e-6)
+
+
+def test_odometry_claims_the_attitude_change_the_fixes_measured(ortho):
+    """Until the fixes have measured it, odometry claims the configured change of the
+    attitude's error; once they measure a larger one, that (the velocity's covariance
+    grows by what it moves the view at the height); a smaller one never lowers it."""
+    cfg = OdometryConfig()
+    a = crop_view(ortho, 300, 300, 0)
+    b = crop_view(ortho, 340, 280, 500_000_000)
+    fa, fb = ENC.extract(a.image), ENC.extract(b.image)
+
+    def sigma_after(tilts_deg: list[float]) -> tuple[float, float]:
+        vo = VisualOdometry(cfg)
+        for k, tilt in enumerate(tilts_deg):
+            vo.attitude.add(k * 500_000_000, (tilt, 0.0))
+        vo.update(a, fa)
+        obs = vo.update(b, fb)
+        assert obs is not None, vo.last_reason
+        return vo.step_sigma_deg, float(np.sqrt(np.linalg.eigvalsh(obs.cov_en_m2s2).max()))
+
+    quiet = [0.01 * (k % 2) for k in range(12)]  # changes of 0.01 deg
+    rough = [0.8 * (k % 2) for k in range(12)]  # changes of 0.8 deg: 0.57 deg per axis
+    step0, sigma0 = sigma_after([])
+    step1, sigma1 = sigma_after(quiet)
+    step2, sigma2 = sigma_after(rough)
+    assert step0 == step1 == cfg.attitude_step_sigma_deg and sigma1 == sigma0
+    assert step2 == pytest.approx(0.8 / np.sqrt(2))
+    # 120 m up, two frames of 0.57 deg in 0.5 s: about 3.3 m/s
+    moved = np.sqrt(2) * 120.0 * np.tan(np.radians(step2)) / 0.5
+    assert sigma2 == pytest.approx(moved, rel=0.1) and sigma2 > 4 * sigma0
 
 
 @pytest.mark.parametrize("keyframes, fraction, max_gap_s, renewed_at", [

@@ -91,7 +91,7 @@ def test_fixes_csv_holds_each_frames_outcome(tmp_path):
     from skyfix.runtime.nav.navigator import FrameResult
 
     rec = FlightRecorder(tmp_path / "rec", CAMERA)
-    fix = Fix(T0, 600.5, 340100.25, np.diag([4.0, 1.0]), 80.0, 0.1, 0.2, 120, 7, 0)
+    fix = Fix(T0, 600.5, 340100.25, np.diag([4.0, 1.0]), 80.0, 0.1, (0.2, 0.0), 120, 7, 0)
     rec.on_result(FrameResult(T0, fix, None, "gnss", 120.0))
     rec.on_result(FrameResult(T0 + 1, Rejection(T0 + 1, "few_inliers", "9 < 15"), None,
                               "filter", 90.0))
