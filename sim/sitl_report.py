@@ -317,9 +317,8 @@ def _sent_figures(truth: Truth, sent: np.ndarray, tl: Timeline, lock_budget_s: f
     # each of them (the first 10): seconds after arming, error, claimed sigma
     t_ref = tl.mission_start_ns or (t_c.min() if t_c.size else 0)
     out["claimed_fix_over_3_sigma_at"] = [
-        {"t_s": round((t - t_ref) * 1e-9, 2), "error_m": round(float(e), 2),
-         "sigma_m": round(float(s), 2)}
-        for t, e, s in zip(t_c[over][:10], e_c[over][:10], sigma[over][:10], strict=True)]
+        {"t_s": round((t_c[i] - t_ref) * 1e-9, 2), "error_m": round(float(e_c[i]), 2),
+         "sigma_m": round(float(sigma[i]), 2)} for i in np.flatnonzero(over)[:10]]
     out["claimed_fix_share_after_gnss_loss"] = (
         round(float(np.mean(sent[sent[:, 0] >= tl.gnss_off_ns, 3] >= FIX_3D)), 3)
         if tl.gnss_off_ns is not None and (sent[:, 0] >= tl.gnss_off_ns).any() else None)
