@@ -34,6 +34,7 @@ from rasterio.crs import CRS
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
+from skyfix.models.features import Encoder
 from skyfix.models.pair_sets import Pair, PairSet, read_bgr, read_pair_set
 from skyfix.models.registry import ENCODER_NAMES, make_encoder
 from skyfix.runtime.core.camera import CameraModel
@@ -96,21 +97,22 @@ def en_to_px(e: float, n: float, gsd_m: float) -> tuple[float, float]:
     return (e - ORIGIN_EN[0]) / gsd_m - 0.5, (ORIGIN_EN[1] - n) / gsd_m - 0.5
 
 
-def pack_for(pair: Pair, pset: PairSet, image_a: np.ndarray, method: str, work: Path) -> Path:
-    """The map pack of image `a` (built once, kept in `work`)."""
+def pack_for(pair: Pair, pset: PairSet, image_a: np.ndarray, method: str, encoder: Encoder,
+             work: Path) -> Path:
+    """The map pack of image `a` (built once with `encoder`, kept in `work`)."""
     folder = work / pset.name / pair.id
     pack = folder / f"pack-{method}"
     if (pack / "manifest.json").is_file():
         try:
-            MapPack.open(pack, verify=False)
+            MapPack.open(pack, encoder_id=encoder.id, verify=False)
             return pack
         except SkyfixError:
-            pass  # an old or damaged pack: rebuild it
+            pass  # an old or damaged pack, or one of other weights: rebuild it
     folder.mkdir(parents=True, exist_ok=True)
     ortho = folder / "a.tif"
     _georeference(image_a, pset.gsd_m, ortho)
     tile = 512 if min(pair.width, pair.height) >= 512 else 256  # small images: smaller tiles
-    return build_pack([ortho], pack, encoder=make_encoder(method), gsds_m=(pset.gsd_m,),
+    return build_pack([ortho], pack, encoder=encoder, gsds_m=(pset.gsd_m,),
                       tile_px=tile, force=True, progress=False)
 
 
@@ -207,13 +209,15 @@ def _summary(results: list[ViewResult], gsd_m: float | None) -> dict:
 def run_method(method: str, sets: list[PairSet], views: int, seed: int, work: Path,
                sheets: Path, cfg: Config) -> tuple[dict, list[ViewResult]]:
     per_set, all_results = {}, []
+    encoder = make_encoder(method)
     for pset in sets:
         results: list[ViewResult] = []
         rows: list[np.ndarray] = []
         for pi, pair in enumerate(pset.pairs):
             image_a = read_bgr(pair.a, pset.rgb_bands)
             image_b = read_bgr(pair.b, pset.rgb_bands)
-            pack = MapPack.open(pack_for(pair, pset, image_a, method, work), verify=False)
+            pack = MapPack.open(pack_for(pair, pset, image_a, method, encoder, work),
+                                verify=False)
             # the localiser the flight would run (views come rectified: no camera needed)
             loc = build_chain(cfg, pack, CameraModel(1, 1, 1, 1, 0, 0)).navigator.localizer
             rng = np.random.default_rng([seed, pi, sum(map(ord, pset.name))])

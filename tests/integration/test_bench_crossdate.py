@@ -65,3 +65,21 @@ def test_bench_crossdate_bad_input_is_one_line(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("skyfix: error: pair set") and "\n" not in err
+
+
+def test_bench_crossdate_rebuilds_a_kept_pack_of_other_weights(pair_set, tmp_path, capsys):
+    """Packs are kept between runs; one built by other weights (here: a RootSIFT pack where
+    the XFeat one belongs, as after retraining the encoder) is rebuilt, not refused."""
+    import shutil
+
+    out = tmp_path / "bench" / "crossdate.json"
+    args = ["bench", "crossdate", "--pairs", str(pair_set), "--views", "2", "--out", str(out)]
+    assert main([*args, "--method", "rootsift"]) == 0
+    kept = tmp_path / "bench" / "crossdate-work" / "vienna_pairs" / "p1"
+    shutil.copytree(kept / "pack-rootsift", kept / "pack-xfeat")
+    capsys.readouterr()
+    assert main([*args, "--method", "xfeat"]) == 0
+    report = json.loads(out.read_text())
+    assert report["methods"]["xfeat"]["sets"]["vienna_pairs"]["placed"] == 2
+    assert json.loads((kept / "pack-xfeat" / "manifest.json").read_text())["encoder_id"] \
+        == "xfeat-onnx-v1"
