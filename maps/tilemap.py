@@ -155,6 +155,11 @@ class TileMap(ABC):
             log.warning("%s does not open (%s): fixes are not refined on its pixels", path, e)
             return None
 
+    @property
+    def has_pixels(self) -> bool:
+        """Whether the map's own pixels (ortho.tif) are there for map_image."""
+        return self._ortho is not None
+
     def map_image(self, gsd_m: float, box_en: tuple[float, float, float, float]
                   ) -> MapImage | None:
         """The map's pixels at level GSD `gsd_m` over box_en (min E, min N, max E, max N),

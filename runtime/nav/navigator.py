@@ -51,7 +51,7 @@ from skyfix.runtime.nav.heading import HeadingCorrection
 from skyfix.runtime.nav.match import Candidate, locate
 from skyfix.runtime.nav.motion import MotionGate
 from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
-from skyfix.runtime.nav.rectify import rectify
+from skyfix.runtime.nav.rectify import rectify, view_px_to_offset_m
 from skyfix.runtime.nav.retrieve import NO_PRIOR, Prior, retrieve, window_prior
 
 
@@ -66,13 +66,27 @@ class FrameResult:
     latency_ms: float
 
 
+# A view with a short side of fewer pixels than this at its level's GSD (a low aircraft: 120
+# px at 34 m with a 0.3 m map and a 640 x 480, 70 deg camera) holds too few features for
+# min_inliers (XFeat: ~1 per 100 px^2, about 1 in 4 of them an inlier): it is also made at
+# the level's GSD / 2, 4 or 8 (no finer than the frame), and matched against features of the
+# map's own pixels read at that GSD around each coarse place (Localizer.match_at).
+FINE_VIEW_MIN_PX = 200
+FINE_MAX_FACTOR = 8
+_MAP_BORDER_PX = 32  # the map's pixels read around where a finer view's features may match
+
+
 @dataclass(frozen=True)
 class Look:
-    """A frame made ready for matching: its north-up view and that view's features."""
+    """A frame made ready for matching: its north-up view and that view's features; `fine`
+    and `fine_feats`: the same frame at a finer GSD and its features, where `view` is small
+    (FINE_VIEW_MIN_PX), else None."""
 
     level: int
     view: View
     feats: LocalFeatures
+    fine: View | None = None
+    fine_feats: LocalFeatures | None = None
 
 
 def with_height_above_ground(tel: Telemetry, ground_m: float) -> Telemetry:
@@ -121,7 +135,29 @@ class Localizer:
         if view is None:
             return Rejection(frame.t_ns, "no_view", "attitude or height above ground unusable")
         view = replace(view, ground_m=ground)
-        return Look(level, view, self.encoder.extract(view.image, view.mask))
+        look = Look(level, view, self.encoder.extract(view.image, view.mask))
+        return self._finer(look, frame, tel)
+
+    def _finer(self, look: Look, frame: Frame, tel: Telemetry) -> Look:
+        """`look` with its finer view (FINE_VIEW_MIN_PX) where its view is small, the frame
+        fine enough and the pack has its pixels (ortho.tif); else `look` as it is."""
+        view = look.view
+        short = min(view.image.shape)
+        if short >= FINE_VIEW_MIN_PX or not self.pack.has_pixels:
+            return look
+        frame_gsd = tel.agl_m / self.camera.fx
+        m = 1
+        while (m < FINE_MAX_FACTOR and short * m < FINE_VIEW_MIN_PX
+               and view.gsd_m / (2 * m) >= 0.9 * frame_gsd):
+            m *= 2
+        if m == 1:
+            return look
+        fine = rectify(frame, tel, self.camera, view.gsd_m / m, self.cfg.rectify,
+                       self.pack.convergence_deg)
+        if fine is None:
+            return look
+        fine = replace(fine, ground_m=view.ground_m)
+        return replace(look, fine=fine, fine_feats=self.encoder.extract(fine.image, fine.mask))
 
     def locate(self, look: Look, prior: Prior) -> Fix | Rejection:
         """A fix from the view's features, searched for inside `prior`: coarse structural
@@ -132,8 +168,9 @@ class Localizer:
         period of it looks like the next; and so is a match whose inliers all lie on such
         ground (the rest of the view, which would tell the periods apart, unmatched)."""
         t_ns, feats = look.view.t_ns, look.feats
-        if len(feats) < self.cfg.match.min_inliers:
-            return Rejection(t_ns, "few_features", f"{len(feats)} features in the view")
+        count = len(feats if look.fine_feats is None else look.fine_feats)
+        if count < self.cfg.match.min_inliers:
+            return Rejection(t_ns, "few_features", f"{count} features in the view")
         coarse = self.cfg.match.coarse and look.level < len(self.pack.structure)
         view = look.view
         structure = CoarseView(view.image, view.mask, view.origin_px,
@@ -164,7 +201,8 @@ class Localizer:
             repeats = self._repeats(structure, t_ns, region.astype(bool))
             if repeats is not None:
                 return repeats
-        return judge_near(view, near, self.cfg.match)
+        # a match of the finer view is judged on it (its residual in its own pixels)
+        return judge_near(view if look.fine is None else look.fine, near, self.cfg.match)
 
     def _repeats(self, structure: CoarseView, t_ns: int, region: np.ndarray | None = None
                  ) -> Rejection | None:
@@ -186,8 +224,53 @@ class Localizer:
         ids = self.pack.tiles_near(centre, reach, reach)
         ids = ids[self.pack.tile_levels(ids) == look.level]
         ids = self.pack.nearest_first(ids, centre)[0][:4]
+        if look.fine is not None:
+            return self._match_fine(look, place, int(ids[0]) if len(ids) else -1)
         return match_near(view, look.feats, [self._tile(int(i)) for i in ids], place,
                           self.cfg.match, self._pixels)
+
+    def _match_fine(self, look: Look, place: CoarseMatch, tile_id: int) -> NearMatch | None:
+        """The fine match of the finer view (Look.fine) near `place`, against the features of
+        the map's own pixels read at its GSD there (None: no match, or no pixels). Its
+        agreement with the coarse place and its inliers' hull are given in pixels of the
+        level's view, as the coarse stage and the ambiguity check of the inliers' ground
+        read them."""
+        fine, cfg = look.fine, self.cfg.match
+        g = fine.gsd_m
+        # where match_near looks for the view's features: their places as the coarse stage
+        # predicts them, and near_radius_px about; read _MAP_BORDER_PX wider, as the
+        # detector finds fewer and other keypoints near an image's edge
+        xy = view_px_to_offset_m(fine, look.fine_feats.keypoints.astype(np.float64))
+        t = np.radians(place.rotation_deg)
+        pred = xy @ np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) \
+            + [place.east_m, place.north_m]
+        reach = (cfg.near_radius_px + _MAP_BORDER_PX) * g
+        lo, hi = pred.min(0) - reach, pred.max(0) + reach
+        tile = self._map_features(g, (lo[0], lo[1], hi[0], hi[1]), look.level, tile_id)
+        if tile is None:
+            return None
+        near = match_near(fine, look.fine_feats, [tile], place, cfg, self._pixels)
+        if near is None:
+            return None
+        view = look.view
+        off = view_px_to_offset_m(fine, near.hull_px.astype(np.float64))
+        hull = np.column_stack([off[:, 0] / view.gsd_m + view.origin_px[0],
+                                view.origin_px[1] - off[:, 1] / view.gsd_m])
+        return replace(near, agreement_px=near.agreement_px * g / view.gsd_m, hull_px=hull)
+
+    def _map_features(self, gsd_m: float, box: tuple[float, float, float, float], level: int,
+                      tile_id: int) -> Candidate | None:
+        """Features of the map's own pixels at `gsd_m` over `box` (min E, min N, max E, max N)
+        as a Candidate (None: no pixels there). Read for each place afresh: a wider read to
+        reuse would hold more keypoints than the encoder keeps (max_features)."""
+        image = self.pack.map_image(gsd_m, box)
+        if image is None or min(image.gray.shape) < 32:
+            return None
+        mf = self.encoder.extract(image.gray, image.valid)
+        en = np.column_stack([image.left_e_m + (mf.keypoints[:, 0] + 0.5) * gsd_m,
+                              image.top_n_m - (mf.keypoints[:, 1] + 0.5) * gsd_m])
+        heights = self.pack.terrain_m(en[:, 0], en[:, 1]) if self.pack.dem is not None else None
+        return Candidate(tile_id, level, en, mf.descriptors, heights)
 
     def match_near(self, look: Look, structure: CoarseView, windows: list[Prior]
                    ) -> NearMatch | None | Rejection:

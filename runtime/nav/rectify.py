@@ -27,6 +27,7 @@ from skyfix.runtime.core.geo import R_BODY_CAM_NADIR, R_ned_body, mount_rotation
 from skyfix.runtime.core.types import Frame, Telemetry, View
 
 _MAX_RAY_ANGLE_DEG = 75.0  # rays flatter than this from the vertical are left out of the footprint
+_MAX_SUPERSAMPLE = 4  # frame samples per view pixel and axis, at most, averaged into it
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -109,21 +110,42 @@ def rectify(frame: Frame, tel: Telemetry, camera: CameraModel, gsd_m: float,
     if gray.shape[:2] != (cam.height, cam.width):
         return None
     gray = cam.undistort_image(gray)
-    # Shrink the frame first when its ground resolution is much finer than the view's,
-    # so the warp does not alias.
+    # Each view pixel the mean of the frame over its ground cell, as the map's pixels are
+    # (its ortho's, and the coarser levels' averages of them): where the frame is at least
+    # twice as fine as the view, it is warped at k times the view's resolution (k: the
+    # frame's pixels per view pixel, whole, so that the warp never upsamples; at most
+    # _MAX_SUPERSAMPLE, a frame finer still first shrunk by area to that) and averaged
+    # k x k. The Gaussian pyramid this replaces blurred the view by an amount that jumped
+    # where the frame's GSD crossed half the view's (0.56 view px more just under it), and
+    # shifted it (pyrDown's pixel i is the frame's 2i, not 2i + 0.5: up to 0.38 view px);
+    # on the SITL descents it had 0-20 % fewer XFeat inliers at 35-65 m.
     frame_gsd = agl / cam.fx
-    while frame_gsd * 2 <= gsd_m:
-        gray = cv2.pyrDown(gray)
-        cam = cam.scaled(gray.shape[1] / cam.width)
-        frame_gsd = agl / cam.fx
-
-    A = np.array([[0, -gsd_m, y1], [gsd_m, 0, x0], [0, 0, agl]], np.float64)
+    k = 1
+    if frame_gsd * 2 <= gsd_m:
+        if frame_gsd * _MAX_SUPERSAMPLE < gsd_m:
+            f = frame_gsd * _MAX_SUPERSAMPLE / gsd_m
+            wh = (max(1, round(gray.shape[1] * f)), max(1, round(gray.shape[0] * f)))
+            gray = cv2.resize(gray, wh, interpolation=cv2.INTER_AREA)
+            cam = cam.scaled(gray.shape[1] / cam.width)
+            frame_gsd = agl / cam.fx
+        k = min(int(gsd_m / frame_gsd + 1e-6), _MAX_SUPERSAMPLE)
+    g = gsd_m / k  # the warp's resolution; block (i, j) of k x k its pixels -> view pixel
+    # whose centre (x0 + i gsd, y1 - j gsd) is the block's: its first pixel (k - 1) / 2 off
+    half_block = (k - 1) / 2 * g
+    A = np.array([[0, -g, y1 + half_block], [g, 0, x0 - half_block], [0, 0, agl]], np.float64)
     H_img_view = cam.K @ R_nc.T @ A
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    view = cv2.warpPerspective(gray, H_img_view, (int(size[0]), int(size[1])), flags=flags)
+    fine_wh = (int(size[0]) * k, int(size[1]) * k)
+    view = cv2.warpPerspective(gray, H_img_view, fine_wh, flags=flags)
     valid = np.full(gray.shape, 255, np.uint8)
-    mask = cv2.warpPerspective(valid, H_img_view, (int(size[0]), int(size[1])),
+    mask = cv2.warpPerspective(valid, H_img_view, fine_wh,
                                flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+    if k > 1:
+        wh = (int(size[0]), int(size[1]))
+        view = cv2.resize(view, wh, interpolation=cv2.INTER_AREA)
+        # a view pixel is valid only where its whole cell is
+        mask = cv2.resize(mask, wh, interpolation=cv2.INTER_AREA)
+        mask = np.where(mask == 255, 255, 0).astype(np.uint8)
     mask = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
     return View(
         t_ns=frame.t_ns, image=view, mask=mask, gsd_m=gsd_m,
