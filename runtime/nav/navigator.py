@@ -51,7 +51,7 @@ from skyfix.runtime.nav.heading import HeadingCorrection
 from skyfix.runtime.nav.match import Candidate, locate
 from skyfix.runtime.nav.motion import MotionGate
 from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
-from skyfix.runtime.nav.rectify import rectify, view_px_to_offset_m
+from skyfix.runtime.nav.rectify import rectify, view_px_to_offset_m, with_detail_of
 from skyfix.runtime.nav.retrieve import NO_PRIOR, Prior, retrieve, window_prior
 
 
@@ -156,7 +156,7 @@ class Localizer:
                        self.pack.convergence_deg)
         if fine is None:
             return look
-        fine = replace(fine, ground_m=view.ground_m)
+        fine = with_detail_of(replace(fine, ground_m=view.ground_m), m)
         return replace(look, fine=fine, fine_feats=self.encoder.extract(fine.image, fine.mask))
 
     def locate(self, look: Look, prior: Prior) -> Fix | Rejection:

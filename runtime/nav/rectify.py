@@ -160,3 +160,30 @@ def view_px_to_offset_m(view: View, px: np.ndarray) -> np.ndarray:
     east = (px[:, 0] - view.origin_px[0]) * view.gsd_m
     north = (view.origin_px[1] - px[:, 1]) * view.gsd_m
     return np.stack([east, north], -1)
+
+
+def with_detail_of(view: View, factor: int) -> View:
+    """`view` with no detail finer than `factor` of its pixels: the mean of each factor x
+    factor block, sampled back at the view's pixels bilinearly, as the map's pixels are
+    when read finer than its own GSD. A frame matched finer than the map (a low aircraft)
+    then shows what the map can show, not the ground's finer texture, which the map never
+    held (a camera's, unlike a render of the map itself, has it). Pixels of the blocks that
+    do not fit whole at the right and bottom edges, and next to blocks not wholly valid,
+    are masked."""
+    h, w = view.image.shape
+    hb, wb = h // factor, w // factor
+    if factor < 2 or hb < 1 or wb < 1:
+        return view
+    inner = np.s_[:hb * factor, :wb * factor]
+    coarse = cv2.resize(view.image[inner], (wb, hb), interpolation=cv2.INTER_AREA)
+    whole = cv2.resize(view.mask[inner].astype(np.float32), (wb, hb),
+                       interpolation=cv2.INTER_AREA) > 0.999
+    # bilinear sampling reaches one block into the neighbours: those must be whole too
+    whole = cv2.erode(whole.astype(np.uint8), np.ones((3, 3), np.uint8))
+    image = np.zeros_like(view.image)
+    image[inner] = cv2.resize(coarse, (wb * factor, hb * factor),
+                              interpolation=cv2.INTER_LINEAR)
+    mask = np.zeros_like(view.mask)
+    mask[inner] = cv2.resize(whole, (wb * factor, hb * factor),
+                             interpolation=cv2.INTER_NEAREST) > 0
+    return replace(view, image=image, mask=mask & view.mask)
