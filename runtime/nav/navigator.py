@@ -69,8 +69,9 @@ class FrameResult:
 # A view with a short side of fewer pixels than this at its level's GSD (a low aircraft: 120
 # px at 34 m with a 0.3 m map and a 640 x 480, 70 deg camera) holds too few features for
 # min_inliers (XFeat: ~1 per 100 px^2, about 1 in 4 of them an inlier): it is also made at
-# the level's GSD / 2, 4 or 8 (no finer than the frame), and matched against features of the
-# map's own pixels read at that GSD around each coarse place (Localizer.match_at).
+# the level's GSD / 2, 4 or 8 (no finer than the frame, and with no finer detail than the
+# level's: rectify.with_detail_of), and matched against features of the map's own pixels
+# read at that GSD around each coarse place (Localizer.match_at).
 FINE_VIEW_MIN_PX = 200
 FINE_MAX_FACTOR = 8
 _MAP_BORDER_PX = 32  # the map's pixels read around where a finer view's features may match
@@ -79,8 +80,8 @@ _MAP_BORDER_PX = 32  # the map's pixels read around where a finer view's feature
 @dataclass(frozen=True)
 class Look:
     """A frame made ready for matching: its north-up view and that view's features; `fine`
-    and `fine_feats`: the same frame at a finer GSD and its features, where `view` is small
-    (FINE_VIEW_MIN_PX), else None."""
+    and `fine_feats`: the same frame at a finer GSD (with the level's detail) and its
+    features, where `view` is small (FINE_VIEW_MIN_PX), else None."""
 
     level: int
     view: View
