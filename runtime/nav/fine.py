@@ -152,6 +152,14 @@ def vote_places(view: View, feats: LocalFeatures, tiles: list[Candidate],
     return places
 
 
+def predicted_en(xy: np.ndarray, coarse: CoarseMatch) -> np.ndarray:
+    """[N, 2] map E, N where the coarse answer puts [N, 2] view offsets (metres east, north
+    of the point below the camera: view_px_to_offset_m)."""
+    t = np.radians(coarse.rotation_deg)
+    R = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    return xy @ R.T + [coarse.east_m, coarse.north_m]
+
+
 def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse: CoarseMatch,
                cfg: MatchConfig, pixels: MapPixels | None = None) -> NearMatch | None:
     """The fine match of the view near the coarse answer (module docstring), or None;
@@ -159,9 +167,7 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
     if not tiles or len(feats) < _MIN_FIT:
         return None
     xy = view_px_to_offset_m(view, feats.keypoints.astype(np.float64))
-    t = np.radians(coarse.rotation_deg)
-    R = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-    pred = xy @ R.T + [coarse.east_m, coarse.north_m]
+    pred = predicted_en(xy, coarse)
     en, desc, heights, tile_id = _union(tiles, view.gsd_m)
     radius = cfg.near_radius_px * view.gsd_m
     lo, hi = pred.min(0) - radius, pred.max(0) + radius

@@ -46,7 +46,7 @@ from skyfix.runtime.nav.coarse import (
 )
 from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
-from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near, vote_places
+from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near, predicted_en, vote_places
 from skyfix.runtime.nav.heading import HeadingCorrection
 from skyfix.runtime.nav.match import Candidate, locate
 from skyfix.runtime.nav.motion import MotionGate
@@ -241,10 +241,8 @@ class Localizer:
         # where match_near looks for the view's features: their places as the coarse stage
         # predicts them, and near_radius_px about; read _MAP_BORDER_PX wider, as the
         # detector finds fewer and other keypoints near an image's edge
-        xy = view_px_to_offset_m(fine, look.fine_feats.keypoints.astype(np.float64))
-        t = np.radians(place.rotation_deg)
-        pred = xy @ np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) \
-            + [place.east_m, place.north_m]
+        pred = predicted_en(view_px_to_offset_m(fine, look.fine_feats.keypoints.astype(np.float64)),
+                            place)
         reach = (cfg.near_radius_px + _MAP_BORDER_PX) * g
         lo, hi = pred.min(0) - reach, pred.max(0) + reach
         tile = self._map_features(g, (lo[0], lo[1], hi[0], hi[1]), look.level, tile_id)
