@@ -74,6 +74,12 @@ bench-crossdate: $(CORE)
 	$(BIN)/skyfix bench crossdate --pairs ../shared/data/multidate_pairs/*/ --views 10 \
 		--method xfeat --method rootsift --out $(OUT)/bench/crossdate.json
 
+# The global search (no prior) on the same sets: every tile of a set's maps ranked per view.
+.PHONY: bench-retrieval
+bench-retrieval: $(CORE)
+	$(BIN)/skyfix bench retrieval --pairs ../shared/data/multidate_pairs/*/ --views 10 \
+		--method xfeat --method xfeat-xd --out $(OUT)/bench/retrieval.json
+
 .PHONY: bench-odometry
 bench-odometry: $(CORE)
 	$(BIN)/python benchmarks/bench_odometry.py --out $(OUT)/bench/odometry.json

@@ -70,6 +70,7 @@ class SiftEncoder:
     max_features: int = MAX_FEATURES
     id: str = "baseline-opencv-sift"
     dim: int = 128
+    embedding_dim: int = 0
 
     @property
     def sha256(self) -> str:

@@ -98,6 +98,7 @@ class _TimedEncoder:
 
     def __init__(self, encoder) -> None:
         self.inner, self.id, self.dim, self.last_s = encoder, encoder.id, encoder.dim, 0.0
+        self.embedding_dim = encoder.embedding_dim
 
     @property
     def sha256(self) -> str:

@@ -3,7 +3,8 @@
     inputs --check georeferencing--> pack CRS + grid --mosaic--> ortho.tif
     [DEM --resample to the grid--> dem.npy]
     ortho.tif --tiles per level, in chunks (skyfix.maps.tiles)--> local features
-    --sample--> codebook --VLAD--> descriptors [--levels with many tiles--> FAISS index]
+    --sample--> codebook --VLAD (+ the encoder's embedding)--> descriptors
+    [--levels with many tiles--> FAISS index]
     ortho.tif --per level, block by block--> structure channels (skyfix.maps.structure)
 
 Pack CRS (skyfix.maps.crs): the first input's CRS when its grid metres are ground metres
@@ -163,7 +164,7 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder | None = None
     work = out.parent / f".{out.name}.partial"
     params = {"format": FORMAT, "inputs": [input_stamp(p) for p in paths],
               "dem": None if dem is None else input_stamp(dem),
-              "encoder": [encoder.id, encoder.sha256],
+              "encoder": [encoder.id, encoder.sha256, encoder.embedding_dim],
               "gsds_m": None if gsds_m is None else [float(g) for g in gsds_m],
               "tile_px": int(tile_px), "overlap": float(overlap), "codebook_k": int(codebook_k),
               "index_min_tiles": int(index_min_tiles), "chunk_tiles": CHUNK_TILES, "seed": SEED,
@@ -227,7 +228,8 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
                         100 * min_valid, m2)
     codebook = _fit_codebook(sample, n_features, codebook_k, paths)
     np.save(work / "codebook.npy", codebook, allow_pickle=False)
-    write_descriptors(chunks, codebook, work / "descriptors.npy", progress)
+    write_descriptors(chunks, codebook, encoder.embedding_dim, work / "descriptors.npy",
+                      progress)
     index_levels, nprobe = [], 0
     for level in range(len(gsds)):
         ids = np.flatnonzero(tiles["level"] == level)
@@ -259,6 +261,7 @@ def _build(work: Path, paths: list[Path], dem: Path | None, encoder: Encoder,
         files=files, created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         dem_gsd_m=dem_gsd, index_levels=tuple(index_levels), index_nprobe=nprobe,
         structure_gsds_m=tuple(g * STRUCTURE_FACTOR for g in gsds),
+        embedding_dim=encoder.embedding_dim,
     )
 
 

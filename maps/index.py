@@ -81,7 +81,7 @@ def search(pack: MapPack, query: np.ndarray, level: int, top_k: int,
            window: tuple[np.ndarray, np.ndarray] | None = None) -> list[TileHit]:
     """The `top_k` tiles of `level` most similar to `query`, best first.
 
-    `query`: [K * D] float32 global descriptor (`pack.global_descriptor`); `window`:
+    `query`: [K * D + G] float32 global descriptor (`pack.global_descriptor`); `window`:
     (centre_en [2] float64, cov_en [2, 2]) as in `in_window`, or None to search the whole
     level. Score = cosine similarity. Empty list when no tile is inside the window.
     """

@@ -44,6 +44,13 @@ class Manifest:
     structure_gsds_m: tuple[float, ...] = ()  # per level: GSD of structure_l{L}.npy (or none)
     georef_sigma_m: float = 0.0  # stated 1-sigma horizontal error of the map against the
     # world, metres, per axis (0: not stated); added to what is claimed, not to each fix
+    embedding_dim: int = 0  # the encoder's global embedding in each tile's descriptor (0: none)
+
+    @property
+    def global_dim(self) -> int:
+        """Length of a tile's global descriptor: VLAD (codebook_k x local_dim), then the
+        encoder's embedding (skyfix.models.features.global_descriptor)."""
+        return self.codebook_k * self.local_dim + self.embedding_dim
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
@@ -69,6 +76,7 @@ class Manifest:
                 index_nprobe=int(d.get("index_nprobe", 0)),
                 structure_gsds_m=tuple(float(v) for v in d.get("structure_gsds_m", ())),
                 georef_sigma_m=float(d.get("georef_sigma_m", 0.0)),
+                embedding_dim=int(d.get("embedding_dim", 0)),
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"a value has the wrong type ({e})") from None

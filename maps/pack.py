@@ -7,7 +7,8 @@ A map pack is a folder written by `skyfix.maps.build.build_pack`:
     keypoints.npy          [F, 2] float32 (east, north) metres RELATIVE to the tile centre
     local_descriptors.npy  [F, D] float16 local descriptors; rows tiles[i].feat_offset ...
                            + feat_count belong to tile i, strongest keypoint first
-    descriptors.npy        [T, K * D] float32 global descriptors (L2-normalised VLAD)
+    descriptors.npy        [T, K * D + G] float32 unit global descriptors: VLAD, then the
+                           encoder's G-d embedding (`embedding_dim`, 0 for most encoders)
     codebook.npy           [K, D] float32 VLAD codebook fitted on the map's own descriptors
     ortho.tif              the mosaic in the pack CRS (tiled JPEG GeoTIFF with overviews)
     dem.npy                optional [H, W] float32 terrain height, metres (NaN = unknown), on
@@ -119,7 +120,7 @@ def _check_arrays(m: Manifest, tiles, kps, local, desc, codebook) -> list[str]:
     t, f, k, d = sum(m.tile_count), m.n_features, m.codebook_k, m.local_dim
     want = [("tiles.npy", tiles, (t,), TILE_DTYPE), ("keypoints.npy", kps, (f, 2), np.float32),
             ("local_descriptors.npy", local, (f, d), np.float16),
-            ("descriptors.npy", desc, (t, k * d), np.float32),
+            ("descriptors.npy", desc, (t, m.global_dim), np.float32),
             ("codebook.npy", codebook, (k, d), np.float32)]
     problems = [f"{n} has shape {a.shape} {a.dtype}, the manifest says {s} {np.dtype(dt)}"
                 for n, a, s, dt in want if a.shape != s or a.dtype != dt]
@@ -138,7 +139,7 @@ class MapPack(TileMap):
     """An opened map pack (the skyfix.maps.tilemap surface). Use `MapPack.open(path)`.
 
     `tile_level`: [T] int; `tile_gsd_m`: [T] float64; `tile_center_en`: [T, 2] float64;
-    `tile_bounds_en`: [T, 4] float64 (min E, min N, max E, max N); `descriptors`: [T, K * D]
+    `tile_bounds_en`: [T, 4] float64 (min E, min N, max E, max N); `descriptors`: [T, K * D + G]
     float32 memory-mapped; `codebook`: [K, D] float32; `dem`: [H, W] float32 memory-mapped
     terrain heights or None; `indexes`: {level: FAISS index} for levels that have one.
     """

@@ -37,8 +37,10 @@ def manifest_problems(m: Manifest) -> list[str]:
         problems.append(f"overlap {m.overlap} is outside 0..1")
     if any(c < 0 for c in m.tile_count) or m.n_features < 0:
         problems.append("tile_count and n_features must not be negative")
-    if not (1 <= m.local_dim <= 4096 and 1 <= m.codebook_k <= 65536):
-        problems.append(f"local_dim {m.local_dim} / codebook_k {m.codebook_k} out of range")
+    if not (1 <= m.local_dim <= 4096 and 1 <= m.codebook_k <= 65536
+            and 0 <= m.embedding_dim <= 4096):
+        problems.append(f"local_dim {m.local_dim} / codebook_k {m.codebook_k} / embedding_dim "
+                        f"{m.embedding_dim} out of range")
     if m.dem_gsd_m is not None and not (math.isfinite(m.dem_gsd_m) and m.dem_gsd_m > 0):
         problems.append(f"dem_gsd_m {m.dem_gsd_m} must be positive")
     if any(not 0 <= lv < len(m.gsds_m) for lv in m.index_levels) or m.index_nprobe < 0:
@@ -105,5 +107,5 @@ def array_problems(m: Manifest, keypoints: np.ndarray, local: np.ndarray,
             return ["descriptors.npy holds non-finite values"]
         norm = np.linalg.norm(chunk.astype(np.float64), axis=1)
         if not ((np.abs(norm - 1) < 1e-3) | (norm == 0)).all():
-            return ["descriptors.npy rows are not unit vectors (not a VLAD of this build)"]
+            return ["descriptors.npy rows are not unit vectors (not descriptors of this build)"]
     return []

@@ -38,7 +38,7 @@ MAX_CELLS = 10_000_000  # cells a shard grid may have (empty ones included)
 @dataclass(frozen=True)
 class TileBlock:
     """A run of tiles to shard. `tiles`: [t] TILE_DTYPE (feat_offset into this block's
-    `keypoints`); `descriptors`: [t, K * D] float32; `keypoints`: [f, 2] float32;
+    `keypoints`); `descriptors`: [t, K * D + G] float32; `keypoints`: [f, 2] float32;
     `local`: [f, D] float16."""
 
     tiles: np.ndarray
@@ -83,7 +83,7 @@ def write_shards(blocks: Callable[[], Iterable[TileBlock]], out: Path, pack: Man
     if out.exists():
         raise SkyfixError(f"{out}: exists (remove it first)")
     origin = (pack.bounds_en[0], pack.bounds_en[3])
-    levels, dim = len(pack.gsds_m), pack.codebook_k * pack.local_dim
+    levels, dim = len(pack.gsds_m), pack.global_dim
     counts: dict[tuple[int, int], list] = {}  # cell -> [tiles, feats, bounds, coarse sums]
     centre_sum = np.zeros(2, np.float64)
     for b in tqdm(blocks(), desc="shards: count", unit="block", disable=not progress,

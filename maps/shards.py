@@ -5,7 +5,7 @@
                                shard, sha256 of every file (shard files included)
     codebook.npy               [K, D] float32, shared by every shard (descriptors compare
                                across shards)
-    coarse.npy                 [S, L, K * D] float32 coarse index: per shard and level, the
+    coarse.npy                 [S, L, K * D + G] float32 coarse index: per shard and level, the
                                normalised mean of the tile descriptors (zero: no tile)
     ortho.tif, dem.npy,        copied from the source pack when it has them (whole-region
     structure_l{L}.npy         grids, memory-mapped in flight)
@@ -104,7 +104,7 @@ class ShardsManifest:
 class ShardedPack(TileMap):
     """A sharded pack opened for flight. Use `ShardedPack.open(path, budget_bytes)`.
 
-    `shard_bounds_en`: [S, 4] float64; `coarse`: [S, L, K * D] float32; `resident_bytes`:
+    `shard_bounds_en`: [S, 4] float64; `coarse`: [S, L, K * D + G] float32; `resident_bytes`:
     what the loaded shards hold now (never above `budget_bytes`); `loads`: shard loads so
     far (a load after an eviction counts again).
     """

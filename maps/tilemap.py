@@ -33,7 +33,8 @@ from rasterio.errors import RasterioError
 from skyfix.maps.dem import terrain_lookup
 from skyfix.maps.pixels import ORTHO_FILE, MapImage, crop_map_image, read_map_image
 from skyfix.maps.structure import StructureWindow, crop_structure
-from skyfix.models.features import vlad
+from skyfix.models.features import global_descriptor
+from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import grid_convergence_deg
 from skyfix.runtime.core.types import TileHit
 
@@ -104,7 +105,7 @@ class TileMap(ABC):
     @abstractmethod
     def search(self, query: np.ndarray, level: int, top_k: int,
                window: tuple[np.ndarray, np.ndarray] | None = None) -> list[TileHit]:
-        """The `top_k` tiles of `level` most similar to the [K * D] global descriptor
+        """The `top_k` tiles of `level` most similar to the [K * D + G] global descriptor
         `query`, best first, inside `window` (centre_en [2], cov_en [2, 2], as
         skyfix.maps.index.in_window) or over the whole level."""
 
@@ -202,6 +203,14 @@ class TileMap(ABC):
         ok = np.flatnonzero(gsds >= 0.9 * gsd_m)
         return int(ok[gsds[ok].argmin()]) if len(ok) else int(gsds.argmax())
 
-    def global_descriptor(self, descriptors: np.ndarray) -> np.ndarray:
-        """[K * D] float32 VLAD of [N, D] local descriptors with the map's codebook."""
-        return vlad(np.asarray(descriptors, np.float32), self.codebook)
+    def global_descriptor(self, descriptors: np.ndarray, embedding: np.ndarray | None = None
+                          ) -> np.ndarray:
+        """A view's global descriptor, as the map's tiles have theirs: the VLAD of its [N, D]
+        local descriptors with the map's codebook, then its [G] embedding where the map's
+        encoder gives one (region.embedding_dim; LocalFeatures.embedding)."""
+        g = self.region.embedding_dim
+        if g and (embedding is None or len(embedding) != g):
+            raise SkyfixError(f"the map's tiles carry a {g}-d embedding and this view's "
+                              "encoder gives none of that length")
+        return global_descriptor(np.asarray(descriptors, np.float32), self.codebook,
+                                 embedding if g else None)

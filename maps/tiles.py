@@ -2,7 +2,7 @@
 
     ortho.tif --tile specs--> chunk_00000.npz, chunk_00001.npz, ... (CHUNK_TILES tiles each)
     chunks --merge (streamed)--> tiles.npy, keypoints.npy, local_descriptors.npy (+ a sample
-    for the codebook) --VLAD per tile (streamed)--> descriptors.npy
+    for the codebook) --VLAD (+ the encoder's embedding) per tile (streamed)--> descriptors.npy
 
 A chunk file appears (atomic rename) only once all its tiles are done; a resumed build keeps
 the chunk files it finds and computes only the missing ones. Nothing holds more than one
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from skyfix.maps.pack import TILE_DTYPE
 from skyfix.maps.pixels import read_level
-from skyfix.models.features import Encoder, vlad
+from skyfix.models.features import Encoder, global_descriptor
 from skyfix.runtime.core.errors import SkyfixError
 
 if TYPE_CHECKING:
@@ -122,9 +122,10 @@ def _adapt(ds: rasterio.DatasetReader, s: TileSpec, scale: float, tile_px: int,
 def _encode_chunk(ds: rasterio.DatasetReader, grid: Grid, specs: Sequence[TileSpec],
                   tile_px: int, encoder: Encoder) -> dict[str, np.ndarray]:
     """{"tiles": [t] TILE_DTYPE (ids and offsets local to the chunk), "keypoints": [f, 2]
-    float32 offsets from tile centres, "local": [f, D] float16}, strongest keypoint first."""
+    float32 offsets from tile centres, "local": [f, D] float16, "embedding": [t, G] float32
+    (G = encoder.embedding_dim, may be 0)}, strongest keypoint first."""
     left, top, half = grid.transform.c, grid.transform.f, tile_px / 2
-    rows, kps, descs, offset = [], [], [], 0
+    rows, kps, descs, embs, offset = [], [], [], [], 0
     kernel = np.ones((MASK_ERODE_PX, MASK_ERODE_PX), np.uint8)
     dim, skipped, shifted = 0, [], 0
     for s in specs:
@@ -151,6 +152,8 @@ def _encode_chunk(ds: rasterio.DatasetReader, grid: Grid, specs: Sequence[TileSp
         kps.append(np.stack([(uv[:, 0] + 0.5 - half) * g, (half - uv[:, 1] - 0.5) * g],
                             1).astype(np.float32))
         descs.append(f.descriptors[order].astype(np.float16))
+        if encoder.embedding_dim:
+            embs.append(f.embedding)
         min_e, max_n = left + s.x0 * g, top - s.y0 * g
         max_e, min_n = min_e + tile_px * g, max_n - tile_px * g
         rows.append((len(rows), s.level, g, ((min_e + max_e) / 2, (min_n + max_n) / 2),
@@ -159,6 +162,7 @@ def _encode_chunk(ds: rasterio.DatasetReader, grid: Grid, specs: Sequence[TileSp
     return {"tiles": np.array(rows, TILE_DTYPE),
             "keypoints": np.concatenate(kps) if kps else np.zeros((0, 2), np.float32),
             "local": np.concatenate(descs) if descs else np.zeros((0, dim), np.float16),
+            "embedding": np.array(embs, np.float32).reshape(len(rows), encoder.embedding_dim),
             "skipped": np.array(skipped, np.float64).reshape(-1, 2),
             "shifted": np.array(shifted, np.int64)}
 
@@ -273,21 +277,24 @@ def merge_chunks(chunks: Sequence[Path], dst: Path, sample_size: int, seed: int
     return tiles, np.concatenate(sample) if sample else np.zeros((0, dim), np.float32)
 
 
-def write_descriptors(chunks: Sequence[Path], codebook: np.ndarray, dst: Path,
-                      progress: bool) -> None:
-    """Write [T, K * D] float32 VLAD descriptors, tile by tile in chunk order, to `dst`."""
+def write_descriptors(chunks: Sequence[Path], codebook: np.ndarray, embedding_dim: int,
+                      dst: Path, progress: bool) -> None:
+    """Write [T, K * D + embedding_dim] float32 global descriptors (global_descriptor: VLAD,
+    then the encoder's embedding when it has one), tile by tile in chunk order, to `dst`."""
     n = 0
     for p in chunks:
         with np.load(p, allow_pickle=False) as z:
             n += len(z["tiles"])
     with open(dst, "wb") as f, tqdm(total=n, desc="descriptors", unit="tile", leave=False,
                                     disable=not progress) as bar:
-        _write_npy(f, np.dtype(np.float32), (n, codebook.size))
+        _write_npy(f, np.dtype(np.float32), (n, codebook.size + embedding_dim))
         for p in chunks:
             with np.load(p, allow_pickle=False) as z:
                 tiles, local = z["tiles"], z["local"].astype(np.float32)
-            for t in tiles:
+                embedding = z["embedding"] if embedding_dim else None
+            for i, t in enumerate(tiles):
                 a = int(t["feat_offset"])
-                row = vlad(local[a:a + int(t["feat_count"])], codebook)
+                row = global_descriptor(local[a:a + int(t["feat_count"])], codebook,
+                                        None if embedding is None else embedding[i])
                 f.write(row.astype(np.float32).tobytes())
             bar.update(len(tiles))

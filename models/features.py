@@ -3,10 +3,12 @@
 The foundation encoder is RootSIFT (OpenCV SIFT, descriptors L1-normalised and
 square-rooted so that Euclidean distance becomes a Hellinger kernel). The global
 descriptor is VLAD over those local descriptors with a codebook fitted on the
-map itself, so retrieval needs no training data.
+map itself, so retrieval needs no training data; an encoder whose network also
+gives a global embedding of the whole image (`embedding_dim` > 0: skyfix's
+trained `xfeat-xd`) has it set beside the VLAD (`global_descriptor`).
 
 Every encoder exposes `id` (recorded in map packs; a pack built by another
-encoder is refused) and `extract(gray, mask) -> LocalFeatures`.
+encoder is refused), `embedding_dim` and `extract(gray, mask) -> LocalFeatures`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LocalFeatures:
-    """`keypoints`: [N, 2] float32 pixel (x, y); `descriptors`: [N, D] float32; `scores`: [N]."""
+    """`keypoints`: [N, 2] float32 pixel (x, y); `descriptors`: [N, D] float32; `scores`: [N];
+    `embedding`: [G] float32 unit global embedding of the whole image, from encoders whose
+    network has one (else None)."""
 
     keypoints: np.ndarray
     descriptors: np.ndarray
     scores: np.ndarray
+    embedding: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keypoints)
@@ -34,6 +39,7 @@ class LocalFeatures:
 class Encoder(Protocol):
     id: str
     dim: int
+    embedding_dim: int  # length of LocalFeatures.embedding (0: the encoder gives none)
 
     @property
     def sha256(self) -> str: ...
@@ -49,6 +55,7 @@ class RootSiftEncoder:
     contrast_threshold: float = 0.02
     id: str = "opencv-rootsift-v1"
     dim: int = 128
+    embedding_dim: int = 0
 
     @property
     def sha256(self) -> str:
@@ -116,3 +123,16 @@ def vlad(descriptors: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     out = np.sign(out) * np.sqrt(np.abs(out))
     flat = out.ravel()
     return flat / (np.linalg.norm(flat) + 1e-12)
+
+
+def global_descriptor(descriptors: np.ndarray, codebook: np.ndarray,
+                      embedding: np.ndarray | None = None) -> np.ndarray:
+    """[K * D (+ G)] float32: the VLAD of [N, D] local descriptors; with a [G] unit
+    `embedding`, the two side by side, scaled to unit length together, so that the inner
+    product of two such descriptors is the mean of their VLAD and embedding similarities
+    (which ranks better than either alone: README, "Finding the place without a prior")."""
+    v = vlad(descriptors, codebook)
+    if embedding is None:
+        return v
+    both = np.concatenate([v, np.asarray(embedding, np.float32)])
+    return (both / (np.linalg.norm(both) + 1e-12)).astype(np.float32)

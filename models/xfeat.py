@@ -21,6 +21,7 @@ image's pixel coordinates.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -38,6 +39,7 @@ CELL = 8
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "xfeat.onnx"
 XD_MODEL = DEFAULT_MODEL.with_name("xfeat-xd.onnx")  # skyfix's cross-date training of it
 XFEAT_OUTPUTS = ("descriptors", "keypoint_logits", "reliability")
+GLOBAL_OUTPUT = "global"
 CUBIC_A = -0.75  # Keys' cubic convolution parameter (as torch's bicubic grid_sample)
 
 
@@ -74,6 +76,8 @@ class XFeatEncoder:
                               f"does not have XFeat's outputs ({', '.join(XFEAT_OUTPUTS)}, "
                               f"dim {XFEAT_DIM})")
         self.id: str = self.manifest.model_id
+        # the trained network's global embedding of the image (models/train.py), if any
+        self.embedding_dim: int = self.manifest.global_dim if GLOBAL_OUTPUT in outputs else 0
         self.backend_opts = dict(backend_opts or {})  # what another process needs to redo it
         self.runner: Runner = get_runner(backend, self.model_path, **self.backend_opts)
         self._input = self.manifest.inputs[0].name
@@ -94,12 +98,17 @@ class XFeatEncoder:
     # ------------------------------------------------------------------ API
 
     def extract(self, gray: np.ndarray, mask: np.ndarray | None = None) -> LocalFeatures:
-        """Keypoints [N, 2] float32 (x, y) px, descriptors [N, 64] float32 (unit), scores [N]."""
+        """Keypoints [N, 2] float32 (x, y) px, descriptors [N, 64] float32 (unit), scores [N],
+        and the network's global embedding (unit) when it has one (`embedding_dim`)."""
         gray, valid = self._check(gray, mask)
         padded, valid = _pad_to_multiple(gray, valid, XFEAT_MULTIPLE)
         outputs = self.runner.infer({self._input: (padded.astype(np.float32) / 255.0)[None, None]})
         dense, logits, reliability = (outputs[name][0] for name in XFEAT_OUTPUTS)
-        return self.postprocess(dense, logits, reliability[0], valid)
+        feats = self.postprocess(dense, logits, reliability[0], valid)
+        if not self.embedding_dim:
+            return feats
+        g = np.asarray(outputs[GLOBAL_OUTPUT][0], np.float32)
+        return replace(feats, embedding=g / max(float(np.linalg.norm(g)), 1e-12))
 
     def postprocess(self, dense: np.ndarray, logits: np.ndarray, reliability: np.ndarray,
                     valid: np.ndarray | None = None) -> LocalFeatures:

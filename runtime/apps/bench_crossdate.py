@@ -111,21 +111,30 @@ def pack_for(pair: Pair, pset: PairSet, image_a: np.ndarray, method: str, encode
     folder.mkdir(parents=True, exist_ok=True)
     ortho = folder / "a.tif"
     _georeference(image_a, pset.gsd_m, ortho)
-    tile = 512 if min(pair.width, pair.height) >= 512 else 256  # small images: smaller tiles
     return build_pack([ortho], pack, encoder=encoder, gsds_m=(pset.gsd_m,),
-                      tile_px=tile, force=True, progress=False)
+                      tile_px=tile_px_for(pair.width, pair.height), force=True, progress=False)
+
+
+def tile_px_for(width: int, height: int) -> int:
+    """The pack tile size for images of `width` x `height` px (small images: smaller tiles)."""
+    return 512 if min(width, height) >= 512 else 256
+
+
+def view_frame(loc: Localizer, view: SyntheticView, gsd_m: float) -> tuple[Frame, Telemetry]:
+    """The camera frame and telemetry of a view (a nadir camera whose ground resolution is
+    gsd_m, level attitude reported); sets `loc.camera` to that camera."""
+    s = view.image.shape[1]
+    half = (s - 1) / 2
+    focal = FOCAL_SIDES * s
+    loc.camera = CameraModel(s, s, focal, focal, half, half)
+    frame = Frame(view.index, view.index * 1_000_000_000, view.image)
+    return frame, Telemetry(frame.t_ns, 0.0, 0.0, 0.0, focal * gsd_m, float("nan"))
 
 
 def run_view(loc: Localizer, view: SyntheticView, gsd_m: float, set_name: str
              ) -> tuple[ViewResult, tuple[float, float] | None]:
     """Localise one view; (result, placed pixel of `a` or None)."""
-    s = view.image.shape[1]
-    half = (s - 1) / 2
-    focal = FOCAL_SIDES * s
-    agl = focal * gsd_m
-    loc.camera = CameraModel(s, s, focal, focal, half, half)
-    frame = Frame(view.index, view.index * 1_000_000_000, view.image)
-    tel = Telemetry(frame.t_ns, 0.0, 0.0, 0.0, agl, float("nan"))
+    frame, tel = view_frame(loc, view, gsd_m)
     radius = view.prior_half_px * gsd_m
     prior = Prior(px_to_en(*view.prior_px, gsd_m), radius**2 * np.eye(2), "gnss")
     t0 = time.perf_counter()
@@ -254,6 +263,34 @@ def _short(d: dict) -> dict:
 def bench_crossdate(pair_dirs: list[Path], out: Path, views: int = 10, seed: int = 0,
                     methods: list[str] | None = None, work: Path | None = None) -> dict:
     """Run the benchmark and write `out` (JSON) and the failure sheets beside it."""
+    methods, sets, problems = read_sets(pair_dirs, views, methods)
+    out = Path(out)
+    work = Path(work) if work is not None else out.parent / "crossdate-work"
+    sheets = out.parent / f"{out.stem}_failures"
+    cv2.setNumThreads(1)
+    base = Config()
+    cfg = replace(base, encoder=replace(base.encoder, threads=1),
+                  match=replace(base.match, attitude_sigma_deg=ATTITUDE_SIGMA_DEG))
+    report = {
+        "benchmark": "crossdate", "default_method": default_method(), "views_per_pair": views,
+        "seed": seed, "placed_px": PLACED_PX, "wrong_px": WRONG_PX,
+        "machine": machine(), "skipped_pairs": problems, "methods": {},
+    }
+    t0 = time.perf_counter()
+    for m in methods:
+        report["methods"][m], results = run_method(m, sets, views, seed, work, sheets, cfg)
+        report["methods"][m]["per_view"] = [r.record() for r in results]
+    report["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
+    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def read_sets(pair_dirs: list[Path], views: int, methods: list[str] | None
+              ) -> tuple[list[str], list[PairSet], list[str]]:
+    """(methods, default filled in; the pair sets; one line per pair left out, each also
+    printed to stderr), after checking the arguments common to the pair-set benchmarks."""
     if views < 1:
         raise SkyfixError(f"--views must be at least 1, got {views}")
     methods = methods or [default_method()]
@@ -267,29 +304,13 @@ def bench_crossdate(pair_dirs: list[Path], out: Path, views: int = 10, seed: int
         problems += bad
     for line in problems:
         print(f"skyfix: skipped pair {line}", file=sys.stderr, flush=True)
-    out = Path(out)
-    work = Path(work) if work is not None else out.parent / "crossdate-work"
-    sheets = out.parent / f"{out.stem}_failures"
-    cv2.setNumThreads(1)
-    base = Config()
-    cfg = replace(base, encoder=replace(base.encoder, threads=1),
-                  match=replace(base.match, attitude_sigma_deg=ATTITUDE_SIGMA_DEG))
-    report = {
-        "benchmark": "crossdate", "default_method": default_method(), "views_per_pair": views,
-        "seed": seed, "placed_px": PLACED_PX, "wrong_px": WRONG_PX,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": sys.version.split()[0], "loadavg_1m_start": os.getloadavg()[0]},
-        "skipped_pairs": problems, "methods": {},
-    }
-    t0 = time.perf_counter()
-    for m in methods:
-        report["methods"][m], results = run_method(m, sets, views, seed, work, sheets, cfg)
-        report["methods"][m]["per_view"] = [r.record() for r in results]
-    report["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
-    report["wall_s"] = round(time.perf_counter() - t0, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    return report
+    return methods, sets, problems
+
+
+def machine() -> dict:
+    """What the benchmark ran on, with the load at its start (add loadavg_1m_end)."""
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": sys.version.split()[0], "loadavg_1m_start": os.getloadavg()[0]}
 
 
 def default_method() -> str:

@@ -1,4 +1,4 @@
-"""`skyfix config doc`, `skyfix bench crossdate` and `skyfix calibrate ...`."""
+"""`skyfix config doc`, `skyfix bench crossdate|retrieval` and `skyfix calibrate ...`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ def cmd_bench_crossdate(a: argparse.Namespace) -> None:
     from skyfix.runtime.apps.bench_crossdate import bench_crossdate
 
     report = bench_crossdate(a.pairs, a.out, a.views, a.seed, a.method)
+    for name, m in report["methods"].items():
+        print(f"{name}: {m['overall']}")
+    print(f"wrote {a.out}")
+
+
+def cmd_bench_retrieval(a: argparse.Namespace) -> None:
+    from skyfix.runtime.apps.bench_retrieval import bench_retrieval
+
+    report = bench_retrieval(a.pairs, a.out, a.views, a.seed, a.method)
     for name, m in report["methods"].items():
         print(f"{name}: {m['overall']}")
     print(f"wrote {a.out}")
@@ -75,15 +84,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cd.set_defaults(func=cmd_config_doc)
     bench = sub.add_parser("bench", help="benchmarks of the product itself")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
-    bc = bsub.add_parser("crossdate", help="views of one date localised against a map pack of"
-                         " another, on two-date pair sets (JSON + failure sheets)")
-    bc.add_argument("--pairs", type=Path, nargs="+", required=True, metavar="DIR")
-    bc.add_argument("--views", type=int, default=10, help="views per pair")
-    bc.add_argument("--seed", type=int, default=0)
-    bc.add_argument("--method", action="append", help="encoder (repeatable; default: the"
-                    " map build default)")
-    bc.add_argument("--out", type=Path, default=Path("out/bench/crossdate.json"))
-    bc.set_defaults(func=cmd_bench_crossdate)
+    for name, func, text in (
+            ("crossdate", cmd_bench_crossdate, "views of one date localised against a map pack"
+             " of another, on two-date pair sets (JSON + failure sheets)"),
+            ("retrieval", cmd_bench_retrieval, "the global search (no prior): views of one date"
+             " ranked against every tile of a map of another, Game4Loc's metrics")):
+        bc = bsub.add_parser(name, help=text)
+        bc.add_argument("--pairs", type=Path, nargs="+", required=True, metavar="DIR")
+        bc.add_argument("--views", type=int, default=10, help="views per pair")
+        bc.add_argument("--seed", type=int, default=0)
+        bc.add_argument("--method", action="append", help="encoder (repeatable; default: the"
+                        " map build default)")
+        bc.add_argument("--out", type=Path, default=Path(f"out/bench/{name}.json"))
+        bc.set_defaults(func=func)
     cal = sub.add_parser("calibrate", help="camera intrinsics, camera mount and time offset")
     csub = cal.add_subparsers(dest="calibrate_command", required=True)
     cc = csub.add_parser("camera", help="intrinsics + distortion from calibration-board images")

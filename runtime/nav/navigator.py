@@ -182,7 +182,7 @@ class Localizer:
         if coarse and prior.source != "none":
             windows = [prior]
         else:
-            query = self.pack.global_descriptor(feats.descriptors)
+            query = self.pack.global_descriptor(feats.descriptors, feats.embedding)
             hits = retrieve(self.pack, query, look.level, prior, self.cfg.retrieve)
             if not hits:
                 return Rejection(t_ns, "no_tiles", f"no tile of level {look.level} in the window")

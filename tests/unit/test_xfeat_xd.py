@@ -65,15 +65,20 @@ def test_same_keypoints_as_xfeat_other_descriptors(ortho):
 @pytest.fixture(scope="module")
 def xfeat_pack(tmp_path_factory):
     root = tmp_path_factory.mktemp("xfeat_pack")
+    return build_pack([_crop(root / "crop.tif", 400, 500, 256)], root / "pack",
+                      make_encoder("xfeat"), tile_px=256, progress=False)
+
+
+def _crop(dst, x: int, y: int, size: int):
+    """A size x size GeoTIFF crop of the bundled orthophoto at pixel (x, y), written to dst."""
     with rasterio.open(sample_ortho()) as src:
-        win = Window(400, 500, 256, 256)
-        profile = dict(driver="GTiff", width=256, height=256, count=src.count,
+        win = Window(x, y, size, size)
+        profile = dict(driver="GTiff", width=size, height=size, count=src.count,
                        dtype=src.dtypes[0], crs=src.crs, transform=src.window_transform(win))
         data = src.read(window=win)
-    with rasterio.open(root / "crop.tif", "w", **profile) as out:
+    with rasterio.open(dst, "w", **profile) as out:
         out.write(data)
-    return build_pack([root / "crop.tif"], root / "pack", make_encoder("xfeat"), tile_px=256,
-                      progress=False)
+    return dst
 
 
 def test_pack_of_another_encoder_is_refused(xfeat_pack):
@@ -95,3 +100,33 @@ def test_a_model_without_xfeat_outputs_is_refused(tmp_path):
     with pytest.raises(SkyfixError, match="does not have XFeat's outputs") as exc:
         XFeatEncoder(model_path=model)
     assert "\n" not in str(exc.value)
+
+
+def test_an_xd_pack_carries_the_embedding_beside_vlad(tmp_path):
+    """The trained network's global embedding goes into each tile's descriptor, after the
+    VLAD; a view described the same way finds its tile; a view without one is refused."""
+    xd = make_encoder("xfeat-xd")
+    pack = MapPack.open(build_pack([_crop(tmp_path / "crop.tif", 300, 400, 512)],
+                                   tmp_path / "pack", xd, tile_px=256, progress=False),
+                        encoder_id=xd.id)
+    m = pack.manifest
+    assert xd.embedding_dim == 256 and m.embedding_dim == 256
+    assert pack.descriptors.shape[1] == m.codebook_k * m.local_dim + 256 == m.global_dim
+    assert np.allclose(np.linalg.norm(pack.descriptors, axis=1), 1, atol=1e-4)
+    ids = np.flatnonzero(pack.tile_levels(np.arange(m.tile_count[0] + m.tile_count[1])) == 0)
+    assert len(ids) == 9
+    hits = 0
+    for tile in ids:
+        e0, n0, e1, n1 = pack.tile_bounds(np.array([tile]))[0]
+        shift = 0.1 * (e1 - e0)  # a view a tenth of a tile off the tile
+        view = pack.map_image(m.gsds_m[0], (e0 + shift, n0 - shift, e1 + shift, n1 - shift))
+        f = xd.extract(view.gray, view.valid)
+        assert f.embedding is not None and abs(np.linalg.norm(f.embedding) - 1) < 1e-5
+        q = pack.global_descriptor(f.descriptors, f.embedding)
+        hits += int(ids[np.argmax(pack.descriptors[ids] @ q)] == tile)
+    assert hits >= 8
+    with pytest.raises(SkyfixError, match="256-d embedding") as exc:
+        pack.global_descriptor(f.descriptors)
+    assert "\n" not in str(exc.value)
+    # the plain XFeat encoder has no embedding, its packs none
+    assert make_encoder("xfeat").embedding_dim == 0
