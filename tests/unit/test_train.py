@@ -166,3 +166,47 @@ def test_resume_refuses_other_settings(tmp_path):
     _, err = proc.communicate(timeout=600)
     assert proc.returncode != 0 and "other training settings" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_shipped_model_names_its_config():
+    """configs/train.yaml is what trained the shipped weights: the manifest's config_sha256
+    (settings added since count only when set)."""
+    from skyfix.models.manifest import load_manifest
+    from skyfix.models.xfeat import XD_MODEL
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "train.yaml")
+    assert cfg.backbone_lr == 0  # the shipped head was trained on XFeat's frozen backbone
+    assert load_manifest(XD_MODEL).source["config_sha256"] == cfg.fingerprint()
+
+
+@needs_train_extra
+def test_backbone_fine_tune_trains_the_descriptor_layers_and_keeps_xfeats_keypoints(tmp_path):
+    import torch
+
+    from skyfix.models.export import load_torch_network
+    from skyfix.models.manifest import load_manifest
+    from skyfix.models.xd_net import DESCRIPTOR_PARTS
+    from skyfix.models.xfeat import XFeatEncoder
+
+    proc = run_train(write_config(tmp_path, 4, backbone_lr=1e-4))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    out = tmp_path / "out"
+    tuned = torch.load(out / "backbone.pt", weights_only=True)
+    xfeat = load_torch_network()[0].state_dict()
+    moved = {k.split(".")[0] for k in tuned if tuned[k].is_floating_point()
+             and not torch.equal(tuned[k], xfeat[k])}
+    assert moved and moved <= set(DESCRIPTOR_PARTS)  # the heads are XFeat's
+    assert "fine-tuned" in load_manifest(out / "xfeat-xd.onnx").source["weights_file"]
+    assert "backbone" in torch.load(out / "checkpoint.pt", weights_only=True)
+    # the runtime reads the trained network: other descriptors, XFeat's keypoints (all the
+    # detector finds: no top-k cut, which the reliability would rank)
+    gray = cv2.cvtColor(cv2.imread(str(sample_ortho())), cv2.COLOR_BGR2GRAY)[:240, :320]
+    base = XFeatEncoder(max_features=4096).extract(gray)
+    ours = XFeatEncoder(max_features=4096, model_path=out / "xfeat-xd.onnx").extract(gray)
+    def as_set(k):  # the reliability ranks keypoints: compare them in one order
+        return k[np.lexsort(k.T)]
+
+    assert len(base) < 4096 and np.array_equal(as_set(ours.keypoints), as_set(base.keypoints))
+    assert not np.allclose(ours.descriptors, base.descriptors, atol=1e-3)
