@@ -102,12 +102,10 @@ def map_images(pset: PairSet, folder: Path) -> tuple[list[Path], dict[Path, Affi
     return tifs, transforms
 
 
-def _pack(pset: PairSet, method: str, work: Path) -> MapPack:
-    """The set's map pack built with `method` (kept in `work`; rebuilt when it is of other
-    weights or damaged)."""
+def _pack(pset: PairSet, method: str, tifs: list[Path], folder: Path) -> MapPack:
+    """The map pack of `tifs` built with `method` (kept in `folder`; rebuilt when it is of
+    other weights or damaged)."""
     encoder = make_encoder(method)
-    folder = work / pset.name
-    tifs, _ = map_images(pset, folder)
     path = folder / f"pack-{method}"
     if (path / "manifest.json").is_file():
         try:
@@ -133,9 +131,9 @@ def _record(m: RetrievalMetrics) -> dict:
 def run_set(pset: PairSet, method: str, views: int, seed: int, work: Path, cfg: Config
             ) -> dict:
     """One set's retrieval figures for `method` (module docstring)."""
-    pack = _pack(pset, method, work)
-    _, transforms = map_images(pset, work / pset.name)
-    ids = np.flatnonzero(pack.tile_levels(np.arange(pack.region.tile_count[0])) == 0)
+    tifs, transforms = map_images(pset, work / pset.name)
+    pack = _pack(pset, method, tifs, work / pset.name)
+    ids = np.arange(pack.region.tile_count[0])  # one level
     bounds, centres = pack.tile_bounds(ids), pack.tile_centers(ids)
     gallery = np.asarray(pack.descriptors[ids], np.float32)
     loc = build_chain(cfg, pack, CameraModel(1, 1, 1, 1, 0, 0)).navigator.localizer
