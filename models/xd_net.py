@@ -105,7 +105,7 @@ class XDNetwork(nn.Module):
 
 
 def teacher(backbone: nn.Module) -> nn.Module:
-    """A frozen copy of `backbone` (before it trains): the keypoints to hold it to."""
+    """A frozen copy of `backbone` (before it trains): the reliability to hold it to."""
     out = copy.deepcopy(backbone).eval()
     for p in out.parameters():
         p.requires_grad_(False)

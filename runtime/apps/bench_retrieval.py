@@ -128,11 +128,12 @@ def _record(m: RetrievalMetrics) -> dict:
             **{f"dis@{k}_m": round(m.dis_at_m(k), 1) for k in m.dis_ks}}
 
 
-def run_set(pset: PairSet, method: str, views: int, seed: int, work: Path, cfg: Config
-            ) -> dict:
-    """One set's retrieval figures for `method` (module docstring)."""
-    tifs, transforms = map_images(pset, work / pset.name)
-    pack = _pack(pset, method, tifs, work / pset.name)
+def run_set(pset: PairSet, maps: tuple[list[Path], dict[Path, Affine]], method: str,
+            views: int, seed: int, folder: Path, cfg: Config) -> dict:
+    """One set's retrieval figures for `method` (module docstring); `maps`: map_images of
+    the set, written into `folder`."""
+    tifs, transforms = maps
+    pack = _pack(pset, method, tifs, folder)
     ids = np.arange(pack.region.tile_count[0])  # one level
     bounds, centres = pack.tile_bounds(ids), pack.tile_centers(ids)
     gallery = np.asarray(pack.descriptors[ids], np.float32)
@@ -204,10 +205,12 @@ def bench_retrieval(pair_dirs: list[Path], out: Path, views: int = 10, seed: int
     }
     t0 = time.perf_counter()
     registered = {s.name for s in sets if s.registered}
+    maps = {s.name: map_images(s, work / s.name) for s in sets}  # read once for every method
     for m in methods:
         per_set = {}
         for pset in sets:
-            per_set[pset.name] = run_set(pset, m, views, seed, work, cfg)
+            per_set[pset.name] = run_set(pset, maps[pset.name], m, views, seed,
+                                         work / pset.name, cfg)
             print(f"  {m} {pset.name}: {json.dumps(per_set[pset.name]['descriptor'])}",
                   flush=True)
         report["methods"][m] = {"overall": _overall(per_set, registered), "sets": per_set}
