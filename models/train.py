@@ -83,9 +83,11 @@ class TrainConfig:
     reliability_weight: float = 1.0
 
     def fingerprint(self) -> str:
-        """sha256 of the settings that decide the weights (a checkpoint must match it)."""
+        """sha256 of the settings that decide the weights (a checkpoint must match it); data
+        by name, not by where it lies, so that a clone elsewhere gets the same digest."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in UNWEIGHED
              and not (f.name in LATER and getattr(self, f.name) == f.default)}
+        d["data"] = [{**vars(s), "path": s.name} for s in self.data]
         return hashlib.sha256(json.dumps(d, default=str, sort_keys=True).encode()).hexdigest()
 
 
@@ -321,7 +323,7 @@ def export_trained(net, cfg: TrainConfig, out: Path, weights: Path, commit: str,
                 "trained_by": "skyfix.models.train", "git_commit": commit,
                 "steps": f"{steps_done} of {cfg.steps}", "seed": str(cfg.seed),
                 "config_sha256": cfg.fingerprint(), "exporter": f"torch {torch.__version__}"},
-        training_data=tuple({"kind": s.kind, "name": f"{s.path.parent.name}/{s.path.name}",
+        training_data=tuple({"kind": s.kind, "name": s.name,
                              "licence": s.licence, "split": s.split} for s in cfg.data),
     )
     write_manifest(manifest, onnx_path)

@@ -47,6 +47,11 @@ class Source:
     scales: tuple[float, ...] = (1.0,)
     weight: float = 1.0
 
+    @property
+    def name(self) -> str:
+        """The data's name wherever it lies: its folder and file (or folder) name."""
+        return f"{self.path.parent.name}/{self.path.name}"
+
 
 @dataclass(frozen=True)
 class Scene:

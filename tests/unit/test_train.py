@@ -180,6 +180,16 @@ def test_the_shipped_model_names_its_config():
     assert load_manifest(XD_MODEL).source["config_sha256"] == cfg.fingerprint()
 
 
+def test_the_config_digest_names_the_data_not_where_the_clone_lies(tmp_path):
+    """A checkout elsewhere (CI, another laptop) gets the same config_sha256; a change to a
+    setting that decides the weights gives another."""
+    for folder in (tmp_path / "here" / "run", tmp_path / "else" / "where" / "run"):
+        folder.mkdir(parents=True)
+    here = load_config(write_config(tmp_path / "here" / "run", 4)).fingerprint()
+    assert load_config(write_config(tmp_path / "else" / "where" / "run", 4)).fingerprint() == here
+    assert load_config(write_config(tmp_path / "here" / "run", 5)).fingerprint() != here
+
+
 @needs_train_extra
 def test_backbone_fine_tune_trains_the_descriptor_layers_and_keeps_xfeats_keypoints(tmp_path):
     import torch
