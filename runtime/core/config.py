@@ -138,8 +138,10 @@ class MatchConfig(Section):
     max_self_similarity: float = key(0.9, "a view that matches itself elsewhere with this "
                                      "share of its own score (ground that repeats: a car "
                                      "park's bays, rows of panels) -> ambiguous", gt=0, le=1)
-    ambiguity_radius_m: float = key(20.0, "second-best fixes closer than this agree, not "
-                                    "compete", ge=0, le=100_000)
+    ambiguity_radius_m: float = key(20.0, "second-best fixes further than this compete "
+                                    "(ambiguity_ratio); closer ones that the two error bars "
+                                    "cannot explain widen the fix's to reach them",
+                                    ge=0, le=100_000)
     attitude_sigma_deg: float = key(0.5, "1-sigma error of the autopilot's roll/pitch (pose "
                                     "prior)", gt=0, le=90)
     yaw_sigma_deg: float = key(3.0, "1-sigma error of the autopilot's heading (pose prior)",

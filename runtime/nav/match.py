@@ -13,16 +13,19 @@ For each candidate tile:
    tilt errors.
 
 Covariance of the fix (1 sigma, m^2): the pose's covariance (image residuals and the
-attitude prior propagated), inflated for correlated feature errors, plus the shift a
+attitude prior propagated), inflated for correlated feature errors, plus the spread of
+the fit over groups of neighbouring inliers left out (jackknife_cov), plus the shift a
 tilt beyond twice the attitude prior's sigma would cause (a sign of a wrong camera or
-mount model, which the residuals alone understate), plus a floor.
+mount model, which the residuals alone understate), plus a floor; and, where another
+credible match of the view lies nearby but further than the two covariances allow, their
+separation (weigh_rivals).
 The fix is rejected (and the reason counted) when inliers are too few, the height
 or heading disagrees with telemetry, or a distant tile matches nearly as well.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -37,6 +40,8 @@ from skyfix.runtime.nav.refine import MapPixels, refine_pairs
 _MIN_POINTS = 8
 
 CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independent
+RIVAL_CHI2 = 9.21  # weigh_rivals: 2-dof chi-square, 99 %
+JACKKNIFE_CELLS = 3  # jackknife_cov: groups of inliers, a grid this many cells a side
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,29 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.nda
     sigma2 = float((residuals**2).sum() / max(2 * n - 4, 1))
     cov = sigma2 * np.linalg.inv(J.T @ J)
     return params, residuals, cov
+
+
+def jackknife_cov(src: np.ndarray, dst: np.ndarray, cells: int = JACKKNIFE_CELLS
+                  ) -> np.ndarray:
+    """[2, 2] block-jackknife covariance of the translation (the nadir's map point) that
+    fit_similarity gives for [N, 2] `src` -> `dst`: the inliers are grouped by the cell of
+    a `cells` x `cells` grid over their extent in `src` that they lie in, and the fit is
+    redone leaving each group out. Neighbouring points share their errors (a changed
+    block, a roof's parallax, a stretch of road matched one period off); whole groups left
+    out show what that moves the answer, which the residuals of the fit cannot. Zero where
+    fewer than 3 groups can be left out with _MIN_POINTS left to fit."""
+    lo, span = src.min(0), np.ptp(src, axis=0) + 1e-9
+    cell = np.minimum((cells * (src - lo) / span).astype(int), cells - 1)
+    group = cell[:, 0] * cells + cell[:, 1]
+    ts = []
+    for g in np.unique(group):
+        rest = group != g
+        if rest.sum() >= _MIN_POINTS:
+            ts.append(fit_similarity(src[rest], dst[rest])[0][2:])
+    if len(ts) < 3:
+        return np.zeros((2, 2))
+    d = np.asarray(ts) - np.mean(ts, axis=0)
+    return (len(ts) - 1) / len(ts) * d.T @ d
 
 
 @dataclass(frozen=True)
@@ -181,7 +209,7 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
     # shrink them (Fix). An unmeasured or excess tilt may change from frame to frame (a
     # camera on its own gimbal): each fix's own.
     shared = CORRELATION_INFLATION * pose.attitude_cov_en_m2 + pose.warp_cov_en_m2
-    cov = (CORRELATION_INFLATION * pose.cov_en_m2 + pose.warp_cov_en_m2
+    cov = (CORRELATION_INFLATION * pose.cov_en_m2 + pose.warp_cov_en_m2 + jackknife_cov(src, dst)
            + ((view.agl_m * np.tan(excess)) ** 2 + (view.agl_m * np.tan(unmeasured)) ** 2
               + cfg.sigma_floor_m**2) * np.eye(2))
     # The height: the same inflation and floor, and the focal length's own error, which
@@ -265,16 +293,35 @@ def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejec
         reason, detail = "scale", f"match scale {best.scale:.3f} vs telemetry height"
     elif abs(best.rotation_deg) > cfg.max_rotation_deg:
         reason, detail = "heading", f"view rotated {best.rotation_deg:.1f} deg against the map"
-    else:
-        rivals = [m for m in ranked[1:]
-                  if np.hypot(m.east_m - best.east_m, m.north_m - best.north_m)
-                  > cfg.ambiguity_radius_m]
-        if rivals and rivals[0].inliers >= cfg.ambiguity_ratio * best.inliers:
-            reason = "ambiguous"
-            detail = f"tile {rivals[0].tile_id}: {rivals[0].inliers} vs {best.inliers} inliers"
     if reason is not None:
         return Rejection(view.t_ns, reason, detail)
-    return fix_from(view, best)
+    weighed = weigh_rivals(view.t_ns, best, ranked[1:], cfg)
+    return weighed if isinstance(weighed, Rejection) else fix_from(view, weighed)
+
+
+def weigh_rivals(t_ns: int, best: TileMatch, others: list[TileMatch], cfg: MatchConfig
+                 ) -> TileMatch | Rejection:
+    """`best` weighed against the view's other matches (solution separation): one further
+    than ambiguity_radius_m with ambiguity_ratio of best's inliers makes the view
+    "ambiguous"; a nearer one with min_inliers (a credible fix itself) that the two
+    covariances cannot explain (RIVAL_CHI2) widens best's covariance by their separation,
+    along it: the truth may lie at either, and consecutive views see the same two. A best
+    below min_inliers comes back as it is: acceptance refuses it for that."""
+    if best.inliers < cfg.min_inliers:
+        return best
+    widen = np.zeros((2, 2))
+    for other in others:
+        d = np.array([other.east_m - best.east_m, other.north_m - best.north_m])
+        gap = float(np.hypot(*d))
+        if gap > cfg.ambiguity_radius_m:
+            if other.inliers >= cfg.ambiguity_ratio * best.inliers:
+                return Rejection(t_ns, "ambiguous", f"tile {other.tile_id}: {other.inliers} vs"
+                                 f" {best.inliers} inliers {gap:.0f} m apart")
+        elif (other.inliers >= cfg.min_inliers
+              and d @ np.linalg.solve(best.cov_en_m2 + other.cov_en_m2, d) > RIVAL_CHI2):
+            widen += np.outer(d, d)
+    return replace(best, cov_en_m2=best.cov_en_m2 + widen,
+                   shared_cov_en_m2=best.shared_cov_en_m2 + widen)
 
 
 def locate(view: View, feats: LocalFeatures, candidates: list[Candidate],

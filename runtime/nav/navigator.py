@@ -48,7 +48,7 @@ from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
 from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near, predicted_en, vote_places
 from skyfix.runtime.nav.heading import HeadingCorrection
-from skyfix.runtime.nav.match import Candidate, locate
+from skyfix.runtime.nav.match import Candidate, locate, weigh_rivals
 from skyfix.runtime.nav.motion import MotionGate
 from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
 from skyfix.runtime.nav.rectify import rectify, view_px_to_offset_m, with_detail_of
@@ -316,14 +316,8 @@ class Localizer:
             return None
         found.sort(key=lambda n: n.match.inliers, reverse=True)
         best = found[0]
-        for other in found[1:]:
-            gap = np.hypot(other.match.east_m - best.match.east_m,
-                           other.match.north_m - best.match.north_m)
-            if gap > cfg.ambiguity_radius_m and other.match.inliers >= cfg.min_inliers \
-                    and other.match.inliers >= cfg.ambiguity_ratio * best.match.inliers:
-                return Rejection(view.t_ns, "ambiguous", f"{other.match.inliers} vs"
-                                 f" {best.match.inliers} inliers {gap:.0f} m apart")
-        return best
+        weighed = weigh_rivals(view.t_ns, best.match, [n.match for n in found[1:]], cfg)
+        return weighed if isinstance(weighed, Rejection) else replace(best, match=weighed)
 
 
 def feed_imu(filt: ImuFilter, t_ns: np.ndarray, accel_mps2: np.ndarray,

@@ -16,7 +16,14 @@ from skyfix.models.features import RootSiftEncoder
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import MatchConfig, RectifyConfig
 from skyfix.runtime.core.types import Fix, Frame, Rejection, Telemetry
-from skyfix.runtime.nav.match import Candidate, fit_similarity, judge, locate, robust_similarity
+from skyfix.runtime.nav.match import (
+    Candidate,
+    fit_similarity,
+    jackknife_cov,
+    judge,
+    locate,
+    robust_similarity,
+)
 from skyfix.runtime.nav.rectify import R_ned_cam, rectify
 
 CAM = CameraModel.from_fov(640, 480, 70.0)
@@ -159,6 +166,25 @@ def test_similarity_covariance_matches_known_noise():
     assert np.sqrt(cov[2, 2]) == pytest.approx(0.5 / np.sqrt(400), rel=0.2)
 
 
+def test_jackknife_sees_the_error_neighbouring_points_share():
+    """Independent noise: the jackknife agrees with the fit's own covariance. A block of
+    the view off by 2 m together (a roof's parallax, a changed block): the fit's
+    residual-based sigma hardly moves, the jackknife's shows the shift."""
+    rng = np.random.default_rng(1)
+    src = rng.uniform(-50, 50, (300, 2))
+    dst = src + rng.normal(0, 0.5, src.shape)
+    _, _, cov = fit_similarity(src, dst)
+    jk = np.sqrt(np.diag(jackknife_cov(src, dst)))
+    assert np.all(jk < 3 * np.sqrt(np.diag(cov)[2:])) and np.all(jk > 0)
+    block = (src[:, 0] > 17) & (src[:, 1] > 17)  # one cell of the 3 x 3 grid
+    dst[block] += [2.0, 0.0]
+    _, _, cov = fit_similarity(src, dst)
+    assert np.sqrt(cov[2, 2]) < 0.1
+    assert np.sqrt(jackknife_cov(src, dst)[0, 0]) > 0.2
+    # too few points to leave any group out and fit the rest: nothing to tell
+    assert not jackknife_cov(src[:8], dst[:8]).any()
+
+
 def test_robust_similarity_finds_a_few_per_cent_of_inliers_under_perspective():
     # What matching across dates leaves: 20 true pairs among 600 candidates, the others
     # anywhere within 40 px of the prediction, and the view's corners moved by up to 2 %
@@ -211,6 +237,20 @@ def test_nearby_second_tile_is_agreement_not_ambiguity():
     out = judge(_View(), [_tm(100, 0, 0), _tm(95, 5, 0, tid=1)], MatchConfig())
     assert isinstance(out, Fix) and out.tile_id == 0
     assert np.isnan(out.alt_amsl_m) and np.isnan(out.alt_sigma_m)  # no DEM: no altitude
+
+
+def test_a_credible_rival_nearby_widens_the_error_bar_to_reach_it():
+    """Solution separation: a second match with min_inliers 5 m east, which neither
+    covariance (1 m^2) explains, leaves the fix claiming at least 5 m east-west; a rival
+    its covariance explains, or one too weak to be a fix itself, changes nothing."""
+    cfg = MatchConfig()
+    out = judge(_View(), [_tm(100, 0, 0), _tm(95, 5, 0, tid=1)], cfg)
+    assert isinstance(out, Fix)
+    assert np.sqrt(out.cov_en_m2[0, 0]) >= 5 and out.cov_en_m2[1, 1] == pytest.approx(1)
+    assert np.sqrt(out.shared_cov_en_m2[0, 0]) >= 5  # the next view sees the same two
+    for rival in (_tm(95, 1, 1, tid=1), _tm(cfg.min_inliers - 1, 5, 0, tid=1)):
+        out = judge(_View(), [_tm(100, 0, 0), rival], cfg)
+        assert isinstance(out, Fix) and np.allclose(out.cov_en_m2, np.eye(2))
 
 
 def test_fix_altitude_is_the_pose_height_over_the_dem_ground():
