@@ -9,8 +9,13 @@ A pair set is a folder with
                  "licence": str, ...}. An unknown gsd_m is taken as DEFAULT_GSD_M (and the
                  set says so); `registered: false` sets are reported apart from the totals.
 
+Images with a georeference in one CRS are co-registered by it, not by their pixel
+indices: the pair's grid is the pixels of `a` that `b` covers wholly, and `read_pair`
+resamples `b` onto it (NAIP tiles of one quarter-quad differ by a row and by metres in
+their origin from year to year). Images without one must be of one size.
+
 `read_pair_set` returns the set and one line per unusable pair (missing file, images of
-different size, unreadable image); the other pairs stay usable.
+different size, no common ground, unreadable image); the other pairs stay usable.
 """
 
 from __future__ import annotations
@@ -21,22 +26,33 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import rasterio
+from affine import Affine
+from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from skyfix.runtime.core.errors import SkyfixError
 
 DEFAULT_GSD_M = 0.5
+MIN_COMMON_PX = 64  # a georeferenced pair sharing less ground than this is left out
 
 
 @dataclass(frozen=True)
 class Pair:
+    """`width` x `height`: the pair's grid, the pixels of `a` from (`col`, `row`) on;
+    `b_px`: [2, 3] affine from that grid's pixel indices to `b`'s, row by row (None: the
+    same pixels)."""
+
     id: str
     a: Path
     b: Path
     width: int
     height: int
+    col: int = 0
+    row: int = 0
+    b_px: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,11 +81,46 @@ def _meta(path: Path) -> dict:
     return meta
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _Grid:
+    width: int
+    height: int
+    crs: CRS | None  # None: no georeference
+    transform: Affine
+
+
+def _grid(path: Path) -> _Grid:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
-            return int(ds.width), int(ds.height)
+            georef = ds.crs is not None and ds.transform != Affine.identity()
+            return _Grid(int(ds.width), int(ds.height), ds.crs if georef else None,
+                         ds.transform)
+
+
+def _pair(pid: str, a: Path, b: Path) -> Pair | str:
+    """The pair on its grid (module docstring), or why it has none."""
+    ga, gb = _grid(a), _grid(b)
+    if ga.crs is None or gb.crs is None or ga.crs != gb.crs:
+        if (ga.width, ga.height) != (gb.width, gb.height):
+            return (f"images differ in size ({ga.width}x{ga.height} vs"
+                    f" {gb.width}x{gb.height})")
+        return Pair(pid, a, b, ga.width, ga.height)
+    if (ga.transform, ga.width, ga.height) == (gb.transform, gb.width, gb.height):
+        return Pair(pid, a, b, ga.width, ga.height)
+    if not (ga.transform.is_rectilinear and gb.transform.is_rectilinear):
+        return "rotated georeference"
+    a_from_b = ~ga.transform * gb.transform  # b's pixel corners -> a's
+    xs, ys = zip(*(a_from_b * c for c in ((0, 0), (gb.width, gb.height))), strict=True)
+    col, row = max(0, int(np.ceil(min(xs) - 1e-6))), max(0, int(np.ceil(min(ys) - 1e-6)))
+    width = min(ga.width, int(np.floor(max(xs) + 1e-6))) - col
+    height = min(ga.height, int(np.floor(max(ys) + 1e-6))) - row
+    if min(width, height) < MIN_COMMON_PX:
+        return f"the images share less than {MIN_COMMON_PX} px of ground"
+    # pixel indices of the grid -> of b (index i is the pixel whose corners are i, i + 1)
+    m = (Affine.translation(-0.5, -0.5) * ~gb.transform * ga.transform
+         * Affine.translation(col + 0.5, row + 0.5))
+    return Pair(pid, a, b, width, height, col, row, tuple(m)[:6])
 
 
 def read_pair_set(path: Path) -> tuple[PairSet, list[str]]:
@@ -111,15 +162,14 @@ def read_pair_set(path: Path) -> tuple[PairSet, list[str]]:
             problems.append(f"{path.name}/{pid}: {missing[0]} is missing")
             continue
         try:
-            sa, sb = _image_size(a), _image_size(b)
+            pair = _pair(pid, a, b)
         except RasterioError as e:
             problems.append(f"{path.name}/{pid}: unreadable image ({str(e).splitlines()[0]})")
             continue
-        if sa != sb:
-            problems.append(f"{path.name}/{pid}: images differ in size ({sa[0]}x{sa[1]} vs"
-                            f" {sb[0]}x{sb[1]})")
+        if isinstance(pair, str):
+            problems.append(f"{path.name}/{pid}: {pair}")
             continue
-        pairs.append(Pair(pid, a, b, *sa))
+        pairs.append(pair)
     pset = PairSet(path.name, path, float(gsd) if gsd is not None else DEFAULT_GSD_M,
                    gsd is None, tuple(bands), bool(meta.get("registered", True)),
                    str(meta.get("licence", "")), tuple(pairs))
@@ -145,3 +195,16 @@ def read_bgr(path: Path, bands: tuple[int, ...]) -> np.ndarray:
         px = px.astype(np.uint8)
     rgb = np.repeat(px, 3, axis=0) if len(px) == 1 else px
     return np.ascontiguousarray(rgb[::-1].transpose(1, 2, 0))
+
+
+def read_pair(pair: Pair, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Images `a` and `b` of `pair` on its grid, [H, W, 3] uint8 BGR each (read_bgr; `b`
+    resampled bilinearly where its pixels are not the grid's)."""
+    a = read_bgr(pair.a, bands)[pair.row:pair.row + pair.height,
+                                pair.col:pair.col + pair.width]
+    b = read_bgr(pair.b, bands)
+    if pair.b_px is not None:
+        b = cv2.warpAffine(b, np.float64(pair.b_px).reshape(2, 3), (pair.width, pair.height),
+                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(a), b

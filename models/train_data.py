@@ -26,7 +26,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from skyfix.models.pair_sets import read_bgr, read_pair_set
+from skyfix.models.pair_sets import read_bgr, read_pair, read_pair_set
 from skyfix.runtime.core.errors import SkyfixError
 
 Kind = Literal["series", "pairs", "ortho"]
@@ -100,8 +100,8 @@ def load_scenes(source: Source, crop_px: int) -> list[Scene]:
         pset, problems = read_pair_set(source.path)
         if problems:
             raise SkyfixError(f"training pair set {source.path}: {problems[0]}")
-        groups = [(f"{pset.name}/{p.id}", [read_bgr(p.a, pset.rgb_bands),
-                                           read_bgr(p.b, pset.rgb_bands)]) for p in pset.pairs]
+        groups = [(f"{pset.name}/{p.id}", list(read_pair(p, pset.rgb_bands)))
+                  for p in pset.pairs]
     elif source.kind == "ortho":
         if not source.path.is_file():
             raise SkyfixError(f"training ortho {source.path}: no such file")

@@ -31,11 +31,12 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
 from skyfix.models.features import Encoder
-from skyfix.models.pair_sets import Pair, PairSet, read_bgr, read_pair_set
+from skyfix.models.pair_sets import Pair, PairSet, read_pair, read_pair_set
 from skyfix.models.registry import ENCODER_NAMES, make_encoder
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
@@ -49,6 +50,7 @@ from skyfix.sim.pairs import SyntheticView, make_views
 
 PLACED_PX = 3.0
 WRONG_PX = 10.0
+OVERCONFIDENT_SIGMAS = 5.0  # an error this many claimed sigmas: the error bar lied
 FOCAL_SIDES = 1.5  # the synthetic camera's focal length in view sides (37 deg field of view)
 # The protocol's corner jitter stands for what rectification leaves, not for a camera tilt:
 # the synthetic autopilot's attitude is exact (else the pose would take the jitter for a
@@ -70,12 +72,19 @@ class ViewResult:
     ms: float
     reachable: bool  # the fine stage at the true place finds min_inliers (see run_view)
     detail: str = ""  # the rejection's own words
+    sigma_px: float = float("nan")  # the fix's claimed 1-sigma error, its worst direction
+
+    @property
+    def overconfident(self) -> bool:
+        """Accepted, and off by more than OVERCONFIDENT_SIGMAS of its claimed error."""
+        return self.accepted and self.err_px > OVERCONFIDENT_SIGMAS * self.sigma_px
 
     def record(self) -> dict:
         """The view's outcome for the JSON (no NaN: a rejected view's error is null)."""
         return {"set": self.set_name, "pair": self.pair_id, "index": self.index,
                 "accepted": self.accepted,
                 "err_px": round(self.err_px, 2) if self.accepted else None,
+                "sigma_px": round(self.sigma_px, 2) if self.accepted else None,
                 "reason": self.reason, "detail": self.detail, "ms": round(self.ms, 1),
                 "reachable": self.reachable}
 
@@ -99,20 +108,30 @@ def en_to_px(e: float, n: float, gsd_m: float) -> tuple[float, float]:
 
 def pack_for(pair: Pair, pset: PairSet, image_a: np.ndarray, method: str, encoder: Encoder,
              work: Path) -> Path:
-    """The map pack of image `a` (built once with `encoder`, kept in `work`)."""
+    """The map pack of image `a` on the pair's grid (built once with `encoder`, kept in
+    `work` while `a` is the same)."""
     folder = work / pset.name / pair.id
     pack = folder / f"pack-{method}"
-    if (pack / "manifest.json").is_file():
+    ortho = folder / "a.tif"
+    if (pack / "manifest.json").is_file() and _same_image(ortho, image_a):
         try:
             MapPack.open(pack, encoder_id=encoder.id, verify=False)
             return pack
         except SkyfixError:
             pass  # an old or damaged pack, or one of other weights: rebuild it
     folder.mkdir(parents=True, exist_ok=True)
-    ortho = folder / "a.tif"
     _georeference(image_a, pset.gsd_m, ortho)
     return build_pack([ortho], pack, encoder=encoder, gsds_m=(pset.gsd_m,),
                       tile_px=tile_px_for(pair.width, pair.height), force=True, progress=False)
+
+
+def _same_image(tif: Path, image_bgr: np.ndarray) -> bool:
+    """`tif` (as _georeference wrote it) holds the pixels of `image_bgr`."""
+    try:
+        with rasterio.open(tif) as ds:
+            return bool(np.array_equal(ds.read().transpose(1, 2, 0)[:, :, ::-1], image_bgr))
+    except RasterioError:
+        return False
 
 
 def tile_px_for(width: int, height: int) -> int:
@@ -153,20 +172,22 @@ def run_view(loc: Localizer, view: SyntheticView, gsd_m: float, set_name: str
                           result.reason, ms, reachable, result.detail), None
     placed = en_to_px(result.east_m, result.north_m, gsd_m)
     err = float(np.hypot(placed[0] - view.truth_px[0], placed[1] - view.truth_px[1]))
-    return ViewResult(set_name, view.pair_id, view.index, True, err, "", ms, reachable), placed
+    sigma = float(np.sqrt(np.linalg.eigvalsh(result.cov_en_m2).max())) / gsd_m
+    return ViewResult(set_name, view.pair_id, view.index, True, err, "", ms, reachable,
+                      sigma_px=sigma), placed
 
 
-def _crop(image: np.ndarray, cx: float, cy: float, half: int) -> np.ndarray:
-    """[2 half, 2 half, 3] crop centred on (cx, cy), black outside the image."""
-    m = np.float32([[1, 0, half - cx], [0, 1, half - cy]])
-    return cv2.warpAffine(image, m, (2 * half, 2 * half), borderValue=(0, 0, 0))
+def _crop(image: np.ndarray, cx: float, cy: float, size: int) -> np.ndarray:
+    """[size, size, 3] crop centred on (cx, cy), black outside the image."""
+    m = np.float32([[1, 0, size / 2 - cx], [0, 1, size / 2 - cy]])
+    return cv2.warpAffine(image, m, (size, size), borderValue=(0, 0, 0))
 
 
 def _sheet_row(view: SyntheticView, image_a: np.ndarray, placed: tuple[float, float] | None,
                res: ViewResult) -> np.ndarray:
     s = view.image.shape[0]
     half = s // 2
-    win = _crop(image_a, *view.prior_px, s)  # the prior window, 2S
+    win = _crop(image_a, *view.prior_px, 2 * s)  # the prior window
     tx, ty = view.truth_px[0] - view.prior_px[0] + s, view.truth_px[1] - view.prior_px[1] + s
     cv2.rectangle(win, (int(tx - half), int(ty - half)), (int(tx + half), int(ty + half)),
                   (0, 255, 0), 3)
@@ -175,7 +196,7 @@ def _sheet_row(view: SyntheticView, image_a: np.ndarray, placed: tuple[float, fl
         where = np.full((s, s, 3), 64, np.uint8)
         text = f"rejected: {res.reason}"
     else:
-        where = _crop(image_a, *placed, half)
+        where = _crop(image_a, *placed, s)
         text = f"placed {res.err_px:.0f} px off"
     if not res.reachable:
         text += ", unreachable"
@@ -190,6 +211,7 @@ def _summary(results: list[ViewResult], gsd_m: float | None) -> dict:
     acc = [r for r in results if r.accepted]
     placed = [r for r in acc if r.err_px <= PLACED_PX]
     wrong = [r for r in acc if r.err_px > WRONG_PX]
+    over = [r for r in acc if r.overconfident]
     reach = [r for r in results if r.reachable]
     errs = np.array([r.err_px for r in placed])
     ms = np.array([r.ms for r in results])
@@ -202,6 +224,9 @@ def _summary(results: list[ViewResult], gsd_m: float | None) -> dict:
         "placed_pct": round(100 * len(placed) / n, 1) if n else None,
         "accepted_pct": round(100 * len(acc) / n, 1) if n else None,
         "wrong_among_accepted_pct": round(100 * len(wrong) / len(acc), 2) if acc else None,
+        "overconfident": len(over),
+        "overconfident_among_accepted_pct": (round(100 * len(over) / len(acc), 2)
+                                             if acc else None),
         "median_err_px": round(float(np.median(errs)), 2) if len(errs) else None,
         "median_err_m": (round(float(np.median(errs)) * gsd_m, 2)
                          if len(errs) and gsd_m else None),
@@ -223,8 +248,7 @@ def run_method(method: str, sets: list[PairSet], views: int, seed: int, work: Pa
         results: list[ViewResult] = []
         rows: list[np.ndarray] = []
         for pi, pair in enumerate(pset.pairs):
-            image_a = read_bgr(pair.a, pset.rgb_bands)
-            image_b = read_bgr(pair.b, pset.rgb_bands)
+            image_a, image_b = read_pair(pair, pset.rgb_bands)
             pack = MapPack.open(pack_for(pair, pset, image_a, method, encoder, work),
                                 verify=False)
             # the localiser the flight would run (views come rectified: no camera needed)

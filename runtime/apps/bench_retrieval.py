@@ -36,7 +36,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
 from skyfix.models.metrics import RetrievalMetrics, retrieval_metrics
-from skyfix.models.pair_sets import PairSet, read_bgr
+from skyfix.models.pair_sets import PairSet, read_bgr, read_pair
 from skyfix.models.registry import make_encoder
 from skyfix.runtime.apps.bench_crossdate import (
     CRS_FAKE,
@@ -140,7 +140,7 @@ def run_set(pset: PairSet, maps: tuple[list[Path], dict[Path, Affine]], method: 
     loc = build_chain(cfg, pack, CameraModel(1, 1, 1, 1, 0, 0)).navigator.localizer
     queries, where, positives, ms = [], [], [], []
     for pi, pair in enumerate(pset.pairs):
-        image_b = read_bgr(pair.b, pset.rgb_bands)
+        _, image_b = read_pair(pair, pset.rgb_bands)
         rng = np.random.default_rng([seed, pi, sum(map(ord, pset.name))])
         for view in make_views(pair, image_b, views, rng):
             frame, tel = view_frame(loc, view, pset.gsd_m)
@@ -151,7 +151,8 @@ def run_set(pset: PairSet, maps: tuple[list[Path], dict[Path, Affine]], method: 
                                   f" ready ({look.reason})")
             queries.append(pack.global_descriptor(look.feats.descriptors, look.feats.embedding))
             ms.append((time.perf_counter() - t0) * 1e3)
-            e, n = transforms[pair.a] @ (view.truth_px[0] + 0.5, view.truth_px[1] + 0.5)
+            e, n = transforms[pair.a] @ (pair.col + view.truth_px[0] + 0.5,
+                                         pair.row + view.truth_px[1] + 0.5)
             where.append((e, n))
             positives.append(np.flatnonzero((bounds[:, 0] <= e) & (e <= bounds[:, 2])
                                             & (bounds[:, 1] <= n) & (n <= bounds[:, 3])))

@@ -49,12 +49,14 @@ def test_bench_crossdate_runs_the_product_and_reports(pair_set, tmp_path, capsys
     # place: not one accepted, and the features cannot match them at the "true" place
     assert s["placed"] == 3 and s["accepted"] == 3 and s["wrong"] == 0
     assert s["median_err_px"] < 3
+    assert s["overconfident"] == 0  # each error within 5 of the fix's claimed sigmas
     assert s["reachable_pct"] == 50.0 and s["placed_of_reachable_pct"] == 100.0
     assert report["methods"]["rootsift"]["overall"]["placed"] == 3
     # each view's outcome, to look into: the other place's views name why they failed
     views = report["methods"]["rootsift"]["per_view"]
     assert len(views) == 6 and {v["pair"] for v in views} == {"p1", "other"}
-    assert all(v["accepted"] and v["err_px"] < 3 for v in views if v["pair"] == "p1")
+    assert all(v["accepted"] and v["err_px"] < 3 and v["sigma_px"] > 0
+               for v in views if v["pair"] == "p1")
     assert all(not v["accepted"] and v["err_px"] is None and v["reason"] and v["detail"]
                for v in views if v["pair"] == "other")
 

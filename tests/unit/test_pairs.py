@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from skyfix.models.pair_sets import DEFAULT_GSD_M, read_bgr, read_pair_set
+from skyfix.models.pair_sets import DEFAULT_GSD_M, read_bgr, read_pair, read_pair_set
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.sim.pairs import make_views, view_side
 
@@ -55,6 +55,46 @@ def test_missing_file_and_size_mismatch_name_the_pair_and_the_rest_goes_on(tmp_p
     assert problems[0].startswith("s/gone:") and "nothere.png is missing" in problems[0]
     assert problems[1].startswith("s/small:") and "400x400 vs 300x300" in problems[1]
     assert all("\n" not in p for p in problems)
+
+
+def _geotiff(path: Path, image: np.ndarray, west: float, north: float, gsd: float) -> None:
+    import rasterio
+    from affine import Affine
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = image.shape[:2]
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=Affine(gsd, 0, west, 0, -gsd, north)) as ds:
+        ds.write(image[:, :, ::-1].transpose(2, 0, 1))
+
+
+def test_georeferenced_images_are_paired_by_their_georeference(tmp_path):
+    """What NAIP's yearly tiles of one quarter-quad do: b's grid starts 2 m east and 1 m
+    south of a's (5 m pixels) and is a row shorter. The pair is a's pixels that b covers
+    wholly, b resampled onto them: the same ground at the same pixel, to the interpolation."""
+    rng = np.random.default_rng(2)
+    fine = cv2.GaussianBlur(rng.integers(0, 255, (1200, 1200, 3)).astype(np.uint8), (0, 0), 8)
+    fine = cv2.normalize(fine, None, 0, 255, cv2.NORM_MINMAX)
+
+    def at(west_m: float, north_m: float, h: int) -> np.ndarray:  # 5 m pixels of 1 m ground
+        x0, y0 = int(west_m), int(-north_m)
+        return cv2.resize(fine[y0:y0 + 5 * h, x0:x0 + 5 * 200], (200, h),
+                          interpolation=cv2.INTER_AREA)
+
+    root = tmp_path / "geo"
+    _geotiff(root / "A" / "p1.tif", at(0, 0, 200), 0, 0, 5.0)
+    _geotiff(root / "B" / "p1.tif", at(2, -1, 199), 2, -1, 5.0)
+    make_set(root, sizes={}, rows="id,a,b\np1,A/p1.tif,B/p1.tif\n")
+    pset, problems = read_pair_set(root)
+    assert problems == []
+    (p,) = pset.pairs
+    assert (p.col, p.row, p.width, p.height) == (1, 1, 199, 198)
+    a, b = read_pair(p, pset.rgb_bands)
+    assert a.shape == b.shape == (198, 199, 3)
+    diff = np.abs(a.astype(float) - b.astype(float))[2:-2, 2:-2].mean()
+    unpaired = np.abs(read_bgr(p.a, (1, 2, 3))[:198, :199].astype(float)
+                      - read_bgr(p.b, (1, 2, 3))[:198, :199].astype(float))[2:-2, 2:-2].mean()
+    assert diff < 0.5 * unpaired and diff < 2.0
 
 
 def test_unreadable_image_is_a_pair_problem(tmp_path):
