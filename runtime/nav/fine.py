@@ -10,6 +10,7 @@ stage (skyfix.runtime.nav.coarse) put the view, then the shared robust fit and p
 
 Where the coarse stage found no place the features support strongly, `vote_places` gives
 the places the features alone point to across the whole window, to match near the same way.
+Of the matches found, `best_of` picks the one acceptance weighs.
 
 Acceptance (`judge_near`): a fix must pass all of
     inliers          >= min_inliers
@@ -39,7 +40,14 @@ from skyfix.models.features import LocalFeatures
 from skyfix.runtime.core.config import MatchConfig
 from skyfix.runtime.core.types import Fix, Rejection, View
 from skyfix.runtime.nav.coarse import CoarseMatch
-from skyfix.runtime.nav.match import Candidate, TileMatch, fix_from, pose_match, robust_similarity
+from skyfix.runtime.nav.match import (
+    Candidate,
+    TileMatch,
+    fix_from,
+    pose_match,
+    robust_similarity,
+    same_place,
+)
 from skyfix.runtime.nav.rectify import view_px_to_offset_m
 from skyfix.runtime.nav.refine import MapPixels
 
@@ -200,13 +208,44 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
     return NearMatch(m, coarse, agree, float(rot_gap), spread, len(vi), hull.reshape(-1, 2))
 
 
+def coarse_agrees(near: NearMatch, cfg: MatchConfig) -> bool:
+    """The fine answer within coarse_agree_px and coarse_agree_deg of its coarse place."""
+    return (near.agreement_px <= cfg.coarse_agree_px
+            and near.rotation_gap_deg <= cfg.coarse_agree_deg)
+
+
+def strong(near: NearMatch, cfg: MatchConfig) -> bool:
+    """A fine match acceptance takes on its own strength: 2 x min_inliers."""
+    return near.match.inliers >= 2 * cfg.min_inliers
+
+
+def confirmed(near: NearMatch, cfg: MatchConfig) -> bool:
+    """What judge_near asks of a fine match that is not strong: its coarse place, the best
+    coarse peak (min_peak_ratio), agrees with it."""
+    return coarse_agrees(near, cfg) and near.coarse.peak_ratio >= cfg.min_peak_ratio
+
+
+def best_of(found: list[NearMatch], cfg: MatchConfig) -> NearMatch:
+    """The fine match acceptance weighs: the one with most inliers; where that one is
+    neither strong nor confirmed, the one with most inliers of those at its place
+    (same_place) that are confirmed and have min_inliers. A place the features voted for
+    (window_fallback) is never confirmed, and the same place reached from the coarse best
+    peak may be."""
+    best = max(found, key=lambda n: n.match.inliers)
+    if strong(best, cfg) or confirmed(best, cfg):
+        return best
+    twins = [n for n in found if n.match.inliers >= cfg.min_inliers and confirmed(n, cfg)
+             and same_place(n.match, best.match)]
+    return max(twins, key=lambda n: n.match.inliers) if twins else best
+
+
 def judge_near(view: View, near: NearMatch | None, cfg: MatchConfig) -> Fix | Rejection:
     """The fine match as a Fix, or the reason it cannot be trusted (module docstring)."""
     if near is None:
         return Rejection(view.t_ns, "few_inliers", "no consistent match near the coarse answer")
     m, c = near.match, near.coarse
     rot_gap = near.rotation_gap_deg
-    strong = m.inliers >= 2 * cfg.min_inliers
+    alone = strong(near, cfg)
     checks = [
         (m.inliers >= cfg.min_inliers, "few_inliers", f"{m.inliers} < {cfg.min_inliers}"),
         (abs(m.scale - 1) <= cfg.max_scale_err, "scale",
@@ -216,10 +255,10 @@ def judge_near(view: View, near: NearMatch | None, cfg: MatchConfig) -> Fix | Re
         (near.spread >= cfg.min_spread, "unconfirmed", f"inliers cover {near.spread:.2f}"),
         (m.residual_rms_m <= cfg.max_residual_px * view.gsd_m, "unconfirmed",
          f"residual {m.residual_rms_m / view.gsd_m:.2f} px"),
-        (strong or (near.agreement_px <= cfg.coarse_agree_px and rot_gap <= cfg.coarse_agree_deg),
-         "unconfirmed", f"{m.inliers} inliers; fine and coarse differ by"
-                        f" {near.agreement_px:.1f} px, {rot_gap:.1f} deg"),
-        (strong or c.peak_ratio >= cfg.min_peak_ratio, "ambiguous",
+        (alone or coarse_agrees(near, cfg), "unconfirmed",
+         f"{m.inliers} inliers; fine and coarse differ by"
+         f" {near.agreement_px:.1f} px, {rot_gap:.1f} deg"),
+        (alone or c.peak_ratio >= cfg.min_peak_ratio, "ambiguous",
          f"{m.inliers} inliers at a coarse peak of ratio {c.peak_ratio:.2f}"),
     ]
     for ok, reason, detail in checks:

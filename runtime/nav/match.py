@@ -299,6 +299,12 @@ def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejec
     return weighed if isinstance(weighed, Rejection) else fix_from(view, weighed)
 
 
+def same_place(a: TileMatch, b: TileMatch) -> bool:
+    """The two fixes' covariances explain their separation (RIVAL_CHI2)."""
+    d = np.array([b.east_m - a.east_m, b.north_m - a.north_m])
+    return bool(d @ np.linalg.solve(a.cov_en_m2 + b.cov_en_m2, d) <= RIVAL_CHI2)
+
+
 def weigh_rivals(t_ns: int, best: TileMatch, others: list[TileMatch], cfg: MatchConfig
                  ) -> TileMatch | Rejection:
     """`best` weighed against the view's other matches (solution separation): one further
@@ -317,8 +323,7 @@ def weigh_rivals(t_ns: int, best: TileMatch, others: list[TileMatch], cfg: Match
             if other.inliers >= cfg.ambiguity_ratio * best.inliers:
                 return Rejection(t_ns, "ambiguous", f"tile {other.tile_id}: {other.inliers} vs"
                                  f" {best.inliers} inliers {gap:.0f} m apart")
-        elif (other.inliers >= cfg.min_inliers
-              and d @ np.linalg.solve(best.cov_en_m2 + other.cov_en_m2, d) > RIVAL_CHI2):
+        elif other.inliers >= cfg.min_inliers and not same_place(best, other):
             widen += np.outer(d, d)
     return replace(best, cov_en_m2=best.cov_en_m2 + widen,
                    shared_cov_en_m2=best.shared_cov_en_m2 + widen)

@@ -46,7 +46,15 @@ from skyfix.runtime.nav.coarse import (
 )
 from skyfix.runtime.nav.eskf import ImuFilter
 from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
-from skyfix.runtime.nav.fine import NearMatch, judge_near, match_near, predicted_en, vote_places
+from skyfix.runtime.nav.fine import (
+    NearMatch,
+    best_of,
+    judge_near,
+    match_near,
+    predicted_en,
+    strong,
+    vote_places,
+)
 from skyfix.runtime.nav.heading import HeadingCorrection
 from skyfix.runtime.nav.match import Candidate, locate, weigh_rivals
 from skyfix.runtime.nav.motion import MotionGate
@@ -300,7 +308,7 @@ class Localizer:
                     and near.agreement_px <= cfg.coarse_agree_px and coarse.peak_ratio > 1):
                 break  # the best coarse place, confirmed many times over: no rival can win
         if cfg.window_fallback and not any(
-                n.match.inliers >= 2 * cfg.min_inliers for n in found):
+                strong(n, cfg) for n in found):
             # The coarse stage may have missed: places the features alone vote for across
             # each window; a match found so can only be accepted on its own strength
             # (2 x min_inliers).
@@ -314,9 +322,9 @@ class Localizer:
                         found.append(near)
         if not found:
             return None
-        found.sort(key=lambda n: n.match.inliers, reverse=True)
-        best = found[0]
-        weighed = weigh_rivals(view.t_ns, best.match, [n.match for n in found[1:]], cfg)
+        best = best_of(found, cfg)
+        others = [n.match for n in found if n is not best]
+        weighed = weigh_rivals(view.t_ns, best.match, others, cfg)
         return weighed if isinstance(weighed, Rejection) else replace(best, match=weighed)
 
 

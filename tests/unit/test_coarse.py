@@ -15,7 +15,14 @@ from skyfix.runtime.core.config import Config, MatchConfig
 from skyfix.runtime.core.types import Fix, Frame, Rejection, Telemetry, View
 from skyfix.runtime.flight.assembly import build_chain
 from skyfix.runtime.nav.coarse import CoarseMatch, CoarseView, coarse_search, self_similarity
-from skyfix.runtime.nav.fine import NearMatch, judge_near, mutual_best, near_pairs, vote_places
+from skyfix.runtime.nav.fine import (
+    NearMatch,
+    best_of,
+    judge_near,
+    mutual_best,
+    near_pairs,
+    vote_places,
+)
 from skyfix.runtime.nav.match import Candidate, TileMatch
 from skyfix.runtime.nav.navigator import Look
 from skyfix.runtime.nav.retrieve import NO_PRIOR
@@ -242,6 +249,22 @@ def test_strong_fine_support_needs_no_coarse_agreement():
     near = _near(peak_ratio=0.8, agreement_px=30.0, rotation_gap_deg=5.0, inliers=50)
     assert isinstance(judge_near(_view(), near, CFG), Fix)
     assert judge_near(_view(), None, CFG).reason == "few_inliers"
+
+
+def test_the_same_place_reached_from_the_coarse_best_peak_is_the_one_weighed():
+    """A place the features voted for (no coarse peak: ratio 0) with 40 inliers and the
+    same place, 1 m off, matched from the coarse best peak with 39: acceptance weighs the
+    confirmed one. A confirmed match elsewhere, a weak one, or a strong best change
+    nothing."""
+    voted = _near(inliers=40, peak_ratio=0.0, agreement_px=17.0)
+    twin = _near(inliers=39, east_m=11.0)
+    assert best_of([voted, twin], CFG) is twin
+    assert isinstance(judge_near(_view(), best_of([voted, twin], CFG), CFG), Fix)
+    assert judge_near(_view(), voted, CFG).reason == "unconfirmed"
+    for other in (_near(inliers=39, east_m=30.0), _near(inliers=24, east_m=11.0)):
+        assert best_of([voted, other], CFG) is voted
+    strong = _near(inliers=50, peak_ratio=0.0, agreement_px=17.0)
+    assert best_of([strong, twin], CFG) is strong
 
 
 def test_near_pairs_and_mutual_best_against_brute_force():
