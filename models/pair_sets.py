@@ -82,25 +82,28 @@ def _meta(path: Path) -> dict:
 
 
 @dataclass(frozen=True)
-class _Grid:
+class Grid:
+    """An image's pixel grid; `crs` None: it has no georeference."""
+
     width: int
     height: int
-    crs: CRS | None  # None: no georeference
+    crs: CRS | None
     transform: Affine
 
 
-def _grid(path: Path) -> _Grid:
+def image_grid(path: Path) -> Grid:
+    """The grid of the image in `path` (RasterioError when it is unreadable)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
             georef = ds.crs is not None and ds.transform != Affine.identity()
-            return _Grid(int(ds.width), int(ds.height), ds.crs if georef else None,
-                         ds.transform)
+            return Grid(int(ds.width), int(ds.height), ds.crs if georef else None,
+                        ds.transform)
 
 
 def _pair(pid: str, a: Path, b: Path) -> Pair | str:
     """The pair on its grid (module docstring), or why it has none."""
-    ga, gb = _grid(a), _grid(b)
+    ga, gb = image_grid(a), image_grid(b)
     if ga.crs is None or gb.crs is None or ga.crs != gb.crs:
         if (ga.width, ga.height) != (gb.width, gb.height):
             return (f"images differ in size ({ga.width}x{ga.height} vs"
@@ -197,14 +200,19 @@ def read_bgr(path: Path, bands: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(rgb[::-1].transpose(1, 2, 0))
 
 
+def read_b(pair: Pair, bands: tuple[int, ...]) -> np.ndarray:
+    """Image `b` of `pair` on its grid, [H, W, 3] uint8 BGR (read_bgr; resampled
+    bilinearly where its pixels are not the grid's)."""
+    b = read_bgr(pair.b, bands)
+    if pair.b_px is None:
+        return b
+    return cv2.warpAffine(b, np.float64(pair.b_px).reshape(2, 3), (pair.width, pair.height),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def read_pair(pair: Pair, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Images `a` and `b` of `pair` on its grid, [H, W, 3] uint8 BGR each (read_bgr; `b`
-    resampled bilinearly where its pixels are not the grid's)."""
+    """Images `a` and `b` of `pair` on its grid, [H, W, 3] uint8 BGR each."""
     a = read_bgr(pair.a, bands)[pair.row:pair.row + pair.height,
                                 pair.col:pair.col + pair.width]
-    b = read_bgr(pair.b, bands)
-    if pair.b_px is not None:
-        b = cv2.warpAffine(b, np.float64(pair.b_px).reshape(2, 3), (pair.width, pair.height),
-                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                           borderMode=cv2.BORDER_REPLICATE)
-    return np.ascontiguousarray(a), b
+    return np.ascontiguousarray(a), read_b(pair, bands)

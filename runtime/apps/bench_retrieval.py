@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,12 +30,11 @@ import cv2
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
 from skyfix.models.metrics import RetrievalMetrics, retrieval_metrics
-from skyfix.models.pair_sets import PairSet, read_bgr, read_pair
+from skyfix.models.pair_sets import PairSet, image_grid, read_b, read_bgr
 from skyfix.models.registry import make_encoder
 from skyfix.runtime.apps.bench_crossdate import (
     CRS_FAKE,
@@ -59,15 +57,10 @@ RECALL_KS = (1, 5, 10)
 
 def _own_georeference(paths: list[Path]) -> list[tuple[rasterio.crs.CRS, Affine]] | None:
     """Each image's (CRS, transform) when all have one, in one CRS; else None."""
-    refs = []
-    for p in paths:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(p) as ds:
-                if ds.crs is None or ds.transform == Affine.identity():
-                    return None
-                refs.append((ds.crs, ds.transform))
-    return refs if len({c.to_wkt() for c, _ in refs}) == 1 else None
+    grids = [image_grid(p) for p in paths]
+    if any(g.crs is None for g in grids) or len({g.crs.to_wkt() for g in grids}) != 1:
+        return None
+    return [(g.crs, g.transform) for g in grids]
 
 
 def _tile_px(pset: PairSet) -> int:
@@ -140,7 +133,7 @@ def run_set(pset: PairSet, maps: tuple[list[Path], dict[Path, Affine]], method: 
     loc = build_chain(cfg, pack, CameraModel(1, 1, 1, 1, 0, 0)).navigator.localizer
     queries, where, positives, ms = [], [], [], []
     for pi, pair in enumerate(pset.pairs):
-        _, image_b = read_pair(pair, pset.rgb_bands)
+        image_b = read_b(pair, pset.rgb_bands)
         rng = np.random.default_rng([seed, pi, sum(map(ord, pset.name))])
         for view in make_views(pair, image_b, views, rng):
             frame, tel = view_frame(loc, view, pset.gsd_m)
