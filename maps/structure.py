@@ -38,6 +38,11 @@ SPATIAL_SIGMA_PX = 1.0
 EPS = 12.0
 BLOCK_PX = 1024  # output pixels per block side when writing a pack's channels
 MARGIN_PX = 8  # block overlap: more than the filters reach
+_THETA = np.arange(N_ORIENT) * np.pi / N_ORIENT
+_DIRECTIONS = np.stack([np.cos(_THETA), np.sin(_THETA)]).astype(np.float32)  # [2, N]
+# [N, N]: [1/4, 1/2, 1/4] over orientation, circular
+_RING = (0.5 * np.eye(N_ORIENT) + 0.25 * np.roll(np.eye(N_ORIENT), 1, 0)
+         + 0.25 * np.roll(np.eye(N_ORIENT), -1, 0)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -61,19 +66,13 @@ def structure_channels(gray: np.ndarray) -> np.ndarray:
     """[N_ORIENT, H, W] float32 channels (see the module docstring) of [H, W] uint8 (or
     float) gray, computed at the resolution it is given in."""
     img = cv2.GaussianBlur(np.asarray(gray, np.float32), (0, 0), PRE_SIGMA_PX)
-    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)
-    theta = np.arange(N_ORIENT) * np.pi / N_ORIENT
-    # [H, W, N] so that one blur call smooths every orientation
-    ch = np.abs(gx[:, :, None] * np.cos(theta).astype(np.float32)
-                + gy[:, :, None] * np.sin(theta).astype(np.float32))
-    ch = cv2.GaussianBlur(ch, (0, 0), SPATIAL_SIGMA_PX)
-    if ch.ndim == 2:  # OpenCV drops a trailing axis of length 1
-        ch = ch[:, :, None]
-    ring = np.concatenate([ch[:, :, -1:], ch, ch[:, :, :1]], axis=2)  # orientation is circular
-    ch = 0.5 * ch + 0.25 * (ring[:, :, :-2] + ring[:, :, 2:])
-    ch /= np.sqrt((ch**2).sum(2, keepdims=True)) + EPS
-    return np.ascontiguousarray(ch.transpose(2, 0, 1), np.float32)
+    h, w = img.shape
+    grad = np.stack([cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3),
+                     cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)], -1).reshape(-1, 2)
+    ch = np.abs(grad @ _DIRECTIONS).reshape(h, w, N_ORIENT)  # g_k, [H, W, N]: one blur call
+    ch = cv2.GaussianBlur(ch, (0, 0), SPATIAL_SIGMA_PX).reshape(-1, N_ORIENT) @ _RING
+    ch /= np.sqrt(np.einsum("ij,ij->i", ch, ch))[:, None] + EPS
+    return np.ascontiguousarray(ch.reshape(h, w, N_ORIENT).transpose(2, 0, 1))
 
 
 def downsample(gray: np.ndarray, factor: int = STRUCTURE_FACTOR) -> np.ndarray:

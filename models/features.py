@@ -91,7 +91,9 @@ def match_mutual(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float = 0.85) ->
     a_idx = np.arange(len(desc_a))
     best = sim.argmax(axis=1)
     s_best = sim[a_idx, best]
-    back = sim.argmax(axis=0)  # best a for every b
+    # best a for every b: a second product read along its rows is several times faster
+    # than an argmax down the columns of the first
+    back = (desc_b.astype(np.float32) @ desc_a.astype(np.float32).T).argmax(axis=1)
     sim[a_idx, best] = -np.inf
     s_second = sim.max(axis=1)
     d_best = np.sqrt(np.maximum(2 - 2 * s_best, 0))

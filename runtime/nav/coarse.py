@@ -27,6 +27,7 @@ Ground that repeats within the view (a car park's bays, rows of panels or trees)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -171,14 +172,16 @@ class CoarseView:
 
 
 def coarse_search(view: CoarseView, window: StructureWindow, prior_en: np.ndarray,
-                  prior_radius_m: float, hypotheses: int = 1) -> list[CoarseMatch]:
+                  prior_radius_m: float, hypotheses: int = 1) -> Iterator[CoarseMatch]:
     """The view's likeliest places in `window` (see the module docstring), up to
     `hypotheses` of them, best first; none when the view is too small or blank, or no shift
-    keeps the nadir inside the prior circle. `prior_en`: [2] map E/N."""
+    keeps the nadir inside the prior circle. `prior_en`: [2] map E/N. Lazily: pass 2 runs
+    for a place only when it is asked for, so a caller that stops at the first place it
+    confirms pays for no other."""
     hv, wv = view.shape
     M = window.channels
     if not view.usable or M.shape[1] < hv or M.shape[2] < wv:
-        return []
+        return
     o, views, pooled = view.origin, view.views, view.pooled
     # Pass 1, at half the channels' resolution: every shift, every rotation.
     M4 = _pool(M)
@@ -190,7 +193,7 @@ def coarse_search(view: CoarseView, window: StructureWindow, prior_en: np.ndarra
     n = window.top_n_m - ((o[1] + 0.5) / 2 + py) * gsd4
     inside = np.hypot(e - prior_en[0], n - prior_en[1]) <= prior_radius_m
     if not inside.any():
-        return []
+        return
     S = np.stack([np.where(inside, coarse_map.scores(v), -np.inf)
                   if v is not None else np.full(inside.shape, -np.inf) for v in pooled])
     # Peaks of pass 1, best first, each at least SEPARATION_PX from the others; the first
@@ -206,15 +209,13 @@ def coarse_search(view: CoarseView, window: StructureWindow, prior_en: np.ndarra
             second = float(np.max(np.where(np.hypot(px - xi, py - yi) > EXCLUDE_PX / 2, rest,
                                            -np.inf)))
         rest[:, np.hypot(px - xi, py - yi) <= SEPARATION_PX / 2] = -np.inf
-    out = []
     for k, (yi, xi, score) in enumerate(peaks):
         top = second if k == 0 else peaks[0][2]
         ratio = score / top if np.isfinite(top) and top > 1e-6 else np.inf
         match = _refine(views, M, hv, wv, xi, yi, o, window, view.rotations_deg, ratio)
         if np.hypot(match.east_m - prior_en[0], match.north_m - prior_en[1]) \
                 <= prior_radius_m + 2 * gsd4:
-            out.append(match)
-    return out
+            yield match
 
 
 def self_similarity(view: CoarseView, region: np.ndarray | None = None) -> float:

@@ -19,14 +19,21 @@ on top); odometry goes to the CV filter as a velocity between consecutive frames
 (update_velocity), to the IMU filter as a displacement from the odometry's reference view,
 which the filter marks (mark, update_displacement), with the autopilot's altitude
 (update_altitude).
+
+Two stages run beside others, each on one worker thread, because they need only what is
+already there: the view's structure channels (coarse stage) while the encoder extracts its
+features, and odometry while the view is located. Results are the
+same as in sequence; the frame takes less time (benchmarks/bench_accuracy.py).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import chain
 
 import cv2
 import numpy as np
@@ -87,13 +94,15 @@ _MAP_BORDER_PX = 32  # the map's pixels read around where a finer view's feature
 
 @dataclass(frozen=True)
 class Look:
-    """A frame made ready for matching: its north-up view and that view's features; `fine`
-    and `fine_feats`: the same frame at a finer GSD (with the level's detail) and its
-    features, where `view` is small (FINE_VIEW_MIN_PX), else None."""
+    """A frame made ready for matching: its north-up view and that view's features;
+    `structure`: the view made ready for the coarse stage (None where a Localizer other than
+    this module's made it); `fine` and `fine_feats`: the same frame at a finer GSD (with the
+    level's detail) and its features, where `view` is small (FINE_VIEW_MIN_PX), else None."""
 
     level: int
     view: View
     feats: LocalFeatures
+    structure: CoarseView | None = None
     fine: View | None = None
     fine_feats: LocalFeatures | None = None
 
@@ -122,6 +131,7 @@ class Localizer:
         self._tile = lru_cache(maxsize=128)(self._load_tile)
         # the map's own pixels, to refine matched pairs on (runtime/nav/refine.py)
         self._pixels = pack.map_image if cfg.match.refine else None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyfix-look")
 
     def _load_tile(self, tile_id: int) -> Candidate:
         en, desc = self.pack.tile_features(tile_id)
@@ -144,7 +154,12 @@ class Localizer:
         if view is None:
             return Rejection(frame.t_ns, "no_view", "attitude or height above ground unusable")
         view = replace(view, ground_m=ground)
-        look = Look(level, view, self.encoder.extract(view.image, view.mask))
+        # the view's structure channels (coarse stage) are made while the encoder runs
+        coarse = self.cfg.match.coarse and level < len(self.pack.structure)
+        structure = self._worker.submit(CoarseView, view.image, view.mask, view.origin_px,
+                                        ROTATIONS_DEG if coarse else (0.0,))
+        feats = self.encoder.extract(view.image, view.mask)
+        look = Look(level, view, feats, structure.result())
         return self._finer(look, frame, tel)
 
     def _finer(self, look: Look, frame: Frame, tel: Telemetry) -> Look:
@@ -181,10 +196,8 @@ class Localizer:
         if count < self.cfg.match.min_inliers:
             return Rejection(t_ns, "few_features", f"{count} features in the view")
         coarse = self.cfg.match.coarse and look.level < len(self.pack.structure)
-        view = look.view
-        structure = CoarseView(view.image, view.mask, view.origin_px,
-                               ROTATIONS_DEG if coarse else (0.0,))
-        repeats = self._repeats(structure, t_ns)
+        view, structure = look.view, look.structure
+        repeats = self._repeats(self_similarity(structure), t_ns, "the view")
         if repeats is not None:
             return repeats
         if coarse and prior.source != "none":
@@ -207,22 +220,20 @@ class Localizer:
         if near is not None:  # the ground the inliers lie on, alone, must not repeat either
             region = np.zeros(view.mask.shape, np.uint8)
             cv2.fillConvexPoly(region, np.round(near.hull_px).astype(np.int32), 1)
-            repeats = self._repeats(structure, t_ns, region.astype(bool))
+            repeats = self._repeats(self_similarity(structure, region.astype(bool)), t_ns,
+                                    "the inliers' part of the view")
             if repeats is not None:
                 return repeats
         # a match of the finer view is judged on it (its residual in its own pixels)
         return judge_near(view if look.fine is None else look.fine, near, self.cfg.match)
 
-    def _repeats(self, structure: CoarseView, t_ns: int, region: np.ndarray | None = None
-                 ) -> Rejection | None:
-        """An "ambiguous" Rejection when the view's ground (inside `region`, the view's
-        pixels, when given) repeats: self-similarity at or over match.max_self_similarity."""
-        repeats = self_similarity(structure, region)
-        if not repeats >= self.cfg.match.max_self_similarity:
+    def _repeats(self, similarity: float, t_ns: int, where: str) -> Rejection | None:
+        """An "ambiguous" Rejection when the ground `where` repeats: its self-similarity
+        (coarse.self_similarity) at or over match.max_self_similarity."""
+        if not similarity >= self.cfg.match.max_self_similarity:
             return None
-        where = "the view" if region is None else "the inliers' part of the view"
         return Rejection(t_ns, "ambiguous", f"the ground repeats within {where} "
-                         f"(self-similarity {repeats:.2f})")
+                         f"(self-similarity {similarity:.2f})")
 
     def match_at(self, look: Look, place: CoarseMatch) -> NearMatch | None:
         """The fine match of the view's features near `place` (the 4 tiles of the view's
@@ -291,15 +302,18 @@ class Localizer:
         view, cfg = look.view, self.cfg.match
         reach = _half_diagonal_m(view)
         radii = [float(np.sqrt(np.linalg.eigvalsh(p.window_cov).max())) for p in windows]
-        places = []
-        for prior, radius in zip(windows, radii, strict=True):
-            window = self.pack.structure_window(look.level, prior.centre_en, radius + reach)
-            places += [] if window is None else coarse_search(
-                structure, window, prior.centre_en, radius, hypotheses=cfg.hypotheses)
-        if not places:
+        # the places, window by window, each refined only when the loop below reaches it
+        places = (place for prior, radius in zip(windows, radii, strict=True)
+                  for window in [self.pack.structure_window(look.level, prior.centre_en,
+                                                            radius + reach)]
+                  if window is not None
+                  for place in coarse_search(structure, window, prior.centre_en, radius,
+                                             hypotheses=cfg.hypotheses))
+        first = next(places, None)
+        if first is None:
             return Rejection(view.t_ns, "no_tiles", "no place for the view in the window")
         found = []
-        for coarse in places:
+        for coarse in chain([first], places):
             near = self.match_at(look, coarse)
             if near is None:
                 continue
@@ -361,6 +375,7 @@ class Navigator:
         self._down_m = 0.0  # NED down (-altitude AMSL) of the last frame's telemetry
         self._agl_m = 0.0  # height above ground of the last view
         self.odometry = VisualOdometry(cfg.odometry)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyfix-odometry")
         self.motion = MotionGate(gate=cfg.filter.nis_gate)  # fixes vs the autopilot's motion
         self.rejections: Counter[str] = Counter()
         self.last_fix_t_ns: int | None = None
@@ -403,11 +418,12 @@ class Navigator:
         turned = replace(tel, yaw_rad=tel.yaw_rad + np.radians(correction))
         look = self.localizer.look(frame, turned, prior)
         result, innovation, velocity = look, None, None
-        if isinstance(look, Look):
-            velocity = self.odometry.update(look.view, look.feats,
-                                            keyframes=self.filter_kind == "imu")
+        if isinstance(look, Look):  # odometry runs while the view is located
+            motion = self._worker.submit(self.odometry.update, look.view, look.feats,
+                                         keyframes=self.filter_kind == "imu")
             self._agl_m = look.view.agl_m
             result = self.localizer.locate(look, prior)
+            velocity = motion.result()
         if isinstance(result, Fix):  # its heading error against the reported heading
             result = replace(result, heading_err_deg=result.heading_err_deg + correction)
             result, innovation = self.fuse(result)

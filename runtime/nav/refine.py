@@ -62,13 +62,15 @@ def _affine(view: View, params: np.ndarray, origin: np.ndarray, image: MapImage)
     return (to_px @ to_map @ to_offset)[:2]
 
 
-def _peak(c: np.ndarray) -> tuple[int, int] | None:
-    """Whole-pixel (dx, dy) of the maximum of a correlation surface from its centre, or
-    None when the peak is too weak or on the edge of the search."""
-    y, x = np.unravel_index(int(np.argmax(c)), c.shape)
-    if c[y, x] < MIN_NCC or not (0 < y < c.shape[0] - 1 and 0 < x < c.shape[1] - 1):
-        return None
-    return int(x) - SEARCH_PX, int(y) - SEARCH_PX
+def _peaks(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([n, 2] whole-pixel (dx, dy) from the centre, [n] found) of the maxima of [n, h, w]
+    correlation surfaces; not found where the peak is too weak or on the search's edge."""
+    n, h, w = c.shape
+    flat = c.reshape(n, -1).argmax(1)
+    y, x = np.divmod(flat, w)
+    found = ((c.reshape(n, -1)[np.arange(n), flat] >= MIN_NCC)
+             & (0 < y) & (y < h - 1) & (0 < x) & (x < w - 1))
+    return np.column_stack([x, y]).astype(np.float64) - SEARCH_PX, found
 
 
 def _normalised(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,13 +156,13 @@ def refine_pairs(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarra
         v[idx] - r - s, u[idx] - r - s]
     keep = (templates.std(axis=(1, 2)) >= MIN_STD) & (searches.min(axis=(1, 2)) >= 0)
     idx, templates, searches = idx[keep], templates[keep], searches[keep]
-    peaks = [_peak(cv2.matchTemplate(S, T, cv2.TM_CCOEFF_NORMED))
-             for T, S in zip(templates, searches, strict=True)]
-    found = np.array([p is not None for p in peaks], bool)
+    if not len(idx):
+        return src, dst, 0
+    start, found = _peaks(np.stack([cv2.matchTemplate(S, T, cv2.TM_CCOEFF_NORMED)
+                                    for T, S in zip(templates, searches, strict=True)]))
     if not found.any():
         return src, dst, 0
-    start = np.array([p for p in peaks if p is not None], np.float64)
-    idx, templates = idx[found], templates[found]
+    idx, templates, start = idx[found], templates[found], start[found]
     centres = np.column_stack([u[idx], v[idx]]).astype(np.float64)
     shift, ok = _subpixel(warped, templates, centres, start)
     idx, centres, shift = idx[ok], centres[ok], shift[ok]

@@ -89,22 +89,22 @@ def test_coarse_respects_the_prior_and_refuses_blank_views():
     view = view_of(img, 300.0, 410.0, 0.0)
     ones = np.ones_like(view, bool)
     far = en_of(300.0, 410.0) + [150.0, 0.0]  # truth 150 m outside a 40 m prior circle
-    places = coarse_search(CoarseView(view, ones, CENTRE), window_of(img), far, 40.0,
-                           hypotheses=3)
+    places = list(coarse_search(CoarseView(view, ones, CENTRE), window_of(img), far, 40.0,
+                                hypotheses=3))
     assert len(places) == 3
     for c in places:
         assert np.hypot(c.east_m - far[0], c.north_m - far[1]) <= 40.0 + 4 * GSD
     blank = np.zeros_like(view, bool)
-    assert coarse_search(CoarseView(view, blank, CENTRE), window_of(img), far, 400.0) == []
+    assert not list(coarse_search(CoarseView(view, blank, CENTRE), window_of(img), far, 400.0))
     outside = np.array([1e5, 1e5])
-    assert coarse_search(CoarseView(view, ones, CENTRE), window_of(img), outside, 10.0) == []
+    assert not list(coarse_search(CoarseView(view, ones, CENTRE), window_of(img), outside, 10.0))
 
 
 def test_hypotheses_are_distinct_places_best_first():
     img = scene()
     view = view_of(img, 300.0, 410.0, 2.0)
-    places = coarse_search(CoarseView(view, np.ones_like(view, bool), CENTRE), window_of(img),
-                           en_of(300.0, 410.0), 100.0, hypotheses=3)
+    places = list(coarse_search(CoarseView(view, np.ones_like(view, bool), CENTRE),
+                                window_of(img), en_of(300.0, 410.0), 100.0, hypotheses=3))
     assert len(places) == 3
     first, *others = places
     assert np.hypot(*(np.array([first.east_m, first.north_m]) - en_of(300.0, 410.0))) < 1.5 * GSD
