@@ -9,8 +9,10 @@ ground resolution is gsd_m, with level attitude
 reported; the runtime's `Localizer` rectifies it, extracts features and matches it with
 the protocol's prior window. Scored: placed (accepted and the fix within PLACED_PX of the
 truth), accepted, wrong (accepted and more than WRONG_PX off), the median error of the
-placed views, view-side milliseconds (look + locate, one thread) and a PNG sheet of the
-failures per set (view | prior window of `a`, truth boxed | `a` where it was placed).
+placed views, view-side milliseconds (look + locate; libraries on one thread each, the
+view's structure channels made on the Localizer's worker thread while the encoder runs)
+and a PNG sheet of the failures per set (view | prior window of `a`, truth boxed | `a`
+where it was placed).
 Reachable: the views whose features the fine stage, seeded at the true place and rotation,
 matches with at least min_inliers inliers; a view that is not cannot be placed by any
 search, so the share tells a search or acceptance failure from one of the features.
