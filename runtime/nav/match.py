@@ -300,9 +300,12 @@ def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejec
 
 
 def same_place(a: TileMatch, b: TileMatch) -> bool:
-    """The two fixes' covariances explain their separation (RIVAL_CHI2)."""
+    """Two matches of one view whose own errors explain their separation (RIVAL_CHI2): the
+    part of each covariance that every match of the view shares (the reported attitude's
+    error, the map's warp: shared_cov_en_m2) moves both alike, so it explains none of it."""
     d = np.array([b.east_m - a.east_m, b.north_m - a.north_m])
-    return bool(d @ np.linalg.solve(a.cov_en_m2 + b.cov_en_m2, d) <= RIVAL_CHI2)
+    own = a.cov_en_m2 - a.shared_cov_en_m2 + b.cov_en_m2 - b.shared_cov_en_m2
+    return bool(d @ np.linalg.solve(own, d) <= RIVAL_CHI2)
 
 
 def weigh_rivals(t_ns: int, best: TileMatch, others: list[TileMatch], cfg: MatchConfig

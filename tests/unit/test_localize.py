@@ -253,6 +253,24 @@ def test_a_credible_rival_nearby_widens_the_error_bar_to_reach_it():
         assert isinstance(out, Fix) and np.allclose(out.cov_en_m2, np.eye(2))
 
 
+def test_what_every_match_of_the_view_shares_does_not_make_two_places_one():
+    """High up, each match claims 10 m for the attitude's error, but that error moves every
+    match of the view alike: a credible rival 10 m away, which their own 1 m^2 cannot
+    explain, still widens the fix to reach it."""
+    shared = 100.0 * np.eye(2)
+
+    def high(inliers, e, tid):
+        return replace(_tm(inliers, e, 0, tid=tid), cov_en_m2=np.eye(2) + shared,
+                       shared_cov_en_m2=shared)
+
+    out = judge(_View(), [high(100, 0.0, 0), high(95, 10.0, 1)], MatchConfig())
+    assert isinstance(out, Fix)
+    assert np.sqrt(out.cov_en_m2[0, 0]) >= np.hypot(10, 10)  # its own 10 m and the gap
+    assert out.cov_en_m2[1, 1] == pytest.approx(101)
+    out = judge(_View(), [high(100, 0.0, 0), high(95, 1.0, 1)], MatchConfig())
+    assert isinstance(out, Fix) and np.allclose(out.cov_en_m2, np.eye(2) + shared)
+
+
 def test_fix_altitude_is_the_pose_height_over_the_dem_ground():
     class OnDem(_View):
         ground_m = 180.0  # the DEM's height where the view's points were lifted from
