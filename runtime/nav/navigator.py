@@ -22,8 +22,8 @@ which the filter marks (mark, update_displacement), with the autopilot's altitud
 
 Two stages run beside others, each on one worker thread, because they need only what is
 already there: the view's structure channels (coarse stage) while the encoder extracts its
-features, and odometry while the view is located. Results are the
-same as in sequence; the frame takes less time (benchmarks/bench_accuracy.py).
+features, and odometry while the view is located. The results are those of running them
+in turn; the frame takes less time (benchmarks/bench_accuracy.py).
 """
 
 from __future__ import annotations
