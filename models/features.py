@@ -87,13 +87,14 @@ def match_mutual(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float = 0.85) ->
     """
     if len(desc_a) < 2 or len(desc_b) < 2:
         return np.zeros((0, 2), np.int64)
-    sim = desc_a.astype(np.float32) @ desc_b.astype(np.float32).T  # [Na, Nb]
+    desc_a, desc_b = desc_a.astype(np.float32), desc_b.astype(np.float32)
+    sim = desc_a @ desc_b.T  # [Na, Nb]
     a_idx = np.arange(len(desc_a))
     best = sim.argmax(axis=1)
     s_best = sim[a_idx, best]
     # best a for every b: a second product read along its rows is several times faster
     # than an argmax down the columns of the first
-    back = (desc_b.astype(np.float32) @ desc_a.astype(np.float32).T).argmax(axis=1)
+    back = (desc_b @ desc_a.T).argmax(axis=1)
     sim[a_idx, best] = -np.inf
     s_second = sim.max(axis=1)
     d_best = np.sqrt(np.maximum(2 - 2 * s_best, 0))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -133,6 +134,11 @@ class Localizer:
         self._pixels = pack.map_image if cfg.match.refine else None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyfix-look")
 
+    def _coarse(self, level: int) -> bool:
+        """Whether views of `level` go through the coarse stage (`match.coarse`, and the
+        pack has that level's structure channels)."""
+        return self.cfg.match.coarse and level < len(self.pack.structure)
+
     def _load_tile(self, tile_id: int) -> Candidate:
         en, desc = self.pack.tile_features(tile_id)
         heights = self.pack.terrain_m(en[:, 0], en[:, 1]) if self.pack.dem is not None else None
@@ -155,9 +161,8 @@ class Localizer:
             return Rejection(frame.t_ns, "no_view", "attitude or height above ground unusable")
         view = replace(view, ground_m=ground)
         # the view's structure channels (coarse stage) are made while the encoder runs
-        coarse = self.cfg.match.coarse and level < len(self.pack.structure)
         structure = self._worker.submit(CoarseView, view.image, view.mask, view.origin_px,
-                                        ROTATIONS_DEG if coarse else (0.0,))
+                                        ROTATIONS_DEG if self._coarse(level) else (0.0,))
         feats = self.encoder.extract(view.image, view.mask)
         look = Look(level, view, feats, structure.result())
         return self._finer(look, frame, tel)
@@ -195,7 +200,7 @@ class Localizer:
         count = len(feats if look.fine_feats is None else look.fine_feats)
         if count < self.cfg.match.min_inliers:
             return Rejection(t_ns, "few_features", f"{count} features in the view")
-        coarse = self.cfg.match.coarse and look.level < len(self.pack.structure)
+        coarse = self._coarse(look.level)
         view, structure = look.view, look.structure
         repeats = self._repeats(self_similarity(structure), t_ns, "the view")
         if repeats is not None:
@@ -234,6 +239,15 @@ class Localizer:
             return None
         return Rejection(t_ns, "ambiguous", f"the ground repeats within {where} "
                          f"(self-similarity {similarity:.2f})")
+
+    def _places(self, level: int, structure: CoarseView, windows: list[Prior],
+                radii: list[float], reach: float) -> Iterator[CoarseMatch]:
+        """The coarse places of each window in turn, each refined only when asked for."""
+        for prior, radius in zip(windows, radii, strict=True):
+            window = self.pack.structure_window(level, prior.centre_en, radius + reach)
+            if window is not None:
+                yield from coarse_search(structure, window, prior.centre_en, radius,
+                                         hypotheses=self.cfg.match.hypotheses)
 
     def match_at(self, look: Look, place: CoarseMatch) -> NearMatch | None:
         """The fine match of the view's features near `place` (the 4 tiles of the view's
@@ -302,13 +316,7 @@ class Localizer:
         view, cfg = look.view, self.cfg.match
         reach = _half_diagonal_m(view)
         radii = [float(np.sqrt(np.linalg.eigvalsh(p.window_cov).max())) for p in windows]
-        # the places, window by window, each refined only when the loop below reaches it
-        places = (place for prior, radius in zip(windows, radii, strict=True)
-                  for window in [self.pack.structure_window(look.level, prior.centre_en,
-                                                            radius + reach)]
-                  if window is not None
-                  for place in coarse_search(structure, window, prior.centre_en, radius,
-                                             hypotheses=cfg.hypotheses))
+        places = self._places(look.level, structure, windows, radii, reach)
         first = next(places, None)
         if first is None:
             return Rejection(view.t_ns, "no_tiles", "no place for the view in the window")
