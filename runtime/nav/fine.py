@@ -85,40 +85,41 @@ def _union(tiles: list[Candidate], gsd_m: float
     return en[first], desc[first], None if heights is None else heights[first], tiles[0].tile_id
 
 
-def near_pairs(pred: np.ndarray, en: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """([P], [P]) index pairs (view i, map j) with |pred[i] - en[j]| <= radius: map points
-    sorted by cells of side `radius`, each prediction against the 3 x 3 cells around its
-    own, a row of 3 cells being one run of the sorted keys."""
+def near_mutual(pred: np.ndarray, en: np.ndarray, desc_v: np.ndarray, desc_m: np.ndarray,
+                radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """([P], [P]) index pairs (view i, map j), in the order of i, each the other's most
+    similar (descriptor dot product) among the pairs with |pred[i] - en[j]| <= radius
+    (ties: the first). The view points are taken in square cells of side 2 radius, each
+    cell's against the map points within `radius` of it: a product and a distance test
+    over a small part of all the pairs, not all of them."""
+    side = 2.0 * radius
+    order_m = np.argsort(en[:, 1], kind="stable")  # map points by N: a row of cells' is a run
+    en, desc_m = en[order_m], desc_m[order_m]
     lo = np.minimum(pred.min(0), en.min(0))
-    p, m = (pred - lo) / radius, (en - lo) / radius  # in radii, >= 0
-    cp, cm = p.astype(np.int64) + 1, m.astype(np.int64) + 1  # cells, one of margin
-    width = int(max(cp[:, 0].max(), cm[:, 0].max())) + 2
-    key_m = cm[:, 1] * width + cm[:, 0]
-    order = np.argsort(key_m, kind="stable")
-    sorted_keys = key_m[order]
-    row = np.concatenate([(cp[:, 1] + dy) * width + cp[:, 0] for dy in (-1, 0, 1)])
-    a = np.searchsorted(sorted_keys, row - 1, side="left")
-    counts = np.searchsorted(sorted_keys, row + 1, side="right") - a
-    vi = np.repeat(np.tile(np.arange(len(p)), 3), counts)
-    j = np.arange(len(vi)) + np.repeat(a - np.cumsum(counts) + counts, counts)
-    m = m[order]
-    ok = (m[j, 0] - p[vi, 0]) ** 2 + (m[j, 1] - p[vi, 1]) ** 2 <= 1.0
-    return vi[ok], order[j[ok]]
-
-
-def mutual_best(vi: np.ndarray, mj: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate pairs (vi, mj) with similarities `sim` that are each other's best: the
-    best map point of view point vi whose best view point is vi (ties: the first pair)."""
-    if len(vi) == 0:
-        return vi, mj
-    best_v = np.full(int(vi.max()) + 1, -np.inf, sim.dtype)
-    best_m = np.full(int(mj.max()) + 1, -np.inf, sim.dtype)
-    np.maximum.at(best_v, vi, sim)
-    np.maximum.at(best_m, mj, sim)
-    k = np.flatnonzero((sim >= best_v[vi]) & (sim >= best_m[mj]))
-    k = k[np.unique(vi[k], return_index=True)[1]]
-    k = np.sort(k[np.unique(mj[k], return_index=True)[1]])
-    return vi[k], mj[k]
+    cell = ((pred - lo) // side).astype(np.int64)
+    key = cell[:, 1] * (int(cell[:, 0].max()) + 1) + cell[:, 0]
+    order_v = np.argsort(key, kind="stable")
+    starts = np.flatnonzero(np.diff(key[order_v], prepend=-1))
+    dtype = np.result_type(desc_v, desc_m)
+    best_v = np.full(len(pred), -np.inf, dtype)
+    arg_v = np.zeros(len(pred), np.int64)
+    best_m = np.full(len(en), -np.inf, dtype)
+    for rows in np.split(order_v, starts[1:]):
+        left, bottom = lo + cell[rows[0]] * side
+        s, e = np.searchsorted(en[:, 1], [bottom - radius, bottom + side + radius])
+        cols = s + np.flatnonzero(np.abs(en[s:e, 0] - (left + radius)) <= 2 * radius)
+        if not len(cols):
+            continue
+        d2 = ((pred[rows, 0, None] - en[None, cols, 0]) ** 2
+              + (pred[rows, 1, None] - en[None, cols, 1]) ** 2)
+        sim = np.where(d2 <= radius * radius, desc_v[rows] @ desc_m[cols].T, -np.inf)
+        j = sim.argmax(1)
+        best_v[rows], arg_v[rows] = sim[np.arange(len(rows)), j], cols[j]
+        best_m[cols] = np.maximum(best_m[cols], sim.max(0))
+    vi = np.flatnonzero(np.isfinite(best_v) & (best_v >= best_m[arg_v]))
+    mj = arg_v[vi]
+    first = np.sort(np.unique(mj, return_index=True)[1])  # one view point per map point
+    return vi[first], order_m[mj[first]]
 
 
 def vote_places(view: View, feats: LocalFeatures, tiles: list[Candidate],
@@ -184,9 +185,7 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
         return None
     en, desc = en[near], desc[near]
     heights = None if heights is None else heights[near]
-    sim = feats.descriptors @ desc.T  # [N, M]; one BLAS product beats gathering rows
-    vi, mi = near_pairs(pred, en, radius)
-    vi, mi = mutual_best(vi, mi, sim[vi, mi])
+    vi, mi = near_mutual(pred, en, feats.descriptors, desc, radius)
     origin = np.array([coarse.east_m, coarse.north_m])
     src, dst = xy[vi], en[mi] - origin
     fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m, _MIN_FIT)

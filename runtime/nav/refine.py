@@ -30,6 +30,7 @@ pose of a match already found.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -44,6 +45,7 @@ MIN_NCC = 0.6  # correlation of the whole-pixel peak
 MIN_STD = 2.0  # gray levels: flatter patches have no peak to find
 ITERATIONS = 3  # Gauss-Newton steps of the sub-pixel shift
 _INVALID = np.float32(-1e4)  # map pixels without imagery (any sum touching one goes negative)
+_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyfix-refine")
 
 # (level GSD m, (min E, min N, max E, max N)) -> the map's pixels there, or None
 MapPixels = Callable[[float, tuple[float, float, float, float]], MapImage | None]
@@ -121,6 +123,22 @@ def _subpixel(warped: np.ndarray, templates: np.ndarray, centres: np.ndarray,
     return shift, ok
 
 
+def _shifts(warped: np.ndarray, templates: np.ndarray, searches: np.ndarray,
+            centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([n, 2] shifts, [n] moved) of the [n, h, w] view patches `templates` at [n, 2] view
+    pixels `centres` in `warped`: the whole-pixel peak of their correlation with
+    `searches` (their search areas in it), then _subpixel from there."""
+    if not len(templates):
+        return np.zeros((0, 2)), np.zeros(0, bool)
+    start, found = _peaks(np.stack([cv2.matchTemplate(S, T, cv2.TM_CCOEFF_NORMED)
+                                    for T, S in zip(templates, searches, strict=True)]))
+    shift, ok = start, found
+    if found.any():
+        shift[found], ok[found] = _subpixel(warped, templates[found], centres[found],
+                                            start[found])
+    return shift, ok
+
+
 def refine_pairs(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
                  params: np.ndarray, pixels: MapPixels) -> tuple[np.ndarray, np.ndarray, int]:
     """(src, dst, pairs moved): [K, 2] view offsets (E, N metres from nadir) and map points
@@ -158,13 +176,13 @@ def refine_pairs(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarra
     idx, templates, searches = idx[keep], templates[keep], searches[keep]
     if not len(idx):
         return src, dst, 0
-    start, found = _peaks(np.stack([cv2.matchTemplate(S, T, cv2.TM_CCOEFF_NORMED)
-                                    for T, S in zip(templates, searches, strict=True)]))
-    if not found.any():
-        return src, dst, 0
-    idx, templates, start = idx[found], templates[found], start[found]
     centres = np.column_stack([u[idx], v[idx]]).astype(np.float64)
-    shift, ok = _subpixel(warped, templates, centres, start)
+    # the pairs are independent: half of them on the worker thread, half on this one
+    half = len(idx) // 2
+    other = _WORKER.submit(_shifts, warped, templates[half:], searches[half:], centres[half:])
+    (shift, ok), (shift2, ok2) = (_shifts(warped, templates[:half], searches[:half],
+                                          centres[:half]), other.result())
+    shift, ok = np.concatenate([shift, shift2]), np.concatenate([ok, ok2])
     idx, centres, shift = idx[ok], centres[ok], shift[ok]
     # the view pixel (u, v) lies where the warped map's pixel (u + dx, v + dy) does
     here = np.column_stack([(centres[:, 0] - ox) * g, (oy - centres[:, 1]) * g])

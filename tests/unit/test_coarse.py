@@ -19,8 +19,7 @@ from skyfix.runtime.nav.fine import (
     NearMatch,
     best_of,
     judge_near,
-    mutual_best,
-    near_pairs,
+    near_mutual,
     vote_places,
 )
 from skyfix.runtime.nav.match import Candidate, TileMatch
@@ -267,26 +266,26 @@ def test_the_same_place_reached_from_the_coarse_best_peak_is_the_one_weighed():
     assert best_of([strong, twin], CFG) is strong
 
 
-def test_near_pairs_and_mutual_best_against_brute_force():
+def test_near_mutual_against_brute_force():
     rng = np.random.default_rng(1)
     pred = rng.uniform(0, 100, (300, 2))
     en = rng.uniform(-10, 110, (500, 2))
-    vi, mj = near_pairs(pred, en, 7.0)
-    d = np.linalg.norm(pred[:, None] - en[None], axis=2)
-    want = set(zip(*np.nonzero(d <= 7.0), strict=True))
-    assert set(zip(vi.tolist(), mj.tolist(), strict=True)) == want and len(vi) == len(want)
     desc_v = rng.normal(size=(300, 8))
     desc_m = rng.normal(size=(500, 8))
     desc_v /= np.linalg.norm(desc_v, axis=1, keepdims=True)
     desc_m /= np.linalg.norm(desc_m, axis=1, keepdims=True)
-    sim = np.einsum("ij,ij->i", desc_v[vi], desc_m[mj])
-    bv, bm = mutual_best(vi, mj, sim)
+    d = np.linalg.norm(pred[:, None] - en[None], axis=2)
     full = np.where(d <= 7.0, desc_v @ desc_m.T, -np.inf)
     rows = np.flatnonzero(np.isfinite(full).any(1))
     best = full[rows].argmax(1)
     mutual = full[:, best].argmax(0) == rows
-    assert sorted(zip(bv.tolist(), bm.tolist(), strict=True)) == sorted(
-        zip(rows[mutual].tolist(), best[mutual].tolist(), strict=True))
+    want = list(zip(rows[mutual].tolist(), best[mutual].tolist(), strict=True))
+    vi, mj = near_mutual(pred, en, desc_v, desc_m, 7.0)
+    assert list(zip(vi.tolist(), mj.tolist(), strict=True)) == want and len(want) > 50
+    # a map point just inside the radius of a view point is its partner, one just outside not
+    pred, en = np.array([[0.0, 0.0], [50.0, 50.0]]), np.array([[6.99, 0.0], [50.0, 57.01]])
+    vi, mj = near_mutual(pred, en, np.ones((2, 1)), np.ones((2, 1)), 7.0)
+    assert vi.tolist() == [0] and mj.tolist() == [0]
 
 
 def _features_and_map(truth_en: np.ndarray, seed: int = 2):
