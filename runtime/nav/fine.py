@@ -93,7 +93,7 @@ def near_mutual(pred: np.ndarray, en: np.ndarray, desc_v: np.ndarray, desc_m: np
     cell's against the map points within `radius` of it: a product and a distance test
     over a small part of all the pairs, not all of them."""
     side = 2.0 * radius
-    order_m = np.argsort(en[:, 1], kind="stable")  # map points by N: a row of cells' is a run
+    order_m = np.argsort(en[:, 1], kind="stable")  # by N: a row of cells' map points, a run
     en, desc_m = en[order_m], desc_m[order_m]
     lo = np.minimum(pred.min(0), en.min(0))
     cell = ((pred - lo) // side).astype(np.int64)

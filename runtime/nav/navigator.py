@@ -193,10 +193,10 @@ class Localizer:
         search then features matched near it when the prior is a window and the pack has
         structure channels (`match.coarse`), else tiles retrieved and matched whole. A view
         of ground that repeats within it (coarse.self_similarity at or over
-        `match.max_self_similarity`) is refused as ambiguous, whatever the search found:
-        whatever the map, one period of it looks like the next; and so is a match whose
-        inliers all lie on such ground (the rest of the view, which would tell the periods
-        apart, unmatched)."""
+        `match.max_self_similarity`) is refused as ambiguous, whatever the search found (one
+        period of it looks like the next, whatever the map); and so is a match whose inliers
+        all lie on such ground (the rest of the view, which would tell the periods apart,
+        unmatched)."""
         t_ns, feats = look.view.t_ns, look.feats
         count = len(feats if look.fine_feats is None else look.fine_feats)
         if count < self.cfg.match.min_inliers:
