@@ -352,6 +352,10 @@ class DaemonConfig(Section):
     max_frame_age_s: float = key(2.0, "frames stamped further than this from the clock, not "
                                  "after the previous one, or frozen are refused", gt=0,
                                  le=3600)
+    blas_threads: int = key(1, "numpy's BLAS threads once the chain is built (0: as the "
+                            "environment sets them): the chain's stages run on threads of "
+                            "their own, and BLAS's on top contend for the same cores", ge=0,
+                            le=256)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from skyfix.maps.tilemap import TileMap
 from skyfix.maps.trusted import open_pack_and_encoder
@@ -111,7 +112,10 @@ def open_map(pack: Path | TileMap, cfg: Config) -> tuple[TileMap, Encoder, Local
 
 
 def build_chain(cfg: Config, pack: Path | TileMap, camera: CameraModel) -> Chain:
-    """The whole in-flight chain over the map pack `pack` for a camera `camera`."""
+    """The whole in-flight chain over the map pack `pack` for a camera `camera`; numpy's
+    BLAS is held to `daemon.blas_threads` from then on, for the whole process."""
+    if cfg.daemon.blas_threads:
+        threadpool_limits(cfg.daemon.blas_threads, user_api="blas")
     pack, encoder, frame = open_map(pack, cfg)
     return assemble(cfg, pack, frame, Localizer(pack, camera, encoder, cfg))
 
