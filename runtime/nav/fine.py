@@ -95,7 +95,7 @@ def near_mutual(pred: np.ndarray, en: np.ndarray, desc_v: np.ndarray, desc_m: np
     side = 2.0 * radius
     order_m = np.argsort(en[:, 1], kind="stable")  # by N: a row of cells' map points, a run
     en, desc_m = en[order_m], desc_m[order_m]
-    lo = np.minimum(pred.min(0), en.min(0))
+    lo = pred.min(0)
     cell = ((pred - lo) // side).astype(np.int64)
     key = cell[:, 1] * (int(cell[:, 0].max()) + 1) + cell[:, 0]
     order_v = np.argsort(key, kind="stable")

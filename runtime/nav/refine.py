@@ -130,12 +130,10 @@ def _shifts(warped: np.ndarray, templates: np.ndarray, searches: np.ndarray,
     `searches` (their search areas in it), then _subpixel from there."""
     if not len(templates):
         return np.zeros((0, 2)), np.zeros(0, bool)
-    start, found = _peaks(np.stack([cv2.matchTemplate(S, T, cv2.TM_CCOEFF_NORMED)
-                                    for T, S in zip(templates, searches, strict=True)]))
-    shift, ok = start, found
-    if found.any():
-        shift[found], ok[found] = _subpixel(warped, templates[found], centres[found],
-                                            start[found])
+    shift, ok = _peaks(np.stack([cv2.matchTemplate(S, T, cv2.TM_CCOEFF_NORMED)
+                                 for T, S in zip(templates, searches, strict=True)]))
+    if ok.any():  # from each whole-pixel peak found
+        shift[ok], ok[ok] = _subpixel(warped, templates[ok], centres[ok], shift[ok])
     return shift, ok
 
 
