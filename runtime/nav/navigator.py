@@ -193,25 +193,18 @@ class Localizer:
         search then features matched near it when the prior is a window and the pack has
         structure channels (`match.coarse`), else tiles retrieved and matched whole. A view
         of ground that repeats within it (coarse.self_similarity at or over
-        `match.max_self_similarity`) is refused as ambiguous, whatever the search found (one
-        period of it looks like the next, whatever the map); and so is a match whose inliers
-        all lie on such ground (the rest of the view, which would tell the periods apart,
-        unmatched)."""
+        `match.max_self_similarity`) is refused first, as ambiguous: whatever the map, one
+        period of it looks like the next; and so is a match whose inliers all lie on such
+        ground (the rest of the view, which would tell the periods apart, unmatched)."""
         t_ns, feats = look.view.t_ns, look.feats
         count = len(feats if look.fine_feats is None else look.fine_feats)
         if count < self.cfg.match.min_inliers:
             return Rejection(t_ns, "few_features", f"{count} features in the view")
-        # whether the view repeats is measured on the worker thread while the map is searched
-        similarity = self._worker.submit(self_similarity, look.structure)
-        result = self._search(look, prior)
-        repeats = self._repeats(similarity.result(), t_ns, "the view")
-        return result if repeats is None else repeats
-
-    def _search(self, look: Look, prior: Prior) -> Fix | Rejection:
-        """locate, less the check of the whole view's self-similarity."""
-        t_ns, feats = look.view.t_ns, look.feats
         coarse = self._coarse(look.level)
         view, structure = look.view, look.structure
+        repeats = self._repeats(self_similarity(structure), t_ns, "the view")
+        if repeats is not None:
+            return repeats
         if coarse and prior.source != "none":
             windows = [prior]
         else:

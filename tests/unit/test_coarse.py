@@ -172,8 +172,8 @@ def test_ground_that_repeats_is_self_similar_and_other_ground_is_not(ortho):
 
 
 def test_the_localizer_refuses_a_view_of_ground_that_repeats(ortho_pack):
-    """A camera frame of a car park, 120 m up: refused as ambiguous, whatever the map
-    holds (here the Vienna pack, which has no such car park) and its search finds."""
+    """A camera frame of a car park, 120 m up: refused as ambiguous before any matching,
+    whatever the map holds (here the Vienna pack, which has no such car park)."""
     spec = FlightSpec(agl_m=120.0)
     localizer = build_chain(Config(), ortho_pack, spec.camera).navigator.localizer
     gsd = 120.0 / spec.camera.fx
