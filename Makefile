@@ -114,6 +114,13 @@ train-deps: $(CORE)
 train: train-deps
 	$(BIN)/skyfix models train --config $(TRAIN_CONFIG)
 
+# Leave-one-set-out of configs/train.yaml's recipe on the pair sets: each set held out,
+# the weights trained on the others, both judged on it (~40 min on 2 CPU cores).
+.PHONY: bench-loso
+bench-loso: train-deps
+	$(BIN)/python benchmarks/bench_loso.py --pairs ../shared/data/multidate_pairs/*/ \
+		--out $(OUT)/bench/loso.json --work $(OUT)/bench/loso
+
 # The fuzz properties of tests/fuzz with FUZZ_LONG_FACTOR (50) times the suite's examples.
 .PHONY: fuzz
 fuzz: $(DEV)

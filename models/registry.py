@@ -23,13 +23,14 @@ def make_encoder(name: str, cfg: EncoderConfig = DEFAULTS,
                  view_px: int = DEFAULT_VIEW_PX) -> Encoder:
     """The encoder called `name` set up as `cfg` says, for views of at most `view_px` a
     side (rectify.max_view_px): "rootsift", "xfeat" (XFeat as published) or "xfeat-xd"
-    (XFeat with skyfix's cross-date head, `skyfix models train`)."""
+    (XFeat with skyfix's cross-date head, `skyfix models train`: cfg.trained_model, or the
+    shipped weights)."""
     if name == "rootsift":
         return RootSiftEncoder()
     if name in ("xfeat", "xfeat-xd"):
-        from skyfix.models.xfeat import DEFAULT_MODEL, XD_MODEL, XFeatEncoder
+        from skyfix.models.xfeat import DEFAULT_MODEL, XFeatEncoder
 
-        model = DEFAULT_MODEL if name == "xfeat" else XD_MODEL
+        model = DEFAULT_MODEL if name == "xfeat" else trained_weights(cfg)
         return XFeatEncoder(max_features=cfg.max_features, model_path=model,
                             backend=cfg.backend,
                             backend_opts=backend_options(cfg, model, view_px))
@@ -68,15 +69,29 @@ def encoder_for_id(encoder_id: str, cfg: EncoderConfig = DEFAULTS,
                    view_px: int = DEFAULT_VIEW_PX) -> Encoder:
     """The encoder whose `id` is `encoder_id` (as recorded in a map pack's manifest)."""
     for name in ENCODER_NAMES:
-        if _id_of(name) == encoder_id:
+        if _id_of(name, cfg) == encoder_id:
             return make_encoder(name, cfg, view_px)
     raise SkyfixError(f"map pack encoder {encoder_id!r} is not one this skyfix provides "
-                      f"({', '.join(_id_of(n) for n in ENCODER_NAMES)})")
+                      f"({', '.join(_id_of(n, cfg) for n in ENCODER_NAMES)}): a pack built "
+                      "with weights of your own needs encoder.trained_model set to them")
 
 
-def _id_of(name: str) -> str:
+def trained_weights(cfg: EncoderConfig = DEFAULTS) -> Path:
+    """The ONNX file of the cross-date encoder "xfeat-xd": cfg.trained_model, or the
+    shipped weights (skyfix.models.xfeat.XD_MODEL)."""
+    from skyfix.models.xfeat import XD_MODEL
+
+    if not cfg.trained_model:
+        return XD_MODEL
+    path = Path(cfg.trained_model).expanduser()
+    if not path.is_file():
+        raise SkyfixError(f"encoder.trained_model {path}: no such file")
+    return path
+
+
+def _id_of(name: str, cfg: EncoderConfig) -> str:
     """An encoder's id; the trained one's is in its manifest (read only when asked)."""
-    from skyfix.models.xfeat import XD_MODEL, XFEAT_ID
+    from skyfix.models.xfeat import XFEAT_ID
 
     if name == "rootsift":
         return RootSiftEncoder.id
@@ -84,4 +99,4 @@ def _id_of(name: str) -> str:
         return XFEAT_ID
     from skyfix.models.manifest import load_manifest
 
-    return load_manifest(XD_MODEL, verify=False).model_id
+    return load_manifest(trained_weights(cfg), verify=False).model_id

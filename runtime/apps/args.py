@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from skyfix.runtime.core.errors import SkyfixError
@@ -53,6 +54,9 @@ def add_pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", choices=ENCODER_NAMES, default=DEFAULT_ENCODER_NAME,
                    help="local-feature encoder the runtime will match with (default "
                         f"{DEFAULT_ENCODER_NAME})")
+    p.add_argument("--trained-model", type=Path, metavar="ONNX",
+                   help="with --encoder xfeat-xd: weights of your own (skyfix models train); "
+                        "fly the pack with encoder.trained_model set to the same file")
     p.add_argument("--georef-sigma", type=float, default=0.0, metavar="M",
                    help="the orthophoto's stated 1-sigma horizontal error against the world, "
                         "metres; every position flown on the pack claims it (default 0: not "
@@ -69,9 +73,12 @@ def add_pack_options(p: argparse.ArgumentParser) -> None:
 def pack_options(a: argparse.Namespace) -> dict:
     """build_pack's keyword arguments from the options of `add_pack_options`."""
     from skyfix.maps.build import INDEX_MIN_TILES
-    from skyfix.models.registry import make_encoder
+    from skyfix.models.registry import DEFAULTS, make_encoder
 
-    return dict(encoder=make_encoder(a.encoder), georef_sigma_m=a.georef_sigma,
+    if a.trained_model is not None and a.encoder != "xfeat-xd":
+        raise SkyfixError("--trained-model goes with --encoder xfeat-xd")
+    cfg = replace(DEFAULTS, trained_model=str(a.trained_model or ""))
+    return dict(encoder=make_encoder(a.encoder, cfg), georef_sigma_m=a.georef_sigma,
                 sign_key=a.sign_key, min_valid_fraction=a.min_valid,
                 index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
                 else a.index_min_tiles)

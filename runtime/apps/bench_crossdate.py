@@ -39,7 +39,7 @@ from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
 from skyfix.models.features import Encoder
 from skyfix.models.pair_sets import Pair, PairSet, read_pair, read_pair_set
-from skyfix.models.registry import ENCODER_NAMES, make_encoder
+from skyfix.models.registry import ENCODER_NAMES, make_encoder, trained_weights
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
@@ -245,7 +245,7 @@ def _summary(results: list[ViewResult], gsd_m: float | None) -> dict:
 def run_method(method: str, sets: list[PairSet], views: int, seed: int, work: Path,
                sheets: Path, cfg: Config) -> tuple[dict, list[ViewResult]]:
     per_set, all_results = {}, []
-    encoder = make_encoder(method)
+    encoder = make_encoder(method, cfg.encoder)
     for pset in sets:
         results: list[ViewResult] = []
         rows: list[np.ndarray] = []
@@ -287,16 +287,15 @@ def _short(d: dict) -> dict:
 
 
 def bench_crossdate(pair_dirs: list[Path], out: Path, views: int = 10, seed: int = 0,
-                    methods: list[str] | None = None, work: Path | None = None) -> dict:
-    """Run the benchmark and write `out` (JSON) and the failure sheets beside it."""
-    methods, sets, problems = read_sets(pair_dirs, views, methods)
+                    methods: list[str] | None = None, work: Path | None = None,
+                    trained_model: Path | None = None) -> dict:
+    """Run the benchmark and write `out` (JSON) and the failure sheets beside it.
+    `trained_model`: the weights method xfeat-xd runs (None: the shipped ones)."""
+    methods, sets, problems, cfg = read_sets(pair_dirs, views, methods, trained_model)
     out = Path(out)
     work = Path(work) if work is not None else out.parent / "crossdate-work"
     sheets = out.parent / f"{out.stem}_failures"
-    cv2.setNumThreads(1)
-    base = Config()
-    cfg = replace(base, encoder=replace(base.encoder, threads=1),
-                  match=replace(base.match, attitude_sigma_deg=ATTITUDE_SIGMA_DEG))
+    cfg = replace(cfg, match=replace(cfg.match, attitude_sigma_deg=ATTITUDE_SIGMA_DEG))
     report = {
         "benchmark": "crossdate", "default_method": default_method(), "views_per_pair": views,
         "seed": seed, "placed_px": PLACED_PX, "wrong_px": WRONG_PX,
@@ -313,16 +312,27 @@ def bench_crossdate(pair_dirs: list[Path], out: Path, views: int = 10, seed: int
     return report
 
 
-def read_sets(pair_dirs: list[Path], views: int, methods: list[str] | None
-              ) -> tuple[list[str], list[PairSet], list[str]]:
+def read_sets(pair_dirs: list[Path], views: int, methods: list[str] | None,
+              trained_model: Path | None = None
+              ) -> tuple[list[str], list[PairSet], list[str], Config]:
     """(methods, default filled in; the pair sets; one line per pair left out, each also
-    printed to stderr), after checking the arguments common to the pair-set benchmarks."""
+    printed to stderr; the configuration the benchmark runs: one thread, method xfeat-xd
+    with `trained_model` when given), after checking the arguments common to the pair-set
+    benchmarks."""
     if views < 1:
         raise SkyfixError(f"--views must be at least 1, got {views}")
     methods = methods or [default_method()]
     for m in methods:
         if m not in ENCODER_NAMES:
             raise SkyfixError(f"unknown method {m!r} (choose from {', '.join(ENCODER_NAMES)})")
+    if trained_model is not None and "xfeat-xd" not in methods:
+        raise SkyfixError("--trained-model is for method xfeat-xd, which is not asked for")
+    cv2.setNumThreads(1)
+    base = Config()
+    cfg = replace(base, encoder=replace(base.encoder, threads=1,
+                                        trained_model=str(trained_model or "")))
+    if trained_model is not None:
+        trained_weights(cfg.encoder)  # a missing file: said now, not after the first set
     sets, problems = [], []
     for d in pair_dirs:
         pset, bad = read_pair_set(d)
@@ -330,7 +340,7 @@ def read_sets(pair_dirs: list[Path], views: int, methods: list[str] | None
         problems += bad
     for line in problems:
         print(f"skyfix: skipped pair {line}", file=sys.stderr, flush=True)
-    return methods, sets, problems
+    return methods, sets, problems, cfg
 
 
 def machine() -> dict:

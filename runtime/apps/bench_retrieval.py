@@ -23,10 +23,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import rasterio
 from affine import Affine
@@ -95,10 +93,10 @@ def map_images(pset: PairSet, folder: Path) -> tuple[list[Path], dict[Path, Affi
     return tifs, transforms
 
 
-def _pack(pset: PairSet, method: str, tifs: list[Path], folder: Path) -> MapPack:
-    """The map pack of `tifs` built with `method` (kept in `folder`; rebuilt when it is of
-    other weights or damaged)."""
-    encoder = make_encoder(method)
+def _pack(pset: PairSet, method: str, tifs: list[Path], folder: Path, cfg: Config) -> MapPack:
+    """The map pack of `tifs` built with `method` as `cfg` sets it up (kept in `folder`;
+    rebuilt when it is of other weights or damaged)."""
+    encoder = make_encoder(method, cfg.encoder)
     path = folder / f"pack-{method}"
     if (path / "manifest.json").is_file():
         try:
@@ -126,7 +124,7 @@ def run_set(pset: PairSet, maps: tuple[list[Path], dict[Path, Affine]], method: 
     """One set's retrieval figures for `method` (module docstring); `maps`: map_images of
     the set, written into `folder`."""
     tifs, transforms = maps
-    pack = _pack(pset, method, tifs, folder)
+    pack = _pack(pset, method, tifs, folder, cfg)
     ids = np.arange(pack.region.tile_count[0])  # one level
     bounds, centres = pack.tile_bounds(ids), pack.tile_centers(ids)
     gallery = np.asarray(pack.descriptors[ids], np.float32)
@@ -184,14 +182,13 @@ def _overall(per_set: dict, registered: set[str]) -> dict:
 
 
 def bench_retrieval(pair_dirs: list[Path], out: Path, views: int = 10, seed: int = 0,
-                    methods: list[str] | None = None, work: Path | None = None) -> dict:
-    """Run the benchmark and write `out` (JSON)."""
-    methods, sets, problems = read_sets(pair_dirs, views, methods)
+                    methods: list[str] | None = None, work: Path | None = None,
+                    trained_model: Path | None = None) -> dict:
+    """Run the benchmark and write `out` (JSON). `trained_model`: the weights method
+    xfeat-xd runs (None: the shipped ones)."""
+    methods, sets, problems, cfg = read_sets(pair_dirs, views, methods, trained_model)
     out = Path(out)
     work = Path(work) if work is not None else out.parent / "retrieval-work"
-    cv2.setNumThreads(1)
-    base = Config()
-    cfg = replace(base, encoder=replace(base.encoder, threads=1))
     report = {
         "benchmark": "retrieval", "views_per_pair": views, "seed": seed,
         "positive": "a tile covering the ground under the view's centre",

@@ -17,7 +17,8 @@ def cmd_config_doc(a: argparse.Namespace) -> None:
 def cmd_bench_crossdate(a: argparse.Namespace) -> None:
     from skyfix.runtime.apps.bench_crossdate import bench_crossdate
 
-    report = bench_crossdate(a.pairs, a.out, a.views, a.seed, a.method)
+    report = bench_crossdate(a.pairs, a.out, a.views, a.seed, a.method,
+                             trained_model=a.trained_model)
     for name, m in report["methods"].items():
         print(f"{name}: {m['overall']}")
     print(f"wrote {a.out}")
@@ -26,7 +27,8 @@ def cmd_bench_crossdate(a: argparse.Namespace) -> None:
 def cmd_bench_retrieval(a: argparse.Namespace) -> None:
     from skyfix.runtime.apps.bench_retrieval import bench_retrieval
 
-    report = bench_retrieval(a.pairs, a.out, a.views, a.seed, a.method)
+    report = bench_retrieval(a.pairs, a.out, a.views, a.seed, a.method,
+                             trained_model=a.trained_model)
     for name, m in report["methods"].items():
         print(f"{name}: {m['overall']}")
     print(f"wrote {a.out}")
@@ -95,6 +97,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         bc.add_argument("--seed", type=int, default=0)
         bc.add_argument("--method", action="append", help="encoder (repeatable; default: the"
                         " map build default)")
+        bc.add_argument("--trained-model", type=Path, metavar="ONNX",
+                        help="weights of your own for method xfeat-xd (skyfix models train; "
+                             "default: the shipped ones)")
         bc.add_argument("--out", type=Path, default=Path(f"out/bench/{name}.json"))
         bc.set_defaults(func=func)
     cal = sub.add_parser("calibrate", help="camera intrinsics, camera mount and time offset")

@@ -88,6 +88,9 @@ class EncoderConfig(Section):
                         choices=("cpu", "cuda", "auto"))
     threads: int = key(0, "onnxruntime intra-op threads (0: onnxruntime decides)", ge=0, le=256)
     max_features: int = key(2048, "keypoints per frame for learned encoders", ge=16, le=100_000)
+    trained_model: str = key("", "ONNX file of the cross-date encoder xfeat-xd (skyfix models "
+                             "train writes one; its .json manifest beside it; empty: the "
+                             "shipped weights)")
     trt_precision: str = key("fp16", "TensorRT engine precision (int8: build the engine first "
                              "with skyfix models engine --calib)",
                              choices=("fp32", "fp16", "int8"))

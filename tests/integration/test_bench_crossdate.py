@@ -85,3 +85,35 @@ def test_bench_crossdate_rebuilds_a_kept_pack_of_other_weights(pair_set, tmp_pat
     assert report["methods"]["xfeat"]["sets"]["vienna_pairs"]["placed"] == 2
     assert json.loads((kept / "pack-xfeat" / "manifest.json").read_text())["encoder_id"] \
         == "xfeat-onnx-v1"
+
+
+def test_bench_crossdate_runs_weights_of_ones_own(pair_set, tmp_path, capsys):
+    """--trained-model: method xfeat-xd builds its packs with those weights and the
+    localiser flies them (their id, not the shipped one's); a missing file, or weights
+    for a method that does not take them, are one line."""
+    import shutil
+
+    from skyfix.models.manifest import manifest_path
+    from skyfix.models.xfeat import XD_MODEL
+
+    model = tmp_path / "mine" / "xfeat-xd.onnx"
+    model.parent.mkdir()
+    shutil.copy(XD_MODEL, model)
+    raw = json.loads(manifest_path(XD_MODEL).read_text())
+    manifest_path(model).write_text(json.dumps({**raw, "model_id": "mine-v1"}))
+    out = tmp_path / "bench" / "crossdate.json"
+    args = ["bench", "crossdate", "--pairs", str(pair_set), "--views", "2", "--out", str(out),
+            "--method", "xfeat-xd"]
+    assert main([*args, "--trained-model", str(model)]) == 0
+    kept = tmp_path / "bench" / "crossdate-work" / "vienna_pairs" / "p1" / "pack-xfeat-xd"
+    assert json.loads((kept / "manifest.json").read_text())["encoder_id"] == "mine-v1"
+    report = json.loads(out.read_text())
+    assert report["methods"]["xfeat-xd"]["sets"]["vienna_pairs"]["placed"] == 2
+    capsys.readouterr()
+    for bad, said in (([*args, "--trained-model", str(tmp_path / "gone.onnx")],
+                       "encoder.trained_model"),  # before any set is read
+                      ([*args[:-1], "xfeat", "--trained-model", str(model)],
+                       "--trained-model is for method xfeat-xd")):
+        assert main(bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"skyfix: error: {said}") and "\n" not in err

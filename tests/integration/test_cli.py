@@ -66,3 +66,12 @@ def test_shell_completion_knows_every_command(shell):
     assert proc.returncode == 0, proc.stderr
     for word in ("replay", "maps", "build", "verify", "closed-loop", "calibrate", "--gnss-off-at"):
         assert word in proc.stdout, word
+
+
+def test_trained_model_only_with_its_encoder(tmp_path, ortho_path):
+    proc = run_cli("maps", "build", str(ortho_path), "--out", str(tmp_path / "p"),
+                   "--trained-model", str(tmp_path / "mine.onnx"))
+    assert_one_line_error(proc, "--trained-model goes with --encoder xfeat-xd")
+    proc = run_cli("maps", "build", str(ortho_path), "--out", str(tmp_path / "p"),
+                   "--encoder", "xfeat-xd", "--trained-model", str(tmp_path / "mine.onnx"))
+    assert_one_line_error(proc, "encoder.trained_model")

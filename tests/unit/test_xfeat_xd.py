@@ -19,6 +19,7 @@ from skyfix.maps.pack import MapPack
 from skyfix.models.manifest import load_manifest, manifest_path
 from skyfix.models.registry import encoder_for_id, make_encoder
 from skyfix.models.xfeat import DEFAULT_MODEL, XD_MODEL, XFEAT_ID, XFeatEncoder
+from skyfix.runtime.core.config import EncoderConfig
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.files import file_sha256
 from skyfix.sim.sample import sample_ortho
@@ -130,3 +131,25 @@ def test_an_xd_pack_carries_the_embedding_beside_vlad(tmp_path):
     assert "\n" not in str(exc.value)
     # the plain XFeat encoder has no embedding, its packs none
     assert make_encoder("xfeat").embedding_dim == 0
+
+
+def test_weights_of_ones_own_through_encoder_trained_model(tmp_path):
+    """encoder.trained_model names the weights xfeat-xd runs; a pack of them opens only
+    with that key set; a missing file is one line."""
+    model = tmp_path / "mine" / "xfeat-xd.onnx"
+    model.parent.mkdir()
+    shutil.copy(XD_MODEL, model)
+    raw = json.loads(manifest_path(XD_MODEL).read_text())
+    raw["model_id"] = "mine-v1"
+    manifest_path(model).write_text(json.dumps(raw))
+    mine = EncoderConfig(trained_model=str(model))
+    enc = make_encoder("xfeat-xd", mine)
+    assert enc.id == "mine-v1" and enc.model_path == model
+    assert encoder_for_id("mine-v1", mine).model_path == model
+    assert encoder_for_id("skyfix-xd-v1").model_path == XD_MODEL  # the default: shipped
+    with pytest.raises(SkyfixError, match="encoder.trained_model") as exc:
+        encoder_for_id("mine-v1")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(SkyfixError, match="no such file") as exc:
+        make_encoder("xfeat-xd", EncoderConfig(trained_model=str(tmp_path / "gone.onnx")))
+    assert "\n" not in str(exc.value)
