@@ -17,7 +17,7 @@ of the trained weights' VLAD + embedding); and whether the trained weights place
 views and had fewer wrong among accepted (none accepted counts as none wrong; issue
 target: both, on every held-out set). Training resumes from each fold's checkpoint when
 rerun (`--work` keeps them), and a fold whose weights are a finished run of its settings
-is not trained again.
+is not trained again (its `train_wall_s` is then 0 and `trained_now` null).
 The research-only sets train the folds: the weights are for this measurement, never
 shipped. Needs the training extras (`make train-deps`).
 """
