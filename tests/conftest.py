@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -16,6 +20,19 @@ from skyfix.models.features import RootSiftEncoder
 from skyfix.sim.sample import sample_ortho
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_script(name: str) -> Iterator[ModuleType]:
+    """benchmarks/`name`.py loaded as a module, for a module-scoped fixture to yield; gone
+    from sys.modules (where dataclasses look their module up) afterwards."""
+    spec = importlib.util.spec_from_file_location(f"skyfix_bench_{name}",
+                                                  BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
 
 
 def shared_file(relative: str) -> Path:

@@ -4,14 +4,13 @@ and refuses a frame of somewhere the map does not cover."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import rasterio
+from conftest import benchmark_script
 from rasterio.windows import Window
 
 from skyfix.maps.build import build_pack
@@ -21,19 +20,13 @@ from skyfix.runtime.core.types import Fix, Frame, Telemetry
 from skyfix.runtime.nav.retrieve import NO_PRIOR, window_prior
 from skyfix.sim.flight import FlightSpec, PoseRenderer
 
-BASELINE = Path(__file__).resolve().parents[2] / "benchmarks" / "baseline.py"
 SPEC = FlightSpec(agl_m=100.0, photometric=False, noise_sigma=0.0)
 CROP = (300, 200, 640)  # col, row, size (px at 0.30 m) of the bundled ortho
 
 
 @pytest.fixture(scope="module")
 def baseline_module():
-    spec = importlib.util.spec_from_file_location("skyfix_bench_baseline", BASELINE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from benchmark_script("baseline")
 
 
 @pytest.fixture(scope="module")

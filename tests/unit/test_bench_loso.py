@@ -3,30 +3,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import benchmark_script
 
 from skyfix.models.train import TrainConfig
 from skyfix.models.train_data import Source
 from skyfix.runtime.core.errors import SkyfixError
 
-LOSO = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_loso.py"
-
 
 @pytest.fixture(scope="module")
 def loso():
-    spec = importlib.util.spec_from_file_location("skyfix_bench_loso", LOSO)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from benchmark_script("bench_loso")
 
 
 def _pair_set(root: Path, licence: str) -> Path:
