@@ -23,6 +23,22 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def weights_of_ones_own(folder: Path, model_id: str) -> Path:
+    """The shipped cross-date weights copied into `folder` as xfeat-xd.onnx, their manifest
+    beside them naming `model_id`: what `skyfix models train` leaves a user."""
+    import json
+
+    from skyfix.models.manifest import manifest_path
+    from skyfix.models.xfeat import XD_MODEL
+
+    model = folder / "xfeat-xd.onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(XD_MODEL, model)
+    raw = json.loads(manifest_path(XD_MODEL).read_text())
+    manifest_path(model).write_text(json.dumps({**raw, "model_id": model_id}))
+    return model
+
+
 def benchmark_script(name: str) -> Iterator[ModuleType]:
     """benchmarks/`name`.py loaded as a module, for a module-scoped fixture to yield; gone
     from sys.modules (where dataclasses look their module up) afterwards."""

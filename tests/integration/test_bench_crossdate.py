@@ -9,6 +9,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from conftest import weights_of_ones_own
 
 from skyfix.runtime.apps.cli import main
 
@@ -91,16 +92,7 @@ def test_bench_crossdate_runs_weights_of_ones_own(pair_set, tmp_path, capsys):
     """--trained-model: method xfeat-xd builds its packs with those weights and the
     localiser flies them (their id, not the shipped one's); a missing file, or weights
     for a method that does not take them, are one line."""
-    import shutil
-
-    from skyfix.models.manifest import manifest_path
-    from skyfix.models.xfeat import XD_MODEL
-
-    model = tmp_path / "mine" / "xfeat-xd.onnx"
-    model.parent.mkdir()
-    shutil.copy(XD_MODEL, model)
-    raw = json.loads(manifest_path(XD_MODEL).read_text())
-    manifest_path(model).write_text(json.dumps({**raw, "model_id": "mine-v1"}))
+    model = weights_of_ones_own(tmp_path / "mine", "mine-v1")
     out = tmp_path / "bench" / "crossdate.json"
     args = ["bench", "crossdate", "--pairs", str(pair_set), "--views", "2", "--out", str(out),
             "--method", "xfeat-xd"]

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import rasterio
+from conftest import weights_of_ones_own
 from rasterio.windows import Window
 
 from skyfix.maps.build import build_pack
@@ -136,12 +137,7 @@ def test_an_xd_pack_carries_the_embedding_beside_vlad(tmp_path):
 def test_weights_of_ones_own_through_encoder_trained_model(tmp_path):
     """encoder.trained_model names the weights xfeat-xd runs; a pack of them opens only
     with that key set; a missing file is one line."""
-    model = tmp_path / "mine" / "xfeat-xd.onnx"
-    model.parent.mkdir()
-    shutil.copy(XD_MODEL, model)
-    raw = json.loads(manifest_path(XD_MODEL).read_text())
-    raw["model_id"] = "mine-v1"
-    manifest_path(model).write_text(json.dumps(raw))
+    model = weights_of_ones_own(tmp_path / "mine", "mine-v1")
     mine = EncoderConfig(trained_model=str(model))
     enc = make_encoder("xfeat-xd", mine)
     assert enc.id == "mine-v1" and enc.model_path == model
