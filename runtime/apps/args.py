@@ -77,11 +77,21 @@ def pack_options(a: argparse.Namespace) -> dict:
 
     if a.trained_model is not None and a.encoder != "xfeat-xd":
         raise SkyfixError("--trained-model goes with --encoder xfeat-xd")
-    cfg = replace(DEFAULTS, trained_model=str(a.trained_model or ""))
+    cfg = replace(DEFAULTS, trained_model=trained_model_option(a.trained_model))
     return dict(encoder=make_encoder(a.encoder, cfg), georef_sigma_m=a.georef_sigma,
                 sign_key=a.sign_key, min_valid_fraction=a.min_valid,
                 index_min_tiles=INDEX_MIN_TILES if a.index_min_tiles is None
                 else a.index_min_tiles)
+
+
+def trained_model_option(path: Path | None) -> str:
+    """--trained-model as encoder.trained_model ("" when not given); a missing file is one
+    line naming the option, said before any work starts."""
+    if path is None:
+        return ""
+    if not path.is_file():
+        raise SkyfixError(f"--trained-model {path}: no such file")
+    return str(path)
 
 
 def log_to_stderr(verbose: bool = False) -> None:

@@ -39,7 +39,8 @@ from skyfix.maps.build import build_pack
 from skyfix.maps.pack import MapPack
 from skyfix.models.features import Encoder
 from skyfix.models.pair_sets import Pair, PairSet, read_pair, read_pair_set
-from skyfix.models.registry import ENCODER_NAMES, make_encoder, trained_weights
+from skyfix.models.registry import ENCODER_NAMES, make_encoder
+from skyfix.runtime.apps.args import trained_model_option
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
@@ -330,9 +331,7 @@ def read_sets(pair_dirs: list[Path], views: int, methods: list[str] | None,
     cv2.setNumThreads(1)
     base = Config()
     cfg = replace(base, encoder=replace(base.encoder, threads=1,
-                                        trained_model=str(trained_model or "")))
-    if trained_model is not None:
-        trained_weights(cfg.encoder)  # a missing file: said now, not after the first set
+                                        trained_model=trained_model_option(trained_model)))
     sets, problems = [], []
     for d in pair_dirs:
         pset, bad = read_pair_set(d)

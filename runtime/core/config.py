@@ -7,6 +7,8 @@ values whenever it is made, from YAML or in code), `configs/default.yaml` and th
 table (`skyfix config doc` writes both; a test keeps them in sync). Every key has a
 default, so an empty file (or none) is a valid configuration. An unknown key, a value of
 the wrong type or out of its range is an error that names the key (`filter.rate_hz`).
+Keys declared `path=True` name files or folders; in a config file, relative ones are taken
+from that file's folder.
 
 YAML is read with limits: at most 1 MB, no aliases (a few anchors can expand into
 gigabytes), nesting at most 64 deep.
@@ -29,15 +31,18 @@ from skyfix.runtime.core.files import read_yaml
 
 def key(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
         le: float | None = None, lt: float | None = None,
-        choices: tuple[str, ...] | None = None) -> Any:
-    """A config key: `default`, one sentence `doc`, and its bounds or allowed values."""
+        choices: tuple[str, ...] | None = None, path: bool = False) -> Any:
+    """A config key: `default`, one sentence `doc`, and its bounds or allowed values;
+    `path`: a file or folder, which a config file names relative to its own folder."""
     return field(default=default, metadata={"doc": doc, "ge": ge, "gt": gt, "le": le,
-                                            "lt": lt, "choices": choices})
+                                            "lt": lt, "choices": choices, "path": path})
 
 
 def bounds_text(f: dataclasses.Field) -> str:
     """The allowed values of a key, as written in the docs: "0 < x <= 100", "a | b"."""
     m = f.metadata
+    if m.get("path"):
+        return "path (relative to the config file)"
     if m.get("choices"):
         return " | ".join(m["choices"])
     low = (f"{m['ge']:g} <= " if m.get("ge") is not None
@@ -90,12 +95,12 @@ class EncoderConfig(Section):
     max_features: int = key(2048, "keypoints per frame for learned encoders", ge=16, le=100_000)
     trained_model: str = key("", "ONNX file of the cross-date encoder xfeat-xd (skyfix models "
                              "train writes one; its .json manifest beside it; empty: the "
-                             "shipped weights)")
+                             "shipped weights)", path=True)
     trt_precision: str = key("fp16", "TensorRT engine precision (int8: build the engine first "
                              "with skyfix models engine --calib)",
                              choices=("fp32", "fp16", "int8"))
     engine_cache_dir: str = key("", "TensorRT engine cache folder (empty: "
-                                "~/.cache/skyfix/engines)")
+                                "~/.cache/skyfix/engines)", path=True)
 
 
 @dataclass(frozen=True)
@@ -274,13 +279,13 @@ class OutputConfig(Section):
     max_sigma_m: float = key(50.0, "never claim a 3D fix with a larger 1-sigma", gt=0,
                              le=100_000)
     signing_key: str = key("", "MAVLink 2 signing key file (32 bytes, mode 0600); empty: "
-                           "unsigned")
+                           "unsigned", path=True)
     refuse_unsigned: bool = key(False, "with a key: drop unsigned input (bad signatures "
                                 "always are)")
     signing_link_id: int = key(0, "link id stamped into our signatures", ge=0, le=255)
     signing_state: str = key("", "file keeping our signing timestamp across restarts (empty: "
                              "$STATE_DIRECTORY/signing_timestamp under systemd, else "
-                             "~/.local/state/skyfix/signing_timestamp)")
+                             "~/.local/state/skyfix/signing_timestamp)", path=True)
 
 
 @dataclass(frozen=True)
@@ -322,7 +327,8 @@ class GnssConfig(Section):
 class CameraConfig(Section):
     source: str = key("0", "V4L2 index (0), GStreamer pipeline (contains !), rtsp:// URL or "
                       "a video file")
-    calibration: str = key("", "camera.yaml (intrinsics + distortion); required by skyfix run")
+    calibration: str = key("", "camera.yaml (intrinsics + distortion); required by skyfix run",
+                           path=True)
     width: int = key(0, "requested capture width (0: the device's default)", ge=0, le=16384)
     height: int = key(0, "requested capture height (0: the device's default)", ge=0,
                       le=16384)
@@ -333,7 +339,8 @@ class CameraConfig(Section):
 
 @dataclass(frozen=True)
 class DaemonConfig(Section):
-    map: str = key("", "map pack folder (plain or sharded); required by skyfix run")
+    map: str = key("", "map pack folder (plain or sharded); required by skyfix run",
+                   path=True)
     map_budget_mb: int = key(256, "memory a sharded map pack's loaded shards may hold; "
                              "the least recently used shard is dropped first", ge=16,
                              le=65_536)
@@ -380,7 +387,7 @@ class TrustConfig(Section):
     it over their manifest (`skyfix maps build --sign-key`, `skyfix models sign`)."""
 
     public_key: str = key("", "trusted Ed25519 public key (PEM) that packs and models must "
-                          "be signed with; empty: signatures are not checked")
+                          "be signed with; empty: signatures are not checked", path=True)
 
 
 @dataclass(frozen=True)
@@ -433,7 +440,22 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
 
 
 def load_config(path: Path | None = None) -> Config:
-    """The configuration in `path` (YAML), defaults for everything it leaves out."""
+    """The configuration in `path` (YAML), defaults for everything it leaves out. A file or
+    folder it names by a relative path is taken from the config file's folder (a daemon's
+    working directory is not the config's), `~` as the user's home."""
     if path is None:
         return Config()
-    return _build(Config, read_yaml(Path(path), "config file"), "")
+    return _paths_from(_build(Config, read_yaml(Path(path), "config file"), ""),
+                       Path(path).parent)
+
+
+def _paths_from(section: Any, base: Path) -> Any:
+    """`section` with its non-empty path keys resolved from `base` (nested sections too)."""
+    changes = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            changes[f.name] = _paths_from(value, base)
+        elif f.metadata.get("path") and value:
+            changes[f.name] = str(base / Path(value).expanduser())
+    return dataclasses.replace(section, **changes)

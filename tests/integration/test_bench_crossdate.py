@@ -103,7 +103,8 @@ def test_bench_crossdate_runs_weights_of_ones_own(pair_set, tmp_path, capsys):
     assert report["methods"]["xfeat-xd"]["sets"]["vienna_pairs"]["placed"] == 2
     capsys.readouterr()
     for bad, said in (([*args, "--trained-model", str(tmp_path / "gone.onnx")],
-                       "encoder.trained_model"),  # before any set is read
+                       f"--trained-model {tmp_path / 'gone.onnx'}: no such file"),  # before
+                      # any set is read
                       ([*args[:-1], "xfeat", "--trained-model", str(model)],
                        "--trained-model is for method xfeat-xd")):
         assert main(bad) == 2

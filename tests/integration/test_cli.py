@@ -74,4 +74,4 @@ def test_trained_model_only_with_its_encoder(tmp_path, ortho_path):
     assert_one_line_error(proc, "--trained-model goes with --encoder xfeat-xd")
     proc = run_cli("maps", "build", str(ortho_path), "--out", str(tmp_path / "p"),
                    "--encoder", "xfeat-xd", "--trained-model", str(tmp_path / "mine.onnx"))
-    assert_one_line_error(proc, "encoder.trained_model")
+    assert_one_line_error(proc, f"--trained-model {tmp_path / 'mine.onnx'}: no such file")

@@ -62,3 +62,22 @@ def test_missing_config_file(tmp_path):
 def test_an_error_quoting_multi_line_text_stays_one_line():
     err = SkyfixError("pack.npy is not readable (Header info length is large.\nTo allow\n it)")
     assert str(err) == "pack.npy is not readable (Header info length is large. To allow it)"
+
+
+def test_relative_paths_are_taken_from_the_config_files_folder(tmp_path, monkeypatch):
+    """A daemon's working directory (systemd: /) is not where its config lives."""
+    folder = tmp_path / "etc" / "skyfix"
+    folder.mkdir(parents=True)
+    p = folder / "skyfix.yaml"
+    p.write_text("daemon:\n  map: maps/vienna\n  link: udpin:0.0.0.0:14550\n"
+                 "camera:\n  calibration: ../camera.yaml\n  source: '0'\n"
+                 f"encoder:\n  trained_model: {tmp_path / 'w.onnx'}\n"
+                 "trust:\n  public_key: ~/keys/pack.pem\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(Path("etc/skyfix/skyfix.yaml"))
+    assert Path(cfg.daemon.map) == Path("etc/skyfix/maps/vienna")
+    assert Path(cfg.camera.calibration).resolve() == tmp_path / "etc" / "camera.yaml"
+    assert cfg.encoder.trained_model == str(tmp_path / "w.onnx")  # absolute: as written
+    assert cfg.trust.public_key == str(Path.home() / "keys" / "pack.pem")
+    assert cfg.daemon.link == "udpin:0.0.0.0:14550" and cfg.camera.source == "0"  # not paths
+    assert cfg.encoder.engine_cache_dir == ""  # unset stays unset: the default applies
