@@ -59,6 +59,7 @@ from skyfix.maps.manifest import FORMAT, MANIFEST, Manifest
 from skyfix.maps.pack import index_file
 from skyfix.maps.pixels import ORTHO_FILE
 from skyfix.maps.structure import STRUCTURE_FACTOR, structure_file, write_structure
+from skyfix.maps.survey_points import SURVEY_POINTS_FILE, SurveyPoints
 from skyfix.maps.tiles import (
     CHUNK_TILES,
     MASK_ERODE_PX,
@@ -129,7 +130,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder | None = None
                on_progress: Callable[[BuildProgress], None] | None = None,
                extract: Callable[..., list[Path]] = extract_chunks,
                min_valid_fraction: float = MIN_VALID_FRACTION,
-               sign_key: Path | None = None, georef_sigma_m: float = 0.0) -> Path:
+               sign_key: Path | None = None, georef_sigma_m: float = 0.0,
+               survey_points: SurveyPoints | None = None) -> Path:
     """Write the map pack of `orthos` to the folder `out` and return `out`.
 
     `encoder`: the local features (default: DEFAULT_ENCODER_NAME with its default settings);
@@ -147,6 +149,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder | None = None
     `georef_sigma_m`: the orthophoto's own 1-sigma horizontal error against the world, per
     axis, as its producer states it (0: not stated); every estimate flown on the pack
     claims it on top of the filter's covariance (runtime/nav/filter.estimate_at).
+    `survey_points`: the sparse points of the survey the orthophoto was made from
+    (`maps survey`), kept in the pack as SURVEY_POINTS_FILE.
     Raises SkyfixError (one line) for unusable input.
     """
     out, paths = Path(out), [Path(p) for p in orthos]
@@ -170,6 +174,8 @@ def build_pack(orthos: Sequence[Path], out: Path, encoder: Encoder | None = None
               "index_min_tiles": int(index_min_tiles), "chunk_tiles": CHUNK_TILES, "seed": SEED,
               "min_valid_fraction": float(min_valid_fraction)}
     prepare_work(work, params)
+    if survey_points is not None:  # listed in the manifest with the files _build makes
+        survey_points.save(work / SURVEY_POINTS_FILE)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             manifest = _build(work, paths, dem, encoder, gsds_m, tile_px, overlap, codebook_k,

@@ -3,7 +3,8 @@
     SurveyFrames --SfM with GNSS priors (survey_sfm)--> SurveyModel
     --robust plane through the sparse points, or a DEM (survey_mosaic)--> GroundSurface
     --orthorectify + feathered blend--> OUT.survey/mosaic.tif (UTM, GeoTIFF)
-    --maps.build.build_pack--> OUT (the normal map pack)
+    --maps.build.build_pack--> OUT (the normal map pack, with the SfM's points and their
+    descriptors: survey_points.npz)
 
 Beside the pack, in the folder `OUT.survey`, go the mosaic, the refined camera
 (camera.yaml, OpenCV FileStorage: replay the repeat flight with `--camera` it) and
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.survey_mosaic import fit_plane, grid_for, ground_surface, mosaic
-from skyfix.maps.survey_sfm import GeorefError, SurveyFrames, reconstruct
+from skyfix.maps.survey_points import SurveyPoints
+from skyfix.maps.survey_sfm import SFM_MAX_PX, GeorefError, SurveyFrames, reconstruct
 from skyfix.runtime.core.errors import SkyfixError
 
 DEFAULT_GSD_M = 0.25  # mosaic resolution; the pack's levels are this and twice it
@@ -70,8 +72,12 @@ def build_survey_pack(frames: SurveyFrames, out: Path, gsd_m: float = DEFAULT_GS
     # ragged edges: a survey mosaic is not a rectangle, so tiles may be a quarter imagery
     # the map's own error against the world (its camera centres against the GNSS, 2-D RMS,
     # taken per axis: on the safe side) is claimed by every position flown on it
+    # the SfM's points go into the pack: a frame is registered against them in six degrees
+    # of freedom (runtime/nav/register3d.py)
+    points = SurveyPoints(model.points_m, model.descriptors, model.descriptor_point,
+                          SFM_MAX_PX)
     build_pack([ortho], out, force=force, progress=progress, min_valid_fraction=0.25,
-               georef_sigma_m=model.georef.horizontal_rms_m)
+               georef_sigma_m=model.georef.horizontal_rms_m, survey_points=points)
     wall["pack_s"] = time.perf_counter() - t0
     report = {
         "format": REPORT_FORMAT,

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from rasterio.crs import CRS
 
+from skyfix.maps.survey_points import sift_options
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import (
@@ -117,6 +118,9 @@ class SurveyModel:
     poses: tuple[SurveyPose, ...]
     points_m: np.ndarray  # [P, 3] sparse points, world metres
     georef: GeorefError
+    # [M, 128] uint8 COLMAP SIFT of every observation of a point, and [M] the point of each
+    descriptors: np.ndarray = field(default_factory=lambda: np.zeros((0, 128), np.uint8))
+    descriptor_point: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
 
 def reconstruct(frames: SurveyFrames, work: Path | None = None, threads: int = 2,
@@ -156,10 +160,7 @@ def _reconstruct(pycolmap, frames: SurveyFrames, work: Path, threads: int,
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = "SIMPLE_RADIAL"  # COLMAP pixel centres are at +0.5
     reader.camera_params = f"{cam.fx},{cam.cx + 0.5},{cam.cy + 0.5},0"
-    extract = pycolmap.FeatureExtractionOptions()
-    extract.max_image_size = SFM_MAX_PX
-    extract.sift.max_num_features = SFM_MAX_FEATURES
-    extract.num_threads = threads
+    extract = sift_options(pycolmap, SFM_MAX_PX, SFM_MAX_FEATURES, threads)
     pycolmap.extract_features(db_path, root, names, camera_mode=pycolmap.CameraMode.SINGLE,
                               reader_options=reader, extraction_options=extract)
     steps.update()
@@ -207,7 +208,7 @@ def _reconstruct(pycolmap, frames: SurveyFrames, work: Path, threads: int,
     rec = second if second.num_reg_images() >= first.num_reg_images() else first
     steps.update()
     steps.close()
-    return _georeference(rec, names, frames, origin, dt)
+    return _georeference(rec, names, frames, origin, dt, db_path)
 
 
 def _write_priors(pycolmap, db_path: Path, names: list[str], positions: np.ndarray) -> None:
@@ -240,9 +241,10 @@ def _map(pycolmap, db_path: Path, root: Path, work: Path, options, n: int):
 
 
 def _georeference(rec, names: list[str], frames: SurveyFrames, origin: np.ndarray,
-                  dt0: float) -> SurveyModel:
+                  dt0: float, db_path: Path) -> SurveyModel:
     """The model of `rec` on the GNSS positions at the photo times + `dt0` (+ what is left
-    of the clock offset, fitted again)."""
+    of the clock offset, fitted again), with the descriptors of its points' observations
+    from the database at `db_path`."""
     n = len(names)
     images = sorted(rec.images.values(), key=lambda im: names.index(im.name))
     if len(images) < max(MIN_FRAMES, MIN_REGISTERED_SHARE * n):
@@ -265,6 +267,7 @@ def _georeference(rec, names: list[str], frames: SurveyFrames, origin: np.ndarra
                                 gnss[k] + origin))
     pts = np.array([p.xyz for p in rec.points3D.values()]).reshape(-1, 3)
     points = pts @ (s * R).T + t + origin
+    descriptors, descriptor_point = _observations(rec, db_path)
     c = next(iter(rec.cameras.values()))
     f, cx, cy, k1 = (float(v) for v in c.params)
     camera = CameraModel(int(c.width), int(c.height), f, f, cx - 0.5, cy - 0.5,
@@ -278,7 +281,24 @@ def _georeference(rec, names: list[str], frames: SurveyFrames, origin: np.ndarra
                              frames.crs, *frames.enu_m[:, :2].mean(0))))
     log.info("SfM placed %d of %d photos; georeferencing error %.2f m RMS", len(images), n,
              georef.horizontal_rms_m)
-    return SurveyModel(frames.crs, camera, tuple(poses), points, georef)
+    return SurveyModel(frames.crs, camera, tuple(poses), points, georef, descriptors,
+                       descriptor_point)
+
+
+def _observations(rec, db_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """([M, 128] uint8 descriptors, [M] int32 point index in `rec.points3D`'s order) of
+    every observation of every point of `rec`."""
+    import pycolmap
+
+    desc, point, cache = [], [], {}
+    with pycolmap.Database.open(db_path) as db:
+        for k, p in enumerate(rec.points3D.values()):
+            for el in p.track.elements:
+                if el.image_id not in cache:
+                    cache[el.image_id] = np.asarray(db.read_descriptors(el.image_id).data)
+                desc.append(cache[el.image_id][el.point2D_idx])
+                point.append(k)
+    return (np.asarray(desc, np.uint8).reshape(-1, 128), np.asarray(point, np.int32))
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ from rasterio.errors import RasterioError
 from skyfix.maps.dem import terrain_lookup
 from skyfix.maps.pixels import ORTHO_FILE, MapImage, crop_map_image, read_map_image
 from skyfix.maps.structure import StructureWindow, crop_structure
+from skyfix.maps.survey_points import SURVEY_POINTS_FILE
 from skyfix.models.features import global_descriptor
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import grid_convergence_deg
@@ -79,6 +80,13 @@ class TileMap(ABC):
     @property
     def encoder_id(self) -> str:
         return self.region.encoder_id
+
+    @property
+    def survey_points_file(self) -> Path | None:
+        """The survey's sparse points (maps/survey_points.py) where the pack was made by
+        `maps survey` and carries them, else None."""
+        listed = SURVEY_POINTS_FILE in self.region.files
+        return self.path / SURVEY_POINTS_FILE if listed else None
 
     @abstractmethod
     def tiles_near(self, centre_en: np.ndarray, half_e_m: float, half_n_m: float) -> np.ndarray:

@@ -192,6 +192,10 @@ class MatchConfig(Section):
                                 "runner-up) -> rejected", ge=0, le=1000)
     max_residual_px: float = key(4.0, "inlier residual RMS above this -> rejected", gt=0,
                                  le=1000)
+    survey_3d: bool = key(True, "on a pack made by maps survey: register the whole frame "
+                          "against the survey's 3-D points first (position and attitude; "
+                          "runtime/nav/register3d.py), the view against the mosaic where that "
+                          "fails")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@
                                   features -> odometry -> velocity -> filter
 
 `Localizer` turns one frame into a view and its features (`look`), then a fix or a
-counted rejection given a prior (`locate`); `Navigator` feeds the views' motion (visual
-odometry) to the filter, and decides the prior: the filter's own
+counted rejection given a prior (`locate`; on a pack made by `maps survey`, the whole frame
+registered against the survey's 3-D points first: `register3d`); `Navigator` feeds the
+views' motion (visual odometry) to the filter, and decides the prior: the filter's own
 estimate while it is tracking, the aircraft's GNSS while that may be used, else a
 search of the whole pack. A filter is started only by two fixes that agree with each other,
 and reset (back to a global search) when it keeps refusing fixes.
@@ -28,6 +29,8 @@ in turn; the frame takes less time (benchmarks/bench_accuracy.py).
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,6 +42,7 @@ from itertools import chain
 import cv2
 import numpy as np
 
+from skyfix.maps.survey_points import SurveyPoints
 from skyfix.maps.tilemap import TileMap
 from skyfix.models.features import Encoder, LocalFeatures
 from skyfix.runtime.core.camera import CameraModel
@@ -68,7 +72,10 @@ from skyfix.runtime.nav.match import Candidate, locate, weigh_rivals
 from skyfix.runtime.nav.motion import MotionGate
 from skyfix.runtime.nav.odometry import VelocityObservation, VisualOdometry
 from skyfix.runtime.nav.rectify import rectify, view_px_to_offset_m, with_detail_of
+from skyfix.runtime.nav.register3d import Registrar
 from skyfix.runtime.nav.retrieve import NO_PRIOR, Prior, retrieve, window_prior
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ class Look:
     """A frame made ready for matching: its north-up view and that view's features;
     `structure`: the view made ready for the coarse stage (None where a Localizer other than
     this module's made it); `fine` and `fine_feats`: the same frame at a finer GSD (with the
-    level's detail) and its features, where `view` is small (FINE_VIEW_MIN_PX), else None."""
+    level's detail) and its features, where `view` is small (FINE_VIEW_MIN_PX), else None;
+    `frame`: the frame's image, kept where the pack has survey points (register3d)."""
 
     level: int
     view: View
@@ -106,6 +114,7 @@ class Look:
     structure: CoarseView | None = None
     fine: View | None = None
     fine_feats: LocalFeatures | None = None
+    frame: np.ndarray | None = None  # the frame itself, where it is registered in 3-D
 
 
 def with_height_above_ground(tel: Telemetry, ground_m: float) -> Telemetry:
@@ -133,6 +142,7 @@ class Localizer:
         # the map's own pixels, to refine matched pairs on (runtime/nav/refine.py)
         self._pixels = pack.map_image if cfg.match.refine else None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyfix-look")
+        self._registrar = _registrar(pack, camera, cfg)
 
     def _coarse(self, level: int) -> bool:
         """Whether views of `level` go through the coarse stage (`match.coarse`, and the
@@ -164,7 +174,8 @@ class Localizer:
         structure = self._worker.submit(CoarseView, view.image, view.mask, view.origin_px,
                                         ROTATIONS_DEG if self._coarse(level) else (0.0,))
         feats = self.encoder.extract(view.image, view.mask)
-        look = Look(level, view, feats, structure.result())
+        look = Look(level, view, feats, structure.result(),
+                    frame=None if self._registrar is None else frame.image)
         return self._finer(look, frame, tel)
 
     def _finer(self, look: Look, frame: Frame, tel: Telemetry) -> Look:
@@ -189,6 +200,22 @@ class Localizer:
         return replace(look, fine=fine, fine_feats=self.encoder.extract(fine.image, fine.mask))
 
     def locate(self, look: Look, prior: Prior) -> Fix | Rejection:
+        """A fix of the frame, searched for inside `prior`: on a pack with survey points,
+        the whole frame registered against them (register3d), and where that fails the
+        view against the map's pixels (`_locate_view`; a refusal then says why both
+        failed)."""
+        if self._registrar is not None and look.frame is not None:
+            fix = self._registrar.register(look.frame, look.view, prior)
+            if isinstance(fix, Fix):
+                return fix
+            mosaic = self._locate_view(look, prior)
+            if isinstance(mosaic, Fix):
+                return mosaic
+            return replace(mosaic, detail=f"survey points: {fix.reason}, {fix.detail}; "
+                                          f"mosaic: {mosaic.detail}")
+        return self._locate_view(look, prior)
+
+    def _locate_view(self, look: Look, prior: Prior) -> Fix | Rejection:
         """A fix from the view's features, searched for inside `prior`: coarse structural
         search then features matched near it when the prior is a window and the pack has
         structure channels (`match.coarse`), else tiles retrieved and matched whole. A view
@@ -348,6 +375,20 @@ class Localizer:
         others = [n.match for n in found if n is not best]
         weighed = weigh_rivals(view.t_ns, best.match, others, cfg)
         return weighed if isinstance(weighed, Rejection) else replace(best, match=weighed)
+
+
+def _registrar(pack: TileMap, camera: CameraModel, cfg: Config) -> Registrar | None:
+    """The 3-D registration of frames on a pack with survey points (match.survey_3d), else
+    None. Without pycolmap the view is matched against the mosaic alone, and the log says
+    so once."""
+    path = pack.survey_points_file
+    if path is None or not cfg.match.survey_3d:
+        return None
+    if importlib.util.find_spec("pycolmap") is None:
+        log.warning("%s carries survey points, but pycolmap is not installed (pip install "
+                    "'skyfix[survey]'): matching the mosaic only", pack.path)
+        return None
+    return Registrar(SurveyPoints.load(path), camera, cfg.match)
 
 
 def feed_imu(filt: ImuFilter, t_ns: np.ndarray, accel_mps2: np.ndarray,
