@@ -21,7 +21,7 @@ from pathlib import Path
 
 from skyfix.maps.build import build_pack
 from skyfix.maps.survey_mosaic import fit_plane, grid_for, ground_surface, mosaic
-from skyfix.maps.survey_points import SurveyPoints
+from skyfix.maps.survey_points import SURVEY_POINTS_FILE, SurveyPoints
 from skyfix.maps.survey_sfm import SFM_MAX_PX, GeorefError, SurveyFrames, reconstruct
 from skyfix.runtime.core.errors import SkyfixError
 
@@ -69,13 +69,13 @@ def build_survey_pack(frames: SurveyFrames, out: Path, gsd_m: float = DEFAULT_GS
     wall["mosaic_s"] = time.perf_counter() - t0
     model.camera.save(side / "camera.yaml")
     t0 = time.perf_counter()
-    # ragged edges: a survey mosaic is not a rectangle, so tiles may be a quarter imagery
-    # the map's own error against the world (its camera centres against the GNSS, 2-D RMS,
-    # taken per axis: on the safe side) is claimed by every position flown on it
     # the SfM's points go into the pack: a frame is registered against them in six degrees
     # of freedom (runtime/nav/register3d.py)
     points = SurveyPoints(model.points_m, model.descriptors, model.descriptor_point,
                           SFM_MAX_PX)
+    # ragged edges: a survey mosaic is not a rectangle, so tiles may be a quarter imagery
+    # the map's own error against the world (its camera centres against the GNSS, 2-D RMS,
+    # taken per axis: on the safe side) is claimed by every position flown on it
     build_pack([ortho], out, force=force, progress=progress, min_valid_fraction=0.25,
                georef_sigma_m=model.georef.horizontal_rms_m, survey_points=points)
     wall["pack_s"] = time.perf_counter() - t0
@@ -86,6 +86,8 @@ def build_survey_pack(frames: SurveyFrames, out: Path, gsd_m: float = DEFAULT_GS
         "frames": [str(p) for p in frames.files],
         "registered": [p.file.name for p in model.poses],
         "georef": asdict(model.georef),
+        "survey_points": {"points": len(points.xyz_m), "observations": len(points.point),
+                          "file": SURVEY_POINTS_FILE},
         "ground": {"source": ground.source, "plane_a_b_c": list(ground.plane),
                    "height_min_m": float(ground.height_m.min()),
                    "height_max_m": float(ground.height_m.max())},

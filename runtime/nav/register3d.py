@@ -30,9 +30,10 @@ from skyfix.runtime.core.config import MatchConfig
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.types import Fix, Rejection, View
 from skyfix.runtime.nav.match import CORRELATION_INFLATION
+from skyfix.runtime.nav.rectify import to_gray
 from skyfix.runtime.nav.retrieve import Prior
 
-SIFT_MAX_FEATURES = 8192  # features of a frame, as the survey kept of each photo
+SIFT_MAX_FEATURES = 8192  # features of a frame (twice a survey photo's: more points found)
 NEIGHBOURS = 4  # map descriptors looked at per feature: the second point's may be 2nd-4th
 MATCH_BLOCK = 1024  # features compared with the map descriptors at a time (memory)
 JACKKNIFE_CELLS = 3  # the frame cut into 3 x 3 cells, each left out once
@@ -76,7 +77,11 @@ class Registrar:
         whose north-up `view` holds the reported attitude, searched among the points inside
         `prior` (all of them without one)."""
         t_ns, cfg = view.t_ns, self.cfg
-        px, desc = self._features(image)
+        gray = to_gray(image)
+        if gray.shape != (self.camera.height, self.camera.width):
+            return Rejection(t_ns, "no_view", f"frame of {gray.shape[1]}x{gray.shape[0]} px, "
+                             f"the camera's is {self.camera.width}x{self.camera.height}")
+        px, desc = self._features(gray)
         cand = self._candidates(view, prior)
         pairs = _pairs(desc, self._unit[cand], self.points.point[cand], cfg.ratio)
         if len(pairs) < cfg.min_inliers:
@@ -123,13 +128,9 @@ class Registrar:
             inliers=inliers, tile_id=-1, level=-1, shared_cov_en_m2=jack,
         )
 
-    def _features(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _features(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """([K, 2] undistorted pixel positions at full size, COLMAP's convention; [K, 128]
-        unit descriptors) of the frame's SIFT features."""
-        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        if gray.shape != (self.camera.height, self.camera.width):
-            raise SkyfixError(f"frame of {gray.shape[1]}x{gray.shape[0]} px, the camera is "
-                              f"{self.camera.width}x{self.camera.height}")
+        unit descriptors) of the SIFT features of the frame `gray` (the camera's size)."""
         w = max(1, round(self.camera.width * self.scale))
         h = max(1, round(self.camera.height * self.scale))
         small = cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA) if self.scale < 1 \

@@ -132,6 +132,14 @@ def test_a_turn_from_a_measured_heading_is_refused_from_a_stand_in_measured(scen
     assert isinstance(fix, Fix) and fix.heading_err_deg == pytest.approx(-20.0, abs=0.3)
 
 
+def test_a_frame_of_another_size_than_the_camera_is_refused_not_registered(scene):
+    image, gsd, points, C0 = scene
+    frame = render(image, gsd, C0, NADIR)
+    out = Registrar(points, CAM, MatchConfig()).register(
+        frame[:240], view_of(NED_FROM_ENU @ NADIR), NO_PRIOR)
+    assert isinstance(out, Rejection) and out.reason == "no_view" and "640x480" in out.detail
+
+
 def test_survey_points_round_trip_and_bad_files(tmp_path, scene):
     points = scene[2]
     path = tmp_path / "survey_points.npz"
