@@ -7,7 +7,8 @@ The survey's photos are split into flight lines by the GNSS track's heading
 (skyfix.maps.survey_lines); the map pack is built from --map-lines (SfM with the GNSS as
 position priors, a plane through the sparse points as ground, feathered mosaic); the
 photos of the other lines are replayed against it with the GNSS withheld (the flight
-chain of `skyfix replay`, the survey's camera intrinsics, mount and clock offset), and their
+chain of `skyfix replay`, the survey's camera intrinsics, mount and clock offset: each photo
+registered against the survey's 3-D points first, runtime/nav/register3d.py), and their
 fixes are scored against the GPS track (itself a few metres off). The camera clock's offset
 from the GNSS comes from SfM of all lines first (--clock all; see survey_eval), or from the
 map lines alone (--clock map: all flown one way, so it cannot be measured there).
