@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import reprlib
 import types
 import typing
@@ -461,5 +462,13 @@ def _paths_from(section: Any, base: Path) -> Any:
         if dataclasses.is_dataclass(value):
             changes[f.name] = _paths_from(value, base)
         elif f.metadata.get("path") and value:
-            changes[f.name] = str(base / Path(value).expanduser())
+            changes[f.name] = resolve_path(value, base)
     return dataclasses.replace(section, **changes)
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """A path key's `value` as a config file in the folder `base` means it: `~` and `~/...`
+    from the user's home, another relative path from `base`, an absolute one as written."""
+    if value == "~" or value.startswith("~/"):
+        value = os.path.expanduser("~") + value[1:]
+    return str(base / value)

@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from pathlib import Path
 
 import yaml
 from fuzz_support import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skyfix.runtime.core.config import Config, load_config
+from skyfix.runtime.core.config import Config, load_config, resolve_path
 from skyfix.runtime.core.errors import SkyfixError
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -73,42 +74,52 @@ def config_mapping(draw, bad: bool):
 
 
 def load_text(tmp_path_factory, text: str | bytes):
+    """(the Config or the one-line SkyfixError of `text` as a config file, its folder)."""
     path = tmp_path_factory.mktemp("cfg") / "skyfix.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     try:
-        return load_config(path)
+        return load_config(path), path.parent
     except SkyfixError as exc:
         assert "\n" not in str(exc)
-        return exc
+        return exc, path.parent
+
+
+def read_back(section: str, key: str, value, folder: Path):
+    """What `value` of `section.key` in a config file in `folder` reads back as: itself, or
+    for a file or folder key its path from that folder (runtime/core/config.resolve_path)."""
+    if FIELDS[section][key].metadata.get("path") and value:
+        return resolve_path(value, folder)
+    return value
 
 
 @fuzz(60)
 @given(text=st.binary(max_size=300) | st.text(max_size=300))
 def test_garbage_is_a_config_or_one_line(tmp_path_factory, text):
-    got = load_text(tmp_path_factory, text)
+    got, _ = load_text(tmp_path_factory, text)
     assert isinstance(got, Config | SkyfixError)
 
 
 @fuzz(60)
 @given(mapping=config_mapping(bad=False))
 def test_well_typed_values_come_back_exactly(tmp_path_factory, mapping):
-    cfg = load_text(tmp_path_factory, yaml.safe_dump(mapping))
+    cfg, folder = load_text(tmp_path_factory, yaml.safe_dump(mapping))
     assert isinstance(cfg, Config), cfg
     for section, values in mapping.items():
         for key, value in values.items():
-            assert getattr(getattr(cfg, section), key) == value
+            assert getattr(getattr(cfg, section), key) == read_back(section, key, value, folder)
 
 
 @fuzz(100)
 @given(mapping=config_mapping(bad=True))
 def test_bad_values_name_their_key(tmp_path_factory, mapping):
-    got = load_text(tmp_path_factory, yaml.safe_dump(mapping))
+    got, folder = load_text(tmp_path_factory, yaml.safe_dump(mapping))
     if isinstance(got, Config):
         for section, values in mapping.items():
             for key, value in values.items():
                 assert key in HINTS[section]
                 held = getattr(getattr(got, section), key)
-                assert held == value and type(value) in (HINTS[section][key], int)
+                assert held == read_back(section, key, value, folder)
+                assert type(value) in (HINTS[section][key], int)
                 assert in_bounds(section, key, held)  # nothing outside the schema's range
                 if isinstance(held, float):
                     assert math.isfinite(held)
