@@ -39,6 +39,7 @@ from skyfix.maps.survey_points import sift_options
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import (
+    NED_FROM_ENU,
     R_BODY_CAM_NADIR,
     R_ned_body,
     euler_from_R_ned_body,
@@ -315,10 +316,6 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.
     return s, R, mu_d - s * R @ mu_s
 
 
-# NED axes in ENU world coordinates: v_ned = P v_enu
-_NED_FROM_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
-
-
 def _mount(poses: list[SurveyPose], rpy_rad: np.ndarray, convergence_deg: float
            ) -> tuple[float, float, float]:
     """(roll, pitch, yaw) deg of the camera mount (runtime/core/geo.mount_rotation, the
@@ -329,7 +326,7 @@ def _mount(poses: list[SurveyPose], rpy_rad: np.ndarray, convergence_deg: float
     so the attitude's yaw is reduced by the grid convergence `convergence_deg`."""
     grid = np.radians(convergence_deg)
     M = mean_rotation(np.array([
-        R_ned_body(rpy[0], rpy[1], rpy[2] - grid).T @ _NED_FROM_ENU @ pose.R_cam_world.T
+        R_ned_body(rpy[0], rpy[1], rpy[2] - grid).T @ NED_FROM_ENU @ pose.R_cam_world.T
         @ R_BODY_CAM_NADIR.T for pose, rpy in zip(poses, rpy_rad, strict=True)]))
     roll, pitch, yaw = np.degrees(euler_from_R_ned_body(M))
     return float(roll), float(pitch), float(yaw)

@@ -56,6 +56,9 @@ def R_ned_body(roll_rad: float, pitch_rad: float, yaw_rad: float) -> np.ndarray:
 # A downward camera whose image top points to the nose: camera x (right) = body y,
 # camera y (down in the image) = -body x, camera z (optical axis) = body z (down).
 R_BODY_CAM_NADIR = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+# east-north-up axes -> north-east-down: v_ned = NED_FROM_ENU v_enu (a survey's SfM world
+# is east, north, altitude)
+NED_FROM_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
 
 def mount_rotation(roll_deg: float = 0.0, pitch_deg: float = 0.0,

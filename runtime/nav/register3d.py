@@ -28,6 +28,7 @@ from skyfix.maps.survey_points import SurveyPoints, sift_options
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import MatchConfig
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import NED_FROM_ENU
 from skyfix.runtime.core.types import Fix, Rejection, View
 from skyfix.runtime.nav.match import CORRELATION_INFLATION
 from skyfix.runtime.nav.rectify import to_gray
@@ -37,8 +38,6 @@ SIFT_MAX_FEATURES = 8192  # features of a frame (twice a survey photo's: more po
 NEIGHBOURS = 4  # map descriptors looked at per feature: the second point's may be 2nd-4th
 MATCH_BLOCK = 1024  # features compared with the map descriptors at a time (memory)
 JACKKNIFE_CELLS = 3  # the frame cut into 3 x 3 cells, each left out once
-# ENU world axes -> NED: v_ned = P v_enu
-_NED_FROM_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ class Registrar:
         keep = np.asarray(found["inlier_mask"], bool)
         uv, xyz = uv[keep], xyz[keep] - origin
         pose = _pose_of(found["cam_from_world"])
-        R_ned_cam = _NED_FROM_ENU @ pose.R.T
+        R_ned_cam = NED_FROM_ENU @ pose.R.T
         # rotation from the reported camera attitude to the measured one, about N, E, D
         turn = cv2.Rodrigues(R_ned_cam @ view.R_ned_cam.T)[0].ravel()
         heading_err = float(np.degrees(turn[2]))
@@ -150,11 +149,12 @@ class Registrar:
                                   self.camera.dist_array, P=self.camera.K).reshape(-1, 2)
         return und + 0.5, d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
 
-    def _candidates(self, view: View, prior: Prior) -> np.ndarray:
+    def _candidates(self, view: View, prior: Prior) -> np.ndarray | slice:
         """Indices of the descriptors whose points lie within the prior window's radius
-        plus the frame's reach on the ground from its centre (all without a prior)."""
+        plus the frame's reach on the ground from its centre (all, without a prior: a
+        slice, so that no frame copies them)."""
         if prior.source == "none":
-            return np.arange(len(self.points.point))
+            return slice(None)
         radius = (float(np.sqrt(np.linalg.eigvalsh(prior.window_cov).max()))
                   + float(np.linalg.norm(view.footprint_m, axis=1).max()))
         d = np.linalg.norm(self.points.xyz_m[self.points.point, :2] - prior.centre_en, axis=1)

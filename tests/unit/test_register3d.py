@@ -12,6 +12,7 @@ from skyfix.maps.survey_points import SurveyPoints
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.config import MatchConfig
 from skyfix.runtime.core.errors import SkyfixError
+from skyfix.runtime.core.geo import NED_FROM_ENU
 from skyfix.runtime.core.types import Fix, Rejection, View
 from skyfix.runtime.nav.retrieve import NO_PRIOR, Prior
 
@@ -22,7 +23,6 @@ pycolmap = pytest.importorskip("pycolmap", reason="the survey extra (pip install
 from skyfix.runtime.nav.register3d import Registrar  # noqa: E402
 
 CAM = CameraModel(640, 480, 500.0, 500.0, 319.5, 239.5)
-NED_FROM_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 # a level camera, image top to the north: x east, y south, z down (ENU columns)
 NADIR = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
 

@@ -94,15 +94,15 @@ def test_camera_clock_offset_from_lines_flown_both_ways():
 
 
 def test_camera_mount_against_the_body_attitude():
-    from skyfix.maps.survey_sfm import _NED_FROM_ENU, _mount
-    from skyfix.runtime.core.geo import R_ned_body, mount_rotation
+    from skyfix.maps.survey_sfm import _mount
+    from skyfix.runtime.core.geo import NED_FROM_ENU, R_ned_body, mount_rotation
 
     rpy = np.radians([[2.0, -3.0, 62.0], [-1.0, 4.0, -118.0], [0.0, 0.0, 10.0]])
     poses = []
     for r in rpy:  # SfM's cameras are in the map grid, 1.5 deg turned from true north
         R_grid_cam = R_ned_body(r[0], r[1], r[2] - np.radians(1.5)) @ mount_rotation(1.0, -6.0,
                                                                                    2.0)
-        poses.append(SurveyPose(Path("p.jpg"), R_grid_cam.T @ _NED_FROM_ENU, np.zeros(3),
+        poses.append(SurveyPose(Path("p.jpg"), R_grid_cam.T @ NED_FROM_ENU, np.zeros(3),
                                 np.zeros(3)))
     assert _mount(poses, rpy, 1.5) == pytest.approx((1.0, -6.0, 2.0), abs=1e-6)
     roll, pitch, yaw = _mount(poses, rpy, 0.0)  # the convergence ignored: it is mount yaw
