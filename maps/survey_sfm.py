@@ -21,8 +21,8 @@ SVD S = U D V^T: R = U diag(1, 1, det(U V^T)) V^T, s = trace(diag(D) E) / var(c)
 s R mu_c. The residuals |g_i - (s R c_i + t)| after it are the map's own georeferencing
 error against the GNSS (`GeorefError`); the GNSS's own error is in them too.
 
-pycolmap (PyPI, BSD-3-Clause) is the `survey` extra: imported here only, when a survey is
-built.
+pycolmap (PyPI, BSD-3-Clause) is the `survey` extra, imported when a survey is built
+(runtime/core/colmap.py).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from rasterio.crs import CRS
 
 from skyfix.maps.survey_points import sift_options
 from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.colmap import load_pycolmap
 from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import (
     NED_FROM_ENU,
@@ -133,10 +134,7 @@ def reconstruct(frames: SurveyFrames, work: Path | None = None, threads: int = 2
     n = len(frames.files)
     if n < MIN_FRAMES:
         raise SkyfixError(f"{n} photos are too few for a survey map (at least {MIN_FRAMES})")
-    try:
-        import pycolmap
-    except ImportError:
-        raise SkyfixError("maps survey needs pycolmap: pip install 'skyfix[survey]'") from None
+    pycolmap = load_pycolmap("maps survey")
     if work is None:
         with tempfile.TemporaryDirectory(prefix="skyfix-sfm-") as tmp:
             return _reconstruct(pycolmap, frames, Path(tmp), threads, progress)
@@ -289,8 +287,7 @@ def _georeference(rec, names: list[str], frames: SurveyFrames, origin: np.ndarra
 def _observations(rec, db_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """([M, 128] uint8 descriptors, [M] int32 point index in `rec.points3D`'s order) of
     every observation of every point of `rec`."""
-    import pycolmap
-
+    pycolmap = load_pycolmap("maps survey")
     desc, point, cache = [], [], {}
     with pycolmap.Database.open(db_path) as db:
         for k, p in enumerate(rec.points3D.values()):

@@ -26,8 +26,8 @@ import numpy as np
 
 from skyfix.maps.survey_points import SurveyPoints, sift_options
 from skyfix.runtime.core.camera import CameraModel
+from skyfix.runtime.core.colmap import load_pycolmap
 from skyfix.runtime.core.config import MatchConfig
-from skyfix.runtime.core.errors import SkyfixError
 from skyfix.runtime.core.geo import NED_FROM_ENU
 from skyfix.runtime.core.types import Fix, Rejection, View
 from skyfix.runtime.nav.match import CORRELATION_INFLATION
@@ -53,12 +53,8 @@ class Registrar:
     scale, min_inliers, max_rotation_deg, sigma_floor_m and heading_floor_deg of `cfg`)."""
 
     def __init__(self, points: SurveyPoints, camera: CameraModel, cfg: MatchConfig):
-        try:
-            import pycolmap
-        except ImportError:
-            raise SkyfixError("this map pack carries survey points, whose registration needs "
-                              "pycolmap: pip install 'skyfix[survey]'") from None
-        self._pycolmap = pycolmap
+        self._pycolmap = pycolmap = load_pycolmap("the registration against a map pack's "
+                                                  "survey points")
         self.points, self.camera, self.cfg = points, camera, cfg
         self.scale = min(1.0, points.sift_max_px / max(camera.width, camera.height))
         self._sift = pycolmap.FeatureExtractor.create(
