@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from rasterio.crs import CRS
 
-from skyfix.maps.survey_points import sift_options
+from skyfix.maps.survey_points import SIFT_MAX_FEATURES, sift_options
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.colmap import load_pycolmap
 from skyfix.runtime.core.errors import SkyfixError
@@ -49,7 +49,6 @@ from skyfix.runtime.core.geo import (
 )
 
 SFM_MAX_PX = 1024  # features are found on the photo scaled to this longest side
-SFM_MAX_FEATURES = 4096  # SIFT features per photo
 PRIOR_SIGMA_M = 3.0  # 1-sigma error of a GNSS position prior (each axis)
 MIN_FRAMES = 5  # a survey of fewer photos is refused
 MIN_REGISTERED_SHARE = 0.6  # SfM must place at least this share of the photos
@@ -159,7 +158,7 @@ def _reconstruct(pycolmap, frames: SurveyFrames, work: Path, threads: int,
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = "SIMPLE_RADIAL"  # COLMAP pixel centres are at +0.5
     reader.camera_params = f"{cam.fx},{cam.cx + 0.5},{cam.cy + 0.5},0"
-    extract = sift_options(pycolmap, SFM_MAX_PX, SFM_MAX_FEATURES, threads)
+    extract = sift_options(pycolmap, SFM_MAX_PX, SIFT_MAX_FEATURES, threads)
     pycolmap.extract_features(db_path, root, names, camera_mode=pycolmap.CameraMode.SINGLE,
                               reader_options=reader, extraction_options=extract)
     steps.update()
@@ -185,6 +184,11 @@ def _reconstruct(pycolmap, frames: SurveyFrames, work: Path, threads: int,
     # sparse surveys (30 % forward overlap, every other line) leave a photo few points
     options.mapper.abs_pose_min_num_inliers = MIN_POSE_INLIERS
     options.mapper.abs_pose_min_inlier_ratio = 0.15
+    # ... and most ground two photos only: COLMAP leaves points seen twice out (a third view
+    # confirms a point); kept, the flights registered against the map find their points
+    # where the survey's lines barely overlap (ZR10, every other line: 3.2x the points,
+    # README "Survey-built maps")
+    options.triangulation.ignore_two_view_tracks = False
     # Pass 1, geometry alone: GNSS positions at the photo times are off along the track by
     # the camera clock's offset, and as priors they would bend a flat-ground survey (camera
     # shifted along the track + tilted back fits the photos about as well). Its cameras give

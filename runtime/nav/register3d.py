@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from skyfix.maps.survey_points import SurveyPoints, sift_options
+from skyfix.maps.index import SEARCH_THREADS
+from skyfix.maps.survey_points import SIFT_MAX_FEATURES, SurveyPoints, sift_options
 from skyfix.runtime.core.camera import CameraModel
 from skyfix.runtime.core.colmap import load_pycolmap
 from skyfix.runtime.core.config import MatchConfig
@@ -34,9 +35,7 @@ from skyfix.runtime.nav.match import CORRELATION_INFLATION
 from skyfix.runtime.nav.rectify import to_gray
 from skyfix.runtime.nav.retrieve import Prior
 
-SIFT_MAX_FEATURES = 8192  # features of a frame (twice a survey photo's: more points found)
 NEIGHBOURS = 4  # map descriptors looked at per feature: the second point's may be 2nd-4th
-MATCH_BLOCK = 1024  # features compared with the map descriptors at a time (memory)
 JACKKNIFE_CELLS = 3  # the frame cut into 3 x 3 cells, each left out once
 
 
@@ -218,29 +217,24 @@ def _pairs(query: np.ndarray, train: np.ndarray, point: np.ndarray, ratio: float
            ) -> np.ndarray:
     """[K, 2] (query index, train index) of the features whose nearest map descriptor is
     nearer than `ratio` times the nearest of another point, one feature per point (the
-    nearest). `query`, `train`: unit descriptors, compared by one matrix product per block
-    of features (distance^2 = 2 - 2 cos)."""
+    nearest). `query`, `train`: unit descriptors; the NEIGHBOURS nearest by inner product
+    (distance^2 = 2 - 2 cos), exact, from faiss (one thread, as the tile search)."""
+    import faiss
+
     if len(query) == 0 or len(train) < 2:
         return np.zeros((0, 2), np.int64)
-    k = min(NEIGHBOURS, len(train))
-    q_all, t_all, d_all = [], [], []
-    for start in range(0, len(query), MATCH_BLOCK):
-        sim = query[start:start + MATCH_BLOCK] @ train.T
-        near = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(sim, near, axis=1), axis=1)
-        near = np.take_along_axis(near, order, axis=1)
-        dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.take_along_axis(sim, near, axis=1)))
-        differs = point[near[:, 1:]] != point[near[:, :1]]  # neighbours of another point
-        first = np.argmax(differs, axis=1)
-        other = np.where(differs.any(axis=1),
-                         dist[np.arange(len(near)), 1 + first], np.inf)
-        ok = dist[:, 0] < ratio * other
-        q_all.append(start + np.flatnonzero(ok))
-        t_all.append(near[ok, 0])
-        d_all.append(dist[ok, 0])
-    q, t, d = np.concatenate(q_all), np.concatenate(t_all), np.concatenate(d_all)
+    faiss.omp_set_num_threads(SEARCH_THREADS)
+    sim, near = faiss.knn(np.ascontiguousarray(query, np.float32),
+                          np.ascontiguousarray(train, np.float32),
+                          min(NEIGHBOURS, len(train)), metric=faiss.METRIC_INNER_PRODUCT)
+    dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sim))
+    differs = point[near[:, 1:]] != point[near[:, :1]]  # neighbours of another point
+    first = np.argmax(differs, axis=1)
+    other = np.where(differs.any(axis=1), dist[np.arange(len(near)), 1 + first], np.inf)
+    ok = dist[:, 0] < ratio * other
+    q, t, d = np.flatnonzero(ok), near[ok, 0], dist[ok, 0]
     order = np.lexsort((d, point[t]))  # per point, the nearest feature first
-    first = np.ones(len(order), bool)
-    first[1:] = point[t[order]][1:] != point[t[order]][:-1]
-    keep = order[first]
+    first_of_point = np.ones(len(order), bool)
+    first_of_point[1:] = point[t[order]][1:] != point[t[order]][:-1]
+    keep = order[first_of_point]
     return np.column_stack([q[keep], t[keep]]).astype(np.int64)

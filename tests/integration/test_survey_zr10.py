@@ -27,10 +27,10 @@ def zr10(tmp_path_factory) -> LeaveLinesOut:
 
 def test_zr10_map_from_every_other_line_holds_the_measured_level(zr10):
     """What the survey route gives today (README): the map within a few metres of the
-    GNSS, no fix beyond 30 m, fixes on most replayed photos (77.5-80 % measured: the
-    frames registered against the survey's 3-D points), half of them within 3 m of the
-    GPS track (1.7-1.8 m measured; the mosaic alone gave 5 m). SfM is not bit-identical
-    from run to run: the bounds leave it room."""
+    GNSS, no fix beyond 30 m, fixes on most replayed photos (82.5-83 % measured: the
+    frames registered against the survey's 3-D points, those seen by two photos
+    included), half of them within 3 m of the GPS track (1.2-1.7 m measured; the mosaic
+    alone gave 5 m). SfM is not bit-identical from run to run: the bounds leave it room."""
     r = zr10
     assert r.lines >= 8 and r.test_frames >= 30
     report = json.loads((r.survey.side / "report.json").read_text())
@@ -41,7 +41,7 @@ def test_zr10_map_from_every_other_line_holds_the_measured_level(zr10):
     rep = r.report
     assert rep.gross_errors == 0, rep
     assert rep.fix_cep50_m is not None and rep.fix_cep50_m <= 3.0, rep
-    assert rep.availability >= 0.65, rep
+    assert rep.availability >= 0.75, rep
 
 
 def test_survey_cli_refuses_photos_without_gnss(tmp_path):
