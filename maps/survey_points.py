@@ -18,8 +18,8 @@ import numpy as np
 from skyfix.runtime.core.errors import SkyfixError
 
 SURVEY_POINTS_FILE = "survey_points.npz"
-# SIFT features per photo, the survey's and the frames registered against it alike: 4096
-# left half the photos of a sparse survey's outer lines unplaced (README "Survey-built maps")
+# SIFT features per photo, the survey's and the frames registered against it alike (with
+# 4096 the SfM placed fewer of a sparse survey's photos: README "Survey-built maps")
 SIFT_MAX_FEATURES = 8192
 FORMAT = "skyfix-survey-points/1"
 

@@ -184,10 +184,10 @@ def _reconstruct(pycolmap, frames: SurveyFrames, work: Path, threads: int,
     # sparse surveys (30 % forward overlap, every other line) leave a photo few points
     options.mapper.abs_pose_min_num_inliers = MIN_POSE_INLIERS
     options.mapper.abs_pose_min_inlier_ratio = 0.15
-    # ... and most ground two photos only: COLMAP leaves points seen twice out (a third view
-    # confirms a point); kept, the flights registered against the map find their points
-    # where the survey's lines barely overlap (ZR10, every other line: 3.2x the points,
-    # README "Survey-built maps")
+    # ... and much of their ground is seen by two photos only. COLMAP leaves such points out
+    # by default (a third view confirms a point); kept, the flights registered against the
+    # map find points where its lines barely overlap (ZR10, every other line: 3.2x the
+    # points; README "Survey-built maps")
     options.triangulation.ignore_two_view_tracks = False
     # Pass 1, geometry alone: GNSS positions at the photo times are off along the track by
     # the camera clock's offset, and as priors they would bend a flat-ground survey (camera
