@@ -211,7 +211,7 @@ def _reconstruct(pycolmap, frames: SurveyFrames, work: Path, threads: int,
     rec = second if second.num_reg_images() >= first.num_reg_images() else first
     steps.update()
     steps.close()
-    return _georeference(rec, names, frames, origin, dt, db_path)
+    return _georeference(pycolmap, rec, names, frames, origin, dt, db_path)
 
 
 def _write_priors(pycolmap, db_path: Path, names: list[str], positions: np.ndarray) -> None:
@@ -243,7 +243,7 @@ def _map(pycolmap, db_path: Path, root: Path, work: Path, options, n: int):
     return max(recs.values(), key=lambda r: r.num_reg_images())
 
 
-def _georeference(rec, names: list[str], frames: SurveyFrames, origin: np.ndarray,
+def _georeference(pycolmap, rec, names: list[str], frames: SurveyFrames, origin: np.ndarray,
                   dt0: float, db_path: Path) -> SurveyModel:
     """The model of `rec` on the GNSS positions at the photo times + `dt0` (+ what is left
     of the clock offset, fitted again), with the descriptors of its points' observations
@@ -270,7 +270,7 @@ def _georeference(rec, names: list[str], frames: SurveyFrames, origin: np.ndarra
                                 gnss[k] + origin))
     pts = np.array([p.xyz for p in rec.points3D.values()]).reshape(-1, 3)
     points = pts @ (s * R).T + t + origin
-    descriptors, descriptor_point = _observations(rec, db_path)
+    descriptors, descriptor_point = _observations(pycolmap, rec, db_path)
     c = next(iter(rec.cameras.values()))
     f, cx, cy, k1 = (float(v) for v in c.params)
     camera = CameraModel(int(c.width), int(c.height), f, f, cx - 0.5, cy - 0.5,
@@ -288,10 +288,9 @@ def _georeference(rec, names: list[str], frames: SurveyFrames, origin: np.ndarra
                        descriptor_point)
 
 
-def _observations(rec, db_path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _observations(pycolmap, rec, db_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """([M, 128] uint8 descriptors, [M] int32 point index in `rec.points3D`'s order) of
     every observation of every point of `rec`."""
-    pycolmap = load_pycolmap("maps survey")
     desc, point, cache = [], [], {}
     with pycolmap.Database.open(db_path) as db:
         for k, p in enumerate(rec.points3D.values()):
