@@ -148,6 +148,12 @@ bench-filter: $(CORE)
 bench-link: $(CORE)
 	$(BIN)/python benchmarks/bench_link.py --out $(OUT)/bench/link.json $(LINK_ARGS)
 
+# A Web-Mercator copy of the bundled map against the original: pooled fix CEP95 in ground
+# metres over 8 sim flights per encoder (JSON; ~12 min on 2 cores; CRS_ARGS="--seeds 3-6")
+.PHONY: bench-crs
+bench-crs: $(CORE)
+	$(BIN)/python benchmarks/bench_crs.py --out $(OUT)/bench/crs.json $(CRS_ARGS)
+
 # Survey-built map (teach and repeat) on the ZR10 survey in ../shared/data: the map from
 # every other flight line, the other lines replayed against it (JSON; ~10 min on 2 cores)
 .PHONY: bench-survey

@@ -385,9 +385,13 @@ def _write_ortho(paths: list[Path], dst_path: Path, progress: bool) -> Grid:
                                                [tuple(s.ds.bounds) for s in sources],
                                                [str(s.path) for s in sources]))
         count = 3 if any(len(s.bands) == 3 for s in sources) else 1
+        # the grid is as fine as the finest input, so a warp never shrinks one: cubic keeps
+        # the detail that fine matching needs; bilinear blurs by up to half a pixel where the
+        # grids fall half a pixel apart (`make bench-crs`, XFeat on a Web-Mercator copy of
+        # the Vienna map: fix CEP95 +14 % over the native map's with bilinear, +6 % cubic)
         vrts = [stack.enter_context(WarpedVRT(
             s.ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-            resampling=Resampling.nearest if _aligned(s.ds, grid) else Resampling.bilinear,
+            resampling=Resampling.nearest if _aligned(s.ds, grid) else Resampling.cubic,
             add_alpha=ColorInterp.alpha not in s.ds.colorinterp)) for s in sources]
         profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count,
                        dtype="uint8", crs=grid.crs, transform=grid.transform, tiled=True,
