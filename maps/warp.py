@@ -8,7 +8,7 @@ Over a few hundred metres any map projection is smooth, so coordinates interpola
 between nodes NODE_PX apart are within a small fraction of a pixel of exact (checked in
 tests against GDAL). When the source is finer than the output by more than
 `PREBLUR_FACTOR`, its window is read averaged down (GDAL) to about the output's
-resolution, so that bilinear sampling does not alias and memory stays bounded. GDAL's
+resolution, so that sampling does not alias and memory stays bounded. GDAL's
 general warper does the same job several times slower on this kind of input.
 """
 
@@ -44,8 +44,8 @@ def _interp_matrix(n: int, step: int, nodes: int) -> np.ndarray:
 def warp_block(src: rasterio.DatasetReader, dst_crs: CRS, dst_transform: Affine,
                win: Window, bands: list[int], terrain: bool) -> tuple[np.ndarray, np.ndarray]:
     """([C, h, w] pixels of `bands`, [h, w] bool valid) of output window `win` of the grid
-    (`dst_crs`, `dst_transform`), sampled bilinearly from `src` (its dataset mask, or NaN
-    for terrain)."""
+    (`dst_crs`, `dst_transform`), sampled from `src` (its dataset mask, or NaN for
+    terrain): cubically where imagery is about as fine as the output, else bilinearly."""
     h, w = int(win.height), int(win.width)
     dtype = np.float32 if terrain else np.uint8
     out = np.full((len(bands), h, w), np.nan if terrain else 0, dtype)
@@ -85,7 +85,16 @@ def warp_block(src: rasterio.DatasetReader, dst_crs: CRS, dst_transform: Affine,
     map_x = (my @ col @ mx.T).astype(np.float32)
     map_y = (my @ row @ mx.T).astype(np.float32)
     img = np.ascontiguousarray(img).reshape(img.shape[0], img.shape[1], -1)
-    warped = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+    # imagery about as fine as the output is sampled cubically, as `maps build` warps:
+    # bilinear blurs by up to half a pixel where the grids fall half a pixel apart. A pixel
+    # is then valid where the cubic's 4 x 4 source pixels all are: the mask, eroded by one
+    # pixel, sampled bilinearly (MARGIN_PX keeps the block's edge out of it)
+    cubic = not terrain and f == 1.0
+    if cubic:
+        m8 = cv2.erode(m8, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                       borderValue=0)
+    warped = cv2.remap(img, map_x, map_y, cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT,
                        borderValue=float("nan") if terrain else 0)
     warped = warped.reshape(h, w, -1)
     ok = cv2.remap(m8, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
