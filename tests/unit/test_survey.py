@@ -199,3 +199,32 @@ def test_refused_surveys(tmp_path):
     (tmp_path / "pack").mkdir()
     with pytest.raises(SkyfixError, match="exists"):
         build_survey_pack(few, tmp_path / "pack", progress=False)
+
+
+def test_share_of_a_test_photo_over_the_survey_map(tmp_path):
+    """leave_lines_out's coverage figure: a level photo at 50 m over flat ground, its
+    footprint 50 x 25 m, straddling the east edge of a mosaic or wholly inside or outside."""
+    import json
+
+    from skyfix.runtime.apps.survey_eval import _on_map
+
+    side = tmp_path / "pack.survey"
+    side.mkdir()
+    (side / "report.json").write_text(json.dumps({"ground": {"plane_a_b_c": [0, 0, 100.0]}}))
+    transform = rasterio.transform.from_origin(E0, N0, 1.0, 1.0)  # 200 x 200 m, 1 m/px
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+            side / "mosaic.tif", "w", driver="GTiff", width=200, height=200, count=1,
+            dtype="uint8", crs=CRS_UTM, transform=transform) as dst:
+        dst.write(np.full((1, 200, 200), 128, np.uint8))
+        mask = np.zeros((200, 200), np.uint8)
+        mask[:, :100] = 255  # the west half holds imagery
+        dst.write_mask(mask)
+    cam = CameraModel.from_fov(640, 320, 2 * np.degrees(np.arctan(0.5)))  # 50 m wide at 50 m
+    enu = np.array([[E0 + 100, N0 - 100, 150.0],  # across the edge
+                    [E0 + 40, N0 - 100, 150.0],  # inside
+                    [E0 + 160, N0 - 100, 150.0],  # outside
+                    [E0 + 110, N0 - 100, 150.0],  # heading north: 50 m across, 15 m in
+                    [E0 + 110, N0 - 100, 150.0]])  # heading east: 25 m across, 2.5 m in
+    rpy = np.array([[0, 0, 0]] * 4 + [[0, 0, np.pi / 2]], np.float64)
+    share = _on_map(enu, rpy, cam, (0.0, 0.0, 0.0), side)
+    assert share == pytest.approx([0.5, 1.0, 0.0, 0.3, 0.1], abs=0.04)
