@@ -175,7 +175,8 @@ def summary(r: LeaveLinesOut) -> dict:
         "max_err_m": rep.max_err_m, "gross_errors_over_30m": rep.gross_errors,
         "rejections": rep.rejections,
         # the test photos at least ON_MAP_SHARE over the map's mosaic, and the share of them
-        # that gave a fix: the rest show ground no map photo that SfM placed saw
+        # that gave a fix: the rest see more ground that no placed map photo saw than ground
+        # that one did
         "test_frames_on_map": int(np.sum(on)),
         "availability_on_map": round(float(np.mean(np.asarray(r.fixed)[on])), 4)
         if on.any() else None,
