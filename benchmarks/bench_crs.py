@@ -16,7 +16,6 @@ Target (issue 17): pooled fix CEP95 on the Web-Mercator pack within 10 % of the 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -29,6 +28,7 @@ import numpy as np
 from skyfix.maps.build import build_pack
 from skyfix.models.registry import ENCODER_NAMES, make_encoder
 from skyfix.runtime.apps.replay import replay
+from skyfix.runtime.apps.report import trajectory_columns
 from skyfix.runtime.core.config import Config
 from skyfix.sim.flight import FlightSpec, simulate_flight
 from skyfix.sim.sample import sample_ortho
@@ -47,10 +47,8 @@ def _seeds(spec: str) -> list[int]:
 
 def _fix_errors(trajectory: Path) -> np.ndarray:
     """[K, 2] east/north error of every fix in a replay's trajectory.csv."""
-    with open(trajectory, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] == "fix"]
-    return np.array([[float(r["fix_e"]) - float(r["truth_e"]),
-                      float(r["fix_n"]) - float(r["truth_n"])] for r in rows]).reshape(-1, 2)
+    c = trajectory_columns(trajectory, "fix_e", "fix_n", "truth_e", "truth_n")
+    return c[:, :2] - c[:, 2:]
 
 
 def _stats(err: np.ndarray) -> dict:

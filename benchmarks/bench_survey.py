@@ -24,7 +24,6 @@ them (`test_frames_on_map`, `availability_on_map`); the targets are on all photo
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skyfix.runtime.apps.report import trajectory_columns
 from skyfix.runtime.apps.survey_eval import (
     ON_MAP_SHARE,
     calibrate_clock,
@@ -54,12 +54,7 @@ def _met(availability: float, cep50: float | None, gross: int) -> dict[str, bool
 
 def _pooled(folds: list, replays: list[Path]) -> dict:
     """The folds' figures over all their replayed photos and fixes."""
-    err = []
-    for trajectory in replays:
-        with open(trajectory, newline="") as f:
-            err += [float(r["fix_err_m"]) for r in csv.DictReader(f) if r["status"] == "fix"
-                    and r["fix_err_m"]]
-    e = np.asarray(err)
+    e = np.concatenate([trajectory_columns(t, "fix_err_m")[:, 0] for t in replays])
     photos = sum(r.test_frames for r in folds)
     fixes = sum(r.report.fixes for r in folds)
     on = np.concatenate([np.asarray(r.on_map) >= ON_MAP_SHARE for r in folds])

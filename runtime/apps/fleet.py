@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from skyfix.runtime.apps.report import Report
+from skyfix.runtime.apps.report import Report, trajectory_columns
 from skyfix.runtime.core.config import Config
 from skyfix.runtime.core.errors import SkyfixError
 
@@ -112,11 +112,6 @@ def _relief_class(pack_path: Path, truth_en: np.ndarray | None) -> str:
             else "hilly")
 
 
-def _column(path: Path, name: str) -> tuple[float, ...]:
-    with open(path, newline="") as f:
-        return tuple(float(r[name]) for r in csv.DictReader(f) if r[name])
-
-
 def replay_one(flight: Path, pack: Path, out: Path, cfg: Config, gnss_off_at_s: float,
                terrain: str | None) -> FlightRun:
     """Replay one flight into `out` and describe it for the fleet summary."""
@@ -139,8 +134,8 @@ def replay_one(flight: Path, pack: Path, out: Path, cfg: Config, gnss_off_at_s: 
                          terrain or "unknown", None, error=str(e))
     csv_path = out / "trajectory.csv"
     return FlightRun(name, str(flight), str(out), agl_m, altitude_band(agl_m), terrain,
-                     result.report, _column(csv_path, "fix_err_m"),
-                     _column(csv_path, "est_err_m"))
+                     result.report, tuple(trajectory_columns(csv_path, "fix_err_m")[:, 0]),
+                     tuple(trajectory_columns(csv_path, "est_err_m")[:, 0]))
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:

@@ -221,6 +221,15 @@ def _write_csv(path: Path, results: list[FrameResult], ref: np.ndarray,
             w.writerow(row)
 
 
+def trajectory_columns(path: Path, *names: str) -> np.ndarray:
+    """[K, len(names)] values of the columns `names` of a replay's trajectory.csv, from the
+    rows where every one is filled (a fix's columns are empty on frames without one)."""
+    with open(path, newline="") as f:
+        rows = [[float(r[n]) for n in names] for r in csv.DictReader(f)
+                if all(r[n] for n in names)]
+    return np.array(rows, np.float64).reshape(-1, len(names))
+
+
 def _lonlat(pack: TileMap, en: np.ndarray) -> list[list[float]]:
     if not len(en):
         return []

@@ -118,8 +118,8 @@ def leave_lines_out(frames_dir: Path, telemetry: Path, out: Path, map_lines: str
     replay_s = time.perf_counter() - t0
     tested = np.isin(track.lines.line, test)
     side = side_folder(out / "pack")
-    on_map = _on_map(track.frames.enu_m[tested], track.frames.rpy_rad[tested],
-                     CameraModel.load(side / "camera.yaml"), survey.georef.mount_rpy_deg, side)
+    on_map = _on_map(track.frames.enu_m[tested], track.frames.rpy_rad[tested], inputs.camera,
+                     survey.georef.mount_rpy_deg, side)
     fixed = tuple(isinstance(f.result, Fix) for f in result.frames)
     if len(fixed) != len(test_files):
         raise SkyfixError(f"the replay gave {len(fixed)} frames for {len(test_files)} photos")
