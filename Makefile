@@ -74,6 +74,13 @@ bench-crossdate: $(CORE)
 	$(BIN)/skyfix bench crossdate --pairs ../shared/data/multidate_pairs/*/ --views 10 \
 		--method xfeat --method rootsift --out $(OUT)/bench/crossdate.json
 
+# The same sets cut into 256 px pairs: views of 153 px, as a low flight over a satellite map
+# gives (JSON; ~6 min on 2 cores)
+.PHONY: bench-small-views
+bench-small-views: $(CORE)
+	$(BIN)/python benchmarks/bench_small_views.py --pairs ../shared/data/multidate_pairs/*/ \
+		--method xfeat --out $(OUT)/bench/small_views.json
+
 # The global search (no prior) on the same sets: every tile of a set's maps ranked per view.
 .PHONY: bench-retrieval
 bench-retrieval: $(CORE)

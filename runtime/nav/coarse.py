@@ -5,9 +5,15 @@ from structure (skyfix.maps.structure channels) rather than brightness.
     for each residual rotation r in ROTATIONS_DEG:
         rotate the coarse view about its nadir point by r, take its structure channels,
         zero-mean them inside the valid mask -> v_c
-        score(p) = sum_c sum_x v_c(x) M_c(x + p) / (|v| sqrt(sum_x mask(x) E(x + p)))
-                   (FFT correlation; M_c: the pack's channels of the window; E: the energy
-                   of M_c minus its mean over the window, summed over c)
+        score(p) = sum_c sum_x v_c(x) M_c(x + p)
+                   / (|v| sqrt(sum_c sum_x mask(x) (M_c(x + p) - mu_c(p))^2))
+                   (FFT correlation; M_c: the pack's channels of the window; mu_c(p): the
+                   mean of M_c under the view's mask at shift p, so that both sides are
+                   zero-mean where they overlap: a normalised cross-correlation. Taken
+                   about the window's mean instead, the denominator marks down ground
+                   with more or fewer edges than the window's average, and the search
+                   finds the wrong place in a third to a half of the views that cross-date
+                   sets give it)
     pass 1, both sides 2 x 2 averaged: the best score among the shifts that put the nadir
     inside the prior window; pass 2, full channel resolution, only within REFINE_PX of it;
     then a fraction of a pixel (parabola through the 3 x 3 neighbourhood) and of the
@@ -82,6 +88,7 @@ class _View:
     def __init__(self, channels: np.ndarray, mask: np.ndarray):
         self.channels, self.mask = channels, mask
         self.norm = float(np.sqrt((channels**2).sum()))
+        self.count = max(float(mask.sum()), 1.0)  # the mask's weight (fractional where pooled)
         self._spectra: dict[tuple[int, int], tuple[list[np.ndarray], np.ndarray]] = {}
 
     def pooled(self) -> _View:
@@ -95,30 +102,38 @@ class _View:
 
 
 class _Map:
-    """A window's channels ready for correlation: their spectra and energy spectrum.
-
-    Energy E = sum_c (M_c - mean of M_c over the window)^2, so that the denominator of the
-    normalised correlation is a correlation of the view's mask with E."""
+    """A window's channels ready for correlation: their spectra, and the spectrum of their
+    energy sum_c M_c^2 (the denominator of the normalised correlation is a correlation of
+    the view's mask with it, less the squared correlations of the mask with each M_c over
+    the mask's weight)."""
 
     def __init__(self, M: np.ndarray, hv: int, wv: int):
         _, self.h, self.w = M.shape
         self.sh, self.sw = self.h - hv + 1, self.w - wv + 1
         self.fh, self.fw = cv2.getOptimalDFTSize(self.h), cv2.getOptimalDFTSize(self.w)
         self.spectra = [_dft(c, self.fh, self.fw) for c in M]
-        E = ((M - M.mean((1, 2), keepdims=True)) ** 2).sum(0)
-        self.energy = _dft(E, self.fh, self.fw)
+        self.energy = _dft((M**2).sum(0), self.fh, self.fw)
 
-    def scores(self, v: _View) -> np.ndarray:
-        """[sh, sw] normalised correlation of the view at every shift that keeps it inside
-        the window."""
-        idft = cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE
-        channels, mask = v.spectra(self.fh, self.fw)
-        prod = sum(cv2.mulSpectrums(Mc, vc, 0, conjB=True)
-                   for Mc, vc in zip(self.spectra, channels, strict=True))
-        num = cv2.idft(prod, flags=idft)[:self.sh, :self.sw]
-        en = cv2.mulSpectrums(self.energy, mask, 0, conjB=True)
-        den = cv2.idft(en, flags=idft)[:self.sh, :self.sw]
-        return num / (np.sqrt(np.maximum(den, 1e-9)) * v.norm + 1e-9)
+    def _corr(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """[sh, sw] correlation of two spectra (b conjugated)."""
+        return cv2.idft(cv2.mulSpectrums(a, b, 0, conjB=True),
+                        flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)[:self.sh, :self.sw]
+
+    def scores(self, views: list[_View]) -> np.ndarray:
+        """[len(views), sh, sw] normalised correlation of each view at every shift that
+        keeps it inside the window; the views share one mask (the same denominator)."""
+        mask = views[0].spectra(self.fh, self.fw)[1]
+        den = self._corr(self.energy, mask) - sum(
+            self._corr(Mc, mask) ** 2 for Mc in self.spectra) / views[0].count
+        den = np.sqrt(np.maximum(den, 1e-9))
+        out = []
+        for v in views:
+            channels = v.spectra(self.fh, self.fw)[0]
+            prod = sum(cv2.mulSpectrums(Mc, vc, 0, conjB=True)
+                       for Mc, vc in zip(self.spectra, channels, strict=True))
+            num = cv2.idft(prod, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)[:self.sh, :self.sw]
+            out.append(num / (den * v.norm + 1e-9))
+        return np.stack(out)
 
 
 def _centred(channels: np.ndarray, mask: np.ndarray, count: float) -> _View:
@@ -128,26 +143,28 @@ def _centred(channels: np.ndarray, mask: np.ndarray, count: float) -> _View:
                  mask)
 
 
-def _view_channels(vg: np.ndarray, vm: np.ndarray, o: tuple[float, float], rot_deg: float
-                   ) -> _View | None:
-    """Structure channels of the coarse view turned by rot_deg about o, zero-mean inside
-    its (eroded) mask, or None when too little is valid."""
+def _view_channels(vg: np.ndarray, vm: np.ndarray, o: tuple[float, float],
+                   rotations_deg: tuple[float, ...]) -> list[_View]:
+    """Structure channels of the coarse view turned by each of `rotations_deg` about o,
+    zero-mean inside one mask, the pixels valid at every turn (eroded), so that the map's
+    side of the correlation is the same for all; [] when too little is valid."""
     h, w = vg.shape
-    R = cv2.getRotationMatrix2D(o, rot_deg, 1.0)
-    g = cv2.warpAffine(vg, R, (w, h), flags=cv2.INTER_LINEAR)
-    m = cv2.warpAffine(vm.astype(np.uint8), R, (w, h), flags=cv2.INTER_NEAREST)
-    m = cv2.erode(m, np.ones((3, 3), np.uint8), iterations=2).astype(np.float32)
+    turned, valid = [], np.ones((h, w), np.uint8)
+    for r in rotations_deg:
+        R = cv2.getRotationMatrix2D(o, r, 1.0)
+        turned.append(cv2.warpAffine(vg, R, (w, h), flags=cv2.INTER_LINEAR))
+        valid &= cv2.warpAffine(vm.astype(np.uint8), R, (w, h), flags=cv2.INTER_NEAREST)
+    m = cv2.erode(valid, np.ones((3, 3), np.uint8), iterations=2).astype(np.float32)
     cnt = float(m.sum())
     if cnt < MIN_VALID_SHARE * h * w:
-        return None
-    ch = structure_channels(g)
-    return _centred(ch, m, cnt)
+        return []
+    return [_centred(structure_channels(g), m, cnt) for g in turned]
 
 
 class CoarseView:
     """A view made ready for the coarse stage once, for every window it is searched in and
-    for `self_similarity`: its structure channels at each of `rotations_deg` (`views`, None
-    where too little is valid) and their 2 x 2 averages for pass 1 (`pooled`); `usable` is
+    for `self_similarity`: its structure channels at each of `rotations_deg` (`views`, empty
+    when too little is valid) and their 2 x 2 averages for pass 1 (`pooled`); `usable` is
     False when the view is too small or blank for any answer.
 
     `image`: [H, W] uint8 view at the level's GSD, `mask`: [H, W] bool valid pixels,
@@ -162,10 +179,9 @@ class CoarseView:
         self.origin = ((origin_px[0] + 0.5) / f - 0.5, (origin_px[1] + 0.5) / f - 0.5)
         self.rotations_deg = tuple(rotations_deg)
         big = min(vg.shape) >= 16 and vm.mean() >= MIN_VALID_SHARE
-        self.views = [_view_channels(vg, vm, self.origin, r) for r in self.rotations_deg] \
-            if big else []
-        self.pooled = [None if v is None else v.pooled() for v in self.views]
-        self.usable = any(v is not None for v in self.views)
+        self.views = _view_channels(vg, vm, self.origin, self.rotations_deg) if big else []
+        self.pooled = [v.pooled() for v in self.views]
+        self.usable = bool(self.views)
         # the channels as the view is, unturned (None: no rotation 0, or too little valid)
         self.upright = self.views[self.rotations_deg.index(0.0)] \
             if self.views and 0.0 in self.rotations_deg else None
@@ -185,7 +201,7 @@ def coarse_search(view: CoarseView, window: StructureWindow, prior_en: np.ndarra
     o, views, pooled = view.origin, view.views, view.pooled
     # Pass 1, at half the channels' resolution: every shift, every rotation.
     M4 = _pool(M)
-    h4, w4 = next(v for v in pooled if v is not None).mask.shape
+    h4, w4 = pooled[0].mask.shape
     coarse_map = _Map(M4, h4, w4)
     py, px = np.mgrid[0:coarse_map.sh, 0:coarse_map.sw]
     gsd4 = 2 * window.gsd_m
@@ -194,8 +210,7 @@ def coarse_search(view: CoarseView, window: StructureWindow, prior_en: np.ndarra
     inside = np.hypot(e - prior_en[0], n - prior_en[1]) <= prior_radius_m
     if not inside.any():
         return
-    S = np.stack([np.where(inside, coarse_map.scores(v), -np.inf)
-                  if v is not None else np.full(inside.shape, -np.inf) for v in pooled])
+    S = np.where(inside, coarse_map.scores(pooled), -np.inf)
     # Peaks of pass 1, best first, each at least SEPARATION_PX from the others; the first
     # one's ratio is against the best score at least EXCLUDE_PX from it, the others' against
     # the first one's score.
@@ -242,13 +257,13 @@ def self_similarity(view: CoarseView, region: np.ndarray | None = None) -> float
         return float("nan")
     channels = channels * m
     template = _centred(channels[:, y0:y0 + th, x0:x0 + tw], tm, cnt)
-    scores = _Map(channels, th, tw).scores(template)
+    scores = _Map(channels, th, tw).scores([template])[0]
     py, px = np.mgrid[0:scores.shape[0], 0:scores.shape[1]]
     away = np.hypot(px - x0, py - y0) > EXCLUDE_PX
     return float(np.clip(scores[away].max() / max(float(scores[y0, x0]), 1e-9), 0.0, 1.0))
 
 
-def _refine(views: list[_View | None], M: np.ndarray, hv: int, wv: int, xi: int, yi: int,
+def _refine(views: list[_View], M: np.ndarray, hv: int, wv: int, xi: int, yi: int,
             o: tuple[float, float], window: StructureWindow, rotations_deg: tuple[float, ...],
             ratio: float) -> CoarseMatch:
     """Pass 2 around pass 1's shift (xi, yi) (pass-1 pixels)."""
@@ -256,8 +271,7 @@ def _refine(views: list[_View | None], M: np.ndarray, hv: int, wv: int, xi: int,
     x1 = min(M.shape[2], 2 * xi + REFINE_PX + wv)
     y1 = min(M.shape[1], 2 * yi + REFINE_PX + hv)
     fine_map = _Map(M[:, y0:y1, x0:x1], hv, wv)
-    S2 = np.stack([fine_map.scores(v) if v is not None
-                   else np.full((fine_map.sh, fine_map.sw), -np.inf) for v in views])
+    S2 = fine_map.scores(views)
     ri, yj, xj = np.unravel_index(int(np.argmax(S2)), S2.shape)
     best = float(S2[ri, yj, xj])
     dx, dy = _parabola_2d(S2[ri], yj, xj)

@@ -10,7 +10,7 @@ stage (skyfix.runtime.nav.coarse) put the view, then the shared robust fit and p
 
 Where the coarse stage found no place the features support strongly, `vote_places` gives
 the places the features alone point to across the whole window, to match near the same way.
-Of the matches found, `best_of` picks the one acceptance weighs.
+Of the matches found, `best_of` picks the one acceptance weighs: a confirmed one first.
 
 Acceptance (`judge_near`): a fix must pass all of
     inliers          >= min_inliers
@@ -46,7 +46,6 @@ from skyfix.runtime.nav.match import (
     fix_from,
     pose_match,
     robust_similarity,
-    same_place,
 )
 from skyfix.runtime.nav.rectify import view_px_to_offset_m
 from skyfix.runtime.nav.refine import MapPixels
@@ -225,17 +224,14 @@ def confirmed(near: NearMatch, cfg: MatchConfig) -> bool:
 
 
 def best_of(found: list[NearMatch], cfg: MatchConfig) -> NearMatch:
-    """The fine match acceptance weighs: the one with most inliers; where that one is
-    neither strong nor confirmed, the one with most inliers of those at its place
-    (same_place) that are confirmed and have min_inliers. A place the features voted for
-    (window_fallback) is never confirmed, and the same place reached from the coarse best
-    peak may be."""
-    best = max(found, key=lambda n: n.match.inliers)
-    if strong(best, cfg) or confirmed(best, cfg):
-        return best
-    twins = [n for n in found if n.match.inliers >= cfg.min_inliers and confirmed(n, cfg)
-             and same_place(n.match, best.match)]
-    return max(twins, key=lambda n: n.match.inliers) if twins else best
+    """The fine match acceptance weighs: of those that are confirmed and have min_inliers,
+    the one with most inliers; where none is, the one with most inliers of all. Two
+    methods that agree outweigh more inliers: near a coarse runner-up or a place the
+    features voted for (window_fallback: never confirmed), the features can slide along
+    ground that repeats (rows of crops or of houses) to a place a few pixels off with more
+    inliers than the true one has. The others are the chosen one's rivals (weigh_rivals)."""
+    agreed = [n for n in found if n.match.inliers >= cfg.min_inliers and confirmed(n, cfg)]
+    return max(agreed or found, key=lambda n: n.match.inliers)
 
 
 def judge_near(view: View, near: NearMatch | None, cfg: MatchConfig) -> Fix | Rejection:
