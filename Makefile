@@ -75,7 +75,7 @@ bench-crossdate: $(CORE)
 		--method xfeat --method rootsift --out $(OUT)/bench/crossdate.json
 
 # The same sets cut into 256 px pairs: views of 153 px, as a low flight over a satellite map
-# gives (JSON; ~6 min on 2 cores)
+# gives (JSON; about 1 min on 2 cores)
 .PHONY: bench-small-views
 bench-small-views: $(CORE)
 	$(BIN)/python benchmarks/bench_small_views.py --pairs ../shared/data/multidate_pairs/*/ \
