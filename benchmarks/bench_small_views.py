@@ -31,8 +31,11 @@ from skyfix.runtime.core.errors import SkyfixError
 
 
 def cut_set(src: Path, dst: Path, tile: int, per_pair: int, seed: int) -> int:
-    """Write `src`'s pairs cut into tiles as a pair set at `dst`; the number of pairs."""
-    pset, _ = read_pair_set(src)
+    """Write `src`'s pairs cut into tiles as a pair set at `dst`; the number of pairs. A pair
+    `src` cannot give is named on stderr, as the cross-date benchmark names its own."""
+    pset, problems = read_pair_set(src)
+    for line in problems:
+        print(f"skyfix: skipped pair {line}", file=sys.stderr, flush=True)
     rng = np.random.default_rng([seed, sum(map(ord, pset.name))])
     shutil.rmtree(dst, ignore_errors=True)
     (dst / "a").mkdir(parents=True)

@@ -114,10 +114,14 @@ class _Map:
         self.spectra = [_dft(c, self.fh, self.fw) for c in M]
         self.energy = _dft((M**2).sum(0), self.fh, self.fw)
 
+    def _shifts(self, spectrum: np.ndarray) -> np.ndarray:
+        """[sh, sw] of the inverse transform of `spectrum`: the shifts that keep the view
+        inside the window."""
+        return cv2.idft(spectrum, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)[:self.sh, :self.sw]
+
     def _corr(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """[sh, sw] correlation of two spectra (b conjugated)."""
-        return cv2.idft(cv2.mulSpectrums(a, b, 0, conjB=True),
-                        flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)[:self.sh, :self.sw]
+        return self._shifts(cv2.mulSpectrums(a, b, 0, conjB=True))
 
     def scores(self, views: list[_View]) -> np.ndarray:
         """[len(views), sh, sw] normalised correlation of each view at every shift that
@@ -131,8 +135,7 @@ class _Map:
             channels = v.spectra(self.fh, self.fw)[0]
             prod = sum(cv2.mulSpectrums(Mc, vc, 0, conjB=True)
                        for Mc, vc in zip(self.spectra, channels, strict=True))
-            num = cv2.idft(prod, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)[:self.sh, :self.sw]
-            out.append(num / (den * v.norm + 1e-9))
+            out.append(self._shifts(prod) / (den * v.norm + 1e-9))
         return np.stack(out)
 
 
