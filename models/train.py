@@ -4,7 +4,7 @@
 
 The config (YAML, unknown keys are an error; relative paths are from the config's folder):
 
-    model_id: skyfix-xd-v1          id written into the manifest (and so into map packs)
+    model_id: skyfix-xd-v2          id written into the manifest (and so into map packs)
     output: ../out/train/xd         checkpoint.pt, head.pt, log.jsonl, xfeat-xd.onnx + .json
     seed, steps, batch, crop_px, lr, weight_decay, temperature, global_temperature,
     global_weight, global_dim, hidden, max_shift, rotation_deg, scale_range, perspective,

@@ -6,7 +6,8 @@ stage (skyfix.runtime.nav.coarse) put the view, then the shared robust fit and p
     -> mutual best descriptor match among the map keypoints within `near_radius_px` of the
        prediction (no ratio test: nearby repeated structure is what the radius removes)
     -> RANSAC similarity, pairs refined on the map's pixels, pose (robust_similarity,
-       pose_match)
+       pose_match); a second fit of the pairs left out nearly as well supported widens
+       the fix's covariance to reach it (second_fit)
 
 Where the coarse stage found no place the features support strongly, `vote_places` gives
 the places the features alone point to across the whole window, to match near the same way.
@@ -46,6 +47,8 @@ from skyfix.runtime.nav.match import (
     fix_from,
     pose_match,
     robust_similarity,
+    second_fit,
+    widened,
 )
 from skyfix.runtime.nav.rectify import view_px_to_offset_m
 from skyfix.runtime.nav.refine import MapPixels
@@ -187,7 +190,8 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
     vi, mi = near_mutual(pred, en, feats.descriptors, desc, radius)
     origin = np.array([coarse.east_m, coarse.north_m])
     src, dst = xy[vi], en[mi] - origin
-    fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m, _MIN_FIT)
+    thresh = cfg.ransac_px * view.gsd_m
+    fit = robust_similarity(src, dst, thresh, _MIN_FIT)
     if fit is None:
         return None
     h = None if heights is None else heights[mi[fit.keep]]
@@ -195,6 +199,7 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
                    tiles[0].level, cfg, pixels)
     if m is None:
         return None
+    m = widened(m, second_fit(src, dst, fit, thresh, _MIN_FIT))
     hull = cv2.convexHull(feats.keypoints[vi[fit.keep]].astype(np.float32))
     spread = float(np.sqrt(cv2.contourArea(hull) / max(float(view.mask.sum()), 1.0)))
     # The coarse answer is the ground point of the view's nadir pixel (the fix, the camera

@@ -18,7 +18,8 @@ the fit over groups of neighbouring inliers left out (jackknife_cov), plus the s
 tilt beyond twice the attitude prior's sigma would cause (a sign of a wrong camera or
 mount model, which the residuals alone understate), plus a floor; and, where another
 credible match of the view lies nearby but further than the two covariances allow, their
-separation (weigh_rivals).
+separation (weigh_rivals), as for a second fit of the same pairs nearly as well supported
+(second_fit).
 The fix is rejected (and the reason counted) when inliers are too few, the height
 or heading disagrees with telemetry, or a distant tile matches nearly as well.
 """
@@ -40,7 +41,8 @@ from skyfix.runtime.nav.refine import MapPixels, refine_pairs
 _MIN_POINTS = 8
 
 CORRELATION_INFLATION = 4.0  # neighbouring features' errors are not independent
-RIVAL_CHI2 = 9.21  # weigh_rivals: 2-dof chi-square, 99 %
+RIVAL_CHI2 = 9.21  # weigh_rivals, second_fit: 2-dof chi-square, 99 %
+SECOND_FIT_Z = 2.0  # second_fit: support this many counting sigma short of the fit's or nearer
 JACKKNIFE_CELLS = 3  # jackknife_cov: groups of inliers, a grid this many cells a side
 
 
@@ -168,6 +170,41 @@ def robust_similarity(src: np.ndarray, dst: np.ndarray, thresh: float,
     return SimilarityFit(keep, params, res, cov)
 
 
+def second_fit(src: np.ndarray, dst: np.ndarray, fit: SimilarityFit, thresh: float,
+               min_points: int = _MIN_POINTS) -> np.ndarray | None:
+    """[2, 2] what the view's second consistent fit adds to the fix's covariance, or None.
+    The pairs `fit` left out of [N, 2] `src` -> `dst` are fitted again (robust_similarity,
+    `thresh`, `min_points`: sequential RANSAC). Where the second fit's support is not
+    clearly below the first's (k1 - k2 < SECOND_FIT_Z sqrt(k1 + k2): the two counts are
+    alike within counting noise) and the two fits' own errors cannot explain their
+    separation d (RIVAL_CHI2), the view's pairs support two places and the truth may lie at
+    either: d d^T, as weigh_rivals widens a fix for a nearby rival match. Ground that
+    repeats leaves such a fit a period away (the house next door on a street of alike
+    houses, the next row of a field), and changed ground can make it the stronger one;
+    parallax leaves one a roof's displacement away."""
+    rest = np.setdiff1d(np.arange(len(src)), fit.keep)
+    other = robust_similarity(src[rest], dst[rest], thresh, min_points)
+    if other is None:
+        return None
+    k1, k2 = len(fit.keep), len(other.keep)
+    if k1 - k2 >= SECOND_FIT_Z * np.sqrt(k1 + k2):
+        return None
+    d = other.params[2:] - fit.params[2:]
+    own = CORRELATION_INFLATION * (fit.cov[2:, 2:] + other.cov[2:, 2:])
+    if d @ np.linalg.solve(own, d) <= RIVAL_CHI2:
+        return None
+    return np.outer(d, d)
+
+
+def widened(m: TileMatch, extra: np.ndarray | None) -> TileMatch:
+    """`m` with `extra` [2, 2] (m^2, None: nothing) added to its covariance and to the part
+    of it consecutive fixes share (their views see the same two places)."""
+    if extra is None:
+        return m
+    return replace(m, cov_en_m2=m.cov_en_m2 + extra,
+                   shared_cov_en_m2=m.shared_cov_en_m2 + extra)
+
+
 def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
                heights: np.ndarray | None, fit: SimilarityFit, tile_id: int, level: int,
                cfg: MatchConfig, pixels: MapPixels | None) -> TileMatch | None:
@@ -271,12 +308,14 @@ def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, vi
     src = view_xy_m[pairs[:, 0]]
     origin = tile_en.mean(0)  # condition the numbers: absolute northings are ~1e6 m
     dst = tile_en[pairs[:, 1]] - origin
-    fit = robust_similarity(src, dst, cfg.ransac_px * view.gsd_m)
+    thresh = cfg.ransac_px * view.gsd_m
+    fit = robust_similarity(src, dst, thresh)
     if fit is None:
         return None
     heights = None if tile_h is None else tile_h[pairs[fit.keep, 1]]
-    return pose_match(view, src[fit.keep], dst[fit.keep], origin, heights, fit, tile_id,
-                      level, cfg, pixels)
+    m = pose_match(view, src[fit.keep], dst[fit.keep], origin, heights, fit, tile_id,
+                   level, cfg, pixels)
+    return None if m is None else widened(m, second_fit(src, dst, fit, thresh))
 
 
 def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejection:
@@ -328,8 +367,7 @@ def weigh_rivals(t_ns: int, best: TileMatch, others: list[TileMatch], cfg: Match
                                  f" {best.inliers} inliers {gap:.0f} m apart")
         elif other.inliers >= cfg.min_inliers and not same_place(best, other):
             widen += np.outer(d, d)
-    return replace(best, cov_en_m2=best.cov_en_m2 + widen,
-                   shared_cov_en_m2=best.shared_cov_en_m2 + widen)
+    return widened(best, widen)
 
 
 def locate(view: View, feats: LocalFeatures, candidates: list[Candidate],

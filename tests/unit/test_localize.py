@@ -23,6 +23,7 @@ from skyfix.runtime.nav.match import (
     judge,
     locate,
     robust_similarity,
+    second_fit,
 )
 from skyfix.runtime.nav.rectify import R_ned_cam, rectify
 
@@ -207,6 +208,37 @@ def test_robust_similarity_finds_a_few_per_cent_of_inliers_under_perspective():
     assert np.hypot(a, b) == pytest.approx(1.02, abs=0.02)
     at_origin = cv2.perspectiveTransform(np.zeros((1, 1, 2)), H)[0, 0] @ S.T + [12.0, -7.0]
     assert np.hypot(tx - at_origin[0], ty - at_origin[1]) < 2.0  # the view's centre
+
+
+def _two_places(k1, k2, gap, rng):
+    """View offsets -> map points where k1 pairs fit one place and k2 another `gap` m east
+    (the house next door on a street of alike houses), among 150 chance pairs within 40 m."""
+    src = rng.uniform(-100, 100, (k1 + k2 + 150, 2))
+    dst = src + rng.uniform(-40, 40, src.shape)
+    dst[:k1] = src[:k1] + rng.normal(0, 0.5, (k1, 2))
+    dst[k1:k1 + k2] = src[k1:k1 + k2] + [gap, 0.0] + rng.normal(0, 0.5, (k2, 2))
+    return src, dst
+
+
+@pytest.mark.parametrize("k1, k2, gap, widens", [
+    (27, 21, 16.0, True),    # two places the counts cannot tell apart: either may be true
+    (60, 14, 16.0, False),   # the second clearly weaker
+    (27, 21, 0.0, False),    # one place: one fit takes both, chance pairs are left
+])
+def test_a_second_fit_nearly_as_well_supported_widens_the_fix_to_reach_it(k1, k2, gap,
+                                                                          widens):
+    """Sequential RANSAC over the pairs the fit left out: the truth may lie at the second
+    place, so the fix must claim the gap along it (LEVIR-CD, alike houses: the fix one
+    house off with 27 inliers, the true place 21)."""
+    src, dst = _two_places(k1, k2, gap, np.random.default_rng(4))
+    fit = robust_similarity(src, dst, 1.5, 8)
+    assert fit is not None and len(np.intersect1d(fit.keep, np.arange(k1))) >= k1 - 2
+    extra = second_fit(src, dst, fit, 1.5, 8)
+    if widens:
+        assert extra is not None and np.sqrt(extra[0, 0]) == pytest.approx(gap, abs=0.5)
+        assert abs(extra[1, 1]) < 0.5
+    else:
+        assert extra is None
 
 
 def _tm(inliers, e, n, scale=1.0, rot=0.0, tid=0):

@@ -176,8 +176,11 @@ def test_the_shipped_model_names_its_config():
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs" / "train.yaml")
-    assert cfg.backbone_lr == 0  # the shipped head was trained on XFeat's frozen backbone
-    assert load_manifest(XD_MODEL).source["config_sha256"] == cfg.fingerprint()
+    manifest = load_manifest(XD_MODEL)
+    assert manifest.source["config_sha256"] == cfg.fingerprint()
+    assert manifest.model_id == cfg.model_id
+    assert cfg.backbone_lr > 0  # its descriptor layers were trained too
+    assert "descriptor layers fine-tuned" in manifest.source["weights_file"]
 
 
 def test_the_config_digest_names_the_data_not_where_the_clone_lies(tmp_path):
