@@ -122,7 +122,8 @@ train: train-deps
 	$(BIN)/skyfix models train --config $(TRAIN_CONFIG)
 
 # Leave-one-set-out of configs/train.yaml's recipe on the pair sets: each set held out,
-# the weights trained on the others, both judged on it (~40 min on 2 CPU cores).
+# the weights trained on the others, both judged on it (~90 min on 2 CPU cores: 5 folds of
+# about 17 min of training each).
 .PHONY: bench-loso
 bench-loso: train-deps
 	$(BIN)/python benchmarks/bench_loso.py --pairs ../shared/data/multidate_pairs/*/ \
