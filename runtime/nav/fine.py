@@ -41,15 +41,7 @@ from skyfix.models.features import LocalFeatures
 from skyfix.runtime.core.config import MatchConfig
 from skyfix.runtime.core.types import Fix, Rejection, View
 from skyfix.runtime.nav.coarse import CoarseMatch
-from skyfix.runtime.nav.match import (
-    Candidate,
-    TileMatch,
-    fix_from,
-    pose_match,
-    robust_similarity,
-    second_fit,
-    widened,
-)
+from skyfix.runtime.nav.match import Candidate, TileMatch, fit_pose, fix_from
 from skyfix.runtime.nav.rectify import view_px_to_offset_m
 from skyfix.runtime.nav.refine import MapPixels
 
@@ -189,17 +181,12 @@ def match_near(view: View, feats: LocalFeatures, tiles: list[Candidate], coarse:
     heights = None if heights is None else heights[near]
     vi, mi = near_mutual(pred, en, feats.descriptors, desc, radius)
     origin = np.array([coarse.east_m, coarse.north_m])
-    src, dst = xy[vi], en[mi] - origin
-    thresh = cfg.ransac_px * view.gsd_m
-    fit = robust_similarity(src, dst, thresh, _MIN_FIT)
-    if fit is None:
+    found = fit_pose(view, xy[vi], en[mi] - origin, origin,
+                     None if heights is None else heights[mi], tile_id, tiles[0].level, cfg,
+                     pixels, _MIN_FIT)
+    if found is None:
         return None
-    h = None if heights is None else heights[mi[fit.keep]]
-    m = pose_match(view, src[fit.keep], dst[fit.keep], origin, h, fit, tile_id,
-                   tiles[0].level, cfg, pixels)
-    if m is None:
-        return None
-    m = widened(m, second_fit(src, dst, fit, thresh, _MIN_FIT))
+    fit, m = found
     hull = cv2.convexHull(feats.keypoints[vi[fit.keep]].astype(np.float32))
     spread = float(np.sqrt(cv2.contourArea(hull) / max(float(view.mask.sum()), 1.0)))
     # The coarse answer is the ground point of the view's nadir pixel (the fix, the camera

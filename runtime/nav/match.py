@@ -277,6 +277,26 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
     )
 
 
+def fit_pose(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
+             heights: np.ndarray | None, tile_id: int, level: int, cfg: MatchConfig,
+             pixels: MapPixels | None, min_points: int = _MIN_POINTS
+             ) -> tuple[SimilarityFit, TileMatch] | None:
+    """The robust fit of [N, 2] pairs `src` -> `dst` (robust_similarity, at least
+    `min_points`), the pose of its inliers (pose_match) widened by a second fit nearly as
+    well supported (second_fit); None where either fails. `heights`: [N] terrain heights
+    of the map points or None."""
+    thresh = cfg.ransac_px * view.gsd_m
+    fit = robust_similarity(src, dst, thresh, min_points)
+    if fit is None:
+        return None
+    h = None if heights is None else heights[fit.keep]
+    m = pose_match(view, src[fit.keep], dst[fit.keep], origin, h, fit, tile_id, level, cfg,
+                   pixels)
+    if m is None:
+        return None
+    return fit, widened(m, second_fit(src, dst, fit, thresh, min_points))
+
+
 def fix_from(view: View, m: TileMatch) -> Fix:
     """The Fix a trusted match gives. Its altitude: the camera's height from the pose over
     the ground the view's points were measured from (`view.ground_m`, the pack's DEM), so
@@ -308,14 +328,9 @@ def match_tile(view_xy_m: np.ndarray, view_desc: np.ndarray, tile: Candidate, vi
     src = view_xy_m[pairs[:, 0]]
     origin = tile_en.mean(0)  # condition the numbers: absolute northings are ~1e6 m
     dst = tile_en[pairs[:, 1]] - origin
-    thresh = cfg.ransac_px * view.gsd_m
-    fit = robust_similarity(src, dst, thresh)
-    if fit is None:
-        return None
-    heights = None if tile_h is None else tile_h[pairs[fit.keep, 1]]
-    m = pose_match(view, src[fit.keep], dst[fit.keep], origin, heights, fit, tile_id,
-                   level, cfg, pixels)
-    return None if m is None else widened(m, second_fit(src, dst, fit, thresh))
+    heights = None if tile_h is None else tile_h[pairs[:, 1]]
+    found = fit_pose(view, src, dst, origin, heights, tile_id, level, cfg, pixels)
+    return None if found is None else found[1]
 
 
 def judge(view: View, matches: list[TileMatch], cfg: MatchConfig) -> Fix | Rejection:
