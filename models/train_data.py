@@ -91,6 +91,16 @@ def _stack(name: str, images: list[np.ndarray], scale: float, crop_px: int) -> S
     return Scene(f"{name}@{scale:g}", stack)
 
 
+def source_images(source: Source) -> list[Path]:
+    """The image files `source` reads (SkyfixError where it cannot be read)."""
+    if source.kind == "series":
+        return _series_files(source.path)
+    if source.kind == "pairs":
+        pset, _ = read_pair_set(source.path)
+        return [path for p in pset.pairs for path in (p.a, p.b)]
+    return [source.path]
+
+
 def load_scenes(source: Source, crop_px: int) -> list[Scene]:
     """The scenes of one source, at each of its scales."""
     if source.kind == "series":
