@@ -65,7 +65,7 @@ Box = tuple[float, float, float, float]  # west, south, east, north (degrees)
 @dataclass(frozen=True)
 class Fold:
     held_out: Path  # the pair set evaluated
-    config: TrainConfig  # the recipe trained on the other sets
+    config: TrainConfig  # the recipe as this fold trains it (--data)
 
 
 def folds(pair_dirs: list[Path], recipe: TrainConfig, work: Path, data: str = "other-sets"
@@ -117,8 +117,8 @@ def _footprints(images: list[Path]) -> list[Box]:
 
 
 def _same_ground(source: Source, held: Path, ground: list[Box]) -> bool:
-    """`source` lies in the held-out set's folder `held` or images ground of its
-    footprints `ground`."""
+    """`source` lies in the held-out set's folder `held`, or one of its images' footprints
+    meets one of `ground` (the held-out set's)."""
     path = source.path.resolve()
     if path == held or held in path.parents:
         return True
@@ -206,9 +206,8 @@ def main() -> None:
     except SkyfixError as exc:
         raise SystemExit(f"bench_loso: {exc}") from None
     report = {"benchmark": "loso", "recipe": str(a.config), "data": a.data,
-              "steps": recipe.steps,
-              "batch": recipe.batch, "views_per_pair": a.views, "seed": a.seed,
-              "loadavg_1m_start": os.getloadavg()[0], "folds": {}}
+              "steps": recipe.steps, "batch": recipe.batch, "views_per_pair": a.views,
+              "seed": a.seed, "loadavg_1m_start": os.getloadavg()[0], "folds": {}}
     for fold in todo:
         print(f"== held out: {fold.held_out.name}", flush=True)
         try:
