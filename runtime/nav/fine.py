@@ -5,9 +5,9 @@ stage (skyfix.runtime.nav.coarse) put the view, then the shared robust fit and p
     coarse answer (E, N, rotation) -> predicted map point of every view keypoint
     -> mutual best descriptor match among the map keypoints within `near_radius_px` of the
        prediction (no ratio test: nearby repeated structure is what the radius removes)
-    -> RANSAC similarity, pairs refined on the map's pixels, pose (robust_similarity,
-       pose_match); a second fit of the pairs left out nearly as well supported widens
-       the fix's covariance to reach it (second_fit)
+    -> RANSAC similarity, pairs refined on the map's pixels, pose; a second fit of the
+       pairs left out nearly as well supported widens the fix's covariance to reach it
+       (skyfix.runtime.nav.match.fit_pose, which the whole-tile matcher shares)
 
 Where the coarse stage found no place the features support strongly, `vote_places` gives
 the places the features alone point to across the whole window, to match near the same way.
