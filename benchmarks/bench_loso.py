@@ -37,6 +37,7 @@ measurement, never shipped. Needs the training extras (`make train-deps`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -104,16 +105,21 @@ def folds(pair_dirs: list[Path], recipe: TrainConfig, work: Path, data: str = "o
 
 def _footprints(images: list[Path]) -> list[Box]:
     """The lon/lat boxes of those of `images` that carry a georeference."""
-    boxes = []
-    for path in images:
-        try:
-            g = image_grid(path)
-        except RasterioError as exc:
-            raise SkyfixError(f"{path}: {exc}") from None
-        if g.crs is not None:
-            box = array_bounds(g.height, g.width, g.transform)
-            boxes.append(transform_bounds(g.crs, "EPSG:4326", *box))
-    return boxes
+    return [box for path in images for box in _footprint(path)]
+
+
+@functools.cache
+def _footprint(path: Path) -> tuple[Box, ...]:
+    """The lon/lat box of one image, () without a georeference (read once a run: each fold
+    asks of every recipe source)."""
+    try:
+        g = image_grid(path)
+    except RasterioError as exc:
+        raise SkyfixError(f"{path}: {exc}") from None
+    if g.crs is None:
+        return ()
+    box = array_bounds(g.height, g.width, g.transform)
+    return (transform_bounds(g.crs, "EPSG:4326", *box),)
 
 
 def _same_ground(source: Source, held: Path, ground: list[Box]) -> bool:

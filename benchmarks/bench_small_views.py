@@ -83,13 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             n = cut_set(src, dst, a.tile, a.tiles_per_pair, a.seed)
             print(f"{src.name}: {n} pairs of {a.tile} px", flush=True)
             sets.append(dst)
-        report = bench_crossdate(sets, a.out, a.views, a.seed, a.method, work / "packs",
-                                 a.trained_model)
+        bench_crossdate(sets, a.out, a.views, a.seed, a.method, work / "packs",
+                        a.trained_model, {"tile_px": a.tile, "tiles_per_pair": a.tiles_per_pair})
     except SkyfixError as e:
         print(f"bench_small_views: {e}", file=sys.stderr)
         return 2
-    report.update(tile_px=a.tile, tiles_per_pair=a.tiles_per_pair)
-    a.out.write_text(json.dumps(report, indent=2))
     return 0
 
 

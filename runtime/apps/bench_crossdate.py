@@ -289,9 +289,10 @@ def _short(d: dict) -> dict:
 
 def bench_crossdate(pair_dirs: list[Path], out: Path, views: int = 10, seed: int = 0,
                     methods: list[str] | None = None, work: Path | None = None,
-                    trained_model: Path | None = None) -> dict:
+                    trained_model: Path | None = None, extra: dict | None = None) -> dict:
     """Run the benchmark and write `out` (JSON) and the failure sheets beside it.
-    `trained_model`: the weights method xfeat-xd runs (None: the shipped ones)."""
+    `trained_model`: the weights method xfeat-xd runs (None: the shipped ones); `extra`:
+    keys a caller adds to the report (what it varied)."""
     methods, sets, problems, cfg = read_sets(pair_dirs, views, methods, trained_model)
     out = Path(out)
     work = Path(work) if work is not None else out.parent / "crossdate-work"
@@ -300,7 +301,7 @@ def bench_crossdate(pair_dirs: list[Path], out: Path, views: int = 10, seed: int
     report = {
         "benchmark": "crossdate", "default_method": default_method(), "views_per_pair": views,
         "seed": seed, "placed_px": PLACED_PX, "wrong_px": WRONG_PX,
-        "machine": machine(), "skipped_pairs": problems, "methods": {},
+        "machine": machine(), "skipped_pairs": problems, **(extra or {}), "methods": {},
     }
     t0 = time.perf_counter()
     for m in methods:
