@@ -339,7 +339,8 @@ class Localizer:
         place, away from the best, is supported nearly as well. The other places are not
         tried when the best coarse place agrees with 4 x min_inliers fine inliers; when none
         has 2 x min_inliers, the places the features vote for (`window_fallback`) are tried
-        too. `structure`: the view made ready for the coarse stage, once for all windows."""
+        too. A place found again (windows overlap) is matched once. `structure`: the view
+        made ready for the coarse stage, once for all windows."""
         view, cfg = look.view, self.cfg.match
         reach = _half_diagonal_m(view)
         radii = [float(np.sqrt(np.linalg.eigvalsh(p.window_cov).max())) for p in windows]
@@ -347,13 +348,32 @@ class Localizer:
         first = next(places, None)
         if first is None:
             return Rejection(view.t_ns, "no_tiles", "no place for the view in the window")
-        found = []
+        found: list[NearMatch] = []
+        tried: dict[tuple[float, float, float], int | None] = {}  # place -> its match in found
+
+        def attempt(place: CoarseMatch) -> NearMatch | None:
+            """The fine match near `place`, added to `found`; None when there is none, or
+            when the place was tried before: windows that overlap (the tiles of a search
+            without a prior) find the very same place again, its match is the same, and it
+            keeps the better peak ratio. Only the same numbers are the same place: moved by
+            a hair, RANSAC draws other samples, and where a fit is unstable, a second draw
+            is what shows it."""
+            key = (place.east_m, place.north_m, place.rotation_deg)
+            if key in tried:
+                i = tried[key]
+                if i is not None and place.peak_ratio > found[i].coarse.peak_ratio:
+                    found[i] = replace(found[i], coarse=place)
+                return None
+            near = self.match_at(look, place)
+            tried[key] = None if near is None else len(found)
+            if near is not None:
+                found.append(near)
+            return near
+
         for coarse in chain([first], places):
-            near = self.match_at(look, coarse)
-            if near is None:
-                continue
-            found.append(near)
-            if (len(found) == 1 and near.match.inliers >= 4 * cfg.min_inliers
+            near = attempt(coarse)
+            if (near is not None and len(found) == 1
+                    and near.match.inliers >= 4 * cfg.min_inliers
                     and near.agreement_px <= cfg.coarse_agree_px and coarse.peak_ratio > 1):
                 break  # the best coarse place, confirmed many times over: no rival can win
         if cfg.window_fallback and not any(
@@ -366,9 +386,7 @@ class Localizer:
                 ids = ids[self.pack.tile_levels(ids) == look.level]
                 for place in vote_places(view, look.feats, [self._tile(int(i)) for i in ids],
                                          prior.centre_en, radius, cfg):
-                    near = self.match_at(look, place)
-                    if near is not None:
-                        found.append(near)
+                    attempt(place)
         if not found:
             return None
         best = best_of(found, cfg)

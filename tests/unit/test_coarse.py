@@ -8,6 +8,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+import rasterio
 
 from skyfix.maps.structure import StructureWindow, downsample, structure_channels
 from skyfix.models.features import LocalFeatures
@@ -24,8 +25,8 @@ from skyfix.runtime.nav.fine import (
 )
 from skyfix.runtime.nav.match import Candidate, TileMatch
 from skyfix.runtime.nav.navigator import Look
-from skyfix.runtime.nav.retrieve import NO_PRIOR
-from skyfix.sim.flight import FlightSpec
+from skyfix.runtime.nav.retrieve import NO_PRIOR, Prior
+from skyfix.sim.flight import FlightSpec, PoseRenderer
 
 GSD = 0.5  # m per map pixel; the channels are at 2 x that
 CENTRE = (127.5, 127.5)  # the centre pixel of a 256 x 256 view
@@ -185,6 +186,41 @@ def test_the_localizer_refuses_a_view_of_ground_that_repeats(ortho_pack):
     result = localizer.locate(look, NO_PRIOR)
     assert isinstance(result, Rejection) and result.reason == "ambiguous", result
     assert "repeats" in result.detail
+
+
+def test_overlapping_windows_match_each_place_once(ortho_pack, ortho_path):
+    """A search without a prior gives the coarse stage one window per retrieved tile, and
+    windows that overlap find the same places again: each place is matched once, and the
+    answer is the one a single window gives. (min_inliers set out of reach, so that no
+    match ends the search early and every place and voted place is tried.)"""
+    spec = FlightSpec(agl_m=100.0, photometric=False, noise_sigma=0.0)
+    cfg = Config()
+    cfg = replace(cfg, match=replace(cfg.match, min_inliers=10_000))
+    localizer = build_chain(cfg, ortho_pack, spec.camera).navigator.localizer
+    with rasterio.open(ortho_path) as src:
+        w, s, e, n = src.bounds
+    truth = np.array([0.5 * (w + e), 0.5 * (s + n)])
+    with PoseRenderer(ortho_path, spec) as renderer:
+        image = renderer.render(truth, spec.agl_m, np.array([0.0, 0.0, 0.3]))
+    look = localizer.look(Frame(0, 1, image), Telemetry(1, 0.0, 0.0, 0.3, 100.0, 100.0))
+    window = Prior(truth + [8.0, -5.0], 30.0**2 * np.eye(2), "none")
+    tried, match_at = [], localizer.match_at
+
+    def counted(look, place):
+        tried.append((place.east_m, place.north_m, place.rotation_deg))
+        return match_at(look, place)
+
+    localizer.match_at = counted
+    one = localizer.match_near(look, look.structure, [window])
+    n_one = len(tried)
+    tried.clear()
+    two = localizer.match_near(look, look.structure, [window, window])
+    assert n_one > 3  # the coarse places and the voted ones
+    assert len(tried) == len(set(tried)) == n_one
+    assert isinstance(one, NearMatch) and isinstance(two, NearMatch)
+    assert (two.match.inliers, two.match.east_m, two.match.north_m) == (
+        one.match.inliers, one.match.east_m, one.match.north_m)
+    assert np.hypot(*(np.array([one.match.east_m, one.match.north_m]) - truth)) < 1.0
 
 
 def _view() -> View:
