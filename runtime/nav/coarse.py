@@ -51,6 +51,7 @@ EXCLUDE_PX = 6  # channel pixels: closer peaks are the same answer
 SEPARATION_PX = 16  # channel pixels between the places returned as hypotheses
 REFINE_PX = 3  # channel pixels searched around the first pass's answer
 MIN_VALID_SHARE = 0.3  # of the coarse view: fewer valid pixels -> no answer
+MIN_MAP_VARIANCE = 1e-3  # per valid pixel (channels are unit vectors): flatter map -> score 0
 
 
 @dataclass(frozen=True)
@@ -129,13 +130,16 @@ class _Map:
         mask = views[0].spectra(self.fh, self.fw)[1]
         den = self._corr(self.energy, mask) - sum(
             self._corr(Mc, mask) ** 2 for Mc in self.spectra) / views[0].count
+        # where the map under the view has no structure (nodata, a flat roof), the
+        # correlation is rounding noise over rounding noise: no match there
+        flat = den < MIN_MAP_VARIANCE * views[0].count
         den = np.sqrt(np.maximum(den, 1e-9))
         out = []
         for v in views:
             channels = v.spectra(self.fh, self.fw)[0]
             prod = sum(cv2.mulSpectrums(Mc, vc, 0, conjB=True)
                        for Mc, vc in zip(self.spectra, channels, strict=True))
-            out.append(self._shifts(prod) / (den * v.norm + 1e-9))
+            out.append(np.where(flat, 0.0, self._shifts(prod) / (den * v.norm + 1e-9)))
         return np.stack(out)
 
 
@@ -240,7 +244,8 @@ def self_similarity(view: CoarseView, region: np.ndarray | None = None) -> float
     """The view's self-similarity (module docstring) in [0, 1], from its channels as they
     are (rotation 0), over the valid pixels inside `region` ([H, W] bool, the view's own
     pixels; None: all of them): the central half of their bounding box against all of them.
-    NaN when the channels are not there or too little is valid."""
+    NaN when the channels are not there, too little is valid, or the box is too small to
+    shift the half EXCLUDE_PX away within it."""
     v = view.upright
     if v is None:
         return float("nan")
@@ -263,6 +268,8 @@ def self_similarity(view: CoarseView, region: np.ndarray | None = None) -> float
     scores = _Map(channels, th, tw).scores([template])[0]
     py, px = np.mgrid[0:scores.shape[0], 0:scores.shape[1]]
     away = np.hypot(px - x0, py - y0) > EXCLUDE_PX
+    if not away.any():
+        return float("nan")
     return float(np.clip(scores[away].max() / max(float(scores[y0, x0]), 1e-9), 0.0, 1.0))
 
 

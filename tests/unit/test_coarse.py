@@ -168,6 +168,11 @@ def test_ground_that_repeats_is_self_similar_and_other_ground_is_not(ortho):
     assert self_similarity(structure, half) > limit
     assert self_similarity(structure, ~half) < limit
     assert np.isnan(self_similarity(structure, np.zeros_like(ones)))
+    # the part the inliers lie on may be too small to shift its centre away within it:
+    # no answer, not an error (a replay once stopped on it)
+    small = np.zeros_like(ones)
+    small[100:132, 100:132] = True  # 16 x 16 channel pixels
+    assert np.isnan(self_similarity(structure, small))
     assert repeats(np.zeros((256, 256), np.uint8), ones) == 0.0
     assert np.isnan(repeats(view_of(park, 300.0, 410.0, 0.0), ~ones))
 
@@ -394,3 +399,15 @@ def test_votes_outside_the_prior_circle_do_not_count():
     assert all(np.hypot(p.east_m + 100, p.north_m - 100) <= 60.0 + CFG.near_radius_px * GSD
                for p in places)
     assert all(np.hypot(p.east_m - truth[0], p.north_m - truth[1]) > 50 for p in places)
+
+
+
+def test_ground_without_structure_is_no_evidence():
+    """Where the map has no structure under the template (nodata, a flat roof), the
+    normalised score is rounding noise over rounding noise: it must not pass for a
+    perfect match (a view mostly flat once scored as repeating exactly)."""
+    ones = np.ones((256, 256), bool)
+    for seed in range(3):
+        view = view_of(scene(seed), 380.0, 380.0, 0.0)
+        view[:, 77:] = 128
+        assert self_similarity(CoarseView(view, ones, CENTRE)) < 0.99
