@@ -34,7 +34,7 @@ Ground that repeats within the view (a car park's bays, rows of panels or trees)
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -194,50 +194,69 @@ class CoarseView:
             if self.views and 0.0 in self.rotations_deg else None
 
 
-def coarse_search(view: CoarseView, window: StructureWindow, prior_en: np.ndarray,
-                  prior_radius_m: float, hypotheses: int = 1) -> Iterator[CoarseMatch]:
-    """The view's likeliest places in `window` (see the module docstring), up to
-    `hypotheses` of them, best first; none when the view is too small or blank, or no shift
-    keeps the nadir inside the prior circle. `prior_en`: [2] map E/N. Lazily: pass 2 runs
-    for a place only when it is asked for, so a caller that stops at the first place it
-    confirms pays for no other."""
-    hv, wv = view.shape
-    M = window.channels
-    if not view.usable or M.shape[1] < hv or M.shape[2] < wv:
-        return
-    o, views, pooled = view.origin, view.views, view.pooled
-    # Pass 1, at half the channels' resolution: every shift, every rotation.
-    M4 = _pool(M)
-    h4, w4 = pooled[0].mask.shape
-    coarse_map = _Map(M4, h4, w4)
-    py, px = np.mgrid[0:coarse_map.sh, 0:coarse_map.sw]
-    gsd4 = 2 * window.gsd_m
-    e = window.left_e_m + ((o[0] + 0.5) / 2 + px) * gsd4  # nadir of each shift
-    n = window.top_n_m - ((o[1] + 0.5) / 2 + py) * gsd4
-    inside = np.hypot(e - prior_en[0], n - prior_en[1]) <= prior_radius_m
-    if not inside.any():
-        return
-    S = np.where(inside, coarse_map.scores(pooled), -np.inf)
-    # Peaks of pass 1, best first, each at least SEPARATION_PX from the others; the first
-    # one's ratio is against the best score at least EXCLUDE_PX from it, the others' against
-    # the first one's score.
-    peaks, rest = [], S.copy()
-    while len(peaks) < hypotheses:
-        ri, yi, xi = np.unravel_index(int(np.argmax(rest)), rest.shape)
-        if not np.isfinite(rest[ri, yi, xi]):
-            break
-        peaks.append((int(yi), int(xi), float(rest[ri, yi, xi])))
-        if len(peaks) == 1:
-            second = float(np.max(np.where(np.hypot(px - xi, py - yi) > EXCLUDE_PX / 2, rest,
-                                           -np.inf)))
-        rest[:, np.hypot(px - xi, py - yi) <= SEPARATION_PX / 2] = -np.inf
-    for k, (yi, xi, score) in enumerate(peaks):
-        top = second if k == 0 else peaks[0][2]
-        ratio = score / top if np.isfinite(top) and top > 1e-6 else np.inf
-        match = _refine(views, M, hv, wv, xi, yi, o, window, view.rotations_deg, ratio)
-        if np.hypot(match.east_m - prior_en[0], match.north_m - prior_en[1]) \
-                <= prior_radius_m + 2 * gsd4:
-            yield match
+class CoarseSearch:
+    """The coarse stage (module docstring) of one view over one map window, asked for the
+    view's likeliest places in any number of prior circles inside the window: pass 1 runs
+    once for all of them, on the first circle that has a shift in it, and pass 2 once per
+    place however many circles find it (the tiles a search without a prior takes as its
+    windows overlap)."""
+
+    def __init__(self, view: CoarseView, window: StructureWindow):
+        self.view, self.window = view, window
+        hv, wv = view.shape
+        M = window.channels
+        self.usable = view.usable and M.shape[1] >= hv and M.shape[2] >= wv
+        self._scores: np.ndarray | None = None
+        self._refined: dict[tuple[int, int], CoarseMatch] = {}
+        if not self.usable:
+            return
+        # Pass 1 is at half the channels' resolution: every shift, every rotation
+        self._M4 = _pool(M)
+        h4, w4 = view.pooled[0].mask.shape
+        self._py, self._px = np.mgrid[0:self._M4.shape[1] - h4 + 1, 0:self._M4.shape[2] - w4 + 1]
+        self._gsd4 = 2 * window.gsd_m
+        o = view.origin
+        self._e = window.left_e_m + ((o[0] + 0.5) / 2 + self._px) * self._gsd4  # the nadirs
+        self._n = window.top_n_m - ((o[1] + 0.5) / 2 + self._py) * self._gsd4
+
+    def places(self, prior_en: np.ndarray, prior_radius_m: float, hypotheses: int = 1
+               ) -> Iterator[CoarseMatch]:
+        """The view's likeliest places whose nadir lies in the circle of `prior_radius_m`
+        about map E/N `prior_en`, up to `hypotheses` of them, best first; none when the view
+        is too small or blank, or no shift puts the nadir in the circle. Lazily: pass 2 runs
+        for a place only when it is asked for, so a caller that stops at the first place it
+        confirms pays for no other."""
+        if not self.usable:
+            return
+        px, py = self._px, self._py
+        inside = np.hypot(self._e - prior_en[0], self._n - prior_en[1]) <= prior_radius_m
+        if not inside.any():
+            return
+        if self._scores is None:
+            pooled = self.view.pooled
+            self._scores = _Map(self._M4, *pooled[0].mask.shape).scores(pooled)
+        # Peaks of pass 1, best first, each at least SEPARATION_PX from the others; the first
+        # one's ratio is against the best score at least EXCLUDE_PX from it, the others'
+        # against the first one's score.
+        peaks, rest = [], np.where(inside, self._scores, -np.inf)
+        while len(peaks) < hypotheses:
+            ri, yi, xi = np.unravel_index(int(np.argmax(rest)), rest.shape)
+            if not np.isfinite(rest[ri, yi, xi]):
+                break
+            peaks.append((int(yi), int(xi), float(rest[ri, yi, xi])))
+            if len(peaks) == 1:
+                second = float(np.max(np.where(np.hypot(px - xi, py - yi) > EXCLUDE_PX / 2,
+                                               rest, -np.inf)))
+            rest[:, np.hypot(px - xi, py - yi) <= SEPARATION_PX / 2] = -np.inf
+        for k, (yi, xi, score) in enumerate(peaks):
+            top = second if k == 0 else peaks[0][2]
+            ratio = score / top if np.isfinite(top) and top > 1e-6 else np.inf
+            if (yi, xi) not in self._refined:
+                self._refined[yi, xi] = _refine(self.view, self.window, xi, yi)
+            match = replace(self._refined[yi, xi], peak_ratio=float(ratio))
+            if np.hypot(match.east_m - prior_en[0], match.north_m - prior_en[1]) \
+                    <= prior_radius_m + 2 * self._gsd4:
+                yield match
 
 
 def self_similarity(view: CoarseView, region: np.ndarray | None = None) -> float:
@@ -273,15 +292,15 @@ def self_similarity(view: CoarseView, region: np.ndarray | None = None) -> float
     return float(np.clip(scores[away].max() / max(float(scores[y0, x0]), 1e-9), 0.0, 1.0))
 
 
-def _refine(views: list[_View], M: np.ndarray, hv: int, wv: int, xi: int, yi: int,
-            o: tuple[float, float], window: StructureWindow, rotations_deg: tuple[float, ...],
-            ratio: float) -> CoarseMatch:
-    """Pass 2 around pass 1's shift (xi, yi) (pass-1 pixels)."""
+def _refine(view: CoarseView, window: StructureWindow, xi: int, yi: int) -> CoarseMatch:
+    """Pass 2 around pass 1's shift (xi, yi) (pass-1 pixels); its peak ratio is pass 1's,
+    left at 0 here."""
+    M, (hv, wv), o, rotations_deg = window.channels, view.shape, view.origin, view.rotations_deg
     x0, y0 = max(0, 2 * xi - REFINE_PX), max(0, 2 * yi - REFINE_PX)
     x1 = min(M.shape[2], 2 * xi + REFINE_PX + wv)
     y1 = min(M.shape[1], 2 * yi + REFINE_PX + hv)
     fine_map = _Map(M[:, y0:y1, x0:x1], hv, wv)
-    S2 = fine_map.scores(views)
+    S2 = fine_map.scores(view.views)
     ri, yj, xj = np.unravel_index(int(np.argmax(S2)), S2.shape)
     best = float(S2[ri, yj, xj])
     dx, dy = _parabola_2d(S2[ri], yj, xj)
@@ -291,7 +310,7 @@ def _refine(views: list[_View], M: np.ndarray, hv: int, wv: int, xi: int, yi: in
         rot += step * _parabola(S2[ri - 1, yj, xj], best, S2[ri + 1, yj, xj])
     east = window.left_e_m + (o[0] + x0 + xj + dx + 0.5) * window.gsd_m
     north = window.top_n_m - (o[1] + y0 + yj + dy + 0.5) * window.gsd_m
-    return CoarseMatch(float(east), float(north), float(rot), best, float(ratio))
+    return CoarseMatch(float(east), float(north), float(rot), best, 0.0)
 
 
 def _parabola(a: float, b: float, c: float) -> float:

@@ -52,8 +52,8 @@ from skyfix.runtime.core.types import Estimate, Fix, Frame, GnssSample, Rejectio
 from skyfix.runtime.nav.coarse import (
     ROTATIONS_DEG,
     CoarseMatch,
+    CoarseSearch,
     CoarseView,
-    coarse_search,
     self_similarity,
 )
 from skyfix.runtime.nav.eskf import ImuFilter
@@ -269,12 +269,29 @@ class Localizer:
 
     def _places(self, level: int, structure: CoarseView, windows: list[Prior],
                 radii: list[float], reach: float) -> Iterator[CoarseMatch]:
-        """The coarse places of each window in turn, each refined only when asked for."""
-        for prior, radius in zip(windows, radii, strict=True):
-            window = self.pack.structure_window(level, prior.centre_en, radius + reach)
-            if window is not None:
-                yield from coarse_search(structure, window, prior.centre_en, radius,
+        """The coarse places of each window in turn, each refined only when asked for. The
+        windows are searched in one crop of the map where its square is no larger than
+        theirs together (the overlapping tiles of a search without a prior): the places
+        are the same, and the coarse stage's pass 1 runs once, not once a window."""
+        halves = [r + reach for r in radii]
+        lo = np.min([p.centre_en - h for p, h in zip(windows, halves, strict=True)], 0)
+        hi = np.max([p.centre_en + h for p, h in zip(windows, halves, strict=True)], 0)
+        one = len(windows) > 1 and float(np.max(hi - lo)) ** 2 <= sum((2 * h) ** 2
+                                                                    for h in halves)
+        shared = self._search(level, structure, (lo + hi) / 2, float(np.max(hi - lo)) / 2) \
+            if one else None
+        for prior, radius, half in zip(windows, radii, halves, strict=True):
+            search = shared if one else self._search(level, structure, prior.centre_en, half)
+            if search is not None:
+                yield from search.places(prior.centre_en, radius,
                                          hypotheses=self.cfg.match.hypotheses)
+
+    def _search(self, level: int, structure: CoarseView, centre_en: np.ndarray, half_m: float
+                ) -> CoarseSearch | None:
+        """The coarse stage of the view over the map's square centre_en +- half_m (None:
+        the pack has no structure channels for `level`)."""
+        window = self.pack.structure_window(level, centre_en, half_m)
+        return None if window is None else CoarseSearch(structure, window)
 
     def match_at(self, look: Look, place: CoarseMatch) -> NearMatch | None:
         """The fine match of the view's features near `place` (the 4 tiles of the view's

@@ -15,7 +15,7 @@ from skyfix.models.features import LocalFeatures
 from skyfix.runtime.core.config import Config, MatchConfig
 from skyfix.runtime.core.types import Fix, Frame, Rejection, Telemetry, View
 from skyfix.runtime.flight.assembly import build_chain
-from skyfix.runtime.nav.coarse import CoarseMatch, CoarseView, coarse_search, self_similarity
+from skyfix.runtime.nav.coarse import CoarseMatch, CoarseSearch, CoarseView, self_similarity
 from skyfix.runtime.nav.fine import (
     NearMatch,
     best_of,
@@ -61,6 +61,11 @@ def view_of(img: np.ndarray, cx: float, cy: float, rot_deg: float, side: int = 2
     R = cv2.getRotationMatrix2D((cx, cy), rot_deg, 1.0)
     R[:, 2] += [(side - 1) / 2 - cx, (side - 1) / 2 - cy]
     return cv2.warpAffine(img, R, (side, side), flags=cv2.INTER_LINEAR)
+
+
+def coarse_search(view: CoarseView, window: StructureWindow, prior_en: np.ndarray,
+                  radius_m: float, hypotheses: int = 1) -> list[CoarseMatch]:
+    return list(CoarseSearch(view, window).places(prior_en, radius_m, hypotheses))
 
 
 def en_of(x: float, y: float) -> np.ndarray:
@@ -411,3 +416,22 @@ def test_ground_without_structure_is_no_evidence():
         view = view_of(scene(seed), 380.0, 380.0, 0.0)
         view[:, 77:] = 128
         assert self_similarity(CoarseView(view, ones, CENTRE)) < 0.99
+
+
+def test_one_search_answers_overlapping_circles_as_separate_searches_would():
+    """The windows of a search without a prior overlap: one search of the map answers each
+    circle as a search of its own would, a place both find is the very same (refined
+    once), and each keeps its own peak ratio (against the rest of its own circle)."""
+    img = scene()
+    structure = CoarseView(view_of(img, 300.0, 410.0, 0.0), np.ones((256, 256), bool), CENTRE)
+    window = window_of(img)
+    circles = [(en_of(300.0, 410.0) + [20.0, 0.0], 60.0), (en_of(300.0, 410.0), 2.0)]
+    search = CoarseSearch(structure, window)
+    answers = [list(search.places(c, r, hypotheses=3)) for c, r in circles]
+    for (c, r), got in zip(circles, answers, strict=True):
+        assert got == coarse_search(structure, window, c, r, hypotheses=3)
+    (first, *_), (other, *_) = answers
+    assert (first.east_m, first.north_m, first.rotation_deg) \
+        == (other.east_m, other.north_m, other.rotation_deg)
+    assert np.hypot(*(np.array([first.east_m, first.north_m]) - en_of(300.0, 410.0))) < 1.5 * GSD
+    assert first.peak_ratio != other.peak_ratio
