@@ -271,8 +271,9 @@ class Localizer:
                 radii: list[float], reach: float) -> Iterator[CoarseMatch]:
         """The coarse places of each window in turn, each refined only when asked for. The
         windows are searched in one crop of the map where its square is no larger than
-        theirs together (the overlapping tiles of a search without a prior): the places
-        are the same, and the coarse stage's pass 1 runs once, not once a window."""
+        theirs together (the overlapping tiles of a search without a prior): each window
+        gets the places its own crop would give (but for where pass 1's 2 x 2 blocks
+        fall), and the coarse stage's pass 1 runs once, not once a window."""
         halves = [r + reach for r in radii]
         lo = np.min([p.centre_en - h for p, h in zip(windows, halves, strict=True)], 0)
         hi = np.max([p.centre_en + h for p, h in zip(windows, halves, strict=True)], 0)

@@ -3,6 +3,7 @@ known answers, and the acceptance rules of the fine stage (runtime/nav/fine.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 
 import cv2
@@ -64,8 +65,9 @@ def view_of(img: np.ndarray, cx: float, cy: float, rot_deg: float, side: int = 2
 
 
 def coarse_search(view: CoarseView, window: StructureWindow, prior_en: np.ndarray,
-                  radius_m: float, hypotheses: int = 1) -> list[CoarseMatch]:
-    return list(CoarseSearch(view, window).places(prior_en, radius_m, hypotheses))
+                  radius_m: float, hypotheses: int = 1) -> Iterator[CoarseMatch]:
+    """The view's places in one circle, from a search of its own."""
+    return CoarseSearch(view, window).places(prior_en, radius_m, hypotheses)
 
 
 def en_of(x: float, y: float) -> np.ndarray:
@@ -429,7 +431,7 @@ def test_one_search_answers_overlapping_circles_as_separate_searches_would():
     search = CoarseSearch(structure, window)
     answers = [list(search.places(c, r, hypotheses=3)) for c, r in circles]
     for (c, r), got in zip(circles, answers, strict=True):
-        assert got == coarse_search(structure, window, c, r, hypotheses=3)
+        assert got == list(coarse_search(structure, window, c, r, hypotheses=3))
     (first, *_), (other, *_) = answers
     assert (first.east_m, first.north_m, first.rotation_deg) \
         == (other.east_m, other.north_m, other.rotation_deg)
