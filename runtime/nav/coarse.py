@@ -226,10 +226,17 @@ class CoarseSearch:
         is too small or blank, or no shift puts the nadir in the circle. Lazily: pass 2 runs
         for a place only when it is asked for, so a caller that stops at the first place it
         confirms pays for no other."""
-        if not self.usable:
+        if not (self.usable and np.isfinite(prior_en).all() and prior_radius_m >= 0):
             return
-        px, py = self._px, self._py
-        inside = np.hypot(self._e - prior_en[0], self._n - prior_en[1]) <= prior_radius_m
+        # the shifts whose nadir can lie in the circle (a box of them: the rest is -inf)
+        g = self._gsd4
+        c = np.array([self._n[0, 0] - prior_en[1], prior_en[0] - self._e[0, 0]]) / g  # (y, x)
+        (y0, x0), (y1, x1) = (np.clip(v, 0, self._px.shape).astype(int) for v in (
+            np.floor(c - prior_radius_m / g) - 1, np.ceil(c + prior_radius_m / g) + 2))
+        box = np.s_[y0:y1, x0:x1]
+        px, py = self._px[box], self._py[box]
+        inside = np.hypot(self._e[box] - prior_en[0], self._n[box] - prior_en[1]) \
+            <= prior_radius_m
         if not inside.any():
             return
         if self._scores is None:
@@ -238,16 +245,16 @@ class CoarseSearch:
         # Peaks of pass 1, best first, each at least SEPARATION_PX from the others; the first
         # one's ratio is against the best score at least EXCLUDE_PX from it, the others'
         # against the first one's score.
-        peaks, rest = [], np.where(inside, self._scores, -np.inf)
+        peaks, rest = [], np.where(inside, self._scores[(slice(None), *box)], -np.inf)
         while len(peaks) < hypotheses:
             ri, yi, xi = np.unravel_index(int(np.argmax(rest)), rest.shape)
             if not np.isfinite(rest[ri, yi, xi]):
                 break
-            peaks.append((int(yi), int(xi), float(rest[ri, yi, xi])))
+            peaks.append((int(py[yi, xi]), int(px[yi, xi]), float(rest[ri, yi, xi])))
+            near = np.hypot(px - px[yi, xi], py - py[yi, xi])
             if len(peaks) == 1:
-                second = float(np.max(np.where(np.hypot(px - xi, py - yi) > EXCLUDE_PX / 2,
-                                               rest, -np.inf)))
-            rest[:, np.hypot(px - xi, py - yi) <= SEPARATION_PX / 2] = -np.inf
+                second = float(np.max(np.where(near > EXCLUDE_PX / 2, rest, -np.inf)))
+            rest[:, near <= SEPARATION_PX / 2] = -np.inf
         for k, (yi, xi, score) in enumerate(peaks):
             top = second if k == 0 else peaks[0][2]
             ratio = score / top if np.isfinite(top) and top > 1e-6 else np.inf

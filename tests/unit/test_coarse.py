@@ -105,6 +105,11 @@ def test_coarse_respects_the_prior_and_refuses_blank_views():
     assert not list(coarse_search(CoarseView(view, blank, CENTRE), window_of(img), far, 400.0))
     outside = np.array([1e5, 1e5])
     assert not list(coarse_search(CoarseView(view, ones, CENTRE), window_of(img), outside, 10.0))
+    assert not list(coarse_search(CoarseView(view, ones, CENTRE), window_of(img),
+                                  np.array([np.nan, 0.0]), 400.0))
+    # a circle wider than the window: all of it searched
+    (c,) = coarse_search(CoarseView(view, ones, CENTRE), window_of(img), far, np.inf)
+    assert np.hypot(*(np.array([c.east_m, c.north_m]) - en_of(300.0, 410.0))) < 1.5 * GSD
 
 
 def test_hypotheses_are_distinct_places_best_first():
