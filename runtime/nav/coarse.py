@@ -213,11 +213,15 @@ class CoarseSearch:
         # Pass 1 is at half the channels' resolution: every shift, every rotation
         self._M4 = _pool(M)
         h4, w4 = view.pooled[0].mask.shape
-        self._py, self._px = np.mgrid[0:self._M4.shape[1] - h4 + 1, 0:self._M4.shape[2] - w4 + 1]
+        self._shifts = (self._M4.shape[1] - h4 + 1, self._M4.shape[2] - w4 + 1)
         self._gsd4 = 2 * window.gsd_m
-        o = view.origin
-        self._e = window.left_e_m + ((o[0] + 0.5) / 2 + self._px) * self._gsd4  # the nadirs
-        self._n = window.top_n_m - ((o[1] + 0.5) / 2 + self._py) * self._gsd4
+
+    def _nadirs(self, px: np.ndarray | int, py: np.ndarray | int
+                ) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """Map E, N of the view's nadir at pass-1 shifts (px, py)."""
+        o, g = self.view.origin, self._gsd4
+        return (self.window.left_e_m + ((o[0] + 0.5) / 2 + px) * g,
+                self.window.top_n_m - ((o[1] + 0.5) / 2 + py) * g)
 
     def places(self, prior_en: np.ndarray, prior_radius_m: float, hypotheses: int = 1
                ) -> Iterator[CoarseMatch]:
@@ -230,13 +234,14 @@ class CoarseSearch:
             return
         # the shifts whose nadir can lie in the circle (a box of them: the rest is -inf)
         g = self._gsd4
-        c = np.array([self._n[0, 0] - prior_en[1], prior_en[0] - self._e[0, 0]]) / g  # (y, x)
-        (y0, x0), (y1, x1) = (np.clip(v, 0, self._px.shape).astype(int) for v in (
+        e0, n0 = self._nadirs(0, 0)
+        c = np.array([n0 - prior_en[1], prior_en[0] - e0]) / g  # the centre in shifts (y, x)
+        (y0, x0), (y1, x1) = (np.clip(v, 0, self._shifts).astype(int) for v in (
             np.floor(c - prior_radius_m / g) - 1, np.ceil(c + prior_radius_m / g) + 2))
         box = np.s_[y0:y1, x0:x1]
-        px, py = self._px[box], self._py[box]
-        inside = np.hypot(self._e[box] - prior_en[0], self._n[box] - prior_en[1]) \
-            <= prior_radius_m
+        py, px = np.mgrid[box]
+        e, n = self._nadirs(px, py)
+        inside = np.hypot(e - prior_en[0], n - prior_en[1]) <= prior_radius_m
         if not inside.any():
             return
         if self._scores is None:

@@ -277,12 +277,13 @@ class Localizer:
         halves = [r + reach for r in radii]
         lo = np.min([p.centre_en - h for p, h in zip(windows, halves, strict=True)], 0)
         hi = np.max([p.centre_en + h for p, h in zip(windows, halves, strict=True)], 0)
-        one = len(windows) > 1 and float(np.max(hi - lo)) ** 2 <= sum((2 * h) ** 2
-                                                                    for h in halves)
-        shared = self._search(level, structure, (lo + hi) / 2, float(np.max(hi - lo)) / 2) \
-            if one else None
-        for prior, radius, half in zip(windows, radii, halves, strict=True):
-            search = shared if one else self._search(level, structure, prior.centre_en, half)
+        side = float(np.max(hi - lo))
+        if len(windows) > 1 and side**2 <= sum((2 * h) ** 2 for h in halves):
+            searches = [self._search(level, structure, (lo + hi) / 2, side / 2)] * len(windows)
+        else:  # each window's own, made when it is reached
+            searches = (self._search(level, structure, p.centre_en, h)
+                        for p, h in zip(windows, halves, strict=True))
+        for prior, radius, search in zip(windows, radii, searches, strict=True):
             if search is not None:
                 yield from search.places(prior.centre_en, radius,
                                          hypotheses=self.cfg.match.hypotheses)
