@@ -270,6 +270,22 @@ class PositionFilter:
             raise RuntimeError("PositionFilter used before initialize()")
 
 
+def fix_noise(cov: np.ndarray, shared: np.ndarray, dt_s: float | None,
+              tau_s: float) -> np.ndarray:
+    """[2, 2] the covariance a filter takes a fix with: the fix's covariance `cov` less
+    the part of its `shared` error (the attitude's and the map's: Fix.shared_cov_en_m2)
+    that the last fused fix, `dt_s` seconds before (None: there was none), already had.
+
+    That error is a Gauss-Markov process of correlation time `tau_s`: b_k = rho b_(k-1)
+    + v_k with rho = exp(-dt / tau_s) and v_k ~ N(0, (1 - rho^2) shared). The estimate
+    carries rho b_(k-1) already, and claims `shared` on top (estimate_at), so it is not
+    fed again; v_k is new to the filter and is fed as each fix's own. Fed as a constant
+    bias instead (no v_k), the fix-to-fix change of a tilt-driven error looks like an
+    outlier to a filter that weighs each fix by its own noise alone, and is gated."""
+    rho = 0.0 if dt_s is None else float(np.exp(-max(dt_s, 0.0) / tau_s))
+    return cov - rho**2 * shared
+
+
 def estimate_at(filt, t_ns: int, frame: LocalFrame, alt_amsl_m: float,
                 last_fix_t_ns: int | None, map_sigma_m: float = 0.0,
                 shared_ne_m2: np.ndarray | None = None) -> Estimate:

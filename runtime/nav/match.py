@@ -12,14 +12,15 @@ For each candidate tile:
    height above ground, its rotation against the reported attitude the heading and
    tilt errors.
 
-Covariance of the fix (1 sigma, m^2): the pose's covariance (image residuals and the
-attitude prior propagated), inflated for correlated feature errors, plus the spread of
-the fit over groups of neighbouring inliers left out (jackknife_cov), plus the shift a
-tilt beyond twice the attitude prior's sigma would cause (a sign of a wrong camera or
-mount model, which the residuals alone understate), plus a floor; and, where another
-credible match of the view lies nearby but further than the two covariances allow, their
-separation (weigh_rivals), as for a second fit of the same pairs nearly as well supported
-(second_fit).
+Covariance of the fix (1 sigma, m^2): the pose's covariance (its points weighed as
+correlated feature errors, CORRELATION_INFLATION; the attitude prior's part claimed with
+that inflation too, a margin for an attitude worse than configured), plus the map warp's
+part, plus the spread of the fit over groups of neighbouring inliers left out
+(jackknife_cov), plus the shift a tilt beyond twice the attitude prior's sigma would
+cause (a sign of a wrong camera or mount model, which the residuals alone understate),
+plus a floor; and, where another credible match of the view lies nearby but further
+than the two covariances allow, their separation (weigh_rivals), as for a second fit of
+the same pairs nearly as well supported (second_fit).
 The fix is rejected (and the reason counted) when inliers are too few, the height
 or heading disagrees with telemetry, or a distant tile matches nearly as well.
 """
@@ -228,7 +229,7 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
                       np.array([ty, tx, -view.agl_m * np.hypot(a, b)]),
                       np.radians(cfg.attitude_sigma_deg), np.radians(cfg.yaw_sigma_deg),
                       view.gsd_m / view.agl_m, cfg.lens_sigma,
-                      cfg.map_warp_px * view.gsd_m / view.agl_m)
+                      cfg.map_warp_px * view.gsd_m / view.agl_m, CORRELATION_INFLATION)
     if pose is None:
         return None
     # The pose turning the camera further from the reported attitude than the prior allows
@@ -246,24 +247,24 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
     # shrink them (Fix). An unmeasured or excess tilt may change from frame to frame (a
     # camera on its own gimbal): each fix's own.
     shared = CORRELATION_INFLATION * pose.attitude_cov_en_m2 + pose.warp_cov_en_m2
-    cov = (CORRELATION_INFLATION * pose.cov_en_m2 + pose.warp_cov_en_m2 + jackknife_cov(src, dst)
+    cov = (pose.cov_en_m2 - pose.attitude_cov_en_m2 + shared + jackknife_cov(src, dst)
            + ((view.agl_m * np.tan(excess)) ** 2 + (view.agl_m * np.tan(unmeasured)) ** 2
               + cfg.sigma_floor_m**2) * np.eye(2))
-    # The height: the same inflation and floor, and the focal length's own error, which
+    # The height: the pose's variance, the floor, and the focal length's own error, which
     # scales the whole view and so the height (the position does not depend on it).
     height = float(-pose.C_ned_m[2])
-    height_var = (CORRELATION_INFLATION * pose.cov[5, 5] + cfg.sigma_floor_m**2
+    height_var = (pose.cov[5, 5] + cfg.sigma_floor_m**2
                   + (cfg.focal_sigma * height) ** 2)
     # The heading the image measures, for a filter that has the reported one already: the
     # pose's yaw without its prior, where the image pins it at least 3 x better than that
     # prior (1-D: the prior shrank the yaw by v / (v + p), so it is scaled back by 1 + v/p);
-    # the same inflation, and a floor for the camera mount's own yaw error.
+    # its variance, and a floor for the camera mount's own yaw error.
     prior_var = np.radians(cfg.yaw_sigma_deg) ** 2
     yaw_var = pose.yaw_var_image
     heading = heading_sigma = float("nan")
     if np.isfinite(yaw_var) and yaw_var < prior_var / 9:
         heading = float(np.degrees(pose.w_rad[2]) * (1 + yaw_var / prior_var))
-        heading_sigma = float(np.hypot(np.degrees(np.sqrt(CORRELATION_INFLATION * yaw_var)),
+        heading_sigma = float(np.hypot(np.degrees(np.sqrt(yaw_var)),
                                        cfg.heading_floor_deg))
     return TileMatch(
         tile_id=tile_id, level=level, inliers=len(src),

@@ -57,7 +57,7 @@ from skyfix.runtime.nav.coarse import (
     self_similarity,
 )
 from skyfix.runtime.nav.eskf import ImuFilter
-from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at
+from skyfix.runtime.nav.filter import Innovation, PositionFilter, estimate_at, fix_noise
 from skyfix.runtime.nav.fine import (
     NearMatch,
     best_of,
@@ -592,11 +592,17 @@ class Navigator:
         self.odometry.attitude.add(fix.t_ns, fix.tilt_ne_deg)  # how good the attitude is
 
     def _own_ned(self, fix: Fix) -> np.ndarray:
-        """The covariance (north, east) the filter takes a fix with: its own, less the part
-        consecutive fixes share (Fix.shared_cov_en_m2), which the estimate claims on top,
+        """The covariance (north, east) the filter takes a fix with (filter.fix_noise): its
+        own, and what of the part consecutive fixes share (Fix.shared_cov_en_m2) has
+        changed since the last fused fix. The estimate claims that shared part on top,
         as the map's georef_sigma_m: fed to the filter as if it were each fix's own, it
-        would weigh every fix down and still be averaged away."""
-        return self.frame.cov_map_to_ned(fix.cov_en_m2 - fix.shared_cov_en_m2)
+        would weigh every fix down and still be averaged away. It drifts with the
+        attitude's error (filter.tilt_tau_s); the map warp's part changes only as the view
+        moves on, no faster over views hundreds of metres wide, so that time errs on the
+        side of feeding more."""
+        dt = None if self.last_fix_t_ns is None else (fix.t_ns - self.last_fix_t_ns) * 1e-9
+        return self.frame.cov_map_to_ned(fix_noise(fix.cov_en_m2, fix.shared_cov_en_m2, dt,
+                                                   self.cfg.filter.tilt_tau_s))
 
     def _fuse_heading(self, fix: Fix) -> None:
         """The heading error a fused fix measures, for the IMU filter (filter.fuse_heading):

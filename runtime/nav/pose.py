@@ -18,13 +18,18 @@ p (1 + k |p|^2)): a lens model error, e.g. a camera guessed from EXIF without it
 distortion, would otherwise pass for a tilt and move the fix by metres. Where the image
 geometry pins the pose down the position no longer depends on the reported
 attitude; where it does not (narrow field of view, few points) the prior takes over
-and the covariance says so. With J the whitened Jacobian of all residuals,
+and the covariance says so. Neighbouring features' errors are not independent, so
+each residual is weighed with `inflation` times the image noise's variance: the same
+weight the fix's covariance claims for the points, so that the image does not outweigh
+the reported attitude by more than it is worth (from high up, across dates, points
+that would otherwise settle the tilt move the fix by the height times their own
+error). With J the Jacobian of all residuals whitened so,
 
     cov(w, C, k) = (J^T J + prior information)^-1,
     sigma_px^2 = sum(r^2) / (2N - unknowns)                         (re-estimated)
 
-and the covariance of C's horizontal part is what the fix reports (before the
-caller's inflation for correlated feature errors), plus what a warp of the map adds:
+and the covariance of C's horizontal part is what the fix reports, plus what a warp of
+the map adds:
 the map is not the world, and a smooth distortion of it across the view (`warp_norm`,
 `match.map_warp_px` map pixels) is read as a tilt where it looks like one, moving the
 position by the height times that tilt (`_warp_cov`); from high up, matches across
@@ -93,7 +98,7 @@ def _residuals(params: np.ndarray, R_rep: np.ndarray, P: np.ndarray,
     return (p * (1 + params[6] * (p**2).sum(1, keepdims=True)) - obs).ravel()
 
 
-def _warp_cov(J: np.ndarray, cov: np.ndarray, sigma: float, warp_norm: float) -> np.ndarray:
+def _warp_cov(J: np.ndarray, cov: np.ndarray, var: float, warp_norm: float) -> np.ndarray:
     """What a smooth warp of the map adds to the covariance of the parameters.
 
     A map warp that displaces the points as a tilt would (beyond the shift a tilt also
@@ -101,8 +106,8 @@ def _warp_cov(J: np.ndarray, cov: np.ndarray, sigma: float, warp_norm: float) ->
     position by the height times its angle. Modelled as residual noise G g, g ~ N(0, I2),
     with G the tilt's columns of J less their projection on the camera centre's, scaled
     so that its largest displacement among the points is `warp_norm`. The estimate
-    weighs the points as independent (cov = A^-1); its error covariance under that noise
-    is the sandwich A^-1 (A + J^T G G^T J / sigma^4) A^-1, i.e. `cov` plus the result."""
+    weighs each residual with variance `var` (cov = A^-1); its error covariance under that
+    noise is the sandwich A^-1 (A + J^T G G^T J / var^2) A^-1, i.e. `cov` plus the result."""
     m = len(cov)
     if warp_norm <= 0:
         return np.zeros((m, m))
@@ -111,20 +116,22 @@ def _warp_cov(J: np.ndarray, cov: np.ndarray, sigma: float, warp_norm: float) ->
     amp = float(np.sqrt((G.reshape(-1, 2, 2) ** 2).sum(1).max()))  # per point, per column
     if not amp > 0:
         return np.zeros((m, m))
-    K = cov @ (J.T @ G) * (warp_norm / amp / sigma**2)
+    K = cov @ (J.T @ G) * (warp_norm / amp / var)
     return K @ K.T
 
 
 def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.ndarray,
                agl_m: float, C0_ned_m: np.ndarray, tilt_sigma_rad: float,
                yaw_sigma_rad: float, sigma_norm0: float, lens_sigma: float = 0.0,
-               warp_norm: float = 0.0) -> Pose | None:
+               warp_norm: float = 0.0, inflation: float = 1.0) -> Pose | None:
     """The camera pose explaining N >= 6 ground matches, or None if it does not converge.
 
     `offsets_en_m`: [N, 2] view offsets from nadir (east, north) under the reported
     attitude; `points_ned_m`: [N, 3] the matched ground points; `R_rep`: [3, 3] reported
     camera -> NED; `C0_ned_m`: [3] starting camera centre; `sigma_norm0`: a first guess
-    of the image noise (normalised units), re-estimated from the residuals.
+    of the image noise (normalised units), re-estimated from the residuals;
+    `inflation`: how many times the variance of independent points the image noise has
+    (the module doc): the points are weighed with it against the priors.
     """
     n = len(offsets_en_m)
     if n < 6:
@@ -150,9 +157,10 @@ def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.nda
             J[:, k] = (_residuals(params + d, R_rep, points_ned_m, obs) - r) / h
         if it >= 2:  # re-estimate the image noise once the pose has settled
             sigma = max(float(np.sqrt(r @ r / max(2 * n - m, 1))), 1e-6)
-        A = J.T @ J / sigma**2
+        var = inflation * sigma**2  # the weight of each residual
+        A = J.T @ J / var
         A[prior_idx, prior_idx] += 1.0 / prior_sigma**2
-        g = J.T @ r / sigma**2
+        g = J.T @ r / var
         g[prior_idx] += params[prior_idx] / prior_sigma**2
         try:
             step = np.linalg.solve(A, -g)
@@ -170,7 +178,7 @@ def solve_pose(offsets_en_m: np.ndarray, points_ned_m: np.ndarray, R_rep: np.nda
         return None
     if not np.all(np.isfinite(cov)):
         return None
-    warp = _warp_cov(J, cov, sigma, warp_norm)
+    warp = _warp_cov(J, cov, var, warp_norm)
     attitude = cov[:, :2] @ cov[:2, :] / tilt_sigma_rad**2
     # what the image alone says of the yaw: the same information less the yaw's prior
     A[2, 2] -= 1.0 / yaw_sigma_rad**2

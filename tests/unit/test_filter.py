@@ -10,7 +10,7 @@ from rasterio.crs import CRS
 
 from skyfix.runtime.core.config import FilterConfig
 from skyfix.runtime.core.geo import LocalFrame
-from skyfix.runtime.nav.filter import PositionFilter, estimate_at, transition
+from skyfix.runtime.nav.filter import PositionFilter, estimate_at, fix_noise, transition
 
 CFG = FilterConfig()
 RUNS = 50
@@ -351,3 +351,43 @@ def test_an_error_that_fixes_share_is_claimed_however_many_are_fused() -> None:
             beyond[claim_shared] += err > 3 * est.horiz_sigma_m
     assert beyond[False] > 25  # alone, the filter claims far less than the common error
     assert beyond[True] <= 1
+
+
+def test_a_shared_error_that_drifts_is_fed_as_far_as_it_changed() -> None:
+    """The error fixes share (a tilt-driven error: the attitude's and the map's) is not a
+    constant bias but drifts, with the attitude error's correlation time. Fed to the
+    filter as a bias (each fix with its own part alone), its change from fix to fix
+    looks like an outlier and the fixes are gated; fed as far as it has changed since the
+    last fused fix (fix_noise), the fixes are taken and the estimate, claiming the shared
+    part on top, stays within 3 sigma."""
+    crs = CRS.from_epsg(32633)
+    frame = LocalFrame.at(crs, 600_000.0, 5_340_000.0)
+    rng = np.random.default_rng(6)
+    tau, shared_sigma, own_sigma, dt = 5.0, 10.0, 3.0, 1.0
+    S = shared_sigma**2 * np.eye(2)
+    cov = own_sigma**2 * np.eye(2) + S
+    np.testing.assert_array_equal(fix_noise(cov, S, None, tau), cov)  # no fix before
+    np.testing.assert_allclose(fix_noise(cov, S, 0.0, tau), cov - S)  # the same instant
+    rho = np.exp(-dt / tau)
+    gated = {True: 0, False: 0}
+    beyond = {True: 0, False: 0}
+    for _ in range(30):
+        start = rng.normal(0, shared_sigma, 2)
+        seed = rng.integers(1 << 30)
+        for drifts in gated:
+            noise = np.random.default_rng(seed)  # the same errors for both
+            bias = start.copy()
+            filt = PositionFilter(CFG)
+            filt.initialize(0, bias + noise.normal(0, own_sigma, 2), cov,
+                            np.array([10.0, 0.0]), np.eye(2))
+            for k in range(1, 61):
+                bias = rho * bias + noise.normal(0, shared_sigma * np.sqrt(1 - rho**2), 2)
+                truth = np.array([10.0 * k, 0.0])
+                R = fix_noise(cov, S, dt if drifts else 0.0, tau)
+                z = truth + bias + noise.normal(0, own_sigma, 2)
+                gated[drifts] += not filt.update_position(k * 1_000_000_000, z, R).accepted
+                est = estimate_at(filt, filt.t_ns, frame, 0.0, filt.t_ns, 0.0, S)
+                err = np.hypot(est.north_m - truth[0], est.east_m - truth[1])
+                beyond[drifts] += err > 3 * est.horiz_sigma_m
+    assert gated[False] >= 10 and gated[True] <= 1  # of 1800 fixes
+    assert beyond[True] <= 5 < beyond[False]

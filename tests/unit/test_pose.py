@@ -131,6 +131,33 @@ def test_a_map_warp_read_as_a_tilt_is_claimed_in_the_covariance():
     assert beyond[warp_m / agl] == 0
 
 
+def test_points_weighed_with_their_inflation_leave_the_tilt_to_the_attitude():
+    """From high up, points that all err the same way (here a smooth warp of the map the
+    warp term does not cover) settle a tilt the camera does not have, and the fix moves
+    by the height times it. Weighed with the inflation their covariance is claimed with,
+    the points outweigh the reported attitude (within its prior here) only as much as
+    they are worth: the attitude's share of the covariance grows and the fix stays
+    nearer the truth."""
+    rng = np.random.default_rng(3)
+    agl, warp_m = 1000.0, 5.0
+    errors = {1.0: [], 4.0: []}
+    shares = {1.0: [], 4.0: []}
+    for _ in range(60):
+        offsets, P, R_rep, C = _case(rng, agl, 15.0, rng.normal(0, 0.3, 3), 5e-4, n=80)
+        q = P[:, :2] / np.abs(P[:, :2]).max()
+        d = np.column_stack([q[:, 0] ** 2, q[:, 0] * q[:, 1], q[:, 1] ** 2]) @ rng.normal(
+            0, warp_m / 2, (3, 2))
+        P[:, :2] += d - d.mean(0)
+        for inflation in errors:
+            pose = solve_pose(offsets, P, R_rep, agl, np.array([3.0, -2.0, -1.05 * agl]),
+                              np.radians(0.5), np.radians(3.0), 5e-4, inflation=inflation)
+            errors[inflation].append(np.linalg.norm(pose.C_ned_m[:2] - C[:2]))
+            shares[inflation].append(np.trace(pose.attitude_cov_en_m2)
+                                     / np.trace(pose.cov_en_m2))
+    assert np.median(errors[4.0]) < 0.75 * np.median(errors[1.0])
+    assert np.median(shares[4.0]) > 2 * np.median(shares[1.0])
+
+
 def test_the_attitude_prior_share_of_the_position_variance():
     """The part of the position's covariance the reported attitude's error brings in is
     what consecutive fixes share (that error changes slowly): nearly all of it from a
