@@ -247,6 +247,8 @@ def pose_match(view: View, src: np.ndarray, dst: np.ndarray, origin: np.ndarray,
     # shrink them (Fix). An unmeasured or excess tilt may change from frame to frame (a
     # camera on its own gimbal): each fix's own.
     shared = CORRELATION_INFLATION * pose.attitude_cov_en_m2 + pose.warp_cov_en_m2
+    # the image noise's part of the pose's covariance (less the attitude prior's), the
+    # shared part, and what each fix has of its own beyond the pose
     cov = (pose.cov_en_m2 - pose.attitude_cov_en_m2 + shared + jackknife_cov(src, dst)
            + ((view.agl_m * np.tan(excess)) ** 2 + (view.agl_m * np.tan(unmeasured)) ** 2
               + cfg.sigma_floor_m**2) * np.eye(2))

@@ -29,14 +29,13 @@ error). With J the Jacobian of all residuals whitened so,
     sigma_px^2 = sum(r^2) / (2N - unknowns)                         (re-estimated)
 
 and the covariance of C's horizontal part is what the fix reports, plus what a warp of
-the map adds:
-the map is not the world, and a smooth distortion of it across the view (`warp_norm`,
-`match.map_warp_px` map pixels) is read as a tilt where it looks like one, moving the
-position by the height times that tilt (`_warp_cov`); from high up, matches across
-dates would otherwise claim a tilt, and so a position, their map cannot give. The yaw's
-variance is also given without its prior (the information less 1 / yaw_sigma^2): what
-the image alone measures of the heading, for a filter that has the reported heading
-already.
+the map adds: the map is not the world, and a smooth distortion of it across the view
+(`warp_norm`, `match.map_warp_px` map pixels) is read as a tilt where it looks like one,
+moving the position by the height times that tilt (`_warp_cov`); from high up, matches
+across dates would otherwise claim a tilt, and so a position, their map cannot give.
+The yaw's variance is also given without its prior (the information less
+1 / yaw_sigma^2): what the image alone measures of the heading, for a filter that has
+the reported heading already.
 """
 
 from __future__ import annotations
