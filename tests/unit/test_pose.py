@@ -33,6 +33,15 @@ def _solve(offsets, P, R_rep, agl, noise_norm, tilt_deg=0.5, yaw_deg=3.0):
                       noise_norm)
 
 
+def _warp(rng, P, warp_m):
+    """The ground points moved by a smooth warp of the map, about `warp_m` at the corners,
+    with no shift (a shift is the map's georeferencing error, not its warp)."""
+    q = P[:, :2] / np.abs(P[:, :2]).max()
+    d = np.column_stack([q[:, 0] ** 2, q[:, 0] * q[:, 1], q[:, 1] ** 2]) @ rng.normal(
+        0, warp_m / 2, (3, 2))
+    P[:, :2] += d - d.mean(0)
+
+
 @pytest.mark.parametrize("att_err", [(0.5, 0.0, 0.0), (-1.0, 1.5, 0.0), (0.3, -0.3, 2.0)])
 def test_wide_view_recovers_position_and_attitude_error(att_err):
     rng = np.random.default_rng(1)
@@ -113,10 +122,7 @@ def test_a_map_warp_read_as_a_tilt_is_claimed_in_the_covariance():
     beyond = {0.0: 0, warp_m / agl: 0}
     for _ in range(60):
         offsets, P, R_rep, C = _case(rng, agl, 30.0, rng.normal(0, 0.3, 3), 2e-4, n=150)
-        q = P[:, :2] / np.abs(P[:, :2]).max()
-        d = np.column_stack([q[:, 0] ** 2, q[:, 0] * q[:, 1], q[:, 1] ** 2]) @ rng.normal(
-            0, warp_m / 2, (3, 2))  # a smooth warp, about warp_m at the corners
-        P[:, :2] += d - d.mean(0)  # and no shift: that is the map's georeferencing error
+        _warp(rng, P, warp_m)
         poses = []
         for wn in beyond:
             pose = solve_pose(offsets, P, R_rep, agl, np.array([3.0, -2.0, -1.05 * agl]),
@@ -144,10 +150,7 @@ def test_points_weighed_with_their_inflation_leave_the_tilt_to_the_attitude():
     shares = {1.0: [], 4.0: []}
     for _ in range(60):
         offsets, P, R_rep, C = _case(rng, agl, 15.0, rng.normal(0, 0.3, 3), 5e-4, n=80)
-        q = P[:, :2] / np.abs(P[:, :2]).max()
-        d = np.column_stack([q[:, 0] ** 2, q[:, 0] * q[:, 1], q[:, 1] ** 2]) @ rng.normal(
-            0, warp_m / 2, (3, 2))
-        P[:, :2] += d - d.mean(0)
+        _warp(rng, P, warp_m)
         for inflation in errors:
             pose = solve_pose(offsets, P, R_rep, agl, np.array([3.0, -2.0, -1.05 * agl]),
                               np.radians(0.5), np.radians(3.0), 5e-4, inflation=inflation)
